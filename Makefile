@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/gen
 
 PROTO_FILES := $(shell find protos/switchboard -name '*.proto' | sort)
-DESCRIPTOR := gen/switchboard.binpb
+RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
 
 .PHONY: help install run up down test test-unit test-integration test-e2e gen gen-check lint fmt clean
 
@@ -44,8 +44,10 @@ gen: $(BIN)/.installed
 	  --python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
 	  --mypy_out=quiet:$(GEN_OUT) --mypy_grpc_out=quiet:$(GEN_OUT) \
 	  $(PROTO_FILES)
+	# The edge's descriptor set also carries google.rpc error details, so the
+	# transcoder can render a google.rpc.Status with ErrorInfo as JSON.
 	$(PY) -m grpc_tools.protoc -Iprotos --include_imports \
-	  --descriptor_set_out=$(GEN_OUT)/switchboard.binpb $(PROTO_FILES)
+	  --descriptor_set_out=$(GEN_OUT)/switchboard.binpb $(PROTO_FILES) $(RPC_PROTOS)
 	find $(GEN_OUT)/switchboard -type d -exec touch {}/__init__.py \;
 
 gen-check: $(BIN)/.installed

@@ -27,7 +27,7 @@ from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from switchboard.common.v1 import openai_pb2 as switchboard_dot_common_dot_v1_dot_openai__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"switchboard/router/v1/router.proto\x12\x15switchboard.router.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\"switchboard/common/v1/openai.proto\"Z\n\x1b\x43reateChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Y\n\x1c\x43reateChatCompletionResponse\x12\x39\n\ncompletion\x18\x01 \x01(\x0b\x32%.switchboard.common.v1.ChatCompletion\"Z\n\x1bStreamChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Y\n\x1cStreamChatCompletionResponse\x12\x39\n\x05\x63hunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunk\"]\n\x1eStreamChatCompletionSseRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"R\n\x17\x43reateCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"Q\n\x18\x43reateCompletionResponse\x12\x35\n\ncompletion\x18\x01 \x01(\x0b\x32!.switchboard.common.v1.Completion\"R\n\x17StreamCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"L\n\x18StreamCompletionResponse\x12\x30\n\x05\x63hunk\x18\x01 \x01(\x0b\x32!.switchboard.common.v1.Completion\"U\n\x1aStreamCompletionSseRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"P\n\x16\x43reateEmbeddingRequest\x12\x36\n\x06params\x18\x01 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"S\n\x17\x43reateEmbeddingResponse\x12\x38\n\nembeddings\x18\x01 \x01(\x0b\x32$.switchboard.common.v1.EmbeddingList\"\x13\n\x11ListModelsRequest\"P\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.switchboard.common.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"D\n\x10GetModelResponse\x12\x30\n\nmodel_info\x18\x01 \x01(\x0b\x32\x1c.switchboard.common.v1.Model\"\x12\n\x10GetHealthRequest\"\xb5\x01\n\x11GetHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12L\n\ncomponents\x18\x03 \x03(\x0b\x32\x38.switchboard.router.v1.GetHealthResponse.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x95\x0b\n\rRouterService\x12\xb1\x01\n\x14\x43reateChatCompletion\x12\x32.switchboard.router.v1.CreateChatCompletionRequest\x1a\x33.switchboard.router.v1.CreateChatCompletionResponse\"0\x82\xd3\xe4\x93\x02*\"\x14/v1/chat/completions:\x06paramsb\ncompletion\x12\x81\x01\n\x14StreamChatCompletion\x12\x32.switchboard.router.v1.StreamChatCompletionRequest\x1a\x33.switchboard.router.v1.StreamChatCompletionResponse0\x01\x12\x95\x01\n\x17StreamChatCompletionSse\x12\x35.switchboard.router.v1.StreamChatCompletionSseRequest\x1a\x14.google.api.HttpBody\"+\x82\xd3\xe4\x93\x02%\"\x1b/v1/chat/completions:stream:\x06params0\x01\x12\xa0\x01\n\x10\x43reateCompletion\x12..switchboard.router.v1.CreateCompletionRequest\x1a/.switchboard.router.v1.CreateCompletionResponse\"+\x82\xd3\xe4\x93\x02%\"\x0f/v1/completions:\x06paramsb\ncompletion\x12u\n\x10StreamCompletion\x12..switchboard.router.v1.StreamCompletionRequest\x1a/.switchboard.router.v1.StreamCompletionResponse0\x01\x12\x88\x01\n\x13StreamCompletionSse\x12\x31.switchboard.router.v1.StreamCompletionSseRequest\x1a\x14.google.api.HttpBody\"&\x82\xd3\xe4\x93\x02 \"\x16/v1/completions:stream:\x06params0\x01\x12\x9c\x01\n\x0f\x43reateEmbedding\x12-.switchboard.router.v1.CreateEmbeddingRequest\x1a..switchboard.router.v1.CreateEmbeddingResponse\"*\x82\xd3\xe4\x93\x02$\"\x0e/v1/embeddings:\x06paramsb\nembeddings\x12u\n\nListModels\x12(.switchboard.router.v1.ListModelsRequest\x1a).switchboard.router.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x86\x01\n\x08GetModel\x12&.switchboard.router.v1.GetModelRequest\x1a\'.switchboard.router.v1.GetModelResponse\")\x82\xd3\xe4\x93\x02#\x12\x15/v1/models/{model=**}b\nmodel_info\x12p\n\tGetHealth\x12\'.switchboard.router.v1.GetHealthRequest\x1a(.switchboard.router.v1.GetHealthResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/healthzb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"switchboard/router/v1/router.proto\x12\x15switchboard.router.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\"switchboard/common/v1/openai.proto\"Z\n\x1b\x43reateChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Z\n\x1bStreamChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Y\n\x1cStreamChatCompletionResponse\x12\x39\n\x05\x63hunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunk\"]\n\x1eStreamChatCompletionSseRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"R\n\x17\x43reateCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"R\n\x17StreamCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"L\n\x18StreamCompletionResponse\x12\x30\n\x05\x63hunk\x18\x01 \x01(\x0b\x32!.switchboard.common.v1.Completion\"U\n\x1aStreamCompletionSseRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"P\n\x16\x43reateEmbeddingRequest\x12\x36\n\x06params\x18\x01 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"\x13\n\x11ListModelsRequest\"P\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.switchboard.common.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x12\n\x10GetHealthRequest\"\xb5\x01\n\x11GetHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12L\n\ncomponents\x18\x03 \x03(\x0b\x32\x38.switchboard.router.v1.GetHealthResponse.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xb3\n\n\rRouterService\x12\x97\x01\n\x14\x43reateChatCompletion\x12\x32.switchboard.router.v1.CreateChatCompletionRequest\x1a%.switchboard.common.v1.ChatCompletion\"$\x82\xd3\xe4\x93\x02\x1e\"\x14/v1/chat/completions:\x06params\x12\x81\x01\n\x14StreamChatCompletion\x12\x32.switchboard.router.v1.StreamChatCompletionRequest\x1a\x33.switchboard.router.v1.StreamChatCompletionResponse0\x01\x12\x95\x01\n\x17StreamChatCompletionSse\x12\x35.switchboard.router.v1.StreamChatCompletionSseRequest\x1a\x14.google.api.HttpBody\"+\x82\xd3\xe4\x93\x02%\"\x1b/v1/chat/completions:stream:\x06params0\x01\x12\x86\x01\n\x10\x43reateCompletion\x12..switchboard.router.v1.CreateCompletionRequest\x1a!.switchboard.common.v1.Completion\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x0f/v1/completions:\x06params\x12u\n\x10StreamCompletion\x12..switchboard.router.v1.StreamCompletionRequest\x1a/.switchboard.router.v1.StreamCompletionResponse0\x01\x12\x88\x01\n\x13StreamCompletionSse\x12\x31.switchboard.router.v1.StreamCompletionSseRequest\x1a\x14.google.api.HttpBody\"&\x82\xd3\xe4\x93\x02 \"\x16/v1/completions:stream:\x06params0\x01\x12\x86\x01\n\x0f\x43reateEmbedding\x12-.switchboard.router.v1.CreateEmbeddingRequest\x1a$.switchboard.common.v1.EmbeddingList\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x0e/v1/embeddings:\x06params\x12u\n\nListModels\x12(.switchboard.router.v1.ListModelsRequest\x1a).switchboard.router.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12o\n\x08GetModel\x12&.switchboard.router.v1.GetModelRequest\x1a\x1c.switchboard.common.v1.Model\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model=**}\x12p\n\tGetHealth\x12\'.switchboard.router.v1.GetHealthRequest\x1a(.switchboard.router.v1.GetHealthResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/healthzb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,59 +37,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._loaded_options = None
   _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_options = b'8\001'
   _globals['_ROUTERSERVICE'].methods_by_name['CreateChatCompletion']._loaded_options = None
-  _globals['_ROUTERSERVICE'].methods_by_name['CreateChatCompletion']._serialized_options = b'\202\323\344\223\002*\"\024/v1/chat/completions:\006paramsb\ncompletion'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateChatCompletion']._serialized_options = b'\202\323\344\223\002\036\"\024/v1/chat/completions:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['StreamChatCompletionSse']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['StreamChatCompletionSse']._serialized_options = b'\202\323\344\223\002%\"\033/v1/chat/completions:stream:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['CreateCompletion']._loaded_options = None
-  _globals['_ROUTERSERVICE'].methods_by_name['CreateCompletion']._serialized_options = b'\202\323\344\223\002%\"\017/v1/completions:\006paramsb\ncompletion'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateCompletion']._serialized_options = b'\202\323\344\223\002\031\"\017/v1/completions:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['StreamCompletionSse']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['StreamCompletionSse']._serialized_options = b'\202\323\344\223\002 \"\026/v1/completions:stream:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['CreateEmbedding']._loaded_options = None
-  _globals['_ROUTERSERVICE'].methods_by_name['CreateEmbedding']._serialized_options = b'\202\323\344\223\002$\"\016/v1/embeddings:\006paramsb\nembeddings'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateEmbedding']._serialized_options = b'\202\323\344\223\002\030\"\016/v1/embeddings:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_ROUTERSERVICE'].methods_by_name['GetModel']._loaded_options = None
-  _globals['_ROUTERSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002#\022\025/v1/models/{model=**}b\nmodel_info'
+  _globals['_ROUTERSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/models/{model=**}'
   _globals['_ROUTERSERVICE'].methods_by_name['GetHealth']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\202\323\344\223\002\n\022\010/healthz'
   _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=154
   _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=244
-  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_start=246
-  _globals['_CREATECHATCOMPLETIONRESPONSE']._serialized_end=335
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=337
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=427
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=429
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=518
-  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_start=520
-  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_end=613
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=615
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=697
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_start=699
-  _globals['_CREATECOMPLETIONRESPONSE']._serialized_end=780
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=782
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=864
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=866
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=942
-  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_start=944
-  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_end=1029
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=1031
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1111
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=1113
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1196
-  _globals['_LISTMODELSREQUEST']._serialized_start=1198
-  _globals['_LISTMODELSREQUEST']._serialized_end=1217
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1219
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1299
-  _globals['_GETMODELREQUEST']._serialized_start=1301
-  _globals['_GETMODELREQUEST']._serialized_end=1333
-  _globals['_GETMODELRESPONSE']._serialized_start=1335
-  _globals['_GETMODELRESPONSE']._serialized_end=1403
-  _globals['_GETHEALTHREQUEST']._serialized_start=1405
-  _globals['_GETHEALTHREQUEST']._serialized_end=1423
-  _globals['_GETHEALTHRESPONSE']._serialized_start=1426
-  _globals['_GETHEALTHRESPONSE']._serialized_end=1607
-  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_start=1558
-  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_end=1607
-  _globals['_ROUTERSERVICE']._serialized_start=1610
-  _globals['_ROUTERSERVICE']._serialized_end=3039
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=246
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=336
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=338
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=427
+  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_start=429
+  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_end=522
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=524
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=606
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=608
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=690
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=692
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=768
+  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_start=770
+  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_end=855
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=857
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=937
+  _globals['_LISTMODELSREQUEST']._serialized_start=939
+  _globals['_LISTMODELSREQUEST']._serialized_end=958
+  _globals['_LISTMODELSRESPONSE']._serialized_start=960
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1040
+  _globals['_GETMODELREQUEST']._serialized_start=1042
+  _globals['_GETMODELREQUEST']._serialized_end=1074
+  _globals['_GETHEALTHREQUEST']._serialized_start=1076
+  _globals['_GETHEALTHREQUEST']._serialized_end=1094
+  _globals['_GETHEALTHRESPONSE']._serialized_start=1097
+  _globals['_GETHEALTHRESPONSE']._serialized_end=1278
+  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_start=1229
+  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_end=1278
+  _globals['_ROUTERSERVICE']._serialized_start=1281
+  _globals['_ROUTERSERVICE']._serialized_end=2612
 # @@protoc_insertion_point(module_scope)

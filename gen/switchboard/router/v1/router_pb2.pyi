@@ -54,26 +54,6 @@ class CreateChatCompletionRequest(_message.Message):
 Global___CreateChatCompletionRequest: _TypeAlias = CreateChatCompletionRequest  # noqa: Y015
 
 @_typing.final
-class CreateChatCompletionResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    COMPLETION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def completion(self) -> _openai_pb2.ChatCompletion: ...
-    def __init__(
-        self,
-        *,
-        completion: _openai_pb2.ChatCompletion | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateChatCompletionResponse: _TypeAlias = CreateChatCompletionResponse  # noqa: Y015
-
-@_typing.final
 class StreamChatCompletionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -152,26 +132,6 @@ class CreateCompletionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateCompletionRequest: _TypeAlias = CreateCompletionRequest  # noqa: Y015
-
-@_typing.final
-class CreateCompletionResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    COMPLETION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def completion(self) -> _openai_pb2.Completion: ...
-    def __init__(
-        self,
-        *,
-        completion: _openai_pb2.Completion | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateCompletionResponse: _TypeAlias = CreateCompletionResponse  # noqa: Y015
 
 @_typing.final
 class StreamCompletionRequest(_message.Message):
@@ -254,26 +214,6 @@ class CreateEmbeddingRequest(_message.Message):
 Global___CreateEmbeddingRequest: _TypeAlias = CreateEmbeddingRequest  # noqa: Y015
 
 @_typing.final
-class CreateEmbeddingResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EMBEDDINGS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def embeddings(self) -> _openai_pb2.EmbeddingList: ...
-    def __init__(
-        self,
-        *,
-        embeddings: _openai_pb2.EmbeddingList | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateEmbeddingResponse: _TypeAlias = CreateEmbeddingResponse  # noqa: Y015
-
-@_typing.final
 class ListModelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -331,26 +271,6 @@ class GetModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
-
-@_typing.final
-class GetModelResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODEL_INFO_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def model_info(self) -> _openai_pb2.Model: ...
-    def __init__(
-        self,
-        *,
-        model_info: _openai_pb2.Model | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_info", b"model_info"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_info", b"model_info"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
 
 @_typing.final
 class GetHealthRequest(_message.Message):

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from switchboard.common.v1 import openai_pb2 as switchboard_dot_common_dot_v1_dot_openai__pb2
 from switchboard.router.v1 import router_pb2 as switchboard_dot_router_dot_v1_dot_router__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -38,7 +39,7 @@ class RouterServiceStub:
         self.CreateChatCompletion = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/CreateChatCompletion',
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateChatCompletionRequest.SerializeToString,
-                response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateChatCompletionResponse.FromString,
+                response_deserializer=switchboard_dot_common_dot_v1_dot_openai__pb2.ChatCompletion.FromString,
                 _registered_method=True)
         self.StreamChatCompletion = channel.unary_stream(
                 '/switchboard.router.v1.RouterService/StreamChatCompletion',
@@ -53,7 +54,7 @@ class RouterServiceStub:
         self.CreateCompletion = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/CreateCompletion',
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateCompletionRequest.SerializeToString,
-                response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateCompletionResponse.FromString,
+                response_deserializer=switchboard_dot_common_dot_v1_dot_openai__pb2.Completion.FromString,
                 _registered_method=True)
         self.StreamCompletion = channel.unary_stream(
                 '/switchboard.router.v1.RouterService/StreamCompletion',
@@ -68,7 +69,7 @@ class RouterServiceStub:
         self.CreateEmbedding = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/CreateEmbedding',
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.SerializeToString,
-                response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingResponse.FromString,
+                response_deserializer=switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/ListModels',
@@ -78,7 +79,7 @@ class RouterServiceStub:
         self.GetModel = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/GetModel',
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetModelResponse.FromString,
+                response_deserializer=switchboard_dot_common_dot_v1_dot_openai__pb2.Model.FromString,
                 _registered_method=True)
         self.GetHealth = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/GetHealth',
@@ -91,7 +92,11 @@ class RouterServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateChatCompletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Returns the OpenAI object itself: Envoy's transcoder cannot unwrap a
+        response_body field that is not HttpBody, and the edge must answer with
+        exactly OpenAI's JSON.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -112,7 +117,8 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateCompletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -133,7 +139,8 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateEmbedding(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -146,7 +153,8 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -165,7 +173,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'CreateChatCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateChatCompletion,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateChatCompletionRequest.FromString,
-                    response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateChatCompletionResponse.SerializeToString,
+                    response_serializer=switchboard_dot_common_dot_v1_dot_openai__pb2.ChatCompletion.SerializeToString,
             ),
             'StreamChatCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamChatCompletion,
@@ -180,7 +188,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'CreateCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCompletion,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateCompletionRequest.FromString,
-                    response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateCompletionResponse.SerializeToString,
+                    response_serializer=switchboard_dot_common_dot_v1_dot_openai__pb2.Completion.SerializeToString,
             ),
             'StreamCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamCompletion,
@@ -195,7 +203,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'CreateEmbedding': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEmbedding,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.FromString,
-                    response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingResponse.SerializeToString,
+                    response_serializer=switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -205,7 +213,7 @@ def add_RouterServiceServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetModelRequest.FromString,
-                    response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetModelResponse.SerializeToString,
+                    response_serializer=switchboard_dot_common_dot_v1_dot_openai__pb2.Model.SerializeToString,
             ),
             'GetHealth': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHealth,
@@ -239,7 +247,7 @@ class RouterService:
             target,
             '/switchboard.router.v1.RouterService/CreateChatCompletion',
             switchboard_dot_router_dot_v1_dot_router__pb2.CreateChatCompletionRequest.SerializeToString,
-            switchboard_dot_router_dot_v1_dot_router__pb2.CreateChatCompletionResponse.FromString,
+            switchboard_dot_common_dot_v1_dot_openai__pb2.ChatCompletion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -320,7 +328,7 @@ class RouterService:
             target,
             '/switchboard.router.v1.RouterService/CreateCompletion',
             switchboard_dot_router_dot_v1_dot_router__pb2.CreateCompletionRequest.SerializeToString,
-            switchboard_dot_router_dot_v1_dot_router__pb2.CreateCompletionResponse.FromString,
+            switchboard_dot_common_dot_v1_dot_openai__pb2.Completion.FromString,
             options,
             channel_credentials,
             insecure,
@@ -401,7 +409,7 @@ class RouterService:
             target,
             '/switchboard.router.v1.RouterService/CreateEmbedding',
             switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.SerializeToString,
-            switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingResponse.FromString,
+            switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -455,7 +463,7 @@ class RouterService:
             target,
             '/switchboard.router.v1.RouterService/GetModel',
             switchboard_dot_router_dot_v1_dot_router__pb2.GetModelRequest.SerializeToString,
-            switchboard_dot_router_dot_v1_dot_router__pb2.GetModelResponse.FromString,
+            switchboard_dot_common_dot_v1_dot_openai__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

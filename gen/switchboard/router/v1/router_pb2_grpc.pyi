@@ -20,6 +20,7 @@ The model that served a call is in the response metadata "x-switchboard-model".
 from collections import abc as _abc
 from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
+from switchboard.common.v1 import openai_pb2 as _openai_pb2
 from switchboard.router.v1 import router_pb2 as _router_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -46,24 +47,32 @@ class RouterServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RouterServiceAsyncStub: ...
-    CreateChatCompletion: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateChatCompletionRequest, _router_pb2.CreateChatCompletionResponse]
+    CreateChatCompletion: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateChatCompletionRequest, _openai_pb2.ChatCompletion]
+    """Returns the OpenAI object itself: Envoy's transcoder cannot unwrap a
+    response_body field that is not HttpBody, and the edge must answer with
+    exactly OpenAI's JSON.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     StreamChatCompletion: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionRequest, _router_pb2.StreamChatCompletionResponse]
     StreamChatCompletionSse: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionSseRequest, _httpbody_pb2.HttpBody]
     """The exact SSE bytes for the edge; HttpBody is what the transcoder passes through.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    CreateCompletion: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateCompletionRequest, _router_pb2.CreateCompletionResponse]
+    CreateCompletion: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateCompletionRequest, _openai_pb2.Completion]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     StreamCompletion: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamCompletionRequest, _router_pb2.StreamCompletionResponse]
     StreamCompletionSse: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamCompletionSseRequest, _httpbody_pb2.HttpBody]
     """The exact SSE bytes for the edge; HttpBody is what the transcoder passes through.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _router_pb2.CreateEmbeddingResponse]
+    CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _openai_pb2.EmbeddingList]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     ListModels: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListModelsRequest, _router_pb2.ListModelsResponse]
     """The models the caller's key may use."""
-    GetModel: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetModelRequest, _router_pb2.GetModelResponse]
+    GetModel: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetModelRequest, _openai_pb2.Model]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     GetHealth: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetHealthRequest, _router_pb2.GetHealthResponse]
     """Liveness of the router and readiness of what it depends on, for people
     and load balancers. Orchestrators use grpc.health.v1 instead.
@@ -72,24 +81,32 @@ class RouterServiceStub:
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateChatCompletion: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateChatCompletionRequest, _router_pb2.CreateChatCompletionResponse]  # type: ignore[assignment]
+    CreateChatCompletion: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateChatCompletionRequest, _openai_pb2.ChatCompletion]  # type: ignore[assignment]
+    """Returns the OpenAI object itself: Envoy's transcoder cannot unwrap a
+    response_body field that is not HttpBody, and the edge must answer with
+    exactly OpenAI's JSON.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     StreamChatCompletion: _aio.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionRequest, _router_pb2.StreamChatCompletionResponse]  # type: ignore[assignment]
     StreamChatCompletionSse: _aio.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionSseRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """The exact SSE bytes for the edge; HttpBody is what the transcoder passes through.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    CreateCompletion: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateCompletionRequest, _router_pb2.CreateCompletionResponse]  # type: ignore[assignment]
+    CreateCompletion: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateCompletionRequest, _openai_pb2.Completion]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     StreamCompletion: _aio.UnaryStreamMultiCallable[_router_pb2.StreamCompletionRequest, _router_pb2.StreamCompletionResponse]  # type: ignore[assignment]
     StreamCompletionSse: _aio.UnaryStreamMultiCallable[_router_pb2.StreamCompletionSseRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """The exact SSE bytes for the edge; HttpBody is what the transcoder passes through.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    CreateEmbedding: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _router_pb2.CreateEmbeddingResponse]  # type: ignore[assignment]
+    CreateEmbedding: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _openai_pb2.EmbeddingList]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     ListModels: _aio.UnaryUnaryMultiCallable[_router_pb2.ListModelsRequest, _router_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models the caller's key may use."""
-    GetModel: _aio.UnaryUnaryMultiCallable[_router_pb2.GetModelRequest, _router_pb2.GetModelResponse]  # type: ignore[assignment]
+    GetModel: _aio.UnaryUnaryMultiCallable[_router_pb2.GetModelRequest, _openai_pb2.Model]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     GetHealth: _aio.UnaryUnaryMultiCallable[_router_pb2.GetHealthRequest, _router_pb2.GetHealthResponse]  # type: ignore[assignment]
     """Liveness of the router and readiness of what it depends on, for people
     and load balancers. Orchestrators use grpc.health.v1 instead.
@@ -101,7 +118,12 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _router_pb2.CreateChatCompletionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_router_pb2.CreateChatCompletionResponse, _abc.Awaitable[_router_pb2.CreateChatCompletionResponse]]: ...
+    ) -> _typing.Union[_openai_pb2.ChatCompletion, _abc.Awaitable[_openai_pb2.ChatCompletion]]:
+        """Returns the OpenAI object itself: Envoy's transcoder cannot unwrap a
+        response_body field that is not HttpBody, and the edge must answer with
+        exactly OpenAI's JSON.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def StreamChatCompletion(
@@ -126,7 +148,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _router_pb2.CreateCompletionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_router_pb2.CreateCompletionResponse, _abc.Awaitable[_router_pb2.CreateCompletionResponse]]: ...
+    ) -> _typing.Union[_openai_pb2.Completion, _abc.Awaitable[_openai_pb2.Completion]]:
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
 
     @_abc_1.abstractmethod
     def StreamCompletion(
@@ -151,7 +174,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _router_pb2.CreateEmbeddingRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_router_pb2.CreateEmbeddingResponse, _abc.Awaitable[_router_pb2.CreateEmbeddingResponse]]: ...
+    ) -> _typing.Union[_openai_pb2.EmbeddingList, _abc.Awaitable[_openai_pb2.EmbeddingList]]:
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
 
     @_abc_1.abstractmethod
     def ListModels(
@@ -166,7 +190,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _router_pb2.GetModelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_router_pb2.GetModelResponse, _abc.Awaitable[_router_pb2.GetModelResponse]]: ...
+    ) -> _typing.Union[_openai_pb2.Model, _abc.Awaitable[_openai_pb2.Model]]:
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
 
     @_abc_1.abstractmethod
     def GetHealth(

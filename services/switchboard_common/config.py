@@ -1,0 +1,160 @@
+"""The declarative config file (SWITCHBOARD_CONFIG): providers, models, keys.
+
+Validation happens once at load, so a typo fails start-up with the field's path
+instead of surfacing as a routing error at request time. Secrets are never in
+the file: providers and keys name environment variables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ProviderKind = Literal["openai", "gemini", "mock"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Strict):
+    name: str = Field(min_length=1)
+    kind: ProviderKind
+    base_url: str = ""
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Upstream quirks (e.g. dialect: dashscope); adapters read what they know.
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _base_url_for_http_kinds(self) -> Self:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("base_url is required for kind 'openai'")
+        return self
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class DeploymentConfig(_Strict):
+    provider: str
+    model: str = Field(min_length=1)
+    weight: int = Field(default=1, ge=0)
+    priority: int = 0
+
+
+class PricingConfig(_Strict):
+    input_per_1k: float = Field(default=0.0, ge=0)
+    output_per_1k: float = Field(default=0.0, ge=0)
+    cached_input_per_1k: float = Field(default=0.0, ge=0)
+    currency: str = "USD"
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    kind: Literal["chat", "embedding"] = "chat"
+    aliases: list[str] = Field(default_factory=list)
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    online: bool = True
+    description: str = ""
+
+
+class KeyConfig(_Strict):
+    name: str = Field(min_length=1)
+    key_env: str | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # None means every model.
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> Self:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError("exactly one of key_env or key_sha256 is required")
+        return self
+
+    def secret_sha256(self) -> str | None:
+        """The hash to compare presented keys with; None when key_env is unset."""
+        if self.key_sha256 is not None:
+            return self.key_sha256
+        secret = os.environ.get(self.key_env or "")
+        return hashlib.sha256(secret.encode()).hexdigest() if secret else None
+
+
+class SwitchboardConfig(_Strict):
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] | None = None
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Self:
+        _unique("providers", [p.name for p in self.providers])
+        names = [m.name for m in self.models]
+        _unique("models", names + [a for m in self.models for a in m.aliases])
+        providers = {p.name for p in self.providers}
+        for i, model in enumerate(self.models):
+            for j, dep in enumerate(model.deployments):
+                if dep.provider not in providers:
+                    raise ValueError(
+                        f"models[{i}].deployments[{j}].provider: unknown provider {dep.provider!r}"
+                    )
+            for fb in model.fallbacks:
+                if fb not in names:
+                    raise ValueError(f"models[{i}].fallbacks: unknown model {fb!r}")
+        if self.keys is not None:
+            _unique("keys", [k.name for k in self.keys])
+            for i, key in enumerate(self.keys):
+                for m in key.models or []:
+                    if m not in names:
+                        raise ValueError(f"keys[{i}].models: unknown model {m!r}")
+        return self
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+
+def _unique(section: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{section}: duplicate name {name!r}")
+        seen.add(name)
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message says where."""
+
+
+def parse_config(data: Mapping[str, object] | None, source: str = "<config>") -> SwitchboardConfig:
+    try:
+        return SwitchboardConfig.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: Path) -> SwitchboardConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return parse_config(data, str(path))

@@ -1,0 +1,153 @@
+"""Server interceptors: request ids, error rendering, and RPC metrics.
+
+Handlers raise SwitchboardError; the interceptor turns it into a
+google.rpc.Status with ErrorInfo plus the edge's HTTP metadata. Anything else
+becomes INTERNAL with a generic message (the exception is logged, never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.metrics import RPC_DURATION, RPC_ERRORS
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: SwitchboardError) -> None:
+    status = err.to_status()
+    metadata = (("grpc-status-details-bin", status.SerializeToString()), *err.edge_metadata())
+    await context.abort(err.code, err.message, trailing_metadata=metadata)
+
+
+class _Call:
+    """Bookkeeping for one RPC: request id, timing, and error handling."""
+
+    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext[Any, Any]):
+        self.service = service
+        self.method = method
+        self.context = context
+        self.start = time.perf_counter()
+        self.token = request_id_var.set(_request_id(context))
+        self.code = "OK"
+
+    async def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, SwitchboardError):
+            err = exc
+        else:
+            log.error(
+                "unhandled error in %s",
+                self.method,
+                exc_info=exc,
+                extra=log_fields(method=self.method),
+            )
+            err = SwitchboardError(R.ERROR_REASON_INTERNAL, "internal error")
+        self.code = err.code.name
+        RPC_ERRORS.labels(self.service, self.method, err.reason_name).inc()
+        await abort_with(self.context, err)
+
+    def finish(self) -> None:
+        RPC_DURATION.labels(self.service, self.method, self.code).observe(
+            time.perf_counter() - self.start
+        )
+        request_id_var.reset(self.token)
+
+
+def _passthrough(exc: BaseException) -> bool:
+    # AbortError is how grpc.aio ends a call that already aborted; cancellation
+    # means the client left; neither is ours to render.
+    return isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        service = self.service
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(service, method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(service, method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(service, method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(service, method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _wrap_unary(service: str, method: str, behavior: Any) -> Any:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = _Call(service, method, context)
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            if _passthrough(exc):
+                raise
+            await call.fail(exc)
+        finally:
+            call.finish()
+
+    return wrapper
+
+
+def _wrap_stream(service: str, method: str, behavior: Any) -> Any:
+    async def wrapper(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        call = _Call(service, method, context)
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except BaseException as exc:
+            if _passthrough(exc) or isinstance(exc, GeneratorExit):
+                raise
+            await call.fail(exc)
+        finally:
+            call.finish()
+
+    return wrapper

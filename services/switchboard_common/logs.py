@@ -1,0 +1,65 @@
+"""Structured JSON logs, one object per line, with the current request id.
+
+Secrets must never reach a log line: callers log names (key name, provider
+name, env var name), never values, and `redact` strips anything that looks
+like a bearer token from free text that came from outside.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+_TOKENISH = re.compile(r"(?i)(bearer\s+|api[_-]?key[=:]\s*|\bsk-)[A-Za-z0-9._\-]{6,}")
+
+
+def redact(text: str) -> str:
+    return _TOKENISH.sub(lambda m: m.group(1) + "[redacted]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        rid = request_id_var.get()
+        if rid:
+            entry["request_id"] = rid
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The SDKs' HTTP clients log request lines (with headers at DEBUG): keep them quiet.
+    for noisy in ("httpx", "httpcore", "openai", "grpc", "hpack"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def log_fields(**fields: Any) -> dict[str, Any]:
+    """`extra=` for a log call whose fields land as top-level JSON keys."""
+    return {"fields": fields}

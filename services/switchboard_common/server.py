@@ -1,0 +1,100 @@
+"""The gRPC server every service runs: grpc.aio on uvloop, the standard health
+and reflection services, our interceptors, a Prometheus side port, and a
+SIGTERM drain (NOT_SERVING first, so balancers stop sending, then stop(grace))."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from switchboard_common.interceptors import ServerInterceptor
+from switchboard_common.logs import log_fields, setup_logging
+from switchboard_common.metrics import serve_metrics
+from switchboard_common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.enable_retries", 0),
+]
+
+
+@dataclass
+class Mounted:
+    """What a service's setup registered on the server."""
+
+    service_names: Sequence[str]
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+Setup = Callable[[grpc.aio.Server, Settings], Awaitable[Mounted]]
+
+
+async def serve(
+    name: str,
+    setup: Setup,
+    settings: Settings,
+    *,
+    grace_s: float = 10.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then drain."""
+    server = grpc.aio.server(interceptors=[ServerInterceptor(name)], options=SERVER_OPTIONS)
+    mounted = await setup(server, settings)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*mounted.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+
+    address = f"{settings.host}:{settings.ports[name]}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"{name}: cannot listen on {address}")
+    metrics_port = settings.metrics_port(name)
+    if metrics_port:
+        serve_metrics(metrics_port, settings.host)
+    await server.start()
+    for service_name in ("", *mounted.service_names):
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving",
+        extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
+    )
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("draining", extra=log_fields(grace_s=grace_s))
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    for close in mounted.closers:
+        await close()
+    log.info("stopped")
+
+
+def main(name: str, setup: Setup) -> None:
+    """Entry point of `python -m switchboard_<name>`."""
+    settings = Settings.from_env()
+    setup_logging(name, settings.log_level)
+    uvloop.run(serve(name, setup, settings))

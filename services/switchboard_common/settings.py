@@ -1,0 +1,78 @@
+"""Process settings from the environment (CONTRACT.md's table), read once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICE_PORTS = {
+    "router": 50051,
+    "registry": 50052,
+    "provider": 50053,
+    "usage": 50054,
+    "gpu": 50055,
+}
+# Each service also serves Prometheus metrics on its gRPC port + 1000 unless overridden.
+METRICS_PORT_OFFSET = 1000
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    config_path: Path
+    edge_port: int
+    ports: dict[str, int]
+    host: str
+    kafka_bootstrap: str
+    clickhouse_url: str
+    registry_database_url: str
+    redis_url: str | None
+    admin_key: str | None = field(repr=False)
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get("SWITCHBOARD_HOME") or ".switchboard").absolute()
+        router_port = _int("SWITCHBOARD_GRPC_PORT", SERVICE_PORTS["router"])
+        ports = {
+            name: _int(f"SWITCHBOARD_{name.upper()}_PORT", default)
+            for name, default in SERVICE_PORTS.items()
+            if name != "router"
+        }
+        ports["router"] = router_port
+        return cls(
+            home=home,
+            config_path=Path(os.environ.get("SWITCHBOARD_CONFIG") or "config/switchboard.yaml"),
+            edge_port=_int("SWITCHBOARD_EDGE_PORT", 8080),
+            ports=ports,
+            host=os.environ.get("SWITCHBOARD_HOST") or "127.0.0.1",
+            kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
+            clickhouse_url=os.environ.get("CLICKHOUSE_URL") or f"chdb://{home}/clickhouse",
+            registry_database_url=os.environ.get("REGISTRY_DATABASE_URL")
+            or f"sqlite+aiosqlite:///{home}/registry.db",
+            redis_url=os.environ.get("REDIS_URL") or None,
+            admin_key=os.environ.get("SWITCHBOARD_ADMIN_KEY") or None,
+            log_level=(os.environ.get("SWITCHBOARD_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def address(self, service: str) -> str:
+        """Where `service` listens, overridable as SWITCHBOARD_<SERVICE>_ADDR (host:port)."""
+        override = os.environ.get(f"SWITCHBOARD_{service.upper()}_ADDR")
+        return override or f"{self.host}:{self.ports[service]}"
+
+    def metrics_port(self, service: str) -> int:
+        return _int(
+            f"SWITCHBOARD_{service.upper()}_METRICS_PORT",
+            self.ports[service] + METRICS_PORT_OFFSET,
+        )

@@ -1,0 +1,1 @@
+"""The provider service: the only place that calls upstream LLM APIs and holds their secrets."""

@@ -1,0 +1,145 @@
+"""ProviderService: picks the adapter for a target and guarantees the contract's
+last event, one UsageRecord per attempt, whatever the upstream does."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from switchboard.common.v1 import openai_pb2
+from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
+from switchboard.usage.v1 import usage_pb2
+from switchboard_common.config import ProviderConfig, SwitchboardConfig, load_config
+from switchboard_common.deadlines import remaining
+from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.logs import log_fields
+from switchboard_common.server import Mounted
+from switchboard_common.settings import Settings
+from switchboard_provider.adapters.base import Adapter, prompt_text
+from switchboard_provider.adapters.mock import MockAdapter
+from switchboard_provider.adapters.openai_compat import OpenAIAdapter
+from switchboard_provider.meter import UsageMeter
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# An upper bound for any single upstream attempt, whatever the caller allows.
+MAX_ATTEMPT_S = 600.0
+
+
+def encode_base64(embeddings: openai_pb2.EmbeddingList) -> None:
+    """Return vectors the way OpenAI does for encoding_format=base64 (little-endian
+    float32), whatever the adapter produced; upstreams that did it already pass."""
+    for item in embeddings.data:
+        if item.embedding.HasField("list_value"):
+            values = [v.number_value for v in item.embedding.list_value.values]
+            item.embedding.string_value = base64.b64encode(
+                struct.pack(f"<{len(values)}f", *values)
+            ).decode()
+
+
+def build_adapter(config: ProviderConfig) -> Adapter:
+    if config.kind == "openai":
+        return OpenAIAdapter(config)
+    if config.kind == "mock":
+        return MockAdapter(config)
+    raise SwitchboardError(
+        R.ERROR_REASON_NOT_IMPLEMENTED,
+        f"provider {config.name!r}: kind {config.kind!r} is not supported yet",
+    )
+
+
+class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    def __init__(self, config: SwitchboardConfig) -> None:
+        self._configs = {p.name: p for p in config.providers}
+        self._adapters: dict[str, Adapter] = {}
+
+    def adapter(self, name: str) -> Adapter:
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            config = self._configs.get(name)
+            if config is None:
+                raise SwitchboardError(
+                    R.ERROR_REASON_INVALID_REQUEST, f"unknown provider {name!r}", param="provider"
+                )
+            adapter = self._adapters[name] = build_adapter(config)
+        return adapter
+
+    async def StreamGenerate(
+        self, request: provider_pb2.StreamGenerateRequest, context: Context
+    ) -> AsyncIterator[provider_pb2.StreamGenerateResponse]:
+        operation = (
+            usage_pb2.OPERATION_CHAT if request.HasField("chat") else usage_pb2.OPERATION_COMPLETION
+        )
+        meter = UsageMeter(request, operation)
+        meter.prompt_text = prompt_text(request)
+        adapter = self.adapter(request.target.provider)
+        timeout_s = remaining(context, MAX_ATTEMPT_S)
+        produced = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for event in adapter.generate(request, meter, timeout_s):
+                    produced = True
+                    yield event
+        except TimeoutError:
+            err = SwitchboardError(
+                R.ERROR_REASON_UPSTREAM_TIMEOUT,
+                f"provider {request.target.provider!r} did not finish within {timeout_s:.1f}s",
+            )
+            yield self._usage(meter, produced, err)
+            raise err from None
+        except SwitchboardError as err:
+            yield self._usage(meter, produced, err)
+            raise
+        except asyncio.CancelledError:
+            # The caller left; nobody can receive the record on this stream, so
+            # it goes to the log. The router accounts the cancelled attempt.
+            record = meter.finish(usage_pb2.USAGE_STATUS_CANCELLED)
+            log.info("attempt cancelled", extra=log_fields(event_id=record.event_id))
+            raise
+        yield provider_pb2.StreamGenerateResponse(usage=meter.finish(usage_pb2.USAGE_STATUS_OK))
+
+    @staticmethod
+    def _usage(
+        meter: UsageMeter, produced: bool, err: SwitchboardError
+    ) -> provider_pb2.StreamGenerateResponse:
+        status = usage_pb2.USAGE_STATUS_PARTIAL if produced else usage_pb2.USAGE_STATUS_ERROR
+        return provider_pb2.StreamGenerateResponse(usage=meter.finish(status, err))
+
+    async def CreateEmbedding(
+        self, request: provider_pb2.CreateEmbeddingRequest, context: Context
+    ) -> provider_pb2.CreateEmbeddingResponse:
+        adapter = self.adapter(request.target.provider)
+        meter = UsageMeter(
+            provider_pb2.StreamGenerateRequest(
+                request_id=request.request_id, attempt=request.attempt, target=request.target
+            ),
+            usage_pb2.OPERATION_EMBEDDING,
+        )
+        embeddings = await adapter.embed(request, remaining(context, MAX_ATTEMPT_S))
+        if request.params.encoding_format == "base64":
+            encode_base64(embeddings)
+        if embeddings.HasField("usage"):
+            meter.record.prompt_tokens = embeddings.usage.prompt_tokens
+            meter.record.total_tokens = embeddings.usage.total_tokens
+            meter.report_embedding()
+        return provider_pb2.CreateEmbeddingResponse(
+            embeddings=embeddings, usage=meter.finish(usage_pb2.USAGE_STATUS_OK)
+        )
+
+    async def close(self) -> None:
+        for adapter in self._adapters.values():
+            await adapter.close()
+
+
+async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
+    servicer = ProviderServicer(load_config(settings.config_path))
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)
+    name = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
+    return Mounted([name], [servicer.close])

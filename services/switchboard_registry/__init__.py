@@ -1,0 +1,1 @@
+"""The registry: providers, models, deployments, keys, defaults and alert rules."""

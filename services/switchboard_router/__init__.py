@@ -1,0 +1,2 @@
+"""The router: the front door. Auth, validation, model resolution, attempts
+over deployments and fallbacks, and OpenAI-exact responses."""

@@ -1,0 +1,93 @@
+"""Which models exist, who may call them, and the order to try deployments in.
+
+Today the catalog is built from the config file; the registry's live
+snapshot replaces that source later without changing this interface.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from switchboard.common.v1 import openai_pb2
+from switchboard_common.config import (
+    DeploymentConfig,
+    KeyConfig,
+    ModelConfig,
+    ProviderConfig,
+    SwitchboardConfig,
+)
+from switchboard_common.errors import R, SwitchboardError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: ModelConfig
+    deployment: DeploymentConfig
+    provider: ProviderConfig
+
+    @property
+    def deployment_id(self) -> str:
+        return f"{self.model.name}/{self.provider.name}/{self.deployment.model}"
+
+
+class Catalog:
+    def __init__(self, config: SwitchboardConfig, created: int, rng: random.Random | None = None):
+        self.config = config
+        self.created = created
+        self._by_name: dict[str, ModelConfig] = {}
+        for model in config.models:
+            self._by_name[model.name] = model
+            for alias in model.aliases:
+                self._by_name[alias] = model
+        self._providers = {p.name: p for p in config.providers}
+        self._rng = rng or random.Random()  # noqa: S311 - load balancing, not security
+
+    def resolve(self, name: str, key: KeyConfig | None, kind: str | None = None) -> ModelConfig:
+        model = self._by_name.get(name)
+        if model is None or not model.online:
+            raise SwitchboardError(
+                R.ERROR_REASON_MODEL_NOT_FOUND,
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        if key is not None and key.models is not None and model.name not in key.models:
+            raise SwitchboardError(
+                R.ERROR_REASON_MODEL_NOT_ALLOWED,
+                f"This API key is not allowed to use the model '{name}'.",
+                param="model",
+            )
+        if kind is not None and model.kind != kind:
+            raise SwitchboardError(
+                R.ERROR_REASON_INVALID_REQUEST,
+                f"The model '{name}' is a {model.kind} model and cannot serve this endpoint.",
+                param="model",
+            )
+        return model
+
+    def plan(self, model: ModelConfig) -> list[Candidate]:
+        """Deployments of the model in weighted-random order, then those of each fallback."""
+        order: list[Candidate] = []
+        for m in [model, *(self._by_name[f] for f in model.fallbacks)]:
+            if not m.online:
+                continue
+            pool = [d for d in m.deployments if d.weight > 0]
+            while pool:
+                pick = self._rng.choices(pool, weights=[d.weight for d in pool])[0]
+                pool.remove(pick)
+                order.append(Candidate(m, pick, self._providers[pick.provider]))
+        return order
+
+    def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
+        return [
+            self.describe(m)
+            for m in self.config.models
+            if m.online and (key is None or key.models is None or m.name in key.models)
+        ]
+
+    def describe(self, model: ModelConfig) -> openai_pb2.Model:
+        owner = self._providers[model.deployments[0].provider]
+        owned_by = "switchboard-mock" if owner.kind == "mock" else owner.name
+        return openai_pb2.Model(
+            id=model.name, object="model", created=self.created, owned_by=owned_by
+        )

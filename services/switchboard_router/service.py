@@ -1,0 +1,412 @@
+"""RouterService: admission (auth, validation, model resolution), attempts over
+deployments and fallbacks, and the three response shapes (unary, typed stream,
+SSE bytes for the edge).
+
+Retries happen only before the first byte reaches the client: once a chunk is
+out, a failure ends the stream with an error (an SSE error event at the edge,
+a non-OK status for gRPC callers), never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.api import httpbody_pb2
+
+from switchboard.common.v1 import openai_pb2
+from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard.usage.v1 import usage_pb2
+from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig, load_config
+from switchboard_common.deadlines import remaining
+from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_common.ids import uuid7
+from switchboard_common.interceptors import REQUEST_ID_KEY
+from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.server import CHANNEL_OPTIONS, Mounted
+from switchboard_common.settings import Settings
+from switchboard_router import render
+from switchboard_router.auth import Authenticator
+from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
+
+log = logging.getLogger(__name__)
+usage_log = logging.getLogger("switchboard.usage")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+VERSION = "0.1.0"
+MAX_CALL_S = 600.0
+MAX_ATTEMPTS = 3
+SERVED_MODEL_KEY = "x-switchboard-model"
+SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
+_RETRYABLE = frozenset(
+    {
+        R.ERROR_REASON_UPSTREAM_ERROR,
+        R.ERROR_REASON_UPSTREAM_RATE_LIMITED,
+        R.ERROR_REASON_SERVICE_UNAVAILABLE,
+    }
+)
+
+BuildRequest = Callable[[Candidate, int], provider_pb2.StreamGenerateRequest]
+
+
+def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
+    return (
+        (SERVED_MODEL_KEY, candidate.model.name),
+        (SERVED_DEPLOYMENT_KEY, candidate.deployment_id),
+    )
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(
+        self, config: SwitchboardConfig, provider: provider_pb2_grpc.ProviderServiceAsyncStub
+    ):
+        self.catalog = Catalog(config, created=int(time.time()))
+        self.auth = Authenticator(config)
+        self.provider = provider
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self._sequence = itertools.count(1)
+
+    # -- admission ---------------------------------------------------------
+
+    def _admit(
+        self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
+    ) -> tuple[KeyConfig | None, ModelConfig]:
+        """Auth first (401 before 400), then the body, then the model (404/403)."""
+        key = self.auth.authenticate(context.invocation_metadata() or ())
+        validate(params)
+        return key, self.catalog.resolve(params.model, key, kind)
+
+    # -- attempts ----------------------------------------------------------
+
+    async def _generate(
+        self,
+        context: Context,
+        key: KeyConfig | None,
+        requested: str,
+        model: ModelConfig,
+        build: BuildRequest,
+    ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
+        plan = self.catalog.plan(model)[:MAX_ATTEMPTS]
+        if not plan:
+            raise SwitchboardError(
+                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+                f"The model '{requested}' has no deployment that can serve it right now.",
+            )
+        for attempt, candidate in enumerate(plan):
+            request = build(candidate, attempt)
+            call = self.provider.StreamGenerate(
+                request,
+                timeout=remaining(context, MAX_CALL_S),
+                metadata=((REQUEST_ID_KEY, request.request_id),),
+            )
+            started = accounted = False
+            try:
+                async for event in call:
+                    if event.HasField("usage"):
+                        self._account(event.usage, key, requested, candidate)
+                        accounted = True
+                        continue
+                    started = True
+                    yield candidate, event
+                return
+            except grpc.aio.AioRpcError as exc:
+                err = from_rpc_error(exc, "provider")
+                last = attempt == len(plan) - 1
+                if started or last or err.reason not in _RETRYABLE:
+                    raise err from None
+                log.info(
+                    "retrying on the next deployment",
+                    extra=log_fields(
+                        attempt=attempt, deployment=candidate.deployment_id, reason=err.reason_name
+                    ),
+                )
+            finally:
+                if not accounted:
+                    self._account_lost(request, key, requested, candidate)
+                call.cancel()
+
+    def _account(
+        self,
+        record: usage_pb2.UsageRecord,
+        key: KeyConfig | None,
+        requested: str,
+        candidate: Candidate,
+    ) -> None:
+        """Attribute an attempt's usage record. Until the usage pipeline lands,
+        records go to the structured log, one JSON line each."""
+        record.key_name = key.name if key else ""
+        record.requested_model = requested
+        record.model = candidate.model.name
+        record.router_instance = self.instance
+        record.sequence = next(self._sequence)
+        usage_log.info(
+            "usage",
+            extra=log_fields(
+                event_id=record.event_id,
+                attempt=record.attempt,
+                key=record.key_name,
+                model=record.model,
+                deployment=record.deployment_id,
+                status=usage_pb2.UsageStatus.Name(record.status),
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                estimated=record.estimated,
+                latency_ms=round(record.latency_ms, 3),
+                ttft_ms=round(record.ttft_ms, 3),
+                sequence=record.sequence,
+            ),
+        )
+
+    def _account_lost(
+        self,
+        request: provider_pb2.StreamGenerateRequest,
+        key: KeyConfig | None,
+        requested: str,
+        candidate: Candidate,
+    ) -> None:
+        """An attempt whose record never arrived (cancelled, or the provider
+        died): account it here, so no attempt goes uncounted."""
+        record = usage_pb2.UsageRecord(
+            event_id=uuid7(),
+            request_id=request.request_id,
+            attempt=request.attempt,
+            deployment_id=candidate.deployment_id,
+            provider=candidate.provider.name,
+            upstream_model=candidate.deployment.model,
+            stream=request.stream,
+            status=usage_pb2.USAGE_STATUS_CANCELLED,
+            estimated=True,
+        )
+        self._account(record, key, requested, candidate)
+
+    def _build(self, requested: str, field: str, params: Any, stream: bool) -> BuildRequest:
+        request_id = request_id_var.get() or uuid7()
+
+        def build(candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
+            request = provider_pb2.StreamGenerateRequest(
+                request_id=request_id,
+                attempt=attempt,
+                stream=stream,
+                target=provider_pb2.Target(
+                    provider=candidate.provider.name,
+                    upstream_model=candidate.deployment.model,
+                    deployment_id=candidate.deployment_id,
+                ),
+            )
+            getattr(request, field).CopyFrom(params)
+            return request
+
+        return build
+
+    # -- chat --------------------------------------------------------------
+
+    async def CreateChatCompletion(
+        self, request: router_pb2.CreateChatCompletionRequest, context: Context
+    ) -> openai_pb2.ChatCompletion:
+        params = request.params
+        key, model = self._admit(context, params, validate_chat, "chat")
+        answer: openai_pb2.ChatCompletion | None = None
+        build = self._build(params.model, "chat", params, stream=False)
+        async for candidate, event in self._generate(context, key, params.model, model, build):
+            if event.HasField("chat_completion"):
+                answer = event.chat_completion
+                answer.model = params.model
+                await context.send_initial_metadata(_served(candidate))
+        if answer is None:
+            raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
+        return answer
+
+    async def _chat_chunks(
+        self, params: openai_pb2.ChatCompletionParams, context: Context
+    ) -> AsyncIterator[tuple[Candidate, openai_pb2.ChatCompletionChunk]]:
+        key, model = self._admit(context, params, validate_chat, "chat")
+        include_usage = params.stream_options.include_usage
+        build = self._build(params.model, "chat", params, stream=True)
+        async for candidate, event in self._generate(context, key, params.model, model, build):
+            if not event.HasField("chat_chunk"):
+                continue
+            chunk = event.chat_chunk
+            if render.is_usage_only(chunk) and not include_usage:
+                continue
+            yield candidate, chunk
+
+    async def StreamChatCompletion(
+        self, request: router_pb2.StreamChatCompletionRequest, context: Context
+    ) -> AsyncIterator[router_pb2.StreamChatCompletionResponse]:
+        params = request.params
+        include_usage = params.stream_options.include_usage
+        started = False
+        async for candidate, chunk in self._chat_chunks(params, context):
+            if not started:
+                await context.send_initial_metadata(_served(candidate))
+                started = True
+            chunk.model = params.model
+            if not include_usage:
+                chunk.ClearField("usage")
+            yield router_pb2.StreamChatCompletionResponse(chunk=chunk)
+
+    async def StreamChatCompletionSse(
+        self, request: router_pb2.StreamChatCompletionSseRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        params = request.params
+        include_usage = params.stream_options.include_usage
+        chunks = (
+            (c, render.chat_chunk(chunk, params.model, include_usage))
+            async for c, chunk in self._chat_chunks(params, context)
+        )
+        async for body in _sse(chunks, context):
+            yield body
+
+    # -- legacy completions --------------------------------------------------
+
+    async def CreateCompletion(
+        self, request: router_pb2.CreateCompletionRequest, context: Context
+    ) -> openai_pb2.Completion:
+        params = request.params
+        key, model = self._admit(context, params, validate_completion, "chat")
+        answer: openai_pb2.Completion | None = None
+        build = self._build(params.model, "completion", params, stream=False)
+        async for candidate, event in self._generate(context, key, params.model, model, build):
+            if event.HasField("completion"):
+                answer = event.completion
+                answer.model = params.model
+                await context.send_initial_metadata(_served(candidate))
+        if answer is None:
+            raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
+        return answer
+
+    async def _completion_chunks(
+        self, params: openai_pb2.CompletionParams, context: Context
+    ) -> AsyncIterator[tuple[Candidate, openai_pb2.Completion]]:
+        key, model = self._admit(context, params, validate_completion, "chat")
+        include_usage = params.stream_options.include_usage
+        build = self._build(params.model, "completion", params, stream=True)
+        async for candidate, event in self._generate(context, key, params.model, model, build):
+            if not event.HasField("completion"):
+                continue
+            if render.is_usage_only(event.completion) and not include_usage:
+                continue
+            yield candidate, event.completion
+
+    async def StreamCompletion(
+        self, request: router_pb2.StreamCompletionRequest, context: Context
+    ) -> AsyncIterator[router_pb2.StreamCompletionResponse]:
+        params = request.params
+        started = False
+        async for candidate, chunk in self._completion_chunks(params, context):
+            if not started:
+                await context.send_initial_metadata(_served(candidate))
+                started = True
+            chunk.model = params.model
+            yield router_pb2.StreamCompletionResponse(chunk=chunk)
+
+    async def StreamCompletionSse(
+        self, request: router_pb2.StreamCompletionSseRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        params = request.params
+        include_usage = params.stream_options.include_usage
+        chunks = (
+            (c, render.completion_chunk(chunk, params.model, include_usage))
+            async for c, chunk in self._completion_chunks(params, context)
+        )
+        async for body in _sse(chunks, context):
+            yield body
+
+    # -- embeddings ----------------------------------------------------------
+
+    async def CreateEmbedding(
+        self, request: router_pb2.CreateEmbeddingRequest, context: Context
+    ) -> openai_pb2.EmbeddingList:
+        params = request.params
+        key, model = self._admit(context, params, validate_embedding, "embedding")
+        plan = self.catalog.plan(model)
+        if not plan:
+            raise SwitchboardError(
+                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+                f"The model '{params.model}' has no deployment that can serve it right now.",
+            )
+        candidate = plan[0]
+        request_id = request_id_var.get() or uuid7()
+        try:
+            response = await self.provider.CreateEmbedding(
+                provider_pb2.CreateEmbeddingRequest(
+                    request_id=request_id,
+                    target=provider_pb2.Target(
+                        provider=candidate.provider.name,
+                        upstream_model=candidate.deployment.model,
+                        deployment_id=candidate.deployment_id,
+                    ),
+                    params=params,
+                ),
+                timeout=remaining(context, MAX_CALL_S),
+                metadata=((REQUEST_ID_KEY, request_id),),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "provider") from None
+        self._account(response.usage, key, params.model, candidate)
+        response.embeddings.model = params.model
+        await context.send_initial_metadata(_served(candidate))
+        return response.embeddings
+
+    # -- models and health ---------------------------------------------------
+
+    async def ListModels(
+        self, request: router_pb2.ListModelsRequest, context: Context
+    ) -> router_pb2.ListModelsResponse:
+        key = self.auth.authenticate(context.invocation_metadata() or ())
+        return router_pb2.ListModelsResponse(object="list", data=self.catalog.visible(key))
+
+    async def GetModel(
+        self, request: router_pb2.GetModelRequest, context: Context
+    ) -> openai_pb2.Model:
+        key = self.auth.authenticate(context.invocation_metadata() or ())
+        model = self.catalog.resolve(request.model, key)
+        return self.catalog.describe(model)
+
+    async def GetHealth(
+        self, request: router_pb2.GetHealthRequest, context: Context
+    ) -> router_pb2.GetHealthResponse:
+        return router_pb2.GetHealthResponse(status="ok", version=VERSION)
+
+
+async def _sse(
+    chunks: AsyncIterator[tuple[Candidate, dict[str, Any]]], context: Context
+) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """Frame chunks as OpenAI server-sent events. Errors before the first byte
+    propagate (the edge answers with the right HTTP status); after it, they
+    become an error event, since the status line is already sent."""
+    started = False
+    try:
+        async for candidate, payload in chunks:
+            if not started:
+                await context.send_initial_metadata(_served(candidate))
+                started = True
+            yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.sse(payload))
+    except SwitchboardError as err:
+        if not started:
+            raise
+        log.warning("stream failed after it started", extra=log_fields(reason=err.reason_name))
+        yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.error_event(err))
+        return
+    yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.DONE)
+
+
+async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
+    config = load_config(settings.config_path)
+    channel = grpc.aio.insecure_channel(settings.address("provider"), options=CHANNEL_OPTIONS)
+    servicer = RouterServicer(config, provider_pb2_grpc.ProviderServiceStub(channel))
+    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
+    name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+    async def close() -> None:
+        await channel.close()
+
+    return Mounted([name], [close])

@@ -1,0 +1,1 @@
+"""The usage service: accounting of every upstream attempt (Kafka → ClickHouse)."""
