@@ -39,10 +39,16 @@ CHANNEL_OPTIONS = [
 
 @dataclass
 class Mounted:
-    """What a service's setup registered on the server."""
+    """What a service's setup registered on the server.
+
+    drainers run when draining starts, before the grace period: they end
+    long-lived streams (watches) that would otherwise hold the server for the
+    whole grace. closers run after the server stopped, and also when start-up
+    fails after setup."""
 
     service_names: Sequence[str]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    drainers: list[Callable[[], None]] = field(default_factory=list)
 
 
 Setup = Callable[[grpc.aio.Server, Settings], Awaitable[Mounted]]
@@ -59,37 +65,49 @@ async def serve(
     """Run until SIGTERM/SIGINT (or `stop` is set), then drain."""
     server = grpc.aio.server(interceptors=[ServerInterceptor(name)], options=SERVER_OPTIONS)
     mounted = await setup(server, settings)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [*mounted.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
-
-    address = f"{settings.host}:{settings.ports[name]}"
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"{name}: cannot listen on {address}")
-    metrics_port = settings.metrics_port(name)
-    if metrics_port:
-        serve_metrics(metrics_port, settings.host)
-    await server.start()
-    for service_name in ("", *mounted.service_names):
-        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "serving",
-        extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
-    )
-
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stop = stop or asyncio.Event()
+    try:
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [*mounted.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
 
-    log.info("draining", extra=log_fields(grace_s=grace_s))
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace_s)
-    for close in mounted.closers:
-        await close()
+        address = f"{settings.host}:{settings.ports[name]}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise RuntimeError(f"{name}: cannot listen on {address}")
+        metrics_port = settings.metrics_port(name)
+        if metrics_port:
+            serve_metrics(metrics_port, settings.metrics_host)
+        await server.start()
+        for service_name in ("", *mounted.service_names):
+            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+        log.info("draining", extra=log_fields(grace_s=grace_s))
+        await health_servicer.enter_graceful_shutdown()
+        # Give balancers that watch health time to stop sending before we refuse.
+        if settings.drain_delay_s > 0:
+            await asyncio.sleep(settings.drain_delay_s)
+        for drain in mounted.drainers:
+            drain()
+        await server.stop(grace_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(None)
+        for close in mounted.closers:
+            try:
+                await close()
+            except Exception:
+                log.exception("error while closing")
     log.info("stopped")
 
 

@@ -1,4 +1,5 @@
-"""Process settings from the environment (CONTRACT.md's table), read once."""
+"""Process settings from the environment (CONTRACT.md's table and the
+SWITCHBOARD_* extras documented in the README)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class Settings:
     redis_url: str | None
     admin_key: str | None = field(repr=False)
     log_level: str
+    # Seconds between NOT_SERVING and refusing new calls, for balancers to notice.
+    drain_delay_s: float = 0.0
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +68,8 @@ class Settings:
             redis_url=os.environ.get("REDIS_URL") or None,
             admin_key=os.environ.get("SWITCHBOARD_ADMIN_KEY") or None,
             log_level=(os.environ.get("SWITCHBOARD_LOG_LEVEL") or "INFO").upper(),
+            drain_delay_s=float(os.environ.get("SWITCHBOARD_DRAIN_DELAY_S") or 0),
+            metrics_host=os.environ.get("SWITCHBOARD_METRICS_HOST") or "127.0.0.1",
         )
 
     def address(self, service: str) -> str:

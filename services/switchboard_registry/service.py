@@ -25,6 +25,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, snapshot: pb.Snapshot) -> None:
         self.snapshot = snapshot
+        self.draining = asyncio.Event()
 
     async def GetSnapshot(
         self, request: pb.GetSnapshotRequest, context: Context
@@ -37,8 +38,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if request.known_version != self.snapshot.version:
             yield pb.WatchSnapshotResponse(version=self.snapshot.version, snapshot=self.snapshot)
         # Nothing changes the config at run time yet: hold the stream open so
-        # watchers need not reconnect, until they leave or the server stops.
-        await asyncio.Event().wait()
+        # watchers need not reconnect, until they leave or the server drains.
+        await self.draining.wait()
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
@@ -93,4 +94,4 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     snapshot = from_config(load_config(settings.config_path))
     servicer = RegistryServicer(snapshot)  # type: ignore[abstract]
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
-    return Mounted([SERVICE.full_name])
+    return Mounted([SERVICE.full_name], drainers=[servicer.draining.set])

@@ -1,0 +1,291 @@
+"""End to end: the official openai SDK → Envoy edge → router → provider →
+a loopback server speaking OpenAI's wire format, and back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from switchboard.common.v1 import openai_pb2
+from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.support.stack import Stack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+PROVIDER_KEY = "sk-e2e-provider-secret-0123456789"
+PROMPT = "tell me about the switchboard"
+REPLY = f"echo: {PROMPT}"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OpenAIUpstream]:
+    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = {
+        "providers": [
+            {
+                "name": "loopback",
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "api_key_env": "E2E_PROVIDER_KEY",
+                "timeout_s": 1.5,
+            },
+            {"name": "mock", "kind": "mock"},
+        ],
+        "models": [
+            {"name": "fast-chat", "deployments": [{"provider": "loopback", "model": "gpt-loop"}]},
+            {"name": "mock-chat", "deployments": [{"provider": "mock", "model": "mock-echo"}]},
+            {
+                "name": "embed",
+                "kind": "embedding",
+                "deployments": [{"provider": "loopback", "model": "emb-loop"}],
+            },
+        ],
+    }
+    tmp = tmp_path_factory.mktemp("stack")
+    with running_stack(config, tmp, {"E2E_PROVIDER_KEY": PROVIDER_KEY}) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(upstream: OpenAIUpstream) -> None:
+    upstream.reset()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def _messages() -> Any:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPT}]
+
+
+def test_sync_non_stream(client: openai.OpenAI, upstream: OpenAIUpstream) -> None:
+    completion = client.chat.completions.create(model="fast-chat", messages=_messages())
+    assert completion.object == "chat.completion"
+    assert completion.model == "fast-chat"
+    assert completion.choices[0].message.content == REPLY
+    assert completion.choices[0].finish_reason == "stop"
+    served = upstream.served[-1]
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == served.prompt_tokens
+    assert completion.usage.completion_tokens == served.completion_tokens
+    assert completion.usage.total_tokens == served.prompt_tokens + served.completion_tokens
+
+
+def test_sync_stream_with_usage(client: openai.OpenAI, upstream: OpenAIUpstream) -> None:
+    stream = client.chat.completions.create(
+        model="fast-chat",
+        messages=_messages(),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REPLY
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == upstream.served[-1].completion_tokens
+    # One event per upstream chunk: nothing was coalesced.
+    assert len([c for c in chunks if c.choices]) == upstream.served[-1].chunks_sent + 2
+
+
+def test_stream_without_usage_sends_none(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(model="fast-chat", messages=_messages(), stream=True)
+    )
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+
+
+@pytest.mark.asyncio
+async def test_async_stream_and_non_stream(stack: Stack) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{stack.edge_url}/v1", api_key="unused", max_retries=0
+    ) as client:
+        completion = await client.chat.completions.create(model="fast-chat", messages=_messages())
+        assert completion.choices[0].message.content == REPLY
+        stream = await client.chat.completions.create(
+            model="fast-chat",
+            messages=_messages(),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = ""
+        usage = None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            usage = chunk.usage or usage
+        assert text == REPLY
+        assert usage is not None
+        assert usage.total_tokens > 0
+
+
+def test_sse_bytes_on_the_wire(stack: Stack) -> None:
+    body = {"model": "fast-chat", "messages": _messages(), "stream": True}
+    with httpx.stream("POST", f"{stack.edge_url}/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        raw = b"".join(response.iter_raw())
+    events = raw.split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""]
+    for event in events[:-2]:
+        assert event.startswith(b"data: {")
+        assert json.loads(event[6:])["object"] == "chat.completion.chunk"
+
+
+def test_legacy_completions(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model="fast-chat", prompt="say hi")
+    assert completion.choices[0].text == "echo: say hi"
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="fast-chat", prompt="say hi", stream=True)
+        if c.choices
+    )
+    assert text == "echo: say hi"
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
+    floats = client.embeddings.create(model="embed", input=["a", "b"], encoding_format="float")
+    default = client.embeddings.create(model="embed", input=["a", "b"])  # SDK asks for base64
+    assert [d.embedding for d in floats.data] == [d.embedding for d in default.data]
+    assert len(floats.data[0].embedding) == 8
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["fast-chat", "mock-chat", "embed"]
+    assert client.models.retrieve("mock-chat").owned_by == "switchboard-mock"
+
+
+def test_mock_provider_is_labelled(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="mock-chat", messages=_messages())
+    assert completion.choices[0].message.content == f"[mock] {PROMPT}"
+    assert completion.system_fingerprint == "switchboard-mock"
+
+
+def test_healthz(stack: Stack) -> None:
+    reply = httpx.get(f"{stack.edge_url}/healthz")
+    assert reply.status_code == 200
+    assert reply.json()["status"] == "ok"
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"] == "application/json"
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    return error
+
+
+def test_unknown_model_is_404(client: openai.OpenAI, stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="no-such-model", messages=_messages())
+    assert err.value.status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=_messages(), stream=True)
+    raw = httpx.post(
+        f"{stack.edge_url}/v1/chat/completions",
+        json={"model": "no-such-model", "messages": _messages()},
+    )
+    assert _error(raw)["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"model": "fast-chat", "messages": "hello"}', b'{"model": "fast-chat"}'],
+)
+def test_malformed_requests_are_400(stack: Stack, body: bytes) -> None:
+    raw = httpx.post(
+        f"{stack.edge_url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert raw.status_code == 400
+    assert _error(raw)["type"] == "invalid_request_error"
+
+
+def test_upstream_500_is_502(client: openai.OpenAI, upstream: OpenAIUpstream) -> None:
+    upstream.behaviour = Behaviour(mode="status", status=500)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="fast-chat", messages=_messages())
+    assert err.value.status_code == 502
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="fast-chat", messages=_messages(), stream=True)
+    assert err.value.status_code == 502
+
+
+def test_upstream_hang_is_504_within_timeout(
+    client: openai.OpenAI, upstream: OpenAIUpstream
+) -> None:
+    upstream.behaviour = Behaviour(mode="hang")
+    start = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="fast-chat", messages=_messages())
+    elapsed = time.monotonic() - start
+    assert err.value.status_code == 504
+    assert elapsed < 1.5 + 1.0  # the provider's timeout_s, plus slack for the hops
+
+
+def test_failure_mid_stream_is_an_error_event(
+    client: openai.OpenAI, upstream: OpenAIUpstream
+) -> None:
+    upstream.behaviour = Behaviour(mode="reset_after", reset_after_chunks=2)
+    received = ""
+    with pytest.raises(openai.APIError) as err:
+        for chunk in client.chat.completions.create(
+            model="fast-chat", messages=_messages(), stream=True
+        ):
+            received += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert received.startswith("echo:")
+    assert "lost the connection" in err.value.message
+
+
+def test_client_disconnect_cancels_upstream(stack: Stack, upstream: OpenAIUpstream) -> None:
+    upstream.behaviour = Behaviour(mode="slow", chunk_delay_s=0.3)
+    body = {"model": "fast-chat", "messages": _messages(), "stream": True}
+    with httpx.stream("POST", f"{stack.edge_url}/v1/chat/completions", json=body) as response:
+        first = next(response.iter_raw())
+        assert first.startswith(b"data: ")
+    assert upstream.wait_until(lambda: upstream.disconnects == 1, within_s=3.0)
+    assert upstream.wait_until(lambda: upstream.in_flight == 0, within_s=3.0)
+
+
+def test_grpc_router_gives_the_same_answer(stack: Stack, client: openai.OpenAI) -> None:
+    via_edge = client.chat.completions.create(model="fast-chat", messages=_messages())
+    with grpc.insecure_channel(stack.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        params = openai_pb2.ChatCompletionParams(model="fast-chat")
+        for m in _messages():
+            message = params.messages.add(role=m["role"])
+            message.content.string_value = m["content"]
+        direct = stub.CreateChatCompletion(
+            router_pb2.CreateChatCompletionRequest(params=params), timeout=10
+        )
+        chunks = list(
+            stub.StreamChatCompletion(
+                router_pb2.StreamChatCompletionRequest(params=params), timeout=10
+            )
+        )
+    assert direct.choices[0].message.content == via_edge.choices[0].message.content
+    assert direct.usage.total_tokens == via_edge.usage.total_tokens if via_edge.usage else False
+    assert "".join(c.delta.content for r in chunks for c in r.chunk.choices) == REPLY
+
+
+def test_provider_secret_never_logged(stack: Stack) -> None:
+    for component in ("router", "provider", "registry", "usage", "gpu", "envoy"):
+        assert PROVIDER_KEY not in stack.log(component)

@@ -1,0 +1,76 @@
+"""Real Switchboard gRPC servers inside the test's event loop, on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from switchboard_common.server import Setup, serve
+from switchboard_common.settings import Settings
+from switchboard_stack.components import grpc_ready
+from tests.support.ports import free_port
+
+
+def _setup(name: str) -> Setup:
+    if name == "router":
+        from switchboard_router.service import setup
+    elif name == "provider":
+        from switchboard_provider.service import setup
+    elif name == "registry":
+        from switchboard_registry.service import setup
+    elif name == "usage":
+        from switchboard_usage.service import setup
+    else:
+        raise ValueError(name)
+    return setup
+
+
+@contextlib.asynccontextmanager
+async def services(
+    config: Mapping[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    names: tuple[str, ...] = ("provider", "router"),
+) -> AsyncIterator[Settings]:
+    """Start `names` in order with `config`; drain and stop them on exit."""
+    config_path = tmp_path / "switchboard.yaml"
+    config_path.write_text(yaml.safe_dump(dict(config)))
+    base = Settings.from_env()
+    for name in base.ports:
+        monkeypatch.setenv(f"SWITCHBOARD_{name.upper()}_METRICS_PORT", "0")
+    settings = dataclasses.replace(
+        base,
+        home=tmp_path / "home",
+        config_path=config_path,
+        ports={name: free_port() for name in base.ports},
+        host="127.0.0.1",
+    )
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    try:
+        for name in names:
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(name, _setup(name), settings, grace_s=1, stop=stop))
+            running.append((stop, task))
+            await _wait_serving(settings.address(name), task)
+        yield settings
+    finally:
+        for stop, task in reversed(running):
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
+async def _wait_serving(address: str, task: asyncio.Task[None]) -> None:
+    probe = grpc_ready(address)
+    async with asyncio.timeout(10):
+        while not await probe():
+            if task.done():
+                task.result()
+                raise RuntimeError(f"server at {address} stopped while starting")
+            await asyncio.sleep(0.02)
