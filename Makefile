@@ -31,7 +31,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --silent
+	npm install --no-audit --no-fund --silent
 	@touch $@
 
 install: $(BIN)/.installed node_modules/.installed
@@ -69,7 +69,8 @@ fmt: install
 	$(BIN)/ruff check --fix services tests
 	$(BUF) format -w
 
-test: install
+# The whole suite: generated code is current, lint is clean, then every test.
+test: install gen-check lint
 	$(PY) -m pytest tests
 
 test-unit: install

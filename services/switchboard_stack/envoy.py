@@ -28,6 +28,7 @@ def values(settings: Settings) -> dict[str, str]:
         "LUA_PATH": str(LUA),
         "DESCRIPTOR_PATH": str(DESCRIPTOR),
         "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "MAX_CONNECTIONS": os.environ.get("SWITCHBOARD_EDGE_MAX_CONNECTIONS") or "10000",
     }
     for service in ("router", "registry", "usage", "gpu"):
         host, _, port = settings.address(service).rpartition(":")

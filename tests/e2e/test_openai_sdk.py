@@ -289,3 +289,20 @@ def test_grpc_router_gives_the_same_answer(stack: Stack, client: openai.OpenAI) 
 def test_provider_secret_never_logged(stack: Stack) -> None:
     for component in ("router", "provider", "registry", "usage", "gpu", "envoy"):
         assert PROVIDER_KEY not in stack.log(component)
+
+
+def test_oversized_body_is_413(stack: Stack) -> None:
+    content = "x" * (33 * 1024 * 1024)
+    raw = httpx.post(
+        f"{stack.edge_url}/v1/chat/completions",
+        json={"model": "fast-chat", "messages": [{"role": "user", "content": content}]},
+        timeout=30,
+    )
+    assert raw.status_code == 413
+    assert _error(raw)["code"] == "request_too_large"
+
+
+def test_unknown_route_is_404_in_openai_shape(stack: Stack) -> None:
+    raw = httpx.get(f"{stack.edge_url}/v1/no-such-thing")
+    assert raw.status_code == 404
+    assert _error(raw)["code"] == "unknown_url"
