@@ -108,9 +108,16 @@ class SwitchboardConfig(_Strict):
                     raise ValueError(
                         f"models[{i}].deployments[{j}].provider: unknown provider {dep.provider!r}"
                     )
+            kinds = {m.name: m.kind for m in self.models}
             for fb in model.fallbacks:
                 if fb not in names:
                     raise ValueError(f"models[{i}].fallbacks: unknown model {fb!r}")
+                if fb == model.name:
+                    raise ValueError(f"models[{i}].fallbacks: a model cannot fall back to itself")
+                if kinds[fb] != model.kind:
+                    raise ValueError(
+                        f"models[{i}].fallbacks: {fb!r} is a {kinds[fb]} model, not {model.kind}"
+                    )
         if self.keys is not None:
             _unique("keys", [k.name for k in self.keys])
             for i, key in enumerate(self.keys):

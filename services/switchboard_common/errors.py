@@ -10,6 +10,7 @@ the HTTP status and body, then strips.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -172,7 +173,8 @@ class SwitchboardError(Exception):
         body = json.dumps(self.openai_body(), ensure_ascii=True, separators=(",", ":"))
         items = [(HTTP_STATUS_HEADER, str(self.http_status)), (ERROR_BODY_HEADER, body)]
         if self.retry_after_s is not None:
-            items.append(("retry-after", str(max(1, round(self.retry_after_s)))))
+            # Round up: a client that waits exactly this long must not be early.
+            items.append(("retry-after", str(max(1, math.ceil(self.retry_after_s)))))
         return tuple(items)
 
 

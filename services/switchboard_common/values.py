@@ -19,8 +19,12 @@ def texts(value: object) -> list[str]:
     if not isinstance(value, list):
         return []
     if all(isinstance(v, int | float) for v in value):
-        return [" ".join(str(int(v)) for v in value)]
+        return [_tokens(value)]
     return [
-        v if isinstance(v, str) else " ".join(map(str, v)) if isinstance(v, list) else str(v)
-        for v in value
+        v if isinstance(v, str) else _tokens(v) if isinstance(v, list) else str(v) for v in value
     ]
+
+
+def _tokens(ids: list[object]) -> str:
+    # A Value stores numbers as doubles: token id 5 arrives as 5.0.
+    return " ".join(str(int(v)) if isinstance(v, int | float) else str(v) for v in ids)

@@ -81,7 +81,22 @@ def _delta(delta: openai_pb2.ChatCompletionDelta) -> dict[str, Any]:
 
 
 def _logprobs(choice: Any) -> Any:
-    return json_format.MessageToDict(choice.logprobs) if choice.HasField("logprobs") else None
+    if not choice.HasField("logprobs"):
+        return None
+    return _integral_bytes(json_format.MessageToDict(choice.logprobs))
+
+
+def _integral_bytes(value: Any) -> Any:
+    """A Struct stores every number as a double; OpenAI's logprob `bytes` are
+    integers, so turn them back (104.0 -> 104) wherever they appear."""
+    if isinstance(value, dict):
+        return {
+            k: [int(b) for b in v] if k == "bytes" and isinstance(v, list) else _integral_bytes(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_integral_bytes(v) for v in value]
+    return value
 
 
 def chat_chunk(

@@ -95,9 +95,9 @@ def _check_content(where: str, content: object) -> None:
             url = part["image_url"].get("url")
             if isinstance(url, str) and url.startswith(("https://", "http://", "data:image/")):
                 continue
-        if kind in ("input_audio", "file", "refusal") and isinstance(
-            part.get(kind, ""), dict | str
-        ):
+        if kind in ("input_audio", "file") and isinstance(part.get(kind), dict):
+            continue
+        if kind == "refusal" and isinstance(part.get(kind, ""), dict | str):
             continue
         raise _bad(
             f"{where}.content[{j}]",
@@ -132,7 +132,7 @@ def validate_embedding(params: openai_pb2.EmbeddingParams) -> None:
     if not params.model.strip():
         raise _bad("model", "you must provide a model parameter")
     value = to_python(params.input) if params.HasField("input") else None
-    if not _is_prompt(value):
+    if not _is_prompt(value) or value == "" or (isinstance(value, list) and "" in value):
         raise _bad("input", "input must be a non-empty string or array")
     if params.encoding_format not in ("", "float", "base64"):
         raise _bad("encoding_format", "encoding_format must be 'float' or 'base64'")

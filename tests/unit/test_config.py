@@ -244,7 +244,7 @@ def test_config_error_lists_every_problem() -> None:
 
 def test_load_config_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="cannot read config .*nope.yaml: No such file"):
+    with pytest.raises(ConfigError, match=r"cannot read config .*nope\.yaml: No such file"):
         load_config(missing)
 
 
@@ -328,4 +328,19 @@ def test_provider_api_key_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_config_is_frozen() -> None:
     config = parse_config(_valid())
     with pytest.raises(ValueError, match="frozen"):
-        config.models[0].online = False  # type: ignore[misc]
+        config.models[0].online = False
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "expected"),
+    [
+        (["chat-a"], "models.0.fallbacks: a model cannot fall back to itself"),
+        (["emb"], "models.0.fallbacks: 'emb' is a embedding model, not chat"),
+    ],
+)
+def test_fallbacks_must_be_another_model_of_the_same_kind(
+    fallbacks: list[str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_with("models.0.fallbacks", fallbacks))
+    assert expected.split(": ", 1)[1] in str(err.value)
