@@ -15,14 +15,14 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/gen
 PROTO_FILES := $(shell find protos/switchboard -name '*.proto' | sort)
 RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
 
-.PHONY: help install run up down test test-unit test-integration test-e2e gen gen-check lint fmt clean
+.PHONY: help install run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
 
 help:
 	@echo "make run        install what is missing, then run the whole local stack in the foreground"
 	@echo "make test       install what is missing, then run the whole test suite"
 	@echo "make up / down  the same stack in the background / stop it"
 	@echo "make gen        regenerate gen/ from protos/      make gen-check  fail if gen/ is stale"
-	@echo "make lint       ruff + mypy --strict + buf lint/format"
+	@echo "make lint       ruff + mypy --strict + buf lint/format;  make breaking  buf breaking against main"
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ lint: install
 	$(BIN)/mypy
 	$(BUF) lint
 	$(BUF) format -d --exit-code
+
+# Wire compatibility of protos/ against a git ref (default: main). Run before merging.
+BREAKING_AGAINST ?= .git\#branch=main
+breaking: node_modules/.installed
+	$(BUF) breaking --against '$(BREAKING_AGAINST)'
 
 fmt: install
 	$(BIN)/ruff format services tests
