@@ -15,12 +15,13 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/gen
 PROTO_FILES := $(shell find protos/switchboard -name '*.proto' | sort)
 RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
 
-.PHONY: help install run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
+.PHONY: help install bench bench-quick run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
 
 help:
 	@echo "make run        install what is missing, then run the whole local stack in the foreground"
 	@echo "make test       install what is missing, then run the whole test suite"
 	@echo "make up / down  the same stack in the background / stop it"
+	@echo "make bench      Switchboard vs direct vs LiteLLM on this machine (bench/results.json); bench-quick: < 2 min"
 	@echo "make gen        regenerate gen/ from protos/      make gen-check  fail if gen/ is stale"
 	@echo "make lint       ruff + mypy --strict + buf lint/format;  make breaking  buf breaking against main"
 
@@ -86,6 +87,19 @@ test-integration: install
 
 test-e2e: install
 	$(PY) -m pytest tests/e2e
+
+# The benchmark's LiteLLM baseline lives in its own venv: it is large and not a dependency.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt
+	@touch $@
+
+bench: install $(BENCH_VENV)/.installed
+	$(PY) bench/run.py
+
+bench-quick: install
+	$(PY) bench/run.py --quick --out bench/out
 
 run: install
 	$(PY) -m switchboard_stack run

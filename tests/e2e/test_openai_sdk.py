@@ -15,8 +15,8 @@ import pytest
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_stack.harness import Stack, running_stack
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
-from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

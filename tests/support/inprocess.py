@@ -15,7 +15,7 @@ import yaml
 from switchboard_common.server import Setup, serve
 from switchboard_common.settings import Settings
 from switchboard_stack.components import grpc_ready
-from tests.support.ports import free_port
+from switchboard_stack.harness import free_port
 
 
 def _setup(name: str) -> Setup:

@@ -1,10 +1,11 @@
 """The whole local stack (broker, services, Envoy) as `make up` starts it, on
-free ports and a private SWITCHBOARD_HOME, for end-to-end tests."""
+free ports and a private SWITCHBOARD_HOME: for end-to-end tests and the benchmark."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -14,9 +15,14 @@ from typing import Any
 
 import yaml
 
-from tests.support.ports import free_port
-
 REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,10 @@ class Stack:
 
     def log(self, component: str) -> str:
         return (self.home / "logs" / f"{component}.log").read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        run = self.home / "run"
+        return {p.stem: int(p.read_text()) for p in run.glob("*.pid")}
 
 
 def _run(command: str, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -46,6 +56,7 @@ def _run(command: str, env: Mapping[str, str], timeout: float) -> subprocess.Com
 def running_stack(
     config: Mapping[str, Any], tmp: Path, extra_env: Mapping[str, str] | None = None
 ) -> Iterator[Stack]:
+    tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / "switchboard.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))
     home = tmp / "home"
@@ -59,7 +70,7 @@ def running_stack(
             "SWITCHBOARD_ENVOY_ADMIN_PORT": str(free_port()),
             "SWITCHBOARD_GRPC_PORT": str(free_port()),
             "KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-            "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "gen"), str(REPO)]),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "gen")]),
         }
     )
     for name in ("registry", "provider", "usage", "gpu", "router"):

@@ -1,0 +1,531 @@
+"""make bench: Switchboard side by side with a direct call and with LiteLLM,
+against the same mock upstream, on this machine, in one run.
+
+Systems: the upstream called directly; Switchboard through the Envoy edge (the
+full stack, accounting on); Switchboard over gRPC to the router; LiteLLM proxy.
+Scenarios: added latency at concurrency 1 (interleaved rounds, median of round
+medians), a closed-loop concurrency sweep, the open-loop throughput frontier
+(highest rate with p99 < 50 ms and no errors), streaming TTFT and inter-chunk
+gaps, a large prompt, CPU-µs per request per process, and RSS per process.
+
+Writes bench/results.json (or --out), prints a markdown table, and plots
+latency against throughput (latency_vs_rps.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switchboard_stack.harness import free_port, running_stack
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+LITELLM = REPO / ".venv-bench" / "bin" / "litellm"
+P99_LIMIT_MS = 50.0
+CHUNKS = 64
+CHUNK_MS = 2
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int
+    c1_requests: int
+    sweep: tuple[int, ...]
+    sweep_s: float
+    frontier_start: float
+    frontier_max: float
+    frontier_step_s: float
+    bisect: int
+    stream_requests: int
+    large_requests: int
+    warmup: int
+
+
+FULL = Profile(5, 200, (1, 4, 16, 64), 5.0, 50, 12800, 4.0, 3, 20, 100, 200)
+QUICK = Profile(2, 40, (1, 16), 1.5, 50, 1600, 1.5, 1, 4, 10, 40)
+
+
+@dataclass
+class System:
+    name: str
+    url: str = ""
+    grpc: str = ""
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def _proc_cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _bodies(tmp: Path) -> dict[str, Path]:
+    messages = [{"role": "user", "content": "ping"}]
+    large = [{"role": "user", "content": "lorem ipsum dolor sit amet " * 2400}]  # ~64 KB
+    specs = {
+        "small": {"model": "bench", "messages": messages},
+        "stream": {
+            "model": "bench",
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        "large": {"model": "bench", "messages": large},
+    }
+    paths = {}
+    for name, body in specs.items():
+        paths[name] = tmp / f"{name}.json"
+        paths[name].write_text(json.dumps(body))
+    return paths
+
+
+def load(system: System, body: Path, **opts: Any) -> dict[str, Any]:
+    """One load run with the right client; returns loadgen's JSON summary."""
+    stream = "stream" in body.name
+    if system.grpc:
+        cmd = [sys.executable, str(BENCH / "grpc_load.py"), "--address", system.grpc]
+    else:
+        cmd = ["node", str(BENCH / "loadgen.mjs"), "--url", system.url]
+    cmd += ["--body", str(body), "--stream", "true" if stream else "false"]
+    for key, value in opts.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+# -- systems ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mock_upstream() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = dict(os.environ, MOCK_CHUNKS=str(CHUNKS), MOCK_CHUNK_MS=str(CHUNK_MS))
+    proc = subprocess.Popen(
+        ["node", str(BENCH / "mock_upstream.mjs"), str(port)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("LISTENING"):
+        proc.kill()
+        raise RuntimeError(f"mock upstream did not start: {line!r}")
+    try:
+        yield f"http://127.0.0.1:{port}/v1", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System]]:
+    config = {
+        "providers": [{"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60}],
+        "models": [{"name": "bench", "deployments": [{"provider": "mock", "model": "bench"}]}],
+    }
+    with running_stack(config, tmp / "switchboard", {"SWITCHBOARD_LOG_LEVEL": "INFO"}) as stack:
+        pids = stack.pids()
+        edge = System(
+            "switchboard-edge",
+            url=f"{stack.edge_url}/v1/chat/completions",
+            pids={n: pids[n] for n in ("envoy", "router", "provider")},
+        )
+        direct_grpc = System(
+            "switchboard-grpc",
+            grpc=stack.router_address,
+            pids={n: pids[n] for n in ("router", "provider")},
+        )
+        yield edge, direct_grpc
+
+
+@contextlib.contextmanager
+def litellm(upstream: str, tmp: Path) -> Iterator[System]:
+    port = free_port()
+    config = tmp / "litellm.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": "bench",
+                        "litellm_params": {
+                            "model": "openai/bench",
+                            "api_base": upstream,
+                            "api_key": "sk-bench",
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    env = dict(
+        os.environ,
+        LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true",
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        LITELLM_TELEMETRY="False",
+    )
+    log = (tmp / "litellm.log").open("w")
+    proc = subprocess.Popen(
+        [str(LITELLM), "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"litellm exited; see {tmp / 'litellm.log'}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/health/liveliness", timeout=1
+                ):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("litellm did not become ready in 120 s") from None
+                time.sleep(0.25)
+        yield System(
+            "litellm",
+            url=f"http://127.0.0.1:{port}/v1/chat/completions",
+            pids={"litellm": proc.pid},
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+# -- scenarios -------------------------------------------------------------
+
+
+def c1_latency(systems: list[System], body: Path, p: Profile) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds so drift on a shared machine hits every system alike."""
+    per_round: dict[str, list[tuple[float, float]]] = {s.name: [] for s in systems}
+    for _ in range(p.rounds):
+        for system in systems:
+            r = load(system, body, mode="closed", concurrency=1, requests=p.c1_requests)
+            per_round[system.name].append((r["latency_ms"]["p50"], r["latency_ms"]["p99"]))
+    direct = per_round["direct"]
+    out = {}
+    for name, rounds in per_round.items():
+        pairs = list(zip(rounds, direct, strict=True))
+        out[name] = {
+            "p50_ms": statistics.median(r[0] for r in rounds),
+            "p99_ms": statistics.median(r[1] for r in rounds),
+            "added_p50_ms": statistics.median(r[0] - d[0] for r, d in pairs),
+            "added_p99_ms": statistics.median(r[1] - d[1] for r, d in pairs),
+            "rounds": p.rounds,
+            "requests_per_round": p.c1_requests,
+        }
+    return out
+
+
+def sweep(system: System, body: Path, p: Profile) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Closed-loop RPS and latency per concurrency; CPU per request at the busiest level."""
+    rows = []
+    cpu: dict[str, Any] = {}
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    for concurrency in p.sweep:
+        before = {n: _proc_cpu_ticks(pid) for n, pid in system.pids.items()}
+        r = load(system, body, mode="closed", concurrency=concurrency, duration=p.sweep_s)
+        after = {n: _proc_cpu_ticks(pid) for n, pid in system.pids.items()}
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "rps": r["rps"],
+                "p50_ms": r["latency_ms"]["p50"] if r["latency_ms"] else None,
+                "p99_ms": r["latency_ms"]["p99"] if r["latency_ms"] else None,
+                "errors": r["errors"],
+            }
+        )
+        if concurrency == max(p.sweep) and r["ok"]:
+            per = {n: (after[n] - before[n]) * tick_us / r["ok"] for n in system.pids}
+            cpu = {"cpu_us_per_request": per, "total_cpu_us_per_request": sum(per.values())}
+    return rows, cpu
+
+
+def frontier(system: System, body: Path, p: Profile) -> dict[str, Any]:
+    """Open-loop rates, doubling until p99 >= 50 ms or an error, then bisected."""
+    steps: list[dict[str, Any]] = []
+
+    def passes(rate: float) -> bool:
+        r = load(
+            system, body, mode="open", rate=rate, duration=p.frontier_step_s, max_in_flight=512
+        )
+        lat = r["latency_ms"] or {}
+        ok = bool(r["errors"] == 0 and lat.get("p99", 1e9) < P99_LIMIT_MS)
+        steps.append(
+            {
+                "rate": rate,
+                "rps": r["rps"],
+                "p50_ms": lat.get("p50"),
+                "p99_ms": lat.get("p99"),
+                "errors": r["errors"],
+                "passed": ok,
+            }
+        )
+        return ok
+
+    good, bad, rate = 0.0, 0.0, p.frontier_start
+    while rate <= p.frontier_max:
+        if passes(rate):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+            break
+    for _ in range(p.bisect if bad else 0):
+        mid = round((good + bad) / 2)
+        if passes(mid):
+            good = mid
+        else:
+            bad = mid
+    return {"frontier_rps": good, "capped": not bad, "steps": steps}
+
+
+def streaming(system: System, body: Path, p: Profile) -> dict[str, Any]:
+    r = load(system, body, mode="closed", concurrency=1, requests=p.stream_requests)
+    return {
+        "ttft_p50_ms": r["ttft_ms"]["p50"] if r["ttft_ms"] else None,
+        "ttft_p99_ms": r["ttft_ms"]["p99"] if r["ttft_ms"] else None,
+        "interchunk_p50_ms": r["interchunk_ms"]["p50"] if r["interchunk_ms"] else None,
+        "interchunk_p99_ms": r["interchunk_ms"]["p99"] if r["interchunk_ms"] else None,
+        "coalesced_events": r.get("coalesced_events"),
+        "errors": r["errors"],
+    }
+
+
+# -- output ----------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "unavailable"
+
+    import grpc
+    import openai
+
+    out = {
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "openai": openai.__version__,
+        "node": run("node", "--version"),
+        "envoy": run(str(Path(sys.executable).parent / "envoy"), "--version")
+        .split("version:")[-1]
+        .strip(),
+        "cpus": str(os.cpu_count()),
+    }
+    if LITELLM.exists():
+        out["litellm"] = run(
+            str(LITELLM.parent / "python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('litellm'))",
+        )
+    return out
+
+
+NONE = "-"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    by = {(r["system"], r["scenario"]): r for r in rows}
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+
+    def f(value: Any, digits: int = 2) -> str:
+        return NONE if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| system | c1 p50 ms | c1 p99 ms | added p50 ms | added p99 ms | frontier RPS | "
+        "best sweep RPS | TTFT p50 ms | added TTFT ms | inter-chunk p99 ms | coalesced | "
+        "large added p50 ms | CPU µs/req | idle RSS MB |",
+        "|---|" + "---|" * 13,
+    ]
+    for s in systems:
+        c1 = by.get((s, "c1"), {})
+        fr = by.get((s, "frontier"), {})
+        sw = by.get((s, "sweep"), {})
+        st = by.get((s, "stream"), {})
+        lg = by.get((s, "large_prompt"), {})
+        cpu = by.get((s, "cpu"), {})
+        rss = by.get((s, "rss"), {})
+        best = max((x["rps"] for x in sw.get("levels", [])), default=None)
+        rss_idle = " + ".join(f"{k} {v:.0f}" for k, v in rss.get("idle_mb", {}).items())
+        frontier_rps = f(fr.get("frontier_rps"), 0) + ("+" if fr.get("capped") else "")
+        cells = [
+            s,
+            f(c1.get("p50_ms")),
+            f(c1.get("p99_ms")),
+            f(c1.get("added_p50_ms")),
+            f(c1.get("added_p99_ms")),
+            frontier_rps,
+            f(best, 0),
+            f(st.get("ttft_p50_ms")),
+            f(st.get("added_ttft_p50_ms")),
+            f(st.get("interchunk_p99_ms")),
+            str(st.get("coalesced_events", NONE)),
+            f(lg.get("added_p50_ms")),
+            f(cpu.get("total_cpu_us_per_request"), 0),
+            rss_idle or NONE,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for r in rows:
+        if r["scenario"] != "frontier":
+            continue
+        steps = sorted((s for s in r["steps"] if s["p99_ms"] is not None), key=lambda s: s["rps"])
+        xs = [s["rps"] for s in steps]
+        (line,) = ax.plot(xs, [s["p99_ms"] for s in steps], marker="o", label=f"{r['system']} p99")
+        ax.plot(
+            xs,
+            [s["p50_ms"] for s in steps],
+            linestyle="--",
+            color=line.get_color(),
+            alpha=0.6,
+            label=f"{r['system']} p50",
+        )
+    ax.axhline(P99_LIMIT_MS, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("achieved requests/s (open loop)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Latency vs throughput, mock upstream, same machine")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return out.stdout.strip() or "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run in under 2 minutes")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
+    parser.add_argument("--out", type=Path, default=BENCH)
+    args = parser.parse_args()
+    profile = QUICK if args.quick else FULL
+    use_litellm = not args.no_litellm
+    if use_litellm and not LITELLM.exists():
+        print(
+            "LiteLLM is not installed (make bench installs it); running without it", file=sys.stderr
+        )
+        use_litellm = False
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    meta = {"mode": "quick" if args.quick else "full", "commit": commit(), "versions": versions()}
+    rows: list[dict[str, Any]] = []
+
+    def row(system: str, scenario: str, **fields: Any) -> None:
+        rows.append({"system": system, "scenario": scenario, **fields, **meta})
+
+    with (
+        tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp_name,
+        contextlib.ExitStack() as stack,
+    ):
+        tmp = Path(tmp_name)
+        bodies = _bodies(tmp)
+        upstream, upstream_pid = stack.enter_context(mock_upstream())
+        systems = [
+            System("direct", url=f"{upstream}/chat/completions", pids={"upstream": upstream_pid})
+        ]
+        systems += list(stack.enter_context(switchboard(upstream, tmp)))
+        if use_litellm:
+            systems.append(stack.enter_context(litellm(upstream, tmp)))
+        for system in systems:
+            row(system.name, "rss", idle_mb={n: _rss_mb(pid) for n, pid in system.pids.items()})
+            load(system, bodies["small"], mode="closed", concurrency=4, requests=profile.warmup)
+        print(f"[bench] systems up: {', '.join(s.name for s in systems)}", file=sys.stderr)
+
+        for name, result in c1_latency(systems, bodies["small"], profile).items():
+            row(name, "c1", **result)
+        print("[bench] c1 latency done", file=sys.stderr)
+        large = c1_latency(
+            systems,
+            bodies["large"],
+            dataclasses.replace(profile, c1_requests=profile.large_requests, rounds=1),
+        )
+        for name, result in large.items():
+            row(name, "large_prompt", **result)
+        direct_ttft = None
+        for system in systems:
+            levels, cpu = sweep(system, bodies["small"], profile)
+            row(system.name, "sweep", levels=levels)
+            if system.name != "direct":
+                row(system.name, "cpu", **cpu)
+            row(system.name, "frontier", **frontier(system, bodies["small"], profile))
+            st = streaming(system, bodies["stream"], profile)
+            if system.name == "direct":
+                direct_ttft = st["ttft_p50_ms"]
+            st["added_ttft_p50_ms"] = (
+                st["ttft_p50_ms"] - direct_ttft
+                if st["ttft_p50_ms"] is not None and direct_ttft is not None
+                else None
+            )
+            row(system.name, "stream", **st)
+            row(
+                system.name,
+                "rss_after_load",
+                loaded_mb={n: _rss_mb(pid) for n, pid in system.pids.items()},
+            )
+            print(
+                f"[bench] {system.name} done ({time.monotonic() - started:.0f}s)", file=sys.stderr
+            )
+
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.out / "latency_vs_rps.png")
+    table = markdown(rows)
+    (args.out / "results.md").write_text(table + "\n")
+    print(table)
+    print(
+        f"\n[bench] {meta['mode']} run took {time.monotonic() - started:.0f}s; "
+        f"wrote {args.out / 'results.json'} and {args.out / 'latency_vs_rps.png'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
