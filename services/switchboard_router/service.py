@@ -23,7 +23,7 @@ from google.api import httpbody_pb2
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from switchboard.usage.v1 import usage_pb2
+from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
 from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig, load_config
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
@@ -35,6 +35,7 @@ from switchboard_common.settings import Settings
 from switchboard_router import render
 from switchboard_router.auth import Authenticator
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 VERSION = "0.1.0"
 MAX_CALL_S = 600.0
 MAX_ATTEMPTS = 3
+# The config file is the only source of routing config until the registry's
+# live snapshot lands; its version is 1.
+CONFIG_VERSION = 1
 SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 _RETRYABLE = frozenset(
@@ -66,11 +70,15 @@ def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
-        self, config: SwitchboardConfig, provider: provider_pb2_grpc.ProviderServiceAsyncStub
+        self,
+        config: SwitchboardConfig,
+        provider: provider_pb2_grpc.ProviderServiceAsyncStub,
+        usage: UsageReporter,
     ):
         self.catalog = Catalog(config, created=int(time.time()))
         self.auth = Authenticator(config)
         self.provider = provider
+        self.usage = usage
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._sequence = itertools.count(1)
 
@@ -81,6 +89,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> tuple[KeyConfig | None, ModelConfig]:
         """Auth first (401 before 400), then the body, then the model (404/403)."""
         key = self.auth.authenticate(context.invocation_metadata() or ())
+        if self.usage.full:
+            raise SwitchboardError(
+                R.ERROR_REASON_SERVICE_UNAVAILABLE,
+                "usage accounting is unavailable; refusing requests that could not be counted",
+            )
         validate(params)
         return key, self.catalog.resolve(params.model, key, kind)
 
@@ -140,14 +153,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         requested: str,
         candidate: Candidate,
     ) -> None:
-        """Attribute an attempt's usage record. Until the usage pipeline lands,
-        records go to the structured log, one JSON line each."""
+        """Attribute an attempt's usage record and hand it to the usage pipeline."""
         record.key_name = key.name if key else ""
         record.requested_model = requested
         record.model = candidate.model.name
         record.router_instance = self.instance
         record.sequence = next(self._sequence)
-        usage_log.info(
+        record.config_version = CONFIG_VERSION
+        self.usage.submit(record)
+        usage_log.debug(
             "usage",
             extra=log_fields(
                 event_id=record.event_id,
@@ -402,11 +416,19 @@ async def _sse(
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     config = load_config(settings.config_path)
     channel = grpc.aio.insecure_channel(settings.address("provider"), options=CHANNEL_OPTIONS)
-    servicer = RouterServicer(config, provider_pb2_grpc.ProviderServiceStub(channel))
+    usage_channel = grpc.aio.insecure_channel(settings.address("usage"), options=CHANNEL_OPTIONS)
+    reporter = UsageReporter(
+        usage_pb2_grpc.UsageServiceStub(usage_channel),
+        max_pending=int(os.environ.get("SWITCHBOARD_USAGE_BUFFER") or 100_000),
+    )
+    reporter.start()
+    servicer = RouterServicer(config, provider_pb2_grpc.ProviderServiceStub(channel), reporter)
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
     async def close() -> None:
+        await reporter.close(flush_s=5.0)
+        await usage_channel.close()
         await channel.close()
 
     return Mounted([name], [close])

@@ -11,7 +11,7 @@ import uvloop
 
 from switchboard_common.config import ConfigError, load_config
 from switchboard_common.settings import Settings
-from switchboard_stack.supervisor import Stack, StackError, running, stop_pids
+from switchboard_stack.supervisor import Stack, StackError, restart, running, stop_pids
 
 
 def _banner(settings: Settings) -> str:
@@ -72,11 +72,23 @@ async def _up(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchboard-stack", description=__doc__)
-    parser.add_argument("command", choices=["run", "up", "down", "status"])
+    parser.add_argument("command", choices=["run", "up", "down", "status", "restart"])
+    parser.add_argument("component", nargs="?", help="for restart: which component")
+    parser.add_argument("--kill", action="store_true", help="for restart: SIGKILL, not SIGTERM")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "down":
         return stop_pids(settings)
+    if args.command == "restart":
+        if not args.component:
+            parser.error("restart needs a component, e.g. restart usage")
+        try:
+            uvloop.run(restart(settings, args.component, kill=args.kill))
+        except StackError as exc:
+            print(f"[stack] {exc}", file=sys.stderr)
+            return 1
+        print(f"[stack] restarted {args.component}")
+        return 0
     if args.command == "status":
         pids = running(settings)
         for name, pid in sorted(pids.items()):

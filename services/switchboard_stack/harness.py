@@ -35,14 +35,25 @@ class Stack:
     def log(self, component: str) -> str:
         return (self.home / "logs" / f"{component}.log").read_text(errors="replace")
 
+    def restart(self, component: str, kill: bool = False, **env: str) -> None:
+        """Stop one component (SIGKILL with kill=True) and start it again with
+        `env` added, waiting until it is ready."""
+        command = ["restart", component] + (["--kill"] if kill else [])
+        done = _run(command, {**self.env, **env}, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"restart {component} failed:\n{done.stdout}\n{done.stderr}")
+
     def pids(self) -> dict[str, int]:
         run = self.home / "run"
         return {p.stem: int(p.read_text()) for p in run.glob("*.pid")}
 
 
-def _run(command: str, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: str | list[str], env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    args = [command] if isinstance(command, str) else command
     return subprocess.run(
-        [sys.executable, "-m", "switchboard_stack", command],
+        [sys.executable, "-m", "switchboard_stack", *args],
         env=dict(env),
         cwd=REPO,
         capture_output=True,

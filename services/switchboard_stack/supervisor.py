@@ -176,6 +176,16 @@ def _alive(pid: int, name: str) -> bool:
     return key in cmdline
 
 
+def _wait_gone(pid: int, name: str, timeout_s: float) -> bool:
+    """Wait for another process (not our child: nothing to await) to exit."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid, name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def running(settings: Settings) -> dict[str, int]:
     found: dict[str, int] = {}
     run_dir = settings.home / "run"
@@ -204,12 +214,26 @@ def stop_pids(settings: Settings, out: TextIO = sys.stdout) -> int:
         pid = pids[name]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while _alive(pid, name) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid, name):
+        if not _wait_gone(pid, name, STOP_GRACE_S):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         (settings.home / "run" / f"{name}.pid").unlink(missing_ok=True)
         print(f"[stack] stopped {name}", file=out)
     return 0
+
+
+async def restart(settings: Settings, name: str, kill: bool = False) -> None:
+    """Stop one component of a running stack (SIGTERM, or SIGKILL with kill=True)
+    and start it again in the background with the current environment."""
+    components = {c.name: c for c in plan(settings)}
+    if name not in components:
+        raise StackError(f"unknown component {name!r}; one of {', '.join(components)}")
+    pid = running(settings).get(name)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        await asyncio.to_thread(_wait_gone, pid, name, STOP_GRACE_S)
+    stack = Stack(settings)
+    stack.components = [components[name]]
+    await stack._spawn(components[name], _env(settings), foreground=False, width=len(name))
+    await stack._await_ready(stack.components)

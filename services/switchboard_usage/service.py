@@ -1,30 +1,164 @@
-"""UsageService. The pipeline behind it (outbox, Kafka, ClickHouse sink) is not
-built yet: until it is, every RPC answers NOT_IMPLEMENTED and routers write
-usage records to their structured log."""
+"""UsageService: records in (acked once durable), summaries out.
+
+In one process: the outbox and its relay to Kafka, and the sink from Kafka into
+ClickHouse with the queries on top (the embedded engine allows one opener per
+data path, so the sink and the queries share this process)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
 import grpc
 
-from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
+from switchboard.usage.v1 import events_pb2, usage_pb2, usage_pb2_grpc
+from switchboard_common.config import load_config
+from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
-from switchboard_common.unimplemented import fill_unimplemented
+from switchboard_usage import migrations, queries
+from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage.kafka import KafkaSettings, ensure_topics
+from switchboard_usage.outbox import Outbox, OutboxFull
+from switchboard_usage.pricing import PriceBook
+from switchboard_usage.relay import Relay
+from switchboard_usage.sink import Sink
 
+log = logging.getLogger(__name__)
 SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
+Context = grpc.aio.ServicerContext[Any, Any]
+GROUP_COMMIT = 500
+_END = object()
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
-    pass
+    def __init__(self, outbox: Outbox, prices: PriceBook, clickhouse: ClickHouse) -> None:
+        self.outbox = outbox
+        self.prices = prices
+        self.clickhouse = clickhouse
 
+    async def RecordUsage(
+        self, request_iterator: AsyncIterator[usage_pb2.RecordUsageRequest], context: Context
+    ) -> AsyncIterator[usage_pb2.RecordUsageResponse]:
+        # Group commit: every record that arrived while the last fsync ran is
+        # written in the next transaction, then all of them are acked.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
 
-fill_unimplemented(
-    UsageServicer, SERVICE, "the usage pipeline (Kafka to ClickHouse) is not built yet"
-)
+        async def read() -> None:
+            async for request in request_iterator:
+                await queue.put(request)
+            await queue.put(_END)
+
+        reader = asyncio.create_task(read())
+        try:
+            done = False
+            while not done:
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < GROUP_COMMIT:
+                    batch.append(queue.get_nowait())
+                if batch[-1] is _END:
+                    batch.pop()
+                    done = True
+                events = [self._event(r) for r in batch]
+                try:
+                    fresh = await self.outbox.append(
+                        [(e.record.event_id, e.SerializeToString()) for e in events]
+                    )
+                except OutboxFull as exc:
+                    raise SwitchboardError(R.ERROR_REASON_SERVICE_UNAVAILABLE, str(exc)) from None
+                for event, new in zip(events, fresh, strict=True):
+                    yield usage_pb2.RecordUsageResponse(
+                        event_id=event.record.event_id, duplicate=not new
+                    )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    def _event(self, request: usage_pb2.RecordUsageRequest) -> events_pb2.UsageEvent:
+        if not request.record.event_id:
+            raise SwitchboardError(
+                R.ERROR_REASON_INVALID_REQUEST,
+                "record.event_id is required",
+                param="record.event_id",
+            )
+        return self.prices.price(request.record)
+
+    async def GetUsageSummary(
+        self, request: usage_pb2.GetUsageSummaryRequest, context: Context
+    ) -> usage_pb2.GetUsageSummaryResponse:
+        return await queries.summary(self.clickhouse, request)
+
+    async def GetUsagePerformance(
+        self, request: usage_pb2.GetUsagePerformanceRequest, context: Context
+    ) -> usage_pb2.GetUsagePerformanceResponse:
+        return await queries.performance(self.clickhouse, request)
+
+    async def GetSpend(
+        self, request: usage_pb2.GetSpendRequest, context: Context
+    ) -> usage_pb2.GetSpendResponse:
+        cost, currency = await queries.spend(self.clickhouse, request)
+        pending = await self.outbox.pending_cost(request.key_name, request.model)
+        return usage_pb2.GetSpendResponse(
+            cost=cost + pending, currency=currency, pending_cost=pending
+        )
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    # fill_unimplemented supplied the abstract methods, which mypy cannot see.
-    servicer = UsageServicer()  # type: ignore[abstract]
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
-    return Mounted([SERVICE.full_name])
+    config = load_config(settings.config_path)
+    clickhouse = ClickHouse(settings.clickhouse_url)
+    await clickhouse.open()
+    await migrations.apply(clickhouse)
+    outbox = Outbox(
+        settings.home / "usage" / "outbox.sqlite",
+        max_bytes=int(os.environ.get("SWITCHBOARD_OUTBOX_MAX_BYTES") or 1 << 30),
+    )
+    await outbox.open()
+    kafka = KafkaSettings.from_env(settings.kafka_bootstrap)
+    relay = Relay(outbox, kafka)
+    sink = Sink(clickhouse, kafka, replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1")
+
+    async def pipeline() -> None:
+        # Serving never waits for the broker: topics are ensured in the background.
+        backoff = 0.2
+        while True:
+            try:
+                await ensure_topics(kafka)
+                break
+            except Exception as exc:
+                log.warning(
+                    "broker not reachable; retrying", extra=log_fields(error=type(exc).__name__)
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        await asyncio.gather(supervised("relay", relay.run), supervised("sink", sink.run))
+
+    async def supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Keep a pipeline stage alive: log an unexpected failure and restart it."""
+        while True:
+            try:
+                await run()
+            except Exception:
+                log.exception("usage %s failed; restarting", name)
+                await asyncio.sleep(1.0)
+
+    task = asyncio.create_task(pipeline())
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(outbox, PriceBook(config), clickhouse), server
+    )
+
+    async def close() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await relay.close()
+        await sink.close()
+        await outbox.close()
+        await clickhouse.close()
+
+    return Mounted([SERVICE.full_name], [close])

@@ -1,0 +1,110 @@
+"""Router → usage service: one bidirectional stream with a per-record ack.
+
+A record stays in `pending` until the usage service acks it (it acks once the
+record is durable in its outbox). After any stream failure the reporter
+reconnects with backoff and resends everything unacked; the usage service and
+the sink deduplicate by event_id. The buffer is bounded: when it is full the
+router refuses new requests (fails closed) rather than serve calls it cannot
+account for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import grpc
+from prometheus_client import Gauge
+
+from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
+from switchboard_common.logs import log_fields
+
+log = logging.getLogger(__name__)
+
+PENDING = Gauge(
+    "switchboard_router_usage_pending", "Usage records not yet acked by the usage service."
+)
+MAX_BACKOFF_S = 2.0
+
+
+class UsageReporter:
+    def __init__(self, stub: usage_pb2_grpc.UsageServiceAsyncStub, max_pending: int) -> None:
+        self.stub = stub
+        self.max_pending = max_pending
+        self.pending: dict[str, usage_pb2.UsageRecord] = {}
+        self._outgoing: asyncio.Queue[usage_pb2.UsageRecord] = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_pending
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def submit(self, record: usage_pb2.UsageRecord) -> None:
+        """Queue a record; synchronous, so a cancelled request cannot skip it."""
+        self.pending[record.event_id] = record
+        self._drained.clear()
+        PENDING.set(len(self.pending))
+        self._outgoing.put_nowait(record)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            call = self.stub.RecordUsage()
+            # Resend everything unacked, in order, before anything new.
+            self._outgoing = asyncio.Queue()
+            for record in list(self.pending.values()):
+                self._outgoing.put_nowait(record)
+            sender = asyncio.create_task(self._send(call))
+            try:
+                async for ack in call:
+                    self.pending.pop(ack.event_id, None)
+                    PENDING.set(len(self.pending))
+                    backoff = 0.05
+                    if not self.pending:
+                        self._drained.set()
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "usage stream broke; resending unacked records",
+                    extra=log_fields(code=exc.code().name, pending=len(self.pending)),
+                )
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await sender
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _send(
+        self,
+        call: grpc.aio.StreamStreamCall[
+            usage_pb2.RecordUsageRequest, usage_pb2.RecordUsageResponse
+        ],
+    ) -> None:
+        queue = self._outgoing
+        while True:
+            record = await queue.get()
+            if record.event_id in self.pending:
+                await call.write(usage_pb2.RecordUsageRequest(record=record))
+
+    async def close(self, flush_s: float) -> None:
+        """Give unacked records up to flush_s to be acked, then stop."""
+        deadline = time.monotonic() + flush_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), max(0.0, deadline - time.monotonic()))
+        if self.pending:
+            log.error(
+                "stopping with unacked usage records",
+                extra=log_fields(pending=len(self.pending)),
+            )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

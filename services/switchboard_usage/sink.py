@@ -1,0 +1,218 @@
+"""Kafka → ClickHouse, exactly once in effect.
+
+Per polled batch and partition: decode, drop event ids ClickHouse already holds
+(and repeats inside the batch), insert with a deterministic
+insert_deduplication_token, and only then commit the offset. A crash between
+insert and commit replays the batch, which then inserts nothing new. A message
+that cannot be decoded goes to the dead-letter topic with its error and never
+stalls its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from google.protobuf import timestamp_pb2
+from prometheus_client import Counter
+
+from switchboard.usage.v1 import events_pb2, usage_pb2
+from switchboard_common.logs import log_fields
+from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage.kafka import DLQ_TOPIC, SINK_GROUP, USAGE_TOPIC, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+INSERTED = Counter("switchboard_usage_sink_inserted_total", "Usage rows inserted into ClickHouse.")
+SKIPPED = Counter("switchboard_usage_sink_duplicates_total", "Usage events already stored.")
+DEAD = Counter("switchboard_usage_sink_dead_letters_total", "Undecodable usage messages.")
+BATCH_RECORDS = 5000
+POLL_MS = 500
+
+COLUMNS = (
+    "event_id", "request_id", "attempt", "key_name", "requested_model", "model",
+    "deployment_id", "provider", "upstream_model", "operation", "stream", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "estimated",
+    "status", "error_reason", "provider_request_id", "latency_ms", "ttft_ms", "start_time",
+    "end_time", "config_version", "router_instance", "sequence", "input_cost_nanos",
+    "output_cost_nanos", "total_cost_nanos", "currency", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+
+
+def _time(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def _enum(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix).lower()
+
+
+def row(event: events_pb2.UsageEvent, partition: int, offset: int) -> list[Any]:
+    r = event.record
+    return [
+        r.event_id, r.request_id, r.attempt, r.key_name, r.requested_model, r.model,
+        r.deployment_id, r.provider, r.upstream_model,
+        _enum(usage_pb2.Operation.Name(r.operation), "OPERATION_"), r.stream, r.prompt_tokens,
+        r.completion_tokens, r.total_tokens, r.cached_tokens, r.reasoning_tokens, r.estimated,
+        _enum(usage_pb2.UsageStatus.Name(r.status), "USAGE_STATUS_"), r.error_reason,
+        r.provider_request_id, r.latency_ms, r.ttft_ms, _time(r.start_time), _time(r.end_time),
+        r.config_version, r.router_instance, r.sequence, event.input_cost_nanos,
+        event.output_cost_nanos, event.total_cost_nanos, event.currency, partition, offset,
+    ]  # fmt: skip
+
+
+class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Re-read assigned partitions from offset 0 once (an operator's re-ingest)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.done = False
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if not self.done and assigned:
+            await self.consumer.seek_to_beginning(*assigned)
+            self.done = True
+
+
+class Sink:
+    def __init__(self, clickhouse: ClickHouse, settings: KafkaSettings, replay: bool = False):
+        self.clickhouse = clickhouse
+        self.settings = settings
+        self.replay = replay
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dlq = settings.producer()
+        self._dlq_started = False
+        # Test-only fault point: exit hard between an insert and its offset commit.
+        self._crash_after_insert = (
+            os.environ.get("SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT") == "1"
+        )
+
+    async def _start(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=SINK_GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=BATCH_RECORDS,
+        )
+        await consumer.start()
+        if self.replay:
+            consumer.subscribe([USAGE_TOPIC], listener=_Replay(consumer))
+        else:
+            consumer.subscribe([USAGE_TOPIC])
+        return consumer
+
+    async def store(self, tp: TopicPartition, messages: Sequence[Any]) -> int:
+        """Insert one partition's batch; returns rows inserted."""
+        events: dict[str, list[Any]] = {}
+        for message in messages:
+            try:
+                event = events_pb2.UsageEvent.FromString(message.value)
+                if not event.record.event_id:
+                    raise ValueError("event has no event_id")
+            except Exception as exc:
+                await self._dead_letter(tp, message, exc)
+                continue
+            events.setdefault(event.record.event_id, row(event, tp.partition, message.offset))
+        if not events:
+            return 0
+        stored = await self.clickhouse.rows(
+            "SELECT event_id FROM usage_events WHERE event_id IN {ids:Array(String)}",
+            {"ids": list(events)},
+        )
+        for (event_id,) in stored:
+            events.pop(event_id, None)
+        SKIPPED.inc(len(stored))
+        if events:
+            token = f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}"
+            await self.clickhouse.insert(
+                "usage_events",
+                list(events.values()),
+                COLUMNS,
+                settings={"insert_deduplication_token": token},
+            )
+            INSERTED.inc(len(events))
+        if self._crash_after_insert:
+            log.error("fault injection: exiting between insert and offset commit")
+            os._exit(137)
+        return len(events)
+
+    async def _dead_letter(self, tp: TopicPartition, message: Any, exc: Exception) -> None:
+        if not self._dlq_started:
+            await self._dlq.start()
+            self._dlq_started = True
+        letter = events_pb2.UsageDeadLetter(
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=message.offset,
+            key=message.key or b"",
+            value=message.value or b"",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        letter.time.GetCurrentTime()
+        await self._dlq.send_and_wait(DLQ_TOPIC, letter.SerializeToString(), key=message.key)
+        DEAD.inc()
+        log.warning(
+            "usage message sent to the dead-letter topic",
+            extra=log_fields(partition=tp.partition, offset=message.offset, error=letter.error),
+        )
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                if self._consumer is None:
+                    self._consumer = await self._start()
+                consumer = self._consumer
+                batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH_RECORDS)
+                failed = False
+                for tp, messages in batches.items():
+                    try:
+                        await self.store(tp, messages)
+                    except KafkaError:
+                        raise
+                    except Exception as exc:
+                        # Not committed: rewind and retry the same batch later.
+                        log.warning(
+                            "usage sink: insert failed; will retry",
+                            extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+                        )
+                        consumer.seek(tp, messages[0].offset)
+                        failed = True
+                        continue
+                    await consumer.commit({tp: messages[-1].offset + 1})
+                if failed:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.2
+            except (KafkaError, OSError) as exc:
+                log.warning(
+                    "usage sink: broker error; will retry",
+                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
+                )
+                await self._stop_consumer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _stop_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 5.0)
+
+    async def close(self) -> None:
+        await self._stop_consumer()
+        if self._dlq_started:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._dlq.stop(), 5.0)
