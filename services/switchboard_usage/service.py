@@ -41,6 +41,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self.outbox = outbox
         self.prices = prices
         self.clickhouse = clickhouse
+        # Set when the server drains: open record streams end (after acking what
+        # they stored) and routers reconnect elsewhere, resending anything unacked.
+        self.draining = asyncio.Event()
 
     async def RecordUsage(
         self, request_iterator: AsyncIterator[usage_pb2.RecordUsageRequest], context: Context
@@ -55,10 +58,16 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             await queue.put(_END)
 
         reader = asyncio.create_task(read())
+        drained = asyncio.ensure_future(self.draining.wait())
         try:
             done = False
             while not done:
-                batch = [await queue.get()]
+                first = asyncio.ensure_future(queue.get())
+                await asyncio.wait({first, drained}, return_when=asyncio.FIRST_COMPLETED)
+                if not first.done():
+                    first.cancel()
+                    return
+                batch = [first.result()]
                 while not queue.empty() and len(batch) < GROUP_COMMIT:
                     batch.append(queue.get_nowait())
                 if batch[-1] is _END:
@@ -76,6 +85,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                         event_id=event.record.event_id, duplicate=not new
                     )
         finally:
+            drained.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -121,7 +131,12 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     await outbox.open()
     kafka = KafkaSettings.from_env(settings.kafka_bootstrap)
     relay = Relay(outbox, kafka)
-    sink = Sink(clickhouse, kafka, replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1")
+    sink = Sink(
+        clickhouse,
+        kafka,
+        replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1",
+        assign_all=settings.clickhouse_url.startswith("chdb://"),
+    )
 
     async def pipeline() -> None:
         # Serving never waits for the broker: topics are ensured in the background.
@@ -148,9 +163,8 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
                 await asyncio.sleep(1.0)
 
     task = asyncio.create_task(pipeline())
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(outbox, PriceBook(config), clickhouse), server
-    )
+    servicer = UsageServicer(outbox, PriceBook(config), clickhouse)
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
         task.cancel()
@@ -161,4 +175,4 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         await outbox.close()
         await clickhouse.close()
 
-    return Mounted([SERVICE.full_name], [close])
+    return Mounted([SERVICE.full_name], [close], drainers=[servicer.draining.set])

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
@@ -69,7 +69,8 @@ def row(event: events_pb2.UsageEvent, partition: int, offset: int) -> list[Any]:
 
 
 class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Re-read assigned partitions from offset 0 once (an operator's re-ingest)."""
+    """Re-read assigned partitions from offset 0 once (an operator's re-ingest),
+    for a sink that joined the consumer group."""
 
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
@@ -85,10 +86,21 @@ class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Sink:
-    def __init__(self, clickhouse: ClickHouse, settings: KafkaSettings, replay: bool = False):
+    def __init__(
+        self,
+        clickhouse: ClickHouse,
+        settings: KafkaSettings,
+        replay: bool = False,
+        assign_all: bool = False,
+    ):
+        """assign_all: take every partition directly instead of joining the
+        consumer group. Right when exactly one sink exists (the embedded engine
+        allows one opener), and it starts at once instead of waiting for group
+        rebalances; offsets are still committed under the sink's group."""
         self.clickhouse = clickhouse
         self.settings = settings
         self.replay = replay
+        self.assign_all = assign_all
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq = settings.producer()
         self._dlq_started = False
@@ -106,7 +118,17 @@ class Sink:
             max_poll_records=BATCH_RECORDS,
         )
         await consumer.start()
-        if self.replay:
+        if self.assign_all:
+            partitions = consumer.partitions_for_topic(USAGE_TOPIC) or set()
+            if not partitions:
+                await consumer.stop()
+                raise KafkaConnectionError(f"no partitions known for {USAGE_TOPIC} yet")
+            assigned = [TopicPartition(USAGE_TOPIC, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+            if self.replay:
+                await consumer.seek_to_beginning(*assigned)
+                self.replay = False
+        elif self.replay:
             consumer.subscribe([USAGE_TOPIC], listener=_Replay(consumer))
         else:
             consumer.subscribe([USAGE_TOPIC])

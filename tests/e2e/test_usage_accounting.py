@@ -1,0 +1,174 @@
+"""Usage accounting end to end: every upstream call is counted exactly once in
+ClickHouse, through broker outages, usage-service crashes, a sink crash between
+insert and offset commit, and a replay of the topic from offset 0.
+
+The ground truth is what the loopback upstream itself served."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from switchboard_stack.harness import Stack, running_stack
+from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
+
+pytestmark = pytest.mark.e2e
+
+KEY = "sk-usage-e2e-provider-0123456789"
+# Time the broker stays paused; long enough for sends to time out and retry.
+BROKER_PAUSE_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OpenAIUpstream]:
+    with run_in_thread(OpenAIUpstream(api_key=KEY, record_requests=False)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = {
+        "providers": [
+            {
+                "name": "loopback",
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "api_key_env": "USAGE_E2E_KEY",
+            }
+        ],
+        "models": [
+            {
+                "name": "metered",
+                "deployments": [{"provider": "loopback", "model": "up"}],
+                "pricing": {"input_per_1k": 0.5, "output_per_1k": 1.5, "currency": "USD"},
+            }
+        ],
+    }
+    env = {"USAGE_E2E_KEY": KEY, "SWITCHBOARD_KAFKA_SEND_TIMEOUT_S": "2"}
+    with running_stack(config, tmp_path_factory.mktemp("usage"), env) as running:
+        yield running
+
+
+def _summary(stack: Stack) -> dict[str, Any]:
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    reply = httpx.get(f"{stack.edge_url}/v1/usage/summary", params={"start": today, "end": today})
+    reply.raise_for_status()
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+def _wait_counted(stack: Stack, requests: int, tokens: int, within_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        summary = _summary(stack)
+        if summary["total_requests"] >= requests and summary["total_tokens"] >= tokens:
+            return summary
+        if time.monotonic() > deadline:
+            return summary
+        time.sleep(0.2)
+
+
+def _traffic(stack: Stack, n: int) -> None:
+    with openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key="x", max_retries=0) as client:
+        for i in range(n):
+            messages = [{"role": "user", "content": f"count me {i} " + "word " * (i % 7)}]
+            if i % 3 == 0:
+                for _ in client.chat.completions.create(
+                    model="metered",
+                    messages=messages,
+                    stream=True,  # type: ignore[arg-type]
+                ):
+                    pass
+            else:
+                client.chat.completions.create(model="metered", messages=messages)  # type: ignore[arg-type]
+
+
+def _truth(upstream: OpenAIUpstream) -> tuple[int, int]:
+    calls = [c for c in upstream.served if c.completed]
+    return len(calls), sum(c.prompt_tokens + c.completion_tokens for c in calls)
+
+
+def _wait_exit(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_every_call_counted_exactly_once_through_faults(
+    stack: Stack, upstream: OpenAIUpstream
+) -> None:
+    _traffic(stack, 15)
+
+    # The broker stops answering: serving goes on, events wait in the outbox.
+    broker = stack.pids()["broker"]
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        _traffic(stack, 15)
+        assert time.monotonic() - started < BROKER_PAUSE_S, "serving waited on the broker"
+        time.sleep(max(0.0, BROKER_PAUSE_S - (time.monotonic() - started)))
+    finally:
+        os.kill(broker, signal.SIGCONT)
+
+    # The usage service dies hard; the router holds unacked records and resends.
+    stack.restart("usage", kill=True)
+    _traffic(stack, 10)
+
+    # The sink dies between an insert and its offset commit.
+    stack.restart("usage", SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT="1")
+    crashing = stack.pids()["usage"]
+    _traffic(stack, 5)
+    assert _wait_exit(crashing, within_s=30), "the fault point never fired"
+    stack.restart("usage")
+
+    # An operator replays the whole topic.
+    stack.restart("usage", SWITCHBOARD_SINK_REPLAY="1")
+
+    calls, tokens = _truth(upstream)
+    assert calls == 45
+    summary = _wait_counted(stack, calls, tokens, within_s=60)
+    assert summary["total_requests"] == calls
+    assert summary["total_tokens"] == tokens
+    # Nothing more arrives later: no event was counted twice.
+    time.sleep(1.5)
+    settled = _summary(stack)
+    assert (settled["total_requests"], settled["total_tokens"]) == (calls, tokens)
+    assert settled["by_model"]["metered"]["cost"] > 0
+
+
+def test_usage_performance_reports_latency(stack: Stack) -> None:
+    reply = httpx.get(f"{stack.edge_url}/v1/usage/performance", params={"window": "1h"})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["total_requests"] >= 1
+    assert 0 < body["latency_ms"]["p50"] <= body["latency_ms"]["p99"]
+    assert body["success_rate"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "param"),
+    [
+        ("summary", {"start": "2026-13-01"}, "start"),
+        ("summary", {"start": "2026-11-02", "end": "2026-11-01"}, "end"),
+        ("performance", {"window": "forever"}, "window"),
+    ],
+)
+def test_usage_api_rejects_bad_input(
+    stack: Stack, path: str, params: dict[str, str], param: str
+) -> None:
+    reply = httpx.get(f"{stack.edge_url}/v1/usage/{path}", params=params)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == param
