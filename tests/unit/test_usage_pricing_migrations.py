@@ -1,0 +1,105 @@
+"""Pricing, the migration files and the outbox, without servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from switchboard.usage.v1 import events_pb2, usage_pb2
+from switchboard_common.config import PricingConfig
+from switchboard_usage.migrations import MigrationError, discover
+from switchboard_usage.outbox import Outbox, OutboxFull
+from switchboard_usage.pricing import price
+from switchboard_usage.sink import COLUMNS, row
+
+
+def _record(prompt: int, completion: int, cached: int = 0) -> usage_pb2.UsageRecord:
+    return usage_pb2.UsageRecord(
+        event_id="e1", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+    )
+
+
+def test_price_is_exact_nanos() -> None:
+    pricing = PricingConfig(input_per_1k=0.00015, output_per_1k=0.0006)
+    event = price(_record(1000, 500), pricing)
+    assert event.input_cost_nanos == 150_000  # 0.00015 USD
+    assert event.output_cost_nanos == 300_000
+    assert event.total_cost_nanos == 450_000
+    assert event.currency == "USD"
+
+
+def test_cached_tokens_use_the_cached_rate() -> None:
+    pricing = PricingConfig(input_per_1k=1.0, output_per_1k=0.0, cached_input_per_1k=0.1)
+    event = price(_record(1000, 0, cached=400), pricing)
+    assert event.input_cost_nanos == 600_000_000 + 40_000_000
+
+
+def test_unpriced_model_costs_nothing() -> None:
+    assert price(_record(10, 10), None).total_cost_nanos == 0
+
+
+def test_sums_of_many_small_costs_do_not_drift() -> None:
+    pricing = PricingConfig(input_per_1k=0.0001, output_per_1k=0.0003)
+    total = sum(price(_record(7, 3), pricing).total_cost_nanos for _ in range(10_000))
+    assert total == 10_000 * (700 + 900)
+
+
+def test_shipped_migrations_are_numbered_and_split() -> None:
+    migrations = discover()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert all(m.statements() for m in migrations)
+    assert not any("--" in s.splitlines()[0] for m in migrations for s in m.statements())
+
+
+def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "first.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
+        discover(tmp_path)
+
+
+def test_checksum_changes_with_the_sql(tmp_path: Path) -> None:
+    path = tmp_path / "0001_a.sql"
+    path.write_text("SELECT 1;")
+    before = discover(tmp_path)[0].checksum
+    path.write_text("SELECT 2;")
+    assert discover(tmp_path)[0].checksum != before
+
+
+def test_row_matches_columns() -> None:
+    event = events_pb2.UsageEvent(record=_record(3, 4), total_cost_nanos=5, currency="USD")
+    event.record.status = usage_pb2.USAGE_STATUS_PARTIAL
+    event.record.operation = usage_pb2.OPERATION_CHAT
+    values = dict(zip(COLUMNS, row(event, partition=2, offset=9), strict=True))
+    assert values["status"] == "partial"
+    assert values["operation"] == "chat"
+    assert (values["kafka_partition"], values["kafka_offset"]) == (2, 9)
+
+
+@pytest.mark.asyncio
+async def test_outbox_dedups_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, max_bytes=1 << 20)
+    await outbox.open()
+    assert await outbox.append([("a", b"1"), ("b", b"22")]) == [True, True]
+    assert await outbox.append([("a", b"1")]) == [False]
+    await outbox.close()
+
+    reopened = Outbox(path, max_bytes=1 << 20)
+    await reopened.open()
+    assert reopened.depth == 2
+    pending = await reopened.oldest(10)
+    assert [p.event_id for p in pending] == ["a", "b"]
+    await reopened.delete(pending[:1])
+    assert [p.event_id for p in await reopened.oldest(10)] == ["b"]
+    await reopened.close()
+
+
+@pytest.mark.asyncio
+async def test_outbox_refuses_past_its_quota(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite", max_bytes=10)
+    await outbox.open()
+    await outbox.append([("a", b"12345")])
+    with pytest.raises(OutboxFull):
+        await outbox.append([("b", b"123456")])
+    await outbox.close()
