@@ -55,9 +55,12 @@ class Profile:
     large_requests: int
     warmup: int
 
+    sink_events: int
+    lag_probes: int
 
-FULL = Profile(5, 200, (1, 4, 16, 64), 5.0, 50, 12800, 4.0, 3, 20, 100, 200)
-QUICK = Profile(2, 40, (1, 16), 1.5, 50, 1600, 1.5, 1, 4, 10, 40)
+
+FULL = Profile(5, 200, (1, 4, 16, 64), 5.0, 50, 12800, 4.0, 3, 20, 100, 200, 200_000, 20)
+QUICK = Profile(2, 40, (1, 16), 1.5, 50, 1600, 1.5, 1, 4, 10, 40, 20_000, 3)
 
 
 @dataclass
@@ -311,6 +314,52 @@ def frontier(system: System, body: Path, p: Profile) -> dict[str, Any]:
     return {"frontier_rps": good, "capped": not bad, "steps": steps}
 
 
+def sink_throughput(p: Profile) -> dict[str, Any]:
+    """The usage sink draining a pre-filled topic into a fresh embedded ClickHouse."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "sink_bench.py"), "--events", str(p.sink_events)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def usage_lag(edge: System, body: Path, p: Profile) -> dict[str, Any]:
+    """Seconds from a response at the edge to its row being counted in ClickHouse."""
+    base = edge.url.removesuffix("/v1/chat/completions")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    summary = f"{base}/v1/usage/summary?start={today}&end={today}"
+
+    def counted() -> float:
+        with urllib.request.urlopen(summary, timeout=5) as reply:  # noqa: S310 - loopback
+            return float(json.loads(reply.read())["total_requests"])
+
+    data = body.read_bytes()
+    lags = []
+    for _ in range(p.lag_probes):
+        before = counted()
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            edge.url, data=data, headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - loopback
+            pass
+        answered = time.perf_counter()
+        while counted() <= before:
+            if time.perf_counter() - answered > 30:
+                raise RuntimeError("a usage record did not arrive within 30 s")
+            time.sleep(0.02)
+        lags.append(time.perf_counter() - answered)
+    lags.sort()
+    return {
+        "probes": len(lags),
+        "p50_s": lags[len(lags) // 2],
+        "p99_s": lags[min(len(lags) - 1, int(0.99 * len(lags)))],
+    }
+
+
 def streaming(system: System, body: Path, p: Profile) -> dict[str, Any]:
     r = load(system, body, mode="closed", concurrency=1, requests=p.stream_requests)
     return {
@@ -360,7 +409,7 @@ NONE = "-"
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     by = {(r["system"], r["scenario"]): r for r in rows}
-    systems = list(dict.fromkeys(r["system"] for r in rows))
+    systems = list(dict.fromkeys(r["system"] for r in rows if r["scenario"] == "c1"))
 
     def f(value: Any, digits: int = 2) -> str:
         return NONE if value is None else f"{value:.{digits}f}"
@@ -515,9 +564,22 @@ def main() -> int:
                 f"[bench] {system.name} done ({time.monotonic() - started:.0f}s)", file=sys.stderr
             )
 
+        for system in systems:
+            if system.name == "switchboard-edge":
+                row(system.name, "usage_lag", **usage_lag(system, bodies["small"], profile))
+    row("switchboard-usage-sink", "sink", **sink_throughput(profile))
+    print("[bench] usage lag and sink throughput done", file=sys.stderr)
+
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, args.out / "latency_vs_rps.png")
     table = markdown(rows)
+    for r in rows:
+        if r["scenario"] == "usage_lag":
+            p50, p99 = r["p50_s"], r["p99_s"]
+            table += f"\n\nusage lag (response → counted): p50 {p50:.2f} s, p99 {p99:.2f} s"
+        if r["scenario"] == "sink":
+            rate, events = r["events_per_second"], r["events"]
+            table += f"\nsink throughput: {rate:,.0f} events/s ({events:,} events)"
     (args.out / "results.md").write_text(table + "\n")
     print(table)
     print(

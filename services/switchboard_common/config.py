@@ -35,6 +35,7 @@ class ProviderConfig(_Strict):
 
     @model_validator(mode="after")
     def _base_url_for_http_kinds(self) -> Self:
+        # gemini may omit it: the google-genai SDK's default endpoint is used.
         if self.kind == "openai" and not self.base_url:
             raise ValueError("base_url is required for kind 'openai'")
         return self

@@ -49,6 +49,12 @@ def build_adapter(config: ProviderConfig) -> Adapter:
         return OpenAIAdapter(config)
     if config.kind == "mock":
         return MockAdapter(config)
+    if config.kind == "gemini":
+        # Imported on demand: google-genai is a heavy import that stacks
+        # without a gemini provider need not pay for.
+        from switchboard_provider.adapters.gemini import GeminiAdapter
+
+        return GeminiAdapter(config)
     raise SwitchboardError(
         R.ERROR_REASON_NOT_IMPLEMENTED,
         f"provider {config.name!r}: kind {config.kind!r} is not supported yet",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import grpc
 from prometheus_client import Gauge
@@ -38,6 +37,9 @@ class UsageReporter:
         self._drained = asyncio.Event()
         self._drained.set()
         self._task: asyncio.Task[None] | None = None
+        # Whether the usage service ever acked: if it never did, waiting at
+        # shutdown cannot help, so close() does not.
+        self._ever_acked = False
 
     @property
     def full(self) -> bool:
@@ -64,6 +66,7 @@ class UsageReporter:
             sender = asyncio.create_task(self._send(call))
             try:
                 async for ack in call:
+                    self._ever_acked = True
                     self.pending.pop(ack.event_id, None)
                     PENDING.set(len(self.pending))
                     backoff = 0.05
@@ -96,9 +99,9 @@ class UsageReporter:
 
     async def close(self, flush_s: float) -> None:
         """Give unacked records up to flush_s to be acked, then stop."""
-        deadline = time.monotonic() + flush_s
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), max(0.0, deadline - time.monotonic()))
+        if self._ever_acked:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), flush_s)
         if self.pending:
             log.error(
                 "stopping with unacked usage records",

@@ -49,13 +49,17 @@ class ClickHouse:
         return await self._run(lambda: self._client.command(sql, parameters=parameters))
 
     async def rows(
-        self, sql: str, parameters: dict[str, Any] | None = None
+        self,
+        sql: str,
+        parameters: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> list[tuple[Any, ...]]:
         def query() -> list[tuple[Any, ...]]:
-            return list(self._client.query(sql, parameters=parameters).result_rows)
+            result = self._client.query(sql, parameters=parameters, settings=settings)
+            return list(result.result_rows)
 
-        result: list[tuple[Any, ...]] = await self._run(query)
-        return result
+        rows: list[tuple[Any, ...]] = await self._run(query)
+        return rows
 
     async def insert(
         self,

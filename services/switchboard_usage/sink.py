@@ -15,7 +15,8 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 INSERTED = Counter("switchboard_usage_sink_inserted_total", "Usage rows inserted into ClickHouse.")
 SKIPPED = Counter("switchboard_usage_sink_duplicates_total", "Usage events already stored.")
 DEAD = Counter("switchboard_usage_sink_dead_letters_total", "Undecodable usage messages.")
-BATCH_RECORDS = 5000
+BATCH_RECORDS = 20000
 POLL_MS = 500
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 COLUMNS = (
     "event_id", "request_id", "attempt", "key_name", "requested_model", "model",
@@ -46,22 +48,24 @@ COLUMNS = (
 )  # fmt: skip
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Enum names, looked up once: this runs for every event.
+_OPERATIONS = {v: k.removeprefix("OPERATION_").lower() for k, v in usage_pb2.Operation.items()}
+_STATUSES = {v: k.removeprefix("USAGE_STATUS_").lower() for k, v in usage_pb2.UsageStatus.items()}
+
+
 def _time(ts: timestamp_pb2.Timestamp) -> dt.datetime:
-    return ts.ToDatetime(tzinfo=dt.UTC)
-
-
-def _enum(name: str, prefix: str) -> str:
-    return name.removeprefix(prefix).lower()
+    # Timestamp.ToDatetime is several times slower than this arithmetic.
+    return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def row(event: events_pb2.UsageEvent, partition: int, offset: int) -> list[Any]:
     r = event.record
     return [
         r.event_id, r.request_id, r.attempt, r.key_name, r.requested_model, r.model,
-        r.deployment_id, r.provider, r.upstream_model,
-        _enum(usage_pb2.Operation.Name(r.operation), "OPERATION_"), r.stream, r.prompt_tokens,
-        r.completion_tokens, r.total_tokens, r.cached_tokens, r.reasoning_tokens, r.estimated,
-        _enum(usage_pb2.UsageStatus.Name(r.status), "USAGE_STATUS_"), r.error_reason,
+        r.deployment_id, r.provider, r.upstream_model, _OPERATIONS.get(r.operation, ""),
+        r.stream, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_tokens,
+        r.reasoning_tokens, r.estimated, _STATUSES.get(r.status, ""), r.error_reason,
         r.provider_request_id, r.latency_ms, r.ttft_ms, _time(r.start_time), _time(r.end_time),
         r.config_version, r.router_instance, r.sequence, event.input_cost_nanos,
         event.output_cost_nanos, event.total_cost_nanos, event.currency, partition, offset,
@@ -102,8 +106,7 @@ class Sink:
         self.replay = replay
         self.assign_all = assign_all
         self._consumer: AIOKafkaConsumer | None = None
-        self._dlq = settings.producer()
-        self._dlq_started = False
+        self._dlq: Any = None
         # Test-only fault point: exit hard between an insert and its offset commit.
         self._crash_after_insert = (
             os.environ.get("SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT") == "1"
@@ -134,45 +137,58 @@ class Sink:
             consumer.subscribe([USAGE_TOPIC])
         return consumer
 
-    async def store(self, tp: TopicPartition, messages: Sequence[Any]) -> int:
-        """Insert one partition's batch; returns rows inserted."""
-        events: dict[str, list[Any]] = {}
-        for message in messages:
-            try:
-                event = events_pb2.UsageEvent.FromString(message.value)
-                if not event.record.event_id:
-                    raise ValueError("event has no event_id")
-            except Exception as exc:
-                await self._dead_letter(tp, message, exc)
-                continue
-            events.setdefault(event.record.event_id, row(event, tp.partition, message.offset))
-        if not events:
+    async def store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> int:
+        """Insert one poll's messages from every partition as one block; returns
+        the rows inserted. The caller commits the offsets only after this."""
+        decoded: dict[str, tuple[events_pb2.UsageEvent, int, int]] = {}
+        for tp, messages in batches.items():
+            for message in messages:
+                try:
+                    event = events_pb2.UsageEvent.FromString(message.value)
+                    if not _UUID.match(event.record.event_id):
+                        raise ValueError(f"event_id {event.record.event_id[:64]!r} is not a UUID")
+                except Exception as exc:
+                    await self._dead_letter(tp, message, exc)
+                    continue
+                decoded.setdefault(event.record.event_id, (event, tp.partition, message.offset))
+        if not decoded:
             return 0
+        # Event ids are UUIDv7 (time first) and the table is ordered by them, so
+        # one primary-key range covers the batch: ~50x cheaper than an IN list
+        # of thousands of literals. It may return neighbours; the set sorts that.
         stored = await self.clickhouse.rows(
-            "SELECT event_id FROM usage_events WHERE event_id IN {ids:Array(String)}",
-            {"ids": list(events)},
+            "SELECT event_id FROM usage_events "
+            "WHERE event_id BETWEEN {low:String} AND {high:String}",
+            {"low": min(decoded), "high": max(decoded)},
         )
+        duplicates = 0
         for (event_id,) in stored:
-            events.pop(event_id, None)
-        SKIPPED.inc(len(stored))
-        if events:
-            token = f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}"
+            if decoded.pop(event_id, None) is not None:
+                duplicates += 1
+        SKIPPED.inc(duplicates)
+        if decoded:
+            token = ",".join(
+                f"{tp.topic}:{tp.partition}:{m[0].offset}-{m[-1].offset}"
+                for tp, m in sorted(batches.items())
+                if m
+            )
             await self.clickhouse.insert(
                 "usage_events",
-                list(events.values()),
+                [row(event, partition, offset) for event, partition, offset in decoded.values()],
                 COLUMNS,
                 settings={"insert_deduplication_token": token},
             )
-            INSERTED.inc(len(events))
+            INSERTED.inc(len(decoded))
         if self._crash_after_insert:
             log.error("fault injection: exiting between insert and offset commit")
             os._exit(137)
-        return len(events)
+        return len(decoded)
 
     async def _dead_letter(self, tp: TopicPartition, message: Any, exc: Exception) -> None:
-        if not self._dlq_started:
-            await self._dlq.start()
-            self._dlq_started = True
+        if self._dlq is None:
+            producer = self.settings.producer()
+            await producer.start()
+            self._dlq = producer
         letter = events_pb2.UsageDeadLetter(
             topic=tp.topic,
             partition=tp.partition,
@@ -197,27 +213,26 @@ class Sink:
                     self._consumer = await self._start()
                 consumer = self._consumer
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH_RECORDS)
-                failed = False
-                for tp, messages in batches.items():
-                    try:
-                        await self.store(tp, messages)
-                    except KafkaError:
-                        raise
-                    except Exception as exc:
-                        # Not committed: rewind and retry the same batch later.
-                        log.warning(
-                            "usage sink: insert failed; will retry",
-                            extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
-                        )
+                batches = {tp: m for tp, m in batches.items() if m}
+                if not batches:
+                    continue
+                try:
+                    await self.store(batches)
+                except KafkaError:
+                    raise
+                except Exception as exc:
+                    # Not committed: rewind and retry the same messages later.
+                    log.warning(
+                        "usage sink: insert failed; will retry",
+                        extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+                    )
+                    for tp, messages in batches.items():
                         consumer.seek(tp, messages[0].offset)
-                        failed = True
-                        continue
-                    await consumer.commit({tp: messages[-1].offset + 1})
-                if failed:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-                else:
-                    backoff = 0.2
+                    continue
+                await consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
+                backoff = 0.2
             except (KafkaError, OSError) as exc:
                 log.warning(
                     "usage sink: broker error; will retry",
@@ -235,6 +250,6 @@ class Sink:
 
     async def close(self) -> None:
         await self._stop_consumer()
-        if self._dlq_started:
+        if self._dlq is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._dlq.stop(), 5.0)

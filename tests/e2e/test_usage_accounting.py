@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from switchboard_stack.harness import Stack, running_stack
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
@@ -79,16 +80,18 @@ def _wait_counted(stack: Stack, requests: int, tokens: int, within_s: float) -> 
 def _traffic(stack: Stack, n: int) -> None:
     with openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key="x", max_retries=0) as client:
         for i in range(n):
-            messages = [{"role": "user", "content": f"count me {i} " + "word " * (i % 7)}]
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": f"count me {i} " + "word " * (i % 7)}
+            ]
             if i % 3 == 0:
                 for _ in client.chat.completions.create(
                     model="metered",
                     messages=messages,
-                    stream=True,  # type: ignore[arg-type]
+                    stream=True,
                 ):
                     pass
             else:
-                client.chat.completions.create(model="metered", messages=messages)  # type: ignore[arg-type]
+                client.chat.completions.create(model="metered", messages=messages)
 
 
 def _truth(upstream: OpenAIUpstream) -> tuple[int, int]:
