@@ -56,7 +56,8 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # The SDKs' HTTP clients log request lines (with headers at DEBUG): keep them quiet.
-    for noisy in ("httpx", "httpcore", "openai", "grpc", "hpack"):
+    # (aiohttp and google_genai too: the provider's upstream transports.)
+    for noisy in ("httpx", "httpcore", "openai", "grpc", "hpack", "aiohttp", "google_genai"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 

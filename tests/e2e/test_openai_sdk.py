@@ -16,11 +16,13 @@ import pytest
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_stack.harness import Stack, running_stack
+from tests.support.gemini_upstream import GeminiUpstream
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
 
 PROVIDER_KEY = "sk-e2e-provider-secret-0123456789"
+GEMINI_KEY = "AIzaE2eGeminiSecretKey0123456789abcdefg"
 PROMPT = "tell me about the switchboard"
 REPLY = f"echo: {PROMPT}"
 
@@ -32,7 +34,15 @@ def upstream() -> Iterator[OpenAIUpstream]:
 
 
 @pytest.fixture(scope="module")
-def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def gemini() -> Iterator[GeminiUpstream]:
+    with run_in_thread(GeminiUpstream(api_key=GEMINI_KEY)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(
+    upstream: OpenAIUpstream, gemini: GeminiUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     config = {
         "providers": [
             {
@@ -43,10 +53,18 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
                 "timeout_s": 1.5,
             },
             {"name": "mock", "kind": "mock"},
+            {
+                "name": "google",
+                "kind": "gemini",
+                "base_url": gemini.base_url,
+                "api_key_env": "E2E_GEMINI_KEY",
+                "timeout_s": 1.5,
+            },
         ],
         "models": [
             {"name": "fast-chat", "deployments": [{"provider": "loopback", "model": "gpt-loop"}]},
             {"name": "mock-chat", "deployments": [{"provider": "mock", "model": "mock-echo"}]},
+            {"name": "gemini-chat", "deployments": [{"provider": "google", "model": "gem-loop"}]},
             {
                 "name": "embed",
                 "kind": "embedding",
@@ -55,7 +73,13 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
         ],
     }
     tmp = tmp_path_factory.mktemp("stack")
-    with running_stack(config, tmp, {"E2E_PROVIDER_KEY": PROVIDER_KEY}) as running:
+    env = {
+        "E2E_PROVIDER_KEY": PROVIDER_KEY,
+        "E2E_GEMINI_KEY": GEMINI_KEY,
+        # Secrets must stay out of logs even at DEBUG (test_no_secret_in_any_log).
+        "SWITCHBOARD_LOG_LEVEL": "DEBUG",
+    }
+    with running_stack(config, tmp, env) as running:
         yield running
 
 
@@ -169,7 +193,12 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
 
 
 def test_models(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == ["fast-chat", "mock-chat", "embed"]
+    assert [m.id for m in client.models.list()] == [
+        "fast-chat",
+        "mock-chat",
+        "gemini-chat",
+        "embed",
+    ]
     assert client.models.retrieve("mock-chat").owned_by == "switchboard-mock"
 
 
@@ -286,9 +315,37 @@ def test_grpc_router_gives_the_same_answer(stack: Stack, client: openai.OpenAI) 
     assert "".join(c.delta.content for r in chunks for c in r.chunk.choices) == REPLY
 
 
-def test_provider_secret_never_logged(stack: Stack) -> None:
-    for component in ("router", "provider", "registry", "usage", "gpu", "envoy"):
-        assert PROVIDER_KEY not in stack.log(component)
+def test_openai_and_gemini_kinds_answer_alike(client: openai.OpenAI) -> None:
+    """The same SDK call, served by an OpenAI-compatible upstream and by Gemini."""
+    via_openai = client.chat.completions.create(model="fast-chat", messages=_messages())
+    via_gemini = client.chat.completions.create(model="gemini-chat", messages=_messages())
+    assert via_gemini.choices[0].message.content == via_openai.choices[0].message.content
+    assert via_gemini.choices[0].finish_reason == via_openai.choices[0].finish_reason
+    assert via_gemini.usage == via_openai.usage
+
+    def streamed(model: str) -> tuple[str, Any]:
+        chunks = list(
+            client.chat.completions.create(
+                model=model,
+                messages=_messages(),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].usage
+
+    assert streamed("gemini-chat") == streamed("fast-chat")
+
+
+def test_no_secret_in_any_log(stack: Stack, client: openai.OpenAI) -> None:
+    """Run at DEBUG (see the stack fixture): provider keys never reach a log."""
+    client.chat.completions.create(model="fast-chat", messages=_messages())
+    client.chat.completions.create(model="gemini-chat", messages=_messages())
+    for component in ("router", "provider", "registry", "usage", "gpu", "envoy", "broker"):
+        log = stack.log(component)
+        assert PROVIDER_KEY not in log, component
+        assert GEMINI_KEY not in log, component
 
 
 def test_oversized_body_is_413(stack: Stack) -> None:

@@ -51,7 +51,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -955,9 +955,18 @@ def _try_json(body: bytes) -> Any | None:
         return None
 
 
+class _Server(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Server)
+
+
 @contextlib.contextmanager
-def run_in_thread(upstream: OpenAIUpstream) -> Iterator[OpenAIUpstream]:
-    """Serve ``upstream`` from its own event loop on a daemon thread.
+def run_in_thread(upstream: _S) -> Iterator[_S]:
+    """Serve ``upstream`` (this module's server, or any with async start/stop, such
+    as the Gemini fixture) from its own event loop on a daemon thread.
 
     Returns once the socket is listening; on exit stops the server and joins the thread,
     raising if either takes longer than a bounded time.

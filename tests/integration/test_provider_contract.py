@@ -1,0 +1,109 @@
+"""The provider's streaming contract, called directly over gRPC: output events,
+then exactly one usage record per attempt, even when the attempt breaks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from switchboard.common.v1 import openai_pb2
+from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
+from switchboard.usage.v1 import usage_pb2
+from tests.support.inprocess import services
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[OpenAIUpstream]:
+    async with OpenAIUpstream() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def provider(
+    upstream: OpenAIUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[provider_pb2_grpc.ProviderServiceAsyncStub]:
+    config = {
+        "providers": [{"name": "up", "kind": "openai", "base_url": upstream.base_url}],
+        "models": [{"name": "m", "deployments": [{"provider": "up", "model": "x"}]}],
+    }
+    async with (
+        services(config, tmp_path, monkeypatch, names=("provider",)) as settings,
+        grpc.aio.insecure_channel(settings.address("provider")) as channel,
+    ):
+        yield provider_pb2_grpc.ProviderServiceStub(channel)
+
+
+def _request(stream: bool) -> provider_pb2.StreamGenerateRequest:
+    params = openai_pb2.ChatCompletionParams(model="m")
+    params.messages.add(role="user").content.string_value = "one two three four five"
+    return provider_pb2.StreamGenerateRequest(
+        request_id="r1",
+        stream=stream,
+        target=provider_pb2.Target(provider="up", upstream_model="x", deployment_id="m/up/x"),
+        chat=params,
+    )
+
+
+async def test_usage_record_is_last_and_matches_upstream(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
+) -> None:
+    events = [e async for e in provider.StreamGenerate(_request(stream=True))]
+    assert [e.WhichOneof("event") for e in events].count("usage") == 1
+    record = events[-1].usage
+    served = upstream.served[-1]
+    assert record.status == usage_pb2.USAGE_STATUS_OK
+    assert (record.prompt_tokens, record.completion_tokens) == (
+        served.prompt_tokens,
+        served.completion_tokens,
+    )
+    assert not record.estimated
+    assert record.provider_request_id.startswith("req_")
+    assert record.ttft_ms > 0
+    assert record.latency_ms >= record.ttft_ms
+
+
+async def test_reset_after_n_chunks_gives_n_chunks_then_partial_usage_then_error(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
+) -> None:
+    upstream.behaviour = Behaviour(mode="reset_after", reset_after_chunks=3)
+    events: list[provider_pb2.StreamGenerateResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in provider.StreamGenerate(_request(stream=True)):
+            events.append(event)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    content = [
+        c.delta.content
+        for e in events
+        if e.HasField("chat_chunk")
+        for c in e.chat_chunk.choices
+        if c.delta.content
+    ]
+    assert len(content) == 3
+    assert events[-1].HasField("usage")
+    record = events[-1].usage
+    assert record.status == usage_pb2.USAGE_STATUS_PARTIAL
+    assert record.error_reason == "UPSTREAM_ERROR"
+    # The upstream never reported usage for the broken stream: counted locally.
+    assert record.estimated
+    assert record.completion_tokens > 0
+
+
+async def test_cancel_closes_the_upstream_request_promptly(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
+) -> None:
+    upstream.behaviour = Behaviour(mode="slow", chunk_delay_s=0.5)
+    call = provider.StreamGenerate(_request(stream=True))
+    await call.read()
+    cancelled_at = time.monotonic()
+    call.cancel()
+    assert await upstream.wait_for(lambda: upstream.disconnects == 1, within_s=2.0)
+    # From the cancel to the upstream seeing its client go away (the issue's 100 ms).
+    assert time.monotonic() - cancelled_at < 0.1
