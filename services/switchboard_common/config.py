@@ -67,6 +67,8 @@ class ModelConfig(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     online: bool = True
     description: str = ""
+    # e.g. vision (accepts images; the vision route's default is the first such model).
+    capabilities: list[str] = Field(default_factory=list)
 
 
 class KeyConfig(_Strict):

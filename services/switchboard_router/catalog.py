@@ -65,6 +65,17 @@ class Catalog:
             )
         return model
 
+    def default_vision_model(self) -> str:
+        for model in self.config.models:
+            if model.online and model.kind == "chat" and "vision" in model.capabilities:
+                return model.name
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            "no default vision model is configured: send a 'model' field, or give a chat "
+            "model `capabilities: [vision]` in the config",
+            param="model",
+        )
+
     def plan(self, model: ModelConfig) -> list[Candidate]:
         """Deployments of the model in weighted-random order, then those of each fallback."""
         order: list[Candidate] = []

@@ -32,7 +32,7 @@ from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
 from switchboard_common.server import CHANNEL_OPTIONS, Mounted
 from switchboard_common.settings import Settings
-from switchboard_router import render
+from switchboard_router import render, vision
 from switchboard_router.auth import Authenticator
 from switchboard_router.catalog import Candidate, Catalog
 from switchboard_router.usage_reporter import UsageReporter
@@ -227,16 +227,53 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.ChatCompletion:
         params = request.params
         key, model = self._admit(context, params, validate_chat, "chat")
-        answer: openai_pb2.ChatCompletion | None = None
+        served, answer = await self._complete_chat(context, key, params, model)
+        await context.send_initial_metadata(_served(served))
+        return answer
+
+    async def _complete_chat(
+        self,
+        context: Context,
+        key: KeyConfig | None,
+        params: openai_pb2.ChatCompletionParams,
+        model: ModelConfig,
+    ) -> tuple[Candidate, openai_pb2.ChatCompletion]:
+        """The deployment that answered, and its answer. Callers send the
+        response metadata only once nothing else can fail: an error after it
+        travels in trailers, where the edge cannot turn it into an HTTP status."""
+        answer: tuple[Candidate, openai_pb2.ChatCompletion] | None = None
         build = self._build(params.model, "chat", params, stream=False)
         async for candidate, event in self._generate(context, key, params.model, model, build):
             if event.HasField("chat_completion"):
-                answer = event.chat_completion
-                answer.model = params.model
-                await context.send_initial_metadata(_served(candidate))
+                event.chat_completion.model = params.model
+                answer = (candidate, event.chat_completion)
         if answer is None:
             raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
         return answer
+
+    # -- vision --------------------------------------------------------------
+
+    async def CreateVisionCompletion(
+        self, request: router_pb2.CreateVisionCompletionRequest, context: Context
+    ) -> router_pb2.CreateVisionCompletionResponse:
+        self.auth.authenticate(context.invocation_metadata() or ())
+        picture = vision.read_request(request)
+        name = picture.model or self.catalog.default_vision_model()
+        params = vision.chat_params(name, picture)
+        key, model = self._admit(context, params, validate_chat, "chat")
+        if "vision" not in model.capabilities:
+            raise SwitchboardError(
+                R.ERROR_REASON_INVALID_REQUEST,
+                f"The model '{name}' does not accept images (no 'vision' capability).",
+                param="model",
+            )
+        served, answer = await self._complete_chat(context, key, params, model)
+        content = answer.choices[0].message.content if answer.choices else ""
+        objects = vision.objects_from(content)
+        await context.send_initial_metadata(_served(served))
+        return router_pb2.CreateVisionCompletionResponse(
+            recognition_id=uuid7(), objects=objects, model=name
+        )
 
     async def _chat_chunks(
         self, params: openai_pb2.ChatCompletionParams, context: Context

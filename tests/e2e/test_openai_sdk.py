@@ -62,8 +62,16 @@ def stack(
             },
         ],
         "models": [
-            {"name": "fast-chat", "deployments": [{"provider": "loopback", "model": "gpt-loop"}]},
-            {"name": "mock-chat", "deployments": [{"provider": "mock", "model": "mock-echo"}]},
+            {
+                "name": "fast-chat",
+                "capabilities": ["vision"],
+                "deployments": [{"provider": "loopback", "model": "gpt-loop"}],
+            },
+            {
+                "name": "mock-chat",
+                "capabilities": ["vision"],
+                "deployments": [{"provider": "mock", "model": "mock-echo"}],
+            },
             {"name": "gemini-chat", "deployments": [{"provider": "google", "model": "gem-loop"}]},
             {
                 "name": "embed",
@@ -363,3 +371,82 @@ def test_unknown_route_is_404_in_openai_shape(stack: Stack) -> None:
     raw = httpx.get(f"{stack.edge_url}/v1/no-such-thing")
     assert raw.status_code == 404
     assert _error(raw)["code"] == "unknown_url"
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_vision_route_returns_recognised_objects(stack: Stack, upstream: OpenAIUpstream) -> None:
+    answer = '{"objects": [{"name": "cat", "description": "a cat on a sofa"}]}'
+    upstream.behaviour = Behaviour(reply=answer)
+    reply = httpx.post(
+        f"{stack.edge_url}/v1/vision/completions",
+        files={"image": ("cat.png", PNG, "image/png")},
+        data={"model": "fast-chat"},
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["objects"] == [{"name": "cat", "description": "a cat on a sofa"}]
+    assert body["model"] == "fast-chat"
+    assert len(body["recognition_id"]) == 36
+    sent = upstream.requests[-1].json
+    assert sent is not None
+    parts = sent["messages"][-1]["content"]
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_vision_route_defaults_to_the_first_vision_model(
+    stack: Stack, upstream: OpenAIUpstream
+) -> None:
+    upstream.behaviour = Behaviour(reply='{"objects": []}')
+    reply = httpx.post(
+        f"{stack.edge_url}/v1/vision/completions", files={"image": ("x.png", PNG, "image/png")}
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json() | {"recognition_id": ""} == {
+        "recognition_id": "",
+        "objects": [],
+        "model": "fast-chat",
+    }
+
+
+def test_vision_route_on_the_labelled_mock(stack: Stack) -> None:
+    reply = httpx.post(
+        f"{stack.edge_url}/v1/vision/completions",
+        files={"image": ("x.png", PNG, "image/png")},
+        data={"model": "mock-chat"},
+    )
+    assert reply.status_code == 200, reply.text
+    [only] = reply.json()["objects"]
+    assert only["description"].startswith("[mock] a image/png picture")
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "param"),
+    [
+        ({"other": ("x.png", PNG, "image/png")}, {"model": "fast-chat"}, 400, "image"),
+        ({"image": ("x.txt", b"hello", "text/plain")}, {"model": "fast-chat"}, 400, "image"),
+        ({"image": ("x.png", PNG, "image/png")}, {"model": "gemini-chat"}, 400, "model"),
+        ({"image": ("x.png", PNG, "image/png")}, {"model": "nope"}, 404, "model"),
+    ],
+)
+def test_vision_route_rejects_bad_input(
+    stack: Stack, files: dict[str, Any], data: dict[str, str], status: int, param: str
+) -> None:
+    reply = httpx.post(f"{stack.edge_url}/v1/vision/completions", files=files, data=data)
+    assert reply.status_code == status
+    assert _error(reply)["param"] == param
+
+
+def test_vision_route_maps_a_non_json_answer_to_502(stack: Stack, upstream: OpenAIUpstream) -> None:
+    upstream.behaviour = Behaviour(reply="I see a cat")
+    reply = httpx.post(
+        f"{stack.edge_url}/v1/vision/completions",
+        files={"image": ("cat.png", PNG, "image/png")},
+        data={"model": "fast-chat"},
+    )
+    assert reply.status_code == 502
+    assert "expected JSON" in _error(reply)["message"]

@@ -94,6 +94,8 @@ class Behaviour:
     reset_after_chunks: int = 2
     chunk_delay_s: float = 0.0
     first_byte_delay_s: float = 0.0
+    # Chat replies with this text (split on spaces into tokens) instead of the echo.
+    reply: str | None = None
 
 
 @dataclass
@@ -664,7 +666,7 @@ class OpenAIUpstream:
             if message.get("role") == "user":
                 last_user = text
         prompt_tokens = max(prompt_tokens, 1)
-        words = _reply_words(last_user)
+        words = ctx.behaviour.reply.split(" ") if ctx.behaviour.reply else _reply_words(last_user)
         finish_reason = "stop"
         if limit is not None and len(words) > limit:
             words, finish_reason = words[:limit], "length"

@@ -4,6 +4,7 @@ provider keys still answers. Every answer says it came from the mock."""
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import time
 import uuid
@@ -23,6 +24,31 @@ def _words(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def _image_sizes(content: object) -> list[tuple[str, int]]:
+    """(media type, decoded bytes) of each data-URL image part in a message."""
+    found = []
+    for part in content if isinstance(content, list) else []:
+        url = part.get("image_url", {}).get("url", "") if isinstance(part, dict) else ""
+        if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+            media, _, data = url[5:].partition(";base64,")
+            found.append((media, len(data) * 3 // 4))
+    return found
+
+
+def _describe_images(images: list[tuple[str, int]]) -> str:
+    """An honest answer to a vision request: the mock does not look at pictures,
+    so it says what it was given, in the JSON shape vision callers ask for."""
+    objects = [
+        {
+            "name": "image",
+            "description": f"[mock] a {media} picture of about {size} bytes; "
+            "the mock provider does not recognise objects",
+        }
+        for media, size in images
+    ]
+    return json.dumps({"objects": objects})
+
+
 class MockAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -30,16 +56,18 @@ class MockAdapter:
     def _reply(self, request: provider_pb2.StreamGenerateRequest) -> tuple[str, int]:
         if request.HasField("chat"):
             users = [m for m in request.chat.messages if m.role == "user"]
-            last = (
-                message_text(to_python(users[-1].content))
-                if users and users[-1].HasField("content")
-                else ""
+            content = (
+                to_python(users[-1].content) if users and users[-1].HasField("content") else ""
             )
+            last = message_text(content)
             prompt_words = sum(
                 _words(message_text(to_python(m.content)))
                 for m in request.chat.messages
                 if m.HasField("content")
             )
+            images = _image_sizes(content)
+            if images:
+                return _describe_images(images), prompt_words
         else:
             last = " ".join(texts(to_python(request.completion.prompt)))
             prompt_words = _words(last)

@@ -18,6 +18,7 @@ The model that served a call is in the response metadata "x-switchboard-model".
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -212,6 +213,89 @@ class CreateEmbeddingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateEmbeddingRequest: _TypeAlias = CreateEmbeddingRequest  # noqa: Y015
+
+@_typing.final
+class CreateVisionCompletionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORM_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    IMAGE_TYPE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    image: _builtins.bytes
+    """Used when form is unset."""
+    image_type: _builtins.str
+    """image/png, image/jpeg, image/webp or image/gif."""
+    model: _builtins.str
+    """A chat model with the "vision" capability; empty means the configured default."""
+    @_builtins.property
+    def form(self) -> _httpbody_pb2.HttpBody:
+        """The multipart body exactly as the edge received it, with its content type."""
+
+    def __init__(
+        self,
+        *,
+        form: _httpbody_pb2.HttpBody | None = ...,
+        image: _builtins.bytes = ...,
+        image_type: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["form", b"form"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["form", b"form", "image", b"image", "image_type", b"image_type", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVisionCompletionRequest: _TypeAlias = CreateVisionCompletionRequest  # noqa: Y015
+
+@_typing.final
+class CreateVisionCompletionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOGNITION_ID_FIELD_NUMBER: _builtins.int
+    OBJECTS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    recognition_id: _builtins.str
+    model: _builtins.str
+    """The model that looked at the picture."""
+    @_builtins.property
+    def objects(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecognizedObject]: ...
+    def __init__(
+        self,
+        *,
+        recognition_id: _builtins.str = ...,
+        objects: _abc.Iterable[Global___RecognizedObject] | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "objects", b"objects", "recognition_id", b"recognition_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVisionCompletionResponse: _TypeAlias = CreateVisionCompletionResponse  # noqa: Y015
+
+@_typing.final
+class RecognizedObject(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecognizedObject: _TypeAlias = RecognizedObject  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

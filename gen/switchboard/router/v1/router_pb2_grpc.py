@@ -71,6 +71,11 @@ class RouterServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.SerializeToString,
                 response_deserializer=switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.FromString,
                 _registered_method=True)
+        self.CreateVisionCompletion = channel.unary_unary(
+                '/switchboard.router.v1.RouterService/CreateVisionCompletion',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateVisionCompletionRequest.SerializeToString,
+                response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateVisionCompletionResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/ListModels',
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.SerializeToString,
@@ -145,6 +150,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVisionCompletion(self, request, context):
+        """Recognise the main objects in a picture with a vision-capable chat model.
+        At the edge: multipart/form-data with a file field "image" and an optional
+        field "model"; gRPC callers may set image/image_type/model instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models the caller's key may use.
         """
@@ -204,6 +218,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.CreateEmbedding,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.FromString,
                     response_serializer=switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.SerializeToString,
+            ),
+            'CreateVisionCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVisionCompletion,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateVisionCompletionRequest.FromString,
+                    response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateVisionCompletionResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -410,6 +429,33 @@ class RouterService:
             '/switchboard.router.v1.RouterService/CreateEmbedding',
             switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.SerializeToString,
             switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVisionCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/CreateVisionCompletion',
+            switchboard_dot_router_dot_v1_dot_router__pb2.CreateVisionCompletionRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_router__pb2.CreateVisionCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,

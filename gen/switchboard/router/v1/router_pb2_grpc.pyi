@@ -69,6 +69,11 @@ class RouterServiceStub:
     """
     CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _openai_pb2.EmbeddingList]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
+    CreateVisionCompletion: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateVisionCompletionRequest, _router_pb2.CreateVisionCompletionResponse]
+    """Recognise the main objects in a picture with a vision-capable chat model.
+    At the edge: multipart/form-data with a file field "image" and an optional
+    field "model"; gRPC callers may set image/image_type/model instead.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListModelsRequest, _router_pb2.ListModelsResponse]
     """The models the caller's key may use."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetModelRequest, _openai_pb2.Model]
@@ -103,6 +108,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """
     CreateEmbedding: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _openai_pb2.EmbeddingList]  # type: ignore[assignment]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
+    CreateVisionCompletion: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateVisionCompletionRequest, _router_pb2.CreateVisionCompletionResponse]  # type: ignore[assignment]
+    """Recognise the main objects in a picture with a vision-capable chat model.
+    At the edge: multipart/form-data with a file field "image" and an optional
+    field "model"; gRPC callers may set image/image_type/model instead.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_router_pb2.ListModelsRequest, _router_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models the caller's key may use."""
     GetModel: _aio.UnaryUnaryMultiCallable[_router_pb2.GetModelRequest, _openai_pb2.Model]  # type: ignore[assignment]
@@ -176,6 +186,17 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_openai_pb2.EmbeddingList, _abc.Awaitable[_openai_pb2.EmbeddingList]]:
         """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
+
+    @_abc_1.abstractmethod
+    def CreateVisionCompletion(
+        self,
+        request: _router_pb2.CreateVisionCompletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.CreateVisionCompletionResponse, _abc.Awaitable[_router_pb2.CreateVisionCompletionResponse]]:
+        """Recognise the main objects in a picture with a vision-capable chat model.
+        At the edge: multipart/form-data with a file field "image" and an optional
+        field "model"; gRPC callers may set image/image_type/model instead.
+        """
 
     @_abc_1.abstractmethod
     def ListModels(
