@@ -5,15 +5,43 @@
 -- bodies go to the ":stream" route, whose RPC returns exact SSE bytes.
 local STREAMING = {["/v1/chat/completions"] = true, ["/v1/completions"] = true}
 
+-- Keys that would let a client choose where, or with what credentials, an
+-- upstream call goes (the LiteLLM CVE-2024-6587 class). The transcoder would
+-- drop them silently; refusing says so. Only a JSON object key can match: in
+-- string values every quote is escaped.
+local FORBIDDEN = {"base_url", "api_base", "api_key", "extra_headers", "extra_query"}
+
+local function forbidden_key(body)
+  for _, key in ipairs(FORBIDDEN) do
+    if string.find(body, '"' .. key .. '"%s*:') then
+      return key
+    end
+  end
+  return nil
+end
+
 function envoy_on_request(request_handle)
   local headers = request_handle:headers()
   local path = headers:get(":path")
-  if headers:get(":method") ~= "POST" or not STREAMING[path] then
+  local content_type = headers:get("content-type") or ""
+  if headers:get(":method") ~= "POST" or not string.find(content_type, "json", 1, true) then
     return
   end
   -- Wait for the whole body: json_to_metadata sets the flag once it has parsed it.
   -- (Handles taken before body() are invalid after it, so headers are fetched again.)
-  request_handle:body()
+  local body = request_handle:body()
+  local key = body and forbidden_key(body:getBytes(0, body:length()))
+  if key then
+    request_handle:respond(
+      {[":status"] = "400", ["content-type"] = "application/json"},
+      '{"error":{"message":"' .. key .. ' cannot be set by clients: upstreams are chosen '
+        .. 'by the gateway\'s configuration","type":"invalid_request_error",'
+        .. '"code":"forbidden_parameter","param":"' .. key .. '"}}')
+    return
+  end
+  if not STREAMING[path] then
+    return
+  end
   local meta = request_handle:streamInfo():dynamicMetadata():get("switchboard")
   if meta ~= nil and meta["stream"] == true then
     request_handle:headers():replace(":path", path .. ":stream")

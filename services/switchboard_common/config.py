@@ -30,6 +30,10 @@ class ProviderConfig(_Strict):
     api_key_env: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Streams: the longest wait for the first event, and between events; both
+    # default to timeout_s. A non-streaming call waits timeout_s for its answer.
+    first_token_timeout_s: float | None = Field(default=None, gt=0)
+    idle_timeout_s: float | None = Field(default=None, gt=0)
     # Upstream quirks (e.g. dialect: dashscope); adapters read what they know.
     options: dict[str, str] = Field(default_factory=dict)
 

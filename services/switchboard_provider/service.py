@@ -87,10 +87,28 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         meter.prompt_text = prompt_text(request)
         adapter = self.adapter(request.target.provider)
         timeout_s = remaining(context, MAX_ATTEMPT_S)
+        config = self._configs[request.target.provider]
+        first_s = (
+            (config.first_token_timeout_s or config.timeout_s) if request.stream else timeout_s
+        )
+        idle_s = config.idle_timeout_s or config.timeout_s
         produced = False
+        events = adapter.generate(request, meter, timeout_s)
         try:
             async with asyncio.timeout(timeout_s):
-                async for event in adapter.generate(request, meter, timeout_s):
+                while True:
+                    wait_s = idle_s if produced else first_s
+                    try:
+                        async with asyncio.timeout(wait_s):
+                            event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        what = "sent nothing more" if produced else "sent no first token"
+                        raise SwitchboardError(
+                            R.ERROR_REASON_UPSTREAM_TIMEOUT,
+                            f"provider {request.target.provider!r} {what} within {wait_s:g}s",
+                        ) from None
                     produced = True
                     yield event
         except TimeoutError:
@@ -109,6 +127,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             record = meter.finish(usage_pb2.USAGE_STATUS_CANCELLED)
             log.info("attempt cancelled", extra=log_fields(event_id=record.event_id))
             raise
+        finally:
+            # Closing the adapter's generator closes the upstream request now,
+            # not whenever the garbage collector gets to it.
+            await events.aclose()
         yield provider_pb2.StreamGenerateResponse(usage=meter.finish(usage_pb2.USAGE_STATUS_OK))
 
     @staticmethod

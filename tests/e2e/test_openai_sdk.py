@@ -450,3 +450,22 @@ def test_vision_route_maps_a_non_json_answer_to_502(stack: Stack, upstream: Open
     )
     assert reply.status_code == 502
     assert "expected JSON" in _error(reply)["message"]
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        {"base_url": "http://169.254.169.254/"},
+        {"api_base": "http://attacker.invalid/v1"},
+        {"extra_headers": {"authorization": "Bearer x"}},
+        {"messages": [{"role": "user", "content": "hi", "api_base": "http://x.invalid"}]},
+    ],
+)
+def test_upstream_target_cannot_be_set_by_clients(
+    stack: Stack, upstream: OpenAIUpstream, smuggled: dict[str, Any]
+) -> None:
+    body = {"model": "fast-chat", "messages": _messages(), **smuggled}
+    reply = httpx.post(f"{stack.edge_url}/v1/chat/completions", json=body)
+    assert reply.status_code == 400
+    assert _error(reply)["type"] == "invalid_request_error"
+    assert upstream.requests == []

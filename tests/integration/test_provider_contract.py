@@ -31,7 +31,15 @@ async def provider(
     upstream: OpenAIUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[provider_pb2_grpc.ProviderServiceAsyncStub]:
     config = {
-        "providers": [{"name": "up", "kind": "openai", "base_url": upstream.base_url}],
+        "providers": [
+            {
+                "name": "up",
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "first_token_timeout_s": 0.3,
+                "idle_timeout_s": 0.3,
+            }
+        ],
         "models": [{"name": "m", "deployments": [{"provider": "up", "model": "x"}]}],
     }
     async with (
@@ -107,3 +115,40 @@ async def test_cancel_closes_the_upstream_request_promptly(
     assert await upstream.wait_for(lambda: upstream.disconnects == 1, within_s=2.0)
     # From the cancel to the upstream seeing its client go away (the 100 ms).
     assert time.monotonic() - cancelled_at < 0.1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "produced", "why"),
+    [
+        (Behaviour(mode="slow", first_byte_delay_s=1.5), False, "sent no first token"),
+        (Behaviour(mode="slow", chunk_delay_s=1.0), True, "sent nothing more"),
+    ],
+)
+async def test_first_token_and_idle_timeouts(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub,
+    upstream: OpenAIUpstream,
+    behaviour: Behaviour,
+    produced: bool,
+    why: str,
+) -> None:
+    upstream.behaviour = behaviour
+    started = time.monotonic()
+    events: list[provider_pb2.StreamGenerateResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in provider.StreamGenerate(_request(stream=True)):
+            events.append(event)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert why in (err.value.details() or "")
+    assert time.monotonic() - started < 1.0
+    status = events[-1].usage.status
+    assert status == (usage_pb2.USAGE_STATUS_PARTIAL if produced else usage_pb2.USAGE_STATUS_ERROR)
+
+
+async def test_first_token_timeout_does_not_cut_a_non_streaming_answer(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
+) -> None:
+    # A unary answer arrives whole; only timeout_s (60 s here) bounds it.
+    upstream.behaviour = Behaviour(mode="slow", first_byte_delay_s=0.5)
+    events = [e async for e in provider.StreamGenerate(_request(stream=False))]
+    assert events[0].HasField("chat_completion")
+    assert events[-1].usage.status == usage_pb2.USAGE_STATUS_OK

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from switchboard.common.v1 import openai_pb2
@@ -14,7 +14,7 @@ from switchboard_provider.meter import UsageMeter
 class Adapter(Protocol):
     def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
-    ) -> AsyncIterator[provider_pb2.StreamGenerateResponse]:
+    ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
         """Yield the upstream's output in order (chunks when request.stream,
         else exactly one object), report tokens to `meter`, and raise
         SwitchboardError for upstream failures. Cancellation must close the

@@ -388,7 +388,7 @@ class Reply:
 
 async def stream_events(
     stream: AsyncIterator[types.GenerateContentResponse], reply: Reply, meter: UsageMeter
-) -> AsyncIterator[provider_pb2.StreamGenerateResponse]:
+) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
     """The `openai` kind's sequence: a role chunk (chat), one chunk per Gemini
     response that carries text, a finish chunk, then a usage-only chunk. The
     role chunk waits for the first text so that an upstream failure before any
@@ -562,7 +562,7 @@ class GeminiAdapter:
 
     async def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
-    ) -> AsyncIterator[provider_pb2.StreamGenerateResponse]:
+    ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
         self._check_key()
         chat = request.HasField("chat")
         contents, config = (

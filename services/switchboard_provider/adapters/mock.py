@@ -8,7 +8,7 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2
@@ -75,7 +75,7 @@ class MockAdapter:
 
     async def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
-    ) -> AsyncIterator[provider_pb2.StreamGenerateResponse]:
+    ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
         reply, prompt_tokens = self._reply(request)
         words = reply.split(" ")
         usage = openai_pb2.Usage(

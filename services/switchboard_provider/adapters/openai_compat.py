@@ -7,7 +7,7 @@ across calls. SDK retries are off: retrying is the router's decision.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
@@ -65,7 +65,7 @@ class OpenAIAdapter:
 
     async def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
-    ) -> AsyncIterator[provider_pb2.StreamGenerateResponse]:
+    ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
         self._check_key()
         chat = request.HasField("chat")
         path = "/chat/completions" if chat else "/completions"
