@@ -73,6 +73,9 @@ class ModelConfig(_Strict):
     description: str = ""
     # e.g. vision (accepts images; the vision route's default is the first such model).
     capabilities: list[str] = Field(default_factory=list)
+    # Requests and tokens per minute for the model across all keys (all replicas with REDIS_URL).
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
 
 
 class KeyConfig(_Strict):

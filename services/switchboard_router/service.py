@@ -9,12 +9,14 @@ a non-OK status for gRPC callers), never a silent truncation.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -35,6 +37,13 @@ from switchboard_common.settings import Settings
 from switchboard_router import render, vision
 from switchboard_router.auth import Authenticator
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.limits import (
+    Limiter,
+    LocalLimiter,
+    RedisLimiter,
+    Reservation,
+    estimate_tokens,
+)
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 
@@ -68,26 +77,41 @@ def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
     )
 
 
+@dataclass
+class Admission:
+    """A request let in: who, which model, what it reserved against the limits,
+    and the tokens its upstream attempts used (to settle those reservations)."""
+
+    key: KeyConfig | None
+    model: ModelConfig
+    reservations: list[Reservation] = field(default_factory=list)
+    tokens: int = 0
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self,
         config: SwitchboardConfig,
         provider: provider_pb2_grpc.ProviderServiceAsyncStub,
         usage: UsageReporter,
+        limiter: Limiter,
     ):
         self.catalog = Catalog(config, created=int(time.time()))
         self.auth = Authenticator(config)
         self.provider = provider
         self.usage = usage
+        self.limiter = limiter
+        self._background: set[asyncio.Task[None]] = set()
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._sequence = itertools.count(1)
 
     # -- admission ---------------------------------------------------------
 
-    def _admit(
+    async def _admit(
         self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
-    ) -> tuple[KeyConfig | None, ModelConfig]:
-        """Auth first (401 before 400), then the body, then the model (404/403)."""
+    ) -> Admission:
+        """Auth first (401 before 400), then the body, then the model (404/403),
+        then the rate limits (429)."""
         key = self.auth.authenticate(context.invocation_metadata() or ())
         if self.usage.full:
             raise SwitchboardError(
@@ -95,19 +119,68 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 "usage accounting is unavailable; refusing requests that could not be counted",
             )
         validate(params)
-        return key, self.catalog.resolve(params.model, key, kind)
+        admission = Admission(key, self.catalog.resolve(params.model, key, kind))
+        await self._reserve(admission, estimate_tokens(params))
+        return admission
+
+    async def _reserve(self, admission: Admission, tokens: int) -> None:
+        key, model = admission.key, admission.model
+        scopes: list[tuple[str, int | None, int]] = [
+            (f"rpm:model {model.name}", model.rpm, 1),
+            (f"tpm:model {model.name}", model.tpm, tokens),
+        ]
+        if key is not None:
+            scopes[:0] = [
+                (f"rpm:key {key.name}", key.rpm, 1),
+                (f"tpm:key {key.name}", key.tpm, tokens),
+            ]
+        try:
+            for name, limit, cost in scopes:
+                if limit:
+                    admission.reservations.append(await self.limiter.acquire(name, limit, cost))
+        except SwitchboardError:
+            # Refused somewhere: give back what was already reserved.
+            for reservation in admission.reservations:
+                await self.limiter.settle(reservation, 0)
+            raise
+
+    async def settled(self) -> None:
+        """Wait (briefly) for background settlements, before the store closes."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=2.0)
+
+    def _settle(self, admission: Admission) -> None:
+        """Replace token estimates with what the attempts used (in the background:
+        the response must not wait on the limit store)."""
+        for reservation in admission.reservations:
+            if reservation.scope.startswith("tpm:"):
+                task = asyncio.create_task(self.limiter.settle(reservation, admission.tokens))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     # -- attempts ----------------------------------------------------------
 
     async def _generate(
         self,
         context: Context,
-        key: KeyConfig | None,
+        admission: Admission,
         requested: str,
-        model: ModelConfig,
         build: BuildRequest,
     ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
-        plan = self.catalog.plan(model)[:MAX_ATTEMPTS]
+        try:
+            async for item in self._attempts(context, admission, requested, build):
+                yield item
+        finally:
+            self._settle(admission)
+
+    async def _attempts(
+        self,
+        context: Context,
+        admission: Admission,
+        requested: str,
+        build: BuildRequest,
+    ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
+        plan = self.catalog.plan(admission.model)[:MAX_ATTEMPTS]
         if not plan:
             raise SwitchboardError(
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
@@ -124,7 +197,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             try:
                 async for event in call:
                     if event.HasField("usage"):
-                        self._account(event.usage, key, requested, candidate)
+                        self._account(event.usage, admission, requested, candidate)
                         accounted = True
                         continue
                     started = True
@@ -143,17 +216,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 )
             finally:
                 if not accounted:
-                    self._account_lost(request, key, requested, candidate)
+                    self._account_lost(request, admission, requested, candidate)
                 call.cancel()
 
     def _account(
         self,
         record: usage_pb2.UsageRecord,
-        key: KeyConfig | None,
+        admission: Admission,
         requested: str,
         candidate: Candidate,
     ) -> None:
         """Attribute an attempt's usage record and hand it to the usage pipeline."""
+        key = admission.key
+        admission.tokens += record.total_tokens
         record.key_name = key.name if key else ""
         record.requested_model = requested
         record.model = candidate.model.name
@@ -182,7 +257,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _account_lost(
         self,
         request: provider_pb2.StreamGenerateRequest,
-        key: KeyConfig | None,
+        admission: Admission,
         requested: str,
         candidate: Candidate,
     ) -> None:
@@ -199,7 +274,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             status=usage_pb2.USAGE_STATUS_CANCELLED,
             estimated=True,
         )
-        self._account(record, key, requested, candidate)
+        self._account(record, admission, requested, candidate)
 
     def _build(self, requested: str, field: str, params: Any, stream: bool) -> BuildRequest:
         request_id = request_id_var.get() or uuid7()
@@ -226,24 +301,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CreateChatCompletionRequest, context: Context
     ) -> openai_pb2.ChatCompletion:
         params = request.params
-        key, model = self._admit(context, params, validate_chat, "chat")
-        served, answer = await self._complete_chat(context, key, params, model)
+        admission = await self._admit(context, params, validate_chat, "chat")
+        served, answer = await self._complete_chat(context, admission, params)
         await context.send_initial_metadata(_served(served))
         return answer
 
     async def _complete_chat(
         self,
         context: Context,
-        key: KeyConfig | None,
+        admission: Admission,
         params: openai_pb2.ChatCompletionParams,
-        model: ModelConfig,
     ) -> tuple[Candidate, openai_pb2.ChatCompletion]:
         """The deployment that answered, and its answer. Callers send the
         response metadata only once nothing else can fail: an error after it
         travels in trailers, where the edge cannot turn it into an HTTP status."""
         answer: tuple[Candidate, openai_pb2.ChatCompletion] | None = None
         build = self._build(params.model, "chat", params, stream=False)
-        async for candidate, event in self._generate(context, key, params.model, model, build):
+        async for candidate, event in self._generate(context, admission, params.model, build):
             if event.HasField("chat_completion"):
                 event.chat_completion.model = params.model
                 answer = (candidate, event.chat_completion)
@@ -260,14 +334,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         picture = vision.read_request(request)
         name = picture.model or self.catalog.default_vision_model()
         params = vision.chat_params(name, picture)
-        key, model = self._admit(context, params, validate_chat, "chat")
-        if "vision" not in model.capabilities:
+        admission = await self._admit(context, params, validate_chat, "chat")
+        if "vision" not in admission.model.capabilities:
             raise SwitchboardError(
                 R.ERROR_REASON_INVALID_REQUEST,
                 f"The model '{name}' does not accept images (no 'vision' capability).",
                 param="model",
             )
-        served, answer = await self._complete_chat(context, key, params, model)
+        served, answer = await self._complete_chat(context, admission, params)
         content = answer.choices[0].message.content if answer.choices else ""
         objects = vision.objects_from(content)
         await context.send_initial_metadata(_served(served))
@@ -278,10 +352,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _chat_chunks(
         self, params: openai_pb2.ChatCompletionParams, context: Context
     ) -> AsyncIterator[tuple[Candidate, openai_pb2.ChatCompletionChunk]]:
-        key, model = self._admit(context, params, validate_chat, "chat")
+        admission = await self._admit(context, params, validate_chat, "chat")
         include_usage = params.stream_options.include_usage
         build = self._build(params.model, "chat", params, stream=True)
-        async for candidate, event in self._generate(context, key, params.model, model, build):
+        async for candidate, event in self._generate(context, admission, params.model, build):
             if not event.HasField("chat_chunk"):
                 continue
             chunk = event.chat_chunk
@@ -322,10 +396,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CreateCompletionRequest, context: Context
     ) -> openai_pb2.Completion:
         params = request.params
-        key, model = self._admit(context, params, validate_completion, "chat")
+        admission = await self._admit(context, params, validate_completion, "chat")
         answer: openai_pb2.Completion | None = None
         build = self._build(params.model, "completion", params, stream=False)
-        async for candidate, event in self._generate(context, key, params.model, model, build):
+        async for candidate, event in self._generate(context, admission, params.model, build):
             if event.HasField("completion"):
                 answer = event.completion
                 answer.model = params.model
@@ -337,10 +411,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _completion_chunks(
         self, params: openai_pb2.CompletionParams, context: Context
     ) -> AsyncIterator[tuple[Candidate, openai_pb2.Completion]]:
-        key, model = self._admit(context, params, validate_completion, "chat")
+        admission = await self._admit(context, params, validate_completion, "chat")
         include_usage = params.stream_options.include_usage
         build = self._build(params.model, "completion", params, stream=True)
-        async for candidate, event in self._generate(context, key, params.model, model, build):
+        async for candidate, event in self._generate(context, admission, params.model, build):
             if not event.HasField("completion"):
                 continue
             if render.is_usage_only(event.completion) and not include_usage:
@@ -377,8 +451,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CreateEmbeddingRequest, context: Context
     ) -> openai_pb2.EmbeddingList:
         params = request.params
-        key, model = self._admit(context, params, validate_embedding, "embedding")
-        plan = self.catalog.plan(model)
+        admission = await self._admit(context, params, validate_embedding, "embedding")
+        plan = self.catalog.plan(admission.model)
         if not plan:
             raise SwitchboardError(
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
@@ -402,7 +476,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "provider") from None
-        self._account(response.usage, key, params.model, candidate)
+        self._account(response.usage, admission, params.model, candidate)
+        self._settle(admission)
         response.embeddings.model = params.model
         await context.send_initial_metadata(_served(candidate))
         return response.embeddings
@@ -459,12 +534,24 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         max_pending=int(os.environ.get("SWITCHBOARD_USAGE_BUFFER") or 100_000),
     )
     reporter.start()
-    servicer = RouterServicer(config, provider_pb2_grpc.ProviderServiceStub(channel), reporter)
+    limiter: Limiter = (
+        RedisLimiter(
+            settings.redis_url,
+            fail_open=os.environ.get("SWITCHBOARD_LIMITS_ON_REDIS_ERROR", "open") != "closed",
+        )
+        if settings.redis_url
+        else LocalLimiter()
+    )
+    servicer = RouterServicer(
+        config, provider_pb2_grpc.ProviderServiceStub(channel), reporter, limiter
+    )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
     async def close() -> None:
         await reporter.close(flush_s=5.0)
+        await servicer.settled()
+        await limiter.close()
         await usage_channel.close()
         await channel.close()
 

@@ -58,7 +58,7 @@ async def services(
             stop = asyncio.Event()
             task = asyncio.create_task(serve(name, _setup(name), settings, grace_s=1, stop=stop))
             running.append((stop, task))
-            await _wait_serving(settings.address(name), task)
+            await wait_serving(settings.address(name), task)
         yield settings
     finally:
         for stop, task in reversed(running):
@@ -66,7 +66,8 @@ async def services(
             await asyncio.wait_for(task, 10)
 
 
-async def _wait_serving(address: str, task: asyncio.Task[None]) -> None:
+async def wait_serving(address: str, task: asyncio.Task[None]) -> None:
+    """Until the gRPC health check at `address` says SERVING, or `task` died."""
     probe = grpc_ready(address)
     async with asyncio.timeout(10):
         while not await probe():

@@ -1,0 +1,192 @@
+"""Rate limits: requests and tokens per minute, per key and per model.
+
+A sliding window log per scope (a key's or a model's RPM or TPM): an entry per
+admitted request, weighted by its cost (1 for RPM; for TPM the estimated prompt
+plus max_tokens, settled to the actual tokens afterwards). With REDIS_URL the
+log is a Redis sorted set and admission is one atomic Lua script, so every
+router replica shares the limit; without it the log lives in this process.
+
+A Redis that errors or hangs never hangs a request: every call has a short
+timeout, and SWITCHBOARD_LIMITS_ON_REDIS_ERROR decides (open: admit, the
+default; closed: refuse with 503). Either way a metric counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+
+from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.logs import log_fields
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60.0
+REDIS_TIMEOUT_S = 0.25
+LIMITED = Counter("switchboard_rate_limited_total", "Requests refused by a rate limit.", ["scope"])
+REDIS_ERRORS = Counter(
+    "switchboard_rate_limit_redis_errors_total", "Rate-limit checks that Redis did not answer."
+)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    scope: str
+    entry: str
+    cost: int
+    at_ms: int
+
+
+# With no max_tokens, TPM reserves this much output until the answer settles it.
+DEFAULT_OUTPUT_RESERVATION = 1024
+
+
+def estimate_tokens(params: Any) -> int:
+    """Prompt (about four bytes a token) plus the most output the request allows."""
+    prompt = params.ByteSize() // 4 + 1
+    limit = 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        if hasattr(params, name) and params.HasField(name):
+            limit = getattr(params, name)
+            break
+    if not limit and hasattr(params, "max_tokens"):
+        limit = DEFAULT_OUTPUT_RESERVATION
+    n = params.n if hasattr(params, "n") and params.HasField("n") else 1
+    return int(prompt + limit * max(n, 1))
+
+
+class Limiter(Protocol):
+    async def acquire(self, scope: str, limit: int, cost: int) -> Reservation: ...
+
+    async def settle(self, reservation: Reservation, actual: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _refuse(scope: str, retry_after_s: float) -> SwitchboardError:
+    LIMITED.labels(scope.split(":", 1)[0]).inc()
+    kind, _, who = scope.partition(":")
+    return SwitchboardError(
+        R.ERROR_REASON_RATE_LIMITED,
+        f"Rate limit reached for {who} ({kind.upper()}); retry after {retry_after_s:.1f}s.",
+        retry_after_s=max(retry_after_s, 0.001),
+    )
+
+
+class LocalLimiter:
+    """Per-process limits, for a single router (no REDIS_URL)."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, deque[list[float]]] = {}
+
+    async def acquire(self, scope: str, limit: int, cost: int) -> Reservation:
+        now = time.monotonic()
+        entries = self._logs.setdefault(scope, deque())
+        while entries and entries[0][0] <= now - WINDOW_S:
+            entries.popleft()
+        used = sum(e[1] for e in entries)
+        # A single request larger than the whole limit is admitted when the window
+        # is empty: it would otherwise never pass (at most one over-limit request).
+        if entries and used + cost > limit:
+            raise _refuse(scope, entries[0][0] + WINDOW_S - now)
+        entry = [now, float(cost)]
+        entries.append(entry)
+        return Reservation(scope, str(id(entry)), cost, int(now * 1000))
+
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        for entry in self._logs.get(reservation.scope, ()):
+            if str(id(entry)) == reservation.entry:
+                entry[1] = float(actual)
+                return
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1]: the scope's sorted set. ARGV: now_ms, window_ms, limit, cost, entry.
+# Members are "<entry>:<cost>", scored by admission time in ms.
+_ACQUIRE = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local used = 0
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  used = used + tonumber(string.match(members[i], ':(%d+)$'))
+end
+if #members > 0 and used + cost > limit then
+  return {0, tonumber(members[2]) + window - now}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. cost)
+redis.call('PEXPIRE', KEYS[1], window)
+return {1, 0}
+"""
+
+# KEYS[1]: the scope. ARGV: entry, old cost, new cost, admitted at (ms).
+_SETTLE = """
+if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1] .. ':' .. ARGV[3])
+end
+return 1
+"""
+
+
+class RedisLimiter:
+    """Limits shared by every router replica through one Redis."""
+
+    def __init__(self, url: str, fail_open: bool) -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self.fail_open = fail_open
+
+    async def acquire(self, scope: str, limit: int, cost: int) -> Reservation:
+        now_ms = int(time.time() * 1000)
+        entry = uuid.uuid4().hex
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                allowed, retry_ms = await self._acquire(
+                    keys=[f"switchboard:limit:{scope}"],
+                    args=[now_ms, int(WINDOW_S * 1000), limit, cost, entry],
+                )
+        except Exception as exc:
+            REDIS_ERRORS.inc()
+            log.warning(
+                "rate-limit store unavailable",
+                extra=log_fields(error=type(exc).__name__, fail_open=self.fail_open),
+            )
+            if self.fail_open:
+                return Reservation(scope, "", cost, now_ms)
+            raise SwitchboardError(
+                R.ERROR_REASON_SERVICE_UNAVAILABLE,
+                "rate limits cannot be checked right now; refusing (fail-closed)",
+            ) from None
+        if not allowed:
+            raise _refuse(scope, int(retry_ms) / 1000)
+        return Reservation(scope, entry, cost, now_ms)
+
+    async def settle(self, reservation: Reservation, actual: int) -> None:
+        if not reservation.entry or actual == reservation.cost:
+            return
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                await self._settle(
+                    keys=[f"switchboard:limit:{reservation.scope}"],
+                    args=[reservation.entry, reservation.cost, actual, reservation.at_ms],
+                )
+        except Exception:
+            REDIS_ERRORS.inc()
+
+    async def close(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)
