@@ -154,7 +154,9 @@ def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System]]:
         edge = System(
             "switchboard-edge",
             url=f"{stack.edge_url}/v1/chat/completions",
-            pids={n: pids[n] for n in ("envoy", "router", "provider")},
+            # Accounting is on: the usage service (outbox, relay, sink, embedded
+            # ClickHouse) and the broker are part of what this path costs.
+            pids={n: pids[n] for n in ("envoy", "router", "provider", "usage", "broker")},
         )
         direct_grpc = System(
             "switchboard-grpc",

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 PUBLISHED = Counter("switchboard_usage_published_total", "Usage events the broker acked.")
 PUBLISH_FAILURES = Counter("switchboard_usage_publish_failures_total", "Failed publish batches.")
 BATCH = 500
+GATHER_S = 0.05
 MAX_BACKOFF_S = 5.0
 
 
@@ -44,6 +45,9 @@ class Relay:
 
     async def publish_once(self) -> int:
         """Publish the oldest batch; returns how many events left the outbox."""
+        # Let a few more events arrive: one produce round trip and one outbox
+        # delete (an fsync) per batch, not per event.
+        await asyncio.sleep(GATHER_S)
         batch = await self.outbox.oldest(BATCH)
         if not batch:
             return 0

@@ -36,6 +36,7 @@ SKIPPED = Counter("switchboard_usage_sink_duplicates_total", "Usage events alrea
 DEAD = Counter("switchboard_usage_sink_dead_letters_total", "Undecodable usage messages.")
 BATCH_RECORDS = 20000
 POLL_MS = 500
+FLUSH_S = 1.0
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 COLUMNS = (
@@ -184,6 +185,29 @@ class Sink:
             os._exit(137)
         return len(decoded)
 
+    async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """One ClickHouse-sized batch: up to BATCH_RECORDS, or what arrived within
+        FLUSH_S of the first message. Small frequent inserts would cost ClickHouse
+        a part (and a merge) each, and steal CPU from serving."""
+        batches: dict[TopicPartition, list[Any]] = {}
+        count = 0
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while count < BATCH_RECORDS:
+            wait_ms = POLL_MS if deadline is None else int((deadline - loop.time()) * 1000)
+            if wait_ms <= 0:
+                break
+            polled = await consumer.getmany(timeout_ms=wait_ms, max_records=BATCH_RECORDS - count)
+            for tp, messages in polled.items():
+                if messages:
+                    batches.setdefault(tp, []).extend(messages)
+                    count += len(messages)
+            if deadline is None:
+                if not count:
+                    break
+                deadline = loop.time() + FLUSH_S
+        return batches
+
     async def _dead_letter(self, tp: TopicPartition, message: Any, exc: Exception) -> None:
         if self._dlq is None:
             producer = self.settings.producer()
@@ -212,8 +236,7 @@ class Sink:
                 if self._consumer is None:
                     self._consumer = await self._start()
                 consumer = self._consumer
-                batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH_RECORDS)
-                batches = {tp: m for tp, m in batches.items() if m}
+                batches = await self._collect(consumer)
                 if not batches:
                     continue
                 try:

@@ -6,6 +6,7 @@ The ground truth is what the loopback upstream itself served."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
@@ -16,9 +17,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from openai.types.chat import ChatCompletionMessageParam
 
+from switchboard.usage.v1 import events_pb2
 from switchboard_stack.harness import Stack, running_stack
+from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
@@ -175,3 +179,45 @@ def test_usage_api_rejects_bad_input(
     reply = httpx.get(f"{stack.edge_url}/v1/usage/{path}", params=params)
     assert reply.status_code == 400
     assert reply.json()["error"]["param"] == param
+
+
+def test_poison_message_goes_to_the_dead_letter_topic(
+    stack: Stack, upstream: OpenAIUpstream
+) -> None:
+    """An undecodable message is set aside with its error and never stalls the sink."""
+    poison = b"\x00not a usage event"
+    bootstrap = stack.env["KAFKA_BOOTSTRAP"]
+
+    async def publish_then_find_letter() -> events_pb2.UsageDeadLetter:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(USAGE_TOPIC, poison, key=b"poison")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            DLQ_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500)
+                    for messages in batches.values():
+                        for message in messages:
+                            letter = events_pb2.UsageDeadLetter.FromString(message.value)
+                            if letter.key == b"poison":
+                                return letter
+        finally:
+            await consumer.stop()
+
+    letter = asyncio.run(publish_then_find_letter())
+    assert letter.value == poison
+    assert letter.topic == USAGE_TOPIC
+    assert letter.error
+    # The partition moved on: a new call is still counted.
+    before = _summary(stack)["total_requests"]
+    _traffic(stack, 1)
+    calls, tokens = _truth(upstream)
+    summary = _wait_counted(stack, calls, tokens, within_s=30)
+    assert summary["total_requests"] == before + 1 == calls
