@@ -22,7 +22,7 @@ from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thre
 pytestmark = pytest.mark.e2e
 
 PROVIDER_KEY = "sk-e2e-provider-secret-0123456789"
-GEMINI_KEY = "AIzaE2eGeminiSecretKey0123456789abcdefg"
+GEMINI_KEY = "AIzaE2eTestOnlyGeminiKey0001"
 PROMPT = "tell me about the switchboard"
 REPLY = f"echo: {PROMPT}"
 

@@ -30,8 +30,8 @@ from tests.support.openai_upstream import OpenAIUpstream
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 OPENAI_KEY = "sk-loopback-openai-key"
-GEMINI_KEY = "AIzaLoopbackGeminiKeyForTests0123456789"
-WRONG_KEY = "AIzaWrongGeminiKeyThatMustNeverBeEchoed00"
+GEMINI_KEY = "AIzaLoopbackTestOnlyKey00001"
+WRONG_KEY = "AIzaWrongTestOnlyKey00000001"
 Upstreams = tuple[OpenAIUpstream, GeminiUpstream]
 
 

@@ -32,7 +32,7 @@ from switchboard_provider.adapters.gemini import (
 from switchboard_provider.meter import UsageMeter
 from switchboard_provider.service import build_adapter
 
-KEY = "AIzaSyUnitTestKey0123456789abcdefghijk"
+KEY = "AIzaUnitTestOnlyKey000000001"
 
 
 def _chat(**body: Any) -> openai_pb2.ChatCompletionParams:
