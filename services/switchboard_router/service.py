@@ -67,6 +67,10 @@ _RETRYABLE = frozenset(
     }
 )
 
+# The provider event that carries a whole answer, or a streamed chunk, per kind.
+_ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
+_CHUNK_FIELDS = {"chat": "chat_chunk", "completion": "completion"}
+
 BuildRequest = Callable[[Candidate, int], provider_pb2.StreamGenerateRequest]
 
 
@@ -312,15 +316,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         admission: Admission,
         params: openai_pb2.ChatCompletionParams,
     ) -> tuple[Candidate, openai_pb2.ChatCompletion]:
-        """The deployment that answered, and its answer. Callers send the
-        response metadata only once nothing else can fail: an error after it
-        travels in trailers, where the edge cannot turn it into an HTTP status."""
-        answer: tuple[Candidate, openai_pb2.ChatCompletion] | None = None
-        build = self._build(params.model, "chat", params, stream=False)
+        served, answer = await self._complete(context, admission, params, "chat")
+        assert isinstance(answer, openai_pb2.ChatCompletion)
+        return served, answer
+
+    async def _complete(
+        self, context: Context, admission: Admission, params: Any, kind: str
+    ) -> tuple[Candidate, Any]:
+        """The deployment that answered, and its one answer object (kind "chat" or
+        "completion"). Callers send the response metadata only once nothing else
+        can fail: an error after it travels in trailers, where the edge cannot turn
+        it into an HTTP status."""
+        answer: tuple[Candidate, Any] | None = None
+        build = self._build(params.model, kind, params, stream=False)
+        event_field = _ANSWER_FIELDS[kind]
         async for candidate, event in self._generate(context, admission, params.model, build):
-            if event.HasField("chat_completion"):
-                event.chat_completion.model = params.model
-                answer = (candidate, event.chat_completion)
+            if event.WhichOneof("event") == event_field:
+                result = getattr(event, event_field)
+                result.model = params.model
+                answer = (candidate, result)
         if answer is None:
             raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
         return answer
@@ -349,33 +363,41 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             recognition_id=uuid7(), objects=objects, model=name
         )
 
-    async def _chat_chunks(
-        self, params: openai_pb2.ChatCompletionParams, context: Context
-    ) -> AsyncIterator[tuple[Candidate, openai_pb2.ChatCompletionChunk]]:
-        admission = await self._admit(context, params, validate_chat, "chat")
+    async def _chunks(
+        self, params: Any, context: Context, kind: str
+    ) -> AsyncIterator[tuple[Candidate, Any]]:
+        """Admit, then the upstream's chunks (kind "chat" or "completion"), without
+        the usage-only chunk unless the client asked for it."""
+        validate = validate_chat if kind == "chat" else validate_completion
+        admission = await self._admit(context, params, validate, "chat")
         include_usage = params.stream_options.include_usage
-        build = self._build(params.model, "chat", params, stream=True)
+        build = self._build(params.model, kind, params, stream=True)
+        event_field = _CHUNK_FIELDS[kind]
         async for candidate, event in self._generate(context, admission, params.model, build):
-            if not event.HasField("chat_chunk"):
+            if event.WhichOneof("event") != event_field:
                 continue
-            chunk = event.chat_chunk
+            chunk = getattr(event, event_field)
             if render.is_usage_only(chunk) and not include_usage:
                 continue
             yield candidate, chunk
 
-    async def StreamChatCompletion(
-        self, request: router_pb2.StreamChatCompletionRequest, context: Context
-    ) -> AsyncIterator[router_pb2.StreamChatCompletionResponse]:
-        params = request.params
+    async def _typed_chunks(self, params: Any, context: Context, kind: str) -> AsyncIterator[Any]:
+        """Chunks for gRPC callers: served-by metadata first, the client's model name."""
         include_usage = params.stream_options.include_usage
         started = False
-        async for candidate, chunk in self._chat_chunks(params, context):
+        async for candidate, chunk in self._chunks(params, context, kind):
             if not started:
                 await context.send_initial_metadata(_served(candidate))
                 started = True
             chunk.model = params.model
             if not include_usage:
                 chunk.ClearField("usage")
+            yield chunk
+
+    async def StreamChatCompletion(
+        self, request: router_pb2.StreamChatCompletionRequest, context: Context
+    ) -> AsyncIterator[router_pb2.StreamChatCompletionResponse]:
+        async for chunk in self._typed_chunks(request.params, context, "chat"):
             yield router_pb2.StreamChatCompletionResponse(chunk=chunk)
 
     async def StreamChatCompletionSse(
@@ -385,7 +407,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         include_usage = params.stream_options.include_usage
         chunks = (
             (c, render.chat_chunk(chunk, params.model, include_usage))
-            async for c, chunk in self._chat_chunks(params, context)
+            async for c, chunk in self._chunks(params, context, "chat")
         )
         async for body in _sse(chunks, context):
             yield body
@@ -397,40 +419,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.Completion:
         params = request.params
         admission = await self._admit(context, params, validate_completion, "chat")
-        answer: openai_pb2.Completion | None = None
-        build = self._build(params.model, "completion", params, stream=False)
-        async for candidate, event in self._generate(context, admission, params.model, build):
-            if event.HasField("completion"):
-                answer = event.completion
-                answer.model = params.model
-                await context.send_initial_metadata(_served(candidate))
-        if answer is None:
-            raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
+        served, answer = await self._complete(context, admission, params, "completion")
+        await context.send_initial_metadata(_served(served))
+        assert isinstance(answer, openai_pb2.Completion)
         return answer
-
-    async def _completion_chunks(
-        self, params: openai_pb2.CompletionParams, context: Context
-    ) -> AsyncIterator[tuple[Candidate, openai_pb2.Completion]]:
-        admission = await self._admit(context, params, validate_completion, "chat")
-        include_usage = params.stream_options.include_usage
-        build = self._build(params.model, "completion", params, stream=True)
-        async for candidate, event in self._generate(context, admission, params.model, build):
-            if not event.HasField("completion"):
-                continue
-            if render.is_usage_only(event.completion) and not include_usage:
-                continue
-            yield candidate, event.completion
 
     async def StreamCompletion(
         self, request: router_pb2.StreamCompletionRequest, context: Context
     ) -> AsyncIterator[router_pb2.StreamCompletionResponse]:
-        params = request.params
-        started = False
-        async for candidate, chunk in self._completion_chunks(params, context):
-            if not started:
-                await context.send_initial_metadata(_served(candidate))
-                started = True
-            chunk.model = params.model
+        async for chunk in self._typed_chunks(request.params, context, "completion"):
             yield router_pb2.StreamCompletionResponse(chunk=chunk)
 
     async def StreamCompletionSse(
@@ -440,7 +437,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         include_usage = params.stream_options.include_usage
         chunks = (
             (c, render.completion_chunk(chunk, params.model, include_usage))
-            async for c, chunk in self._completion_chunks(params, context)
+            async for c, chunk in self._chunks(params, context, "completion")
         )
         async for body in _sse(chunks, context):
             yield body
