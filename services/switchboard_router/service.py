@@ -177,6 +177,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             self._settle(admission)
 
+    def _plan(self, admission: Admission, requested: str) -> list[Candidate]:
+        plan = self.catalog.plan(admission.model)
+        if not plan:
+            raise SwitchboardError(
+                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+                f"The model '{requested}' has no deployment that can serve it right now.",
+            )
+        return plan
+
     async def _attempts(
         self,
         context: Context,
@@ -184,12 +193,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         requested: str,
         build: BuildRequest,
     ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
-        plan = self.catalog.plan(admission.model)[:MAX_ATTEMPTS]
-        if not plan:
-            raise SwitchboardError(
-                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
-                f"The model '{requested}' has no deployment that can serve it right now.",
-            )
+        plan = self._plan(admission, requested)[:MAX_ATTEMPTS]
         for attempt, candidate in enumerate(plan):
             request = build(candidate, attempt)
             call = self.provider.StreamGenerate(
@@ -394,6 +398,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 chunk.ClearField("usage")
             yield chunk
 
+    async def _sse(
+        self, params: Any, context: Context, kind: str
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """Chunks as OpenAI server-sent events, for the edge."""
+        include_usage = params.stream_options.include_usage
+        to_json = render.chat_chunk if kind == "chat" else render.completion_chunk
+        chunks = (
+            (c, to_json(chunk, params.model, include_usage))
+            async for c, chunk in self._chunks(params, context, kind)
+        )
+        async for body in _sse(chunks, context):
+            yield body
+
     async def StreamChatCompletion(
         self, request: router_pb2.StreamChatCompletionRequest, context: Context
     ) -> AsyncIterator[router_pb2.StreamChatCompletionResponse]:
@@ -403,13 +420,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def StreamChatCompletionSse(
         self, request: router_pb2.StreamChatCompletionSseRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        params = request.params
-        include_usage = params.stream_options.include_usage
-        chunks = (
-            (c, render.chat_chunk(chunk, params.model, include_usage))
-            async for c, chunk in self._chunks(params, context, "chat")
-        )
-        async for body in _sse(chunks, context):
+        async for body in self._sse(request.params, context, "chat"):
             yield body
 
     # -- legacy completions --------------------------------------------------
@@ -433,13 +444,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def StreamCompletionSse(
         self, request: router_pb2.StreamCompletionSseRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        params = request.params
-        include_usage = params.stream_options.include_usage
-        chunks = (
-            (c, render.completion_chunk(chunk, params.model, include_usage))
-            async for c, chunk in self._chunks(params, context, "completion")
-        )
-        async for body in _sse(chunks, context):
+        async for body in self._sse(request.params, context, "completion"):
             yield body
 
     # -- embeddings ----------------------------------------------------------
@@ -449,13 +454,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.EmbeddingList:
         params = request.params
         admission = await self._admit(context, params, validate_embedding, "embedding")
-        plan = self.catalog.plan(admission.model)
-        if not plan:
-            raise SwitchboardError(
-                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
-                f"The model '{params.model}' has no deployment that can serve it right now.",
-            )
-        candidate = plan[0]
+        candidate = self._plan(admission, params.model)[0]
         request_id = request_id_var.get() or uuid7()
         try:
             response = await self.provider.CreateEmbedding(
