@@ -14,9 +14,20 @@ from pathlib import Path
 from typing import Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 ProviderKind = Literal["openai", "gemini", "mock"]
+Strategy = Literal[
+    "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
+]
+ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow"]
 
 
 class _Strict(BaseModel):
@@ -51,8 +62,29 @@ class ProviderConfig(_Strict):
 class DeploymentConfig(_Strict):
     provider: str
     model: str = Field(min_length=1)
+    # Defaults to "<model>.<provider>.<upstream model>" (see deployment_id).
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
     weight: int = Field(default=1, ge=0)
     priority: int = 0
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    enabled: bool = True
+    # A self-hosted deployment's GPU, for GPU-aware routing.
+    gpu_node: str = ""
+    gpu_uuid: str = ""
+
+    def resolved_id(self, model: str) -> str:
+        return self.id or deployment_id(model, self.provider, self.model)
+
+
+def deployment_id(model: str, provider: str, upstream: str) -> str:
+    """A readable, stable id for a deployment that was not given one; safe in a URL path."""
+    raw = f"{model}.{provider}.{upstream}"
+    safe = "".join(c if c.isalnum() or c in "._:@-" else "-" for c in raw)
+    if len(safe) > 120 or safe != raw:
+        # Sanitising or truncating could make two ids alike: add a digest of the original.
+        safe = f"{safe[:110]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+    return safe
 
 
 class PricingConfig(_Strict):
@@ -66,11 +98,18 @@ class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     kind: Literal["chat", "embedding"] = "chat"
     aliases: list[str] = Field(default_factory=list)
-    deployments: list[DeploymentConfig] = Field(min_length=1)
+    # The file requires at least one; a model created through the API may have none yet.
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     online: bool = True
     description: str = ""
+    display_name: str = ""
+    tags: list[str] = Field(default_factory=list)
+    featured: bool = False
+    context_window: int = Field(default=0, ge=0)
+    max_output_tokens: int = Field(default=0, ge=0)
+    strategy: Strategy = "weighted_random"
     # e.g. vision (accepts images; the vision route's default is the first such model).
     capabilities: list[str] = Field(default_factory=list)
     # Requests and tokens per minute for the model across all keys (all replicas with REDIS_URL).
@@ -86,6 +125,8 @@ class KeyConfig(_Strict):
     models: list[str] | None = None
     rpm: int | None = Field(default=None, ge=0)
     tpm: int | None = Field(default=None, ge=0)
+    # Spend limit in the models' pricing currency; None means no budget.
+    budget: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_secret_source(self) -> Self:
@@ -105,14 +146,23 @@ class SwitchboardConfig(_Strict):
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
     keys: list[KeyConfig] | None = None
+    # The model to use for each purpose; applied only where the registry has none yet.
+    defaults: dict[ModelUse, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _references_resolve(self) -> Self:
+    def _references_resolve(self, info: ValidationInfo) -> Self:
         _unique("providers", [p.name for p in self.providers])
         names = [m.name for m in self.models]
         _unique("models", names + [a for m in self.models for a in m.aliases])
         providers = {p.name for p in self.providers}
+        from_file = (info.context or {}).get("source") != "registry"
         for i, model in enumerate(self.models):
+            if from_file and not model.deployments:
+                raise ValueError(f"models[{i}].deployments: a model needs at least one")
+            _unique(
+                f"models[{i}].deployments",
+                [d.resolved_id(model.name) for d in model.deployments],
+            )
             for j, dep in enumerate(model.deployments):
                 if dep.provider not in providers:
                     raise ValueError(
@@ -134,6 +184,9 @@ class SwitchboardConfig(_Strict):
                 for m in key.models or []:
                     if m not in names:
                         raise ValueError(f"keys[{i}].models: unknown model {m!r}")
+        for use, name in self.defaults.items():
+            if name not in names:
+                raise ValueError(f"defaults.{use}: unknown model {name!r}")
         return self
 
     def provider(self, name: str) -> ProviderConfig | None:
@@ -154,7 +207,7 @@ class ConfigError(Exception):
 
 def parse_config(data: Mapping[str, object] | None, source: str = "<config>") -> SwitchboardConfig:
     try:
-        return SwitchboardConfig.model_validate(data or {})
+        return SwitchboardConfig.model_validate(data or {}, context={"source": "file"})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"

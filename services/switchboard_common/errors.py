@@ -90,6 +90,9 @@ _MAPPINGS: dict[Reason, _Mapping] = {
     ),
     R.ERROR_REASON_CANCELLED: _Mapping(grpc.StatusCode.CANCELLED, 499, "cancelled"),
     R.ERROR_REASON_INTERNAL: _Mapping(grpc.StatusCode.INTERNAL, 500, "server_error"),
+    R.ERROR_REASON_PERMISSION_DENIED: _Mapping(
+        grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"
+    ),
 }
 
 _BY_NAME: dict[str, Reason] = {

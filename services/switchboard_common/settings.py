@@ -63,14 +63,17 @@ class Settings:
             host=os.environ.get("SWITCHBOARD_HOST") or "127.0.0.1",
             kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
             clickhouse_url=os.environ.get("CLICKHOUSE_URL") or f"chdb://{home}/clickhouse",
-            registry_database_url=os.environ.get("REGISTRY_DATABASE_URL")
-            or f"sqlite+aiosqlite:///{home}/registry.db",
+            # Empty means the SQLite file under home (see registry_url).
+            registry_database_url=os.environ.get("REGISTRY_DATABASE_URL") or "",
             redis_url=os.environ.get("REDIS_URL") or None,
             admin_key=os.environ.get("SWITCHBOARD_ADMIN_KEY") or None,
             log_level=(os.environ.get("SWITCHBOARD_LOG_LEVEL") or "INFO").upper(),
             drain_delay_s=float(os.environ.get("SWITCHBOARD_DRAIN_DELAY_S") or 0),
             metrics_host=os.environ.get("SWITCHBOARD_METRICS_HOST") or "127.0.0.1",
         )
+
+    def registry_url(self) -> str:
+        return self.registry_database_url or f"sqlite:///{self.home}/registry/registry.db"
 
     def address(self, service: str) -> str:
         """Where `service` listens, overridable as SWITCHBOARD_<SERVICE>_ADDR (host:port)."""

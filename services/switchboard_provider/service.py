@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import struct
 from collections.abc import AsyncIterator
@@ -15,10 +16,12 @@ import grpc
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.usage.v1 import usage_pb2
-from switchboard_common.config import ProviderConfig, SwitchboardConfig, load_config
+from switchboard_common.config import ProviderConfig, SwitchboardConfig
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
+from switchboard_common.registry_follower import follow_registry
+from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_provider.adapters.base import Adapter, prompt_text
@@ -31,6 +34,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # An upper bound for any single upstream attempt, whatever the caller allows.
 MAX_ATTEMPT_S = 600.0
+# How long a call may wait for a registry version its router has already seen.
+CATCH_UP_S = 2.0
 
 
 def encode_base64(embeddings: openai_pb2.EmbeddingList) -> None:
@@ -62,19 +67,51 @@ def build_adapter(config: ProviderConfig) -> Adapter:
 
 
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
-    def __init__(self, config: SwitchboardConfig) -> None:
-        self._configs = {p.name: p for p in config.providers}
+    def __init__(self, config: SwitchboardConfig, version: int = 0) -> None:
+        self._configs: dict[str, ProviderConfig] = {}
         self._adapters: dict[str, Adapter] = {}
+        # Adapters replaced by a registry change; calls in flight may still use them.
+        self._retired: list[Adapter] = []
+        self._version = version
+        self._updated = asyncio.Condition()
+        self.reconfigure(config, version)
 
-    def adapter(self, name: str) -> Adapter:
-        adapter = self._adapters.get(name)
+    def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
+        configs = {p.name: p for p in config.providers}
+        for name in list(self._adapters):
+            if configs.get(name) != self._configs.get(name):
+                self._retired.append(self._adapters.pop(name))
+        self._configs = configs
+        self._version = version
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._updated:
+            self._updated.notify_all()
+
+    async def _config(self, target: provider_pb2.Target) -> ProviderConfig:
+        """The target's provider; a router that saw a newer registry version
+        (a provider created a moment ago) gets a short wait for it to arrive."""
+        if self._version < target.config_version:
+            async with self._updated:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._updated.wait_for(lambda: self._version >= target.config_version),
+                        CATCH_UP_S,
+                    )
+        config = self._configs.get(target.provider)
+        if config is None:
+            raise SwitchboardError(
+                R.ERROR_REASON_INVALID_REQUEST,
+                f"unknown provider {target.provider!r}",
+                param="provider",
+            )
+        return config
+
+    def adapter(self, config: ProviderConfig) -> Adapter:
+        adapter = self._adapters.get(config.name)
         if adapter is None:
-            config = self._configs.get(name)
-            if config is None:
-                raise SwitchboardError(
-                    R.ERROR_REASON_INVALID_REQUEST, f"unknown provider {name!r}", param="provider"
-                )
-            adapter = self._adapters[name] = build_adapter(config)
+            adapter = self._adapters[config.name] = build_adapter(config)
         return adapter
 
     async def StreamGenerate(
@@ -85,9 +122,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
         meter = UsageMeter(request, operation)
         meter.prompt_text = prompt_text(request)
-        adapter = self.adapter(request.target.provider)
+        config = await self._config(request.target)
+        adapter = self.adapter(config)
         timeout_s = remaining(context, MAX_ATTEMPT_S)
-        config = self._configs[request.target.provider]
         first_s = (
             (config.first_token_timeout_s or config.timeout_s) if request.stream else timeout_s
         )
@@ -143,7 +180,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def CreateEmbedding(
         self, request: provider_pb2.CreateEmbeddingRequest, context: Context
     ) -> provider_pb2.CreateEmbeddingResponse:
-        adapter = self.adapter(request.target.provider)
+        adapter = self.adapter(await self._config(request.target))
         meter = UsageMeter(
             provider_pb2.StreamGenerateRequest(
                 request_id=request.request_id, attempt=request.attempt, target=request.target
@@ -162,12 +199,16 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
     async def close(self) -> None:
-        for adapter in self._adapters.values():
+        for adapter in [*self._adapters.values(), *self._retired]:
             await adapter.close()
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    servicer = ProviderServicer(load_config(settings.config_path))
+    servicer = ProviderServicer(SwitchboardConfig())
+    unfollow = await follow_registry(
+        settings,
+        lambda snapshot: servicer.reconfigure(config_from_snapshot(snapshot), snapshot.version),
+    )
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)
     name = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
-    return Mounted([name], [servicer.close])
+    return Mounted([name], [unfollow, servicer.close])

@@ -1,97 +1,335 @@
-"""RegistryService, read-only over the config file. Writes (and storage in a
-database) are not built yet and answer NOT_IMPLEMENTED."""
+"""RegistryService: CRUD over the registry's database for admins (the
+/v1/admin/… routes at the edge), and the snapshot stream routers follow."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard_common.config import load_config
+from switchboard_common.credentials import presented_key
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
-from switchboard_common.unimplemented import fill_unimplemented
-from switchboard_registry.snapshot import from_config
+from switchboard_registry import operations as ops
+from switchboard_registry.bootstrap import apply_config
+from switchboard_registry.store import ALERT_RULES, DEPLOYMENTS, KEYS, MODELS, PROVIDERS, Store
+from switchboard_registry.validation import invalid
+
+log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"]
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+# How often a watcher looks for writes made by another registry replica.
+POLL_S = 1.0
+
+
+def page(
+    items: Sequence[T], size: int, token: str, key: Callable[[T], str]
+) -> tuple[list[T], str, int]:
+    """Keyset paging over items sorted by key: the token is the last key served."""
+    if size < 0:
+        raise invalid("page_size", "must be 0 (the default) or more")
+    size = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    after = ""
+    if token:
+        try:
+            after = base64.urlsafe_b64decode(token.encode() + b"==").decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise invalid("page_token", "is not a token from a previous page") from None
+    rest = [item for item in items if key(item) > after] if after else list(items)
+    chunk = rest[:size]
+    more = len(rest) > size
+    next_token = base64.urlsafe_b64encode(key(chunk[-1]).encode()).decode().rstrip("=")
+    return chunk, next_token if more else "", len(items)
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, snapshot: pb.Snapshot) -> None:
-        self.snapshot = snapshot
+    def __init__(self, store: Store, admin_key: str | None) -> None:
+        self.store = store
+        self._admin_key = admin_key.encode() if admin_key else None
         self.draining = asyncio.Event()
 
-    async def GetSnapshot(
-        self, request: pb.GetSnapshotRequest, context: Context
-    ) -> pb.GetSnapshotResponse:
-        return pb.GetSnapshotResponse(snapshot=self.snapshot)
+    def _admin(self, context: Context) -> None:
+        if self._admin_key is None:
+            raise SwitchboardError(
+                R.ERROR_REASON_PERMISSION_DENIED,
+                "the admin API is off: set SWITCHBOARD_ADMIN_KEY on the registry to enable it",
+            )
+        presented = presented_key(context.invocation_metadata() or ())
+        if not presented:
+            raise SwitchboardError(
+                R.ERROR_REASON_MISSING_API_KEY,
+                "admin calls need 'Authorization: Bearer <SWITCHBOARD_ADMIN_KEY>'",
+            )
+        if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._admin_key):
+            raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid admin key.")
 
-    async def WatchSnapshot(
-        self, request: pb.WatchSnapshotRequest, context: Context
-    ) -> AsyncIterator[pb.WatchSnapshotResponse]:
-        if request.known_version != self.snapshot.version:
-            yield pb.WatchSnapshotResponse(version=self.snapshot.version, snapshot=self.snapshot)
-        # Nothing changes the config at run time yet: hold the stream open so
-        # watchers need not reconnect, until they leave or the server drains.
-        await self.draining.wait()
+    # -- providers -------------------------------------------------------------
+
+    async def CreateProvider(
+        self, request: pb.CreateProviderRequest, context: Context
+    ) -> pb.CreateProviderResponse:
+        self._admin(context)
+        created = await self.store.write(lambda tx: ops.create_provider(tx, request.provider))
+        return pb.CreateProviderResponse(provider=created)
+
+    async def GetProvider(
+        self, request: pb.GetProviderRequest, context: Context
+    ) -> pb.GetProviderResponse:
+        self._admin(context)
+        return pb.GetProviderResponse(provider=await self.store.get(PROVIDERS, request.name))
+
+    async def ListProviders(
+        self, request: pb.ListProvidersRequest, context: Context
+    ) -> pb.ListProvidersResponse:
+        self._admin(context)
+        items = [
+            p
+            for p in await self.store.list_all(PROVIDERS)
+            if not request.kind or p.kind == request.kind
+        ]
+        chunk, token, total = page(items, request.page_size, request.page_token, _name)
+        return pb.ListProvidersResponse(providers=chunk, next_page_token=token, total_size=total)
+
+    async def UpdateProvider(
+        self, request: pb.UpdateProviderRequest, context: Context
+    ) -> pb.UpdateProviderResponse:
+        self._admin(context)
+        paths = ops.mask_paths(request.provider, request.update_mask, "provider")
+        updated = await self.store.write(
+            lambda tx: ops.update_provider(tx, request.provider, paths)
+        )
+        return pb.UpdateProviderResponse(provider=updated)
+
+    async def DeleteProvider(
+        self, request: pb.DeleteProviderRequest, context: Context
+    ) -> pb.DeleteProviderResponse:
+        self._admin(context)
+        await self.store.write(lambda tx: ops.delete_provider(tx, request.name, request.etag))
+        return pb.DeleteProviderResponse()
+
+    # -- models ------------------------------------------------------------------
+
+    async def CreateModel(
+        self, request: pb.CreateModelRequest, context: Context
+    ) -> pb.CreateModelResponse:
+        self._admin(context)
+        created = await self.store.write(lambda tx: ops.create_model(tx, request.model))
+        return pb.CreateModelResponse(model=created)
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
+        self._admin(context)
+        return pb.GetModelResponse(model=await self.store.get(MODELS, request.name))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        models = [
+        self._admin(context)
+        items = [
             m
-            for m in self.snapshot.models
+            for m in await self.store.list_all(MODELS)
             if (request.status != pb.ONLINE_FILTER_ONLINE or m.online)
             and (request.status != pb.ONLINE_FILTER_OFFLINE or not m.online)
             and (not request.kind or m.kind == request.kind)
             and (not request.tag or request.tag in m.tags)
             and (not request.provider or any(d.provider == request.provider for d in m.deployments))
         ]
-        return pb.ListModelsResponse(models=models, total_size=len(models))
+        chunk, token, total = page(items, request.page_size, request.page_token, _name)
+        return pb.ListModelsResponse(models=chunk, next_page_token=token, total_size=total)
 
-    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
-        for m in self.snapshot.models:
-            if request.name == m.name or request.name in m.aliases:
-                return pb.GetModelResponse(model=m)
-        raise SwitchboardError(
-            R.ERROR_REASON_NOT_FOUND, f"no model named {request.name!r}", param="name"
-        )
+    async def UpdateModel(
+        self, request: pb.UpdateModelRequest, context: Context
+    ) -> pb.UpdateModelResponse:
+        self._admin(context)
+        paths = ops.mask_paths(request.model, request.update_mask, "model")
+        updated = await self.store.write(lambda tx: ops.update_model(tx, request.model, paths))
+        return pb.UpdateModelResponse(model=updated)
 
-    async def ListProviders(
-        self, request: pb.ListProvidersRequest, context: Context
-    ) -> pb.ListProvidersResponse:
-        providers = [
-            p for p in self.snapshot.providers if not request.kind or p.kind == request.kind
+    async def DeleteModel(
+        self, request: pb.DeleteModelRequest, context: Context
+    ) -> pb.DeleteModelResponse:
+        self._admin(context)
+        await self.store.write(lambda tx: ops.delete_model(tx, request.name, request.etag))
+        return pb.DeleteModelResponse()
+
+    # -- deployments ----------------------------------------------------------------
+
+    async def CreateDeployment(
+        self, request: pb.CreateDeploymentRequest, context: Context
+    ) -> pb.CreateDeploymentResponse:
+        self._admin(context)
+        created = await self.store.write(lambda tx: ops.create_deployment(tx, request.deployment))
+        return pb.CreateDeploymentResponse(deployment=created)
+
+    async def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: Context
+    ) -> pb.ListDeploymentsResponse:
+        self._admin(context)
+        items = [
+            d
+            for d in await self.store.list_all(DEPLOYMENTS)
+            if (not request.model or d.model == request.model)
+            and (not request.provider or d.provider == request.provider)
         ]
-        return pb.ListProvidersResponse(providers=providers, total_size=len(providers))
-
-    async def GetProvider(
-        self, request: pb.GetProviderRequest, context: Context
-    ) -> pb.GetProviderResponse:
-        for p in self.snapshot.providers:
-            if p.name == request.name:
-                return pb.GetProviderResponse(provider=p)
-        raise SwitchboardError(
-            R.ERROR_REASON_NOT_FOUND, f"no provider named {request.name!r}", param="name"
+        chunk, token, total = page(items, request.page_size, request.page_token, lambda d: d.id)
+        return pb.ListDeploymentsResponse(
+            deployments=chunk, next_page_token=token, total_size=total
         )
 
+    async def UpdateDeployment(
+        self, request: pb.UpdateDeploymentRequest, context: Context
+    ) -> pb.UpdateDeploymentResponse:
+        self._admin(context)
+        paths = ops.mask_paths(request.deployment, request.update_mask, "deployment")
+        updated = await self.store.write(
+            lambda tx: ops.update_deployment(tx, request.deployment, paths)
+        )
+        return pb.UpdateDeploymentResponse(deployment=updated)
 
-fill_unimplemented(
-    RegistryServicer,
-    SERVICE,
-    "the registry is read-only over the config file until its database lands",
-)
+    async def DeleteDeployment(
+        self, request: pb.DeleteDeploymentRequest, context: Context
+    ) -> pb.DeleteDeploymentResponse:
+        self._admin(context)
+        await self.store.write(lambda tx: ops.delete_deployment(tx, request.id, request.etag))
+        return pb.DeleteDeploymentResponse()
+
+    # -- API keys ----------------------------------------------------------------------
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: Context
+    ) -> pb.CreateApiKeyResponse:
+        self._admin(context)
+        secret = ops.new_secret()
+        created = await self.store.write(
+            lambda tx: ops.create_key(
+                tx,
+                request.key,
+                secret_sha256=ops.sha256_hex(secret),
+                display_prefix=secret[: ops.DISPLAY_PREFIX_LENGTH],
+            )
+        )
+        log.info("API key created", extra=log_fields(key=created.name))
+        return pb.CreateApiKeyResponse(key=created, secret=secret)
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: Context
+    ) -> pb.ListApiKeysResponse:
+        self._admin(context)
+        items = [
+            k for k in await self.store.list_all(KEYS) if request.include_revoked or not k.revoked
+        ]
+        chunk, token, total = page(items, request.page_size, request.page_token, _name)
+        return pb.ListApiKeysResponse(keys=chunk, next_page_token=token, total_size=total)
+
+    async def UpdateApiKey(
+        self, request: pb.UpdateApiKeyRequest, context: Context
+    ) -> pb.UpdateApiKeyResponse:
+        self._admin(context)
+        paths = ops.mask_paths(request.key, request.update_mask, "key")
+        updated = await self.store.write(lambda tx: ops.update_key(tx, request.key, paths))
+        return pb.UpdateApiKeyResponse(key=updated)
+
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: Context
+    ) -> pb.RevokeApiKeyResponse:
+        self._admin(context)
+        revoked = await self.store.write(lambda tx: ops.revoke_key(tx, request.name))
+        log.info("API key revoked", extra=log_fields(key=revoked.name))
+        return pb.RevokeApiKeyResponse(key=revoked)
+
+    # -- defaults and alert rules -----------------------------------------------------------
+
+    async def SetDefaultModel(
+        self, request: pb.SetDefaultModelRequest, context: Context
+    ) -> pb.SetDefaultModelResponse:
+        self._admin(context)
+        default = await self.store.write(lambda tx: ops.set_default(tx, request.use, request.model))
+        return pb.SetDefaultModelResponse(default_model=default)
+
+    async def ListDefaultModels(
+        self, request: pb.ListDefaultModelsRequest, context: Context
+    ) -> pb.ListDefaultModelsResponse:
+        self._admin(context)
+        return pb.ListDefaultModelsResponse(defaults=await self.store.defaults())
+
+    async def CreateAlertRule(
+        self, request: pb.CreateAlertRuleRequest, context: Context
+    ) -> pb.CreateAlertRuleResponse:
+        self._admin(context)
+        created = await self.store.write(lambda tx: ops.create_alert_rule(tx, request.rule))
+        return pb.CreateAlertRuleResponse(rule=created)
+
+    async def ListAlertRules(
+        self, request: pb.ListAlertRulesRequest, context: Context
+    ) -> pb.ListAlertRulesResponse:
+        self._admin(context)
+        return pb.ListAlertRulesResponse(rules=await self.store.list_all(ALERT_RULES))
+
+    async def DeleteAlertRule(
+        self, request: pb.DeleteAlertRuleRequest, context: Context
+    ) -> pb.DeleteAlertRuleResponse:
+        self._admin(context)
+        await self.store.write(lambda tx: ops.delete_alert_rule(tx, request.name))
+        return pb.DeleteAlertRuleResponse()
+
+    # -- internal: what routers follow ------------------------------------------------------
+
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: Context
+    ) -> pb.GetSnapshotResponse:
+        return pb.GetSnapshotResponse(snapshot=await self.store.snapshot())
+
+    async def WatchSnapshot(
+        self, request: pb.WatchSnapshotRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSnapshotResponse]:
+        sent = request.known_version
+        changes = await self.store.changes_since(sent) if sent else None
+        if changes is None:
+            snapshot = await self.store.snapshot()
+            yield pb.WatchSnapshotResponse(version=snapshot.version, snapshot=snapshot)
+            sent = snapshot.version
+            changes = []
+        while not self.draining.is_set():
+            for version, change in changes:
+                yield pb.WatchSnapshotResponse(version=version, change=change)
+                sent = version
+            waiter = asyncio.ensure_future(self.store.wait_changed(sent, POLL_S))
+            drained = asyncio.ensure_future(self.draining.wait())
+            await asyncio.wait({waiter, drained}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            drained.cancel()
+            if self.draining.is_set():
+                return
+            changes = await self.store.changes_since(sent)
+            if changes is None:
+                snapshot = await self.store.snapshot()
+                yield pb.WatchSnapshotResponse(version=snapshot.version, snapshot=snapshot)
+                sent = snapshot.version
+                changes = []
+
+
+def _name(item: Any) -> str:
+    return str(item.name)
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    # fill_unimplemented supplied the abstract methods, which mypy cannot see.
-    snapshot = from_config(load_config(settings.config_path))
-    servicer = RegistryServicer(snapshot)  # type: ignore[abstract]
+    store = await Store.open(settings.registry_url())
+    await apply_config(store, load_config(settings.config_path))
+    servicer = RegistryServicer(store, settings.admin_key)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
-    return Mounted([SERVICE.full_name], drainers=[servicer.draining.set])
+    return Mounted([SERVICE.full_name], [store.close], drainers=[servicer.draining.set])

@@ -9,12 +9,11 @@ import logging
 from collections.abc import Iterable
 
 from switchboard_common.config import KeyConfig, SwitchboardConfig
+from switchboard_common.credentials import presented_key
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
 
 log = logging.getLogger(__name__)
-
-MAX_KEY_LENGTH = 512
 
 
 class Authenticator:
@@ -33,7 +32,7 @@ class Authenticator:
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> KeyConfig | None:
         """The caller's key config; None when the edge is open (no keys configured)."""
-        presented = _presented_key(metadata)
+        presented = presented_key(metadata)
         if self.open:
             return None
         if not presented:
@@ -49,16 +48,3 @@ class Authenticator:
         if found is None:
             raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid API key.")
         return found
-
-
-def _presented_key(metadata: Iterable[tuple[str, str | bytes]]) -> str:
-    for name, value in metadata:
-        if not isinstance(value, str) or len(value) > MAX_KEY_LENGTH + 16:
-            continue
-        if name == "authorization":
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
-        elif name == "x-api-key":
-            return value.strip()
-    return ""

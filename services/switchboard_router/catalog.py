@@ -1,7 +1,7 @@
 """Which models exist, who may call them, and the order to try deployments in.
 
-Today the catalog is built from the config file; the registry's live
-snapshot replaces that source later without changing this interface.
+A catalog is immutable and built from one registry snapshot; the router swaps
+in a new one when the registry changes, and requests in flight keep theirs.
 """
 
 from __future__ import annotations
@@ -25,15 +25,24 @@ class Candidate:
     model: ModelConfig
     deployment: DeploymentConfig
     provider: ProviderConfig
+    # The registry version it was planned at.
+    version: int = 0
 
     @property
     def deployment_id(self) -> str:
-        return f"{self.model.name}/{self.provider.name}/{self.deployment.model}"
+        return self.deployment.resolved_id(self.model.name)
 
 
 class Catalog:
-    def __init__(self, config: SwitchboardConfig, created: int, rng: random.Random | None = None):
+    def __init__(
+        self,
+        config: SwitchboardConfig,
+        created: int,
+        rng: random.Random | None = None,
+        version: int = 0,
+    ):
         self.config = config
+        self.version = version
         self.created = created
         self._by_name: dict[str, ModelConfig] = {}
         for model in config.models:
@@ -45,7 +54,7 @@ class Catalog:
 
     def resolve(self, name: str, key: KeyConfig | None, kind: str | None = None) -> ModelConfig:
         model = self._by_name.get(name)
-        if model is None or not model.online:
+        if model is None:
             raise SwitchboardError(
                 R.ERROR_REASON_MODEL_NOT_FOUND,
                 f"The model '{name}' does not exist or you do not have access to it.",
@@ -55,6 +64,12 @@ class Catalog:
             raise SwitchboardError(
                 R.ERROR_REASON_MODEL_NOT_ALLOWED,
                 f"This API key is not allowed to use the model '{name}'.",
+                param="model",
+            )
+        if not model.online:
+            raise SwitchboardError(
+                R.ERROR_REASON_MODEL_NOT_FOUND,
+                f"The model '{name}' is offline: an administrator switched it off.",
                 param="model",
             )
         if kind is not None and model.kind != kind:
@@ -86,7 +101,7 @@ class Catalog:
             while pool:
                 pick = self._rng.choices(pool, weights=[d.weight for d in pool])[0]
                 pool.remove(pick)
-                order.append(Candidate(m, pick, self._providers[pick.provider]))
+                order.append(Candidate(m, pick, self._providers[pick.provider], self.version))
         return order
 
     def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
@@ -96,9 +111,32 @@ class Catalog:
             if m.online and (key is None or key.models is None or m.name in key.models)
         ]
 
-    def describe(self, model: ModelConfig) -> openai_pb2.Model:
-        owner = self._providers[model.deployments[0].provider]
-        owned_by = "switchboard-mock" if owner.kind == "mock" else owner.name
-        return openai_pb2.Model(
+    def describe(self, model: ModelConfig, details: bool = False) -> openai_pb2.Model:
+        owner = self._providers.get(model.deployments[0].provider) if model.deployments else None
+        if owner is None:
+            owned_by = "switchboard"
+        else:
+            owned_by = "switchboard-mock" if owner.kind == "mock" else owner.name
+        described = openai_pb2.Model(
             id=model.name, object="model", created=self.created, owned_by=owned_by
         )
+        if details:
+            described.switchboard.CopyFrom(
+                openai_pb2.ModelDetails(
+                    kind=model.kind,
+                    display_name=model.display_name,
+                    description=model.description,
+                    aliases=model.aliases,
+                    tags=model.tags,
+                    featured=model.featured,
+                    capabilities=model.capabilities,
+                    context_window=model.context_window,
+                    max_output_tokens=model.max_output_tokens,
+                    input_per_1k=model.pricing.input_per_1k,
+                    output_per_1k=model.pricing.output_per_1k,
+                    cached_input_per_1k=model.pricing.cached_input_per_1k,
+                    currency=model.pricing.currency,
+                    fallbacks=model.fallbacks,
+                )
+            )
+        return described

@@ -26,12 +26,14 @@ from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
-from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig, load_config
+from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.registry_follower import follow_registry
+from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import CHANNEL_OPTIONS, Mounted
 from switchboard_common.settings import Settings
 from switchboard_router import render, vision
@@ -54,9 +56,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 VERSION = "0.1.0"
 MAX_CALL_S = 600.0
 MAX_ATTEMPTS = 3
-# The config file is the only source of routing config until the registry's
-# live snapshot lands; its version is 1.
-CONFIG_VERSION = 1
 SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 _RETRYABLE = frozenset(
@@ -74,6 +73,15 @@ _CHUNK_FIELDS = {"chat": "chat_chunk", "completion": "completion"}
 BuildRequest = Callable[[Candidate, int], provider_pb2.StreamGenerateRequest]
 
 
+def _target(candidate: Candidate) -> provider_pb2.Target:
+    return provider_pb2.Target(
+        provider=candidate.provider.name,
+        upstream_model=candidate.deployment.model,
+        deployment_id=candidate.deployment_id,
+        config_version=candidate.version,
+    )
+
+
 def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
     return (
         (SERVED_MODEL_KEY, candidate.model.name),
@@ -88,6 +96,8 @@ class Admission:
 
     key: KeyConfig | None
     model: ModelConfig
+    # The catalog it was admitted under; usage records carry its registry version.
+    catalog: Catalog
     reservations: list[Reservation] = field(default_factory=list)
     tokens: int = 0
 
@@ -100,14 +110,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         usage: UsageReporter,
         limiter: Limiter,
     ):
-        self.catalog = Catalog(config, created=int(time.time()))
-        self.auth = Authenticator(config)
+        self.created = int(time.time())
+        self.reconfigure(config, 0)
         self.provider = provider
         self.usage = usage
         self.limiter = limiter
         self._background: set[asyncio.Task[None]] = set()
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._sequence = itertools.count(1)
+
+    def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
+        """Serve from a new registry snapshot; calls in flight keep the old one."""
+        catalog = Catalog(config, created=self.created, version=version)
+        auth = Authenticator(config)
+        self.catalog, self.auth = catalog, auth
 
     # -- admission ---------------------------------------------------------
 
@@ -116,14 +132,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> Admission:
         """Auth first (401 before 400), then the body, then the model (404/403),
         then the rate limits (429)."""
-        key = self.auth.authenticate(context.invocation_metadata() or ())
+        catalog, auth = self.catalog, self.auth
+        key = auth.authenticate(context.invocation_metadata() or ())
         if self.usage.full:
             raise SwitchboardError(
                 R.ERROR_REASON_SERVICE_UNAVAILABLE,
                 "usage accounting is unavailable; refusing requests that could not be counted",
             )
         validate(params)
-        admission = Admission(key, self.catalog.resolve(params.model, key, kind))
+        admission = Admission(key, catalog.resolve(params.model, key, kind), catalog)
         await self._reserve(admission, estimate_tokens(params))
         return admission
 
@@ -178,7 +195,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self._settle(admission)
 
     def _plan(self, admission: Admission, requested: str) -> list[Candidate]:
-        plan = self.catalog.plan(admission.model)
+        plan = admission.catalog.plan(admission.model)
         if not plan:
             raise SwitchboardError(
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
@@ -242,7 +259,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         record.model = candidate.model.name
         record.router_instance = self.instance
         record.sequence = next(self._sequence)
-        record.config_version = CONFIG_VERSION
+        record.config_version = admission.catalog.version
         self.usage.submit(record)
         usage_log.debug(
             "usage",
@@ -292,11 +309,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 request_id=request_id,
                 attempt=attempt,
                 stream=stream,
-                target=provider_pb2.Target(
-                    provider=candidate.provider.name,
-                    upstream_model=candidate.deployment.model,
-                    deployment_id=candidate.deployment_id,
-                ),
+                target=_target(candidate),
             )
             getattr(request, field).CopyFrom(params)
             return request
@@ -460,11 +473,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             response = await self.provider.CreateEmbedding(
                 provider_pb2.CreateEmbeddingRequest(
                     request_id=request_id,
-                    target=provider_pb2.Target(
-                        provider=candidate.provider.name,
-                        upstream_model=candidate.deployment.model,
-                        deployment_id=candidate.deployment_id,
-                    ),
+                    target=_target(candidate),
                     params=params,
                 ),
                 timeout=remaining(context, MAX_CALL_S),
@@ -491,7 +500,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.Model:
         key = self.auth.authenticate(context.invocation_metadata() or ())
         model = self.catalog.resolve(request.model, key)
-        return self.catalog.describe(model)
+        return self.catalog.describe(model, details=True)
 
     async def GetHealth(
         self, request: router_pb2.GetHealthRequest, context: Context
@@ -522,7 +531,6 @@ async def _sse(
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    config = load_config(settings.config_path)
     channel = grpc.aio.insecure_channel(settings.address("provider"), options=CHANNEL_OPTIONS)
     usage_channel = grpc.aio.insecure_channel(settings.address("usage"), options=CHANNEL_OPTIONS)
     reporter = UsageReporter(
@@ -538,13 +546,22 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         if settings.redis_url
         else LocalLimiter()
     )
+    # Until the registry answers, no model exists and every key is refused.
     servicer = RouterServicer(
-        config, provider_pb2_grpc.ProviderServiceStub(channel), reporter, limiter
+        SwitchboardConfig(keys=[]),
+        provider_pb2_grpc.ProviderServiceStub(channel),
+        reporter,
+        limiter,
+    )
+    unfollow = await follow_registry(
+        settings,
+        lambda snapshot: servicer.reconfigure(config_from_snapshot(snapshot), snapshot.version),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
     async def close() -> None:
+        await unfollow()
         await reporter.close(flush_s=5.0)
         await servicer.settled()
         await limiter.close()

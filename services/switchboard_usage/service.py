@@ -15,10 +15,13 @@ from typing import Any
 
 import grpc
 
+from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2, usage_pb2_grpc
-from switchboard_common.config import load_config
+from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
+from switchboard_common.registry_follower import follow_registry
+from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_usage import migrations, queries
@@ -120,7 +123,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    config = load_config(settings.config_path)
     clickhouse = ClickHouse(settings.clickhouse_url)
     await clickhouse.open()
     await migrations.apply(clickhouse)
@@ -163,10 +165,20 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
                 await asyncio.sleep(1.0)
 
     task = asyncio.create_task(pipeline())
-    servicer = UsageServicer(outbox, PriceBook(config), clickhouse)
+    servicer = UsageServicer(outbox, PriceBook(SwitchboardConfig(), 0), clickhouse)
+
+    def reprice(snapshot: registry_pb2.Snapshot) -> None:
+        servicer.prices = PriceBook(config_from_snapshot(snapshot), snapshot.version)
+
+    try:
+        unfollow = await follow_registry(settings, reprice)
+    except BaseException:
+        task.cancel()
+        raise
     usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        await unfollow()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

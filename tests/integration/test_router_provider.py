@@ -222,7 +222,7 @@ async def test_failed_deployment_falls_over_to_the_next(
     assert answer.choices[0].message.content == "echo: hello gateway world"
     assert len(backup.served) == 1
     assert (
-        dict(await call.initial_metadata())["x-switchboard-deployment"] == "chat-ha/backup/up-chat"
+        dict(await call.initial_metadata())["x-switchboard-deployment"] == "chat-ha.backup.up-chat"
     )
 
 

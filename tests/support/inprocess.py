@@ -39,7 +39,10 @@ async def services(
     monkeypatch: pytest.MonkeyPatch,
     names: tuple[str, ...] = ("provider", "router"),
 ) -> AsyncIterator[Settings]:
-    """Start `names` in order with `config`; drain and stop them on exit."""
+    """Start `names` in order with `config`; drain and stop them on exit. The
+    registry comes first whenever a service that follows it is started."""
+    if "registry" not in names:
+        names = ("registry", *names)
     config_path = tmp_path / "switchboard.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))
     base = Settings.from_env()

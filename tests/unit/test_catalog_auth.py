@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from switchboard_common.config import KeyConfig, SwitchboardConfig, parse_config
+from switchboard_common.credentials import MAX_KEY_LENGTH
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_router.auth import MAX_KEY_LENGTH, Authenticator
+from switchboard_router.auth import Authenticator
 from switchboard_router.catalog import Catalog
 
 SECRET_A = "sk-team-a-secret"
@@ -127,9 +128,9 @@ def test_plan_orders_deployments_then_fallbacks_and_skips_weight_zero() -> None:
     catalog = _catalog()
     for _ in range(50):
         ids = [c.deployment_id for c in catalog.plan(catalog.resolve("chat", None))]
-        assert sorted(ids[:2]) == ["chat/p1/big", "chat/p2/big"]
+        assert sorted(ids[:2]) == ["chat.p1.big", "chat.p2.big"]
         # Offline fallback "gone" and weight-0 deployments are left out.
-        assert ids[2:] == ["backup/mock/echo"]
+        assert ids[2:] == ["backup.mock.echo"]
 
 
 def test_plan_candidates_carry_their_provider() -> None:

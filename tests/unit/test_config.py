@@ -191,7 +191,7 @@ def test_empty_config_is_valid_and_open(data: dict[str, object] | None) -> None:
         pytest.param(
             "models.0.deployments",
             [],
-            "models.0.deployments: List should have at least 1 item",
+            "models[0].deployments: a model needs at least one",
             id="no-deployments",
         ),
         pytest.param(

@@ -72,6 +72,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """CANCELLED, 499: the client went away."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 22
     """INTERNAL, 500."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 23
+    """PERMISSION_DENIED, 403: an admin call without the admin key's permission
+    (or with the admin API switched off: SWITCHBOARD_ADMIN_KEY unset).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper): ...
 
@@ -120,4 +124,8 @@ ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 21
 """CANCELLED, 499: the client went away."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 22
 """INTERNAL, 500."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 23
+"""PERMISSION_DENIED, 403: an admin call without the admin key's permission
+(or with the admin API switched off: SWITCHBOARD_ADMIN_KEY unset).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1133,10 +1133,15 @@ class Model(_message.Message):
     OBJECT_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     OWNED_BY_FIELD_NUMBER: _builtins.int
+    SWITCHBOARD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     object: _builtins.str
     created: _builtins.int
     owned_by: _builtins.str
+    @_builtins.property
+    def switchboard(self) -> Global___ModelDetails:
+        """Switchboard's details (GET /v1/models/{id}); OpenAI's SDKs ignore them."""
+
     def __init__(
         self,
         *,
@@ -1144,11 +1149,74 @@ class Model(_message.Message):
         object: _builtins.str = ...,
         created: _builtins.int = ...,
         owned_by: _builtins.str = ...,
+        switchboard: Global___ModelDetails | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["switchboard", b"switchboard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "id", b"id", "object", b"object", "owned_by", b"owned_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "id", b"id", "object", b"object", "owned_by", b"owned_by", "switchboard", b"switchboard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class ModelDetails(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    FEATURED_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    INPUT_PER_1K_FIELD_NUMBER: _builtins.int
+    OUTPUT_PER_1K_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    display_name: _builtins.str
+    description: _builtins.str
+    featured: _builtins.bool
+    context_window: _builtins.int
+    max_output_tokens: _builtins.int
+    input_per_1k: _builtins.float
+    output_per_1k: _builtins.float
+    cached_input_per_1k: _builtins.float
+    currency: _builtins.str
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        featured: _builtins.bool = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        context_window: _builtins.int = ...,
+        max_output_tokens: _builtins.int = ...,
+        input_per_1k: _builtins.float = ...,
+        output_per_1k: _builtins.float = ...,
+        cached_input_per_1k: _builtins.float = ...,
+        currency: _builtins.str = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "cached_input_per_1k", b"cached_input_per_1k", "capabilities", b"capabilities", "context_window", b"context_window", "currency", b"currency", "description", b"description", "display_name", b"display_name", "fallbacks", b"fallbacks", "featured", b"featured", "input_per_1k", b"input_per_1k", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "output_per_1k", b"output_per_1k", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDetails: _TypeAlias = ModelDetails  # noqa: Y015

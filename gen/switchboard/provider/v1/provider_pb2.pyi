@@ -35,21 +35,27 @@ class Target(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """A configured provider name."""
     upstream_model: _builtins.str
     """The model id the upstream knows."""
     deployment_id: _builtins.str
+    config_version: _builtins.int
+    """The registry version the router resolved this target at; a provider that
+    has not seen it yet waits briefly for it (a provider created a moment ago).
+    """
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         deployment_id: _builtins.str = ...,
+        config_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_version", b"config_version", "deployment_id", b"deployment_id", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

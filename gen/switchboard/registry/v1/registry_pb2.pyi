@@ -347,7 +347,7 @@ class Model(_message.Message):
         context_window: _builtins.int = ...,
         max_output_tokens: _builtins.int = ...,
         pricing: Global___Pricing | None = ...,
-        online: _builtins.bool = ...,
+        online: _builtins.bool | None = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         strategy: Global___RoutingStrategy.ValueType = ...,
         rpm: _builtins.int = ...,
@@ -357,11 +357,13 @@ class Model(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
+    _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__online) -> _WhichOneofReturnType__online | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
@@ -406,16 +408,18 @@ class Deployment(_message.Message):
         priority: _builtins.int = ...,
         rpm: _builtins.int = ...,
         tpm: _builtins.int = ...,
-        enabled: _builtins.bool = ...,
+        enabled: _builtins.bool | None = ...,
         gpu_node: _builtins.str = ...,
         gpu_uuid: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
 
@@ -550,13 +554,15 @@ class AlertRule(_message.Message):
         threshold: _builtins.float = ...,
         duration: _duration_pb2.Duration | None = ...,
         severity: Global___Severity.ValueType = ...,
-        enabled: _builtins.bool = ...,
+        enabled: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "duration", b"duration", "enabled", b"enabled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparator", b"comparator", "duration", b"duration", "enabled", b"enabled", "metric", b"metric", "name", b"name", "severity", b"severity", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "duration", b"duration", "enabled", b"enabled", "metric", b"metric", "name", b"name", "severity", b"severity", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___AlertRule: _TypeAlias = AlertRule  # noqa: Y015
 
