@@ -48,7 +48,8 @@ def page(
     after = ""
     if token:
         try:
-            after = base64.urlsafe_b64decode(token.encode() + b"==").decode()
+            padded = token.encode() + b"=" * (-len(token) % 4)
+            after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise invalid("page_token", "is not a token from a previous page") from None
     rest = [item for item in items if key(item) > after] if after else list(items)
