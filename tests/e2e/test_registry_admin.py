@@ -156,7 +156,8 @@ def test_keys_from_the_admin_api_allow_deny_and_revoke(stack: Stack, admin: http
     assert _status(lambda: _chat(team, "other-model")) == 403
 
     revoked = admin.post("/v1/admin/keys/team-a:revoke", json={})
-    assert revoked.status_code == 200 and revoked.json()["key"]["revoked"] is True
+    assert revoked.status_code == 200
+    assert revoked.json()["key"]["revoked"] is True
     took = _within(5, lambda: _status(lambda: _chat(team, "mock-chat")) == 401)
     assert took < LIVE_S
     listed = admin.get("/v1/admin/keys", params={"include_revoked": "true"}).json()

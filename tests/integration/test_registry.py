@@ -96,7 +96,8 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
             metadata=ADMIN,
         )
     ).provider
-    assert provider.timeout_s == 60.0 and provider.etag
+    assert provider.timeout_s == 60.0
+    assert provider.etag
     model = (
         await stub.CreateModel(
             pb.CreateModelRequest(
@@ -106,7 +107,9 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
         )
     ).model
     # Unset online and kind mean a chat model that is online.
-    assert model.online and model.kind == pb.MODEL_KIND_CHAT and not model.deployments
+    assert model.online
+    assert model.kind == pb.MODEL_KIND_CHAT
+    assert not model.deployments
     deployment = (
         await stub.CreateDeployment(
             pb.CreateDeploymentRequest(
@@ -118,10 +121,12 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
         )
     ).deployment
     assert deployment.id.startswith("llama.local-vllm.meta-llama-3-8b")
-    assert deployment.enabled and deployment.weight == 1
+    assert deployment.enabled
+    assert deployment.weight == 1
 
     got = (await stub.GetModel(pb.GetModelRequest(name="llama-3"), metadata=ADMIN)).model
-    assert got.name == "llama" and [d.id for d in got.deployments] == [deployment.id]
+    assert got.name == "llama"
+    assert [d.id for d in got.deployments] == [deployment.id]
 
     updated = (
         await stub.UpdateModel(
@@ -130,7 +135,8 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
         )
     ).model
     # No mask: only the populated field changed.
-    assert not updated.online and list(updated.tags) == ["self-hosted"]
+    assert not updated.online
+    assert list(updated.tags) == ["self-hosted"]
     assert updated.etag != got.etag
 
     stale = await _error(
@@ -139,7 +145,8 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
             metadata=ADMIN,
         )
     )
-    assert stale.code() == grpc.StatusCode.ABORTED and reason(stale) == "CONFLICT"
+    assert stale.code() == grpc.StatusCode.ABORTED
+    assert reason(stale) == "CONFLICT"
 
     masked = (
         await stub.UpdateModel(
@@ -150,7 +157,8 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
             metadata=ADMIN,
         )
     ).model
-    assert list(masked.tags) == [] and not masked.online
+    assert list(masked.tags) == []
+    assert not masked.online
 
     await stub.DeleteDeployment(pb.DeleteDeploymentRequest(id=deployment.id), metadata=ADMIN)
     await stub.DeleteModel(pb.DeleteModelRequest(name="llama"), metadata=ADMIN)
@@ -193,11 +201,12 @@ async def test_crud_round_trip_with_etags(stub: registry_pb2_grpc.RegistryServic
 async def test_invalid_entities_name_the_field(
     stub: registry_pb2_grpc.RegistryServiceAsyncStub, request_: Any, field: str
 ) -> None:
-    method = {
+    methods: dict[type, Any] = {
         pb.CreateProviderRequest: stub.CreateProvider,
         pb.CreateModelRequest: stub.CreateModel,
         pb.CreateDeploymentRequest: stub.CreateDeployment,
-    }[type(request_)]
+    }
+    method = methods[type(request_)]
     err = await _error(method(request_, metadata=ADMIN))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.details() or "").startswith(f"{field}:"), err.details()
@@ -247,7 +256,8 @@ async def test_concurrent_updates_with_one_etag_let_exactly_one_win(
     )
     winners = [r for r in results if not isinstance(r, BaseException)]
     losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-    assert len(winners) == 1 and len(losers) == 4
+    assert len(winners) == 1
+    assert len(losers) == 4
     assert all(e.code() == grpc.StatusCode.ABORTED for e in losers)
     final = (await stub.GetModel(pb.GetModelRequest(name="base-chat"), metadata=ADMIN)).model
     assert final.description == winners[0].model.description
@@ -279,7 +289,8 @@ async def test_paging_and_filters(stub: registry_pb2_grpc.RegistryServiceAsyncSt
         token = page.next_page_token
         if not token:
             break
-    assert pages == 3 and names == ["base-chat", *(f"m{i}" for i in range(7))]
+    assert pages == 3
+    assert names == ["base-chat", *(f"m{i}" for i in range(7))]
 
     async def listed(**filters: Any) -> list[str]:
         response = await stub.ListModels(pb.ListModelsRequest(**filters), metadata=ADMIN)
@@ -300,7 +311,8 @@ async def test_keys_show_their_secret_once_and_revoke(
         pb.CreateApiKeyRequest(key=pb.ApiKey(name="team-a", models=["base-chat"], budget=5)),
         metadata=ADMIN,
     )
-    assert created.secret.startswith("sb-") and len(created.secret) > 40
+    assert created.secret.startswith("sb-")
+    assert len(created.secret) > 40
     assert created.secret.startswith(created.key.display_prefix)
     listed = await stub.ListApiKeys(pb.ListApiKeysRequest(), metadata=ADMIN)
     assert created.secret not in str(listed)
@@ -308,7 +320,8 @@ async def test_keys_show_their_secret_once_and_revoke(
     assert {c.name for c in snapshot.credentials} == {"file-key", "team-a"}
 
     revoked = (await stub.RevokeApiKey(pb.RevokeApiKeyRequest(name="team-a"), metadata=ADMIN)).key
-    assert revoked.revoked and revoked.HasField("revoke_time")
+    assert revoked.revoked
+    assert revoked.HasField("revoke_time")
     snapshot = (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot
     assert {c.name for c in snapshot.credentials} == {"file-key"}
     active = await stub.ListApiKeys(pb.ListApiKeysRequest(), metadata=ADMIN)
@@ -346,7 +359,8 @@ async def test_watch_sends_a_snapshot_then_each_change(
     async with asyncio.timeout(5):
         change = await anext(aiter(call))
     assert change.version == version + 1
-    assert change.change.kind == pb.Change.KIND_UPSERT and not change.change.model.online
+    assert change.change.kind == pb.Change.KIND_UPSERT
+    assert not change.change.model.online
     call.cancel()
 
     # A watcher that already holds a version gets only what came after it.
@@ -357,7 +371,8 @@ async def test_watch_sends_a_snapshot_then_each_change(
     resumed = stub.WatchSnapshot(pb.WatchSnapshotRequest(known_version=version + 1))
     async with asyncio.timeout(5):
         caught_up = await anext(aiter(resumed))
-    assert caught_up.version == version + 2 and caught_up.change.provider.name == "p2"
+    assert caught_up.version == version + 2
+    assert caught_up.change.provider.name == "p2"
     resumed.cancel()
 
 
