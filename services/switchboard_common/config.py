@@ -59,6 +59,13 @@ class ProviderConfig(_Strict):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class PricingConfig(_Strict):
+    input_per_1k: float = Field(default=0.0, ge=0)
+    output_per_1k: float = Field(default=0.0, ge=0)
+    cached_input_per_1k: float = Field(default=0.0, ge=0)
+    currency: str = "USD"
+
+
 class DeploymentConfig(_Strict):
     provider: str
     model: str = Field(min_length=1)
@@ -72,6 +79,8 @@ class DeploymentConfig(_Strict):
     # A self-hosted deployment's GPU, for GPU-aware routing.
     gpu_node: str = ""
     gpu_uuid: str = ""
+    # Prices for this deployment when they differ from the model's (cost strategy, usage).
+    pricing: PricingConfig | None = None
 
     def resolved_id(self, model: str) -> str:
         return self.id or deployment_id(model, self.provider, self.model)
@@ -85,13 +94,6 @@ def deployment_id(model: str, provider: str, upstream: str) -> str:
         # Sanitising or truncating could make two ids alike: add a digest of the original.
         safe = f"{safe[:110]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
     return safe
-
-
-class PricingConfig(_Strict):
-    input_per_1k: float = Field(default=0.0, ge=0)
-    output_per_1k: float = Field(default=0.0, ge=0)
-    cached_input_per_1k: float = Field(default=0.0, ge=0)
-    currency: str = "USD"
 
 
 class ModelConfig(_Strict):
@@ -115,6 +117,8 @@ class ModelConfig(_Strict):
     # Requests and tokens per minute for the model across all keys (all replicas with REDIS_URL).
     rpm: int | None = Field(default=None, ge=0)
     tpm: int | None = Field(default=None, ge=0)
+    # Spend limit across all keys, in the pricing currency; None means no budget.
+    budget: float | None = Field(default=None, ge=0)
 
 
 class KeyConfig(_Strict):

@@ -15,6 +15,7 @@ from switchboard_common.config import (
     DeploymentConfig,
     KeyConfig,
     ModelConfig,
+    PricingConfig,
     ProviderConfig,
     SwitchboardConfig,
 )
@@ -78,6 +79,7 @@ MODEL_FILE_FIELDS = (
     "strategy",
     "rpm",
     "tpm",
+    "budget",
 )
 DEPLOYMENT_FILE_FIELDS = (
     "provider",
@@ -89,6 +91,7 @@ DEPLOYMENT_FILE_FIELDS = (
     "enabled",
     "gpu_node",
     "gpu_uuid",
+    "pricing",
 )
 KEY_FILE_FIELDS = ("models", "rpm", "tpm", "budget")
 
@@ -107,6 +110,24 @@ def provider_message(p: ProviderConfig) -> pb.Provider:
     )
 
 
+def pricing_message(p: PricingConfig) -> pb.Pricing:
+    return pb.Pricing(
+        input_per_1k=p.input_per_1k,
+        output_per_1k=p.output_per_1k,
+        cached_input_per_1k=p.cached_input_per_1k,
+        currency=p.currency,
+    )
+
+
+def _pricing_dict(p: pb.Pricing) -> dict[str, Any]:
+    return {
+        "input_per_1k": p.input_per_1k,
+        "output_per_1k": p.output_per_1k,
+        "cached_input_per_1k": p.cached_input_per_1k,
+        "currency": p.currency or "USD",
+    }
+
+
 def model_message(m: ModelConfig) -> pb.Model:
     return pb.Model(
         name=m.name,
@@ -119,17 +140,13 @@ def model_message(m: ModelConfig) -> pb.Model:
         capabilities=m.capabilities,
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
-        pricing=pb.Pricing(
-            input_per_1k=m.pricing.input_per_1k,
-            output_per_1k=m.pricing.output_per_1k,
-            cached_input_per_1k=m.pricing.cached_input_per_1k,
-            currency=m.pricing.currency,
-        ),
+        pricing=pricing_message(m.pricing),
         online=m.online,
         fallbacks=m.fallbacks,
         strategy=STRATEGIES[m.strategy],
         rpm=m.rpm or 0,
         tpm=m.tpm or 0,
+        budget=m.budget or 0.0,
     )
 
 
@@ -146,6 +163,7 @@ def deployment_message(model: str, d: DeploymentConfig) -> pb.Deployment:
         enabled=d.enabled,
         gpu_node=d.gpu_node,
         gpu_uuid=d.gpu_uuid,
+        pricing=pricing_message(d.pricing) if d.pricing else None,
     )
 
 
@@ -191,17 +209,13 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                         "tpm": d.tpm or None,
                         "gpu_node": d.gpu_node,
                         "gpu_uuid": d.gpu_uuid,
+                        "pricing": _pricing_dict(d.pricing) if d.HasField("pricing") else None,
                     }
                     for d in m.deployments
                     if d.enabled
                 ],
                 "fallbacks": list(m.fallbacks),
-                "pricing": {
-                    "input_per_1k": m.pricing.input_per_1k,
-                    "output_per_1k": m.pricing.output_per_1k,
-                    "cached_input_per_1k": m.pricing.cached_input_per_1k,
-                    "currency": m.pricing.currency or "USD",
-                },
+                "pricing": _pricing_dict(m.pricing),
                 "online": m.online,
                 "description": m.description,
                 "display_name": m.display_name,
@@ -213,6 +227,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                 "capabilities": list(m.capabilities),
                 "rpm": m.rpm or None,
                 "tpm": m.tpm or None,
+                "budget": m.budget or None,
             }
             for m in snapshot.models
         ],

@@ -59,6 +59,15 @@ def _check_seconds(field: str, value: float, *, required: bool = False) -> None:
         raise invalid(field, "must be greater than 0")
 
 
+def _check_pricing(field: str, pricing: pb.Pricing) -> None:
+    for name in ("input_per_1k", "output_per_1k", "cached_input_per_1k"):
+        value = getattr(pricing, name)
+        if value < 0 or value != value:
+            raise invalid(f"{field}.{name}", "must be 0 or more")
+    if pricing.currency and not CURRENCY.match(pricing.currency):
+        raise invalid(f"{field}.currency", "must be an ISO 4217 code such as USD")
+
+
 def provider(p: pb.Provider) -> None:
     check_name("provider.name", p.name)
     if p.kind == pb.PROVIDER_KIND_UNSPECIFIED:
@@ -99,12 +108,9 @@ def model(m: pb.Model) -> None:
     _check_list("model.fallbacks", list(m.fallbacks), NAME)
     if m.name in m.fallbacks:
         raise invalid("model.fallbacks", "a model cannot fall back to itself")
-    for field in ("input_per_1k", "output_per_1k", "cached_input_per_1k"):
-        value = getattr(m.pricing, field)
-        if value < 0 or value != value:
-            raise invalid(f"model.pricing.{field}", "must be 0 or more")
-    if m.pricing.currency and not CURRENCY.match(m.pricing.currency):
-        raise invalid("model.pricing.currency", "must be an ISO 4217 code such as USD")
+    _check_pricing("model.pricing", m.pricing)
+    if m.budget < 0 or m.budget != m.budget:
+        raise invalid("model.budget", "must be 0 (none) or more")
     if m.deployments:
         raise invalid("model.deployments", "is output only: create deployments separately")
 
@@ -118,6 +124,8 @@ def deployment(d: pb.Deployment) -> None:
     _check_text("deployment.upstream_model", d.upstream_model)
     if d.weight > 1_000_000:
         raise invalid("deployment.weight", "at most 1000000")
+    if d.HasField("pricing"):
+        _check_pricing("deployment.pricing", d.pricing)
 
 
 def api_key(k: pb.ApiKey) -> None:

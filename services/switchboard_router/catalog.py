@@ -6,7 +6,6 @@ in a new one when the registry changes, and requests in flight keep theirs.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from switchboard.common.v1 import openai_pb2
@@ -32,15 +31,23 @@ class Candidate:
     def deployment_id(self) -> str:
         return self.deployment.resolved_id(self.model.name)
 
+    @property
+    def weight(self) -> int:
+        return self.deployment.weight
+
+    @property
+    def priority(self) -> int:
+        return self.deployment.priority
+
+    @property
+    def unit_cost(self) -> float:
+        """Price per 1K input plus 1K output tokens: what the cost strategy compares."""
+        pricing = self.deployment.pricing or self.model.pricing
+        return pricing.input_per_1k + pricing.output_per_1k
+
 
 class Catalog:
-    def __init__(
-        self,
-        config: SwitchboardConfig,
-        created: int,
-        rng: random.Random | None = None,
-        version: int = 0,
-    ):
+    def __init__(self, config: SwitchboardConfig, created: int, version: int = 0):
         self.config = config
         self.version = version
         self.created = created
@@ -50,7 +57,6 @@ class Catalog:
             for alias in model.aliases:
                 self._by_name[alias] = model
         self._providers = {p.name: p for p in config.providers}
-        self._rng = rng or random.Random()  # noqa: S311 - load balancing, not security
 
     def resolve(self, name: str, key: KeyConfig | None, kind: str | None = None) -> ModelConfig:
         model = self._by_name.get(name)
@@ -91,18 +97,17 @@ class Catalog:
             param="model",
         )
 
-    def plan(self, model: ModelConfig) -> list[Candidate]:
-        """Deployments of the model in weighted-random order, then those of each fallback."""
-        order: list[Candidate] = []
-        for m in [model, *(self._by_name[f] for f in model.fallbacks)]:
-            if not m.online:
-                continue
-            pool = [d for d in m.deployments if d.weight > 0]
-            while pool:
-                pick = self._rng.choices(pool, weights=[d.weight for d in pool])[0]
-                pool.remove(pick)
-                order.append(Candidate(m, pick, self._providers[pick.provider], self.version))
-        return order
+    def with_fallbacks(self, model: ModelConfig) -> list[ModelConfig]:
+        """The model, then its online fallbacks in order."""
+        chain = [model, *(self._by_name[f] for f in model.fallbacks if f in self._by_name)]
+        return [m for m in chain if m.online]
+
+    def candidates(self, model: ModelConfig) -> list[Candidate]:
+        return [
+            Candidate(model, d, self._providers[d.provider], self.version)
+            for d in model.deployments
+            if d.provider in self._providers
+        ]
 
     def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
         return [

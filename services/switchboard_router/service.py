@@ -10,14 +10,16 @@ a non-OK status for gRPC callers), never a silent truncation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
+import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.api import httpbody_pb2
@@ -38,6 +40,7 @@ from switchboard_common.server import CHANNEL_OPTIONS, Mounted
 from switchboard_common.settings import Settings
 from switchboard_router import render, vision
 from switchboard_router.auth import Authenticator
+from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.catalog import Candidate, Catalog
 from switchboard_router.limits import (
     Limiter,
@@ -46,6 +49,7 @@ from switchboard_router.limits import (
     Reservation,
     estimate_tokens,
 )
+from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing, breaker_config_from_env
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 
@@ -55,16 +59,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 VERSION = "0.1.0"
 MAX_CALL_S = 600.0
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = int(os.environ.get("SWITCHBOARD_MAX_ATTEMPTS") or 3)
+T = TypeVar("T")
 SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
-_RETRYABLE = frozenset(
-    {
-        R.ERROR_REASON_UPSTREAM_ERROR,
-        R.ERROR_REASON_UPSTREAM_RATE_LIMITED,
-        R.ERROR_REASON_SERVICE_UNAVAILABLE,
-    }
-)
 
 # The provider event that carries a whole answer, or a streamed chunk, per kind.
 _ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
@@ -98,6 +96,8 @@ class Admission:
     model: ModelConfig
     # The catalog it was admitted under; usage records carry its registry version.
     catalog: Catalog
+    # Tokens reserved against TPM limits: the estimated prompt plus max_tokens.
+    estimate: int = 0
     reservations: list[Reservation] = field(default_factory=list)
     tokens: int = 0
 
@@ -111,10 +111,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         limiter: Limiter,
     ):
         self.created = int(time.time())
+        self.routing = Routing(limiter, breaker_config_from_env())
         self.reconfigure(config, 0)
         self.provider = provider
         self.usage = usage
         self.limiter = limiter
+        self.max_attempts = MAX_ATTEMPTS
+        self._rng = random.Random()  # noqa: S311 - retry jitter
         self._background: set[asyncio.Task[None]] = set()
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._sequence = itertools.count(1)
@@ -124,6 +127,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         catalog = Catalog(config, created=self.created, version=version)
         auth = Authenticator(config)
         self.catalog, self.auth = catalog, auth
+        self.routing.forget(catalog)
 
     # -- admission ---------------------------------------------------------
 
@@ -140,8 +144,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 "usage accounting is unavailable; refusing requests that could not be counted",
             )
         validate(params)
-        admission = Admission(key, catalog.resolve(params.model, key, kind), catalog)
-        await self._reserve(admission, estimate_tokens(params))
+        admission = Admission(
+            key, catalog.resolve(params.model, key, kind), catalog, estimate_tokens(params)
+        )
+        await self._reserve(admission, admission.estimate)
         return admission
 
     async def _reserve(self, admission: Admission, tokens: int) -> None:
@@ -187,15 +193,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         admission: Admission,
         requested: str,
         build: BuildRequest,
+        stream: bool,
     ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
+        def run(
+            candidate: Candidate, attempt: int
+        ) -> AsyncGenerator[tuple[Candidate, provider_pb2.StreamGenerateResponse], None]:
+            return self._attempt(context, admission, requested, build, candidate, attempt)
+
         try:
-            async for item in self._attempts(context, admission, requested, build):
+            async for item in self._attempts(context, admission, requested, stream, run):
                 yield item
         finally:
             self._settle(admission)
 
-    def _plan(self, admission: Admission, requested: str) -> list[Candidate]:
-        plan = admission.catalog.plan(admission.model)
+    def _plan(self, admission: Admission, requested: str, stream: bool) -> list[Candidate]:
+        plan = self.routing.plan(admission.catalog, admission.model, stream)
         if not plan:
             raise SwitchboardError(
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
@@ -208,41 +220,107 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: Context,
         admission: Admission,
         requested: str,
-        build: BuildRequest,
-    ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
-        plan = self._plan(admission, requested)[:MAX_ATTEMPTS]
-        for attempt, candidate in enumerate(plan):
-            request = build(candidate, attempt)
-            call = self.provider.StreamGenerate(
-                request,
-                timeout=remaining(context, MAX_CALL_S),
-                metadata=((REQUEST_ID_KEY, request.request_id),),
-            )
-            started = accounted = False
-            try:
-                async for event in call:
-                    if event.HasField("usage"):
-                        self._account(event.usage, admission, requested, candidate)
-                        accounted = True
-                        continue
-                    started = True
-                    yield candidate, event
-                return
-            except grpc.aio.AioRpcError as exc:
-                err = from_rpc_error(exc, "provider")
-                last = attempt == len(plan) - 1
-                if started or last or err.reason not in _RETRYABLE:
-                    raise err from None
-                log.info(
-                    "retrying on the next deployment",
-                    extra=log_fields(
-                        attempt=attempt, deployment=candidate.deployment_id, reason=err.reason_name
-                    ),
+        stream: bool,
+        run: Callable[[Candidate, int], AsyncGenerator[tuple[Candidate, T], None]],
+    ) -> AsyncIterator[tuple[Candidate, T]]:
+        """Try the plan in order, each deployment its breaker and limits admit,
+        at most max_attempts in all. When a pass over the plan ends in an error
+        worth retrying, pass again after a jittered backoff that honours the
+        upstream's Retry-After, if the caller's deadline leaves room."""
+        plan = self._plan(admission, requested, stream)
+        tried = 0
+        last: SwitchboardError | None = None
+        refused: SwitchboardError | None = None
+        for round_ in itertools.count():
+            if round_:
+                if last is None or last.reason not in RETRY_AGAIN or tried >= self.max_attempts:
+                    break
+                delay = retry_delay(round_, retry_after_s=last.retry_after_s, rng=self._rng)
+                if not fits(delay, context.time_remaining()):
+                    break
+                await asyncio.sleep(delay)
+            tried_before = tried
+            for candidate in plan:
+                if tried >= self.max_attempts:
+                    break
+                refusal = await self.routing.acquire(
+                    candidate, admission.estimate, admission.reservations
                 )
-            finally:
-                if not accounted:
-                    self._account_lost(request, admission, requested, candidate)
-                call.cancel()
+                if refusal is not None:
+                    refused = refusal
+                    continue
+                attempt, tried = tried, tried + 1
+                started = False
+                try:
+                    async with contextlib.aclosing(run(candidate, attempt)) as events:
+                        async for item in events:
+                            started = True
+                            yield item
+                    return
+                except SwitchboardError as err:
+                    if started or err.reason not in FAILOVER:
+                        raise
+                    last = err
+                    log.info(
+                        "attempt failed; trying the next deployment",
+                        extra=log_fields(
+                            attempt=attempt,
+                            deployment=candidate.deployment_id,
+                            reason=err.reason_name,
+                        ),
+                    )
+            if tried == tried_before:
+                break
+        if last is not None:
+            raise last
+        if refused is not None and refused.reason != R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT:
+            raise refused
+        raise SwitchboardError(
+            R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+            f"The model '{requested}' has no healthy deployment right now: each one is "
+            "cooling down after repeated upstream failures. Retry shortly.",
+        )
+
+    async def _attempt(
+        self,
+        context: Context,
+        admission: Admission,
+        requested: str,
+        build: BuildRequest,
+        candidate: Candidate,
+        attempt: int,
+    ) -> AsyncGenerator[tuple[Candidate, provider_pb2.StreamGenerateResponse], None]:
+        """One upstream attempt; its usage record is accounted whatever happens."""
+        request = build(candidate, attempt)
+        started_at = self.routing.started(candidate)
+        first_byte_at: float | None = None
+        failure: SwitchboardError | None = SwitchboardError(
+            R.ERROR_REASON_CANCELLED, "the caller went away"
+        )
+        call = self.provider.StreamGenerate(
+            request,
+            timeout=remaining(context, MAX_CALL_S),
+            metadata=((REQUEST_ID_KEY, request.request_id),),
+        )
+        accounted = False
+        try:
+            async for event in call:
+                if event.HasField("usage"):
+                    self._account(event.usage, admission, requested, candidate)
+                    accounted = True
+                    continue
+                if first_byte_at is None:
+                    first_byte_at = time.monotonic()
+                yield candidate, event
+            failure = None
+        except grpc.aio.AioRpcError as exc:
+            failure = from_rpc_error(exc, "provider")
+            raise failure from None
+        finally:
+            self.routing.finished(candidate, started_at, first_byte_at, failure)
+            if not accounted:
+                self._account_lost(request, admission, requested, candidate)
+            call.cancel()
 
     def _account(
         self,
@@ -347,7 +425,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         answer: tuple[Candidate, Any] | None = None
         build = self._build(params.model, kind, params, stream=False)
         event_field = _ANSWER_FIELDS[kind]
-        async for candidate, event in self._generate(context, admission, params.model, build):
+        async for candidate, event in self._generate(
+            context, admission, params.model, build, False
+        ):
             if event.WhichOneof("event") == event_field:
                 result = getattr(event, event_field)
                 result.model = params.model
@@ -390,7 +470,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         include_usage = params.stream_options.include_usage
         build = self._build(params.model, kind, params, stream=True)
         event_field = _CHUNK_FIELDS[kind]
-        async for candidate, event in self._generate(context, admission, params.model, build):
+        events = self._generate(context, admission, params.model, build, True)
+        async for candidate, event in events:
             if event.WhichOneof("event") != event_field:
                 continue
             chunk = getattr(event, event_field)
@@ -467,25 +548,49 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.EmbeddingList:
         params = request.params
         admission = await self._admit(context, params, validate_embedding, "embedding")
-        candidate = self._plan(admission, params.model)[0]
         request_id = request_id_var.get() or uuid7()
-        try:
-            response = await self.provider.CreateEmbedding(
-                provider_pb2.CreateEmbeddingRequest(
-                    request_id=request_id,
-                    target=_target(candidate),
-                    params=params,
-                ),
-                timeout=remaining(context, MAX_CALL_S),
-                metadata=((REQUEST_ID_KEY, request_id),),
+
+        async def run(
+            candidate: Candidate, attempt: int
+        ) -> AsyncGenerator[tuple[Candidate, provider_pb2.CreateEmbeddingResponse], None]:
+            call = provider_pb2.CreateEmbeddingRequest(
+                request_id=request_id, attempt=attempt, target=_target(candidate), params=params
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "provider") from None
-        self._account(response.usage, admission, params.model, candidate)
-        self._settle(admission)
-        response.embeddings.model = params.model
-        await context.send_initial_metadata(_served(candidate))
-        return response.embeddings
+            started_at = self.routing.started(candidate)
+            failure: SwitchboardError | None = SwitchboardError(
+                R.ERROR_REASON_CANCELLED, "the caller went away"
+            )
+            try:
+                response = await self.provider.CreateEmbedding(
+                    call,
+                    timeout=remaining(context, MAX_CALL_S),
+                    metadata=((REQUEST_ID_KEY, request_id),),
+                )
+                failure = None
+            except grpc.aio.AioRpcError as exc:
+                failure = from_rpc_error(exc, "provider")
+                raise failure from None
+            finally:
+                self.routing.finished(candidate, started_at, None, failure)
+                if failure is not None:
+                    lost = provider_pb2.StreamGenerateRequest(
+                        request_id=request_id, attempt=attempt, target=call.target
+                    )
+                    self._account_lost(lost, admission, params.model, candidate)
+            self._account(response.usage, admission, params.model, candidate)
+            yield candidate, response
+
+        try:
+            async for candidate, response in self._attempts(
+                context, admission, params.model, False, run
+            ):
+                response.embeddings.model = params.model
+                await context.send_initial_metadata(_served(candidate))
+                context.set_trailing_metadata(_served(candidate))
+                return response.embeddings
+        finally:
+            self._settle(admission)
+        raise AssertionError("_attempts ends with an answer or an error")
 
     # -- models and health ---------------------------------------------------
 

@@ -34,8 +34,16 @@ class PriceBook:
     def __init__(self, config: SwitchboardConfig, version: int = 1) -> None:
         self.version = version
         self._pricing = {m.name: m.pricing for m in config.models}
+        # A deployment's own prices win over its model's.
+        self._deployments = {
+            d.resolved_id(m.name): d.pricing
+            for m in config.models
+            for d in m.deployments
+            if d.pricing
+        }
 
     def price(self, record: usage_pb2.UsageRecord) -> events_pb2.UsageEvent:
-        event = price(record, self._pricing.get(record.model))
+        pricing = self._deployments.get(record.deployment_id) or self._pricing.get(record.model)
+        event = price(record, pricing)
         event.pricing_version = self.version
         return event

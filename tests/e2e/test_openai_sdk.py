@@ -86,6 +86,8 @@ def stack(
         "E2E_GEMINI_KEY": GEMINI_KEY,
         # Secrets must stay out of logs even at DEBUG (test_no_secret_in_any_log).
         "SWITCHBOARD_LOG_LEVEL": "DEBUG",
+        # These tests fail the one loopback deployment on purpose, many times in a row.
+        "SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES": "1000",
     }
     with running_stack(config, tmp, env) as running:
         yield running

@@ -86,6 +86,8 @@ async def router(
     upstreams: Upstreams, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
     monkeypatch.setenv("LOOPBACK_OPENAI_KEY", OPENAI_KEY)
+    # Failure-mapping tests fail one deployment on purpose, many times in a row.
+    monkeypatch.setenv("SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES", "1000")
     monkeypatch.setenv("LOOPBACK_GEMINI_KEY", GEMINI_KEY)
     monkeypatch.setenv("LOOPBACK_GEMINI_WRONG_KEY", WRONG_KEY)
     monkeypatch.delenv("LOOPBACK_GEMINI_UNSET_KEY", raising=False)

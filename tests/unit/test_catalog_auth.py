@@ -14,6 +14,8 @@ from switchboard_common.credentials import MAX_KEY_LENGTH
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.auth import Authenticator
 from switchboard_router.catalog import Catalog
+from switchboard_router.limits import LocalLimiter
+from switchboard_router.routing import Routing
 
 SECRET_A = "sk-team-a-secret"
 SECRET_B = "sk-team-b-secret"
@@ -62,7 +64,11 @@ def _config(keys: list[dict[str, Any]] | None = None) -> SwitchboardConfig:
 
 
 def _catalog(seed: int = 0) -> Catalog:
-    return Catalog(_config(), created=1234, rng=random.Random(seed))
+    return Catalog(_config(), created=1234)
+
+
+def _planner(seed: int = 0) -> Routing:
+    return Routing(LocalLimiter(), rng=random.Random(seed))
 
 
 def _key(models: list[str] | None) -> KeyConfig:
@@ -125,9 +131,9 @@ def test_resolve_matching_kind() -> None:
 
 
 def test_plan_orders_deployments_then_fallbacks_and_skips_weight_zero() -> None:
-    catalog = _catalog()
+    catalog, planner = _catalog(), _planner()
     for _ in range(50):
-        ids = [c.deployment_id for c in catalog.plan(catalog.resolve("chat", None))]
+        ids = [c.deployment_id for c in planner.plan(catalog, catalog.resolve("chat", None), False)]
         assert sorted(ids[:2]) == ["chat.p1.big", "chat.p2.big"]
         # Offline fallback "gone" and weight-0 deployments are left out.
         assert ids[2:] == ["backup.mock.echo"]
@@ -135,7 +141,7 @@ def test_plan_orders_deployments_then_fallbacks_and_skips_weight_zero() -> None:
 
 def test_plan_candidates_carry_their_provider() -> None:
     catalog = _catalog()
-    plan = catalog.plan(catalog.resolve("backup", None))
+    plan = _planner().plan(catalog, catalog.resolve("backup", None), False)
     assert len(plan) == 1
     assert plan[0].provider.name == "mock"
     assert plan[0].model.name == "backup"
@@ -143,18 +149,18 @@ def test_plan_candidates_carry_their_provider() -> None:
 
 
 def test_plan_weighted_first_pick_matches_weights() -> None:
-    catalog = _catalog(seed=12345)
+    catalog, planner = _catalog(), _planner(seed=12345)
     chat = catalog.resolve("chat", None)
-    firsts = Counter(catalog.plan(chat)[0].provider.name for _ in range(4000))
+    firsts = Counter(planner.plan(catalog, chat, False)[0].provider.name for _ in range(4000))
     assert set(firsts) == {"p1", "p2"}
     assert 0.70 <= firsts["p1"] / 4000 <= 0.80
 
 
 def test_plan_is_reproducible_with_a_seeded_rng() -> None:
     def picks(seed: int) -> list[str]:
-        catalog = _catalog(seed)
+        catalog, planner = _catalog(), _planner(seed)
         chat = catalog.resolve("chat", None)
-        return [catalog.plan(chat)[0].deployment_id for _ in range(20)]
+        return [planner.plan(catalog, chat, False)[0].deployment_id for _ in range(20)]
 
     assert picks(7) == picks(7)
 

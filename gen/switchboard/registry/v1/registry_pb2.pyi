@@ -299,6 +299,7 @@ class Model(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -311,6 +312,8 @@ class Model(_message.Message):
     rpm: _builtins.int
     tpm: _builtins.int
     etag: _builtins.str
+    budget: _builtins.float
+    """Spend limit for the model across all keys, in its pricing currency; 0 means none."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -356,10 +359,11 @@ class Model(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        budget: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
@@ -383,6 +387,7 @@ class Deployment(_message.Message):
     GPU_NODE_FIELD_NUMBER: _builtins.int
     GPU_UUID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     model: _builtins.str
     provider: _builtins.str
@@ -397,6 +402,12 @@ class Deployment(_message.Message):
     """For self-hosted models: the GPU node and device that serve this deployment."""
     gpu_uuid: _builtins.str
     etag: _builtins.str
+    @_builtins.property
+    def pricing(self) -> Global___Pricing:
+        """This deployment's prices when they differ from the model's (the cost strategy
+        picks the cheapest; usage is priced with them). Unset: the model's pricing.
+        """
+
     def __init__(
         self,
         *,
@@ -412,10 +423,11 @@ class Deployment(_message.Message):
         gpu_node: _builtins.str = ...,
         gpu_uuid: _builtins.str = ...,
         etag: _builtins.str = ...,
+        pricing: Global___Pricing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "pricing", b"pricing", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

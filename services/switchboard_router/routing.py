@@ -1,0 +1,218 @@
+"""Per-process routing state: which deployment to try next, and what the
+router has learnt about each one (load, speed, circuit breaker).
+
+The plan is the model's deployments in its strategy's order, then each
+fallback model's. An attempt needs its deployment's breaker to admit it and its
+per-deployment limits to have room; a deployment that refuses is skipped, not
+waited for. What counts against a breaker is the deployment's own failure
+(5xx, timeout, 429, bad upstream credentials), never the caller's mistake."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+
+from switchboard_common.config import ModelConfig
+from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.logs import log_fields
+from switchboard_router.balancing import Balancer, DeploymentStats, Strategy
+from switchboard_router.breaker import BreakerBoard, BreakerConfig, State
+from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.limits import Limiter, Reservation
+
+log = logging.getLogger(__name__)
+
+# Errors that are the deployment's fault: they count against its breaker.
+FAULTS = frozenset(
+    {
+        R.ERROR_REASON_UPSTREAM_ERROR,
+        R.ERROR_REASON_UPSTREAM_TIMEOUT,
+        R.ERROR_REASON_UPSTREAM_RATE_LIMITED,
+        R.ERROR_REASON_UPSTREAM_AUTH,
+    }
+)
+# Errors after which another deployment may well succeed.
+FAILOVER = frozenset(
+    {
+        R.ERROR_REASON_UPSTREAM_ERROR,
+        R.ERROR_REASON_UPSTREAM_TIMEOUT,
+        R.ERROR_REASON_UPSTREAM_RATE_LIMITED,
+        R.ERROR_REASON_SERVICE_UNAVAILABLE,
+    }
+)
+# Errors worth trying the same deployments again for, after a backoff. A timeout
+# is not: it already spent its deployment's whole timeout.
+RETRY_AGAIN = frozenset(
+    {
+        R.ERROR_REASON_UPSTREAM_ERROR,
+        R.ERROR_REASON_UPSTREAM_RATE_LIMITED,
+        R.ERROR_REASON_SERVICE_UNAVAILABLE,
+    }
+)
+
+BREAKER_STATE = Gauge(
+    "switchboard_deployment_breaker_state",
+    "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open.",
+    ["deployment"],
+)
+BREAKER_TRANSITIONS = Counter(
+    "switchboard_deployment_breaker_transitions_total",
+    "Circuit breaker state changes per deployment.",
+    ["deployment", "to"],
+)
+OUTSTANDING = Gauge(
+    "switchboard_deployment_outstanding_requests",
+    "Attempts in flight per deployment.",
+    ["deployment"],
+)
+ATTEMPTS = Counter(
+    "switchboard_deployment_attempts_total",
+    "Upstream attempts per deployment and outcome.",
+    ["deployment", "outcome"],
+)
+_STATE_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+
+
+def breaker_config_from_env() -> BreakerConfig:
+    def number(name: str, default: float) -> float:
+        return float(os.environ.get(name) or default)
+
+    return BreakerConfig(
+        consecutive_failures=int(number("SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES", 5)),
+        error_rate=number("SWITCHBOARD_BREAKER_ERROR_RATE", 0.5),
+        min_requests=int(number("SWITCHBOARD_BREAKER_MIN_REQUESTS", 20)),
+        window_s=number("SWITCHBOARD_BREAKER_WINDOW_S", 30.0),
+        cooldown_s=number("SWITCHBOARD_BREAKER_COOLDOWN_S", 30.0),
+        half_open_probes=int(number("SWITCHBOARD_BREAKER_HALF_OPEN_PROBES", 1)),
+    )
+
+
+@dataclass(frozen=True)
+class DeploymentHealth:
+    deployment_id: str
+    state: State
+    outstanding: int
+    latency_s: float | None
+    ttft_s: float | None
+
+
+class Routing:
+    def __init__(
+        self,
+        limiter: Limiter,
+        breaker: BreakerConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limiter = limiter
+        self.stats = DeploymentStats()
+        self.balancer = Balancer(self.stats, rng)
+        self.breakers = BreakerBoard(
+            breaker or BreakerConfig(), clock, on_transition=self._transition
+        )
+        self._clock = clock
+
+    def plan(self, catalog: Catalog, model: ModelConfig, stream: bool) -> list[Candidate]:
+        """Every deployment to try, in order: the model's, then each fallback's."""
+        order: list[Candidate] = []
+        for m in catalog.with_fallbacks(model):
+            candidates = catalog.candidates(m)
+            order += self.balancer.order(m.name, Strategy(m.strategy), candidates, stream=stream)
+        return order
+
+    def reason(self) -> str:
+        return self.balancer.last_reason
+
+    async def acquire(
+        self, candidate: Candidate, tokens: int, reservations: list[Reservation]
+    ) -> SwitchboardError | None:
+        """Admit an attempt on `candidate`, or say why not (and take nothing)."""
+        deployment = candidate.deployment_id
+        if not self.breakers.allow(deployment):
+            return SwitchboardError(
+                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+                f"deployment {deployment!r} is cooling down after repeated failures",
+            )
+        taken: list[Reservation] = []
+        try:
+            for scope, limit, cost in (
+                (f"rpm:deployment {deployment}", candidate.deployment.rpm, 1),
+                (f"tpm:deployment {deployment}", candidate.deployment.tpm, tokens),
+            ):
+                if limit:
+                    taken.append(await self.limiter.acquire(scope, limit, cost))
+        except SwitchboardError as refused:
+            self.breakers.release(deployment)
+            for reservation in taken:
+                await self.limiter.settle(reservation, 0)
+            return refused
+        reservations += taken
+        return None
+
+    def started(self, candidate: Candidate) -> float:
+        self.stats.started(candidate.deployment_id)
+        OUTSTANDING.labels(candidate.deployment_id).inc()
+        return self._clock()
+
+    def finished(
+        self,
+        candidate: Candidate,
+        started_at: float,
+        first_byte_at: float | None,
+        error: SwitchboardError | None,
+    ) -> None:
+        deployment = candidate.deployment_id
+        now = self._clock()
+        self.stats.finished(
+            deployment,
+            latency_s=now - started_at,
+            ttft_s=None if first_byte_at is None else first_byte_at - started_at,
+            ok=error is None,
+        )
+        OUTSTANDING.labels(deployment).dec()
+        if error is None:
+            self.breakers.record(deployment, True)
+            outcome = "ok"
+        elif error.reason in FAULTS:
+            self.breakers.record(deployment, False)
+            outcome = "fault"
+        else:
+            # Cancelled by the caller, or the caller's mistake: no verdict on the deployment.
+            self.breakers.release(deployment)
+            outcome = "other"
+        ATTEMPTS.labels(deployment, outcome).inc()
+
+    def health(self, catalog: Catalog) -> list[DeploymentHealth]:
+        return [
+            DeploymentHealth(
+                deployment_id=c.deployment_id,
+                state=self.breakers.state(c.deployment_id),
+                outstanding=self.stats.outstanding(c.deployment_id),
+                latency_s=self.stats.latency_s(c.deployment_id),
+                ttft_s=self.stats.ttft_s(c.deployment_id),
+            )
+            for m in catalog.config.models
+            for c in catalog.candidates(m)
+        ]
+
+    def forget(self, catalog: Catalog) -> None:
+        """Drop state for deployments and models the registry no longer has."""
+        ids = [c.deployment_id for m in catalog.config.models for c in catalog.candidates(m)]
+        self.stats.forget(ids)
+        self.breakers.forget(ids)
+        self.balancer.forget(m.name for m in catalog.config.models)
+
+    def _transition(self, deployment: str, old: State, new: State) -> None:
+        BREAKER_STATE.labels(deployment).set(_STATE_VALUE[new])
+        BREAKER_TRANSITIONS.labels(deployment, new.value).inc()
+        log.warning(
+            "deployment circuit breaker changed state",
+            extra=log_fields(deployment=deployment, old=old.value, new=new.value),
+        )
