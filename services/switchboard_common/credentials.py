@@ -3,7 +3,10 @@ headers as metadata): `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
+
+from switchboard_common.errors import R, SwitchboardError
 
 MAX_KEY_LENGTH = 512
 
@@ -20,3 +23,22 @@ def presented_key(metadata: Iterable[tuple[str, str | bytes]]) -> str:
         elif name == "x-api-key":
             return value.strip()
     return ""
+
+
+def require_admin(metadata: Iterable[tuple[str, str | bytes]], admin_key: str | None) -> None:
+    """Let an admin call through only with SWITCHBOARD_ADMIN_KEY (constant-time)."""
+    if not admin_key:
+        raise SwitchboardError(
+            R.ERROR_REASON_PERMISSION_DENIED,
+            "the admin API is off: set SWITCHBOARD_ADMIN_KEY to enable it",
+        )
+    presented = presented_key(metadata)
+    if not presented:
+        raise SwitchboardError(
+            R.ERROR_REASON_MISSING_API_KEY,
+            "admin calls need 'Authorization: Bearer <SWITCHBOARD_ADMIN_KEY>'",
+        )
+    if not hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), admin_key.encode("utf-8", "surrogateescape")
+    ):
+        raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid admin key.")

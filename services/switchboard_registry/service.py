@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -16,8 +15,7 @@ import grpc
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard_common.config import load_config
-from switchboard_common.credentials import presented_key
-from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.credentials import require_admin
 from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
@@ -62,23 +60,11 @@ def page(
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, store: Store, admin_key: str | None) -> None:
         self.store = store
-        self._admin_key = admin_key.encode() if admin_key else None
+        self._admin_key = admin_key
         self.draining = asyncio.Event()
 
     def _admin(self, context: Context) -> None:
-        if self._admin_key is None:
-            raise SwitchboardError(
-                R.ERROR_REASON_PERMISSION_DENIED,
-                "the admin API is off: set SWITCHBOARD_ADMIN_KEY on the registry to enable it",
-            )
-        presented = presented_key(context.invocation_metadata() or ())
-        if not presented:
-            raise SwitchboardError(
-                R.ERROR_REASON_MISSING_API_KEY,
-                "admin calls need 'Authorization: Bearer <SWITCHBOARD_ADMIN_KEY>'",
-            )
-        if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._admin_key):
-            raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid admin key.")
+        require_admin(context.invocation_metadata() or (), self._admin_key)
 
     # -- providers -------------------------------------------------------------
 

@@ -26,6 +26,8 @@ class Candidate:
     provider: ProviderConfig
     # The registry version it was planned at.
     version: int = 0
+    # Set when this is a fallback model's deployment: the model that was asked for.
+    fallback_from: str = ""
 
     @property
     def deployment_id(self) -> str:
@@ -102,9 +104,9 @@ class Catalog:
         chain = [model, *(self._by_name[f] for f in model.fallbacks if f in self._by_name)]
         return [m for m in chain if m.online]
 
-    def candidates(self, model: ModelConfig) -> list[Candidate]:
+    def candidates(self, model: ModelConfig, fallback_from: str = "") -> list[Candidate]:
         return [
-            Candidate(model, d, self._providers[d.provider], self.version)
+            Candidate(model, d, self._providers[d.provider], self.version, fallback_from)
             for d in model.deployments
             if d.provider in self._providers
         ]

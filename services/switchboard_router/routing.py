@@ -95,7 +95,7 @@ def breaker_config_from_env() -> BreakerConfig:
 
 @dataclass(frozen=True)
 class DeploymentHealth:
-    deployment_id: str
+    candidate: Candidate
     state: State
     outstanding: int
     latency_s: float | None
@@ -123,7 +123,7 @@ class Routing:
         """Every deployment to try, in order: the model's, then each fallback's."""
         order: list[Candidate] = []
         for m in catalog.with_fallbacks(model):
-            candidates = catalog.candidates(m)
+            candidates = catalog.candidates(m, "" if m is model else model.name)
             order += self.balancer.order(m.name, Strategy(m.strategy), candidates, stream=stream)
         return order
 
@@ -192,7 +192,7 @@ class Routing:
     def health(self, catalog: Catalog) -> list[DeploymentHealth]:
         return [
             DeploymentHealth(
-                deployment_id=c.deployment_id,
+                candidate=c,
                 state=self.breakers.state(c.deployment_id),
                 outstanding=self.stats.outstanding(c.deployment_id),
                 latency_s=self.stats.latency_s(c.deployment_id),

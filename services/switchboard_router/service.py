@@ -29,6 +29,7 @@ from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
 from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
+from switchboard_common.credentials import require_admin
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.ids import uuid7
@@ -41,6 +42,8 @@ from switchboard_common.settings import Settings
 from switchboard_router import render, vision
 from switchboard_router.auth import Authenticator
 from switchboard_router.backoff import fits, retry_delay
+from switchboard_router.breaker import State
+from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Candidate, Catalog
 from switchboard_router.limits import (
     Limiter,
@@ -63,12 +66,21 @@ MAX_ATTEMPTS = int(os.environ.get("SWITCHBOARD_MAX_ATTEMPTS") or 3)
 T = TypeVar("T")
 SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
+# Present when a fallback model served the call: the model the caller asked for.
+FALLBACK_FROM_KEY = "x-switchboard-fallback-from"
 
 # The provider event that carries a whole answer, or a streamed chunk, per kind.
 _ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
 _CHUNK_FIELDS = {"chat": "chat_chunk", "completion": "completion"}
 
 BuildRequest = Callable[[Candidate, int], provider_pb2.StreamGenerateRequest]
+
+
+_BREAKER_STATES = {
+    State.CLOSED: router_pb2.DeploymentHealth.BREAKER_STATE_CLOSED,
+    State.HALF_OPEN: router_pb2.DeploymentHealth.BREAKER_STATE_HALF_OPEN,
+    State.OPEN: router_pb2.DeploymentHealth.BREAKER_STATE_OPEN,
+}
 
 
 def _target(candidate: Candidate) -> provider_pb2.Target:
@@ -81,10 +93,20 @@ def _target(candidate: Candidate) -> provider_pb2.Target:
 
 
 def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
-    return (
+    served: tuple[tuple[str, str], ...] = (
         (SERVED_MODEL_KEY, candidate.model.name),
         (SERVED_DEPLOYMENT_KEY, candidate.deployment_id),
     )
+    if candidate.fallback_from:
+        served += ((FALLBACK_FROM_KEY, candidate.fallback_from),)
+    return served
+
+
+async def _label(context: Context, candidate: Candidate) -> None:
+    """Say what served the call: as headers at the edge (initial metadata), and
+    as trailing metadata for gRPC callers that read trailers."""
+    await context.send_initial_metadata(_served(candidate))
+    context.set_trailing_metadata(_served(candidate))
 
 
 @dataclass
@@ -100,6 +122,8 @@ class Admission:
     estimate: int = 0
     reservations: list[Reservation] = field(default_factory=list)
     tokens: int = 0
+    # Worst-case cost held against the key's and model's budgets.
+    hold: Hold | None = None
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -109,13 +133,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         provider: provider_pb2_grpc.ProviderServiceAsyncStub,
         usage: UsageReporter,
         limiter: Limiter,
+        admin_key: str | None = None,
+        budgets: Budgets | None = None,
     ):
         self.created = int(time.time())
-        self.routing = Routing(limiter, breaker_config_from_env())
+        seed = os.environ.get("SWITCHBOARD_ROUTING_SEED")
+        # A fixed seed makes weighted choices reproducible (tests, benchmarks).
+        rng = random.Random(int(seed)) if seed else None  # noqa: S311 - not security
+        self.routing = Routing(limiter, breaker_config_from_env(), rng=rng)
         self.reconfigure(config, 0)
         self.provider = provider
         self.usage = usage
         self.limiter = limiter
+        self.admin_key = admin_key
+        self.budgets = budgets or Budgets(usage.stub)
         self.max_attempts = MAX_ATTEMPTS
         self._rng = random.Random()  # noqa: S311 - retry jitter
         self._background: set[asyncio.Task[None]] = set()
@@ -147,7 +178,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         admission = Admission(
             key, catalog.resolve(params.model, key, kind), catalog, estimate_tokens(params)
         )
-        await self._reserve(admission, admission.estimate)
+        admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
+        try:
+            await self._reserve(admission, admission.estimate)
+        except SwitchboardError:
+            self.budgets.release(admission.hold)
+            raise
         return admission
 
     async def _reserve(self, admission: Admission, tokens: int) -> None:
@@ -179,6 +215,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _settle(self, admission: Admission) -> None:
         """Replace token estimates with what the attempts used (in the background:
         the response must not wait on the limit store)."""
+        self.budgets.release(admission.hold)
         for reservation in admission.reservations:
             if reservation.scope.startswith("tpm:"):
                 task = asyncio.create_task(self.limiter.settle(reservation, admission.tokens))
@@ -402,7 +439,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         params = request.params
         admission = await self._admit(context, params, validate_chat, "chat")
         served, answer = await self._complete_chat(context, admission, params)
-        await context.send_initial_metadata(_served(served))
+        await _label(context, served)
         return answer
 
     async def _complete_chat(
@@ -455,7 +492,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         served, answer = await self._complete_chat(context, admission, params)
         content = answer.choices[0].message.content if answer.choices else ""
         objects = vision.objects_from(content)
-        await context.send_initial_metadata(_served(served))
+        await _label(context, served)
         return router_pb2.CreateVisionCompletionResponse(
             recognition_id=uuid7(), objects=objects, model=name
         )
@@ -485,7 +522,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         started = False
         async for candidate, chunk in self._chunks(params, context, kind):
             if not started:
-                await context.send_initial_metadata(_served(candidate))
+                await _label(context, candidate)
                 started = True
             chunk.model = params.model
             if not include_usage:
@@ -525,7 +562,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         params = request.params
         admission = await self._admit(context, params, validate_completion, "chat")
         served, answer = await self._complete(context, admission, params, "completion")
-        await context.send_initial_metadata(_served(served))
+        await _label(context, served)
         assert isinstance(answer, openai_pb2.Completion)
         return answer
 
@@ -585,8 +622,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 context, admission, params.model, False, run
             ):
                 response.embeddings.model = params.model
-                await context.send_initial_metadata(_served(candidate))
-                context.set_trailing_metadata(_served(candidate))
+                await _label(context, candidate)
                 return response.embeddings
         finally:
             self._settle(admission)
@@ -612,6 +648,28 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.GetHealthResponse:
         return router_pb2.GetHealthResponse(status="ok", version=VERSION)
 
+    async def GetRoutingHealth(
+        self, request: router_pb2.GetRoutingHealthRequest, context: Context
+    ) -> router_pb2.GetRoutingHealthResponse:
+        require_admin(context.invocation_metadata() or (), self.admin_key)
+        catalog = self.catalog
+        response = router_pb2.GetRoutingHealthResponse(
+            instance=self.instance, config_version=catalog.version
+        )
+        for health in self.routing.health(catalog):
+            entry = response.deployments.add(
+                deployment_id=health.candidate.deployment_id,
+                model=health.candidate.model.name,
+                provider=health.candidate.provider.name,
+                breaker=_BREAKER_STATES[health.state],
+                outstanding=health.outstanding,
+            )
+            if health.latency_s is not None:
+                entry.latency_ms = health.latency_s * 1000
+            if health.ttft_s is not None:
+                entry.ttft_ms = health.ttft_s * 1000
+        return response
+
 
 async def _sse(
     chunks: AsyncIterator[tuple[Candidate, dict[str, Any]]], context: Context
@@ -623,7 +681,7 @@ async def _sse(
     try:
         async for candidate, payload in chunks:
             if not started:
-                await context.send_initial_metadata(_served(candidate))
+                await _label(context, candidate)
                 started = True
             yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.sse(payload))
     except SwitchboardError as err:
@@ -657,6 +715,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         provider_pb2_grpc.ProviderServiceStub(channel),
         reporter,
         limiter,
+        settings.admin_key,
     )
     unfollow = await follow_registry(
         settings,
@@ -667,6 +726,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
 
     async def close() -> None:
         await unfollow()
+        await servicer.budgets.close()
         await reporter.close(flush_s=5.0)
         await servicer.settled()
         await limiter.close()

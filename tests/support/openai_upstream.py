@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from aiohttp import web
@@ -107,6 +107,8 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any | None
     body: bytes = b""
+    # time.monotonic() on arrival, to check the spacing of retries.
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from switchboard.common.v1 import openai_pb2 as _openai_pb2
 import builtins as _builtins
 import sys
@@ -419,3 +420,107 @@ class GetHealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetHealthResponse: _TypeAlias = GetHealthResponse  # noqa: Y015
+
+@_typing.final
+class GetRoutingHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingHealthRequest: _TypeAlias = GetRoutingHealthRequest  # noqa: Y015
+
+@_typing.final
+class GetRoutingHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """The router replica that answered."""
+    config_version: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentHealth]: ...
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        config_version: _builtins.int = ...,
+        deployments: _abc.Iterable[Global___DeploymentHealth] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_version", b"config_version", "deployments", b"deployments", "instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingHealthResponse: _TypeAlias = GetRoutingHealthResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _BreakerState:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _BreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[DeploymentHealth._BreakerState.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        BREAKER_STATE_UNSPECIFIED: DeploymentHealth._BreakerState.ValueType  # 0
+        BREAKER_STATE_CLOSED: DeploymentHealth._BreakerState.ValueType  # 1
+        BREAKER_STATE_HALF_OPEN: DeploymentHealth._BreakerState.ValueType  # 2
+        BREAKER_STATE_OPEN: DeploymentHealth._BreakerState.ValueType  # 3
+
+    class BreakerState(_BreakerState, metaclass=_BreakerStateEnumTypeWrapper): ...
+    BREAKER_STATE_UNSPECIFIED: DeploymentHealth.BreakerState.ValueType  # 0
+    BREAKER_STATE_CLOSED: DeploymentHealth.BreakerState.ValueType  # 1
+    BREAKER_STATE_HALF_OPEN: DeploymentHealth.BreakerState.ValueType  # 2
+    BREAKER_STATE_OPEN: DeploymentHealth.BreakerState.ValueType  # 3
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    TTFT_MS_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    model: _builtins.str
+    provider: _builtins.str
+    breaker: Global___DeploymentHealth.BreakerState.ValueType
+    outstanding: _builtins.int
+    latency_ms: _builtins.float
+    """EWMAs of what this replica observed; absent until a request finished."""
+    ttft_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        breaker: Global___DeploymentHealth.BreakerState.ValueType = ...,
+        outstanding: _builtins.int = ...,
+        latency_ms: _builtins.float | None = ...,
+        ttft_ms: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency_ms", b"_latency_ms", "_ttft_ms", b"_ttft_ms", "latency_ms", b"latency_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency_ms", b"_latency_ms", "_ttft_ms", b"_ttft_ms", "breaker", b"breaker", "deployment_id", b"deployment_id", "latency_ms", b"latency_ms", "model", b"model", "outstanding", b"outstanding", "provider", b"provider", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__latency_ms: _TypeAlias = _typing.Literal["latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__latency_ms: _TypeAlias = _typing.Literal["_latency_ms", b"_latency_ms"]  # noqa: Y015
+    _WhichOneofReturnType__ttft_ms: _TypeAlias = _typing.Literal["ttft_ms"]  # noqa: Y015
+    _WhichOneofArgType__ttft_ms: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_ms) -> _WhichOneofReturnType__latency_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttft_ms) -> _WhichOneofReturnType__ttft_ms | None: ...
+
+Global___DeploymentHealth: _TypeAlias = DeploymentHealth  # noqa: Y015

@@ -91,6 +91,11 @@ class RouterServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetHealthRequest.SerializeToString,
                 response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetHealthResponse.FromString,
                 _registered_method=True)
+        self.GetRoutingHealth = channel.unary_unary(
+                '/switchboard.router.v1.RouterService/GetRoutingHealth',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetRoutingHealthRequest.SerializeToString,
+                response_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetRoutingHealthResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -181,6 +186,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoutingHealth(self, request, context):
+        """What this router replica knows about each deployment: circuit breaker state,
+        requests in flight, latency. Admin only (SWITCHBOARD_ADMIN_KEY). Each
+        replica answers for itself: breakers are per process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +252,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetHealthRequest.FromString,
                     response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetHealthResponse.SerializeToString,
+            ),
+            'GetRoutingHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutingHealth,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetRoutingHealthRequest.FromString,
+                    response_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.GetRoutingHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +556,33 @@ class RouterService:
             '/switchboard.router.v1.RouterService/GetHealth',
             switchboard_dot_router_dot_v1_dot_router__pb2.GetHealthRequest.SerializeToString,
             switchboard_dot_router_dot_v1_dot_router__pb2.GetHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutingHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/GetRoutingHealth',
+            switchboard_dot_router_dot_v1_dot_router__pb2.GetRoutingHealthRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_router__pb2.GetRoutingHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

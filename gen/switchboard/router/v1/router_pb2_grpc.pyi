@@ -82,6 +82,11 @@ class RouterServiceStub:
     """Liveness of the router and readiness of what it depends on, for people
     and load balancers. Orchestrators use grpc.health.v1 instead.
     """
+    GetRoutingHealth: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetRoutingHealthRequest, _router_pb2.GetRoutingHealthResponse]
+    """What this router replica knows about each deployment: circuit breaker state,
+    requests in flight, latency. Admin only (SWITCHBOARD_ADMIN_KEY). Each
+    replica answers for itself: breakers are per process.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -120,6 +125,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     GetHealth: _aio.UnaryUnaryMultiCallable[_router_pb2.GetHealthRequest, _router_pb2.GetHealthResponse]  # type: ignore[assignment]
     """Liveness of the router and readiness of what it depends on, for people
     and load balancers. Orchestrators use grpc.health.v1 instead.
+    """
+    GetRoutingHealth: _aio.UnaryUnaryMultiCallable[_router_pb2.GetRoutingHealthRequest, _router_pb2.GetRoutingHealthResponse]  # type: ignore[assignment]
+    """What this router replica knows about each deployment: circuit breaker state,
+    requests in flight, latency. Admin only (SWITCHBOARD_ADMIN_KEY). Each
+    replica answers for itself: breakers are per process.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,6 +232,17 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_router_pb2.GetHealthResponse, _abc.Awaitable[_router_pb2.GetHealthResponse]]:
         """Liveness of the router and readiness of what it depends on, for people
         and load balancers. Orchestrators use grpc.health.v1 instead.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRoutingHealth(
+        self,
+        request: _router_pb2.GetRoutingHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.GetRoutingHealthResponse, _abc.Awaitable[_router_pb2.GetRoutingHealthResponse]]:
+        """What this router replica knows about each deployment: circuit breaker state,
+        requests in flight, latency. Admin only (SWITCHBOARD_ADMIN_KEY). Each
+        replica answers for itself: breakers are per process.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
