@@ -37,6 +37,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LITELLM = REPO / ".venv-bench" / "bin" / "litellm"
 P99_LIMIT_MS = 50.0
+REDIS_URL = os.environ.get("SWITCHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHUNKS = 64
 CHUNK_MS = 2
 
@@ -69,6 +70,8 @@ class System:
     url: str = ""
     grpc: str = ""
     pids: dict[str, int] = field(default_factory=dict)
+    # The model the bodies ask for on this system.
+    model: str = "bench"
 
 
 def _proc_cpu_ticks(pid: int) -> int:
@@ -106,6 +109,12 @@ def _bodies(tmp: Path) -> dict[str, Path]:
 def load(system: System, body: Path, **opts: Any) -> dict[str, Any]:
     """One load run with the right client; returns loadgen's JSON summary."""
     stream = "stream" in body.name
+    if system.model != "bench":
+        retargeted = body.with_name(f"{body.stem}-{system.model}.json")
+        if not retargeted.exists():
+            spec = {**json.loads(body.read_text()), "model": system.model}
+            retargeted.write_text(json.dumps(spec))
+        body = retargeted
     if system.grpc:
         cmd = [sys.executable, str(BENCH / "grpc_load.py"), "--address", system.grpc]
     else:
@@ -143,13 +152,34 @@ def mock_upstream() -> Iterator[tuple[str, int]]:
         proc.wait(10)
 
 
+# Limits high enough never to refuse, so what is measured is their cost: with
+# REDIS_URL each call runs the sliding-window script for the model's and the
+# chosen deployment's RPM and TPM, and settles TPM afterwards.
+NEVER = {"rpm": 10_000_000, "tpm": 4_000_000_000}
+
+
 @contextlib.contextmanager
-def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System]]:
+def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System, System]]:
     config = {
-        "providers": [{"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60}],
-        "models": [{"name": "bench", "deployments": [{"provider": "mock", "model": "bench"}]}],
+        "providers": [
+            {"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60},
+            {"name": "mock-b", "kind": "openai", "base_url": upstream, "timeout_s": 60},
+        ],
+        "models": [
+            {"name": "bench", "deployments": [{"provider": "mock", "model": "bench"}]},
+            {
+                "name": "bench-routed",
+                "strategy": "least_latency",
+                **NEVER,
+                "deployments": [
+                    {"provider": "mock", "model": "bench", **NEVER},
+                    {"provider": "mock-b", "model": "bench", **NEVER},
+                ],
+            },
+        ],
     }
-    with running_stack(config, tmp / "switchboard", {"SWITCHBOARD_LOG_LEVEL": "INFO"}) as stack:
+    env = {"SWITCHBOARD_LOG_LEVEL": "INFO", "REDIS_URL": REDIS_URL}
+    with running_stack(config, tmp / "switchboard", env) as stack:
         pids = stack.pids()
         edge = System(
             "switchboard-edge",
@@ -163,7 +193,8 @@ def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System]]:
             grpc=stack.router_address,
             pids={n: pids[n] for n in ("router", "provider")},
         )
-        yield edge, direct_grpc
+        routed = dataclasses.replace(edge, name="switchboard-edge-routed", model="bench-routed")
+        yield edge, direct_grpc, routed
 
 
 @contextlib.contextmanager
@@ -240,6 +271,7 @@ def c1_latency(systems: list[System], body: Path, p: Profile) -> dict[str, dict[
             r = load(system, body, mode="closed", concurrency=1, requests=p.c1_requests)
             per_round[system.name].append((r["latency_ms"]["p50"], r["latency_ms"]["p99"]))
     direct = per_round["direct"]
+    skeleton = per_round.get("switchboard-edge")
     out = {}
     for name, rounds in per_round.items():
         pairs = list(zip(rounds, direct, strict=True))
@@ -251,6 +283,12 @@ def c1_latency(systems: list[System], body: Path, p: Profile) -> dict[str, dict[
             "rounds": p.rounds,
             "requests_per_round": p.c1_requests,
         }
+        if skeleton is not None and name.startswith("switchboard-edge-"):
+            # Against the plain edge path in the same rounds: what routing, Redis
+            # limits and breakers add on top of it.
+            same = list(zip(rounds, skeleton, strict=True))
+            out[name]["over_edge_p50_ms"] = statistics.median(r[0] - e[0] for r, e in same)
+            out[name]["over_edge_p99_ms"] = statistics.median(r[1] - e[1] for r, e in same)
     return out
 
 
@@ -450,6 +488,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             rss_idle or NONE,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    for s in systems:
+        c1 = by.get((s, "c1"), {})
+        if "over_edge_p50_ms" in c1:
+            lines.append(
+                f"\n{s} (least-latency over two deployments, model and deployment RPM/TPM in "
+                f"Redis, breakers on) over the plain edge path, same rounds: p50 "
+                f"{f(c1['over_edge_p50_ms'])} ms, p99 {f(c1['over_edge_p99_ms'])} ms"
+            )
     return "\n".join(lines)
 
 
@@ -543,6 +589,10 @@ def main() -> int:
             row(name, "large_prompt", **result)
         direct_ttft = None
         for system in systems:
+            if system.model != "bench":
+                # The routed variant shares the edge's processes: its c1 rows
+                # above are what it is for.
+                continue
             levels, cpu = sweep(system, bodies["small"], profile)
             row(system.name, "sweep", levels=levels)
             if system.name != "direct":

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+# Limits and sizes travel as uint32 in the registry's messages.
+UINT32_MAX = 2**32 - 1
 ProviderKind = Literal["openai", "gemini", "mock"]
 Strategy = Literal[
     "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
@@ -73,8 +75,8 @@ class DeploymentConfig(_Strict):
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
     weight: int = Field(default=1, ge=0)
     priority: int = 0
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+    tpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
     enabled: bool = True
     # A self-hosted deployment's GPU, for GPU-aware routing.
     gpu_node: str = ""
@@ -115,8 +117,8 @@ class ModelConfig(_Strict):
     # e.g. vision (accepts images; the vision route's default is the first such model).
     capabilities: list[str] = Field(default_factory=list)
     # Requests and tokens per minute for the model across all keys (all replicas with REDIS_URL).
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+    tpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
     # Spend limit across all keys, in the pricing currency; None means no budget.
     budget: float | None = Field(default=None, ge=0)
 
@@ -127,8 +129,8 @@ class KeyConfig(_Strict):
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # None means every model.
     models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+    tpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
     # Spend limit in the models' pricing currency; None means no budget.
     budget: float | None = Field(default=None, ge=0)
 
