@@ -18,9 +18,9 @@ from prometheus_client import Counter, Gauge
 
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard.registry.v1 import registry_pb2_grpc
+from switchboard_common.channels import channel as service_channel
 from switchboard_common.logs import log_fields
 from switchboard_common.registry_snapshot import apply_change
-from switchboard_common.server import CHANNEL_OPTIONS
 from switchboard_common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ async def follow_registry(
     was applied (start fails with a clear error if the registry stays away for
     SWITCHBOARD_REGISTRY_WAIT_S), and hands back the closer for shutdown."""
     wait_s = float(os.environ.get("SWITCHBOARD_REGISTRY_WAIT_S") or 30)
-    channel = grpc.aio.insecure_channel(settings.address("registry"), options=CHANNEL_OPTIONS)
+    channel = service_channel(settings.address("registry"), settings.tls)
     follower = RegistryFollower(registry_pb2_grpc.RegistryServiceStub(channel), on_update)
     follower.start()
 

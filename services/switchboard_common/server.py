@@ -74,7 +74,11 @@ async def serve(
         reflection.enable_server_reflection(names, server)
 
         address = f"{settings.host}:{settings.ports[name]}"
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, settings.tls.server_credentials())
+            if settings.tls
+            else server.add_insecure_port(address)
+        )
         if port == 0:
             raise RuntimeError(f"{name}: cannot listen on {address}")
         metrics_port = settings.metrics_port(name)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from switchboard_common.tls import TlsFiles
+
 SERVICE_PORTS = {
     "router": 50051,
     "registry": 50052,
@@ -44,6 +46,8 @@ class Settings:
     # Seconds between NOT_SERVING and refusing new calls, for balancers to notice.
     drain_delay_s: float = 0.0
     metrics_host: str = "127.0.0.1"
+    # Mutual TLS between services; None means plaintext.
+    tls: TlsFiles | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,6 +74,7 @@ class Settings:
             log_level=(os.environ.get("SWITCHBOARD_LOG_LEVEL") or "INFO").upper(),
             drain_delay_s=float(os.environ.get("SWITCHBOARD_DRAIN_DELAY_S") or 0),
             metrics_host=os.environ.get("SWITCHBOARD_METRICS_HOST") or "127.0.0.1",
+            tls=TlsFiles.from_env(),
         )
 
     def registry_url(self) -> str:

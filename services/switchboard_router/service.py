@@ -28,6 +28,7 @@ from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
+from switchboard_common.channels import channel as service_channel
 from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
 from switchboard_common.credentials import require_admin
 from switchboard_common.deadlines import remaining
@@ -37,7 +38,7 @@ from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
-from switchboard_common.server import CHANNEL_OPTIONS, Mounted
+from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_router import render, vision
 from switchboard_router.auth import Authenticator
@@ -694,8 +695,8 @@ async def _sse(
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    channel = grpc.aio.insecure_channel(settings.address("provider"), options=CHANNEL_OPTIONS)
-    usage_channel = grpc.aio.insecure_channel(settings.address("usage"), options=CHANNEL_OPTIONS)
+    channel = service_channel(settings.address("provider"), settings.tls)
+    usage_channel = service_channel(settings.address("usage"), settings.tls)
     reporter = UsageReporter(
         usage_pb2_grpc.UsageServiceStub(usage_channel),
         max_pending=int(os.environ.get("SWITCHBOARD_USAGE_BUFFER") or 100_000),

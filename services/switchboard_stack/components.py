@@ -13,7 +13,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from switchboard_common.channels import channel
 from switchboard_common.settings import Settings
+from switchboard_common.tls import TlsFiles
 from switchboard_stack import envoy
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -47,11 +49,11 @@ async def _tcp_open(host: str, port: int) -> bool:
     return True
 
 
-def grpc_ready(address: str) -> Callable[[], Awaitable[bool]]:
+def grpc_ready(address: str, tls: TlsFiles | None = None) -> Callable[[], Awaitable[bool]]:
     async def probe() -> bool:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with channel(address, tls) as ch:
             try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                reply = await health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(), timeout=1.0
                 )
             except grpc.aio.AioRpcError:
@@ -114,7 +116,7 @@ def plan(settings: Settings) -> list[Component]:
             Component(
                 name,
                 [sys.executable, "-m", f"switchboard_{name}"],
-                grpc_ready(settings.address(name)),
+                grpc_ready(settings.address(name), settings.tls),
                 stage=2 if name == "router" else 1,
             )
         )

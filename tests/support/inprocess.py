@@ -14,6 +14,7 @@ import yaml
 
 from switchboard_common.server import Setup, serve
 from switchboard_common.settings import Settings
+from switchboard_common.tls import TlsFiles
 from switchboard_stack.components import grpc_ready
 from switchboard_stack.harness import free_port
 
@@ -61,7 +62,7 @@ async def services(
             stop = asyncio.Event()
             task = asyncio.create_task(serve(name, _setup(name), settings, grace_s=1, stop=stop))
             running.append((stop, task))
-            await wait_serving(settings.address(name), task)
+            await wait_serving(settings.address(name), task, settings.tls)
         yield settings
     finally:
         for stop, task in reversed(running):
@@ -69,9 +70,9 @@ async def services(
             await asyncio.wait_for(task, 10)
 
 
-async def wait_serving(address: str, task: asyncio.Task[None]) -> None:
+async def wait_serving(address: str, task: asyncio.Task[None], tls: TlsFiles | None = None) -> None:
     """Until the gRPC health check at `address` says SERVING, or `task` died."""
-    probe = grpc_ready(address)
+    probe = grpc_ready(address, tls)
     async with asyncio.timeout(10):
         while not await probe():
             if task.done():
