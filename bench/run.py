@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LITELLM = REPO / ".venv-bench" / "bin" / "litellm"
 P99_LIMIT_MS = 50.0
+SOAK_FRACTION = 0.7
+SOAK_RSS_GROWTH_LIMIT = 0.10
 REDIS_URL = os.environ.get("SWITCHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHUNKS = 64
 CHUNK_MS = 2
@@ -58,9 +61,11 @@ class Profile:
 
     sink_events: int
     lag_probes: int
+    # The soak: this long at SOAK_FRACTION of the edge's frontier (0: no soak).
+    soak_s: float = 0.0
 
 
-FULL = Profile(5, 200, (1, 4, 16, 64), 5.0, 50, 12800, 4.0, 3, 20, 100, 200, 200_000, 20)
+FULL = Profile(5, 200, (1, 4, 16, 64), 5.0, 50, 12800, 4.0, 3, 20, 100, 200, 200_000, 20, 600.0)
 QUICK = Profile(2, 40, (1, 16), 1.5, 50, 1600, 1.5, 1, 4, 10, 40, 20_000, 3)
 
 
@@ -354,6 +359,46 @@ def frontier(system: System, body: Path, p: Profile) -> dict[str, Any]:
     return {"frontier_rps": good, "capped": not bad, "steps": steps}
 
 
+def soak(system: System, body: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop load at `rate` for `seconds`: errors must stay at zero and each
+    process's RSS flat (growth under 10% from after a warm-up to the end)."""
+    load(system, body, mode="open", rate=rate, duration=30, max_in_flight=512)
+    start = {n: _rss_mb(pid) for n, pid in system.pids.items()}
+    samples: list[dict[str, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(15):
+            samples.append({n: _rss_mb(pid) for n, pid in system.pids.items()})
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        r = load(system, body, mode="open", rate=rate, duration=seconds, max_in_flight=512)
+    finally:
+        done.set()
+        sampler.join()
+    end = {n: _rss_mb(pid) for n, pid in system.pids.items()}
+    growth = {n: (end[n] - start[n]) / start[n] if start[n] else 0.0 for n in start}
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "requests": r["requests"],
+        "errors": r["errors"],
+        "rps": r["rps"],
+        "latency_ms": r["latency_ms"],
+        "rss_start_mb": start,
+        "rss_end_mb": end,
+        "rss_growth": growth,
+        "rss_samples_mb": samples,
+        # The local broker keeps every message in memory (Tansu's memory:// engine is
+        # the only one compiled in), so its growth is retained data, not a leak:
+        # reported, not judged.
+        "passed": r["errors"] == 0
+        and max(g for n, g in growth.items() if n != "broker") < SOAK_RSS_GROWTH_LIMIT,
+    }
+
+
 def sink_throughput(p: Profile) -> dict[str, Any]:
     """The usage sink draining a pre-filled topic into a fresh embedded ClickHouse."""
     out = subprocess.run(
@@ -543,8 +588,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run in under 2 minutes")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
     parser.add_argument("--out", type=Path, default=BENCH)
+    parser.add_argument(
+        "--soak-s", type=float, default=None, help="soak duration (full run: 600; 0 skips it)"
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
+    if args.soak_s is not None:
+        profile = dataclasses.replace(profile, soak_s=args.soak_s)
     use_litellm = not args.no_litellm
     if use_litellm and not LITELLM.exists():
         print(
@@ -619,6 +669,15 @@ def main() -> int:
         for system in systems:
             if system.name == "switchboard-edge":
                 row(system.name, "usage_lag", **usage_lag(system, bodies["small"], profile))
+                edge_frontier = next(
+                    r["frontier_rps"]
+                    for r in rows
+                    if r["system"] == system.name and r["scenario"] == "frontier"
+                )
+                if profile.soak_s > 0 and edge_frontier:
+                    rate = round(SOAK_FRACTION * edge_frontier)
+                    print(f"[bench] soak: {profile.soak_s:.0f}s at {rate} RPS", file=sys.stderr)
+                    row(system.name, "soak", **soak(system, bodies["small"], rate, profile.soak_s))
     row("switchboard-usage-sink", "sink", **sink_throughput(profile))
     print("[bench] usage lag and sink throughput done", file=sys.stderr)
 
@@ -629,6 +688,15 @@ def main() -> int:
         if r["scenario"] == "usage_lag":
             p50, p99 = r["p50_s"], r["p99_s"]
             table += f"\n\nusage lag (response → counted): p50 {p50:.2f} s, p99 {p99:.2f} s"
+        if r["scenario"] == "soak":
+            worst = max(
+                ((n, g) for n, g in r["rss_growth"].items() if n != "broker"), key=lambda kv: kv[1]
+            )
+            table += (
+                f"\nsoak: {r['seconds']:.0f} s at {r['rate']} RPS, {r['requests']} requests, "
+                f"{r['errors']} errors, largest RSS growth {worst[0]} {worst[1]:+.1%} "
+                f"({'pass' if r['passed'] else 'FAIL'})"
+            )
         if r["scenario"] == "sink":
             rate, events = r["events_per_second"], r["events"]
             table += f"\nsink throughput: {rate:,.0f} events/s ({events:,} events)"
