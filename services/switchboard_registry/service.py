@@ -52,9 +52,10 @@ def page(
             raise invalid("page_token", "is not a token from a previous page") from None
     rest = [item for item in items if key(item) > after] if after else list(items)
     chunk = rest[:size]
-    more = len(rest) > size
+    if len(rest) <= size:
+        return chunk, "", len(items)
     next_token = base64.urlsafe_b64encode(key(chunk[-1]).encode()).decode().rstrip("=")
-    return chunk, next_token if more else "", len(items)
+    return chunk, next_token, len(items)
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):

@@ -300,6 +300,7 @@ async def test_paging_and_filters(stub: registry_pb2_grpc.RegistryServiceAsyncSt
     assert await listed(tag="even") == ["m0", "m2", "m4", "m6"]
     assert await listed(kind=pb.MODEL_KIND_EMBEDDING) == ["m6"]
     assert await listed(provider="mock") == ["base-chat"]
+    assert await listed(tag="no-such-tag") == []
     bad = await _error(stub.ListModels(pb.ListModelsRequest(page_token="%%%"), metadata=ADMIN))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
 

@@ -1,0 +1,1 @@
+"""One module per command group; each handler is `(args, ctx) -> exit code`."""
