@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/gen
 PROTO_FILES := $(shell find protos/switchboard -name '*.proto' | sort)
 RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
 
-.PHONY: help install bench bench-quick run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
+.PHONY: help install browser bench bench-quick run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
 
 help:
 	@echo "make run        install what is missing, then run the whole local stack in the foreground"
@@ -41,6 +41,18 @@ $(BIN)/.k8s-tools: k8s/requirements-tools.txt $(BIN)/.installed
 	@touch $@
 
 install: $(BIN)/.installed node_modules/.installed $(BIN)/.k8s-tools
+
+# Headless Chromium for tests/e2e/test_console.py: Debian's chromium, driven by
+# playwright-core from node_modules (Playwright's own browser download is not used).
+# Installed once, as root (CI) or through sudo; apt's lists are refreshed only if needed.
+CHROMIUM ?= /usr/bin/chromium
+APT_CHROMIUM := env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+browser:
+	@test -x $(CHROMIUM) || command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "chromium is missing: run 'apt-get install chromium' as root" >&2; exit 1; fi; \
+	  $$sudo $(APT_CHROMIUM) || { $$sudo apt-get update -qq && $$sudo $(APT_CHROMIUM); }; }
 
 # protoc from the pinned grpcio-tools; buf only lints and formats (no remote plugins here).
 GEN_OUT ?= gen
@@ -81,7 +93,7 @@ fmt: install
 	$(BUF) format -w
 
 # The whole suite: generated code is current, lint is clean, then every test.
-test: install gen-check lint
+test: install browser gen-check lint
 	$(PY) -m pytest tests
 
 test-unit: install
@@ -90,7 +102,7 @@ test-unit: install
 test-integration: install
 	$(PY) -m pytest tests/integration
 
-test-e2e: install
+test-e2e: install browser
 	$(PY) -m pytest tests/e2e
 
 # The benchmark's LiteLLM baseline lives in its own venv: it is large and not a dependency.

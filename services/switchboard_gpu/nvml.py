@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pynvml
@@ -61,6 +63,8 @@ class DeviceReading:
     sm_clock_mhz: int | None = None
     memory_clock_mhz: int | None = None
     ecc_uncorrected_errors: int | None = None
+    # The latest XID error while it is recent (a backend reports it for a
+    # while after the NVML event, then None again); see gpu_health.FATAL_XIDS.
     last_xid: int | None = None
     # None: the process list was not read this time (it is read every Nth sample).
     processes: tuple[ProcessReading, ...] | None = None
@@ -273,3 +277,53 @@ class ScriptedNvml:
     def _require_init(self) -> None:
         if not self.initialised:
             raise NvmlFailure("Uninitialized")
+
+
+def _reading(raw: dict[str, Any]) -> DeviceReading:
+    processes = raw.pop("processes", None)
+    failures = raw.pop("failures", ())
+    return DeviceReading(
+        **raw,
+        processes=None if processes is None else tuple(ProcessReading(**p) for p in processes),
+        failures=tuple(failures),
+    )
+
+
+class ScriptFileNvml(ScriptedNvml):
+    """ScriptedNvml read from a JSON file (SWITCHBOARD_GPU_SCRIPT), re-read
+    whenever the file changes: for demos and end-to-end tests of a whole stack
+    on a machine without a GPU. The file:
+
+        {"driver_version": "550.54.15", "cuda_version": "12.4", "init_error": null,
+         "devices": [{"index": 0, "uuid": "GPU-…", "name": "…",
+                      "utilization_gpu_percent": 42, "temperature_c": 61,
+                      "processes": [{"pid": 1, "name": "vllm", "used_memory_mib": 70000}]}]}
+
+    Device keys are DeviceReading's fields; a key left out is a reading NVML
+    did not give.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._mtime_ns = -1
+        self._reload()
+
+    def _reload(self) -> None:
+        mtime_ns = self.path.stat().st_mtime_ns
+        if mtime_ns == self._mtime_ns:
+            return
+        script = json.loads(self.path.read_text())
+        self._mtime_ns = mtime_ns
+        self._driver_version = script.get("driver_version", "550.54.15")
+        self._cuda_version = script.get("cuda_version", "12.4")
+        self.init_error = script.get("init_error")
+        self.set_devices([_reading(dict(d)) for d in script.get("devices", ())])
+
+    def init(self) -> None:
+        self._reload()
+        super().init()
+
+    def device_count(self) -> int:
+        self._reload()
+        return super().device_count()

@@ -51,6 +51,9 @@ def render(status: gpu_pb2.NodeStatus) -> str:
             f"  ecc uncorrected {_num(d, 'ecc_uncorrected_errors', '')}"
             f"  last xid {_num(d, 'last_xid', '')}",
         ]
+        if d.health_reason:
+            lines.append(f"  health       {d.health_reason}")
+        lines += [f"  nvml error   {error}" for error in d.nvml_errors]
         for p in d.processes:
             used = f"{p.used_memory_mib} MiB" if p.HasField("used_memory_mib") else _ABSENT
             lines.append(f"  process {p.pid} {p.name or '?'} {used}")

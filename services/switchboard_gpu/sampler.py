@@ -1,8 +1,8 @@
 """Samples NVML at a fixed interval into a NodeStatus, keeps the latest, and fans
-each new one out to watchers.
+each new one out to watchers, with the alert transitions it caused.
 
 Published statuses are shared between GetGpuStatus and every watcher: treat
-them as read-only.
+them as read-only once published.
 """
 
 from __future__ import annotations
@@ -14,19 +14,27 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from switchboard.gpu.v1 import gpu_pb2
+from switchboard_common import gpu_health
 from switchboard_common.logs import log_fields
 from switchboard_gpu import metrics
+from switchboard_gpu.alerts import to_timestamp
 from switchboard_gpu.nvml import DeviceReading, NvmlBackend, NvmlFailure, ProcessReading
 
 log = logging.getLogger(__name__)
 
 # At or above this GPU utilisation a device reports SATURATED, so routing
 # prefers other deployments while it stays that busy.
-SATURATED_UTIL_PERCENT = 95.0
+SATURATED_UTIL_PERCENT = gpu_health.DEFAULT_SATURATED_PERCENT
+
+Clock = Callable[[], float]
+# Runs on each sample before it is published: may update the devices' health
+# and returns the alert transitions the sample caused.
+Process = Callable[[gpu_pb2.NodeStatus], Awaitable[Sequence[gpu_pb2.GpuAlert]]]
 
 
 def parse_labels(raw: str) -> dict[str, str]:
@@ -65,6 +73,8 @@ class SamplerConfig:
     init_retry_s: float = 30.0
     # Updates a watcher may fall behind by before its oldest are dropped.
     watcher_queue: int = 8
+    # At or above this utilisation a device is SATURATED (SWITCHBOARD_GPU_SATURATED_PERCENT).
+    saturated_percent: float = SATURATED_UTIL_PERCENT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SamplerConfig:
@@ -72,17 +82,31 @@ class SamplerConfig:
         return cls(
             interval_s=_env_positive(env, "SWITCHBOARD_GPU_INTERVAL_S", 1.0, float),
             process_every=int(_env_positive(env, "SWITCHBOARD_GPU_PROCESS_EVERY", 5, int)),
+            # In k8s the pod's hostname is not the node's, and deployments'
+            # gpu_node names the node: the DaemonSet passes spec.nodeName here.
+            hostname=env.get("SWITCHBOARD_NODE_NAME") or socket.gethostname(),
             labels=parse_labels(env.get("SWITCHBOARD_NODE_LABELS", "")),
+            saturated_percent=_env_positive(
+                env, "SWITCHBOARD_GPU_SATURATED_PERCENT", SATURATED_UTIL_PERCENT, float
+            ),
         )
 
 
-def device_health(reading: DeviceReading) -> gpu_pb2.GpuHealth.ValueType:
-    if reading.failures or (reading.ecc_uncorrected_errors or 0) > 0:
-        return gpu_pb2.GPU_HEALTH_UNHEALTHY
-    util = reading.utilization_gpu_percent
-    if util is not None and util >= SATURATED_UTIL_PERCENT:
-        return gpu_pb2.GPU_HEALTH_SATURATED
-    return gpu_pb2.GPU_HEALTH_OK
+def device_health(
+    reading: DeviceReading, saturated_percent: float = SATURATED_UTIL_PERCENT
+) -> gpu_pb2.GpuHealth.ValueType:
+    return to_device(reading, (), saturated_percent).health
+
+
+def annotate(
+    device: gpu_pb2.GpuDevice,
+    alerts: Sequence[gpu_pb2.GpuAlert],
+    saturated_percent: float = SATURATED_UTIL_PERCENT,
+) -> None:
+    """Set health and its reason from the readings and the alerts firing on it."""
+    verdict = gpu_health.classify_device(device, alerts, saturated_percent=saturated_percent)
+    device.health = verdict.health
+    device.health_reason = verdict.reason
 
 
 _OPTIONAL_FIELDS = (
@@ -100,12 +124,16 @@ _OPTIONAL_FIELDS = (
 )
 
 
-def to_device(reading: DeviceReading, processes: tuple[ProcessReading, ...]) -> gpu_pb2.GpuDevice:
+def to_device(
+    reading: DeviceReading,
+    processes: tuple[ProcessReading, ...],
+    saturated_percent: float = SATURATED_UTIL_PERCENT,
+) -> gpu_pb2.GpuDevice:
     device = gpu_pb2.GpuDevice(
         index=reading.index,
         uuid=reading.uuid,
         name=reading.name,
-        health=device_health(reading),
+        nvml_errors=reading.failures,
     )
     for name in _OPTIONAL_FIELDS:
         value = getattr(reading, name)
@@ -115,13 +143,69 @@ def to_device(reading: DeviceReading, processes: tuple[ProcessReading, ...]) -> 
         process = device.processes.add(pid=proc.pid, name=proc.name)
         if proc.used_memory_mib is not None:
             process.used_memory_mib = proc.used_memory_mib
+    annotate(device, (), saturated_percent)
     return device
 
 
+class Watcher:
+    """One watcher's backlog. Metric updates are bounded, dropping the oldest
+    for a watcher that falls behind; alerts are never dropped (they are rare,
+    and a missed transition would leave the watcher wrong until the next one)."""
+
+    def __init__(self, max_updates: int) -> None:
+        self._items: deque[gpu_pb2.WatchGpuMetricsResponse] = deque()
+        self._updates = 0
+        self._max_updates = max_updates
+        self._ready = asyncio.Event()
+
+    def put(self, item: gpu_pb2.WatchGpuMetricsResponse) -> None:
+        if item.HasField("metrics_update"):
+            if self._updates >= self._max_updates:
+                for i, queued in enumerate(self._items):
+                    if queued.HasField("metrics_update"):
+                        del self._items[i]
+                        break
+            else:
+                self._updates += 1
+        self._items.append(item)
+        self._ready.set()
+
+    def get_nowait(self) -> gpu_pb2.WatchGpuMetricsResponse:
+        item = self._items.popleft()  # IndexError when empty, like an empty deque
+        if item.HasField("metrics_update"):
+            self._updates -= 1
+        if not self._items:
+            self._ready.clear()
+        return item
+
+    async def get(self) -> gpu_pb2.WatchGpuMetricsResponse:
+        while not self._items:
+            await self._ready.wait()
+        return self.get_nowait()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class Sampler:
-    def __init__(self, backend: NvmlBackend, config: SamplerConfig) -> None:
+    def __init__(
+        self,
+        backend: NvmlBackend,
+        config: SamplerConfig,
+        *,
+        clock: Clock = time.time,
+        process: Process | None = None,
+        tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """clock: wall-clock seconds for sample_time (alert durations are
+        measured in sample time, so a test clock drives them). process: see
+        Process. tick: when given, awaited between samples instead of the
+        interval, so a test decides when each sample is taken."""
         self._backend = backend
         self._config = config
+        self._clock = clock
+        self._process = process
+        self._tick = tick
         # One NVML user at a time: a sample whose task was cancelled keeps
         # running in its thread and must not race the shutdown.
         self._lock = threading.Lock()
@@ -132,7 +216,7 @@ class Sampler:
         self._processes: dict[str, tuple[ProcessReading, ...]] = {}
         self._samples = 0
         self._latest = self._blank()
-        self._watchers: set[asyncio.Queue[gpu_pb2.NodeStatus]] = set()
+        self._watchers: set[Watcher] = set()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -145,7 +229,7 @@ class Sampler:
 
     def _blank(self) -> gpu_pb2.NodeStatus:
         status = gpu_pb2.NodeStatus(hostname=self._config.hostname, labels=self._config.labels)
-        status.sample_time.GetCurrentTime()
+        status.sample_time.CopyFrom(to_timestamp(self._clock()))
         return status
 
     # Blocking side: runs in a worker thread (or directly, in the probe).
@@ -200,7 +284,7 @@ class Sampler:
             self._processes[key] = reading.processes
         elif sampled_processes:
             self._processes.pop(key, None)
-        return to_device(reading, self._processes.get(key, ()))
+        return to_device(reading, self._processes.get(key, ()), self._config.saturated_percent)
 
     def close(self) -> None:
         with self._lock:
@@ -225,6 +309,10 @@ class Sampler:
         await asyncio.to_thread(self.close)
 
     async def _run(self) -> None:
+        if self._tick is not None:
+            while True:
+                await self._tick()
+                await self._sample_and_publish()
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
@@ -241,14 +329,15 @@ class Sampler:
         self._samples += 1
         try:
             status = await asyncio.to_thread(self.sample, processes=processes)
+            alerts = await self._process(status) if self._process is not None else ()
         except Exception:
             # A bug in one sample must not end sampling for the life of the process.
             log.exception("gpu sample failed")
             return
-        self.publish(status)
+        self.publish(status, alerts)
 
-    def publish(self, status: gpu_pb2.NodeStatus) -> None:
-        """Make `status` the latest and hand it to every watcher."""
+    def publish(self, status: gpu_pb2.NodeStatus, alerts: Sequence[gpu_pb2.GpuAlert] = ()) -> None:
+        """Make `status` the latest and hand it, then `alerts`, to every watcher."""
         if status.nvml_state != self._latest.nvml_state:
             log.info(
                 "nvml state",
@@ -260,17 +349,23 @@ class Sampler:
             )
         self._latest = status
         metrics.publish(status)
-        for queue in self._watchers:
-            if queue.full():
-                queue.get_nowait()  # a slow watcher loses its oldest update, never the newest
-            queue.put_nowait(status)
+        update = gpu_pb2.WatchGpuMetricsResponse(metrics_update=status)
+        for watcher in self._watchers:
+            watcher.put(update)
+        self.publish_alerts(alerts)
+
+    def publish_alerts(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
+        for alert in alerts:
+            event = gpu_pb2.WatchGpuMetricsResponse(alert=alert)
+            for watcher in self._watchers:
+                watcher.put(event)
 
     @contextlib.contextmanager
-    def watch(self) -> Iterator[asyncio.Queue[gpu_pb2.NodeStatus]]:
-        """A queue that receives every status published while the block runs."""
-        queue: asyncio.Queue[gpu_pb2.NodeStatus] = asyncio.Queue(self._config.watcher_queue)
-        self._watchers.add(queue)
+    def watch(self) -> Iterator[Watcher]:
+        """A backlog that receives every status and alert published while the block runs."""
+        watcher = Watcher(self._config.watcher_queue)
+        self._watchers.add(watcher)
         try:
-            yield queue
+            yield watcher
         finally:
-            self._watchers.discard(queue)
+            self._watchers.discard(watcher)

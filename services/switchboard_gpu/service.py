@@ -1,29 +1,179 @@
-"""GpuService: the node's NVML status now and as a stream. History and alerts
-need the usage pipeline and the alert rules, which come later; until then they
-answer NOT_IMPLEMENTED rather than an empty list that would look like "all quiet"."""
+"""GpuService: this node's NVML status now and as a stream, alert rules from the
+registry evaluated on every sample, and GPU history.
+
+Per sample: NVML is read off the event loop (Sampler), the alert rules are
+evaluated (AlertEvaluator), alert transitions are written to the local alert
+store before anyone hears of them, devices get their health (gpu_health), and
+the sample goes to watchers and, without waiting, to the Kafka publisher.
+
+History and stored alerts live in ClickHouse, which (embedded) only the usage
+service may open; so QueryGpuHistory and ListGpuAlerts are forwarded to its
+GpuHistoryService. They therefore cover every node, whichever node answers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import Counter, Gauge
 
-from switchboard.gpu.v1 import gpu_pb2, gpu_pb2_grpc
-from switchboard_common.errors import R, SwitchboardError
+from switchboard.gpu.v1 import events_pb2, gpu_pb2, gpu_pb2_grpc, history_pb2, history_pb2_grpc
+from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
+from switchboard_common.channels import channel as service_channel
+from switchboard_common.errors import from_rpc_error
+from switchboard_common.ids import uuid7
+from switchboard_common.interceptors import REQUEST_ID_KEY
+from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.registry_follower import RegistryFollower
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
-from switchboard_gpu.nvml import NvmlBackend, PynvmlBackend
-from switchboard_gpu.sampler import Sampler, SamplerConfig
+from switchboard_common.tls import TlsFiles
+from switchboard_gpu.alert_store import AlertStore
+from switchboard_gpu.alerts import AlertEvaluator
+from switchboard_gpu.nvml import NvmlBackend, PynvmlBackend, ScriptFileNvml
+from switchboard_gpu.publisher import GpuKafkaSettings, HistoryPublisher
+from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
 
+log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
+
+ALERTS_FIRING = Gauge("switchboard_gpu_alerts_firing", "GPU alerts firing on this node.")
+RECORD_FAILURES = Counter(
+    "switchboard_gpu_alert_record_failures_total",
+    "Alert transitions that could not be written to the local alert store.",
+)
+# History queries scan ClickHouse; a month of samples at 1d takes a while.
+HISTORY_TIMEOUT_S = 30.0
+
+
+class Monitor:
+    """Alert evaluation and recording, between the sampler and its watchers."""
+
+    def __init__(
+        self,
+        evaluator: AlertEvaluator,
+        *,
+        store: AlertStore | None,
+        publisher: HistoryPublisher | None,
+        saturated_percent: float,
+        clock: Clock,
+    ) -> None:
+        self.evaluator = evaluator
+        self.store = store
+        self.publisher = publisher
+        self.saturated_percent = saturated_percent
+        self.clock = clock
+        # Set once the sampler exists: hands alerts to the watchers.
+        self.announce: Callable[[Sequence[gpu_pb2.GpuAlert]], None] = lambda alerts: None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def process(self, status: gpu_pb2.NodeStatus) -> list[gpu_pb2.GpuAlert]:
+        transitions = self.evaluator.evaluate(status)
+        active = self.evaluator.active()
+        for device in status.devices:
+            mine = [a for a in active if a.gpu_uuid == device.uuid]
+            annotate(device, mine, self.saturated_percent)
+        ALERTS_FIRING.set(len(active))
+        await self.record(transitions)
+        if self.publisher is not None:
+            self.publisher.offer(status)
+        return transitions
+
+    async def record(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
+        if self.store is None or not alerts:
+            return
+        events = [events_pb2.GpuAlertEvent(event_id=uuid7(), alert=a) for a in alerts]
+        try:
+            await self.store.append(events)
+        except Exception:
+            # The local disk failed: still announce the alerts (below, by the
+            # caller), and say loudly that history will miss them.
+            RECORD_FAILURES.inc(len(events))
+            log.exception(
+                "gpu alert events could not be stored; they will not reach ClickHouse",
+                extra=log_fields(alert_ids=[a.alert_id for a in alerts]),
+            )
+
+    def on_snapshot(self, snapshot: registry_pb2.Snapshot) -> None:
+        """Registry follower callback: the rules apply from the next sample;
+        alerts of rules that went away resolve now."""
+        resolved = self.evaluator.set_rules(
+            list(snapshot.alert_rules), snapshot.version, self.clock()
+        )
+        log.info(
+            "gpu alert rules",
+            extra=log_fields(
+                version=snapshot.version, rules=[r.name for r in self.evaluator.rules]
+            ),
+        )
+        if resolved:
+            ALERTS_FIRING.set(len(self.evaluator.active()))
+            task = asyncio.get_running_loop().create_task(self._record_and_announce(resolved))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _record_and_announce(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
+        await self.record(alerts)
+        self.announce(alerts)
+
+    async def settle(self) -> None:
+        """Wait for resolutions still being recorded (at shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class HistoryClient:
+    """Forwards history questions to the usage service's GpuHistoryService."""
+
+    def __init__(self, address: str, tls: TlsFiles | None = None) -> None:
+        self.address = address
+        self._channel = service_channel(address, tls)
+        self._stub = history_pb2_grpc.GpuHistoryServiceStub(self._channel)
+
+    @staticmethod
+    def _metadata() -> tuple[tuple[str, str], ...]:
+        request_id = request_id_var.get()
+        return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+
+    async def query(self, query: gpu_pb2.QueryGpuHistoryRequest) -> gpu_pb2.QueryGpuHistoryResponse:
+        try:
+            reply = await self._stub.QueryStoredHistory(
+                history_pb2.QueryStoredHistoryRequest(query=query),
+                timeout=HISTORY_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "usage") from None
+        return reply.result
+
+    async def alerts(self, query: gpu_pb2.ListGpuAlertsRequest) -> gpu_pb2.ListGpuAlertsResponse:
+        try:
+            reply = await self._stub.ListStoredAlerts(
+                history_pb2.ListStoredAlertsRequest(query=query),
+                timeout=HISTORY_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "usage") from None
+        return reply.result
+
+    async def close(self) -> None:
+        await self._channel.close()
 
 
 class GpuServicer(gpu_pb2_grpc.GpuServiceServicer):
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, monitor: Monitor, history: HistoryClient) -> None:
         self._sampler = sampler
+        self._monitor = monitor
+        self._history = history
         # Set when the server drains, so open watches end instead of holding
         # the server for its whole grace period.
         self.draining = asyncio.Event()
@@ -31,7 +181,13 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer):
     async def GetGpuStatus(
         self, request: gpu_pb2.GetGpuStatusRequest, context: Context
     ) -> gpu_pb2.GetGpuStatusResponse:
-        return gpu_pb2.GetGpuStatusResponse(status=self._sampler.latest)
+        evaluator = self._monitor.evaluator
+        return gpu_pb2.GetGpuStatusResponse(
+            status=self._sampler.latest,
+            active_alerts=evaluator.active(),
+            rules=evaluator.rules,
+            registry_version=evaluator.registry_version or 0,
+        )
 
     async def WatchGpuMetrics(
         self, request: gpu_pb2.WatchGpuMetricsRequest, context: Context
@@ -40,9 +196,13 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer):
         # service interval of slack keeps a watcher that asks for the service's
         # own rate from skipping every other sample.
         min_gap_s = request.interval_ms / 1000 - self._sampler.config.interval_s / 2
+        # Subscribed before the first answer, so nothing between falls through
+        # (an alert may then come twice; watchers key alerts by alert_id).
         with self._sampler.watch() as updates:
             sent_at = time.monotonic()
             yield gpu_pb2.WatchGpuMetricsResponse(metrics_update=self._sampler.latest)
+            for alert in self._monitor.evaluator.active():
+                yield gpu_pb2.WatchGpuMetricsResponse(alert=alert)
             drained = asyncio.ensure_future(self.draining.wait())
             try:
                 while True:
@@ -51,29 +211,32 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer):
                     if not update.done():
                         update.cancel()
                         return
-                    status = update.result()
-                    if time.monotonic() - sent_at < min_gap_s:
-                        continue
-                    sent_at = time.monotonic()
-                    yield gpu_pb2.WatchGpuMetricsResponse(metrics_update=status)
+                    event = update.result()
+                    if event.HasField("metrics_update"):
+                        if time.monotonic() - sent_at < min_gap_s:
+                            continue
+                        sent_at = time.monotonic()
+                    yield event
             finally:
                 drained.cancel()
 
     async def QueryGpuHistory(
         self, request: gpu_pb2.QueryGpuHistoryRequest, context: Context
     ) -> gpu_pb2.QueryGpuHistoryResponse:
-        raise SwitchboardError(
-            R.ERROR_REASON_NOT_IMPLEMENTED,
-            "GPU history arrives with the usage pipeline (ClickHouse); not available yet",
-        )
+        return await self._history.query(request)
 
     async def ListGpuAlerts(
         self, request: gpu_pb2.ListGpuAlertsRequest, context: Context
     ) -> gpu_pb2.ListGpuAlertsResponse:
-        raise SwitchboardError(
-            R.ERROR_REASON_NOT_IMPLEMENTED,
-            "GPU alerts arrive with the alert rules; not available yet",
-        )
+        return await self._history.alerts(request)
+
+
+def backend_from_env() -> NvmlBackend:
+    script = os.environ.get("SWITCHBOARD_GPU_SCRIPT")
+    if script:
+        log.warning("gpu readings come from a script, not NVML", extra=log_fields(path=script))
+        return ScriptFileNvml(Path(script))
+    return PynvmlBackend()
 
 
 async def setup(
@@ -82,12 +245,81 @@ async def setup(
     *,
     backend: NvmlBackend | None = None,
     config: SamplerConfig | None = None,
+    clock: Clock = time.time,
+    tick: Callable[[], Awaitable[None]] | None = None,
+    publish: bool | None = None,
 ) -> Mounted:
-    """Mount GpuService over the real NVML; tests pass `backend` (e.g. ScriptedNvml)
-    and `config` through functools.partial."""
-    sampler = Sampler(backend or PynvmlBackend(), config or SamplerConfig.from_env())
-    await sampler.start()
-    servicer = GpuServicer(sampler)
+    """Mount GpuService over the real NVML (or SWITCHBOARD_GPU_SCRIPT's). Tests
+    pass `backend` (e.g. ScriptedNvml), `config`, a `clock` and a `tick` through
+    functools.partial. `publish` (default: SWITCHBOARD_GPU_PUBLISH is not 0)
+    sends history to Kafka and keeps alert events in the local store."""
+    config = config or SamplerConfig.from_env()
+    if publish is None:
+        publish = os.environ.get("SWITCHBOARD_GPU_PUBLISH", "1") != "0"
+    closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def close() -> None:
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while closing the gpu service")
+
+    try:
+        store: AlertStore | None = None
+        publisher: HistoryPublisher | None = None
+        if publish:
+            store = AlertStore(settings.home / "gpu" / "alerts.sqlite")
+            firing = await store.open()
+            closers.append(store.close)
+            publisher = HistoryPublisher(GpuKafkaSettings.from_env(settings.kafka_bootstrap), store)
+        else:
+            firing = []
+        evaluator = AlertEvaluator(config.hostname)
+        evaluator.adopt(firing)
+        monitor = Monitor(
+            evaluator,
+            store=store,
+            publisher=publisher,
+            saturated_percent=config.saturated_percent,
+            clock=clock,
+        )
+        closers.append(monitor.settle)
+        sampler = Sampler(
+            backend or backend_from_env(), config, clock=clock, process=monitor.process, tick=tick
+        )
+        monitor.announce = sampler.publish_alerts
+        await sampler.start()
+        closers.append(sampler.stop)
+
+        if publisher is not None:
+            task = asyncio.create_task(publisher.run(), name="gpu-publisher")
+
+            async def stop_publisher() -> None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await publisher.close()
+
+            closers.append(stop_publisher)
+
+        # GPU status must not depend on the registry: rules arrive when it answers,
+        # and until then none are evaluated (adopted alerts stay firing).
+        registry = service_channel(settings.address("registry"), settings.tls)
+        closers.append(registry.close)
+        follower = RegistryFollower(
+            registry_pb2_grpc.RegistryServiceStub(registry), monitor.on_snapshot
+        )
+        follower.start()
+        closers.append(follower.close)
+
+        history = HistoryClient(settings.address("usage"), settings.tls)
+        closers.append(history.close)
+    except BaseException:
+        await close()
+        raise
+
+    servicer = GpuServicer(sampler, monitor, history)
     gpu_pb2_grpc.add_GpuServiceServicer_to_server(servicer, server)
     name = gpu_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name
-    return Mounted([name], [sampler.stop], drainers=[servicer.draining.set])
+    return Mounted([name], [close], drainers=[servicer.draining.set])

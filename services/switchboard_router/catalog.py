@@ -28,6 +28,8 @@ class Candidate:
     version: int = 0
     # Set when this is a fallback model's deployment: the model that was asked for.
     fallback_from: str = ""
+    # Why the plan departs from the model's strategy (GPU state), if it does.
+    route_notes: tuple[str, ...] = ()
 
     @property
     def deployment_id(self) -> str:

@@ -9,6 +9,7 @@ waited for. What counts against a breaker is the deployment's own failure
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ from prometheus_client import Counter, Gauge
 
 from switchboard_common.config import ModelConfig
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.gpu_health import Condition, GpuHealthBoard
 from switchboard_common.logs import log_fields
 from switchboard_router.balancing import Balancer, DeploymentStats, Strategy
 from switchboard_router.breaker import BreakerBoard, BreakerConfig, State
@@ -112,6 +114,8 @@ class Routing:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = limiter
+        # GPU state for deployments bound to a GPU; None until one is configured.
+        self.gpu: GpuHealthBoard | None = None
         self.stats = DeploymentStats()
         self.balancer = Balancer(self.stats, rng)
         self.breakers = BreakerBoard(
@@ -119,13 +123,44 @@ class Routing:
         )
         self._clock = clock
 
-    def plan(self, catalog: Catalog, model: ModelConfig, stream: bool) -> list[Candidate]:
-        """Every deployment to try, in order: the model's, then each fallback's."""
+    def plan(
+        self, catalog: Catalog, model: ModelConfig, stream: bool
+    ) -> tuple[list[Candidate], list[str]]:
+        """Every deployment to try, in order: the model's, then each fallback's;
+        and why the order departs from the strategy's (GPU state), if it does."""
         order: list[Candidate] = []
+        notes: list[str] = []
         for m in catalog.with_fallbacks(model):
             candidates = catalog.candidates(m, "" if m is model else model.name)
-            order += self.balancer.order(m.name, Strategy(m.strategy), candidates, stream=stream)
-        return order
+            ranked = self.balancer.order(m.name, Strategy(m.strategy), candidates, stream=stream)
+            if self.gpu is not None:
+                ranked = self._gpu_aware(ranked, notes)
+            order += ranked
+        if notes:
+            order = [dataclasses.replace(c, route_notes=tuple(notes)) for c in order]
+        return order, notes
+
+    def _gpu_aware(self, ranked: list[Candidate], notes: list[str]) -> list[Candidate]:
+        """Self-hosted deployments bound to a GPU: exclude one whose GPU is
+        unhealthy, move one whose GPU is saturated or alerting behind the rest.
+        No news from a GPU is no reason to stop serving on it."""
+        assert self.gpu is not None
+        usable: list[Candidate] = []
+        later: list[Candidate] = []
+        for candidate in ranked:
+            deployment = candidate.deployment
+            if not deployment.gpu_node:
+                usable.append(candidate)
+                continue
+            verdict = self.gpu.verdict(deployment.gpu_node, deployment.gpu_uuid)
+            if verdict.condition is Condition.UNHEALTHY:
+                notes.append(f"excluded {candidate.deployment_id}: {verdict.reason}")
+            elif verdict.condition is Condition.SATURATED:
+                notes.append(f"deprioritised {candidate.deployment_id}: {verdict.reason}")
+                later.append(candidate)
+            else:
+                usable.append(candidate)
+        return usable + later
 
     def reason(self) -> str:
         return self.balancer.last_reason

@@ -17,7 +17,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
 from switchboard_common.credentials import require_admin
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_common.gpu_health import GpuHealthBoard, follow_gpu_health
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
@@ -40,6 +41,7 @@ from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
+from switchboard_common.tls import TlsFiles
 from switchboard_router import render, vision
 from switchboard_router.auth import Authenticator
 from switchboard_router.backoff import fits, retry_delay
@@ -69,6 +71,8 @@ SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 # Present when a fallback model served the call: the model the caller asked for.
 FALLBACK_FROM_KEY = "x-switchboard-fallback-from"
+# Present when GPU state changed the order of deployments: what and why.
+ROUTE_NOTES_KEY = "x-switchboard-route-notes"
 
 # The provider event that carries a whole answer, or a streamed chunk, per kind.
 _ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
@@ -100,6 +104,8 @@ def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
     )
     if candidate.fallback_from:
         served += ((FALLBACK_FROM_KEY, candidate.fallback_from),)
+    if candidate.route_notes:
+        served += ((ROUTE_NOTES_KEY, "; ".join(candidate.route_notes)),)
     return served
 
 
@@ -136,8 +142,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         limiter: Limiter,
         admin_key: str | None = None,
         budgets: Budgets | None = None,
+        gpu_addresses: Sequence[str] = (),
+        tls: TlsFiles | None = None,
     ):
         self.created = int(time.time())
+        self._gpu_addresses = list(gpu_addresses)
+        self._tls = tls
+        self._gpu_watches: list[asyncio.Task[None]] = []
         seed = os.environ.get("SWITCHBOARD_ROUTING_SEED")
         # A fixed seed makes weighted choices reproducible (tests, benchmarks).
         rng = random.Random(int(seed)) if seed else None  # noqa: S311 - not security
@@ -160,6 +171,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         auth = Authenticator(config)
         self.catalog, self.auth = catalog, auth
         self.routing.forget(catalog)
+        bound = any(d.gpu_node for m in config.models for d in m.deployments)
+        if bound and self.routing.gpu is None and self._gpu_addresses:
+            # Only once a deployment is bound to a GPU: a stack without GPUs
+            # should not keep dialling gpu services.
+            self.routing.gpu = GpuHealthBoard()
+            self._gpu_watches = [
+                asyncio.get_running_loop().create_task(follow_gpu_health(address, self.routing.gpu))
+                for address in self._gpu_addresses
+            ]
+
+    async def close(self) -> None:
+        for watch in self._gpu_watches:
+            watch.cancel()
+        for watch in self._gpu_watches:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        await self.budgets.close()
 
     # -- admission ---------------------------------------------------------
 
@@ -245,11 +273,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self._settle(admission)
 
     def _plan(self, admission: Admission, requested: str, stream: bool) -> list[Candidate]:
-        plan = self.routing.plan(admission.catalog, admission.model, stream)
+        plan, notes = self.routing.plan(admission.catalog, admission.model, stream)
         if not plan:
+            why = f" ({'; '.join(notes)})" if notes else ""
             raise SwitchboardError(
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
-                f"The model '{requested}' has no deployment that can serve it right now.",
+                f"The model '{requested}' has no deployment that can serve it right now{why}.",
             )
         return plan
 
@@ -717,6 +746,14 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         reporter,
         limiter,
         settings.admin_key,
+        gpu_addresses=[
+            address.strip()
+            for address in (
+                os.environ.get("SWITCHBOARD_GPU_ADDRS") or settings.address("gpu")
+            ).split(",")
+            if address.strip()
+        ],
+        tls=settings.tls,
     )
     unfollow = await follow_registry(
         settings,
@@ -727,7 +764,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
 
     async def close() -> None:
         await unfollow()
-        await servicer.budgets.close()
+        await servicer.close()
         await reporter.close(flush_s=5.0)
         await servicer.settled()
         await limiter.close()

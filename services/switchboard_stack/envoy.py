@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deploy" / "envoy" / "envoy.yaml.tmpl"
 LUA = REPO / "deploy" / "envoy" / "edge.lua"
 DESCRIPTOR = REPO / "gen" / "switchboard.binpb"
+# The web console's static files, served by the edge at /console.
+CONSOLE_DIR = REPO / "deploy" / "console"
+CONSOLE_MAX_FILE_BYTES = 1024 * 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
@@ -27,6 +30,8 @@ def values(settings: Settings) -> dict[str, str]:
         "EDGE_PORT": str(settings.edge_port),
         "LUA_PATH": str(LUA),
         "DESCRIPTOR_PATH": str(DESCRIPTOR),
+        "CONSOLE_DIR": str(CONSOLE_DIR),
+        "CONSOLE_MAX_FILE_BYTES": str(CONSOLE_MAX_FILE_BYTES),
         "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "MAX_CONNECTIONS": os.environ.get("SWITCHBOARD_EDGE_MAX_CONNECTIONS") or "10000",
     }

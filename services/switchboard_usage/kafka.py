@@ -15,11 +15,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from switchboard_common.gpu_topics import GPU_TOPICS
+
 log = logging.getLogger(__name__)
 
 USAGE_TOPIC = "switchboard.usage.v1"
 DLQ_TOPIC = "switchboard.usage.dlq.v1"
 SINK_GROUP = "switchboard-usage-sink"
+# The gpu sink (GPU samples and alert events) commits apart from usage, so GPU
+# telemetry never holds up, or is held up by, usage accounting.
+GPU_SINK_GROUP = "switchboard-gpu-sink"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ async def ensure_topics(settings: KafkaSettings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:
-        for name in (USAGE_TOPIC, DLQ_TOPIC):
+        for name in (USAGE_TOPIC, DLQ_TOPIC, *GPU_TOPICS):
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(name, num_partitions=settings.partitions, replication_factor=1)]

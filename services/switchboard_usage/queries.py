@@ -7,6 +7,8 @@ import datetime as dt
 import re
 from typing import Any
 
+from switchboard.gpu.v1 import gpu_pb2
+from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_usage.clickhouse import ClickHouse
@@ -104,6 +106,47 @@ def _percentiles(values: list[float]) -> usage_pb2.LatencyPercentiles:
     return usage_pb2.LatencyPercentiles(p50=values[0], p95=values[1], p99=values[2])
 
 
+INTERVALS_S = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+MAX_POINTS_PER_MODEL = 2000
+
+
+async def timeseries(
+    ch: ClickHouse, request: usage_pb2.GetUsageTimeseriesRequest
+) -> usage_pb2.GetUsageTimeseriesResponse:
+    window = request.window or "24h"
+    interval = request.interval or "1h"
+    seconds = parse_window(window)
+    step = INTERVALS_S.get(interval)
+    if step is None:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"interval must be one of {', '.join(INTERVALS_S)}",
+            param="interval",
+        )
+    if seconds // step > MAX_POINTS_PER_MODEL:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"{window} at {interval} is over {MAX_POINTS_PER_MODEL} points: pick a longer interval",
+            param="interval",
+        )
+    rows = await ch.rows(
+        "SELECT toStartOfInterval(start_time, toIntervalSecond({step:UInt32})) AS bucket, model, "
+        "uniqExact(request_id), sum(total_tokens), sum(total_cost_nanos) "
+        "FROM usage_events FINAL "
+        "WHERE start_time >= now64(3) - toIntervalSecond({window:UInt32}) "
+        "AND ({model:String} = '' OR model = {model:String}) "
+        "GROUP BY bucket, model ORDER BY bucket, model",
+        {"step": step, "window": seconds, "model": request.model},
+    )
+    out = usage_pb2.GetUsageTimeseriesResponse(window=window, interval=interval)
+    for bucket, model, requests, tokens, cost_nanos in rows:
+        point = out.points.add(
+            model=model, requests=float(requests), tokens=float(tokens), cost=cost_nanos / 1e9
+        )
+        point.time.FromDatetime(bucket if bucket.tzinfo else bucket.replace(tzinfo=dt.UTC))
+    return out
+
+
 async def performance(
     ch: ClickHouse, request: usage_pb2.GetUsagePerformanceRequest
 ) -> usage_pb2.GetUsagePerformanceResponse:
@@ -157,3 +200,196 @@ async def spend(ch: ClickHouse, request: usage_pb2.GetSpendRequest) -> tuple[flo
     )
     nanos, currency = rows[0] if rows else (0, "USD")
     return (nanos or 0) / NANOS, currency or "USD"
+
+
+# GPU history (gpu_samples, gpu_alert_events: deploy/clickhouse/migrations/0005).
+
+GPU_INTERVALS = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
+# A query may ask for at most this many buckets per GPU: a week at 1m is too
+# fine to draw and expensive to answer; ask for a coarser interval.
+MAX_GPU_BUCKETS = 10_080
+DEFAULT_GPU_RANGE = dt.timedelta(hours=1)
+DEFAULT_GPU_METRIC = "utilization_gpu_percent"
+# Metric → SQL over gpu_samples. Plain columns are GpuDevice's numeric fields.
+GPU_METRICS = {
+    name: name
+    for name in (
+        "utilization_gpu_percent",
+        "utilization_memory_percent",
+        "memory_used_mib",
+        "memory_total_mib",
+        "temperature_c",
+        "power_w",
+        "power_limit_w",
+        "sm_clock_mhz",
+        "memory_clock_mhz",
+        "ecc_uncorrected_errors",
+        "last_xid",
+    )
+}
+GPU_METRICS["memory_used_percent"] = (
+    "if(memory_total_mib > 0, 100 * memory_used_mib / memory_total_mib, NULL)"
+)
+MAX_GPU_ALERTS = 1000
+_GPU_HISTORY = (
+    "SELECT toStartOfInterval(time, toIntervalSecond({step:UInt32})) AS bucket, "
+    "hostname, gpu_uuid, avg(v), max(v), min(v), count(v) "
+    "FROM (SELECT time, hostname, gpu_uuid, METRIC AS v FROM gpu_samples FINAL "
+    "WHERE time >= {start:DateTime64(3)} AND time < {end:DateTime64(3)} AND gpu_uuid != '' "
+    "AND ({host:String} = '' OR hostname = {host:String}) "
+    "AND ({uuid:String} = '' OR gpu_uuid = {uuid:String})) "
+    "GROUP BY bucket, hostname, gpu_uuid HAVING count(v) > 0 "
+    "ORDER BY hostname, gpu_uuid, bucket"
+)
+# Each alert once, in its latest state (a resolution outranks the firing).
+_GPU_ALERTS = (
+    "SELECT COLUMNS FROM ("
+    "SELECT COLUMNS FROM gpu_alert_events FINAL "
+    "WHERE ({host:String} = '' OR hostname = {host:String}) "
+    "AND ({uuid:String} = '' OR gpu_uuid = {uuid:String}) "
+    "ORDER BY alert_id, state = 'resolved' DESC LIMIT 1 BY alert_id) "
+    "WHERE NOT {active:Bool} OR state = 'firing' "
+    "ORDER BY time DESC, alert_id LIMIT {limit:UInt32}"
+).replace(
+    "COLUMNS",
+    "alert_id, state, rule_name, metric, comparator, threshold, severity, hostname, "
+    "gpu_uuid, gpu_index, value, message, start_time, time",
+)
+
+
+def _instant(value: str, name: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"{name} must be an RFC 3339 time such as 2025-01-31T12:00:00Z",
+            param=name,
+        ) from None
+    # No offset: read as UTC, like every time Switchboard stores.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # clickhouse-connect gives naive datetimes for some column types: they are UTC.
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _epoch_s(value: dt.datetime) -> int:
+    return int(value.timestamp())
+
+
+async def gpu_history(
+    ch: ClickHouse, request: gpu_pb2.QueryGpuHistoryRequest, now: dt.datetime | None = None
+) -> gpu_pb2.QueryGpuHistoryResponse:
+    interval = request.interval or "1m"
+    step = GPU_INTERVALS.get(interval)
+    if step is None:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"interval must be one of {', '.join(GPU_INTERVALS)}",
+            param="interval",
+        )
+    metric = request.metric or DEFAULT_GPU_METRIC
+    expression = GPU_METRICS.get(metric)
+    if expression is None:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"metric must be one of {', '.join(GPU_METRICS)}",
+            param="metric",
+        )
+    end = _instant(request.end, "end") if request.end else (now or dt.datetime.now(dt.UTC))
+    start = _instant(request.start, "start") if request.start else end - DEFAULT_GPU_RANGE
+    if end <= start:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST, "end is not after start", param="end"
+        )
+    # Whole buckets only: a chart's first and last points are then as
+    # comparable as the rest.
+    first = _epoch_s(start) // step * step
+    last = -(-_epoch_s(end) // step) * step
+    if last == first:
+        last += step
+    if (last - first) // step > MAX_GPU_BUCKETS:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"{(last - first) // step} buckets of {interval} is over {MAX_GPU_BUCKETS}: "
+            "use a larger interval or a shorter range",
+            param="interval",
+        )
+    lo = dt.datetime.fromtimestamp(first, dt.UTC)
+    hi = dt.datetime.fromtimestamp(last, dt.UTC)
+    rows = await ch.rows(
+        _GPU_HISTORY.replace("METRIC", expression),
+        {
+            "step": step,
+            "start": lo,
+            "end": hi,
+            "host": request.hostname,
+            "uuid": request.gpu_uuid,
+        },
+    )
+    out = gpu_pb2.QueryGpuHistoryResponse(metric=metric, interval=interval)
+    out.start.FromDatetime(lo)
+    out.end.FromDatetime(hi)
+    for bucket, hostname, gpu_uuid, avg, high, low, samples in rows:
+        point = out.points.add(
+            hostname=hostname,
+            gpu_uuid=gpu_uuid,
+            metric=metric,
+            avg=float(avg),
+            max=float(high),
+            min=float(low),
+            samples=int(samples),
+        )
+        point.bucket_start.FromDatetime(_utc(bucket))
+    return out
+
+
+_ALERT_STATES = {"firing": gpu_pb2.ALERT_STATE_FIRING, "resolved": gpu_pb2.ALERT_STATE_RESOLVED}
+_SEVERITIES = {
+    k.removeprefix("SEVERITY_").lower(): v for k, v in registry_pb2.Severity.items() if v
+}
+_COMPARATORS = {
+    k.removeprefix("COMPARATOR_").lower(): v for k, v in registry_pb2.Comparator.items() if v
+}
+
+
+async def gpu_alerts(
+    ch: ClickHouse, request: gpu_pb2.ListGpuAlertsRequest
+) -> gpu_pb2.ListGpuAlertsResponse:
+    if request.limit < 0:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST, "limit must not be negative", param="limit"
+        )
+    rows = await ch.rows(
+        _GPU_ALERTS,
+        {
+            "host": request.hostname,
+            "uuid": request.gpu_uuid,
+            "active": request.active_only,
+            "limit": min(request.limit or 100, MAX_GPU_ALERTS),
+        },
+    )
+    out = gpu_pb2.ListGpuAlertsResponse()
+    for (
+        alert_id, state, rule_name, metric, comparator, threshold, severity, hostname,
+        gpu_uuid, gpu_index, value, message, start_time, time,
+    ) in rows:  # fmt: skip
+        alert = out.alerts.add(
+            alert_id=alert_id,
+            state=_ALERT_STATES.get(state, gpu_pb2.ALERT_STATE_UNSPECIFIED),
+            rule_name=rule_name,
+            metric=metric,
+            comparator=_COMPARATORS.get(comparator, registry_pb2.COMPARATOR_UNSPECIFIED),
+            threshold=threshold,
+            severity=_SEVERITIES.get(severity, registry_pb2.SEVERITY_UNSPECIFIED),
+            hostname=hostname,
+            gpu_uuid=gpu_uuid,
+            gpu_index=gpu_index,
+            value=value,
+            message=message,
+        )
+        alert.start_time.FromDatetime(_utc(start_time))
+        alert.time.FromDatetime(_utc(time))
+    return out

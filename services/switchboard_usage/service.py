@@ -2,7 +2,11 @@
 
 In one process: the outbox and its relay to Kafka, and the sink from Kafka into
 ClickHouse with the queries on top (the embedded engine allows one opener per
-data path, so the sink and the queries share this process)."""
+data path, so the sink and the queries share this process).
+
+For the same reason this process also writes GPU history (GpuSink, from the
+gpu topics) and answers it (GpuHistoryService, which the gpu service's
+QueryGpuHistory and ListGpuAlerts forward to)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from switchboard.gpu.v1 import history_pb2, history_pb2_grpc
 from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2, usage_pb2_grpc
 from switchboard_common.config import SwitchboardConfig
@@ -30,10 +35,11 @@ from switchboard_usage.kafka import KafkaSettings, ensure_topics
 from switchboard_usage.outbox import Outbox, OutboxFull
 from switchboard_usage.pricing import PriceBook
 from switchboard_usage.relay import Relay
-from switchboard_usage.sink import Sink
+from switchboard_usage.sink import GpuSink, Sink
 
 log = logging.getLogger(__name__)
 SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
+GPU_HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["GpuHistoryService"]
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUP_COMMIT = 500
 _END = object()
@@ -112,6 +118,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     ) -> usage_pb2.GetUsagePerformanceResponse:
         return await queries.performance(self.clickhouse, request)
 
+    async def GetUsageTimeseries(
+        self, request: usage_pb2.GetUsageTimeseriesRequest, context: Context
+    ) -> usage_pb2.GetUsageTimeseriesResponse:
+        return await queries.timeseries(self.clickhouse, request)
+
     async def GetSpend(
         self, request: usage_pb2.GetSpendRequest, context: Context
     ) -> usage_pb2.GetSpendResponse:
@@ -120,6 +131,23 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         return usage_pb2.GetSpendResponse(
             cost=cost + pending, currency=currency, pending_cost=pending
         )
+
+
+class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
+    def __init__(self, clickhouse: ClickHouse) -> None:
+        self.clickhouse = clickhouse
+
+    async def QueryStoredHistory(
+        self, request: history_pb2.QueryStoredHistoryRequest, context: Context
+    ) -> history_pb2.QueryStoredHistoryResponse:
+        result = await queries.gpu_history(self.clickhouse, request.query)
+        return history_pb2.QueryStoredHistoryResponse(result=result)
+
+    async def ListStoredAlerts(
+        self, request: history_pb2.ListStoredAlertsRequest, context: Context
+    ) -> history_pb2.ListStoredAlertsResponse:
+        result = await queries.gpu_alerts(self.clickhouse, request.query)
+        return history_pb2.ListStoredAlertsResponse(result=result)
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
@@ -139,6 +167,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1",
         assign_all=settings.clickhouse_url.startswith("chdb://"),
     )
+    gpu_sink = GpuSink(clickhouse, kafka, assign_all=settings.clickhouse_url.startswith("chdb://"))
 
     async def pipeline() -> None:
         # Serving never waits for the broker: topics are ensured in the background.
@@ -153,7 +182,11 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        await asyncio.gather(supervised("relay", relay.run), supervised("sink", sink.run))
+        await asyncio.gather(
+            supervised("relay", relay.run),
+            supervised("sink", sink.run),
+            supervised("gpu sink", gpu_sink.run),
+        )
 
     async def supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Keep a pipeline stage alive: log an unexpected failure and restart it."""
@@ -176,6 +209,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         task.cancel()
         raise
     usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
+    history_pb2_grpc.add_GpuHistoryServiceServicer_to_server(GpuHistoryServicer(clickhouse), server)
 
     async def close() -> None:
         await unfollow()
@@ -184,7 +218,12 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
             await task
         await relay.close()
         await sink.close()
+        await gpu_sink.close()
         await outbox.close()
         await clickhouse.close()
 
-    return Mounted([SERVICE.full_name], [close], drainers=[servicer.draining.set])
+    return Mounted(
+        [SERVICE.full_name, GPU_HISTORY_SERVICE.full_name],
+        [close],
+        drainers=[servicer.draining.set],
+    )

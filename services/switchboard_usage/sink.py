@@ -6,6 +6,9 @@ insert_deduplication_token, and only then commit the offset. A crash between
 insert and commit replays the batch, which then inserts nothing new. A message
 that cannot be decoded goes to the dead-letter topic with its error and never
 stalls its partition.
+
+GpuSink, the same loop over the gpu topics (GPU samples and alert events) under
+its own consumer group, shares the process's ClickHouse client.
 """
 
 from __future__ import annotations
@@ -24,10 +27,20 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
+from switchboard.gpu.v1 import events_pb2 as gpu_events_pb2
+from switchboard.gpu.v1 import gpu_pb2
+from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2
+from switchboard_common.gpu_topics import ALERTS_TOPIC, GPU_TOPICS, SAMPLES_TOPIC
 from switchboard_common.logs import log_fields
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.kafka import DLQ_TOPIC, SINK_GROUP, USAGE_TOPIC, KafkaSettings
+from switchboard_usage.kafka import (
+    DLQ_TOPIC,
+    GPU_SINK_GROUP,
+    SINK_GROUP,
+    USAGE_TOPIC,
+    KafkaSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +104,10 @@ class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Sink:
+    NAME = "usage"
+    TOPICS: tuple[str, ...] = (USAGE_TOPIC,)
+    GROUP = SINK_GROUP
+
     def __init__(
         self,
         clickhouse: ClickHouse,
@@ -116,26 +133,28 @@ class Sink:
     async def _start(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
-            group_id=SINK_GROUP,
+            group_id=self.GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=BATCH_RECORDS,
         )
         await consumer.start()
         if self.assign_all:
-            partitions = consumer.partitions_for_topic(USAGE_TOPIC) or set()
-            if not partitions:
-                await consumer.stop()
-                raise KafkaConnectionError(f"no partitions known for {USAGE_TOPIC} yet")
-            assigned = [TopicPartition(USAGE_TOPIC, p) for p in sorted(partitions)]
+            assigned = []
+            for topic in self.TOPICS:
+                partitions = consumer.partitions_for_topic(topic) or set()
+                if not partitions:
+                    await consumer.stop()
+                    raise KafkaConnectionError(f"no partitions known for {topic} yet")
+                assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
             if self.replay:
                 await consumer.seek_to_beginning(*assigned)
                 self.replay = False
         elif self.replay:
-            consumer.subscribe([USAGE_TOPIC], listener=_Replay(consumer))
+            consumer.subscribe(list(self.TOPICS), listener=_Replay(consumer))
         else:
-            consumer.subscribe([USAGE_TOPIC])
+            consumer.subscribe(list(self.TOPICS))
         return consumer
 
     async def store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> int:
@@ -246,7 +265,7 @@ class Sink:
                 except Exception as exc:
                     # Not committed: rewind and retry the same messages later.
                     log.warning(
-                        "usage sink: insert failed; will retry",
+                        f"{self.NAME} sink: insert failed; will retry",
                         extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
                     )
                     for tp, messages in batches.items():
@@ -258,7 +277,7 @@ class Sink:
                 backoff = 0.2
             except (KafkaError, OSError) as exc:
                 log.warning(
-                    "usage sink: broker error; will retry",
+                    f"{self.NAME} sink: broker error; will retry",
                     extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
                 )
                 await self._stop_consumer()
@@ -276,3 +295,147 @@ class Sink:
         if self._dlq is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._dlq.stop(), 5.0)
+
+
+GPU_INSERTED = Counter(
+    "switchboard_gpu_sink_inserted_total", "GPU sample and alert rows inserted into ClickHouse."
+)
+GPU_UNDECODABLE = Counter(
+    "switchboard_gpu_sink_undecodable_total",
+    "GPU messages that could not be decoded and were skipped (they stay in the topic).",
+)
+
+# The device readings a sample row carries, in GpuDevice's field names.
+GPU_READINGS = (
+    "utilization_gpu_percent", "utilization_memory_percent", "memory_used_mib",
+    "memory_total_mib", "temperature_c", "power_w", "power_limit_w", "sm_clock_mhz",
+    "memory_clock_mhz", "ecc_uncorrected_errors", "last_xid",
+)  # fmt: skip
+GPU_SAMPLE_COLUMNS = (
+    "hostname", "gpu_uuid", "gpu_index", "gpu_name", "time", "nvml_state", "reason",
+    "health", "health_reason", *GPU_READINGS, "processes", "labels", "event_id",
+    "kafka_partition", "kafka_offset",
+)  # fmt: skip
+GPU_ALERT_COLUMNS = (
+    "event_id", "alert_id", "state", "rule_name", "metric", "comparator", "threshold",
+    "severity", "hostname", "gpu_uuid", "gpu_index", "value", "message", "start_time",
+    "time", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+_NVML_STATES = {v: k.removeprefix("NVML_STATE_").lower() for k, v in gpu_pb2.NvmlState.items()}
+_HEALTHS = {v: k.removeprefix("GPU_HEALTH_").lower() for k, v in gpu_pb2.GpuHealth.items()}
+ALERT_STATES = {v: k.removeprefix("ALERT_STATE_").lower() for k, v in gpu_pb2.AlertState.items()}
+SEVERITIES = {v: k.removeprefix("SEVERITY_").lower() for k, v in registry_pb2.Severity.items()}
+COMPARATORS = {v: k.removeprefix("COMPARATOR_").lower() for k, v in registry_pb2.Comparator.items()}
+
+
+def gpu_sample_rows(
+    event: gpu_events_pb2.GpuSampleEvent, partition: int, offset: int
+) -> list[list[Any]]:
+    """One row per device; a sample without devices (NVML unavailable, or no
+    GPUs) is one row with an empty gpu_uuid, so history shows the outage."""
+    status = event.status
+    when = _time(status.sample_time)
+    state = _NVML_STATES.get(status.nvml_state, "")
+    tail = [dict(status.labels), event.event_id, partition, offset]
+    if not status.devices:
+        blank = [None] * len(GPU_READINGS)
+        return [[status.hostname, "", 0, "", when, state, status.reason, "", "", *blank, 0, *tail]]
+    rows = []
+    for d in status.devices:
+        readings = [
+            getattr(d, name) if d.HasField(name) else None  # type: ignore[arg-type]
+            for name in GPU_READINGS
+        ]
+        uuid = d.uuid or f"index:{d.index}"
+        head = [status.hostname, uuid, d.index, d.name, when, state, status.reason]
+        health = [_HEALTHS.get(d.health, ""), d.health_reason]
+        rows.append([*head, *health, *readings, len(d.processes), *tail])
+    return rows
+
+
+def gpu_alert_row(event: gpu_events_pb2.GpuAlertEvent, partition: int, offset: int) -> list[Any]:
+    a = event.alert
+    return [
+        event.event_id, a.alert_id, ALERT_STATES.get(a.state, ""), a.rule_name, a.metric,
+        COMPARATORS.get(a.comparator, ""), a.threshold, SEVERITIES.get(a.severity, ""),
+        a.hostname, a.gpu_uuid, a.gpu_index, a.value, a.message, _time(a.start_time),
+        _time(a.time), partition, offset,
+    ]  # fmt: skip
+
+
+class GpuSink(Sink):
+    """GPU samples and alert events into ClickHouse (gpu_samples,
+    gpu_alert_events).
+
+    Duplicates: a retried insert carries the same insert_deduplication_token;
+    alert events already stored (by alert_id and state) are skipped before the
+    insert; a sample delivered twice lands on the same (hostname, gpu_uuid,
+    time) key of a ReplacingMergeTree, and the queries read it with FINAL.
+    A message that cannot be decoded is counted, logged and skipped: it stays in
+    the topic (for its retention) to be looked at, and never stalls the partition."""
+
+    NAME = "gpu"
+    TOPICS = GPU_TOPICS
+    GROUP = GPU_SINK_GROUP
+
+    def __init__(self, clickhouse: ClickHouse, settings: KafkaSettings, assign_all: bool = False):
+        super().__init__(clickhouse, settings, replay=False, assign_all=assign_all)
+        self._crash_after_insert = False
+
+    async def store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> int:
+        samples: list[list[Any]] = []
+        alerts: dict[tuple[str, str], list[Any]] = {}
+        for tp, messages in batches.items():
+            for message in messages:
+                try:
+                    if tp.topic == SAMPLES_TOPIC:
+                        sample = gpu_events_pb2.GpuSampleEvent.FromString(message.value)
+                        if not sample.status.hostname:
+                            raise ValueError("sample without a hostname")
+                        samples.extend(gpu_sample_rows(sample, tp.partition, message.offset))
+                    elif tp.topic == ALERTS_TOPIC:
+                        event = gpu_events_pb2.GpuAlertEvent.FromString(message.value)
+                        if not event.alert.alert_id:
+                            raise ValueError("alert event without an alert_id")
+                        key = (event.alert.alert_id, ALERT_STATES.get(event.alert.state, ""))
+                        alerts.setdefault(key, gpu_alert_row(event, tp.partition, message.offset))
+                except Exception as exc:
+                    GPU_UNDECODABLE.inc()
+                    log.error(
+                        "gpu message could not be decoded; skipped",
+                        extra=log_fields(
+                            topic=tp.topic,
+                            partition=tp.partition,
+                            offset=message.offset,
+                            error=f"{type(exc).__name__}: {exc}"[:300],
+                        ),
+                    )
+        token = ",".join(
+            f"{tp.topic}:{tp.partition}:{m[0].offset}-{m[-1].offset}"
+            for tp, m in sorted(batches.items())
+            if m
+        )
+        if alerts:
+            stored = await self.clickhouse.rows(
+                "SELECT alert_id, state FROM gpu_alert_events "
+                "WHERE alert_id IN {ids:Array(String)}",
+                {"ids": sorted({alert_id for alert_id, _ in alerts})},
+            )
+            for alert_id, state in stored:
+                alerts.pop((alert_id, state), None)
+        if alerts:
+            await self.clickhouse.insert(
+                "gpu_alert_events",
+                list(alerts.values()),
+                GPU_ALERT_COLUMNS,
+                settings={"insert_deduplication_token": f"alerts/{token}"},
+            )
+        if samples:
+            await self.clickhouse.insert(
+                "gpu_samples",
+                samples,
+                GPU_SAMPLE_COLUMNS,
+                settings={"insert_deduplication_token": f"samples/{token}"},
+            )
+        GPU_INSERTED.inc(len(samples) + len(alerts))
+        return len(samples) + len(alerts)

@@ -20,7 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from openai.types.chat import ChatCompletionMessageParam
 
+from switchboard_common.gpu_topics import GPU_TOPICS
 from switchboard_stack.harness import Stack, running_stack
+from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.e2e
 PROVIDER_KEY = "sk-secret-provider-key-0123456789abcdef"
 CLIENT_KEY = "client-secret-from-the-config-file-4242"
 ADMIN_KEY = "admin-secret-never-logged-2424"
-TOPICS = ("switchboard.usage.v1", "switchboard.usage.dlq.v1", "switchboard.gpu.v1")
+TOPICS = (USAGE_TOPIC, DLQ_TOPIC, *GPU_TOPICS)
 
 
 @pytest.fixture(scope="module")

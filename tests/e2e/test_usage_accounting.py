@@ -221,3 +221,25 @@ def test_poison_message_goes_to_the_dead_letter_topic(
     calls, tokens = _truth(upstream)
     summary = _wait_counted(stack, calls, tokens, within_s=30)
     assert summary["total_requests"] == before + 1 == calls
+
+
+def test_usage_timeseries_buckets_add_up_to_the_summary(stack: Stack) -> None:
+    _traffic(stack, 3)
+    summary = _wait_counted(stack, 1, 1, within_s=30)
+    reply = httpx.get(
+        f"{stack.edge_url}/v1/usage/timeseries", params={"window": "1h", "interval": "1m"}
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert (body["window"], body["interval"]) == ("1h", "1m")
+    points = body["points"]
+    assert points
+    assert {p["model"] for p in points} == {"metered"}
+    assert all(p["time"].endswith(":00Z") for p in points)
+    # Everything today is within the hour this module ran in.
+    assert sum(p["requests"] for p in points) == summary["total_requests"]
+    assert sum(p["tokens"] for p in points) == summary["total_tokens"]
+
+    bad = httpx.get(f"{stack.edge_url}/v1/usage/timeseries", params={"interval": "7s"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "interval"

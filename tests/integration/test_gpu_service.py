@@ -1,4 +1,10 @@
-"""GpuService through the real server bootstrap and a real gRPC channel."""
+"""GpuService through the real server bootstrap and real gRPC channels: status
+and stream contents from scripted NVML readings, alert rules followed live from
+a real registry, alerts firing after their duration and recovering, and alerts
+surviving a restart.
+
+Time is a test clock and each sample is taken when the test ticks, so every
+expectation about durations is exact and nothing waits on a sleep."""
 
 from __future__ import annotations
 
@@ -7,32 +13,34 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import socket
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchboard.gpu.v1 import gpu_pb2, gpu_pb2_grpc
-from switchboard_common.server import serve
+from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
+from switchboard_common.server import CHANNEL_OPTIONS, serve
 from switchboard_common.settings import Settings
+from switchboard_gpu.alerts import to_timestamp
 from switchboard_gpu.nvml import DeviceReading, NvmlBackend, ScriptedNvml
 from switchboard_gpu.sampler import SamplerConfig
 from switchboard_gpu.service import setup
+from switchboard_stack.harness import free_port
+from tests.support.grpc_errors import reason
+from tests.support.inprocess import wait_serving
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 SERVICE = "switchboard.gpu.v1.GpuService"
 WAIT_S = 10.0
-# The channel may try before the server listens; retry soon rather than after
-# gRPC's default 1 s backoff.
-FAST_RECONNECT = [
-    ("grpc.initial_reconnect_backoff_ms", 20),
-    ("grpc.min_reconnect_backoff_ms", 20),
-    ("grpc.max_reconnect_backoff_ms", 200),
-]
+# 2025-01-01T00:00:00Z: sample times in these tests are this plus whole seconds.
+T0 = 1_735_689_600.0
 H100 = DeviceReading(
     index=0,
     uuid="GPU-aaaa",
@@ -44,72 +52,252 @@ H100 = DeviceReading(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def nanos(at: float) -> int:
+    """A clock reading as the sample_time it becomes."""
+    return to_timestamp(at).ToNanoseconds()
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Ticker:
+    """Lets the sampler take exactly one sample per tick()."""
+
+    def __init__(self) -> None:
+        self._ticks: asyncio.Queue[None] = asyncio.Queue()
+
+    async def wait(self) -> None:
+        await self._ticks.get()
+
+    def tick(self) -> None:
+        self._ticks.put_nowait(None)
 
 
 @contextlib.asynccontextmanager
 async def running_gpu(
-    monkeypatch: pytest.MonkeyPatch, backend: NvmlBackend | None, interval_s: float = 0.05
+    settings: Settings,
+    backend: NvmlBackend | None,
+    *,
+    clock: Callable[[], float] | None = None,
+    ticker: Ticker | None = None,
+    interval_s: float = 0.05,
+    publish: bool = False,
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """The gpu service on a free port, and a channel to it; stopped cleanly on exit."""
-    monkeypatch.setenv("SWITCHBOARD_GPU_METRICS_PORT", "0")  # 0: no metrics side server
-    base = Settings.from_env()
-    settings = dataclasses.replace(
-        base, host="127.0.0.1", ports={**base.ports, "gpu": _free_port()}
-    )
+    """The gpu service with `settings`, and a channel to it; drained on exit."""
     config = SamplerConfig(interval_s=interval_s, hostname="test-node", labels={"zone": "z1"})
+    options: dict[str, Any] = {"backend": backend, "config": config, "publish": publish}
+    if clock is not None:
+        options["clock"] = clock
+    if ticker is not None:
+        options["tick"] = ticker.wait
     stop = asyncio.Event()
     server = asyncio.create_task(
-        serve("gpu", functools.partial(setup, backend=backend, config=config), settings, stop=stop)
+        serve("gpu", functools.partial(setup, **options), settings, grace_s=1, stop=stop)
     )
     try:
-        address = f"127.0.0.1:{settings.ports['gpu']}"
-        async with grpc.aio.insecure_channel(address, options=FAST_RECONNECT) as channel:
-            ready = asyncio.ensure_future(channel.channel_ready())
-            done, _ = await asyncio.wait(
-                {server, ready}, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            if server in done:
-                ready.cancel()
-                server.result()  # serve ended before it was ready: raise why
-            assert ready in done, "the gpu server did not become ready"
+        await wait_serving(settings.address("gpu"), server)
+        async with grpc.aio.insecure_channel(
+            settings.address("gpu"), options=CHANNEL_OPTIONS
+        ) as channel:
             yield channel
     finally:
         stop.set()
         await asyncio.wait_for(server, WAIT_S)
 
 
-@pytest.mark.asyncio
-async def test_get_status_reports_scripted_readings(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_gpu(monkeypatch, ScriptedNvml([H100])) as channel:
-        reply = await gpu_pb2_grpc.GpuServiceStub(channel).GetGpuStatus(
-            gpu_pb2.GetGpuStatusRequest(), timeout=WAIT_S
+@contextlib.asynccontextmanager
+async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Settings]:
+    """Settings for a gpu service alone: free ports, a private home, and a
+    registry, usage service and broker addresses where nothing listens."""
+    monkeypatch.setenv("SWITCHBOARD_GPU_METRICS_PORT", "0")
+    monkeypatch.setenv("SWITCHBOARD_REGISTRY_ADDR", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("SWITCHBOARD_USAGE_ADDR", f"127.0.0.1:{free_port()}")
+    base = Settings.from_env()
+    yield dataclasses.replace(
+        base,
+        home=tmp_path / "home",
+        host="127.0.0.1",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        ports={**base.ports, "gpu": free_port()},
+    )
+
+
+class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
+    """The registry's WatchSnapshot contract (a snapshot, then one change per
+    write, each with its version) over real gRPC, holding only alert rules.
+
+    Stands in for the registry because its CreateAlertRule/ListAlertRules fail
+    today (AlertRule has no etag field, which the registry's store sets);
+    tests/e2e/test_gpu_history.py goes through the real admin API."""
+
+    def __init__(self) -> None:
+        self.version = 1
+        self.rules: dict[str, registry_pb2.AlertRule] = {}
+        self._watchers: set[asyncio.Queue[registry_pb2.WatchSnapshotResponse]] = set()
+
+    async def WatchSnapshot(
+        self, request: registry_pb2.WatchSnapshotRequest, context: Any
+    ) -> AsyncIterator[registry_pb2.WatchSnapshotResponse]:
+        queue: asyncio.Queue[registry_pb2.WatchSnapshotResponse] = asyncio.Queue()
+        self._watchers.add(queue)
+        try:
+            snapshot = registry_pb2.Snapshot(version=self.version, alert_rules=self.rules.values())
+            yield registry_pb2.WatchSnapshotResponse(version=self.version, snapshot=snapshot)
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.discard(queue)
+
+    def _publish(
+        self, kind: registry_pb2.Change.Kind.ValueType, rule: registry_pb2.AlertRule
+    ) -> None:
+        self.version += 1
+        change = registry_pb2.Change(kind=kind, alert_rule=rule)
+        for queue in self._watchers:
+            queue.put_nowait(
+                registry_pb2.WatchSnapshotResponse(version=self.version, change=change)
+            )
+
+    def put(self, rule: registry_pb2.AlertRule) -> None:
+        self.rules[rule.name] = rule
+        self._publish(registry_pb2.Change.KIND_UPSERT, rule)
+
+    def delete(self, name: str) -> None:
+        del self.rules[name]
+        self._publish(registry_pb2.Change.KIND_DELETE, registry_pb2.AlertRule(name=name))
+
+
+@contextlib.asynccontextmanager
+async def with_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Settings, FakeRegistry]]:
+    """Settings for a gpu service alone (see `isolated`) that follows a registry."""
+    # Only WatchSnapshot is served; the stubs declare every RPC abstract.
+    registry = FakeRegistry()  # type: ignore[abstract]
+    server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with isolated(tmp_path, monkeypatch) as settings:
+            monkeypatch.setenv("SWITCHBOARD_REGISTRY_ADDR", f"127.0.0.1:{port}")
+            yield settings, registry
+    finally:
+        await server.stop(None)
+
+
+def rule(
+    name: str,
+    metric: str,
+    comparator: registry_pb2.Comparator.ValueType,
+    threshold: float,
+    duration_s: int,
+    severity: registry_pb2.Severity.ValueType = registry_pb2.SEVERITY_WARNING,
+) -> registry_pb2.AlertRule:
+    return registry_pb2.AlertRule(
+        name=name,
+        metric=metric,
+        comparator=comparator,
+        threshold=threshold,
+        duration=duration_pb2.Duration(seconds=duration_s),
+        severity=severity,
+    )
+
+
+HOT = rule("hot", "temperature_c", registry_pb2.COMPARATOR_GREATER_THAN, 80, 60)
+
+
+async def status(channel: grpc.aio.Channel) -> gpu_pb2.GetGpuStatusResponse:
+    reply: gpu_pb2.GetGpuStatusResponse = await gpu_pb2_grpc.GpuServiceStub(channel).GetGpuStatus(
+        gpu_pb2.GetGpuStatusRequest(), timeout=WAIT_S
+    )
+    return reply
+
+
+async def rules_applied(channel: grpc.aio.Channel, names: set[str]) -> None:
+    """Until the gpu service evaluates exactly the rules `names` (the registry's
+    push arrives on its own schedule; this polls a condition with a deadline)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            reply = await status(channel)
+            if reply.registry_version and {r.name for r in reply.rules} == names:
+                return
+            await asyncio.sleep(0.02)
+
+
+class Stream:
+    """A WatchGpuMetrics call read one event at a time, with a deadline."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = gpu_pb2_grpc.GpuServiceStub(channel).WatchGpuMetrics(
+            gpu_pb2.WatchGpuMetricsRequest()
         )
 
-    status = reply.status
-    assert status.nvml_state == gpu_pb2.NVML_STATE_AVAILABLE
-    assert (status.hostname, dict(status.labels)) == ("test-node", {"zone": "z1"})
-    assert status.driver_version == "550.54.15"
-    (device,) = status.devices
+    async def next(self) -> gpu_pb2.WatchGpuMetricsResponse:
+        event = await asyncio.wait_for(self.call.read(), WAIT_S)
+        assert isinstance(event, gpu_pb2.WatchGpuMetricsResponse)
+        return event
+
+    async def update(self) -> gpu_pb2.NodeStatus:
+        event = await self.next()
+        assert event.WhichOneof("event") == "metrics_update", event
+        return event.metrics_update
+
+    async def alert(self) -> gpu_pb2.GpuAlert:
+        event = await self.next()
+        assert event.WhichOneof("event") == "alert", event
+        return event.alert
+
+
+async def sample_at(
+    stream: Stream, clock: FakeClock, ticker: Ticker, at: float
+) -> gpu_pb2.NodeStatus:
+    """Take one sample at clock time `at`; returns it as the stream sent it."""
+    clock.now = at
+    ticker.tick()
+    update = await stream.update()
+    assert update.sample_time.ToNanoseconds() == nanos(at)
+    return update
+
+
+async def test_get_status_reports_scripted_readings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        isolated(tmp_path, monkeypatch) as settings,
+        running_gpu(settings, ScriptedNvml([H100])) as channel,
+    ):
+        reply = await status(channel)
+
+    node = reply.status
+    assert node.nvml_state == gpu_pb2.NVML_STATE_AVAILABLE
+    assert (node.hostname, dict(node.labels)) == ("test-node", {"zone": "z1"})
+    assert node.driver_version == "550.54.15"
+    (device,) = node.devices
     assert (device.uuid, device.name) == ("GPU-aaaa", "NVIDIA H100 80GB HBM3")
     assert device.utilization_gpu_percent == 10.0
     assert device.memory_used_mib == 2048
     assert not device.HasField("power_w")
     assert not device.HasField("ecc_uncorrected_errors")
     assert device.health == gpu_pb2.GPU_HEALTH_OK
+    assert device.health_reason == ""
     assert list(reply.active_alerts) == []
+    # No registry answered: no rules, and GPU status is served all the same.
+    assert reply.registry_version == 0
+    assert list(reply.rules) == []
 
 
-@pytest.mark.asyncio
-async def test_real_nvml_is_reported_honestly(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_gpu(monkeypatch, None) as channel:
-        reply = await gpu_pb2_grpc.GpuServiceStub(channel).GetGpuStatus(
-            gpu_pb2.GetGpuStatusRequest(), timeout=WAIT_S
-        )
+async def test_real_nvml_is_reported_honestly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SWITCHBOARD_GPU_SCRIPT", raising=False)
+    async with isolated(tmp_path, monkeypatch) as settings, running_gpu(settings, None) as channel:
+        reply = await status(channel)
 
     if reply.status.nvml_state == gpu_pb2.NVML_STATE_UNAVAILABLE:
         assert reply.status.reason.strip()
@@ -118,36 +306,46 @@ async def test_real_nvml_is_reported_honestly(monkeypatch: pytest.MonkeyPatch) -
         assert reply.status.nvml_state == gpu_pb2.NVML_STATE_AVAILABLE
 
 
-@pytest.mark.asyncio
-async def test_watch_sends_current_status_then_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_watch_sends_current_status_then_each_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     backend = ScriptedNvml([H100])
-    async with running_gpu(monkeypatch, backend) as channel:
-        call = gpu_pb2_grpc.GpuServiceStub(channel).WatchGpuMetrics(
-            gpu_pb2.WatchGpuMetricsRequest()
-        )
-        first = await asyncio.wait_for(call.read(), WAIT_S)
-        assert isinstance(first, gpu_pb2.WatchGpuMetricsResponse)
-        assert first.WhichOneof("event") == "metrics_update"
-        assert first.metrics_update.devices[0].utilization_gpu_percent == 10.0
+    clock, ticker = FakeClock(), Ticker()
+    async with (
+        isolated(tmp_path, monkeypatch) as settings,
+        running_gpu(settings, backend, clock=clock, ticker=ticker) as channel,
+    ):
+        stream = Stream(channel)
+        first = await stream.update()
+        assert first.sample_time.ToNanoseconds() == nanos(T0)
+        assert first.devices[0].utilization_gpu_percent == 10.0
 
         backend.set_devices([dataclasses.replace(H100, utilization_gpu_percent=99.0)])
+        busy = await sample_at(stream, clock, ticker, T0 + 1)
+        backend.set_devices(
+            [
+                dataclasses.replace(
+                    H100, ecc_uncorrected_errors=2, failures=("power: Unknown Error",)
+                )
+            ]
+        )
+        broken = await sample_at(stream, clock, ticker, T0 + 2)
+        stream.call.cancel()
 
-        async def changed() -> gpu_pb2.GpuDevice:
-            while True:
-                update = await call.read()
-                assert isinstance(update, gpu_pb2.WatchGpuMetricsResponse)
-                device = update.metrics_update.devices[0]
-                if device.utilization_gpu_percent == 99.0:
-                    return device
-
-        device = await asyncio.wait_for(changed(), WAIT_S)
-        assert device.health == gpu_pb2.GPU_HEALTH_SATURATED
-        call.cancel()
+    (device,) = busy.devices
+    assert device.health == gpu_pb2.GPU_HEALTH_SATURATED
+    assert device.health_reason == "utilization_gpu_percent 99 >= 95"
+    (device,) = broken.devices
+    assert device.health == gpu_pb2.GPU_HEALTH_UNHEALTHY
+    assert list(device.nvml_errors) == ["power: Unknown Error"]
+    assert device.health_reason == "NVML error: power: Unknown Error"
 
 
-@pytest.mark.asyncio
-async def test_watch_honours_interval_ms(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_gpu(monkeypatch, ScriptedNvml([H100])) as channel:
+async def test_watch_honours_interval_ms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with (
+        isolated(tmp_path, monkeypatch) as settings,
+        running_gpu(settings, ScriptedNvml([H100])) as channel,
+    ):
         call = gpu_pb2_grpc.GpuServiceStub(channel).WatchGpuMetrics(
             gpu_pb2.WatchGpuMetricsRequest(interval_ms=300)
         )
@@ -164,29 +362,24 @@ async def test_watch_honours_interval_ms(monkeypatch: pytest.MonkeyPatch) -> Non
     assert all(gap > 0.15 for gap in gaps), gaps
 
 
-@pytest.mark.asyncio
-async def test_health_reports_serving(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_gpu(monkeypatch, ScriptedNvml([H100])) as channel:
+async def test_health_reports_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with (
+        isolated(tmp_path, monkeypatch) as settings,
+        running_gpu(settings, ScriptedNvml([H100])) as channel,
+    ):
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", SERVICE):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _error_reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return str(info.reason)
-    return ""
-
-
-@pytest.mark.asyncio
-async def test_history_and_alerts_are_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_gpu(monkeypatch, ScriptedNvml([H100])) as channel:
+async def test_history_without_the_usage_service_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        isolated(tmp_path, monkeypatch) as settings,
+        running_gpu(settings, ScriptedNvml([H100])) as channel,
+    ):
         stub = gpu_pb2_grpc.GpuServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as history:
             await stub.QueryGpuHistory(gpu_pb2.QueryGpuHistoryRequest(), timeout=WAIT_S)
@@ -194,6 +387,153 @@ async def test_history_and_alerts_are_not_implemented(monkeypatch: pytest.Monkey
             await stub.ListGpuAlerts(gpu_pb2.ListGpuAlertsRequest(), timeout=WAIT_S)
 
     for err in (history.value, alerts.value):
-        assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert _error_reason(err) == "NOT_IMPLEMENTED"
-    assert "ClickHouse" in (history.value.details() or "")
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason(err) == "SERVICE_UNAVAILABLE"
+        assert err.details() == "the usage service is unavailable"
+
+
+async def test_alert_fires_after_its_duration_then_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = ScriptedNvml([H100])
+    clock, ticker = FakeClock(), Ticker()
+    hot = dataclasses.replace(H100, temperature_c=85.0)
+    async with with_registry(tmp_path, monkeypatch) as (settings, registry):
+        registry.put(HOT)
+        async with running_gpu(settings, backend, clock=clock, ticker=ticker) as channel:
+            await rules_applied(channel, {"hot"})
+            stream = Stream(channel)
+            await stream.update()  # the status as of T0, at 40 °C
+
+            backend.set_devices([hot])
+            await sample_at(stream, clock, ticker, T0 + 10)  # holds from here
+            held = await sample_at(stream, clock, ticker, T0 + 69.9)
+            assert held.devices[0].health == gpu_pb2.GPU_HEALTH_OK  # not yet: 59.9 s
+            fired_status = await sample_at(stream, clock, ticker, T0 + 70)
+            fired = await stream.alert()
+            during = await status(channel)
+
+            backend.set_devices([H100])
+            await sample_at(stream, clock, ticker, T0 + 75)
+            resolved = await stream.alert()
+            after = await status(channel)
+            stream.call.cancel()
+
+    assert fired.state == gpu_pb2.ALERT_STATE_FIRING
+    assert (fired.rule_name, fired.metric, fired.hostname) == ("hot", "temperature_c", "test-node")
+    assert (fired.gpu_uuid, fired.gpu_index) == ("GPU-aaaa", 0)
+    assert fired.severity == registry_pb2.SEVERITY_WARNING
+    assert fired.comparator == registry_pb2.COMPARATOR_GREATER_THAN
+    assert (fired.value, fired.threshold) == (85.0, 80.0)
+    assert fired.time.ToNanoseconds() == nanos(T0 + 70)
+    assert fired.start_time == fired.time
+    assert fired.message == "temperature_c 85 > 80 for 60s"
+    # The sample that fired it already reports the GPU as alerting, and so does status.
+    (device,) = fired_status.devices
+    assert device.health == gpu_pb2.GPU_HEALTH_ALERTING
+    assert device.health_reason == "alert hot (warning): temperature_c 85 > 80 for 60s"
+    assert list(during.active_alerts) == [fired]
+    assert during.status.devices[0].health == gpu_pb2.GPU_HEALTH_ALERTING
+
+    assert resolved.alert_id == fired.alert_id
+    assert resolved.state == gpu_pb2.ALERT_STATE_RESOLVED
+    assert resolved.value == 40.0
+    assert resolved.time.ToNanoseconds() == nanos(T0 + 75)
+    assert resolved.start_time == fired.start_time
+    assert resolved.message == "resolved: temperature_c 40 no longer > 80"
+    assert list(after.active_alerts) == []
+    assert after.status.devices[0].health == gpu_pb2.GPU_HEALTH_OK
+
+
+async def test_rule_changes_apply_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting a rule resolves its alerts at once; a new rule applies from the
+    next sample, and a watcher that joins later is told what is firing."""
+    backend = ScriptedNvml([dataclasses.replace(H100, temperature_c=85.0)])
+    clock, ticker = FakeClock(), Ticker()
+    instant = rule("hot-now", "temperature_c", registry_pb2.COMPARATOR_GREATER_THAN, 80, 0)
+    idle = rule(
+        "idle",
+        "utilization_gpu_percent",
+        registry_pb2.COMPARATOR_LESS_THAN,
+        20,
+        0,
+        registry_pb2.SEVERITY_CRITICAL,
+    )
+    async with with_registry(tmp_path, monkeypatch) as (settings, registry):
+        registry.put(instant)
+        async with running_gpu(settings, backend, clock=clock, ticker=ticker) as channel:
+            await rules_applied(channel, {"hot-now"})
+            stream = Stream(channel)
+            await stream.update()
+            await sample_at(stream, clock, ticker, T0 + 1)
+            fired = await stream.alert()
+
+            late = Stream(channel)
+            assert (await late.update()).sample_time.ToNanoseconds() == nanos(T0 + 1)
+            assert await late.alert() == fired
+            late.call.cancel()
+
+            clock.now = T0 + 2
+            registry.delete("hot-now")
+            removed = await stream.alert()  # no sample needed
+
+            registry.put(idle)
+            await rules_applied(channel, {"idle"})
+            update = await sample_at(stream, clock, ticker, T0 + 3)
+            critical = await stream.alert()
+            stream.call.cancel()
+
+    assert fired.rule_name == "hot-now"
+    assert fired.message == "temperature_c 85 > 80 for 0s"
+    assert removed.alert_id == fired.alert_id
+    assert removed.state == gpu_pb2.ALERT_STATE_RESOLVED
+    assert removed.message == "resolved: rule removed"
+    assert removed.time.ToNanoseconds() == nanos(T0 + 2)
+    assert critical.rule_name == "idle"
+    assert critical.severity == registry_pb2.SEVERITY_CRITICAL
+    # The sample that fired a critical alert already reports the GPU unhealthy.
+    assert update.devices[0].health == gpu_pb2.GPU_HEALTH_UNHEALTHY
+    assert update.devices[0].health_reason.startswith("alert idle (critical): ")
+
+
+async def test_firing_alerts_survive_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker is away all along: alert events wait in the local store, and a
+    restarted service resolves the alert it fired before, under the same id."""
+    backend = ScriptedNvml([dataclasses.replace(H100, temperature_c=85.0)])
+    clock, ticker = FakeClock(), Ticker()
+    instant = rule("hot-now", "temperature_c", registry_pb2.COMPARATOR_GREATER_THAN, 80, 0)
+    async with with_registry(tmp_path, monkeypatch) as (settings, registry):
+        registry.put(instant)
+        async with running_gpu(
+            settings, backend, clock=clock, ticker=ticker, publish=True
+        ) as channel:
+            await rules_applied(channel, {"hot-now"})
+            stream = Stream(channel)
+            await stream.update()
+            await sample_at(stream, clock, ticker, T0 + 1)
+            fired = await stream.alert()
+            stream.call.cancel()
+
+        backend.set_devices([H100])
+        clock.now = T0 + 5
+        async with running_gpu(
+            settings, backend, clock=clock, ticker=ticker, publish=True
+        ) as channel:
+            # Adopted at start, before the registry's rules arrive: still firing.
+            stream = Stream(channel)
+            await stream.update()
+            assert await stream.alert() == fired
+            await rules_applied(channel, {"hot-now"})
+            await sample_at(stream, clock, ticker, T0 + 6)
+            resolved = await stream.alert()
+            stream.call.cancel()
+
+    assert resolved.alert_id == fired.alert_id
+    assert resolved.state == gpu_pb2.ALERT_STATE_RESOLVED
+    with contextlib.closing(sqlite3.connect(settings.home / "gpu" / "alerts.sqlite")) as db:
+        pending = [row[0] for row in db.execute("SELECT alert_id FROM outbox ORDER BY seq")]
+        firing = list(db.execute("SELECT alert_id FROM firing"))
+    assert pending == [fired.alert_id, fired.alert_id]  # both events, unpublished, kept
+    assert firing == []

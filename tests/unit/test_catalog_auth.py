@@ -133,7 +133,9 @@ def test_resolve_matching_kind() -> None:
 def test_plan_orders_deployments_then_fallbacks_and_skips_weight_zero() -> None:
     catalog, planner = _catalog(), _planner()
     for _ in range(50):
-        ids = [c.deployment_id for c in planner.plan(catalog, catalog.resolve("chat", None), False)]
+        ids = [
+            c.deployment_id for c in planner.plan(catalog, catalog.resolve("chat", None), False)[0]
+        ]
         assert sorted(ids[:2]) == ["chat.p1.big", "chat.p2.big"]
         # Offline fallback "gone" and weight-0 deployments are left out.
         assert ids[2:] == ["backup.mock.echo"]
@@ -141,7 +143,7 @@ def test_plan_orders_deployments_then_fallbacks_and_skips_weight_zero() -> None:
 
 def test_plan_candidates_carry_their_provider() -> None:
     catalog = _catalog()
-    plan = _planner().plan(catalog, catalog.resolve("backup", None), False)
+    plan, _ = _planner().plan(catalog, catalog.resolve("backup", None), False)
     assert len(plan) == 1
     assert plan[0].provider.name == "mock"
     assert plan[0].model.name == "backup"
@@ -151,7 +153,7 @@ def test_plan_candidates_carry_their_provider() -> None:
 def test_plan_weighted_first_pick_matches_weights() -> None:
     catalog, planner = _catalog(), _planner(seed=12345)
     chat = catalog.resolve("chat", None)
-    firsts = Counter(planner.plan(catalog, chat, False)[0].provider.name for _ in range(4000))
+    firsts = Counter(planner.plan(catalog, chat, False)[0][0].provider.name for _ in range(4000))
     assert set(firsts) == {"p1", "p2"}
     assert 0.70 <= firsts["p1"] / 4000 <= 0.80
 
@@ -160,7 +162,7 @@ def test_plan_is_reproducible_with_a_seeded_rng() -> None:
     def picks(seed: int) -> list[str]:
         catalog, planner = _catalog(), _planner(seed)
         chat = catalog.resolve("chat", None)
-        return [planner.plan(catalog, chat, False)[0].deployment_id for _ in range(20)]
+        return [planner.plan(catalog, chat, False)[0][0].deployment_id for _ in range(20)]
 
     assert picks(7) == picks(7)
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +16,13 @@ from prometheus_client import REGISTRY
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard_gpu import probe
-from switchboard_gpu.nvml import DeviceReading, ProcessReading, PynvmlBackend, ScriptedNvml
+from switchboard_gpu.nvml import (
+    DeviceReading,
+    ProcessReading,
+    PynvmlBackend,
+    ScriptedNvml,
+    ScriptFileNvml,
+)
 from switchboard_gpu.sampler import (
     SATURATED_UTIL_PERCENT,
     Sampler,
@@ -241,6 +251,8 @@ def test_config_from_env() -> None:
     )
     assert (config.interval_s, config.process_every) == (0.25, 10)
     assert dict(config.labels) == {"rack": "r1"}
+    assert config.hostname == socket.gethostname()
+    assert SamplerConfig.from_env({"SWITCHBOARD_NODE_NAME": "gpu-node-7"}).hostname == "gpu-node-7"
     assert SamplerConfig.from_env({}).interval_s == 1.0
     with pytest.raises(ValueError, match="SWITCHBOARD_GPU_INTERVAL_S"):
         SamplerConfig.from_env({"SWITCHBOARD_GPU_INTERVAL_S": "0"})
@@ -256,7 +268,7 @@ async def test_slow_watcher_drops_oldest_updates() -> None:
     with sampler.watch() as updates:
         for status in statuses:
             sampler.publish(status)
-        received = [updates.get_nowait() for _ in range(updates.qsize())]
+        received = [updates.get_nowait().metrics_update for _ in range(updates.qsize())]
 
     assert received == statuses[2:]
     assert sampler.latest is statuses[-1]
@@ -303,3 +315,102 @@ def test_prometheus_gauges_follow_present_readings() -> None:
     down = Sampler(ScriptedNvml(init_error="Driver Not Loaded"), _config(hostname="metrics-node"))
     down.publish(down.sample(processes=False))
     assert REGISTRY.get_sample_value("switchboard_gpu_nvml_up") == 0
+
+
+def test_nvml_errors_are_reported_with_the_health_reason() -> None:
+    lost = DeviceReading(index=0, uuid="GPU-aaaa", failures=("temperature: GPU is lost",))
+
+    status = Sampler(ScriptedNvml([lost]), _config()).sample(processes=False)
+
+    (device,) = status.devices
+    assert list(device.nvml_errors) == ["temperature: GPU is lost"]
+    assert device.health == gpu_pb2.GPU_HEALTH_UNHEALTHY
+    assert device.health_reason == "NVML error: temperature: GPU is lost"
+
+
+def test_saturation_threshold_is_configurable() -> None:
+    busy = dataclasses.replace(FULL, utilization_gpu_percent=85.0)
+
+    default = Sampler(ScriptedNvml([busy]), _config()).sample(processes=False)
+    lower = Sampler(ScriptedNvml([busy]), _config(saturated_percent=80.0)).sample(processes=False)
+
+    assert default.devices[0].health == gpu_pb2.GPU_HEALTH_OK
+    assert lower.devices[0].health == gpu_pb2.GPU_HEALTH_SATURATED
+    assert lower.devices[0].health_reason == "utilization_gpu_percent 85 >= 80"
+    assert (
+        SamplerConfig.from_env({"SWITCHBOARD_GPU_SATURATED_PERCENT": "80"}).saturated_percent == 80
+    )
+
+
+def test_sample_time_comes_from_the_clock() -> None:
+    sampler = Sampler(ScriptedNvml([FULL]), _config(), clock=lambda: 1_735_689_600.25)
+
+    status = sampler.sample(processes=False)
+
+    assert status.sample_time.ToNanoseconds() == 1_735_689_600_250_000_000
+
+
+@pytest.mark.asyncio
+async def test_slow_watcher_keeps_every_alert() -> None:
+    sampler = Sampler(ScriptedNvml([FULL]), _config(watcher_queue=2))
+    statuses = [sampler.sample(processes=False) for _ in range(4)]
+    alerts = [gpu_pb2.GpuAlert(alert_id=f"a{n}") for n in range(4)]
+
+    with sampler.watch() as updates:
+        for status, alert in zip(statuses, alerts, strict=True):
+            sampler.publish(status, [alert])
+        received = [updates.get_nowait() for _ in range(updates.qsize())]
+
+    assert [r.alert.alert_id for r in received if r.HasField("alert")] == ["a0", "a1", "a2", "a3"]
+    assert [r.metrics_update for r in received if r.HasField("metrics_update")] == statuses[2:]
+
+
+@pytest.mark.asyncio
+async def test_ticks_decide_when_samples_are_taken() -> None:
+    ticks: asyncio.Queue[None] = asyncio.Queue()
+    backend = ScriptedNvml([FULL])
+    sampler = Sampler(backend, _config(interval_s=0.001), tick=ticks.get)
+    with sampler.watch() as updates:
+        await sampler.start()
+        try:
+            await asyncio.wait_for(updates.get(), timeout=5)  # the one start() takes
+            ticks.put_nowait(None)
+            await asyncio.wait_for(updates.get(), timeout=5)
+            # Each tick is one sample: no tick, no sample, however short the interval.
+            assert updates.qsize() == 0
+            assert len(backend.process_flags) == 2
+        finally:
+            await sampler.stop()
+
+
+def test_script_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.json"
+    path.write_text(
+        json.dumps(
+            {
+                "driver_version": "560.1",
+                "devices": [
+                    {
+                        "index": 0,
+                        "uuid": "GPU-file",
+                        "utilization_gpu_percent": 5,
+                        "processes": [{"pid": 9, "name": "vllm", "used_memory_mib": 100}],
+                    }
+                ],
+            }
+        )
+    )
+    backend = ScriptFileNvml(path)
+    sampler = Sampler(backend, _config())
+
+    first = sampler.sample(processes=True)
+    path.write_text(json.dumps({"devices": [{"index": 0, "uuid": "GPU-file", "failures": ["x"]}]}))
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000))
+    second = sampler.sample(processes=True)
+
+    assert first.driver_version == "560.1"
+    (device,) = first.devices
+    assert (device.uuid, device.utilization_gpu_percent) == ("GPU-file", 5.0)
+    assert [(p.pid, p.name, p.used_memory_mib) for p in device.processes] == [(9, "vllm", 100)]
+    assert not second.devices[0].HasField("utilization_gpu_percent")
+    assert second.devices[0].health == gpu_pb2.GPU_HEALTH_UNHEALTHY

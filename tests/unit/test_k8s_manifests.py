@@ -70,11 +70,14 @@ NEEDED_FLOWS = [
     ("router", "registry", 50052),
     ("provider", "registry", 50052),
     ("usage", "registry", 50052),
+    ("router", "gpu", 50055),
+    ("gpu", "registry", 50052),
+    ("gpu", "usage", 50054),
 ]
 FORBIDDEN_FLOWS = [
     ("edge", "provider", 50053),
     ("gpu", "router", 50051),
-    ("gpu", "registry", 50052),
+    ("gpu", "provider", 50053),
     ("provider", "router", 50051),
     ("provider", "usage", 50054),
     ("usage", "provider", 50053),

@@ -177,6 +177,8 @@ class GpuDevice(_message.Message):
     LAST_XID_FIELD_NUMBER: _builtins.int
     PROCESSES_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    NVML_ERRORS_FIELD_NUMBER: _builtins.int
+    HEALTH_REASON_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     uuid: _builtins.str
     name: _builtins.str
@@ -192,8 +194,16 @@ class GpuDevice(_message.Message):
     ecc_uncorrected_errors: _builtins.int
     last_xid: _builtins.int
     health: Global___GpuHealth.ValueType
+    health_reason: _builtins.str
+    """Why health is not OK, e.g. "utilization_gpu_percent 97 >= 95"."""
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuProcess]: ...
+    @_builtins.property
+    def nvml_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Readings NVML refused with a real error ("temperature: GPU is lost"); any
+        makes the device UNHEALTHY.
+        """
+
     def __init__(
         self,
         *,
@@ -213,10 +223,12 @@ class GpuDevice(_message.Message):
         last_xid: _builtins.int | None = ...,
         processes: _abc.Iterable[Global___GpuProcess] | None = ...,
         health: Global___GpuHealth.ValueType = ...,
+        nvml_errors: _abc.Iterable[_builtins.str] | None = ...,
+        health_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ecc_uncorrected_errors", b"_ecc_uncorrected_errors", "_last_xid", b"_last_xid", "_memory_clock_mhz", b"_memory_clock_mhz", "_memory_total_mib", b"_memory_total_mib", "_memory_used_mib", b"_memory_used_mib", "_power_limit_w", b"_power_limit_w", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_temperature_c", b"_temperature_c", "_utilization_gpu_percent", b"_utilization_gpu_percent", "_utilization_memory_percent", b"_utilization_memory_percent", "ecc_uncorrected_errors", b"ecc_uncorrected_errors", "last_xid", b"last_xid", "memory_clock_mhz", b"memory_clock_mhz", "memory_total_mib", b"memory_total_mib", "memory_used_mib", b"memory_used_mib", "power_limit_w", b"power_limit_w", "power_w", b"power_w", "sm_clock_mhz", b"sm_clock_mhz", "temperature_c", b"temperature_c", "utilization_gpu_percent", b"utilization_gpu_percent", "utilization_memory_percent", b"utilization_memory_percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ecc_uncorrected_errors", b"_ecc_uncorrected_errors", "_last_xid", b"_last_xid", "_memory_clock_mhz", b"_memory_clock_mhz", "_memory_total_mib", b"_memory_total_mib", "_memory_used_mib", b"_memory_used_mib", "_power_limit_w", b"_power_limit_w", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_temperature_c", b"_temperature_c", "_utilization_gpu_percent", b"_utilization_gpu_percent", "_utilization_memory_percent", b"_utilization_memory_percent", "ecc_uncorrected_errors", b"ecc_uncorrected_errors", "health", b"health", "index", b"index", "last_xid", b"last_xid", "memory_clock_mhz", b"memory_clock_mhz", "memory_total_mib", b"memory_total_mib", "memory_used_mib", b"memory_used_mib", "name", b"name", "power_limit_w", b"power_limit_w", "power_w", b"power_w", "processes", b"processes", "sm_clock_mhz", b"sm_clock_mhz", "temperature_c", b"temperature_c", "utilization_gpu_percent", b"utilization_gpu_percent", "utilization_memory_percent", b"utilization_memory_percent", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ecc_uncorrected_errors", b"_ecc_uncorrected_errors", "_last_xid", b"_last_xid", "_memory_clock_mhz", b"_memory_clock_mhz", "_memory_total_mib", b"_memory_total_mib", "_memory_used_mib", b"_memory_used_mib", "_power_limit_w", b"_power_limit_w", "_power_w", b"_power_w", "_sm_clock_mhz", b"_sm_clock_mhz", "_temperature_c", b"_temperature_c", "_utilization_gpu_percent", b"_utilization_gpu_percent", "_utilization_memory_percent", b"_utilization_memory_percent", "ecc_uncorrected_errors", b"ecc_uncorrected_errors", "health", b"health", "health_reason", b"health_reason", "index", b"index", "last_xid", b"last_xid", "memory_clock_mhz", b"memory_clock_mhz", "memory_total_mib", b"memory_total_mib", "memory_used_mib", b"memory_used_mib", "name", b"name", "nvml_errors", b"nvml_errors", "power_limit_w", b"power_limit_w", "power_w", b"power_w", "processes", b"processes", "sm_clock_mhz", b"sm_clock_mhz", "temperature_c", b"temperature_c", "utilization_gpu_percent", b"utilization_gpu_percent", "utilization_memory_percent", b"utilization_memory_percent", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ecc_uncorrected_errors: _TypeAlias = _typing.Literal["ecc_uncorrected_errors"]  # noqa: Y015
     _WhichOneofArgType__ecc_uncorrected_errors: _TypeAlias = _typing.Literal["_ecc_uncorrected_errors", b"_ecc_uncorrected_errors"]  # noqa: Y015
@@ -307,6 +319,9 @@ class GpuAlert(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    COMPARATOR_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     rule_name: _builtins.str
     metric: _builtins.str
@@ -316,9 +331,19 @@ class GpuAlert(_message.Message):
     state: Global___AlertState.ValueType
     severity: _registry_pb2.Severity.ValueType
     value: _builtins.float
+    """The reading that fired (FIRING) or cleared (RESOLVED) the alert."""
     threshold: _builtins.float
+    message: _builtins.str
+    """For people, e.g. "temperature_c 85 > 80 for 60s" or "resolved: rule deleted"."""
+    comparator: _registry_pb2.Comparator.ValueType
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When this event happened: the firing, or the resolution."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the alert fired; equals time on a FIRING event."""
+
     def __init__(
         self,
         *,
@@ -333,10 +358,13 @@ class GpuAlert(_message.Message):
         value: _builtins.float = ...,
         threshold: _builtins.float = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        comparator: _registry_pb2.Comparator.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "gpu_index", b"gpu_index", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "metric", b"metric", "rule_name", b"rule_name", "severity", b"severity", "state", b"state", "threshold", b"threshold", "time", b"time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "comparator", b"comparator", "gpu_index", b"gpu_index", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "message", b"message", "metric", b"metric", "rule_name", b"rule_name", "severity", b"severity", "start_time", b"start_time", "state", b"state", "threshold", b"threshold", "time", b"time", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,19 +391,32 @@ class GetGpuStatusResponse(_message.Message):
 
     STATUS_FIELD_NUMBER: _builtins.int
     ACTIVE_ALERTS_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    REGISTRY_VERSION_FIELD_NUMBER: _builtins.int
+    registry_version: _builtins.int
     @_builtins.property
     def status(self) -> Global___NodeStatus: ...
     @_builtins.property
-    def active_alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuAlert]: ...
+    def active_alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuAlert]:
+        """Firing on this node now."""
+
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.AlertRule]:
+        """The rules this node evaluates, as of the registry version below (0: no
+        snapshot received yet, so no rules are evaluated).
+        """
+
     def __init__(
         self,
         *,
         status: Global___NodeStatus | None = ...,
         active_alerts: _abc.Iterable[Global___GpuAlert] | None = ...,
+        rules: _abc.Iterable[_registry_pb2.AlertRule] | None = ...,
+        registry_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_alerts", b"active_alerts", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_alerts", b"active_alerts", "registry_version", b"registry_version", "rules", b"rules", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,14 +483,20 @@ class QueryGpuHistoryRequest(_message.Message):
     GPU_UUID_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     start: _builtins.str
-    """RFC 3339 times."""
+    """RFC 3339 times; default: the last hour. The range is widened to whole
+    intervals (start rounded down, end up), so every bucket is complete.
+    """
     end: _builtins.str
     interval: _builtins.str
-    """1m | 5m | 1h | 1d"""
+    """1m | 5m | 1h | 1d; default 1m."""
     hostname: _builtins.str
+    """Optional filters."""
     gpu_uuid: _builtins.str
     metric: _builtins.str
-    """A GpuDevice field name, e.g. utilization_gpu_percent."""
+    """A numeric GpuDevice field name (utilization_gpu_percent, temperature_c,
+    memory_used_mib, power_w, ...) or memory_used_percent; default
+    utilization_gpu_percent.
+    """
     def __init__(
         self,
         *,
@@ -473,16 +520,35 @@ class QueryGpuHistoryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POINTS_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The query as answered, after defaults and widening."""
+    interval: _builtins.str
     @_builtins.property
-    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuHistoryPoint]: ...
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuHistoryPoint]:
+        """Ordered by hostname, gpu_uuid, bucket_start. A bucket without a reading of
+        the metric has no point (a gap), never a zero.
+        """
+
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         points: _abc.Iterable[Global___GpuHistoryPoint] | None = ...,
+        metric: _builtins.str = ...,
+        interval: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "interval", b"interval", "metric", b"metric", "points", b"points", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,11 +564,16 @@ class GpuHistoryPoint(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     AVG_FIELD_NUMBER: _builtins.int
     MAX_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     gpu_uuid: _builtins.str
     metric: _builtins.str
     avg: _builtins.float
     max: _builtins.float
+    min: _builtins.float
+    samples: _builtins.int
+    """Samples with a reading of the metric in this bucket."""
     @_builtins.property
     def bucket_start(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -514,10 +585,12 @@ class GpuHistoryPoint(_message.Message):
         metric: _builtins.str = ...,
         avg: _builtins.float = ...,
         max: _builtins.float = ...,
+        min: _builtins.float = ...,
+        samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg", b"avg", "bucket_start", b"bucket_start", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "max", b"max", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg", b"avg", "bucket_start", b"bucket_start", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "max", b"max", "metric", b"metric", "min", b"min", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -529,17 +602,26 @@ class ListGpuAlertsRequest(_message.Message):
 
     ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    GPU_UUID_FIELD_NUMBER: _builtins.int
     active_only: _builtins.bool
+    """Only alerts whose latest event is FIRING."""
     limit: _builtins.int
+    """Default 100, at most 1000."""
+    hostname: _builtins.str
+    """Optional filters."""
+    gpu_uuid: _builtins.str
     def __init__(
         self,
         *,
         active_only: _builtins.bool = ...,
         limit: _builtins.int = ...,
+        hostname: _builtins.str = ...,
+        gpu_uuid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

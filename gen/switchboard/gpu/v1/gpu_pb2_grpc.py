@@ -66,21 +66,26 @@ class GpuServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchGpuMetrics(self, request, context):
-        """The current status first, then one update per sample and every alert
-        transition as it happens.
+        """The current status first, then the alerts firing now, then one update per
+        sample and every alert transition as it happens. Alerts are never skipped;
+        a watcher too slow for the sample rate loses its oldest metric updates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryGpuHistory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Samples stored in ClickHouse, for every node, per GPU and time bucket.
+        Answered by GpuHistoryService (history.proto) in the usage service.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListGpuAlerts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Alerts stored in ClickHouse, for every node, newest first, each in its
+        latest state. Answered by GpuHistoryService in the usage service.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

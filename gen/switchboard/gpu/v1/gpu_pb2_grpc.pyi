@@ -36,22 +36,36 @@ class GpuServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GpuServiceAsyncStub: ...
     GetGpuStatus: _grpc.UnaryUnaryMultiCallable[_gpu_pb2.GetGpuStatusRequest, _gpu_pb2.GetGpuStatusResponse]
     WatchGpuMetrics: _grpc.UnaryStreamMultiCallable[_gpu_pb2.WatchGpuMetricsRequest, _gpu_pb2.WatchGpuMetricsResponse]
-    """The current status first, then one update per sample and every alert
-    transition as it happens.
+    """The current status first, then the alerts firing now, then one update per
+    sample and every alert transition as it happens. Alerts are never skipped;
+    a watcher too slow for the sample rate loses its oldest metric updates.
     """
     QueryGpuHistory: _grpc.UnaryUnaryMultiCallable[_gpu_pb2.QueryGpuHistoryRequest, _gpu_pb2.QueryGpuHistoryResponse]
+    """Samples stored in ClickHouse, for every node, per GPU and time bucket.
+    Answered by GpuHistoryService (history.proto) in the usage service.
+    """
     ListGpuAlerts: _grpc.UnaryUnaryMultiCallable[_gpu_pb2.ListGpuAlertsRequest, _gpu_pb2.ListGpuAlertsResponse]
+    """Alerts stored in ClickHouse, for every node, newest first, each in its
+    latest state. Answered by GpuHistoryService in the usage service.
+    """
 
 @_typing.type_check_only
 class GpuServiceAsyncStub(GpuServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetGpuStatus: _aio.UnaryUnaryMultiCallable[_gpu_pb2.GetGpuStatusRequest, _gpu_pb2.GetGpuStatusResponse]  # type: ignore[assignment]
     WatchGpuMetrics: _aio.UnaryStreamMultiCallable[_gpu_pb2.WatchGpuMetricsRequest, _gpu_pb2.WatchGpuMetricsResponse]  # type: ignore[assignment]
-    """The current status first, then one update per sample and every alert
-    transition as it happens.
+    """The current status first, then the alerts firing now, then one update per
+    sample and every alert transition as it happens. Alerts are never skipped;
+    a watcher too slow for the sample rate loses its oldest metric updates.
     """
     QueryGpuHistory: _aio.UnaryUnaryMultiCallable[_gpu_pb2.QueryGpuHistoryRequest, _gpu_pb2.QueryGpuHistoryResponse]  # type: ignore[assignment]
+    """Samples stored in ClickHouse, for every node, per GPU and time bucket.
+    Answered by GpuHistoryService (history.proto) in the usage service.
+    """
     ListGpuAlerts: _aio.UnaryUnaryMultiCallable[_gpu_pb2.ListGpuAlertsRequest, _gpu_pb2.ListGpuAlertsResponse]  # type: ignore[assignment]
+    """Alerts stored in ClickHouse, for every node, newest first, each in its
+    latest state. Answered by GpuHistoryService in the usage service.
+    """
 
 class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -67,8 +81,9 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gpu_pb2.WatchGpuMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gpu_pb2.WatchGpuMetricsResponse], _abc.AsyncIterator[_gpu_pb2.WatchGpuMetricsResponse]]:
-        """The current status first, then one update per sample and every alert
-        transition as it happens.
+        """The current status first, then the alerts firing now, then one update per
+        sample and every alert transition as it happens. Alerts are never skipped;
+        a watcher too slow for the sample rate loses its oldest metric updates.
         """
 
     @_abc_1.abstractmethod
@@ -76,13 +91,19 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _gpu_pb2.QueryGpuHistoryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gpu_pb2.QueryGpuHistoryResponse, _abc.Awaitable[_gpu_pb2.QueryGpuHistoryResponse]]: ...
+    ) -> _typing.Union[_gpu_pb2.QueryGpuHistoryResponse, _abc.Awaitable[_gpu_pb2.QueryGpuHistoryResponse]]:
+        """Samples stored in ClickHouse, for every node, per GPU and time bucket.
+        Answered by GpuHistoryService (history.proto) in the usage service.
+        """
 
     @_abc_1.abstractmethod
     def ListGpuAlerts(
         self,
         request: _gpu_pb2.ListGpuAlertsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gpu_pb2.ListGpuAlertsResponse, _abc.Awaitable[_gpu_pb2.ListGpuAlertsResponse]]: ...
+    ) -> _typing.Union[_gpu_pb2.ListGpuAlertsResponse, _abc.Awaitable[_gpu_pb2.ListGpuAlertsResponse]]:
+        """Alerts stored in ClickHouse, for every node, newest first, each in its
+        latest state. Answered by GpuHistoryService in the usage service.
+        """
 
 def add_GpuServiceServicer_to_server(servicer: GpuServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -546,6 +546,9 @@ class AlertRule(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     SEVERITY_FIELD_NUMBER: _builtins.int
     ENABLED_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     metric: _builtins.str
     """A GPU metric name, e.g. utilization_gpu_percent, temperature_c."""
@@ -553,10 +556,15 @@ class AlertRule(_message.Message):
     threshold: _builtins.float
     severity: Global___Severity.ValueType
     enabled: _builtins.bool
+    etag: _builtins.str
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """How long the condition must hold before the alert fires."""
 
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -567,10 +575,13 @@ class AlertRule(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         severity: Global___Severity.ValueType = ...,
         enabled: _builtins.bool | None = ...,
+        etag: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "duration", b"duration", "enabled", b"enabled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "duration", b"duration", "enabled", b"enabled", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "duration", b"duration", "enabled", b"enabled", "metric", b"metric", "name", b"name", "severity", b"severity", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "create_time", b"create_time", "duration", b"duration", "enabled", b"enabled", "etag", b"etag", "metric", b"metric", "name", b"name", "severity", b"severity", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

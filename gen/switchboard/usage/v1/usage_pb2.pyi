@@ -571,3 +571,93 @@ class GetSpendResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSpendResponse: _TypeAlias = GetSpendResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageTimeseriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    """How far back: a duration such as 1h, 24h, 7d (default 24h)."""
+    interval: _builtins.str
+    """The bucket size: 1m, 5m, 1h or 1d (default 1h)."""
+    model: _builtins.str
+    """Optional: only this model."""
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        interval: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "model", b"model", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageTimeseriesRequest: _TypeAlias = GetUsageTimeseriesRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageTimeseriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    interval: _builtins.str
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsagePoint]:
+        """Buckets that saw calls, oldest first, one point per model."""
+
+    def __init__(
+        self,
+        *,
+        window: _builtins.str = ...,
+        interval: _builtins.str = ...,
+        points: _abc.Iterable[Global___UsagePoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "points", b"points", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageTimeseriesResponse: _TypeAlias = GetUsageTimeseriesResponse  # noqa: Y015
+
+@_typing.final
+class UsagePoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    requests: _builtins.float
+    tokens: _builtins.float
+    cost: _builtins.float
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """The bucket's start."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
+        requests: _builtins.float = ...,
+        tokens: _builtins.float = ...,
+        cost: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "model", b"model", "requests", b"requests", "time", b"time", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsagePoint: _TypeAlias = UsagePoint  # noqa: Y015

@@ -49,6 +49,11 @@ class UsageServiceStub:
                 request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsagePerformanceRequest.SerializeToString,
                 response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsagePerformanceResponse.FromString,
                 _registered_method=True)
+        self.GetUsageTimeseries = channel.unary_unary(
+                '/switchboard.usage.v1.UsageService/GetUsageTimeseries',
+                request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesRequest.SerializeToString,
+                response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesResponse.FromString,
+                _registered_method=True)
         self.GetSpend = channel.unary_unary(
                 '/switchboard.usage.v1.UsageService/GetSpend',
                 request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
@@ -79,6 +84,13 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageTimeseries(self, request, context):
+        """Requests, tokens and cost per model per interval, for charts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSpend(self, request, context):
         """Spend so far, for budget enforcement in the router.
         """
@@ -103,6 +115,11 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.GetUsagePerformance,
                     request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsagePerformanceRequest.FromString,
                     response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsagePerformanceResponse.SerializeToString,
+            ),
+            'GetUsageTimeseries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageTimeseries,
+                    request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesRequest.FromString,
+                    response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesResponse.SerializeToString,
             ),
             'GetSpend': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSpend,
@@ -191,6 +208,33 @@ class UsageService:
             '/switchboard.usage.v1.UsageService/GetUsagePerformance',
             switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsagePerformanceRequest.SerializeToString,
             switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsagePerformanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageTimeseries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.usage.v1.UsageService/GetUsageTimeseries',
+            switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesRequest.SerializeToString,
+            switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

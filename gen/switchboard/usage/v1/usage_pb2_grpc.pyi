@@ -42,6 +42,8 @@ class UsageServiceStub:
     """
     GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageSummaryRequest, _usage_pb2.GetUsageSummaryResponse]
     GetUsagePerformance: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsagePerformanceRequest, _usage_pb2.GetUsagePerformanceResponse]
+    GetUsageTimeseries: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageTimeseriesRequest, _usage_pb2.GetUsageTimeseriesResponse]
+    """Requests, tokens and cost per model per interval, for charts."""
     GetSpend: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]
     """Spend so far, for budget enforcement in the router."""
 
@@ -54,6 +56,8 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """
     GetUsageSummary: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageSummaryRequest, _usage_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
     GetUsagePerformance: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsagePerformanceRequest, _usage_pb2.GetUsagePerformanceResponse]  # type: ignore[assignment]
+    GetUsageTimeseries: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageTimeseriesRequest, _usage_pb2.GetUsageTimeseriesResponse]  # type: ignore[assignment]
+    """Requests, tokens and cost per model per interval, for charts."""
     GetSpend: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]  # type: ignore[assignment]
     """Spend so far, for budget enforcement in the router."""
 
@@ -81,6 +85,14 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _usage_pb2.GetUsagePerformanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.GetUsagePerformanceResponse, _abc.Awaitable[_usage_pb2.GetUsagePerformanceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetUsageTimeseries(
+        self,
+        request: _usage_pb2.GetUsageTimeseriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.GetUsageTimeseriesResponse, _abc.Awaitable[_usage_pb2.GetUsageTimeseriesResponse]]:
+        """Requests, tokens and cost per model per interval, for charts."""
 
     @_abc_1.abstractmethod
     def GetSpend(

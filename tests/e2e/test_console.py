@@ -1,0 +1,369 @@
+"""The web console end to end, in headless Chromium, against the real stack.
+
+The edge serves the console at /console; a browser (Debian's chromium, driven by
+playwright-core from tests/e2e/console/drive.mjs) loads it, streams a chat from the
+loopback OpenAI upstream and sees the tokens arrive, switches a model offline,
+sees the offline error in the playground, sees its call in the usage chart, and
+looks at latency percentiles and the GPU page. This test then checks through the
+API that what the page showed is so. Screenshots go to the test's tmp directory
+and to build/console-screenshots/{tour,gpu-devices}/ (or under
+$SWITCHBOARD_CONSOLE_SCREENSHOTS), replaced on each run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from switchboard_common.settings import Settings
+from switchboard_stack import envoy
+from switchboard_stack.harness import REPO, Stack, running_stack
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+
+pytestmark = pytest.mark.e2e
+
+ADMIN_KEY = "console-e2e-admin-key-0123456789"
+PROVIDER_KEY = "sk-console-e2e-provider-0123456789"
+STREAM_MODEL = "loop-chat"
+OFFLINE_MODEL = "mock-chat"
+PROMPT = "route this call through the switchboard console please"
+REPLY = f"echo: {PROMPT}"
+# Spaces the streamed tokens out, so the page is seen showing part of the reply.
+CHUNK_DELAY_S = 0.1
+DRIVER = Path(__file__).parent / "console" / "drive.mjs"
+CHROMIUM = os.environ.get("SWITCHBOARD_CHROMIUM", "/usr/bin/chromium")
+PLAYWRIGHT = REPO / "node_modules" / "playwright-core" / "package.json"
+SCREENSHOTS = Path(
+    os.environ.get("SWITCHBOARD_CONSOLE_SCREENSHOTS") or REPO / "build" / "console-screenshots"
+)
+DRIVER_TIMEOUT_S = 90
+
+
+def _node() -> str:
+    """node, Chromium and playwright-core, or a failure that says how to get them."""
+    node = shutil.which("node")
+    missing = []
+    if node is None:
+        missing.append("node is not on PATH")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(
+            f"{CHROMIUM} is missing: `make test` installs it (Debian's chromium), or run "
+            "`apt-get install -y --no-install-recommends chromium`"
+        )
+    if not PLAYWRIGHT.is_file():
+        missing.append("node_modules/playwright-core is missing: run `make install`")
+    if missing or node is None:
+        pytest.fail("the console test needs a browser: " + "; ".join(missing), pytrace=False)
+    return node
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OpenAIUpstream]:
+    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
+        server.behaviour = Behaviour(chunk_delay_s=CHUNK_DELAY_S)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    pricing = {"input_per_1k": 0.5, "output_per_1k": 1.5, "currency": "USD"}
+    config = {
+        "providers": [
+            {
+                "name": "loopback",
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "api_key_env": "CONSOLE_E2E_PROVIDER_KEY",
+                "timeout_s": 10,
+            },
+            {"name": "mock", "kind": "mock"},
+        ],
+        "models": [
+            {
+                "name": STREAM_MODEL,
+                "deployments": [{"provider": "loopback", "model": "gpt-loop"}],
+                "pricing": pricing,
+            },
+            {
+                "name": OFFLINE_MODEL,
+                "deployments": [{"provider": "mock", "model": "mock-echo"}],
+                "pricing": pricing,
+            },
+        ],
+    }
+    env = {"SWITCHBOARD_ADMIN_KEY": ADMIN_KEY, "CONSOLE_E2E_PROVIDER_KEY": PROVIDER_KEY}
+    with running_stack(config, tmp_path_factory.mktemp("console"), env) as running:
+        yield running
+
+
+def test_every_console_file_has_a_route(tmp_path: Path) -> None:
+    """Envoy serves each file from its own route: a file without one would 404."""
+    rendered = envoy.render(Settings.from_env(), tmp_path / "envoy.yaml").read_text()
+    config = yaml.safe_load(rendered)
+    (listener,) = config["static_resources"]["listeners"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    (host,) = manager["route_config"]["virtual_hosts"]
+    served = {
+        r["match"]["path"]: Path(r["direct_response"]["body"]["filename"])
+        for r in host["routes"]
+        if "filename" in r.get("direct_response", {}).get("body", {})
+    }
+    files = {p.name for p in envoy.CONSOLE_DIR.iterdir() if p.is_file()}
+    assert {f.name for f in served.values()} == files
+    for path, file in served.items():
+        assert file.parent == envoy.CONSOLE_DIR
+        assert path == "/console/" + ("" if file.name == "index.html" else file.name)
+        assert file.stat().st_size <= envoy.CONSOLE_MAX_FILE_BYTES
+
+
+def _drive(
+    node: str, stack: Stack, shots: Path, scenario: str, **extra: str
+) -> dict[str, dict[str, Any]]:
+    """Run a scenario of the browser script; its steps by name, or a failure with its output."""
+    env = {
+        **os.environ,
+        "EDGE_URL": stack.edge_url,
+        "ADMIN_KEY": ADMIN_KEY,
+        "SHOTS": str(shots),
+        "CHROMIUM": CHROMIUM,
+        "SCENARIO": scenario,
+        **extra,
+    }
+    # Its own process group, so a timeout takes Chromium down with it.
+    with subprocess.Popen(
+        [node, str(DRIVER)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=DRIVER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"the browser script ran past {DRIVER_TIMEOUT_S}s:\n{out}\n{err}")
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not any(r.get("done") for r in records):
+        failed: dict[str, Any] = next((r for r in records if "failed" in r), {})
+        pytest.fail(
+            f"the console failed at step {failed.get('failed')!r}: {failed.get('error')}\n"
+            f"screenshot: {failed.get('screenshot')}\nstdout:\n{out}\nstderr:\n{err}",
+            pytrace=False,
+        )
+    return {r["step"]: r for r in records if "step" in r}
+
+
+def test_console_streams_switches_offline_and_charts_usage(
+    stack: Stack,
+    upstream: OpenAIUpstream,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node = _node()
+    admin = httpx.Client(
+        base_url=stack.edge_url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    )
+    with admin:
+        # The edge serves the files with their types, and a policy that keeps the page
+        # to its own origin.
+        page = admin.get("/console/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "connect-src 'self'" in page.headers["content-security-policy"]
+        script = admin.get("/console/console.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert admin.get("/console/missing.js").status_code == 404
+
+        shots = tmp_path / "screenshots"
+        steps = _drive(
+            node,
+            stack,
+            shots,
+            "tour",
+            STREAM_MODEL=STREAM_MODEL,
+            OFFLINE_MODEL=OFFLINE_MODEL,
+            PROMPT=PROMPT,
+            REPLY=REPLY,
+        )
+
+        # Streamed: the page showed part of the reply before all of it.
+        chat = steps["stream_chat"]
+        assert chat["reply"] == REPLY
+        assert REPLY.startswith(chat["partial"])
+        assert chat["partial"] != REPLY
+        assert f"deployment {STREAM_MODEL}.loopback.gpt-loop" in chat["meta"]
+        (served,) = [c for c in upstream.served if c.model == "gpt-loop"]
+        assert served.stream
+        assert served.completed
+
+        # Switched offline in the page: the API says so, and calls are refused.
+        model = admin.get(f"/v1/admin/models/{OFFLINE_MODEL}")
+        assert model.status_code == 200, model.text
+        assert model.json()["model"]["online"] is False
+        assert "offline" in steps["offline_chat_fails"]["error"]
+        client = openai.OpenAI(
+            base_url=f"{stack.edge_url}/v1", api_key="unused", max_retries=0, timeout=10
+        )
+        with pytest.raises(openai.NotFoundError, match="offline"):
+            client.chat.completions.create(
+                model=OFFLINE_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
+
+        # The usage chart's points are the call the page made, as the API counts it.
+        usage = steps["usage_chart"]
+        series = admin.get(
+            "/v1/usage/timeseries", params={"window": "1h", "interval": "1m", "model": STREAM_MODEL}
+        )
+        assert series.status_code == 200, series.text
+        points = series.json()["points"]
+        assert usage["requests"] == sum(p["requests"] for p in points) == 1
+        assert usage["tokens"] == sum(p["tokens"] for p in points)
+        assert usage["tokens"] == served.prompt_tokens + served.completion_tokens
+
+        assert steps["performance"]["latency_p50_ms"] > 0
+
+        # No GPU here: the page says NVML is unavailable, with the service's reason,
+        # and draws no gauges (no made-up zeros). With GPUs, one card per device.
+        gpu = admin.get("/v1/admin/gpu/status").json()["status"]
+        shown = steps["gpu"]
+        if gpu["nvml_state"] == "NVML_STATE_UNAVAILABLE":
+            assert gpu["reason"] in shown["unavailable"]
+            assert shown["gauges"] == 0
+        else:
+            assert shown["devices"] == len(gpu.get("devices", []))
+
+    files = sorted(p.name for p in shots.glob("*.png"))
+    assert files == [
+        "01-models.png",
+        "02-playground-stream.png",
+        "03-models-offline.png",
+        "04-playground-offline-error.png",
+        "05-usage.png",
+        "06-performance.png",
+        "07-gpus.png",
+    ]
+    _keep(shots, "tour", capsys)
+
+
+def _keep(shots: Path, scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Copy the screenshots where people look for them (the last run's), and say where."""
+    kept = SCREENSHOTS / scenario
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.copytree(shots, kept)
+    with capsys.disabled():
+        print(f"\nconsole screenshots: {kept} (and {shots})")
+
+
+# A node with two GPUs as the GPU service reports it (gpu.proto, JSON as the edge
+# prints it): GPU 1 has no power or temperature reading, which must show as
+# "not reported", never as 0.
+GPU_STATUS = {
+    "status": {
+        "hostname": "gpu-node-1",
+        "labels": {},
+        "nvml_state": "NVML_STATE_AVAILABLE",
+        "reason": "",
+        "driver_version": "570.86.15",
+        "cuda_version": "12.8",
+        "sample_time": "2026-11-24T05:00:00Z",
+        "devices": [
+            {
+                "index": 0,
+                "uuid": "GPU-0000",
+                "name": "NVIDIA H100 80GB HBM3",
+                "utilization_gpu_percent": 37,
+                "utilization_memory_percent": 20,
+                "memory_used_mib": 40960,
+                "memory_total_mib": 81559,
+                "temperature_c": 64,
+                "power_w": 312.5,
+                "power_limit_w": 700,
+                "sm_clock_mhz": 1980,
+                "processes": [{"pid": 4242, "name": "vllm", "used_memory_mib": 40000}],
+                "health": "GPU_HEALTH_OK",
+                "nvml_errors": [],
+                "health_reason": "",
+            },
+            {
+                "index": 1,
+                "uuid": "GPU-0001",
+                "name": "NVIDIA H100 80GB HBM3",
+                "utilization_gpu_percent": 98,
+                "memory_used_mib": 80000,
+                "memory_total_mib": 81559,
+                "processes": [],
+                "health": "GPU_HEALTH_ALERTING",
+                "nvml_errors": [],
+                "health_reason": "gpu-hot firing",
+            },
+        ],
+    },
+    "active_alerts": [
+        {
+            "alert_id": "a-1",
+            "rule_name": "gpu-busy",
+            "metric": "utilization_gpu_percent",
+            "hostname": "gpu-node-1",
+            "gpu_uuid": "GPU-0001",
+            "gpu_index": 1,
+            "state": "ALERT_STATE_FIRING",
+            "severity": "SEVERITY_WARNING",
+            "value": 98,
+            "threshold": 95,
+            "time": "2026-11-24T04:59:00Z",
+            "message": "utilization_gpu_percent 98 > 95 for 60s",
+            "start_time": "2026-11-24T04:59:00Z",
+            "comparator": "COMPARATOR_GREATER_THAN",
+        }
+    ],
+    "rules": [],
+    "registry_version": "3",
+}
+
+
+def test_gpu_page_draws_each_reading_and_no_made_up_ones(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """This machine has no GPU, so the page is given the GPU service's answer for a
+    node with two (everything else is the real stack)."""
+    node = _node()
+    shots = tmp_path / "screenshots"
+    alerts = {"alerts": GPU_STATUS["active_alerts"]}
+    steps = _drive(
+        node,
+        stack,
+        shots,
+        "gpu-devices",
+        GPU_STATUS=json.dumps(GPU_STATUS),
+        GPU_ALERTS=json.dumps(alerts),
+    )
+    shown = steps["gpu_devices"]
+    assert shown["devices"] == 2
+    assert shown["gauges"] == [
+        "GPU 0 utilisation: 37%",
+        "GPU 0 memory: 50%",
+        "GPU 0 temperature: 64 °C",
+        "GPU 0 power: 313 W",
+        "GPU 1 utilisation: 98%",
+        "GPU 1 memory: 98%",
+        "GPU 1 temperature: not reported",
+        "GPU 1 power: not reported",
+    ]
+    assert shown["badges"] == ["ok", "alerting"]
+    assert "gpu-busy" in shown["active"]
+    assert shown["firing_rows"] == 1
+    _keep(shots, "gpu-devices", capsys)
