@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from string import Template
 
 from switchboard_common.settings import Settings
+from switchboard_common.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deploy" / "envoy" / "envoy.yaml.tmpl"
@@ -22,6 +24,58 @@ def admin_port() -> int:
     return int(os.environ.get("SWITCHBOARD_ENVOY_ADMIN_PORT") or 9901)
 
 
+_PLAINTEXT: dict[str, object] = {
+    "name": "envoy.transport_sockets.raw_buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+    },
+}
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+
+
+def _certificate(cert: Path | str, key: Path | str) -> dict[str, object]:
+    return {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+
+
+def edge_transport_socket() -> dict[str, object]:
+    """TLS for clients when SWITCHBOARD_EDGE_TLS_CERT and _KEY name PEM files."""
+    cert = os.environ.get("SWITCHBOARD_EDGE_TLS_CERT")
+    key = os.environ.get("SWITCHBOARD_EDGE_TLS_KEY")
+    if not cert and not key:
+        return _PLAINTEXT
+    if not (cert and key):
+        raise ValueError(
+            "edge TLS needs both SWITCHBOARD_EDGE_TLS_CERT and SWITCHBOARD_EDGE_TLS_KEY"
+        )
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TLS + "DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [_certificate(cert, key)],
+                "alpn_protocols": ["h2", "http/1.1"],
+            },
+        },
+    }
+
+
+def upstream_transport_socket(tls: TlsFiles | None) -> dict[str, object]:
+    """Mutual TLS to the services when they run it (SWITCHBOARD_TLS_*)."""
+    if tls is None:
+        return _PLAINTEXT
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TLS + "UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [_certificate(tls.cert, tls.key)],
+                "validation_context": {"trusted_ca": {"filename": str(tls.ca)}},
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+
+
 def values(settings: Settings) -> dict[str, str]:
     out = {
         "ADMIN_HOST": "127.0.0.1",
@@ -34,6 +88,8 @@ def values(settings: Settings) -> dict[str, str]:
         "CONSOLE_MAX_FILE_BYTES": str(CONSOLE_MAX_FILE_BYTES),
         "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "MAX_CONNECTIONS": os.environ.get("SWITCHBOARD_EDGE_MAX_CONNECTIONS") or "10000",
+        "EDGE_TRANSPORT_SOCKET": json.dumps(edge_transport_socket()),
+        "UPSTREAM_TRANSPORT_SOCKET": json.dumps(upstream_transport_socket(settings.tls)),
     }
     for service in ("router", "registry", "usage", "gpu"):
         host, _, port = settings.address(service).rpartition(":")
