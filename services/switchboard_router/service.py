@@ -65,6 +65,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 VERSION = "0.1.0"
 MAX_CALL_S = 600.0
+# The longest a reply waits for its usage record to be durable while the usage
+# service is up (it normally takes a millisecond or two: a group-committed fsync).
+DURABLE_WAIT_S = float(os.environ.get("SWITCHBOARD_USAGE_DURABLE_WAIT_S") or 1.0)
 MAX_ATTEMPTS = int(os.environ.get("SWITCHBOARD_MAX_ATTEMPTS") or 3)
 T = TypeVar("T")
 SERVED_MODEL_KEY = "x-switchboard-model"
@@ -369,17 +372,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             timeout=remaining(context, MAX_CALL_S),
             metadata=((REQUEST_ID_KEY, request.request_id),),
         )
-        accounted = False
+        accounted = ""
         try:
             async for event in call:
                 if event.HasField("usage"):
                     self._account(event.usage, admission, requested, candidate)
-                    accounted = True
+                    accounted = event.usage.event_id
                     continue
                 if first_byte_at is None:
                     first_byte_at = time.monotonic()
                 yield candidate, event
             failure = None
+            if accounted:
+                # The answer's end (unary reply, or the stream's [DONE]) waits for
+                # the usage service to hold the record durably.
+                await self.usage.durable(accounted, DURABLE_WAIT_S)
         except grpc.aio.AioRpcError as exc:
             failure = from_rpc_error(exc, "provider")
             raise failure from None
@@ -645,6 +652,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     )
                     self._account_lost(lost, admission, params.model, candidate)
             self._account(response.usage, admission, params.model, candidate)
+            await self.usage.durable(response.usage.event_id, DURABLE_WAIT_S)
             yield candidate, response
 
         try:

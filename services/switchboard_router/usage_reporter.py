@@ -40,6 +40,10 @@ class UsageReporter:
         # Whether the usage service ever acked: if it never did, waiting at
         # shutdown cannot help, so close() does not.
         self._ever_acked = False
+        # Whether the current stream has acked: while it is down, callers do
+        # not wait for acks (records wait in `pending` instead).
+        self._healthy = False
+        self._waiters: dict[str, asyncio.Future[bool]] = {}
 
     @property
     def full(self) -> bool:
@@ -55,6 +59,32 @@ class UsageReporter:
         PENDING.set(len(self.pending))
         self._outgoing.put_nowait(record)
 
+    async def durable(self, event_id: str, timeout_s: float) -> bool:
+        """Wait until the usage service has the record on disk (its ack), so a
+        reply is not sent for a call this router could still lose by crashing.
+        Returns at once, False, while the usage stream is down: then serving
+        goes on and the record waits in memory to be resent (bounded, see full)."""
+        if event_id not in self.pending:
+            return True
+        if not self._healthy:
+            return False
+        waiter = self._waiters.get(event_id)
+        if waiter is None:
+            waiter = self._waiters[event_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            if waiter.done():
+                self._waiters.pop(event_id, None)
+
+    def _acked(self, event_id: str) -> None:
+        self.pending.pop(event_id, None)
+        waiter = self._waiters.pop(event_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
     async def _run(self) -> None:
         backoff = 0.05
         while True:
@@ -66,13 +96,18 @@ class UsageReporter:
             sender = asyncio.create_task(self._send(call))
             try:
                 async for ack in call:
-                    self._ever_acked = True
-                    self.pending.pop(ack.event_id, None)
+                    self._ever_acked = self._healthy = True
+                    self._acked(ack.event_id)
                     PENDING.set(len(self.pending))
                     backoff = 0.05
                     if not self.pending:
                         self._drained.set()
             except grpc.aio.AioRpcError as exc:
+                self._healthy = False
+                for waiter in self._waiters.values():
+                    if not waiter.done():
+                        waiter.set_result(False)
+                self._waiters.clear()
                 log.warning(
                     "usage stream broke; resending unacked records",
                     extra=log_fields(code=exc.code().name, pending=len(self.pending)),

@@ -95,3 +95,50 @@ def test_sigterm_loses_no_call_in_flight(
     while _counted(stack) < served and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _counted(stack) == served
+
+
+def _stream(stack: Stack, i: int) -> bool:
+    """One streamed call; True only when it ended with [DONE] (an answer the
+    client can trust), False when it broke off."""
+    body = {
+        "model": "slow",
+        "messages": [{"role": "user", "content": f"crash {i}"}],
+        "stream": True,
+    }
+    try:
+        with httpx.stream(
+            "POST", f"{stack.edge_url}/v1/chat/completions", json=body, timeout=30
+        ) as reply:
+            if reply.status_code != 200:
+                return False
+            return "data: [DONE]" in "".join(reply.iter_text())
+    except httpx.HTTPError:
+        return False
+
+
+def test_router_killed_under_load_counts_every_answered_call(
+    stack: Stack, upstream: OpenAIUpstream
+) -> None:
+    """kill -9, not SIGTERM: calls in flight break (the client sees it), but
+    every call that was answered in full is counted, and none twice."""
+    counted_before = _counted(stack)
+    completed_before = len([c for c in upstream.served if c.completed])
+    upstream.behaviour = Behaviour(mode="slow", chunk_delay_s=0.03)
+    calls = 40
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = [pool.submit(_stream, stack, i) for i in range(calls)]
+        assert upstream.wait_until(
+            lambda: len([c for c in upstream.served if c.completed]) >= completed_before + 8,
+            within_s=20,
+        )
+        stack.restart("router", kill=True)
+        answered = sum(r.result(timeout=60) for r in results)
+    upstream.behaviour = Behaviour()
+    completed = len([c for c in upstream.served if c.completed]) - completed_before
+    assert 8 <= answered < calls, "the crash should have cut some calls off, not all"
+    deadline = time.monotonic() + 30
+    while _counted(stack) - counted_before < answered and time.monotonic() < deadline:
+        time.sleep(0.2)
+    counted = _counted(stack) - counted_before
+    # Every answered call is counted; nothing is counted that the upstream did not serve.
+    assert answered <= counted <= completed
