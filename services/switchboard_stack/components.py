@@ -29,6 +29,8 @@ class Component:
     ready: Callable[[], Awaitable[bool]]
     # Components in the same stage start together, after the previous stage is ready.
     stage: int
+    # The local ports it listens on: they must be free before it starts.
+    ports: tuple[int, ...] = ()
 
 
 def _bin(name: str) -> str:
@@ -109,6 +111,7 @@ def plan(settings: Settings) -> list[Component]:
                 ],
                 lambda: _tcp_open(host, port),
                 stage=0,
+                ports=(port,),
             )
         )
     for name in SERVICES:
@@ -118,6 +121,8 @@ def plan(settings: Settings) -> list[Component]:
                 [sys.executable, "-m", f"switchboard_{name}"],
                 grpc_ready(settings.address(name), settings.tls),
                 stage=2 if name == "router" else 1,
+                ports=(settings.ports[name],)
+                + ((settings.metrics_port(name),) if settings.metrics_port(name) else ()),
             )
         )
     config = settings.home / "envoy" / "envoy.yaml"
@@ -134,6 +139,7 @@ def plan(settings: Settings) -> list[Component]:
             ],
             http_ready(f"http://127.0.0.1:{envoy.admin_port()}/ready"),
             stage=3,
+            ports=(settings.edge_port, envoy.admin_port()),
         )
     )
     return components

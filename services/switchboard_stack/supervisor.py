@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -66,6 +67,7 @@ class Stack:
         return self.run_dir / f"{name}.pid"
 
     async def start(self, foreground: bool) -> None:
+        self.check_ports_free(self.components)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         envoy.render(self.settings, self.settings.home / "envoy" / "envoy.yaml")
@@ -76,6 +78,21 @@ class Stack:
             for component in group:
                 await self._spawn(component, env, foreground, width)
             await self._await_ready(group)
+
+    @staticmethod
+    def check_ports_free(components: Sequence[Component]) -> None:
+        """Refuse to start over something already listening: its readiness
+        probe would answer for us and the stack would look healthy."""
+        for component in components:
+            for port in component.ports:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(0.5)
+                    taken = probe.connect_ex(("127.0.0.1", port)) == 0
+                if taken:
+                    raise StackError(
+                        f"port {port} ({component.name}) is already in use: is another stack "
+                        "running? `make down` stops it, or set SWITCHBOARD_*_PORT"
+                    )
 
     async def _spawn(
         self, component: Component, env: dict[str, str], foreground: bool, width: int
