@@ -5,48 +5,41 @@
 -- bodies go to the ":stream" route, whose RPC returns exact SSE bytes.
 local STREAMING = {["/v1/chat/completions"] = true, ["/v1/completions"] = true}
 
+-- Hostile input stops here, answered in OpenAI's error shape, before any
+-- service sees it (so nothing is routed, and nothing is counted).
+
 -- Keys that would let a client choose where, or with what credentials, an
--- upstream call goes (the LiteLLM CVE-2024-6587 class). The transcoder would
--- drop them silently; refusing says so. Only a JSON object key can match: in
--- string values every quote is escaped.
-local FORBIDDEN = {"base_url", "api_base", "api_key", "extra_headers", "extra_query"}
+-- upstream call goes (the LiteLLM CVE-2024-6587 class), as two words: matched
+-- in any letter case, joined by "_", "-" or nothing (base_url, baseUrl, BASE-URL).
+-- The transcoder would drop them at the top level, but not inside the fields
+-- that carry free-form JSON (content parts, tool schemas, response_format);
+-- refusing says so. Only a JSON object key can match: inside a string value
+-- every quote is escaped.
+local FORBIDDEN = {
+  {"base", "url"}, {"api", "base"}, {"api", "key"},
+  {"extra", "headers"}, {"extra", "query"}, {"extra", "body"},
+}
 
-local function forbidden_key(body)
-  for _, key in ipairs(FORBIDDEN) do
-    if string.find(body, '"' .. key .. '"%s*:') then
-      return key
-    end
-  end
-  return nil
-end
+-- Deepest JSON nesting accepted. The services' protobuf decoder (upb) stops at
+-- 100 message levels and a JSON object inside a google.protobuf.Struct costs 3,
+-- so a body nested past about 33 levels would otherwise fail inside the gRPC
+-- server as an opaque 500. OpenAI bodies need fewer than 10, deep JSON schemas
+-- in tools a few more.
+local MAX_DEPTH = 32
 
-function envoy_on_request(request_handle)
-  local headers = request_handle:headers()
-  local path = headers:get(":path")
-  local content_type = headers:get("content-type") or ""
-  if headers:get(":method") ~= "POST" or not string.find(content_type, "json", 1, true) then
-    return
-  end
-  -- Wait for the whole body: json_to_metadata sets the flag once it has parsed it.
-  -- (Handles taken before body() are invalid after it, so headers are fetched again.)
-  local body = request_handle:body()
-  local key = body and forbidden_key(body:getBytes(0, body:length()))
-  if key then
-    request_handle:respond(
-      {[":status"] = "400", ["content-type"] = "application/json"},
-      '{"error":{"message":"' .. key .. ' cannot be set by clients: upstreams are chosen '
-        .. 'by the gateway\'s configuration","type":"invalid_request_error",'
-        .. '"code":"forbidden_parameter","param":"' .. key .. '"}}')
-    return
-  end
-  if not STREAMING[path] then
-    return
-  end
-  local meta = request_handle:streamInfo():dynamicMetadata():get("switchboard")
-  if meta ~= nil and meta["stream"] == true then
-    request_handle:headers():replace(":path", path .. ":stream")
-  end
-end
+-- gRPC metadata budget. The edge forwards every request header as gRPC
+-- metadata, and gRPC servers refuse metadata past 8 KiB at random (and always
+-- past 16 KiB) with RESOURCE_EXHAUSTED, which would read as a 429. gRPC counts
+-- each header as name + value + 32 bytes; the edge adds a few of its own
+-- (the gRPC path, te, content-type, x-request-id, x-forwarded-proto), hence
+-- the margin below 8 KiB.
+local MAX_HEADER_BYTES = 7 * 1024
+
+-- API keys are printable ASCII, at most 512 characters: a longer credentials
+-- header ("Bearer " and the key) is refused here, as switchboard_common/credentials.py
+-- would ignore it.
+local MAX_CREDENTIAL_BYTES = 512 + 16
+local CREDENTIAL_HEADERS = {"authorization", "x-api-key"}
 
 local function json_string(s)
   s = s:gsub('[%c"\\]', function(c)
@@ -56,6 +49,199 @@ local function json_string(s)
     return string.format("\\u%04x", string.byte(c))
   end)
   return '"' .. s .. '"'
+end
+
+local function error_body(message, type_, code, param)
+  return '{"error":{"message":' .. json_string(message) .. ',"type":"' .. type_
+    .. '","code":' .. (code and json_string(code) or "null")
+    .. ',"param":' .. (param and json_string(param) or "null") .. '}}'
+end
+
+-- A case-insensitive Lua pattern for one forbidden key, e.g. "base" "url" ->
+-- '"[bB][aA][sS][eE][_%-]?[uU][rR][lL]"%s*:'.
+local function any_case(word)
+  return (word:gsub("%a", function(c) return "[" .. c:lower() .. c:upper() .. "]" end))
+end
+
+local FORBIDDEN_PATTERNS = {}
+for i, words in ipairs(FORBIDDEN) do
+  FORBIDDEN_PATTERNS[i] = {
+    name = words[1] .. "_" .. words[2],
+    pattern = '"' .. any_case(words[1]) .. "[_%-]?" .. any_case(words[2]) .. '"%s*:',
+  }
+end
+
+-- "base\u005furl" is the key base_url to every JSON parser: spell out escaped
+-- letters, digits, "_" and "-" before matching. (Other escapes stay, so an
+-- escaped quote cannot turn a string value into something that looks like a key.)
+local function unescape_name_chars(body)
+  if not string.find(body, "\\u", 1, true) then
+    return body
+  end
+  return (body:gsub("\\u(%x%x%x%x)", function(hex)
+    local code = tonumber(hex, 16)
+    if code < 128 then
+      local c = string.char(code)
+      if c:match("[%w_%-]") then return c end
+    end
+    return nil
+  end))
+end
+
+local function forbidden_key(body)
+  body = unescape_name_chars(body)
+  for _, entry in ipairs(FORBIDDEN_PATTERNS) do
+    if string.find(body, entry.pattern) then
+      return entry.name
+    end
+  end
+  return nil
+end
+
+-- Whether the JSON text nests arrays and objects deeper than MAX_DEPTH,
+-- skipping string contents. Not a validator: malformed JSON is the
+-- transcoder's to refuse.
+local function too_deep(body)
+  local depth, i, in_string = 0, 1, false
+  while true do
+    if in_string then
+      local pos = string.find(body, '["\\]', i)
+      if pos == nil then return false end
+      if string.byte(body, pos) == 92 then -- backslash: skip the escaped byte
+        i = pos + 2
+      else
+        in_string, i = false, pos + 1
+      end
+    else
+      local pos = string.find(body, '[%[%]{}"]', i)
+      if pos == nil then return false end
+      local c = string.byte(body, pos)
+      if c == 34 then -- "
+        in_string = true
+      elseif c == 91 or c == 123 then -- [ {
+        depth = depth + 1
+        if depth > MAX_DEPTH then return true end
+      else
+        depth = depth - 1
+      end
+      i = pos + 1
+    end
+  end
+end
+
+local function header_bytes(headers)
+  local total = 0
+  for name, value in pairs(headers) do
+    total = total + #name + #value + 32
+  end
+  return total
+end
+
+local function bad_credential(headers)
+  for _, name in ipairs(CREDENTIAL_HEADERS) do
+    local value = headers:get(name)
+    -- Control characters, or bytes that are not ASCII (including invalid UTF-8).
+    if value ~= nil and (#value > MAX_CREDENTIAL_BYTES or string.find(value, "[^\32-\126]")) then
+      return true
+    end
+  end
+  return false
+end
+
+local function reject(request_handle, status, message, type_, code, param)
+  local body = error_body(message, type_, code, param)
+  local meta = request_handle:streamInfo():dynamicMetadata()
+  -- Tells local_reply_config that this body is already in OpenAI's shape.
+  meta:set("switchboard", "rendered", true)
+  -- Envoy frames a local reply to a gRPC request as a gRPC status (HTTP 200);
+  -- envoy_on_response puts the HTTP answer back.
+  meta:set("switchboard", "refused_status", status)
+  meta:set("switchboard", "refused_body", body)
+  request_handle:respond({[":status"] = status, ["content-type"] = "application/json"}, body)
+end
+
+-- Returns true when the request was answered here.
+local function check_headers(request_handle, headers)
+  if header_bytes(headers) > MAX_HEADER_BYTES then
+    reject(request_handle, "431",
+      "Request headers too large (limit " .. MAX_HEADER_BYTES .. " bytes, counted as gRPC "
+        .. "metadata: name + value + 32 per header).",
+      "invalid_request_error", "request_header_fields_too_large", nil)
+    return true
+  end
+  if bad_credential(headers) then
+    -- The same answer as an unknown key: the value is never forwarded (nor logged).
+    reject(request_handle, "401", "Invalid API key.", "authentication_error",
+      "invalid_api_key", nil)
+    return true
+  end
+  local content_type = headers:get("content-type") or ""
+  if string.find(content_type, "^application/grpc") then
+    -- The edge speaks HTTP/JSON; gRPC callers use the services' own ports.
+    reject(request_handle, "415",
+      "This endpoint takes JSON (content-type: application/json), not gRPC.",
+      "invalid_request_error", "unsupported_media_type", nil)
+    return true
+  end
+  return false
+end
+
+-- Returns true when the request was answered here.
+local function check_body(request_handle, body)
+  local key = forbidden_key(body)
+  if key then
+    reject(request_handle, "400",
+      key .. " cannot be set by clients: upstreams are chosen by the gateway's configuration",
+      "invalid_request_error", "forbidden_parameter", key)
+    return true
+  end
+  if too_deep(body) then
+    reject(request_handle, "400",
+      "The request body nests arrays and objects more than " .. MAX_DEPTH .. " levels deep.",
+      "invalid_request_error", "invalid_request", nil)
+    return true
+  end
+  return false
+end
+
+local HAS_BODY = {POST = true, PUT = true, PATCH = true}
+
+function envoy_on_request(request_handle)
+  local headers = request_handle:headers()
+  if check_headers(request_handle, headers) then
+    return
+  end
+  local method = headers:get(":method")
+  local path = headers:get(":path")
+  local content_type = headers:get("content-type") or ""
+  -- Every body but multipart forms (the vision route's picture) is JSON to the
+  -- transcoder whatever its content-type says, so every one is checked.
+  if not HAS_BODY[method] or string.find(content_type, "^multipart/") then
+    return
+  end
+  -- Wait for the whole body (Envoy answers 413 past the buffer limit):
+  -- json_to_metadata sets the stream flag once it has parsed it.
+  -- (Handles taken before body() are invalid after it, so headers are fetched again.)
+  local body = request_handle:body()
+  if body ~= nil and body:length() > 0 then
+    if check_body(request_handle, body:getBytes(0, body:length())) then
+      return
+    end
+  end
+  if method ~= "POST" or not STREAMING[path] then
+    return
+  end
+  local meta = request_handle:streamInfo():dynamicMetadata():get("switchboard")
+  local stream = meta ~= nil and meta["stream"] or nil
+  if stream ~= nil and type(stream) ~= "boolean" then
+    -- The transcoder would read "yes" or "1" as true, then answer without streaming.
+    reject(request_handle, "400", "stream must be true or false", "invalid_request_error",
+      "invalid_request", "stream")
+    return
+  end
+  if stream == true then
+    request_handle:headers():replace(":path", path .. ":stream")
+  end
 end
 
 local HTTP_TYPES = {
@@ -71,6 +257,15 @@ local HTTP_TYPES = {
 -- a JSON google.rpc.Status, which is replaced here.
 function envoy_on_response(response_handle)
   local headers = response_handle:headers()
+  local refused = response_handle:streamInfo():dynamicMetadata():get("switchboard")
+  if refused ~= nil and refused["refused_status"] ~= nil and headers:get("grpc-status") ~= nil then
+    headers:replace(":status", refused["refused_status"])
+    headers:replace("content-type", "application/json")
+    headers:remove("grpc-status")
+    headers:remove("grpc-message")
+    response_handle:body(true):setBytes(refused["refused_body"])
+    return
+  end
   local body_json = headers:get("x-switchboard-error")
   local status = headers:get("x-switchboard-http-status")
   local grpc_message = headers:get("grpc-message")
@@ -78,17 +273,39 @@ function envoy_on_response(response_handle)
   headers:remove("x-switchboard-error")
   headers:remove("x-switchboard-http-status")
   headers:remove("grpc-accept-encoding")
+  local code = headers:get(":status")
   if body_json == nil and (grpc_status == nil or grpc_status == "0") then
     headers:remove("grpc-status")
     headers:remove("grpc-message")
+    if (tonumber(code) or 0) < 400 then
+      return
+    end
+    -- An error status no Switchboard interceptor rendered, which the
+    -- transcoder turned into a google.rpc.Status JSON body ({"code": ...}).
+    -- Envoy's own replies are already in OpenAI's shape ({"error": ...}).
+    local body = response_handle:body()
+    if body == nil or body:length() == 0 then
+      return
+    end
+    local text = body:getBytes(0, math.min(body:length(), 16))
+    if not string.find(text, '^%s*{%s*"code"') then
+      return
+    end
+    local message
+    if code:sub(1, 1) == "5" then
+      -- Internal details (exception types, message names) stay in the logs.
+      message = "The server could not handle this request."
+    else
+      message = "Request refused (status " .. code .. ")."
+    end
+    headers:replace("content-type", "application/json")
+    body:setBytes(error_body(message, HTTP_TYPES[code] or "api_error", nil, nil))
     return
   end
   if body_json == nil then
     -- An error no Switchboard interceptor rendered (e.g. an unknown method).
-    local code = headers:get(":status")
     local message = grpc_message or ("upstream error " .. code)
-    body_json = '{"error":{"message":' .. json_string(message) .. ',"type":"'
-      .. (HTTP_TYPES[code] or "api_error") .. '","code":null,"param":null}}'
+    body_json = error_body(message, HTTP_TYPES[code] or "api_error", nil, nil)
   else
     headers:replace(":status", status)
   end

@@ -3,6 +3,7 @@ headers as metadata): `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 
@@ -14,6 +15,8 @@ MAX_KEY_LENGTH = 512
 def presented_key(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     for name, value in metadata:
         # Oversized values are ignored, not parsed: the caller then has no key (401).
+        # (The edge refuses them, and any byte that is not printable ASCII, as an
+        # invalid key before they get here: deploy/envoy/edge.lua.)
         if not isinstance(value, str) or len(value) > MAX_KEY_LENGTH + 16:
             continue
         if name == "authorization":
@@ -23,6 +26,12 @@ def presented_key(metadata: Iterable[tuple[str, str | bytes]]) -> str:
         elif name == "x-api-key":
             return value.strip()
     return ""
+
+
+def digest(key: str) -> bytes:
+    """What keys are compared by: equal-length SHA-256 digests, so the comparison
+    time says nothing about the key (not even its length)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def require_admin(metadata: Iterable[tuple[str, str | bytes]], admin_key: str | None) -> None:
@@ -38,7 +47,5 @@ def require_admin(metadata: Iterable[tuple[str, str | bytes]], admin_key: str | 
             R.ERROR_REASON_MISSING_API_KEY,
             "admin calls need 'Authorization: Bearer <SWITCHBOARD_ADMIN_KEY>'",
         )
-    if not hmac.compare_digest(
-        presented.encode("utf-8", "surrogateescape"), admin_key.encode("utf-8", "surrogateescape")
-    ):
+    if not hmac.compare_digest(digest(presented), digest(admin_key)):
         raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid admin key.")

@@ -133,3 +133,55 @@ def test_addr_override_points_a_cluster_elsewhere(
     monkeypatch.setenv("SWITCHBOARD_USAGE_ADDR", "usage.internal:7000")
     data = yaml.safe_load(envoy.render(settings, tmp_path / "envoy.yaml").read_text())
     assert _socket(_clusters(data)["usage"]) == {"address": "usage.internal", "port_value": 7000}
+
+
+def _manager(data: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = data["static_resources"]["listeners"]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def test_hostile_input_limits(rendered: tuple[str, dict[str, Any]]) -> None:
+    """What edge.lua relies on (tests/e2e/test_hostile_input.py drives them)."""
+    data = rendered[1]
+    manager = _manager(data)
+    # Envoy's own cap; edge.lua holds headers to the services' gRPC metadata budget.
+    assert manager["max_request_headers_kb"] == 16
+    filters = _http_filters(data)
+    validation = filters["envoy.filters.http.grpc_json_transcoder"]["request_validation_options"]
+    # Otherwise an unknown query parameter passes untranscoded and the service resets it.
+    assert validation == {"reject_unknown_method": True, "reject_unknown_query_parameters": True}
+    # The stream flag is read from every body the transcoder reads as JSON.
+    rules = filters["envoy.filters.http.json_to_metadata"]["request_rules"]
+    assert "text/plain" in rules["allow_content_types"]
+    assert rules["allow_empty_content_type"] is True
+    # Order matters: the checks run on the body before the transcoder sees it.
+    assert list(filters).index("envoy.filters.http.lua") < list(filters).index(
+        "envoy.filters.http.grpc_json_transcoder"
+    )
+
+
+def test_local_replies_keep_edge_lua_bodies(rendered: tuple[str, dict[str, Any]]) -> None:
+    """edge.lua's refusals are already OpenAI errors: the first mapper passes them
+    through (only when edge.lua marked them), the others render Envoy's own."""
+    mappers = _manager(rendered[1])["local_reply_config"]["mappers"]
+    (index,) = [i for i, m in enumerate(mappers) if "metadata_filter" in m["filter"]]
+    first = mappers[index]
+    matcher = first["filter"]["metadata_filter"]
+    assert matcher["matcher"]["filter"] == "switchboard"
+    assert matcher["matcher"]["path"] == [{"key": "rendered"}]
+    assert matcher["match_if_key_not_found"] is False
+    assert first["body_format_override"]["text_format_source"]["inline_string"] == (
+        "%LOCAL_REPLY_BODY%"
+    )
+    codes = {
+        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]: m
+        for m in mappers
+        if "status_code_filter" in m["filter"]
+    }
+    # Before every status mapper, which would wrap edge.lua's body in another error.
+    assert index < min(mappers.index(m) for m in codes.values())
+    assert {400, 404, 413, 431} <= set(codes)
+    for code, mapper in codes.items():
+        error = mapper["body_format_override"]["json_format"]["error"]
+        assert set(error) == {"message", "type", "code", "param"}, code

@@ -304,3 +304,192 @@ def test_embedding_without_input_is_rejected() -> None:
 
 def test_embedding_empty_string_input_is_rejected() -> None:
     assert _rejected_param(validate_embedding, _embedding(input="")) == "input"
+
+
+# -- hostile input: the router's half of the edge's defences -------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param(
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "get_weather-2", "parameters": {"type": "object"}},
+                    }
+                ],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather-2"}},
+            },
+            id="tools-and-named-choice",
+        ),
+        pytest.param({"tool_choice": "required"}, id="tool-choice-required"),
+        pytest.param({"response_format": {"type": "json_schema", "json_schema": {}}}, id="schema"),
+        pytest.param({"presence_penalty": -2, "frequency_penalty": 2}, id="penalty-bounds"),
+        pytest.param({"logit_bias": {"50256": -100, "1": 100}}, id="logit-bias-bounds"),
+        pytest.param({"top_logprobs": 20, "logprobs": True}, id="top-logprobs"),
+        pytest.param({"metadata": {f"k{i}": "v" * 512 for i in range(16)}}, id="metadata-full"),
+        pytest.param({"model": "m" * 256}, id="model-256"),
+    ],
+)
+def test_valid_chat_extras_pass(fields: dict[str, Any]) -> None:
+    validate_chat(_chat(**fields))
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        pytest.param({"model": "m" * 257}, "model", id="model-too-long"),
+        pytest.param({"presence_penalty": 2.5}, "presence_penalty", id="presence-penalty"),
+        pytest.param({"frequency_penalty": "NaN"}, "frequency_penalty", id="frequency-nan"),
+        pytest.param({"logit_bias": {"x": 1}}, "logit_bias", id="logit-bias-key"),
+        pytest.param({"logit_bias": {"1": 101}}, "logit_bias", id="logit-bias-value"),
+        pytest.param({"logit_bias": {"1": "Infinity"}}, "logit_bias", id="logit-bias-inf"),
+        pytest.param({"top_logprobs": 21}, "top_logprobs", id="top-logprobs"),
+        pytest.param({"tools": [{"type": "code", "function": {"name": "f"}}]}, "tools[0].type"),
+        pytest.param(
+            {"tools": [{"type": "function", "function": {"name": "a b"}}]},
+            "tools[0].function.name",
+            id="tool-name",
+        ),
+        pytest.param(
+            {"tools": [{"type": "function", "function": {"name": "f"}}] * 129},
+            "tools",
+            id="too-many-tools",
+        ),
+        pytest.param({"tool_choice": "sometimes"}, "tool_choice", id="tool-choice"),
+        pytest.param({"response_format": {"type": "xml"}}, "response_format.type", id="format"),
+        pytest.param({"response_format": {}}, "response_format.type", id="format-untyped"),
+        pytest.param({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", id="metadata"),
+        pytest.param({"metadata": {"k" * 65: "v"}}, "metadata", id="metadata-key-length"),
+        pytest.param({"base_url": "http://x"}, None, id="top-level-dropped-not-here"),
+    ],
+)
+def test_invalid_chat_extras_name_the_field(fields: dict[str, Any], param: str | None) -> None:
+    if param is None:  # unknown top-level fields never reach the router
+        with pytest.raises(json_format.ParseError):
+            _chat(**fields)
+        return
+    assert _rejected_param(validate_chat, _chat(**fields)) == param
+
+
+def test_response_format_check_does_not_add_a_type() -> None:
+    params = _chat(response_format={"json_schema": {}})
+    with pytest.raises(SwitchboardError):
+        validate_chat(params)
+    assert "type" not in params.response_format.fields
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        pytest.param({"metadata": {"api_key": "x"}}, "metadata.api_key", id="metadata"),
+        pytest.param(
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "x", "baseUrl": 1}]}
+                ]
+            },
+            "messages[0].content[0].baseUrl",
+            id="content-part",
+        ),
+        pytest.param(
+            {"response_format": {"type": "text", "nested": [{"EXTRA-HEADERS": {}}]}},
+            "response_format.nested[0].EXTRA-HEADERS",
+            id="response-format-nested",
+        ),
+        pytest.param(
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"api_base": "http://x"}},
+                    }
+                ]
+            },
+            "tools[0].function.parameters.api_base",
+            id="tool-schema",
+        ),
+        pytest.param({"tool_choice": {"extra_query": {}}}, "tool_choice.extra_query", id="choice"),
+        pytest.param({"logit_bias": {"extra_body": 1}}, "logit_bias.extra_body", id="map-key"),
+    ],
+)
+def test_upstream_steering_keys_are_refused(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(SwitchboardError) as info:
+        validate_chat(_chat(**fields))
+    assert info.value.reason == R.ERROR_REASON_INVALID_REQUEST
+    assert info.value.param == param
+    assert "cannot be set by clients" in info.value.message
+
+
+def test_non_finite_numbers_in_json_fields_are_refused() -> None:
+    params = _chat()
+    params.stop.list_value.values.add().number_value = float("nan")
+    assert _rejected_param(validate_chat, params) == "stop[0]"
+    params = _chat(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}]}])
+    params.messages[0].content.list_value.values[0].struct_value.fields["w"].number_value = float(
+        "inf"
+    )
+    assert _rejected_param(validate_chat, params) == "messages[0].content[0].w"
+
+
+def test_long_client_values_are_not_echoed() -> None:
+    with pytest.raises(SwitchboardError) as info:
+        validate_chat(_chat(messages=[{"role": "r" * 100_000, "content": "x"}]))
+    assert len(info.value.message) < 200
+    params = _chat(metadata={"k" * 10_000: "v"})
+    with pytest.raises(SwitchboardError) as info:
+        validate_chat(params)
+    assert len(info.value.message) < 200
+
+
+def test_messages_too_large_for_the_services_are_413(monkeypatch: pytest.MonkeyPatch) -> None:
+    from switchboard_router import validation
+
+    monkeypatch.setattr(validation, "MAX_PARAMS_BYTES", 1000)
+    validate_chat(_chat(messages=[{"role": "user", "content": "x" * 900}]))
+    with pytest.raises(SwitchboardError) as info:
+        validate_chat(_chat(messages=[{"role": "user", "content": "x" * 1000}]))
+    assert info.value.reason == R.ERROR_REASON_REQUEST_TOO_LARGE
+    assert info.value.http_status == 413
+    with pytest.raises(SwitchboardError) as info:
+        validate_embedding(_embedding(input="x" * 1000))
+    assert info.value.http_status == 413
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        pytest.param([[1, 2], "a"], id="mixed"),
+        pytest.param([[[1]]], id="too-deep"),
+        pytest.param([-1], id="negative-token"),
+        pytest.param([1.5], id="fractional-token"),
+        pytest.param([True], id="boolean-token"),
+        pytest.param([[]], id="empty-token-array"),
+        pytest.param([2**32], id="token-too-large"),
+    ],
+)
+def test_invalid_prompt_shapes(prompt: object) -> None:
+    assert _rejected_param(validate_completion, _completion(prompt=prompt)) == "prompt"
+    assert _rejected_param(validate_embedding, _embedding(input=prompt)) == "input"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        pytest.param({"presence_penalty": -3}, "presence_penalty", id="penalty"),
+        pytest.param({"logprobs": 6}, "logprobs", id="logprobs"),
+        pytest.param({"best_of": 0}, "best_of", id="best-of"),
+        pytest.param({"model": "m" * 257}, "model", id="model-too-long"),
+    ],
+)
+def test_invalid_completion_extras(fields: dict[str, Any], param: str) -> None:
+    assert _rejected_param(validate_completion, _completion(**fields)) == param
+
+
+def test_embedding_limits() -> None:
+    validate_embedding(_embedding(input=["x"] * 2048, dimensions=65536))
+    assert _rejected_param(validate_embedding, _embedding(input=["x"] * 2049)) == "input"
+    assert _rejected_param(validate_embedding, _embedding(dimensions=65537)) == "dimensions"
+    assert _rejected_param(validate_embedding, _embedding(model="m" * 257)) == "model"
