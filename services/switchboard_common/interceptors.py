@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields, request_id_var
@@ -73,6 +74,51 @@ class _Call:
         request_id_var.reset(self.token)
 
 
+class _Undecodable:
+    """A request message the deserializer refused (for example, nested past
+    protobuf's limit): the handler never sees it; the caller gets INVALID_ARGUMENT."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(exc)
+
+    return decode
+
+
+def _undecodable() -> SwitchboardError:
+    return SwitchboardError(
+        R.ERROR_REASON_INVALID_REQUEST,
+        "the request could not be decoded (malformed, or nested too deeply)",
+    )
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise _undecodable()
+        yield request
+
+
+def _request(request: Any) -> Any:
+    """The request a handler may see: a refused message raises, a stream of
+    requests raises when it reaches one."""
+    if isinstance(request, _Undecodable):
+        raise _undecodable()
+    if hasattr(request, "__aiter__"):
+        return _checked(request)
+    return request
+
+
 def _passthrough(exc: BaseException) -> bool:
     # AbortError is how grpc.aio ends a call that already aborted; cancellation
     # means the client left; neither is ours to render.
@@ -98,24 +144,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(service, method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(service, method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 _wrap_unary(service, method, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream(service, method, handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -124,7 +170,7 @@ def _wrap_unary(service: str, method: str, behavior: Any) -> Any:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = _Call(service, method, context)
         try:
-            return await behavior(request, context)
+            return await behavior(_request(request), context)
         except BaseException as exc:
             if _passthrough(exc):
                 raise
@@ -141,7 +187,7 @@ def _wrap_stream(service: str, method: str, behavior: Any) -> Any:
     ) -> AsyncIterator[Any]:
         call = _Call(service, method, context)
         try:
-            async for response in behavior(request, context):
+            async for response in behavior(_request(request), context):
                 yield response
         except BaseException as exc:
             if _passthrough(exc) or isinstance(exc, GeneratorExit):

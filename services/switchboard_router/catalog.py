@@ -62,8 +62,12 @@ class Catalog:
                 self._by_name[alias] = model
         self._providers = {p.name: p for p in config.providers}
 
-    def resolve(self, name: str, key: KeyConfig | None, kind: str | None = None) -> ModelConfig:
-        model = self._by_name.get(name)
+    def resolve(
+        self, requested: str, key: KeyConfig | None, kind: str | None = None
+    ) -> ModelConfig:
+        model = self._by_name.get(requested)
+        # Echoed in errors (and so in trailers): never at any length.
+        name = requested if len(requested) <= 64 else requested[:64] + "…"
         if model is None:
             raise SwitchboardError(
                 R.ERROR_REASON_MODEL_NOT_FOUND,

@@ -661,13 +661,6 @@ def test_deeply_nested_content_is_400(edge: Edge, depth: int, kind: str) -> None
     edge.assert_nothing_served()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc.aio fails to decode a message nested past upb's 100 levels before any "
-    "handler or interceptor runs, and answers UNKNOWN. The edge refuses such bodies "
-    "(edge.lua, 32 levels); gRPC callers still get UNKNOWN until "
-    "switchboard_common/interceptors.py maps the decode failure to INVALID_ARGUMENT.",
-)
 def test_grpc_message_nested_past_the_decoder_limit_is_invalid_argument(stack: Stack) -> None:
     request = router_pb2.CreateChatCompletionRequest()
     request.params.model = "mock-chat"

@@ -34,7 +34,19 @@ def _params_dict(params: Any) -> dict[str, Any]:
             body[name] = int(body[name])
     for name in ("stream", "stream_options", "model"):
         body.pop(name, None)
+    for name in ("prompt", "input"):
+        # Token ids travel as protobuf Values, which hold doubles: send integers.
+        if name in body:
+            body[name] = _integral(body[name])
     return body
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 class OpenAIAdapter:
