@@ -33,7 +33,11 @@ from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
 from switchboard_common.credentials import require_admin
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
-from switchboard_common.gpu_health import GpuHealthBoard, follow_gpu_health
+from switchboard_common.gpu_health import (
+    DEFAULT_SATURATED_PERCENT,
+    GpuHealthBoard,
+    follow_gpu_health,
+)
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
@@ -178,7 +182,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if bound and self.routing.gpu is None and self._gpu_addresses:
             # Only once a deployment is bound to a GPU: a stack without GPUs
             # should not keep dialling gpu services.
-            self.routing.gpu = GpuHealthBoard()
+            self.routing.gpu = GpuHealthBoard(
+                saturated_percent=float(
+                    os.environ.get("SWITCHBOARD_GPU_SATURATED_PERCENT") or DEFAULT_SATURATED_PERCENT
+                )
+            )
             self._gpu_watches = [
                 asyncio.get_running_loop().create_task(follow_gpu_health(address, self.routing.gpu))
                 for address in self._gpu_addresses

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,6 +130,9 @@ class Sink:
         self._crash_after_insert = (
             os.environ.get("SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT") == "1"
         )
+        # Test-only fault point: ClickHouse refuses inserts for this long after start.
+        down_s = float(os.environ.get("SWITCHBOARD_FAULT_CLICKHOUSE_DOWN_S") or 0)
+        self._clickhouse_down_until = time.monotonic() + down_s if down_s else 0.0
 
     async def _start(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
@@ -173,6 +177,8 @@ class Sink:
                 decoded.setdefault(event.record.event_id, (event, tp.partition, message.offset))
         if not decoded:
             return 0
+        if time.monotonic() < self._clickhouse_down_until:
+            raise ConnectionError("fault injection: ClickHouse is unavailable")
         # Event ids are UUIDv7 (time first) and the table is ordered by them, so
         # one primary-key range covers the batch: ~50x cheaper than an IN list
         # of thousands of literals. It may return neighbours; the set sorts that.

@@ -134,6 +134,16 @@ def test_every_call_counted_exactly_once_through_faults(
     stack.restart("usage", kill=True)
     _traffic(stack, 10)
 
+    # ClickHouse refuses inserts for a while: the sink retries the same batch,
+    # uncommitted, until it takes it.
+    stack.restart("usage", SWITCHBOARD_FAULT_CLICKHOUSE_DOWN_S="4")
+    _traffic(stack, 5)
+    so_far = _truth(upstream)
+    recovered = _wait_counted(stack, *so_far, within_s=60)
+    assert (recovered["total_requests"], recovered["total_tokens"]) == so_far
+    assert "ClickHouse is unavailable" in stack.log("usage"), "the fault never fired"
+    stack.restart("usage")
+
     # The sink dies between an insert and its offset commit.
     stack.restart("usage", SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT="1")
     crashing = stack.pids()["usage"]
@@ -145,7 +155,7 @@ def test_every_call_counted_exactly_once_through_faults(
     stack.restart("usage", SWITCHBOARD_SINK_REPLAY="1")
 
     calls, tokens = _truth(upstream)
-    assert calls == 45
+    assert calls == 50
     summary = _wait_counted(stack, calls, tokens, within_s=60)
     assert summary["total_requests"] == calls
     assert summary["total_tokens"] == tokens
