@@ -149,11 +149,18 @@ def _kafka_payloads(stack: Stack) -> bytes:
     return asyncio.run(read())
 
 
-def _clickhouse_rows(home: Path) -> str:
+def _clickhouse_rows(home: Path) -> tuple[str, set[int]]:
     """Every row of every table, read with the usage service stopped (the
-    embedded engine allows one process at a time)."""
+    embedded engine allows one process at a time); and the registry versions
+    the usage rows were served under."""
     client = clickhouse_connect.get_client(dsn=f"chdb://{home / 'clickhouse'}")
     try:
+        versions = {
+            int(v)
+            for (v,) in client.query(
+                "SELECT DISTINCT config_version FROM switchboard.usage_events"
+            ).result_rows
+        }
         text = []
         for (table,) in client.query(
             "SELECT name FROM system.tables WHERE database = 'switchboard' "
@@ -162,7 +169,7 @@ def _clickhouse_rows(home: Path) -> str:
             # Table names come from system.tables, not from input.
             result = client.query(f"SELECT * FROM switchboard.`{table}`")  # noqa: S608
             text.append(repr(result.result_rows))
-        return "\n".join(text)
+        return "\n".join(text), versions
     finally:
         client.close()
 
@@ -207,7 +214,12 @@ def test_no_secret_in_logs_kafka_clickhouse_or_databases(
     assert kept["kafka"], "no Kafka payloads were read: the search would prove nothing"
     _stop(stack, "usage")
     _stop(stack, "registry")
-    kept["clickhouse"] = _clickhouse_rows(stack.home).encode()
+    rows, versions = _clickhouse_rows(stack.home)
+    kept["clickhouse"] = rows.encode()
+    # Every usage record says which registry version served it (the bootstrap is 1,
+    # the admin-created key made later ones).
+    assert versions
+    assert 0 not in versions
     assert b"chat" in kept["clickhouse"], "no usage rows were read"
     for path in stack.home.rglob("*"):
         if path.is_file() and path.suffix in {".db", ".sqlite", ".db-wal", ".sqlite-wal", ".wal"}:
