@@ -215,10 +215,12 @@ def test_console_streams_switches_offline_and_charts_usage(
         assert model.status_code == 200, model.text
         assert model.json()["model"]["online"] is False
         assert "offline" in steps["offline_chat_fails"]["error"]
-        client = openai.OpenAI(
-            base_url=f"{stack.edge_url}/v1", api_key="unused", max_retries=0, timeout=10
-        )
-        with pytest.raises(openai.NotFoundError, match="offline"):
+        with (
+            openai.OpenAI(
+                base_url=f"{stack.edge_url}/v1", api_key="unused", max_retries=0, timeout=10
+            ) as client,
+            pytest.raises(openai.NotFoundError, match="offline"),
+        ):
             client.chat.completions.create(
                 model=OFFLINE_MODEL, messages=[{"role": "user", "content": "hi"}]
             )

@@ -84,8 +84,10 @@ def _traffic(stack: Stack, upstream: OpenAIUpstream) -> str:
     )
     created.raise_for_status()
     live_secret: str = created.json()["secret"]
+    clients: list[openai.OpenAI] = []
     for key in (CLIENT_KEY, live_secret):
         client = openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key=key, max_retries=0)
+        clients.append(client)
         deadline = time.monotonic() + 5
         while True:  # the live key reaches the router within a second
             try:
@@ -114,9 +116,15 @@ def _traffic(stack: Stack, upstream: OpenAIUpstream) -> str:
                 client.chat.completions.create(model="chat", messages=messages)
         upstream.behaviour = Behaviour()
     # Wrong keys are logged as failures, never as the presented value.
-    wrong = openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key=CLIENT_KEY + "x", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
+    with (
+        openai.OpenAI(
+            base_url=f"{stack.edge_url}/v1", api_key=CLIENT_KEY + "x", max_retries=0
+        ) as wrong,
+        pytest.raises(openai.AuthenticationError),
+    ):
         wrong.models.list()
+    for client in clients:
+        client.close()
     httpx.get(f"{stack.edge_url}/v1/admin/models", headers=admin, timeout=10).raise_for_status()
     return live_secret
 

@@ -46,8 +46,24 @@ def admin(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
+_CLIENTS: dict[str, openai.OpenAI] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    for client in _CLIENTS.values():
+        client.close()
+    _CLIENTS.clear()
+
+
 def _client(stack: Stack, key: str = OPS_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key=key, max_retries=0, timeout=10)
+    """One client per key for the module: each holds a connection pool."""
+    if key not in _CLIENTS:
+        _CLIENTS[key] = openai.OpenAI(
+            base_url=f"{stack.edge_url}/v1", api_key=key, max_retries=0, timeout=10
+        )
+    return _CLIENTS[key]
 
 
 def _chat(client: openai.OpenAI, model: str) -> str:
