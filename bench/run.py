@@ -127,7 +127,9 @@ def load(system: System, body: Path, **opts: Any) -> dict[str, Any]:
     cmd += ["--body", str(body), "--stream", "true" if stream else "false"]
     for key, value in opts.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
+    # A soak runs for minutes: allow its duration plus time to drain.
+    limit = 600 + float(opts.get("duration", 0))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=limit)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
