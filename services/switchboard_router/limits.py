@@ -110,32 +110,52 @@ class LocalLimiter:
         return None
 
 
-# KEYS[1]: the scope's sorted set. ARGV: now_ms, window_ms, limit, cost, entry.
-# Members are "<entry>:<cost>", scored by admission time in ms.
+# KEYS[1]: the scope's sorted set of admissions, members "<entry>:<cost>" scored
+# by admission time (ms); KEYS[2]: the running total of their costs, so a check
+# costs O(expired + log n), not a sum over the whole window. ARGV: now_ms,
+# window_ms, limit, cost, entry.
 _ACQUIRE = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local limit, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local used = 0
-local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #members, 2 do
-  used = used + tonumber(string.match(members[i], ':(%d+)$'))
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if #expired > 0 then
+  local freed = 0
+  for i = 1, #expired do
+    freed = freed + tonumber(string.match(expired[i], ':(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('DECRBY', KEYS[2], freed)
 end
-if #members > 0 and used + cost > limit then
-  return {0, tonumber(members[2]) + window - now}
+local count = redis.call('ZCARD', KEYS[1])
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if count == 0 then
+  used = 0
+  redis.call('SET', KEYS[2], 0)
+end
+if count > 0 and used + cost > limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) + window - now}
 end
 redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. cost)
+redis.call('INCRBY', KEYS[2], cost)
 redis.call('PEXPIRE', KEYS[1], window)
+redis.call('PEXPIRE', KEYS[2], window)
 return {1, 0}
 """
 
-# KEYS[1]: the scope. ARGV: entry, old cost, new cost, admitted at (ms).
+# KEYS as for _ACQUIRE. ARGV: entry, old cost, new cost, admitted at (ms).
 _SETTLE = """
 if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 then
   redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1] .. ':' .. ARGV[3])
+  redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
 end
 return 1
 """
+
+
+def _keys(scope: str) -> list[str]:
+    # The braces are a Redis Cluster hash tag: a scope's two keys share a slot.
+    return [f"switchboard:limit:{{{scope}}}", f"switchboard:limit:{{{scope}}}:total"]
 
 
 class RedisLimiter:
@@ -157,7 +177,7 @@ class RedisLimiter:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
                 allowed, retry_ms = await self._acquire(
-                    keys=[f"switchboard:limit:{scope}"],
+                    keys=_keys(scope),
                     args=[now_ms, int(WINDOW_S * 1000), limit, cost, entry],
                 )
         except Exception as exc:
@@ -182,7 +202,7 @@ class RedisLimiter:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
                 await self._settle(
-                    keys=[f"switchboard:limit:{reservation.scope}"],
+                    keys=_keys(reservation.scope),
                     args=[reservation.entry, reservation.cost, actual, reservation.at_ms],
                 )
         except Exception:

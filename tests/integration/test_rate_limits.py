@@ -159,3 +159,22 @@ async def test_hung_redis_never_hangs_a_request(hung_redis: str, fail_open: bool
     finally:
         await limiter.close()
     assert time.monotonic() - started < 1.0
+
+
+async def test_settled_tokens_free_room_in_the_shared_window() -> None:
+    """The window keeps a running total next to its entries: settling a
+    reservation down frees room at once, and the total stays exact."""
+    limiter = RedisLimiter(REDIS_URL, fail_open=False)
+    scope = f"tpm:test {uuid.uuid4().hex[:8]}"
+    try:
+        first = await limiter.acquire(scope, 25, 10)
+        await limiter.acquire(scope, 25, 10)
+        with pytest.raises(SwitchboardError):
+            await limiter.acquire(scope, 25, 10)
+        await limiter.settle(first, 1)  # used 11 of 25
+        await limiter.acquire(scope, 25, 10)  # 21
+        with pytest.raises(SwitchboardError):
+            await limiter.acquire(scope, 25, 5)  # 26 would pass the limit
+        await limiter.acquire(scope, 25, 4)  # exactly 25
+    finally:
+        await limiter.close()
