@@ -74,6 +74,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._retired: list[Adapter] = []
         self._version = version
         self._updated = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
         self.reconfigure(config, version)
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
@@ -83,7 +84,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 self._retired.append(self._adapters.pop(name))
         self._configs = configs
         self._version = version
-        asyncio.get_running_loop().create_task(self._notify())
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._updated:

@@ -202,12 +202,7 @@ class Tx:
         return message
 
     async def deployments_of(self, model: str) -> list[pb.Deployment]:
-        rows = await self.conn.execute(
-            sa.select(tables.deployments)
-            .where(tables.deployments.c.model == model)
-            .order_by(tables.deployments.c.id)
-        )
-        return [to_message(DEPLOYMENTS, row) for row in rows]
+        return await _deployments_of(self.conn, model)
 
 
 class Store:
@@ -219,6 +214,8 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._snapshot: pb.Snapshot | None = None
+        # The newest version this process wrote, for watchers waiting on it.
+        self._last_written = 0
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -255,8 +252,6 @@ class Store:
                     self._changed.wait_for(lambda: self._last_written > after), timeout_s
                 )
 
-    _last_written = 0
-
     async def changes_since(self, version: int) -> list[tuple[int, pb.Change]] | None:
         """Changes after `version`, oldest first; None when the log no longer
         reaches back that far (the watcher needs a snapshot)."""
@@ -290,9 +285,7 @@ class Store:
                 to_message(PROVIDERS, r)
                 for r in await conn.execute(sa.select(tables.providers).order_by("name"))
             )
-            by_model: dict[str, list[pb.Deployment]] = {}
-            for r in await conn.execute(sa.select(tables.deployments).order_by("id")):
-                by_model.setdefault(r.model, []).append(to_message(DEPLOYMENTS, r))
+            by_model = await _deployments_by_model(conn)
             for r in await conn.execute(sa.select(tables.models).order_by("name")):
                 model = to_message(MODELS, r)
                 model.deployments.extend(by_model.get(r.name, []))
@@ -381,7 +374,7 @@ class Store:
                 )
             message = to_message(entity, row)
             if entity is MODELS:
-                message.deployments.extend(await Tx(conn, 0, _now()).deployments_of(row.name))
+                message.deployments.extend(await _deployments_of(conn, row.name))
             return message
 
     async def list_all(
@@ -395,9 +388,7 @@ class Store:
             )
             messages = [to_message(entity, r) for r in rows]
             if entity is MODELS:
-                by_model: dict[str, list[pb.Deployment]] = {}
-                for r in await conn.execute(sa.select(tables.deployments).order_by("id")):
-                    by_model.setdefault(r.model, []).append(to_message(DEPLOYMENTS, r))
+                by_model = await _deployments_by_model(conn)
                 for m in messages:
                     m.deployments.extend(by_model.get(m.name, []))
             return messages
@@ -406,6 +397,22 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(tables.default_models).order_by("use"))
             return [pb.DefaultModel(use=pb.ModelUse.Value(r.use), model=r.model) for r in rows]
+
+
+async def _deployments_of(conn: AsyncConnection, model: str) -> list[pb.Deployment]:
+    rows = await conn.execute(
+        sa.select(tables.deployments)
+        .where(tables.deployments.c.model == model)
+        .order_by(tables.deployments.c.id)
+    )
+    return [to_message(DEPLOYMENTS, row) for row in rows]
+
+
+async def _deployments_by_model(conn: AsyncConnection) -> dict[str, list[pb.Deployment]]:
+    by_model: dict[str, list[pb.Deployment]] = {}
+    for r in await conn.execute(sa.select(tables.deployments).order_by("id")):
+        by_model.setdefault(r.model, []).append(to_message(DEPLOYMENTS, r))
+    return by_model
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
