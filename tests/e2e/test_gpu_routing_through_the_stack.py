@@ -112,14 +112,15 @@ def test_routing_follows_gpu_health(stack: Stack, script: Path) -> None:
     assert both == {"llama.local.on-gpu-0", "llama.local.on-gpu-1"}
 
     _script(script, _device(0, utilization_gpu_percent=97), _device(1))
-    settled = _until(stack, lambda d, n: d == "llama.local.on-gpu-1")
+    # Round robin puts every other call on GPU 1 anyway: settled means with the note.
+    settled = _until(stack, lambda d, n: d == "llama.local.on-gpu-1" and "deprioritised" in n)
     assert all(
         "deprioritised llama.local.on-gpu-0: utilization_gpu_percent 97 >= 90" in n
         for _, n in settled
     )
 
     _script(script, _device(0), _device(1, last_xid=79))
-    settled = _until(stack, lambda d, n: d == "llama.local.on-gpu-0")
+    settled = _until(stack, lambda d, n: d == "llama.local.on-gpu-0" and "excluded" in n)
     assert all("excluded llama.local.on-gpu-1: XID 79" in n for _, n in settled)
 
     _script(script, _device(0), _device(1))
