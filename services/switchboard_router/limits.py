@@ -170,16 +170,38 @@ class RedisLimiter:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
         self.fail_open = fail_open
+        # Operations in flight, so that close() lets them finish before it
+        # closes the pool, and starts none after it: a handler cancelled by
+        # the server's stop can still run its cleanup, and with it a settle,
+        # after the closers ran; its connection would never be closed.
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self._closed:
+            raise ConnectionError("rate-limit store closed")
+        call = asyncio.ensure_future(script(keys=keys, args=args))
+        self._in_flight.add(call)
+        call.add_done_callback(self._done)
+        async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+            # shield: a caller that times out or is cancelled stops waiting, but
+            # the command itself ends on its own socket timeout, and close()
+            # waits for it.
+            return await asyncio.shield(call)
+
+    def _done(self, call: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(call)
+        if not call.cancelled():
+            # Retrieved here, since a caller that stopped waiting never will.
+            call.exception()
 
     async def acquire(self, scope: str, limit: int, cost: int) -> Reservation:
         now_ms = int(time.time() * 1000)
         entry = uuid.uuid4().hex
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
-                allowed, retry_ms = await self._acquire(
-                    keys=_keys(scope),
-                    args=[now_ms, int(WINDOW_S * 1000), limit, cost, entry],
-                )
+            allowed, retry_ms = await self._call(
+                self._acquire, _keys(scope), [now_ms, int(WINDOW_S * 1000), limit, cost, entry]
+            )
         except Exception as exc:
             REDIS_ERRORS.inc()
             log.warning(
@@ -200,13 +222,21 @@ class RedisLimiter:
         if not reservation.entry or actual == reservation.cost:
             return
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
-                await self._settle(
-                    keys=_keys(reservation.scope),
-                    args=[reservation.entry, reservation.cost, actual, reservation.at_ms],
-                )
+            await self._call(
+                self._settle,
+                _keys(reservation.scope),
+                [reservation.entry, reservation.cost, actual, reservation.at_ms],
+            )
         except Exception:
             REDIS_ERRORS.inc()
 
     async def close(self) -> None:
+        self._closed = True
+        if self._in_flight:
+            # Each ends within its socket timeouts; cancel what still does not.
+            _, late = await asyncio.wait(self._in_flight, timeout=REDIS_TIMEOUT_S * 4)
+            for call in late:
+                call.cancel()
+            if late:
+                await asyncio.wait(late)
         await self._redis.aclose(close_connection_pool=True)

@@ -250,7 +250,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def settled(self) -> None:
         """Wait (briefly) for background settlements, before the store closes."""
         if self._background:
-            await asyncio.wait(self._background, timeout=2.0)
+            _, late = await asyncio.wait(self._background, timeout=2.0)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
 
     def _settle(self, admission: Admission) -> None:
         """Replace token estimates with what the attempts used (in the background:
@@ -778,13 +782,20 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
-    async def close() -> None:
-        await unfollow()
-        await servicer.close()
+    async def close_reporter() -> None:
         await reporter.close(flush_s=5.0)
-        await servicer.settled()
-        await limiter.close()
-        await usage_channel.close()
-        await channel.close()
 
-    return Mounted([name], [close])
+    # One closer a step, in order: serve() runs each even when one before it
+    # failed, so a failure cannot leave the Redis pool or a channel open.
+    return Mounted(
+        [name],
+        [
+            unfollow,
+            servicer.close,
+            close_reporter,
+            servicer.settled,
+            limiter.close,
+            usage_channel.close,
+            channel.close,
+        ],
+    )

@@ -113,9 +113,13 @@ class UsageReporter:
                     extra=log_fields(code=exc.code().name, pending=len(self.pending)),
                 )
             finally:
+                # asyncio.wait, not `await sender`: it neither raises what the
+                # sender ended with nor swallows a cancellation of this task
+                # (close() cancels it; a swallowed cancel would loop forever).
                 sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                    await sender
+                await asyncio.wait({sender})
+                if not sender.cancelled() and sender.exception() is not None:
+                    log.debug("usage sender ended", exc_info=sender.exception())
                 call.cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -144,5 +148,8 @@ class UsageReporter:
             )
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Whatever the stream ended with, closing goes on: the closers after
+            # this one (the limiter's Redis pool, the channels) must still run.
+            await asyncio.wait({self._task})
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("usage stream task failed", exc_info=self._task.exception())
