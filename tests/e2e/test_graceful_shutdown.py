@@ -15,18 +15,13 @@ import openai
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
-from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
 
-KEY = "sk-graceful-e2e-provider-0123456789"
+KEY = UPSTREAM_KEY
 IN_FLIGHT = 8
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=KEY, record_requests=False)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

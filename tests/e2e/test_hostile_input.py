@@ -37,11 +37,12 @@ from switchboard_common.errors import SwitchboardError
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 from switchboard_stack.envoy import MAX_BODY_BYTES
 from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import UPSTREAM_KEY
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
 
-PROVIDER_KEY = "sk-hostile-provider-secret-0123456789"
+PROVIDER_KEY = UPSTREAM_KEY
 FULL_KEY = "sk-hostile-full-0123456789abcdef"
 LIMITED_KEY = "sk-hostile-limited-0123456789abcdef"
 ADMIN_KEY = "hostile-admin-key-0123456789"
@@ -119,12 +120,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 # -- the stack ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

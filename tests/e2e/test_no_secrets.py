@@ -23,20 +23,15 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard_common.gpu_topics import GPU_TOPICS
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
 
-PROVIDER_KEY = "sk-secret-provider-key-0123456789abcdef"
+PROVIDER_KEY = UPSTREAM_KEY
 CLIENT_KEY = "client-secret-from-the-config-file-4242"
 ADMIN_KEY = "admin-secret-never-logged-2424"
 TOPICS = (USAGE_TOPIC, DLQ_TOPIC, *GPU_TOPICS)
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,14 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard.usage.v1 import events_pb2
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY
+from tests.support.openai_upstream import OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
 
-KEY = "sk-usage-e2e-provider-0123456789"
+KEY = UPSTREAM_KEY
 # Time the broker stays unreachable (the 30 s): sends time out and retry.
 BROKER_PAUSE_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=KEY, record_requests=False)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
