@@ -23,7 +23,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard.usage.v1 import events_pb2
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, eventually
 from tests.support.openai_upstream import OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
@@ -66,14 +66,13 @@ def _summary(stack: Stack) -> dict[str, Any]:
 
 
 def _wait_counted(stack: Stack, requests: int, tokens: int, within_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + within_s
-    while True:
+    def counted() -> dict[str, Any]:
         summary = _summary(stack)
-        if summary["total_requests"] >= requests and summary["total_tokens"] >= tokens:
-            return summary
-        if time.monotonic() > deadline:
-            return summary
-        time.sleep(0.2)
+        assert summary["total_requests"] >= requests, summary
+        assert summary["total_tokens"] >= tokens, summary
+        return summary
+
+    return eventually(counted, timeout=within_s, interval=0.2, what="usage counted")
 
 
 def _traffic(stack: Stack, n: int) -> None:
@@ -98,14 +97,11 @@ def _truth(upstream: OpenAIUpstream) -> tuple[int, int]:
     return len(calls), sum(c.prompt_tokens + c.completion_tokens for c in calls)
 
 
-def _wait_exit(pid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
+def _exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
     return False
 
 
@@ -143,7 +139,7 @@ def test_every_call_counted_exactly_once_through_faults(
     stack.restart("usage", SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT="1")
     crashing = stack.pids()["usage"]
     _traffic(stack, 5)
-    assert _wait_exit(crashing, within_s=30), "the fault point never fired"
+    eventually(lambda: _exited(crashing), timeout=30, what="the fault point firing")
     stack.restart("usage")
 
     # An operator replays the whole topic.
