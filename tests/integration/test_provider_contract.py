@@ -105,6 +105,7 @@ async def test_reset_after_n_chunks_gives_n_chunks_then_partial_usage_then_error
     assert record.completion_tokens > 0
 
 
+@pytest.mark.serial  # a 0.1 s wall-clock bound
 async def test_cancel_closes_the_upstream_request_promptly(
     provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
 ) -> None:

@@ -138,6 +138,7 @@ async def test_round_robin_and_priority_strategies(
     assert prio == {"prio.b.up-b"}
 
 
+@pytest.mark.serial  # wall-clock bounds of a second or two
 async def test_failover_to_the_next_deployment_within_the_deadline(
     upstreams: Upstreams, start: Callable[..., Awaitable[Router]]
 ) -> None:
