@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar, overload
@@ -90,6 +91,15 @@ async def _eventually_async(
             raise _timed_out(what, timeout_s, last)
         await asyncio.sleep(interval)
         pending = check()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a check for eventually())."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _attempt(check: Callable[[], Any]) -> Any:

@@ -23,7 +23,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard_common.gpu_topics import GPU_TOPICS
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.conftest import UPSTREAM_KEY, eventually
+from tests.conftest import UPSTREAM_KEY, eventually, process_gone
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
@@ -173,15 +173,7 @@ def _clickhouse_rows(home: Path) -> tuple[str, set[int]]:
 def _stop(stack: Stack, component: str) -> None:
     pid = stack.pids()[component]
     os.kill(pid, signal.SIGTERM)
-    eventually(lambda: _exited(pid), timeout=30, what=f"{component} stopping")
-
-
-def _exited(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    eventually(lambda: process_gone(pid), timeout=30, what=f"{component} stopping")
 
 
 def _accepted(client: openai.OpenAI) -> bool:

@@ -23,7 +23,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard.usage.v1 import events_pb2
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.conftest import UPSTREAM_KEY, eventually
+from tests.conftest import UPSTREAM_KEY, eventually, process_gone
 from tests.support.openai_upstream import OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
@@ -97,14 +97,6 @@ def _truth(upstream: OpenAIUpstream) -> tuple[int, int]:
     return len(calls), sum(c.prompt_tokens + c.completion_tokens for c in calls)
 
 
-def _exited(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_every_call_counted_exactly_once_through_faults(
     stack: Stack, upstream: OpenAIUpstream
 ) -> None:
@@ -139,7 +131,7 @@ def test_every_call_counted_exactly_once_through_faults(
     stack.restart("usage", SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT="1")
     crashing = stack.pids()["usage"]
     _traffic(stack, 5)
-    eventually(lambda: _exited(crashing), timeout=30, what="the fault point firing")
+    eventually(lambda: process_gone(crashing), timeout=30, what="the fault point firing")
     stack.restart("usage")
 
     # An operator replays the whole topic.
