@@ -31,7 +31,8 @@ from switchboard_stack.harness import REPO, Stack, running_stack
 from tests.conftest import UPSTREAM_KEY
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
-pytestmark = pytest.mark.e2e
+# A browser beside a whole stack: not beside another stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 ADMIN_KEY = "console-e2e-admin-key-0123456789"
 PROVIDER_KEY = UPSTREAM_KEY

@@ -18,7 +18,8 @@ from switchboard_stack.harness import Stack, running_stack
 from tests.conftest import UPSTREAM_KEY, eventually
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
-pytestmark = pytest.mark.e2e
+# Faults, restarts and wall-clock bounds: not beside another stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 KEY = UPSTREAM_KEY
 IN_FLIGHT = 8

@@ -26,7 +26,8 @@ from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
 from tests.conftest import UPSTREAM_KEY, eventually, process_gone
 from tests.support.openai_upstream import OpenAIUpstream
 
-pytestmark = pytest.mark.e2e
+# Faults, restarts and wall-clock bounds: not beside another stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 KEY = UPSTREAM_KEY
 # Time the broker stays unreachable (the 30 s): sends time out and retry.
