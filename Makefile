@@ -92,9 +92,21 @@ fmt: install
 	$(BIN)/ruff check --fix services tests
 	$(BUF) format -w
 
-# The whole suite: generated code is current, lint is clean, then every test.
-test: install browser gen-check lint
-	$(PY) -m pytest tests
+# $(call timed,STAGE,COMMAND): run COMMAND, then say how long STAGE took,
+# whether it passed or not (a failing stage still stops `make test`).
+timed = start=$$(date +%s.%N); rc=0; $(2) || rc=$$?; \
+	awk -v s="$$start" -v e="$$(date +%s.%N)" -v rc="$$rc" \
+	  'BEGIN { printf "== %-11s %7.1f s%s\n", "$(1)", e - s, rc ? "  (failed)" : "" }'; \
+	exit $$rc
+
+# The whole suite: generated code is current, lint is clean, then every test;
+# each stage prints how long it took.
+test: install browser
+	@$(call timed,gen-check,$(MAKE) --no-print-directory gen-check)
+	@$(call timed,lint,$(MAKE) --no-print-directory lint)
+	@$(call timed,unit,$(PY) -m pytest tests/unit)
+	@$(call timed,integration,$(PY) -m pytest tests/integration)
+	@$(call timed,e2e,$(PY) -m pytest tests/e2e)
 
 test-unit: install
 	$(PY) -m pytest tests/unit

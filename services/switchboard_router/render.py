@@ -8,12 +8,19 @@ and explicit nulls where OpenAI sends them.
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
+from google.api import httpbody_pb2
 from google.protobuf import json_format
 
 from switchboard.common.v1 import openai_pb2
 from switchboard_common.errors import SwitchboardError
+from switchboard_common.logs import log_fields
+
+log = logging.getLogger(__name__)
+C = TypeVar("C")
 
 DONE = b"data: [DONE]\n\n"
 CONTENT_TYPE = "text/event-stream"
@@ -152,3 +159,27 @@ def completion_chunk(
 def is_usage_only(chunk: openai_pb2.ChatCompletionChunk | openai_pb2.Completion) -> bool:
     """The extra final chunk OpenAI sends for include_usage: no choices, only usage."""
     return not chunk.choices and chunk.HasField("usage")
+
+
+async def sse_bodies(
+    chunks: AsyncIterator[tuple[C, dict[str, Any]]],
+    on_start: Callable[[C], Awaitable[None]],
+) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """Frame chunks as OpenAI server-sent events; `on_start` runs before the
+    first byte, with what the first chunk came with. Errors before the first
+    byte propagate (the edge answers with the right HTTP status); after it,
+    they become an error event, since the status line is already sent."""
+    started = False
+    try:
+        async for source, payload in chunks:
+            if not started:
+                await on_start(source)
+                started = True
+            yield httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=sse(payload))
+    except SwitchboardError as err:
+        if not started:
+            raise
+        log.warning("stream failed after it started", extra=log_fields(reason=err.reason_name))
+        yield httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=error_event(err))
+        return
+    yield httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=DONE)

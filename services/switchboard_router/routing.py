@@ -162,9 +162,6 @@ class Routing:
                 usable.append(candidate)
         return usable + later
 
-    def reason(self) -> str:
-        return self.balancer.last_reason
-
     async def acquire(
         self, candidate: Candidate, tokens: int, reservations: list[Reservation]
     ) -> SwitchboardError | None:

@@ -1,79 +1,61 @@
-"""RouterService: admission (auth, validation, model resolution), attempts over
-deployments and fallbacks, and the three response shapes (unary, typed stream,
-SSE bytes for the edge).
-
-Retries happen only before the first byte reaches the client: once a chunk is
-out, a failure ends the stream with an error (an SSE error event at the edge,
-a non-OK status for gRPC callers), never a silent truncation.
+"""RouterService: the handlers and the router's setup. Each handler admits
+its request (admission), runs it over the deployments (attempts, which also
+account for every upstream attempt) and shapes the answer: unary, typed
+stream, or SSE bytes for the edge (render).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from google.api import httpbody_pb2
 
 from switchboard.common.v1 import openai_pb2
-from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
+from switchboard.provider.v1 import provider_pb2_grpc
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
+from switchboard.usage.v1 import usage_pb2_grpc
 from switchboard_common.channels import channel as service_channel
-from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
+from switchboard_common.config import SwitchboardConfig
 from switchboard_common.credentials import require_admin
-from switchboard_common.deadlines import remaining
-from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.gpu_health import (
     DEFAULT_SATURATED_PERCENT,
     GpuHealthBoard,
     follow_gpu_health,
 )
 from switchboard_common.ids import uuid7
-from switchboard_common.interceptors import REQUEST_ID_KEY
-from switchboard_common.logs import log_fields, request_id_var
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_router import render, vision
+from switchboard_router.accounting import Accounting
+from switchboard_router.admission import Admission, Gate
+from switchboard_router.attempts import Attempts, Embedding, Exchange, Generation
 from switchboard_router.auth import Authenticator
-from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.breaker import State
-from switchboard_router.budgets import Budgets, Hold
+from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate, Catalog
-from switchboard_router.limits import (
-    Limiter,
-    LocalLimiter,
-    RedisLimiter,
-    Reservation,
-    estimate_tokens,
-)
-from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing, breaker_config_from_env
+from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
+from switchboard_router.routing import Routing, breaker_config_from_env
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 
 log = logging.getLogger(__name__)
-usage_log = logging.getLogger("switchboard.usage")
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 VERSION = "0.1.0"
-MAX_CALL_S = 600.0
-# The longest a reply waits for its usage record to be durable while the usage
-# service is up (it normally takes a millisecond or two: a group-committed fsync).
-DURABLE_WAIT_S = float(os.environ.get("SWITCHBOARD_USAGE_DURABLE_WAIT_S") or 1.0)
-MAX_ATTEMPTS = int(os.environ.get("SWITCHBOARD_MAX_ATTEMPTS") or 3)
-T = TypeVar("T")
 SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 # Present when a fallback model served the call: the model the caller asked for.
@@ -85,23 +67,11 @@ ROUTE_NOTES_KEY = "x-switchboard-route-notes"
 _ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
 _CHUNK_FIELDS = {"chat": "chat_chunk", "completion": "completion"}
 
-BuildRequest = Callable[[Candidate, int], provider_pb2.StreamGenerateRequest]
-
-
 _BREAKER_STATES = {
     State.CLOSED: router_pb2.DeploymentHealth.BREAKER_STATE_CLOSED,
     State.HALF_OPEN: router_pb2.DeploymentHealth.BREAKER_STATE_HALF_OPEN,
     State.OPEN: router_pb2.DeploymentHealth.BREAKER_STATE_OPEN,
 }
-
-
-def _target(candidate: Candidate) -> provider_pb2.Target:
-    return provider_pb2.Target(
-        provider=candidate.provider.name,
-        upstream_model=candidate.deployment.model,
-        deployment_id=candidate.deployment_id,
-        config_version=candidate.version,
-    )
 
 
 def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
@@ -121,23 +91,6 @@ async def _label(context: Context, candidate: Candidate) -> None:
     as trailing metadata for gRPC callers that read trailers."""
     await context.send_initial_metadata(_served(candidate))
     context.set_trailing_metadata(_served(candidate))
-
-
-@dataclass
-class Admission:
-    """A request let in: who, which model, what it reserved against the limits,
-    and the tokens its upstream attempts used (to settle those reservations)."""
-
-    key: KeyConfig | None
-    model: ModelConfig
-    # The catalog it was admitted under; usage records carry its registry version.
-    catalog: Catalog
-    # Tokens reserved against TPM limits: the estimated prompt plus max_tokens.
-    estimate: int = 0
-    reservations: list[Reservation] = field(default_factory=list)
-    tokens: int = 0
-    # Worst-case cost held against the key's and model's budgets.
-    hold: Hold | None = None
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -162,15 +115,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.routing = Routing(limiter, breaker_config_from_env(), rng=rng)
         self.reconfigure(config, 0)
         self.provider = provider
-        self.usage = usage
-        self.limiter = limiter
         self.admin_key = admin_key
         self.budgets = budgets or Budgets(usage.stub)
-        self.max_attempts = MAX_ATTEMPTS
-        self._rng = random.Random()  # noqa: S311 - retry jitter
-        self._background: set[asyncio.Task[None]] = set()
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
-        self._sequence = itertools.count(1)
+        self.gate = Gate(usage, limiter, self.budgets)
+        self.accounting = Accounting(usage, limiter, self.budgets, self.instance)
+        self.attempts = Attempts(self.routing, self.accounting)
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         """Serve from a new registry snapshot; calls in flight keep the old one."""
@@ -200,285 +150,32 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 await watch
         await self.budgets.close()
 
-    # -- admission ---------------------------------------------------------
+    async def settled(self) -> None:
+        """Before the limit store closes: no settlement is left in flight."""
+        await self.accounting.settled()
 
     async def _admit(
         self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
     ) -> Admission:
-        """Auth first (401 before 400), then the body, then the model (404/403),
-        then the rate limits (429)."""
-        catalog, auth = self.catalog, self.auth
-        key = auth.authenticate(context.invocation_metadata() or ())
-        if self.usage.full:
-            raise SwitchboardError(
-                R.ERROR_REASON_SERVICE_UNAVAILABLE,
-                "usage accounting is unavailable; refusing requests that could not be counted",
-            )
-        validate(params)
-        admission = Admission(
-            key, catalog.resolve(params.model, key, kind), catalog, estimate_tokens(params)
-        )
-        admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
-        try:
-            await self._reserve(admission, admission.estimate)
-        except SwitchboardError:
-            self.budgets.release(admission.hold)
-            raise
-        return admission
-
-    async def _reserve(self, admission: Admission, tokens: int) -> None:
-        key, model = admission.key, admission.model
-        scopes: list[tuple[str, int | None, int]] = [
-            (f"rpm:model {model.name}", model.rpm, 1),
-            (f"tpm:model {model.name}", model.tpm, tokens),
-        ]
-        if key is not None:
-            scopes[:0] = [
-                (f"rpm:key {key.name}", key.rpm, 1),
-                (f"tpm:key {key.name}", key.tpm, tokens),
-            ]
-        try:
-            for name, limit, cost in scopes:
-                if limit:
-                    admission.reservations.append(await self.limiter.acquire(name, limit, cost))
-        except SwitchboardError:
-            # Refused somewhere: give back what was already reserved.
-            for reservation in admission.reservations:
-                await self.limiter.settle(reservation, 0)
-            raise
-
-    async def settled(self) -> None:
-        """Wait (briefly) for background settlements, before the store closes."""
-        if self._background:
-            _, late = await asyncio.wait(self._background, timeout=2.0)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
-
-    def _settle(self, admission: Admission) -> None:
-        """Replace token estimates with what the attempts used (in the background:
-        the response must not wait on the limit store)."""
-        self.budgets.release(admission.hold)
-        for reservation in admission.reservations:
-            if reservation.scope.startswith("tpm:"):
-                task = asyncio.create_task(self.limiter.settle(reservation, admission.tokens))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-    # -- attempts ----------------------------------------------------------
-
-    async def _generate(
-        self,
-        context: Context,
-        admission: Admission,
-        requested: str,
-        build: BuildRequest,
-        stream: bool,
-    ) -> AsyncIterator[tuple[Candidate, provider_pb2.StreamGenerateResponse]]:
-        def run(
-            candidate: Candidate, attempt: int
-        ) -> AsyncGenerator[tuple[Candidate, provider_pb2.StreamGenerateResponse], None]:
-            return self._attempt(context, admission, requested, build, candidate, attempt)
-
-        try:
-            async for item in self._attempts(context, admission, requested, stream, run):
-                yield item
-        finally:
-            self._settle(admission)
-
-    def _plan(self, admission: Admission, requested: str, stream: bool) -> list[Candidate]:
-        plan, notes = self.routing.plan(admission.catalog, admission.model, stream)
-        if not plan:
-            why = f" ({'; '.join(notes)})" if notes else ""
-            raise SwitchboardError(
-                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
-                f"The model '{requested}' has no deployment that can serve it right now{why}.",
-            )
-        return plan
-
-    async def _attempts(
-        self,
-        context: Context,
-        admission: Admission,
-        requested: str,
-        stream: bool,
-        run: Callable[[Candidate, int], AsyncGenerator[tuple[Candidate, T], None]],
-    ) -> AsyncIterator[tuple[Candidate, T]]:
-        """Try the plan in order, each deployment its breaker and limits admit,
-        at most max_attempts in all. When a pass over the plan ends in an error
-        worth retrying, pass again after a jittered backoff that honours the
-        upstream's Retry-After, if the caller's deadline leaves room."""
-        plan = self._plan(admission, requested, stream)
-        tried = 0
-        last: SwitchboardError | None = None
-        refused: SwitchboardError | None = None
-        for round_ in itertools.count():
-            if round_:
-                if last is None or last.reason not in RETRY_AGAIN or tried >= self.max_attempts:
-                    break
-                delay = retry_delay(round_, retry_after_s=last.retry_after_s, rng=self._rng)
-                if not fits(delay, context.time_remaining()):
-                    break
-                await asyncio.sleep(delay)
-            tried_before = tried
-            for candidate in plan:
-                if tried >= self.max_attempts:
-                    break
-                refusal = await self.routing.acquire(
-                    candidate, admission.estimate, admission.reservations
-                )
-                if refusal is not None:
-                    refused = refusal
-                    continue
-                attempt, tried = tried, tried + 1
-                started = False
-                try:
-                    async with contextlib.aclosing(run(candidate, attempt)) as events:
-                        async for item in events:
-                            started = True
-                            yield item
-                    return
-                except SwitchboardError as err:
-                    if started or err.reason not in FAILOVER:
-                        raise
-                    last = err
-                    log.info(
-                        "attempt failed; trying the next deployment",
-                        extra=log_fields(
-                            attempt=attempt,
-                            deployment=candidate.deployment_id,
-                            reason=err.reason_name,
-                        ),
-                    )
-            if tried == tried_before:
-                break
-        if last is not None:
-            raise last
-        if refused is not None and refused.reason != R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT:
-            raise refused
-        raise SwitchboardError(
-            R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
-            f"The model '{requested}' has no healthy deployment right now: each one is "
-            "cooling down after repeated upstream failures. Retry shortly.",
+        return await self.gate.admit(
+            self.catalog, self.auth, context.invocation_metadata() or (), params, validate, kind
         )
 
-    async def _attempt(
-        self,
-        context: Context,
-        admission: Admission,
-        requested: str,
-        build: BuildRequest,
-        candidate: Candidate,
-        attempt: int,
-    ) -> AsyncGenerator[tuple[Candidate, provider_pb2.StreamGenerateResponse], None]:
-        """One upstream attempt; its usage record is accounted whatever happens."""
-        request = build(candidate, attempt)
-        started_at = self.routing.started(candidate)
-        first_byte_at: float | None = None
-        failure: SwitchboardError | None = SwitchboardError(
-            R.ERROR_REASON_CANCELLED, "the caller went away"
-        )
-        call = self.provider.StreamGenerate(
-            request,
-            timeout=remaining(context, MAX_CALL_S),
-            metadata=((REQUEST_ID_KEY, request.request_id),),
-        )
-        accounted = ""
-        try:
-            async for event in call:
-                if event.HasField("usage"):
-                    self._account(event.usage, admission, requested, candidate)
-                    accounted = event.usage.event_id
-                    continue
-                if first_byte_at is None:
-                    first_byte_at = time.monotonic()
-                yield candidate, event
-            failure = None
-            if accounted:
-                # The answer's end (unary reply, or the stream's [DONE]) waits for
-                # the usage service to hold the record durably.
-                await self.usage.durable(accounted, DURABLE_WAIT_S)
-        except grpc.aio.AioRpcError as exc:
-            failure = from_rpc_error(exc, "provider")
-            raise failure from None
-        finally:
-            self.routing.finished(candidate, started_at, first_byte_at, failure)
-            if not accounted:
-                self._account_lost(request, admission, requested, candidate)
-            call.cancel()
-
-    def _account(
-        self,
-        record: usage_pb2.UsageRecord,
-        admission: Admission,
-        requested: str,
-        candidate: Candidate,
-    ) -> None:
-        """Attribute an attempt's usage record and hand it to the usage pipeline."""
-        key = admission.key
-        admission.tokens += record.total_tokens
-        record.key_name = key.name if key else ""
-        record.requested_model = requested
-        record.model = candidate.model.name
-        record.router_instance = self.instance
-        record.sequence = next(self._sequence)
-        record.config_version = admission.catalog.version
-        self.usage.submit(record)
-        usage_log.debug(
-            "usage",
-            extra=log_fields(
-                event_id=record.event_id,
-                attempt=record.attempt,
-                key=record.key_name,
-                model=record.model,
-                deployment=record.deployment_id,
-                status=usage_pb2.UsageStatus.Name(record.status),
-                prompt_tokens=record.prompt_tokens,
-                completion_tokens=record.completion_tokens,
-                estimated=record.estimated,
-                latency_ms=round(record.latency_ms, 3),
-                ttft_ms=round(record.ttft_ms, 3),
-                sequence=record.sequence,
-            ),
-        )
-
-    def _account_lost(
-        self,
-        request: provider_pb2.StreamGenerateRequest,
-        admission: Admission,
-        requested: str,
-        candidate: Candidate,
-    ) -> None:
-        """An attempt whose record never arrived (cancelled, or the provider
-        died): account it here, so no attempt goes uncounted."""
-        record = usage_pb2.UsageRecord(
-            event_id=uuid7(),
-            request_id=request.request_id,
-            attempt=request.attempt,
-            deployment_id=candidate.deployment_id,
-            provider=candidate.provider.name,
-            upstream_model=candidate.deployment.model,
-            stream=request.stream,
-            status=usage_pb2.USAGE_STATUS_CANCELLED,
-            estimated=True,
-        )
-        self._account(record, admission, requested, candidate)
-
-    def _build(self, requested: str, field: str, params: Any, stream: bool) -> BuildRequest:
-        request_id = request_id_var.get() or uuid7()
-
-        def build(candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
-            request = provider_pb2.StreamGenerateRequest(
-                request_id=request_id,
-                attempt=attempt,
-                stream=stream,
-                target=_target(candidate),
-            )
-            getattr(request, field).CopyFrom(params)
-            return request
-
-        return build
+    async def _answer(
+        self, context: Context, admission: Admission, requested: str, exchange: Exchange[T]
+    ) -> tuple[Candidate, list[T]]:
+        """The deployment that answered and every item of its answer, once the
+        attempt is over (its usage record durable). Callers send the response
+        metadata only once nothing else can fail: an error after it travels in
+        trailers, where the edge cannot turn it into an HTTP status."""
+        served: Candidate | None = None
+        items: list[T] = []
+        async for candidate, item in self.attempts.run(context, admission, requested, exchange):
+            served = candidate
+            items.append(item)
+        if served is None:
+            raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
+        return served, items
 
     # -- chat --------------------------------------------------------------
 
@@ -505,22 +202,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, context: Context, admission: Admission, params: Any, kind: str
     ) -> tuple[Candidate, Any]:
         """The deployment that answered, and its one answer object (kind "chat" or
-        "completion"). Callers send the response metadata only once nothing else
-        can fail: an error after it travels in trailers, where the edge cannot turn
-        it into an HTTP status."""
-        answer: tuple[Candidate, Any] | None = None
-        build = self._build(params.model, kind, params, stream=False)
+        "completion")."""
+        exchange = Generation(self.provider, kind, params, stream=False)
+        served, events = await self._answer(context, admission, params.model, exchange)
         event_field = _ANSWER_FIELDS[kind]
-        async for candidate, event in self._generate(
-            context, admission, params.model, build, False
-        ):
-            if event.WhichOneof("event") == event_field:
-                result = getattr(event, event_field)
-                result.model = params.model
-                answer = (candidate, result)
-        if answer is None:
+        answers = [e for e in events if e.WhichOneof("event") == event_field]
+        if not answers:
             raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
-        return answer
+        result = getattr(answers[-1], event_field)
+        result.model = params.model
+        return served, result
 
     # -- vision --------------------------------------------------------------
 
@@ -554,9 +245,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         validate = validate_chat if kind == "chat" else validate_completion
         admission = await self._admit(context, params, validate, "chat")
         include_usage = params.stream_options.include_usage
-        build = self._build(params.model, kind, params, stream=True)
+        exchange = Generation(self.provider, kind, params, stream=True)
         event_field = _CHUNK_FIELDS[kind]
-        events = self._generate(context, admission, params.model, build, True)
+        events = self.attempts.run(context, admission, params.model, exchange)
         async for candidate, event in events:
             if event.WhichOneof("event") != event_field:
                 continue
@@ -588,7 +279,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             (c, to_json(chunk, params.model, include_usage))
             async for c, chunk in self._chunks(params, context, kind)
         )
-        async for body in _sse(chunks, context):
+        async for body in render.sse_bodies(chunks, lambda c: _label(context, c)):
             yield body
 
     async def StreamChatCompletion(
@@ -634,49 +325,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.EmbeddingList:
         params = request.params
         admission = await self._admit(context, params, validate_embedding, "embedding")
-        request_id = request_id_var.get() or uuid7()
-
-        async def run(
-            candidate: Candidate, attempt: int
-        ) -> AsyncGenerator[tuple[Candidate, provider_pb2.CreateEmbeddingResponse], None]:
-            call = provider_pb2.CreateEmbeddingRequest(
-                request_id=request_id, attempt=attempt, target=_target(candidate), params=params
-            )
-            started_at = self.routing.started(candidate)
-            failure: SwitchboardError | None = SwitchboardError(
-                R.ERROR_REASON_CANCELLED, "the caller went away"
-            )
-            try:
-                response = await self.provider.CreateEmbedding(
-                    call,
-                    timeout=remaining(context, MAX_CALL_S),
-                    metadata=((REQUEST_ID_KEY, request_id),),
-                )
-                failure = None
-            except grpc.aio.AioRpcError as exc:
-                failure = from_rpc_error(exc, "provider")
-                raise failure from None
-            finally:
-                self.routing.finished(candidate, started_at, None, failure)
-                if failure is not None:
-                    lost = provider_pb2.StreamGenerateRequest(
-                        request_id=request_id, attempt=attempt, target=call.target
-                    )
-                    self._account_lost(lost, admission, params.model, candidate)
-            self._account(response.usage, admission, params.model, candidate)
-            await self.usage.durable(response.usage.event_id, DURABLE_WAIT_S)
-            yield candidate, response
-
-        try:
-            async for candidate, response in self._attempts(
-                context, admission, params.model, False, run
-            ):
-                response.embeddings.model = params.model
-                await _label(context, candidate)
-                return response.embeddings
-        finally:
-            self._settle(admission)
-        raise AssertionError("_attempts ends with an answer or an error")
+        exchange = Embedding(self.provider, params)
+        served, (response,) = await self._answer(context, admission, params.model, exchange)
+        response.embeddings.model = params.model
+        await _label(context, served)
+        return response.embeddings
 
     # -- models and health ---------------------------------------------------
 
@@ -719,28 +372,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if health.ttft_s is not None:
                 entry.ttft_ms = health.ttft_s * 1000
         return response
-
-
-async def _sse(
-    chunks: AsyncIterator[tuple[Candidate, dict[str, Any]]], context: Context
-) -> AsyncIterator[httpbody_pb2.HttpBody]:
-    """Frame chunks as OpenAI server-sent events. Errors before the first byte
-    propagate (the edge answers with the right HTTP status); after it, they
-    become an error event, since the status line is already sent."""
-    started = False
-    try:
-        async for candidate, payload in chunks:
-            if not started:
-                await _label(context, candidate)
-                started = True
-            yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.sse(payload))
-    except SwitchboardError as err:
-        if not started:
-            raise
-        log.warning("stream failed after it started", extra=log_fields(reason=err.reason_name))
-        yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.error_event(err))
-        return
-    yield httpbody_pb2.HttpBody(content_type=render.CONTENT_TYPE, data=render.DONE)
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:

@@ -28,12 +28,14 @@ import yaml
 from switchboard_common.settings import Settings
 from switchboard_stack import envoy
 from switchboard_stack.harness import REPO, Stack, running_stack
-from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
-pytestmark = pytest.mark.e2e
+# A browser beside a whole stack: not beside another stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 ADMIN_KEY = "console-e2e-admin-key-0123456789"
-PROVIDER_KEY = "sk-console-e2e-provider-0123456789"
+PROVIDER_KEY = UPSTREAM_KEY
 STREAM_MODEL = "loop-chat"
 OFFLINE_MODEL = "mock-chat"
 PROMPT = "route this call through the switchboard console please"
@@ -68,10 +70,9 @@ def _node() -> str:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
-        server.behaviour = Behaviour(chunk_delay_s=CHUNK_DELAY_S)
-        yield server
+def upstream(upstream: OpenAIUpstream) -> OpenAIUpstream:
+    upstream.behaviour = Behaviour(chunk_delay_s=CHUNK_DELAY_S)
+    return upstream
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -72,13 +72,7 @@ def get(stack: Stack, path: str, **params: Any) -> dict[str, Any]:
 def until(check: Callable[[], Any], what: str) -> Any:
     """Poll until `check()` is truthy: history arrives through Kafka and a
     batching sink, so within seconds, not at once."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
+    return eventually(check, timeout=WAIT_S, interval=0.25, what=what)
 
 
 def test_status_shows_the_scripted_gpu(stack: Stack) -> None:

@@ -7,7 +7,6 @@ deployment is excluded; when both are healthy again the strategy decides."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -97,14 +97,15 @@ def _served(stack: Stack) -> tuple[str, str]:
 def _until(stack: Stack, check: Any, within_s: float = 15) -> list[tuple[str, str]]:
     """Calls until the last four all satisfy check (the router hears the gpu
     service within a sample or two)."""
-    deadline = time.monotonic() + within_s
     seen: list[tuple[str, str]] = []
-    while time.monotonic() < deadline:
+
+    def settled() -> list[tuple[str, str]]:
         seen.append(_served(stack))
-        if len(seen) >= 4 and all(check(*s) for s in seen[-4:]):
-            return seen[-4:]
-        time.sleep(0.05)
-    pytest.fail(f"routing never settled: {seen[-6:]}")
+        assert len(seen) >= 4, seen
+        assert all(check(*s) for s in seen[-4:]), seen[-6:]
+        return seen[-4:]
+
+    return eventually(settled, timeout=within_s, what="routing settling")
 
 
 def test_routing_follows_gpu_health(stack: Stack, script: Path) -> None:

@@ -15,18 +15,14 @@ import openai
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
-from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY, eventually
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
-pytestmark = pytest.mark.e2e
+# Faults, restarts and wall-clock bounds: not beside another stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
-KEY = "sk-graceful-e2e-provider-0123456789"
+KEY = UPSTREAM_KEY
 IN_FLIGHT = 8
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=KEY, record_requests=False)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +87,7 @@ def test_sigterm_loses_no_call_in_flight(
     assert _call(stack, 0).startswith("echo:")
     served = len([c for c in upstream.served if c.completed])
     assert served == before + IN_FLIGHT + 1
-    deadline = time.monotonic() + 30
-    while _counted(stack) < served and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually(lambda: _counted(stack) >= served, timeout=30, interval=0.2, what="calls counted")
     assert _counted(stack) == served
 
 
@@ -136,9 +130,12 @@ def test_router_killed_under_load_counts_every_answered_call(
     upstream.behaviour = Behaviour()
     completed = len([c for c in upstream.served if c.completed]) - completed_before
     assert 8 <= answered < calls, "the crash should have cut some calls off, not all"
-    deadline = time.monotonic() + 30
-    while _counted(stack) - counted_before < answered and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually(
+        lambda: _counted(stack) - counted_before >= answered,
+        timeout=30,
+        interval=0.2,
+        what="answered calls counted",
+    )
     counted = _counted(stack) - counted_before
     # Every answered call is counted; nothing is counted that the upstream did not serve.
     assert answered <= counted <= completed

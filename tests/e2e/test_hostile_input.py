@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import json
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -37,11 +36,12 @@ from switchboard_common.errors import SwitchboardError
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 from switchboard_stack.envoy import MAX_BODY_BYTES
 from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import UPSTREAM_KEY, eventually
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
 
-PROVIDER_KEY = "sk-hostile-provider-secret-0123456789"
+PROVIDER_KEY = UPSTREAM_KEY
 FULL_KEY = "sk-hostile-full-0123456789abcdef"
 LIMITED_KEY = "sk-hostile-limited-0123456789abcdef"
 ADMIN_KEY = "hostile-admin-key-0123456789"
@@ -119,12 +119,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 # -- the stack ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -305,10 +299,13 @@ class Edge:
         # once its record is in the log, theirs would be too.
         marker = self.post(CHAT, {"model": "mock-chat", "messages": [USER]})
         assert marker.status == 200, marker.body[:300]
-        deadline = time.monotonic() + WAIT_S
-        while marker.request_id not in (ids := self._usage_request_ids()):
-            assert time.monotonic() < deadline, "the marker's usage record never appeared"
-            time.sleep(0.05)
+
+        def logged() -> set[str]:
+            ids = self._usage_request_ids()
+            assert marker.request_id in ids, "not logged yet"
+            return ids
+
+        ids = eventually(logged, timeout=WAIT_S, what="the marker's usage record")
         assert not ids & set(self.refused), "a refused request left a usage record"
         for pid in self.stack.pids().values():
             os.kill(pid, 0)  # raises if a component died

@@ -7,9 +7,9 @@ database and the usage outbox. Zero matches."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,20 +23,15 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard_common.gpu_topics import GPU_TOPICS
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY, eventually, process_gone
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
 
-PROVIDER_KEY = "sk-secret-provider-key-0123456789abcdef"
+PROVIDER_KEY = UPSTREAM_KEY
 CLIENT_KEY = "client-secret-from-the-config-file-4242"
 ADMIN_KEY = "admin-secret-never-logged-2424"
 TOPICS = (USAGE_TOPIC, DLQ_TOPIC, *GPU_TOPICS)
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +83,8 @@ def _traffic(stack: Stack, upstream: OpenAIUpstream) -> str:
     for key in (CLIENT_KEY, live_secret):
         client = openai.OpenAI(base_url=f"{stack.edge_url}/v1", api_key=key, max_retries=0)
         clients.append(client)
-        deadline = time.monotonic() + 5
-        while True:  # the live key reaches the router within a second
-            try:
-                client.models.list()
-                break
-            except openai.AuthenticationError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        # The live key reaches the router within a second.
+        eventually(functools.partial(_accepted, client), timeout=5, what="the new key accepted")
         messages: list[ChatCompletionMessageParam] = [
             {"role": "user", "content": "keep my secrets"}
         ]
@@ -185,14 +173,15 @@ def _clickhouse_rows(home: Path) -> tuple[str, set[int]]:
 def _stop(stack: Stack, component: str) -> None:
     pid = stack.pids()[component]
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"{component} did not stop")
+    eventually(lambda: process_gone(pid), timeout=30, what=f"{component} stopping")
+
+
+def _accepted(client: openai.OpenAI) -> bool:
+    try:
+        client.models.list()
+    except openai.AuthenticationError:
+        return False
+    return True
 
 
 def test_no_secret_in_logs_kafka_clickhouse_or_databases(
@@ -205,14 +194,14 @@ def test_no_secret_in_logs_kafka_clickhouse_or_databases(
         "admin key": ADMIN_KEY,
         "admin-created client key": live_secret,
     }
+
     # Usage lands in ClickHouse within seconds: wait for it before looking.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def landed() -> bool:
         summary = httpx.get(f"{stack.edge_url}/v1/usage/summary", timeout=10).json()
-        if summary["total_requests"] >= 6:
-            break
-        time.sleep(0.2)
-    assert summary["total_requests"] >= 6
+        assert summary["total_requests"] >= 6, summary
+        return True
+
+    eventually(landed, timeout=30, interval=0.2, what="usage in ClickHouse")
 
     kept: dict[str, bytes] = {
         component: stack.log(component).encode()

@@ -15,51 +15,33 @@ import pytest
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
-from switchboard_stack.harness import Stack, running_stack
+from switchboard_stack.harness import Stack
+from tests.conftest import (
+    GEMINI_UPSTREAM_KEY,
+    UPSTREAM_KEY,
+    StartStack,
+    loopback_provider,
+)
 from tests.support.gemini_upstream import GeminiUpstream
-from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
 
-PROVIDER_KEY = "sk-e2e-provider-secret-0123456789"
-GEMINI_KEY = "AIzaE2eTestOnlyGeminiKey0001"
+PROVIDER_KEY = UPSTREAM_KEY
+GEMINI_KEY = GEMINI_UPSTREAM_KEY
 PROMPT = "tell me about the switchboard"
 REPLY = f"echo: {PROMPT}"
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=PROVIDER_KEY)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gemini() -> Iterator[GeminiUpstream]:
-    with run_in_thread(GeminiUpstream(api_key=GEMINI_KEY)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def stack(
-    upstream: OpenAIUpstream, gemini: GeminiUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+    upstream: OpenAIUpstream, gemini_upstream: GeminiUpstream, start_stack: StartStack
+) -> Stack:
     config = {
         "providers": [
-            {
-                "name": "loopback",
-                "kind": "openai",
-                "base_url": upstream.base_url,
-                "api_key_env": "E2E_PROVIDER_KEY",
-                "timeout_s": 1.5,
-            },
+            loopback_provider("loopback", upstream, "E2E_PROVIDER_KEY", timeout_s=1.5),
             {"name": "mock", "kind": "mock"},
-            {
-                "name": "google",
-                "kind": "gemini",
-                "base_url": gemini.base_url,
-                "api_key_env": "E2E_GEMINI_KEY",
-                "timeout_s": 1.5,
-            },
+            loopback_provider("google", gemini_upstream, "E2E_GEMINI_KEY", timeout_s=1.5),
         ],
         "models": [
             {
@@ -80,7 +62,6 @@ def stack(
             },
         ],
     }
-    tmp = tmp_path_factory.mktemp("stack")
     env = {
         "E2E_PROVIDER_KEY": PROVIDER_KEY,
         "E2E_GEMINI_KEY": GEMINI_KEY,
@@ -89,8 +70,7 @@ def stack(
         # These tests fail the one loopback deployment on purpose, many times in a row.
         "SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES": "1000",
     }
-    with running_stack(config, tmp, env) as running:
-        yield running
+    return start_stack(config, env)
 
 
 @pytest.fixture(autouse=True)

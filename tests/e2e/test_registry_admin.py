@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -76,10 +77,7 @@ def _chat(client: openai.OpenAI, model: str) -> str:
 def _within(deadline_s: float, check: Callable[[], bool]) -> float:
     """Seconds until check() held (polling every 20 ms), failing after deadline_s."""
     start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > deadline_s:
-            pytest.fail(f"not true within {deadline_s}s")
-        time.sleep(0.02)
+    eventually(check, timeout=deadline_s, interval=0.02)
     return time.monotonic() - start
 
 

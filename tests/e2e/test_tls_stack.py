@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_common.tls import TlsFiles
 from switchboard_stack.certs import write_dev_certs
 from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +65,13 @@ def test_https_at_the_edge_and_mutual_tls_behind_it(stack: Stack, certs: TlsFile
         assert streamed.text.rstrip().endswith("data: [DONE]")
         # Usage went router → usage (mTLS) → broker → ClickHouse.
         today = dt.datetime.now(dt.UTC).date().isoformat()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            summary = client.get("/v1/usage/summary", params={"start": today, "end": today}).json()
-            if summary["total_requests"] >= 2:
-                break
-            time.sleep(0.2)
-        assert summary["total_requests"] == 2
+
+        def counted() -> int:
+            summary = client.get("/v1/usage/summary", params={"start": today, "end": today})
+            return int(summary.json()["total_requests"])
+
+        eventually(lambda: counted() >= 2, timeout=30, interval=0.2, what="2 calls counted")
+        assert counted() == 2
 
 
 def test_plaintext_is_refused_at_the_edge_and_the_services(stack: Stack) -> None:

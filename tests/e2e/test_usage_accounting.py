@@ -23,19 +23,15 @@ from openai.types.chat import ChatCompletionMessageParam
 from switchboard.usage.v1 import events_pb2
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
-from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
+from tests.conftest import UPSTREAM_KEY, eventually, process_gone
+from tests.support.openai_upstream import OpenAIUpstream
 
-pytestmark = pytest.mark.e2e
+# Faults, restarts and wall-clock bounds: not beside another stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
-KEY = "sk-usage-e2e-provider-0123456789"
+KEY = UPSTREAM_KEY
 # Time the broker stays unreachable (the 30 s): sends time out and retry.
 BROKER_PAUSE_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[OpenAIUpstream]:
-    with run_in_thread(OpenAIUpstream(api_key=KEY, record_requests=False)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +67,13 @@ def _summary(stack: Stack) -> dict[str, Any]:
 
 
 def _wait_counted(stack: Stack, requests: int, tokens: int, within_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + within_s
-    while True:
+    def counted() -> dict[str, Any]:
         summary = _summary(stack)
-        if summary["total_requests"] >= requests and summary["total_tokens"] >= tokens:
-            return summary
-        if time.monotonic() > deadline:
-            return summary
-        time.sleep(0.2)
+        assert summary["total_requests"] >= requests, summary
+        assert summary["total_tokens"] >= tokens, summary
+        return summary
+
+    return eventually(counted, timeout=within_s, interval=0.2, what="usage counted")
 
 
 def _traffic(stack: Stack, n: int) -> None:
@@ -101,17 +96,6 @@ def _traffic(stack: Stack, n: int) -> None:
 def _truth(upstream: OpenAIUpstream) -> tuple[int, int]:
     calls = [c for c in upstream.served if c.completed]
     return len(calls), sum(c.prompt_tokens + c.completion_tokens for c in calls)
-
-
-def _wait_exit(pid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_every_call_counted_exactly_once_through_faults(
@@ -148,7 +132,7 @@ def test_every_call_counted_exactly_once_through_faults(
     stack.restart("usage", SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT="1")
     crashing = stack.pids()["usage"]
     _traffic(stack, 5)
-    assert _wait_exit(crashing, within_s=30), "the fault point never fired"
+    eventually(lambda: process_gone(crashing), timeout=30, what="the fault point firing")
     stack.restart("usage")
 
     # An operator replays the whole topic.

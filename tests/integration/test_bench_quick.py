@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.integration
+# A whole benchmark run: it would starve whatever ran beside it.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 @pytest.mark.timeout(240)

@@ -22,6 +22,7 @@ from switchboard.usage.v1 import usage_pb2
 from switchboard_common.config import ProviderConfig
 from switchboard_provider.adapters.gemini import GeminiAdapter
 from switchboard_provider.meter import UsageMeter
+from tests.conftest import GEMINI_UPSTREAM_KEY, UPSTREAM_KEY, Loopbacks, loopback_provider
 from tests.support.gemini_upstream import Behaviour, GeminiUpstream
 from tests.support.grpc_errors import reason, retry_delay_s
 from tests.support.inprocess import services
@@ -29,34 +30,22 @@ from tests.support.openai_upstream import OpenAIUpstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
-OPENAI_KEY = "sk-loopback-openai-key"
-GEMINI_KEY = "AIzaLoopbackTestOnlyKey00001"
+OPENAI_KEY = UPSTREAM_KEY
+GEMINI_KEY = GEMINI_UPSTREAM_KEY
 WRONG_KEY = "AIzaWrongTestOnlyKey00000001"
 Upstreams = tuple[OpenAIUpstream, GeminiUpstream]
 
 
 def _config(openai_up: OpenAIUpstream, gemini_up: GeminiUpstream) -> dict[str, Any]:
     def gemini(name: str, key_env: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "kind": "gemini",
-            "base_url": gemini_up.base_url,
-            "api_key_env": key_env,
-            "timeout_s": 1.0,
-        }
+        return loopback_provider(name, gemini_up, key_env, timeout_s=1.0)
 
     def model(name: str, provider: str, kind: str = "chat") -> dict[str, Any]:
         return {"name": name, "kind": kind, "deployments": [{"provider": provider, "model": "up"}]}
 
     return {
         "providers": [
-            {
-                "name": "oa",
-                "kind": "openai",
-                "base_url": openai_up.base_url,
-                "api_key_env": "LOOPBACK_OPENAI_KEY",
-                "timeout_s": 1.0,
-            },
+            loopback_provider("oa", openai_up, "LOOPBACK_OPENAI_KEY", timeout_s=1.0),
             gemini("gm", "LOOPBACK_GEMINI_KEY"),
             gemini("gm-wrong-key", "LOOPBACK_GEMINI_WRONG_KEY"),
             gemini("gm-no-key", "LOOPBACK_GEMINI_UNSET_KEY"),
@@ -73,12 +62,8 @@ def _config(openai_up: OpenAIUpstream, gemini_up: GeminiUpstream) -> dict[str, A
 
 
 @pytest_asyncio.fixture
-async def upstreams() -> AsyncIterator[Upstreams]:
-    async with (
-        OpenAIUpstream(api_key=OPENAI_KEY) as openai_up,
-        GeminiUpstream(api_key=GEMINI_KEY) as gemini_up,
-    ):
-        yield openai_up, gemini_up
+async def upstreams(loopbacks: Loopbacks) -> Upstreams:
+    return await loopbacks.openai(), await loopbacks.gemini()
 
 
 @pytest_asyncio.fixture

@@ -7,7 +7,6 @@ on the gpu service."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -33,6 +32,7 @@ from switchboard_usage import migrations, queries
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.kafka import KafkaSettings
 from switchboard_usage.sink import GpuSink
+from tests.conftest import eventually
 from tests.integration.test_gpu_service import (
     FakeClock,
     Stream,
@@ -430,15 +430,7 @@ def tansu_broker() -> Iterator[str]:
 async def until(check: Any, what: str) -> Any:
     """Poll `check()` until it returns something truthy: the pipeline is
     asynchronous by design (the sink batches for up to a second)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
+    return await eventually(check, timeout=WAIT_S, interval=0.2, what=what)
 
 
 async def test_samples_and_alerts_flow_to_clickhouse_and_back(

@@ -32,6 +32,7 @@ from switchboard_gpu.nvml import DeviceReading, NvmlBackend, ScriptedNvml
 from switchboard_gpu.sampler import SamplerConfig
 from switchboard_gpu.service import setup
 from switchboard_stack.harness import free_port
+from tests.conftest import eventually
 from tests.support.grpc_errors import reason
 from tests.support.inprocess import wait_serving
 
@@ -222,12 +223,12 @@ async def status(channel: grpc.aio.Channel) -> gpu_pb2.GetGpuStatusResponse:
 async def rules_applied(channel: grpc.aio.Channel, names: set[str]) -> None:
     """Until the gpu service evaluates exactly the rules `names` (the registry's
     push arrives on its own schedule; this polls a condition with a deadline)."""
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            reply = await status(channel)
-            if reply.registry_version and {r.name for r in reply.rules} == names:
-                return
-            await asyncio.sleep(0.02)
+
+    async def applied() -> bool:
+        reply = await status(channel)
+        return bool(reply.registry_version) and {r.name for r in reply.rules} == names
+
+    await eventually(applied, timeout=WAIT_S, interval=0.02, what=f"rules {sorted(names)}")
 
 
 class Stream:

@@ -14,6 +14,7 @@ import pytest_asyncio
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.usage.v1 import usage_pb2
+from tests.conftest import Loopbacks
 from tests.support.inprocess import services
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
@@ -21,9 +22,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 
 @pytest_asyncio.fixture
-async def upstream() -> AsyncIterator[OpenAIUpstream]:
-    async with OpenAIUpstream() as server:
-        yield server
+async def upstream(loopbacks: Loopbacks) -> OpenAIUpstream:
+    """In the test's loop, accepting any key (the provider here sends none)."""
+    return await loopbacks.openai(api_key=None)
 
 
 @pytest_asyncio.fixture
@@ -104,6 +105,7 @@ async def test_reset_after_n_chunks_gives_n_chunks_then_partial_usage_then_error
     assert record.completion_tokens > 0
 
 
+@pytest.mark.serial  # a 0.1 s wall-clock bound
 async def test_cancel_closes_the_upstream_request_promptly(
     provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
 ) -> None:

@@ -150,6 +150,7 @@ async def hung_redis() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
+@pytest.mark.serial  # a 1 s wall-clock bound
 @pytest.mark.parametrize("fail_open", [True, False])
 async def test_hung_redis_never_hangs_a_request(hung_redis: str, fail_open: bool) -> None:
     limiter = RedisLimiter(hung_redis, fail_open=fail_open)

@@ -16,24 +16,17 @@ import pytest_asyncio
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_common.settings import Settings
+from tests.conftest import UPSTREAM_KEY, Loopbacks, loopback_provider
 from tests.support.grpc_errors import reason, retry_delay_s
 from tests.support.inprocess import services
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
-UPSTREAM_KEY = "sk-loopback-test-provider-key"
-
 
 def _config(primary: OpenAIUpstream, backup: OpenAIUpstream, **keys: Any) -> dict[str, Any]:
     def provider(name: str, upstream: OpenAIUpstream) -> dict[str, Any]:
-        return {
-            "name": name,
-            "kind": "openai",
-            "base_url": upstream.base_url,
-            "api_key_env": "LOOPBACK_PROVIDER_KEY",
-            "timeout_s": 1.0,
-        }
+        return loopback_provider(name, upstream, "LOOPBACK_PROVIDER_KEY", timeout_s=1.0)
 
     config: dict[str, Any] = {
         "providers": [provider("primary", primary), provider("backup", backup)],
@@ -58,12 +51,8 @@ def _config(primary: OpenAIUpstream, backup: OpenAIUpstream, **keys: Any) -> dic
 
 
 @pytest_asyncio.fixture
-async def upstreams() -> AsyncIterator[tuple[OpenAIUpstream, OpenAIUpstream]]:
-    async with (
-        OpenAIUpstream(api_key=UPSTREAM_KEY) as primary,
-        OpenAIUpstream(api_key=UPSTREAM_KEY) as backup,
-    ):
-        yield primary, backup
+async def upstreams(loopbacks: Loopbacks) -> tuple[OpenAIUpstream, OpenAIUpstream]:
+    return await loopbacks.openai(), await loopbacks.openai()
 
 
 @pytest_asyncio.fixture

@@ -5,7 +5,6 @@ fallbacks, Retry-After, per-deployment limits and budgets."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import Counter
@@ -21,36 +20,26 @@ from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_common.server import CHANNEL_OPTIONS
 from switchboard_common.settings import Settings
+from tests.conftest import UPSTREAM_KEY, Loopbacks, eventually, loopback_provider
 from tests.support.grpc_errors import reason
 from tests.support.inprocess import services
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
-KEY = "sk-routing-test-upstream-key"
+KEY = UPSTREAM_KEY
 ADMIN_KEY = "routing-test-admin"
 Upstreams = tuple[OpenAIUpstream, OpenAIUpstream, OpenAIUpstream]
 
 
 @pytest_asyncio.fixture
-async def upstreams() -> AsyncIterator[Upstreams]:
-    async with (
-        OpenAIUpstream(api_key=KEY) as a,
-        OpenAIUpstream(api_key=KEY) as b,
-        OpenAIUpstream(api_key=KEY) as c,
-    ):
-        yield a, b, c
+async def upstreams(loopbacks: Loopbacks) -> Upstreams:
+    return (await loopbacks.openai(), await loopbacks.openai(), await loopbacks.openai())
 
 
 def _providers(upstreams: Upstreams, timeout_s: float = 1.0) -> list[dict[str, Any]]:
     return [
-        {
-            "name": name,
-            "kind": "openai",
-            "base_url": up.base_url,
-            "api_key_env": "ROUTING_UPSTREAM_KEY",
-            "timeout_s": timeout_s,
-        }
+        loopback_provider(name, up, "ROUTING_UPSTREAM_KEY", timeout_s=timeout_s)
         for name, up in zip(("a", "b", "c"), upstreams, strict=True)
     ]
 
@@ -149,6 +138,7 @@ async def test_round_robin_and_priority_strategies(
     assert prio == {"prio.b.up-b"}
 
 
+@pytest.mark.serial  # wall-clock bounds of a second or two
 async def test_failover_to_the_next_deployment_within_the_deadline(
     upstreams: Upstreams, start: Callable[..., Awaitable[Router]]
 ) -> None:
@@ -218,12 +208,12 @@ async def test_breaker_opens_on_failures_then_recovers(
     assert len(a.requests) == 3
 
     a.behaviour = Behaviour()
+
     # The cooldown is a duration: poll the reported state, bounded.
-    for _ in range(100):
-        if await state() == router_pb2.DeploymentHealth.BREAKER_STATE_HALF_OPEN:
-            break
-        await asyncio.sleep(0.05)
-    assert await state() == router_pb2.DeploymentHealth.BREAKER_STATE_HALF_OPEN
+    async def half_open() -> bool:
+        return await state() == router_pb2.DeploymentHealth.BREAKER_STATE_HALF_OPEN
+
+    await eventually(half_open, timeout=5)
     # The half-open probe succeeds, and the deployment is back.
     assert (await _served(router, "m"))["x-switchboard-deployment"] == "m.a.up-a"
     assert await state() == router_pb2.DeploymentHealth.BREAKER_STATE_CLOSED

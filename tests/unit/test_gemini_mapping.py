@@ -19,13 +19,12 @@ from switchboard.provider.v1 import provider_pb2
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common.config import ProviderConfig, parse_config
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_provider.adapters.gemini import (
-    GeminiAdapter,
+from switchboard_provider.adapters.gemini import GeminiAdapter
+from switchboard_provider.adapters.gemini.error_mapping import map_error
+from switchboard_provider.adapters.gemini.request_mapping import chat_request, completion_request
+from switchboard_provider.adapters.gemini.response_mapping import (
     Reply,
-    chat_request,
-    completion_request,
     finish_reason,
-    map_error,
     stream_events,
     usage,
 )

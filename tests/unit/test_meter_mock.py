@@ -289,8 +289,3 @@ async def test_mock_embed_is_deterministic_8_dim(adapter: MockAdapter) -> None:
     assert _vectors(again) == [vectors[1]]
     assert first.usage.prompt_tokens == 3
     assert first.usage.total_tokens == 3
-
-
-@pytest.mark.asyncio
-async def test_mock_close(adapter: MockAdapter) -> None:
-    await adapter.close()

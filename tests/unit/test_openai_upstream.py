@@ -20,6 +20,7 @@ import openai
 import pytest
 import pytest_asyncio
 
+from tests.conftest import Loopbacks
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,13 +32,9 @@ MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
 
 
 @pytest_asyncio.fixture
-async def upstream() -> AsyncIterator[OpenAIUpstream]:
-    server = OpenAIUpstream()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+async def upstream(loopbacks: Loopbacks) -> OpenAIUpstream:
+    """In the test's loop, accepting any key."""
+    return await loopbacks.openai(api_key=None)
 
 
 @pytest_asyncio.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from switchboard_router.render import (
     error_event,
     is_usage_only,
     sse,
+    sse_bodies,
     usage_dict,
 )
 
@@ -204,10 +206,6 @@ def test_sse_of_a_chunk_round_trips_through_json() -> None:
     assert json.loads(framed[len(b"data: ") : -2]) == out
 
 
-def test_done_marker() -> None:
-    assert DONE == b"data: [DONE]\n\n"
-
-
 def test_error_event_is_openai_error_body() -> None:
     err = SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "upstream broke")
     framed = error_event(err)
@@ -265,3 +263,48 @@ def test_is_usage_only(
     chunk: openai_pb2.ChatCompletionChunk | openai_pb2.Completion, expected: bool
 ) -> None:
     assert is_usage_only(chunk) is expected
+
+
+async def _frames(
+    items: list[tuple[str, dict[str, Any]] | SwitchboardError],
+) -> tuple[list[bytes], list[str]]:
+    """What sse_bodies sends for `items` (an error raises where it stands),
+    and who on_start was told served the stream."""
+    started: list[str] = []
+
+    async def chunks() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        for item in items:
+            if isinstance(item, SwitchboardError):
+                raise item
+            yield item
+
+    async def on_start(source: str) -> None:
+        started.append(source)
+
+    bodies = [body async for body in sse_bodies(chunks(), on_start)]
+    assert {body.content_type for body in bodies} <= {"text/event-stream"}
+    return [body.data for body in bodies], started
+
+
+@pytest.mark.asyncio
+async def test_sse_bodies_frame_each_chunk_then_done() -> None:
+    frames, started = await _frames([("dep-a", {"n": 1}), ("dep-a", {"n": 2})])
+    assert frames == [sse({"n": 1}), sse({"n": 2}), DONE]
+    assert started == ["dep-a"]
+
+
+@pytest.mark.asyncio
+async def test_sse_bodies_error_before_the_first_byte_propagates() -> None:
+    refused = SwitchboardError(R.ERROR_REASON_RATE_LIMITED, "slow down")
+    with pytest.raises(SwitchboardError) as info:
+        await _frames([refused])
+    assert info.value is refused
+
+
+@pytest.mark.asyncio
+async def test_sse_bodies_error_after_the_first_byte_is_an_error_event() -> None:
+    broke = SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "upstream broke")
+    frames, started = await _frames([("dep-a", {"n": 1}), broke])
+    # No [DONE]: the client must not take a broken stream for a whole one.
+    assert frames == [sse({"n": 1}), error_event(broke)]
+    assert started == ["dep-a"]

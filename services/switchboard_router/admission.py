@@ -1,0 +1,95 @@
+"""Admission: whether a request may be served at all, decided before any
+upstream is asked. Auth first (401 before 400), then the body, then the model
+(404/403), then the budgets and the rate limits (429). What it reserves is
+settled by accounting once the attempts are over."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from switchboard_common.config import KeyConfig, ModelConfig
+from switchboard_common.errors import R, SwitchboardError
+from switchboard_router.auth import Authenticator
+from switchboard_router.budgets import Budgets, Hold
+from switchboard_router.catalog import Catalog
+from switchboard_router.limits import Limiter, Reservation, estimate_tokens
+from switchboard_router.usage_reporter import UsageReporter
+
+Metadata = Iterable[tuple[str, str | bytes]]
+
+
+@dataclass
+class Admission:
+    """A request let in: who, which model, what it reserved against the limits,
+    and the tokens its upstream attempts used (to settle those reservations)."""
+
+    key: KeyConfig | None
+    model: ModelConfig
+    # The catalog it was admitted under; usage records carry its registry version.
+    catalog: Catalog
+    # Tokens reserved against TPM limits: the estimated prompt plus max_tokens.
+    estimate: int = 0
+    reservations: list[Reservation] = field(default_factory=list)
+    tokens: int = 0
+    # Worst-case cost held against the key's and model's budgets.
+    hold: Hold | None = None
+
+
+class Gate:
+    """Lets requests in against one router's limiter, budgets and usage stream."""
+
+    def __init__(self, usage: UsageReporter, limiter: Limiter, budgets: Budgets) -> None:
+        self.usage = usage
+        self.limiter = limiter
+        self.budgets = budgets
+
+    async def admit(
+        self,
+        catalog: Catalog,
+        auth: Authenticator,
+        metadata: Metadata,
+        params: Any,
+        validate: Callable[[Any], None],
+        kind: str,
+    ) -> Admission:
+        """`catalog` and `auth` come from one registry snapshot, read once by the caller."""
+        key = auth.authenticate(metadata)
+        if self.usage.full:
+            raise SwitchboardError(
+                R.ERROR_REASON_SERVICE_UNAVAILABLE,
+                "usage accounting is unavailable; refusing requests that could not be counted",
+            )
+        validate(params)
+        admission = Admission(
+            key, catalog.resolve(params.model, key, kind), catalog, estimate_tokens(params)
+        )
+        admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
+        try:
+            await self._reserve(admission, admission.estimate)
+        except SwitchboardError:
+            self.budgets.release(admission.hold)
+            raise
+        return admission
+
+    async def _reserve(self, admission: Admission, tokens: int) -> None:
+        key, model = admission.key, admission.model
+        scopes: list[tuple[str, int | None, int]] = [
+            (f"rpm:model {model.name}", model.rpm, 1),
+            (f"tpm:model {model.name}", model.tpm, tokens),
+        ]
+        if key is not None:
+            scopes[:0] = [
+                (f"rpm:key {key.name}", key.rpm, 1),
+                (f"tpm:key {key.name}", key.tpm, tokens),
+            ]
+        try:
+            for name, limit, cost in scopes:
+                if limit:
+                    admission.reservations.append(await self.limiter.acquire(name, limit, cost))
+        except SwitchboardError:
+            # Refused somewhere: give back what was already reserved.
+            for reservation in admission.reservations:
+                await self.limiter.settle(reservation, 0)
+            raise

@@ -1,0 +1,268 @@
+"""Attempts: one admitted request tried over its deployments and fallbacks.
+
+One loop serves every call the router makes to the provider (streamed and
+unary generations, embeddings): an `Exchange` says how to ask one deployment,
+the loop decides which deployment to ask next and when to stop. Retries happen
+only before the first item reaches the caller: once one is out, a failure ends
+the call with an error, never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
+from switchboard.usage.v1 import usage_pb2
+from switchboard_common.deadlines import remaining
+from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_common.ids import uuid7
+from switchboard_common.interceptors import REQUEST_ID_KEY
+from switchboard_common.logs import log_fields, request_id_var
+from switchboard_router.accounting import Accounting
+from switchboard_router.admission import Admission
+from switchboard_router.backoff import fits, retry_delay
+from switchboard_router.catalog import Candidate
+from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_CALL_S = 600.0
+MAX_ATTEMPTS = int(os.environ.get("SWITCHBOARD_MAX_ATTEMPTS") or 3)
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+def _request_id() -> str:
+    return request_id_var.get() or uuid7()
+
+
+def target(candidate: Candidate) -> provider_pb2.Target:
+    return provider_pb2.Target(
+        provider=candidate.provider.name,
+        upstream_model=candidate.deployment.model,
+        deployment_id=candidate.deployment_id,
+        config_version=candidate.version,
+    )
+
+
+class Exchange(Protocol[T_co]):
+    """How to ask one deployment. `call` yields the attempt's answer items and,
+    among them, its usage record (which the loop accounts, never passes on)."""
+
+    # Shared by every attempt of the request.
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def stream(self) -> bool: ...
+    # Whether the first answer item times the deployment's first byte.
+    @property
+    def timed_first_byte(self) -> bool: ...
+
+    def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[usage_pb2.UsageRecord | T_co, None]: ...
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A chat or legacy completion (`kind` "chat" or "completion"), unary or
+    streamed, through the provider's StreamGenerate."""
+
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub
+    kind: str
+    params: Any
+    stream: bool
+    request_id: str = field(default_factory=_request_id)
+    timed_first_byte: bool = True
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
+        request = provider_pb2.StreamGenerateRequest(
+            request_id=self.request_id,
+            attempt=attempt,
+            stream=self.stream,
+            target=target(candidate),
+        )
+        getattr(request, self.kind).CopyFrom(self.params)
+        call = self.provider.StreamGenerate(
+            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
+        )
+        try:
+            async for event in call:
+                yield event.usage if event.HasField("usage") else event
+        finally:
+            call.cancel()
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Embeddings through the provider's unary CreateEmbedding."""
+
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub
+    params: Any
+    request_id: str = field(default_factory=_request_id)
+    stream: bool = False
+    # Its one answer is all there is: no first byte apart from the whole.
+    timed_first_byte: bool = False
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.CreateEmbeddingResponse, None]:
+        request = provider_pb2.CreateEmbeddingRequest(
+            request_id=self.request_id,
+            attempt=attempt,
+            target=target(candidate),
+            params=self.params,
+        )
+        response = await self.provider.CreateEmbedding(
+            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
+        )
+        yield response.usage
+        yield response
+
+
+class Attempts:
+    def __init__(
+        self, routing: Routing, accounting: Accounting, max_attempts: int = MAX_ATTEMPTS
+    ) -> None:
+        self.routing = routing
+        self.accounting = accounting
+        self.max_attempts = max_attempts
+        self._rng = random.Random()  # noqa: S311 - retry jitter
+
+    async def run(
+        self, context: Context, admission: Admission, requested: str, exchange: Exchange[T]
+    ) -> AsyncIterator[tuple[Candidate, T]]:
+        """The answer items and the deployment that sent them; the admission's
+        reservations are settled however it ends."""
+        try:
+            async for item in self._attempts(context, admission, requested, exchange):
+                yield item
+        finally:
+            self.accounting.settle(admission)
+
+    def _plan(self, admission: Admission, requested: str, stream: bool) -> list[Candidate]:
+        plan, notes = self.routing.plan(admission.catalog, admission.model, stream)
+        if not plan:
+            why = f" ({'; '.join(notes)})" if notes else ""
+            raise SwitchboardError(
+                R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+                f"The model '{requested}' has no deployment that can serve it right now{why}.",
+            )
+        return plan
+
+    async def _attempts(
+        self, context: Context, admission: Admission, requested: str, exchange: Exchange[T]
+    ) -> AsyncIterator[tuple[Candidate, T]]:
+        """Try the plan in order, each deployment its breaker and limits admit,
+        at most max_attempts in all. When a pass over the plan ends in an error
+        worth retrying, pass again after a jittered backoff that honours the
+        upstream's Retry-After, if the caller's deadline leaves room."""
+        plan = self._plan(admission, requested, exchange.stream)
+        tried = 0
+        last: SwitchboardError | None = None
+        refused: SwitchboardError | None = None
+        for round_ in itertools.count():
+            if round_:
+                if last is None or last.reason not in RETRY_AGAIN or tried >= self.max_attempts:
+                    break
+                delay = retry_delay(round_, retry_after_s=last.retry_after_s, rng=self._rng)
+                if not fits(delay, context.time_remaining()):
+                    break
+                await asyncio.sleep(delay)
+            tried_before = tried
+            for candidate in plan:
+                if tried >= self.max_attempts:
+                    break
+                refusal = await self.routing.acquire(
+                    candidate, admission.estimate, admission.reservations
+                )
+                if refusal is not None:
+                    refused = refusal
+                    continue
+                attempt, tried = tried, tried + 1
+                started = False
+                try:
+                    async with contextlib.aclosing(
+                        self._attempt(context, admission, requested, exchange, candidate, attempt)
+                    ) as items:
+                        async for item in items:
+                            started = True
+                            yield candidate, item
+                    return
+                except SwitchboardError as err:
+                    if started or err.reason not in FAILOVER:
+                        raise
+                    last = err
+                    log.info(
+                        "attempt failed; trying the next deployment",
+                        extra=log_fields(
+                            attempt=attempt,
+                            deployment=candidate.deployment_id,
+                            reason=err.reason_name,
+                        ),
+                    )
+            if tried == tried_before:
+                break
+        if last is not None:
+            raise last
+        if refused is not None and refused.reason != R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT:
+            raise refused
+        raise SwitchboardError(
+            R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
+            f"The model '{requested}' has no healthy deployment right now: each one is "
+            "cooling down after repeated upstream failures. Retry shortly.",
+        )
+
+    async def _attempt(
+        self,
+        context: Context,
+        admission: Admission,
+        requested: str,
+        exchange: Exchange[T],
+        candidate: Candidate,
+        attempt: int,
+    ) -> AsyncGenerator[T, None]:
+        """One upstream attempt; its usage record is accounted whatever happens."""
+        started_at = self.routing.started(candidate)
+        first_byte_at: float | None = None
+        failure: SwitchboardError | None = SwitchboardError(
+            R.ERROR_REASON_CANCELLED, "the caller went away"
+        )
+        accounted = ""
+        call = exchange.call(candidate, attempt, remaining(context, MAX_CALL_S))
+        try:
+            async with contextlib.aclosing(call) as items:
+                async for item in items:
+                    if isinstance(item, usage_pb2.UsageRecord):
+                        self.accounting.record(item, admission, requested, candidate)
+                        accounted = item.event_id
+                        continue
+                    if first_byte_at is None and exchange.timed_first_byte:
+                        first_byte_at = time.monotonic()
+                    yield item
+            failure = None
+            if accounted:
+                await self.accounting.durable(accounted)
+        except grpc.aio.AioRpcError as exc:
+            failure = from_rpc_error(exc, "provider")
+            raise failure from None
+        finally:
+            self.routing.finished(candidate, started_at, first_byte_at, failure)
+            if not accounted:
+                self.accounting.record_lost(
+                    exchange.request_id, attempt, exchange.stream, admission, requested, candidate
+                )
