@@ -743,7 +743,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     channel = service_channel(settings.address("provider"), settings.tls)
     usage_channel = service_channel(settings.address("usage"), settings.tls)
     reporter = UsageReporter(
-        usage_pb2_grpc.UsageServiceStub(usage_channel),
+        usage_pb2_grpc.UsageLedgerServiceStub(usage_channel),
         max_pending=int(os.environ.get("SWITCHBOARD_USAGE_BUFFER") or 100_000),
     )
     reporter.start()
