@@ -106,7 +106,8 @@ async def serve(
             serve_metrics(metrics_port, settings.metrics_host)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        readiness = asyncio.create_task(_report_readiness(health_servicer, mounted))
+        ready = await _set_readiness(health_servicer, mounted, None)
+        readiness = asyncio.create_task(_report_readiness(health_servicer, mounted, ready))
         log.info(
             "serving",
             extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
@@ -138,24 +139,34 @@ async def serve(
     log.info("stopped")
 
 
-async def _report_readiness(servicer: health.aio.HealthServicer, mounted: Mounted) -> None:
-    """Keep each mounted service's health status equal to its readiness."""
-    serving = health_pb2.HealthCheckResponse.SERVING
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    last: bool | None = None
+async def _set_readiness(
+    servicer: health.aio.HealthServicer, mounted: Mounted, last: bool | None
+) -> bool:
+    """Make each mounted service's health status its readiness; returns it."""
+    try:
+        ready = mounted.ready() if mounted.ready is not None else True
+    except Exception:
+        log.exception("readiness check failed")
+        ready = False
+    if ready != last:
+        if last is not None:
+            log.warning("readiness changed", extra=log_fields(ready=ready))
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        for service_name in mounted.service_names:
+            await servicer.set(service_name, status)
+    return ready
+
+
+async def _report_readiness(
+    servicer: health.aio.HealthServicer, mounted: Mounted, last: bool
+) -> None:
     while True:
-        try:
-            ready = mounted.ready() if mounted.ready is not None else True
-        except Exception:
-            log.exception("readiness check failed")
-            ready = False
-        if ready != last:
-            if last is not None:
-                log.warning("readiness changed", extra=log_fields(ready=ready))
-            for service_name in mounted.service_names:
-                await servicer.set(service_name, serving if ready else not_serving)
-            last = ready
         await asyncio.sleep(READINESS_PERIOD_S)
+        last = await _set_readiness(servicer, mounted, last)
 
 
 def main(name: str, setup: Setup) -> None:

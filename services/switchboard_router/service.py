@@ -26,11 +26,11 @@ from google.api import httpbody_pb2
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
+from switchboard.registry.v1 import registry_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
 from switchboard_common.channels import channel as service_channel
 from switchboard_common.config import KeyConfig, ModelConfig, SwitchboardConfig
-from switchboard_common.credentials import require_admin
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.gpu_health import (
@@ -40,18 +40,20 @@ from switchboard_common.gpu_health import (
 )
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
+from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.policy import current_caller
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_router import render, vision
-from switchboard_router.auth import Authenticator
 from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import (
     Limiter,
     LocalLimiter,
@@ -67,7 +69,6 @@ log = logging.getLogger(__name__)
 usage_log = logging.getLogger("switchboard.usage")
 Context = grpc.aio.ServicerContext[Any, Any]
 
-VERSION = "0.1.0"
 MAX_CALL_S = 600.0
 # The longest a reply waits for its usage record to be durable while the usage
 # service is up (it normally takes a millisecond or two: a group-committed fsync).
@@ -147,7 +148,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         provider: provider_pb2_grpc.ProviderServiceAsyncStub,
         usage: UsageReporter,
         limiter: Limiter,
-        admin_key: str | None = None,
         budgets: Budgets | None = None,
         gpu_addresses: Sequence[str] = (),
         tls: TlsFiles | None = None,
@@ -164,19 +164,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.provider = provider
         self.usage = usage
         self.limiter = limiter
-        self.admin_key = admin_key
         self.budgets = budgets or Budgets(usage.stub)
         self.max_attempts = MAX_ATTEMPTS
         self._rng = random.Random()  # noqa: S311 - retry jitter
         self._background: set[asyncio.Task[None]] = set()
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.health: HealthMonitor | None = None
         self._sequence = itertools.count(1)
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         """Serve from a new registry snapshot; calls in flight keep the old one."""
         catalog = Catalog(config, created=self.created, version=version)
-        auth = Authenticator(config)
-        self.catalog, self.auth = catalog, auth
+        self.catalog = catalog
         self.routing.forget(catalog)
         bound = any(d.gpu_node for m in config.models for d in m.deployments)
         if bound and self.routing.gpu is None and self._gpu_addresses:
@@ -205,10 +204,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _admit(
         self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
     ) -> Admission:
-        """Auth first (401 before 400), then the body, then the model (404/403),
-        then the rate limits (429)."""
-        catalog, auth = self.catalog, self.auth
-        key = auth.authenticate(context.invocation_metadata() or ())
+        """The access policy authenticated the caller (401 before 400); then the
+        body, then the model (404/403), then the rate limits (429)."""
+        catalog = self.catalog
+        key = current_caller().key
         if self.usage.full:
             raise SwitchboardError(
                 R.ERROR_REASON_SERVICE_UNAVAILABLE,
@@ -523,7 +522,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def CreateVisionCompletion(
         self, request: router_pb2.CreateVisionCompletionRequest, context: Context
     ) -> router_pb2.CreateVisionCompletionResponse:
-        self.auth.authenticate(context.invocation_metadata() or ())
         picture = vision.read_request(request)
         name = picture.model or self.catalog.default_vision_model()
         params = vision.chat_params(name, picture)
@@ -679,25 +677,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: Context
     ) -> router_pb2.ListModelsResponse:
-        key = self.auth.authenticate(context.invocation_metadata() or ())
+        key = current_caller().key
         return router_pb2.ListModelsResponse(object="list", data=self.catalog.visible(key))
 
     async def GetModel(
         self, request: router_pb2.GetModelRequest, context: Context
     ) -> openai_pb2.Model:
-        key = self.auth.authenticate(context.invocation_metadata() or ())
+        key = current_caller().key
         model = self.catalog.resolve(request.model, key)
         return self.catalog.describe(model, details=True)
 
     async def GetHealth(
         self, request: router_pb2.GetHealthRequest, context: Context
     ) -> router_pb2.GetHealthResponse:
-        return router_pb2.GetHealthResponse(status="ok", version=VERSION)
+        assert self.health is not None, "setup attaches the health monitor"
+        return await self.health.answer(context)
 
     async def GetRoutingHealth(
         self, request: router_pb2.GetRoutingHealthRequest, context: Context
     ) -> router_pb2.GetRoutingHealthResponse:
-        require_admin(context.invocation_metadata() or (), self.admin_key)
         catalog = self.catalog
         response = router_pb2.GetRoutingHealthResponse(
             instance=self.instance, config_version=catalog.version
@@ -755,31 +753,34 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         if settings.redis_url
         else LocalLimiter()
     )
+    listed = os.environ.get("SWITCHBOARD_GPU_ADDRS") or settings.address("gpu")
+    gpu_addresses = [address.strip() for address in listed.split(",") if address.strip()]
     # Until the registry answers, no model exists and every key is refused.
     servicer = RouterServicer(
         SwitchboardConfig(keys=[]),
         provider_pb2_grpc.ProviderServiceStub(channel),
         reporter,
         limiter,
-        settings.admin_key,
-        gpu_addresses=[
-            address.strip()
-            for address in (
-                os.environ.get("SWITCHBOARD_GPU_ADDRS") or settings.address("gpu")
-            ).split(",")
-            if address.strip()
-        ],
+        gpu_addresses=gpu_addresses,
         tls=settings.tls,
     )
-    unfollow = await follow_registry(
-        settings,
-        lambda snapshot: servicer.reconfigure(config_from_snapshot(snapshot), snapshot.version),
-    )
+    keys = KeyTable()
+
+    def apply(snapshot: registry_pb2.Snapshot) -> None:
+        config = config_from_snapshot(snapshot)
+        servicer.reconfigure(config, snapshot.version)
+        keys.replace(config)
+
+    follower = await follow_registry(settings, apply)
+    health = suite_monitor(settings, channel, usage_channel, reporter, follower, gpu_addresses)
+    servicer.health = health
+    health.start()
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
     async def close() -> None:
-        await unfollow()
+        await health.close()
+        await follower.close()
         await servicer.close()
         await reporter.close(flush_s=5.0)
         await servicer.settled()
@@ -787,4 +788,4 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         await usage_channel.close()
         await channel.close()
 
-    return Mounted([name], [close])
+    return Mounted([name], [close], keys=keys, ready=health.ready)
