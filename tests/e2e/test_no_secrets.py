@@ -208,7 +208,11 @@ def test_no_secret_in_logs_kafka_clickhouse_or_databases(
     # Usage lands in ClickHouse within seconds: wait for it before looking.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        summary = httpx.get(f"{stack.edge_url}/v1/usage/summary", timeout=10).json()
+        summary = httpx.get(
+            f"{stack.edge_url}/v1/usage/summary",
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=10,
+        ).json()
         if summary["total_requests"] >= 6:
             break
         time.sleep(0.2)
