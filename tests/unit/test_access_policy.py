@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
 from switchboard.common.v1 import access_pb2
@@ -24,6 +23,15 @@ from switchboard_common.policy import (
     EDGE_HEADER,
     AccessPolicy,
     method_access,
+)
+from tests.support.routes import (
+    README_END,
+    README_START,
+    access,
+    descriptors,
+    methods,
+    readme_table,
+    routes,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,30 +51,26 @@ RECORD = _path(usage_pb2.DESCRIPTOR, "UsageLedgerService", "RecordUsage")
 WATCH = _path(registry_pb2.DESCRIPTOR, "RegistrySnapshotService", "WatchSnapshot")
 
 
-def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
-    """What the edge transcodes with (make gen): every proto file of the suite."""
-    files = descriptor_pb2.FileDescriptorSet()
-    files.ParseFromString((REPO / "gen" / "switchboard.binpb").read_bytes())
-    return files
-
-
 def test_every_rpc_declares_its_access() -> None:
-    files = _descriptor_set()
+    ours = descriptors()
     proto_files = {
         p.relative_to(REPO / "protos").as_posix() for p in (REPO / "protos").rglob("*.proto")
     }
-    ours = [f for f in files.file if f.package.startswith("switchboard.")]
     # The descriptor set holds every proto of ours (gen-check keeps it current).
     assert {f.name for f in ours} == {p for p in proto_files if p.startswith("switchboard/")}
-    undeclared = [
-        f"{f.package}.{service.name}/{method.name}"
-        for f in ours
-        for service in f.service
-        for method in service.method
-        if method.options.Extensions[access_pb2.access] == A.ACCESS_UNSPECIFIED
-    ]
-    assert undeclared == []
-    assert sum(len(s.method) for f in ours for s in f.service) > 40
+    declared = {rpc: access(method) for rpc, method in methods()}
+    assert [rpc for rpc, a in declared.items() if a == A.ACCESS_UNSPECIFIED] == []
+    assert len(declared) > 40
+
+
+def test_internal_rpcs_have_no_edge_route() -> None:
+    assert [str(r) for r in routes() if r.access == A.ACCESS_INTERNAL] == []
+
+
+def test_the_readme_table_is_current() -> None:
+    readme = (REPO / "README.md").read_text()
+    start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
+    assert readme[start:end] == readme_table(), "regenerate: python -m tests.support.routes"
 
 
 def test_declared_accesses_are_read_from_the_descriptors() -> None:
