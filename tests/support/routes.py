@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 
 from switchboard.common.v1 import access_pb2
 from switchboard_stack.harness import REPO
 
 A = access_pb2.Access
 VERBS = ("get", "post", "put", "patch", "delete")
+_VARIABLE = re.compile(r"\{([^}=]*)(=[^}]*)?\}")
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,14 @@ class Route:
     has_body: bool
     streams: bool
     access: A.ValueType
+    # A value the transcoder accepts for each path variable: `name` for a
+    # string, the first real value of an enum.
+    samples: tuple[tuple[str, str], ...] = ()
 
-    def path(self, value: str) -> str:
-        """The path with every variable set to `value`."""
-        return re.sub(r"\{[^}]*\}", value, self.template)
+    def path(self, name: str) -> str:
+        """The path with each string variable set to `name` (enums to a valid value)."""
+        enums = dict(self.samples)
+        return _VARIABLE.sub(lambda m: enums.get(m[1], name), self.template)
 
     def __str__(self) -> str:
         return f"{self.verb} {self.template}"
@@ -55,6 +60,31 @@ def access(method: descriptor_pb2.MethodDescriptorProto) -> A.ValueType:
     return value
 
 
+def _pool() -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    files = descriptor_pb2.FileDescriptorSet()
+    files.ParseFromString((REPO / "gen" / "switchboard.binpb").read_bytes())
+    for file in files.file:  # in dependency order (protoc --include_imports)
+        pool.Add(file)
+    return pool
+
+
+def _enum_samples(
+    pool: descriptor_pool.DescriptorPool, rpc: str, template: str
+) -> tuple[tuple[str, str], ...]:
+    request = pool.FindMethodByName(rpc.replace("/", ".")).input_type
+    samples = []
+    for match in _VARIABLE.finditer(template):
+        message, field = request, None
+        for part in match[1].split("."):
+            field = message.fields_by_name[part]
+            message = field.message_type
+        if field is not None and field.type == descriptor.FieldDescriptor.TYPE_ENUM:
+            value = next(v for v in field.enum_type.values if v.number)
+            samples.append((match[1], value.name))
+    return tuple(samples)
+
+
 def _bindings(rule: http_pb2.HttpRule) -> Iterator[http_pb2.HttpRule]:
     yield rule
     yield from rule.additional_bindings
@@ -62,6 +92,7 @@ def _bindings(rule: http_pb2.HttpRule) -> Iterator[http_pb2.HttpRule]:
 
 def routes() -> list[Route]:
     found = []
+    pool = _pool()
     for rpc, method in methods():
         if not method.options.HasExtension(annotations_pb2.http):
             continue
@@ -76,6 +107,7 @@ def routes() -> list[Route]:
                     has_body=bool(rule.body),
                     streams=method.server_streaming,
                     access=access(method),
+                    samples=_enum_samples(pool, rpc, getattr(rule, verb)),
                 )
             )
     return found
