@@ -91,7 +91,8 @@ async def check(channel: grpc.aio.Channel) -> str | None:
     except grpc.aio.AioRpcError as exc:
         return f"unreachable ({exc.code().name})"
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return name
     return None
 
 

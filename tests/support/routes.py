@@ -75,12 +75,15 @@ def _enum_samples(
     request = pool.FindMethodByName(rpc.replace("/", ".")).input_type
     samples = []
     for match in _VARIABLE.finditer(template):
-        message, field = request, None
-        for part in match[1].split("."):
-            field = message.fields_by_name[part]
-            message = field.message_type
-        if field is not None and field.type == descriptor.FieldDescriptor.TYPE_ENUM:
-            value = next(v for v in field.enum_type.values if v.number)
+        *parents, name = match[1].split(".")
+        message: descriptor.Descriptor | None = request
+        for part in parents:
+            assert message is not None, match[1]
+            message = message.fields_by_name[part].message_type
+        assert message is not None, match[1]
+        enum = message.fields_by_name[name].enum_type
+        if enum is not None:
+            value = next(v for v in enum.values if v.number)
             samples.append((match[1], value.name))
     return tuple(samples)
 
