@@ -151,8 +151,8 @@ async def _set_readiness(
     if ready != last:
         if last is not None:
             log.warning("readiness changed", extra=log_fields(ready=ready))
-        serving = health_pb2.HealthCheckResponse
-        status = serving.SERVING if ready else serving.NOT_SERVING
+        states = health_pb2.HealthCheckResponse
+        status = states.SERVING if ready else states.NOT_SERVING
         for service_name in mounted.service_names:
             await servicer.set(service_name, status)
     return ready
