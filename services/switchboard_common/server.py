@@ -107,7 +107,8 @@ async def serve(
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         ready = await _set_readiness(health_servicer, mounted, None)
-        readiness = asyncio.create_task(_report_readiness(health_servicer, mounted, ready))
+        if mounted.ready is not None:
+            readiness = asyncio.create_task(_report_readiness(health_servicer, mounted, ready))
         log.info(
             "serving",
             extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
@@ -117,7 +118,8 @@ async def serve(
         await stop.wait()
 
         log.info("draining", extra=log_fields(grace_s=grace_s))
-        readiness.cancel()
+        if readiness is not None:
+            readiness.cancel()
         await health_servicer.enter_graceful_shutdown()
         # Give balancers that watch health time to stop sending before we refuse.
         if settings.drain_delay_s > 0:
