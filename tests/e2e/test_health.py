@@ -67,9 +67,10 @@ def test_healthz_names_every_component(stack: Stack) -> None:
     body = reply.json()
     assert body["status"] == "ok"
     assert body["version"] == importlib.metadata.version("switchboard")
-    assert body["components"] == {
-        name: "ok" for name in ("router", "provider", "registry", "usage", "gpu")
-    }
+    components = body["components"]
+    # The engine joins these where the stack runs one.
+    assert {"router", "provider", "registry", "usage", "gpu"} <= set(components)
+    assert all(state == "ok" for state in components.values()), components
 
 
 def test_provider_death_turns_healthz_503_and_back(stack: Stack) -> None:
