@@ -32,6 +32,7 @@ def _collect_garbage() -> Iterator[None]:
     yield
     gc.collect()
 
+
 # The keys the loopback upstreams demand; a stack's providers hand them on.
 UPSTREAM_KEY = "sk-loopback-provider-secret-0123456789"
 GEMINI_UPSTREAM_KEY = "AIzaLoopbackTestOnlyGeminiKey0001"

@@ -211,6 +211,10 @@ function envoy_on_request(request_handle)
   if check_headers(request_handle, headers) then
     return
   end
+  -- Marks the call as coming through the edge (whatever a client sent under
+  -- this name is replaced): services refuse it on INTERNAL methods
+  -- (switchboard_common/policy.py).
+  headers:replace("x-switchboard-edge", "1")
   local method = headers:get(":method")
   local path = headers:get(":path")
   local content_type = headers:get("content-type") or ""
@@ -277,6 +281,12 @@ function envoy_on_response(response_handle)
   if body_json == nil and (grpc_status == nil or grpc_status == "0") then
     headers:remove("grpc-status")
     headers:remove("grpc-message")
+    if status ~= nil and code == "200" then
+      -- A successful answer that sets its HTTP status: GET /healthz answers
+      -- 503, with each component's state as the body, when the suite cannot serve.
+      headers:replace(":status", status)
+      return
+    end
     if (tonumber(code) or 0) < 400 then
       return
     end

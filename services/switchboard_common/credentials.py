@@ -4,10 +4,7 @@ headers as metadata): `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Iterable
-
-from switchboard_common.errors import R, SwitchboardError
 
 MAX_KEY_LENGTH = 512
 
@@ -32,20 +29,3 @@ def digest(key: str) -> bytes:
     """What keys are compared by: equal-length SHA-256 digests, so the comparison
     time says nothing about the key (not even its length)."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-def require_admin(metadata: Iterable[tuple[str, str | bytes]], admin_key: str | None) -> None:
-    """Let an admin call through only with SWITCHBOARD_ADMIN_KEY (constant-time)."""
-    if not admin_key:
-        raise SwitchboardError(
-            R.ERROR_REASON_PERMISSION_DENIED,
-            "the admin API is off: set SWITCHBOARD_ADMIN_KEY to enable it",
-        )
-    presented = presented_key(metadata)
-    if not presented:
-        raise SwitchboardError(
-            R.ERROR_REASON_MISSING_API_KEY,
-            "admin calls need 'Authorization: Bearer <SWITCHBOARD_ADMIN_KEY>'",
-        )
-    if not hmac.compare_digest(digest(presented), digest(admin_key)):
-        raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid admin key.")

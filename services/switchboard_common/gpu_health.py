@@ -10,7 +10,7 @@ Three pieces, usable apart:
   WatchGpuMetrics responses, or GpuSampleEvents read from Kafka), with the
   alerts firing, answering `verdict(hostname, gpu_uuid)`.
 - `follow_gpu_health(address, board)`: keeps a board current from one gpu
-  service's WatchGpuMetrics stream, reconnecting with backoff. Run one per gpu
+  service's internal feed (GpuFeedService.WatchGpuFeed), reconnecting with backoff. Run one per gpu
   service (one per GPU node).
 
 Conditions, worst first:
@@ -235,7 +235,7 @@ async def follow_gpu_health(
     backoff = 0.2
     while True:
         async with service_channel(address, tls) as channel:
-            call = gpu_pb2_grpc.GpuServiceStub(channel).WatchGpuMetrics(
+            call = gpu_pb2_grpc.GpuFeedServiceStub(channel).WatchGpuFeed(
                 gpu_pb2.WatchGpuMetricsRequest(interval_ms=interval_ms)
             )
             first = True

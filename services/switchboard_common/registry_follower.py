@@ -11,7 +11,8 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 
 import grpc
 from prometheus_client import Counter, Gauge
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = Gauge(
     "switchboard_registry_snapshot_version", "The registry version this process serves with."
 )
+# How long a service keeps reporting ready while its snapshot may be missing
+# changes (the registry unreachable). Serving from the last snapshot is by
+# design: a short registry outage must not take every replica out of rotation.
+MAX_STALE_S = 300.0
 RECONNECTS = Counter(
     "switchboard_registry_watch_reconnects", "Times the registry watch stream was re-opened."
 )
@@ -36,12 +41,14 @@ RECONNECTS = Counter(
 class RegistryFollower:
     def __init__(
         self,
-        stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+        stub: registry_pb2_grpc.RegistrySnapshotServiceAsyncStub,
         on_update: Callable[[pb.Snapshot], None],
         *,
         max_backoff_s: float = 5.0,
         rng: random.Random | None = None,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
+        """`channel`, if given, is the stub's, and is closed with the follower."""
         self._stub = stub
         self._on_update = on_update
         self._max_backoff_s = max_backoff_s
@@ -49,10 +56,23 @@ class RegistryFollower:
         self.snapshot: pb.Snapshot | None = None
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._channel = channel
+        # Whether the watch stream is up now, and since when (monotonic) it is not.
+        self.connected = False
+        self._lost_at = time.monotonic()
 
     @property
     def version(self) -> int:
         return self.snapshot.version if self.snapshot is not None else 0
+
+    def stale_s(self) -> float:
+        """How long the snapshot may have missed changes: 0 while the watch is
+        up, else the time since it went down (or since start, before it came up)."""
+        return 0.0 if self.connected else time.monotonic() - self._lost_at
+
+    def fresh(self) -> bool:
+        """Readiness: the snapshot is current, or missed changes for under MAX_STALE_S."""
+        return self.stale_s() < MAX_STALE_S
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="registry-follower")
@@ -68,6 +88,8 @@ class RegistryFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._channel is not None:
+            await self._channel.close()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -76,10 +98,14 @@ class RegistryFollower:
                 call = self._stub.WatchSnapshot(pb.WatchSnapshotRequest(known_version=self.version))
                 async for message in call:
                     self._receive(message)
+                    self.connected = True
                     backoff = 0.1
                 reason = "stream ended"
             except grpc.aio.AioRpcError as err:
                 reason = err.code().name
+            if self.connected:
+                self.connected = False
+                self._lost_at = time.monotonic()
             RECONNECTS.inc()
             delay = self._rng.uniform(backoff / 2, backoff)
             log.warning(
@@ -116,25 +142,22 @@ class RegistryFollower:
 
 async def follow_registry(
     settings: Settings, on_update: Callable[[pb.Snapshot], None]
-) -> Callable[[], Awaitable[None]]:
-    """Follow the registry from service setup: returns once the first snapshot
-    was applied (start fails with a clear error if the registry stays away for
-    SWITCHBOARD_REGISTRY_WAIT_S), and hands back the closer for shutdown."""
+) -> RegistryFollower:
+    """Follow the registry from service setup: returns the follower once the
+    first snapshot was applied (start fails with a clear error if the registry
+    stays away for SWITCHBOARD_REGISTRY_WAIT_S). Its close() also closes its channel."""
     wait_s = float(os.environ.get("SWITCHBOARD_REGISTRY_WAIT_S") or 30)
     channel = service_channel(settings.address("registry"), settings.tls)
-    follower = RegistryFollower(registry_pb2_grpc.RegistryServiceStub(channel), on_update)
+    follower = RegistryFollower(
+        registry_pb2_grpc.RegistrySnapshotServiceStub(channel), on_update, channel=channel
+    )
     follower.start()
-
-    async def close() -> None:
-        await follower.close()
-        await channel.close()
-
     try:
         await follower.first_snapshot(wait_s)
     except TimeoutError:
-        await close()
+        await follower.close()
         raise RuntimeError(
             f"the registry at {settings.address('registry')} did not answer within "
             f"{wait_s:g}s (SWITCHBOARD_REGISTRY_WAIT_S); start it first"
         ) from None
-    return close
+    return follower

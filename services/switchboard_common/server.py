@@ -1,6 +1,11 @@
 """The gRPC server every service runs: grpc.aio on uvloop, the standard health
-and reflection services, our interceptors, a Prometheus side port, and a
-SIGTERM drain (NOT_SERVING first, so balancers stop sending, then stop(grace))."""
+and reflection services, our interceptors (the access policy among them), a
+Prometheus side port, and a SIGTERM drain (NOT_SERVING first, so balancers stop
+sending, then stop(grace)).
+
+Health: the server's overall status ("") is liveness, SERVING from start until
+draining. Each mounted service's own status is readiness: SERVING while the
+service's `ready` check passes (re-evaluated every READINESS_PERIOD_S)."""
 
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchboard_common.interceptors import ServerInterceptor
+from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields, setup_logging
 from switchboard_common.metrics import serve_metrics
+from switchboard_common.policy import AccessPolicy
 from switchboard_common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),
+    # Services restart within seconds of each other: reconnect that soon, not
+    # after gRPC's default backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+READINESS_PERIOD_S = 1.0
 
 
 @dataclass
@@ -44,11 +56,15 @@ class Mounted:
     drainers run when draining starts, before the grace period: they end
     long-lived streams (watches) that would otherwise hold the server for the
     whole grace. closers run after the server stopped, and also when start-up
-    fails after setup."""
+    fails after setup. keys is the client key table the access policy checks
+    CLIENT methods against (required when a service has any); ready says whether
+    the service can serve now (readiness; None: always once started)."""
 
     service_names: Sequence[str]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     drainers: list[Callable[[], None]] = field(default_factory=list)
+    keys: KeyTable | None = None
+    ready: Callable[[], bool] | None = None
 
 
 Setup = Callable[[grpc.aio.Server, Settings], Awaitable[Mounted]]
@@ -63,11 +79,15 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then drain."""
-    server = grpc.aio.server(interceptors=[ServerInterceptor(name)], options=SERVER_OPTIONS)
+    policy = AccessPolicy(settings.admin_key)
+    # The first interceptor is the outermost: it renders the policy's refusals.
+    server = grpc.aio.server(interceptors=[ServerInterceptor(name), policy], options=SERVER_OPTIONS)
     mounted = await setup(server, settings)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    readiness: asyncio.Task[None] | None = None
     try:
+        policy.mount(mounted.service_names, mounted.keys)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*mounted.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -85,8 +105,10 @@ async def serve(
         if metrics_port:
             serve_metrics(metrics_port, settings.metrics_host)
         await server.start()
-        for service_name in ("", *mounted.service_names):
-            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        ready = await _set_readiness(health_servicer, mounted, None)
+        if mounted.ready is not None:
+            readiness = asyncio.create_task(_report_readiness(health_servicer, mounted, ready))
         log.info(
             "serving",
             extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
@@ -96,6 +118,8 @@ async def serve(
         await stop.wait()
 
         log.info("draining", extra=log_fields(grace_s=grace_s))
+        if readiness is not None:
+            readiness.cancel()
         await health_servicer.enter_graceful_shutdown()
         # Give balancers that watch health time to stop sending before we refuse.
         if settings.drain_delay_s > 0:
@@ -104,6 +128,8 @@ async def serve(
             drain()
         await server.stop(grace_s)
     finally:
+        if readiness is not None:
+            readiness.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await server.stop(None)
@@ -113,6 +139,33 @@ async def serve(
             except Exception:
                 log.exception("error while closing")
     log.info("stopped")
+
+
+async def _set_readiness(
+    servicer: health.aio.HealthServicer, mounted: Mounted, last: bool | None
+) -> bool:
+    """Make each mounted service's health status its readiness; returns it."""
+    try:
+        ready = mounted.ready() if mounted.ready is not None else True
+    except Exception:
+        log.exception("readiness check failed")
+        ready = False
+    if ready != last:
+        if last is not None:
+            log.warning("readiness changed", extra=log_fields(ready=ready))
+        states = health_pb2.HealthCheckResponse
+        status = states.SERVING if ready else states.NOT_SERVING
+        for service_name in mounted.service_names:
+            await servicer.set(service_name, status)
+    return ready
+
+
+async def _report_readiness(
+    servicer: health.aio.HealthServicer, mounted: Mounted, last: bool
+) -> None:
+    while True:
+        await asyncio.sleep(READINESS_PERIOD_S)
+        last = await _set_readiness(servicer, mounted, last)
 
 
 def main(name: str, setup: Setup) -> None:

@@ -169,7 +169,7 @@ class HistoryClient:
         await self._channel.close()
 
 
-class GpuServicer(gpu_pb2_grpc.GpuServiceServicer):
+class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceServicer):
     def __init__(self, sampler: Sampler, monitor: Monitor, history: HistoryClient) -> None:
         self._sampler = sampler
         self._monitor = monitor
@@ -219,6 +219,13 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer):
                     yield event
             finally:
                 drained.cancel()
+
+    async def WatchGpuFeed(
+        self, request: gpu_pb2.WatchGpuMetricsRequest, context: Context
+    ) -> AsyncIterator[gpu_pb2.WatchGpuMetricsResponse]:
+        """The same stream, for other services (GpuFeedService, internal)."""
+        async for event in self.WatchGpuMetrics(request, context):
+            yield event
 
     async def QueryGpuHistory(
         self, request: gpu_pb2.QueryGpuHistoryRequest, context: Context
@@ -308,7 +315,7 @@ async def setup(
         registry = service_channel(settings.address("registry"), settings.tls)
         closers.append(registry.close)
         follower = RegistryFollower(
-            registry_pb2_grpc.RegistryServiceStub(registry), monitor.on_snapshot
+            registry_pb2_grpc.RegistrySnapshotServiceStub(registry), monitor.on_snapshot
         )
         follower.start()
         closers.append(follower.close)
@@ -321,5 +328,8 @@ async def setup(
 
     servicer = GpuServicer(sampler, monitor, history)
     gpu_pb2_grpc.add_GpuServiceServicer_to_server(servicer, server)
-    name = gpu_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name
-    return Mounted([name], [close], drainers=[servicer.draining.set])
+    gpu_pb2_grpc.add_GpuFeedServiceServicer_to_server(servicer, server)
+    names = [
+        gpu_pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("GpuService", "GpuFeedService")
+    ]
+    return Mounted(names, [close], drainers=[servicer.draining.set])

@@ -209,10 +209,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     servicer = ProviderServicer(SwitchboardConfig())
-    unfollow = await follow_registry(
+    follower = await follow_registry(
         settings,
         lambda snapshot: servicer.reconfigure(config_from_snapshot(snapshot), snapshot.version),
     )
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)
     name = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
-    return Mounted([name], [unfollow, servicer.close])
+    return Mounted([name], [follower.close, servicer.close], ready=follower.fresh)

@@ -15,7 +15,6 @@ import grpc
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard_common.config import load_config
-from switchboard_common.credentials import require_admin
 from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
@@ -27,6 +26,7 @@ from switchboard_registry.validation import invalid
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"]
+SNAPSHOT_SERVICE = pb.DESCRIPTOR.services_by_name["RegistrySnapshotService"]
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
@@ -58,34 +58,32 @@ def page(
     return chunk, next_token, len(items)
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: Store, admin_key: str | None) -> None:
-        self.store = store
-        self._admin_key = admin_key
-        self.draining = asyncio.Event()
+class RegistryServicer(
+    registry_pb2_grpc.RegistryServiceServicer, registry_pb2_grpc.RegistrySnapshotServiceServicer
+):
+    """Every RegistryService method is ADMIN and every RegistrySnapshotService
+    method INTERNAL (protos): the access policy checks callers before these run."""
 
-    def _admin(self, context: Context) -> None:
-        require_admin(context.invocation_metadata() or (), self._admin_key)
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.draining = asyncio.Event()
 
     # -- providers -------------------------------------------------------------
 
     async def CreateProvider(
         self, request: pb.CreateProviderRequest, context: Context
     ) -> pb.CreateProviderResponse:
-        self._admin(context)
         created = await self.store.write(lambda tx: ops.create_provider(tx, request.provider))
         return pb.CreateProviderResponse(provider=created)
 
     async def GetProvider(
         self, request: pb.GetProviderRequest, context: Context
     ) -> pb.GetProviderResponse:
-        self._admin(context)
         return pb.GetProviderResponse(provider=await self.store.get(PROVIDERS, request.name))
 
     async def ListProviders(
         self, request: pb.ListProvidersRequest, context: Context
     ) -> pb.ListProvidersResponse:
-        self._admin(context)
         items = [
             p
             for p in await self.store.list_all(PROVIDERS)
@@ -97,7 +95,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def UpdateProvider(
         self, request: pb.UpdateProviderRequest, context: Context
     ) -> pb.UpdateProviderResponse:
-        self._admin(context)
         paths = ops.mask_paths(request.provider, request.update_mask, "provider")
         updated = await self.store.write(
             lambda tx: ops.update_provider(tx, request.provider, paths)
@@ -107,7 +104,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteProvider(
         self, request: pb.DeleteProviderRequest, context: Context
     ) -> pb.DeleteProviderResponse:
-        self._admin(context)
         await self.store.write(lambda tx: ops.delete_provider(tx, request.name, request.etag))
         return pb.DeleteProviderResponse()
 
@@ -116,18 +112,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def CreateModel(
         self, request: pb.CreateModelRequest, context: Context
     ) -> pb.CreateModelResponse:
-        self._admin(context)
         created = await self.store.write(lambda tx: ops.create_model(tx, request.model))
         return pb.CreateModelResponse(model=created)
 
     async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
-        self._admin(context)
         return pb.GetModelResponse(model=await self.store.get(MODELS, request.name))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        self._admin(context)
         items = [
             m
             for m in await self.store.list_all(MODELS)
@@ -143,7 +136,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def UpdateModel(
         self, request: pb.UpdateModelRequest, context: Context
     ) -> pb.UpdateModelResponse:
-        self._admin(context)
         paths = ops.mask_paths(request.model, request.update_mask, "model")
         updated = await self.store.write(lambda tx: ops.update_model(tx, request.model, paths))
         return pb.UpdateModelResponse(model=updated)
@@ -151,7 +143,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteModel(
         self, request: pb.DeleteModelRequest, context: Context
     ) -> pb.DeleteModelResponse:
-        self._admin(context)
         await self.store.write(lambda tx: ops.delete_model(tx, request.name, request.etag))
         return pb.DeleteModelResponse()
 
@@ -160,14 +151,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def CreateDeployment(
         self, request: pb.CreateDeploymentRequest, context: Context
     ) -> pb.CreateDeploymentResponse:
-        self._admin(context)
         created = await self.store.write(lambda tx: ops.create_deployment(tx, request.deployment))
         return pb.CreateDeploymentResponse(deployment=created)
 
     async def ListDeployments(
         self, request: pb.ListDeploymentsRequest, context: Context
     ) -> pb.ListDeploymentsResponse:
-        self._admin(context)
         items = [
             d
             for d in await self.store.list_all(DEPLOYMENTS)
@@ -182,7 +171,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def UpdateDeployment(
         self, request: pb.UpdateDeploymentRequest, context: Context
     ) -> pb.UpdateDeploymentResponse:
-        self._admin(context)
         paths = ops.mask_paths(request.deployment, request.update_mask, "deployment")
         updated = await self.store.write(
             lambda tx: ops.update_deployment(tx, request.deployment, paths)
@@ -192,7 +180,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def DeleteDeployment(
         self, request: pb.DeleteDeploymentRequest, context: Context
     ) -> pb.DeleteDeploymentResponse:
-        self._admin(context)
         await self.store.write(lambda tx: ops.delete_deployment(tx, request.id, request.etag))
         return pb.DeleteDeploymentResponse()
 
@@ -201,7 +188,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
-        self._admin(context)
         secret = ops.new_secret()
         created = await self.store.write(
             lambda tx: ops.create_key(
@@ -217,7 +203,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
-        self._admin(context)
         items = [
             k for k in await self.store.list_all(KEYS) if request.include_revoked or not k.revoked
         ]
@@ -227,7 +212,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def UpdateApiKey(
         self, request: pb.UpdateApiKeyRequest, context: Context
     ) -> pb.UpdateApiKeyResponse:
-        self._admin(context)
         paths = ops.mask_paths(request.key, request.update_mask, "key")
         updated = await self.store.write(lambda tx: ops.update_key(tx, request.key, paths))
         return pb.UpdateApiKeyResponse(key=updated)
@@ -235,7 +219,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Context
     ) -> pb.RevokeApiKeyResponse:
-        self._admin(context)
         revoked = await self.store.write(lambda tx: ops.revoke_key(tx, request.name))
         log.info("API key revoked", extra=log_fields(key=revoked.name))
         return pb.RevokeApiKeyResponse(key=revoked)
@@ -245,33 +228,28 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def SetDefaultModel(
         self, request: pb.SetDefaultModelRequest, context: Context
     ) -> pb.SetDefaultModelResponse:
-        self._admin(context)
         default = await self.store.write(lambda tx: ops.set_default(tx, request.use, request.model))
         return pb.SetDefaultModelResponse(default_model=default)
 
     async def ListDefaultModels(
         self, request: pb.ListDefaultModelsRequest, context: Context
     ) -> pb.ListDefaultModelsResponse:
-        self._admin(context)
         return pb.ListDefaultModelsResponse(defaults=await self.store.defaults())
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: Context
     ) -> pb.CreateAlertRuleResponse:
-        self._admin(context)
         created = await self.store.write(lambda tx: ops.create_alert_rule(tx, request.rule))
         return pb.CreateAlertRuleResponse(rule=created)
 
     async def ListAlertRules(
         self, request: pb.ListAlertRulesRequest, context: Context
     ) -> pb.ListAlertRulesResponse:
-        self._admin(context)
         return pb.ListAlertRulesResponse(rules=await self.store.list_all(ALERT_RULES))
 
     async def DeleteAlertRule(
         self, request: pb.DeleteAlertRuleRequest, context: Context
     ) -> pb.DeleteAlertRuleResponse:
-        self._admin(context)
         await self.store.write(lambda tx: ops.delete_alert_rule(tx, request.name))
         return pb.DeleteAlertRuleResponse()
 
@@ -318,6 +296,11 @@ def _name(item: Any) -> str:
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     store = await Store.open(settings.registry_url())
     await apply_config(store, load_config(settings.config_path))
-    servicer = RegistryServicer(store, settings.admin_key)
+    servicer = RegistryServicer(store)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
-    return Mounted([SERVICE.full_name], [store.close], drainers=[servicer.draining.set])
+    registry_pb2_grpc.add_RegistrySnapshotServiceServicer_to_server(servicer, server)
+    return Mounted(
+        [SERVICE.full_name, SNAPSHOT_SERVICE.full_name],
+        [store.close],
+        drainers=[servicer.draining.set],
+    )

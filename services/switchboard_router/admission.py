@@ -11,7 +11,6 @@ from typing import Any
 
 from switchboard_common.config import KeyConfig, ModelConfig
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_router.auth import Authenticator
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Catalog
 from switchboard_router.limits import Limiter, Reservation, estimate_tokens
@@ -48,14 +47,13 @@ class Gate:
     async def admit(
         self,
         catalog: Catalog,
-        auth: Authenticator,
-        metadata: Metadata,
+        key: KeyConfig | None,
         params: Any,
         validate: Callable[[Any], None],
         kind: str,
     ) -> Admission:
-        """`catalog` and `auth` come from one registry snapshot, read once by the caller."""
-        key = auth.authenticate(metadata)
+        """The access policy authenticated the caller (401 before 400); then the
+        body, then the model (404/403), then budgets and rate limits (429)."""
         if self.usage.full:
             raise SwitchboardError(
                 R.ERROR_REASON_SERVICE_UNAVAILABLE,

@@ -1,6 +1,6 @@
 """Spend budgets for keys and models: refuse once the budget is spent.
 
-Spend comes from usage accounting (UsageService.GetSpend: what ClickHouse has
+Spend comes from usage accounting (UsageLedgerService.GetSpend: what ClickHouse has
 plus what is still in the usage outbox), cached briefly per scope so a busy key
 costs one lookup a second, not one per request. What this router has admitted
 but usage cannot see yet is held here at its worst-case cost (the estimated
@@ -49,7 +49,7 @@ class _Spend:
 
 @dataclass
 class Budgets:
-    usage: usage_pb2_grpc.UsageServiceAsyncStub
+    usage: usage_pb2_grpc.UsageLedgerServiceAsyncStub
     clock: Callable[[], float] = time.monotonic
     _spend: dict[str, _Spend] = field(default_factory=dict)
     _holds: dict[str, list[Hold]] = field(default_factory=dict)

@@ -21,11 +21,11 @@ from google.api import httpbody_pb2
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2_grpc
+from switchboard.registry.v1 import registry_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2_grpc
 from switchboard_common.channels import channel as service_channel
 from switchboard_common.config import SwitchboardConfig
-from switchboard_common.credentials import require_admin
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.gpu_health import (
     DEFAULT_SATURATED_PERCENT,
@@ -33,6 +33,8 @@ from switchboard_common.gpu_health import (
     follow_gpu_health,
 )
 from switchboard_common.ids import uuid7
+from switchboard_common.keys import KeyTable
+from switchboard_common.policy import current_caller
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
@@ -42,10 +44,10 @@ from switchboard_router import render, vision
 from switchboard_router.accounting import Accounting
 from switchboard_router.admission import Admission, Gate
 from switchboard_router.attempts import Attempts, Embedding, Exchange, Generation
-from switchboard_router.auth import Authenticator
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
 from switchboard_router.routing import Routing, breaker_config_from_env
 from switchboard_router.usage_reporter import UsageReporter
@@ -55,7 +57,6 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
-VERSION = "0.1.0"
 SERVED_MODEL_KEY = "x-switchboard-model"
 SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 # Present when a fallback model served the call: the model the caller asked for.
@@ -100,7 +101,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         provider: provider_pb2_grpc.ProviderServiceAsyncStub,
         usage: UsageReporter,
         limiter: Limiter,
-        admin_key: str | None = None,
         budgets: Budgets | None = None,
         gpu_addresses: Sequence[str] = (),
         tls: TlsFiles | None = None,
@@ -115,9 +115,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.routing = Routing(limiter, breaker_config_from_env(), rng=rng)
         self.reconfigure(config, 0)
         self.provider = provider
-        self.admin_key = admin_key
         self.budgets = budgets or Budgets(usage.stub)
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.health: HealthMonitor | None = None
         self.gate = Gate(usage, limiter, self.budgets)
         self.accounting = Accounting(usage, limiter, self.budgets, self.instance)
         self.attempts = Attempts(self.routing, self.accounting)
@@ -125,8 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         """Serve from a new registry snapshot; calls in flight keep the old one."""
         catalog = Catalog(config, created=self.created, version=version)
-        auth = Authenticator(config)
-        self.catalog, self.auth = catalog, auth
+        self.catalog = catalog
         self.routing.forget(catalog)
         bound = any(d.gpu_node for m in config.models for d in m.deployments)
         if bound and self.routing.gpu is None and self._gpu_addresses:
@@ -157,9 +156,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _admit(
         self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
     ) -> Admission:
-        return await self.gate.admit(
-            self.catalog, self.auth, context.invocation_metadata() or (), params, validate, kind
-        )
+        return await self.gate.admit(self.catalog, current_caller().key, params, validate, kind)
 
     async def _answer(
         self, context: Context, admission: Admission, requested: str, exchange: Exchange[T]
@@ -218,7 +215,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def CreateVisionCompletion(
         self, request: router_pb2.CreateVisionCompletionRequest, context: Context
     ) -> router_pb2.CreateVisionCompletionResponse:
-        self.auth.authenticate(context.invocation_metadata() or ())
         picture = vision.read_request(request)
         name = picture.model or self.catalog.default_vision_model()
         params = vision.chat_params(name, picture)
@@ -336,25 +332,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: Context
     ) -> router_pb2.ListModelsResponse:
-        key = self.auth.authenticate(context.invocation_metadata() or ())
+        key = current_caller().key
         return router_pb2.ListModelsResponse(object="list", data=self.catalog.visible(key))
 
     async def GetModel(
         self, request: router_pb2.GetModelRequest, context: Context
     ) -> openai_pb2.Model:
-        key = self.auth.authenticate(context.invocation_metadata() or ())
+        key = current_caller().key
         model = self.catalog.resolve(request.model, key)
         return self.catalog.describe(model, details=True)
 
     async def GetHealth(
         self, request: router_pb2.GetHealthRequest, context: Context
     ) -> router_pb2.GetHealthResponse:
-        return router_pb2.GetHealthResponse(status="ok", version=VERSION)
+        assert self.health is not None, "setup attaches the health monitor"
+        return await self.health.answer(context)
 
     async def GetRoutingHealth(
         self, request: router_pb2.GetRoutingHealthRequest, context: Context
     ) -> router_pb2.GetRoutingHealthResponse:
-        require_admin(context.invocation_metadata() or (), self.admin_key)
         catalog = self.catalog
         response = router_pb2.GetRoutingHealthResponse(
             instance=self.instance, config_version=catalog.version
@@ -378,7 +374,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     channel = service_channel(settings.address("provider"), settings.tls)
     usage_channel = service_channel(settings.address("usage"), settings.tls)
     reporter = UsageReporter(
-        usage_pb2_grpc.UsageServiceStub(usage_channel),
+        usage_pb2_grpc.UsageLedgerServiceStub(usage_channel),
         max_pending=int(os.environ.get("SWITCHBOARD_USAGE_BUFFER") or 100_000),
     )
     reporter.start()
@@ -390,26 +386,28 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         if settings.redis_url
         else LocalLimiter()
     )
+    listed = os.environ.get("SWITCHBOARD_GPU_ADDRS") or settings.address("gpu")
+    gpu_addresses = [address.strip() for address in listed.split(",") if address.strip()]
     # Until the registry answers, no model exists and every key is refused.
     servicer = RouterServicer(
         SwitchboardConfig(keys=[]),
         provider_pb2_grpc.ProviderServiceStub(channel),
         reporter,
         limiter,
-        settings.admin_key,
-        gpu_addresses=[
-            address.strip()
-            for address in (
-                os.environ.get("SWITCHBOARD_GPU_ADDRS") or settings.address("gpu")
-            ).split(",")
-            if address.strip()
-        ],
+        gpu_addresses=gpu_addresses,
         tls=settings.tls,
     )
-    unfollow = await follow_registry(
-        settings,
-        lambda snapshot: servicer.reconfigure(config_from_snapshot(snapshot), snapshot.version),
-    )
+    keys = KeyTable()
+
+    def apply(snapshot: registry_pb2.Snapshot) -> None:
+        config = config_from_snapshot(snapshot)
+        servicer.reconfigure(config, snapshot.version)
+        keys.replace(config)
+
+    follower = await follow_registry(settings, apply)
+    health = suite_monitor(settings, channel, usage_channel, reporter, follower, gpu_addresses)
+    servicer.health = health
+    health.start()
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -421,7 +419,8 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     return Mounted(
         [name],
         [
-            unfollow,
+            health.close,
+            follower.close,
             servicer.close,
             close_reporter,
             servicer.settled,
@@ -429,4 +428,6 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
             usage_channel.close,
             channel.close,
         ],
+        keys=keys,
+        ready=health.ready,
     )

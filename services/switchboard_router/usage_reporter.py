@@ -29,7 +29,7 @@ MAX_BACKOFF_S = 2.0
 
 
 class UsageReporter:
-    def __init__(self, stub: usage_pb2_grpc.UsageServiceAsyncStub, max_pending: int) -> None:
+    def __init__(self, stub: usage_pb2_grpc.UsageLedgerServiceAsyncStub, max_pending: int) -> None:
         self.stub = stub
         self.max_pending = max_pending
         self.pending: dict[str, usage_pb2.UsageRecord] = {}

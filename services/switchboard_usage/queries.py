@@ -46,8 +46,14 @@ def parse_window(window: str) -> int:
     return seconds
 
 
+def _keys(key: str | None) -> dict[str, Any]:
+    """Query parameters for whose traffic a read covers: one key's (by name),
+    or every key's when key is None."""
+    return {"all_keys": key is None, "key": key or ""}
+
+
 async def summary(
-    ch: ClickHouse, request: usage_pb2.GetUsageSummaryRequest
+    ch: ClickHouse, request: usage_pb2.GetUsageSummaryRequest, key: str | None = None
 ) -> usage_pb2.GetUsageSummaryResponse:
     today = dt.datetime.now(dt.UTC).date()
     start = _date(request.start, "start") if request.start else today
@@ -62,18 +68,21 @@ async def summary(
         "start": dt.datetime.combine(start, dt.time(), dt.UTC),
         "end": dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC),
         "model": request.model,
+        **_keys(key),
     }
     rows = await ch.rows(
         "SELECT model, uniqExact(request_id), sum(total_tokens), sum(total_cost_nanos), "
         "any(currency) FROM usage_events FINAL "
         "WHERE start_time >= {start:DateTime64(3)} AND start_time < {end:DateTime64(3)} "
-        "AND ({model:String} = '' OR model = {model:String}) GROUP BY model ORDER BY model",
+        "AND ({model:String} = '' OR model = {model:String}) "
+        "AND ({all_keys:Bool} OR key_name = {key:String}) GROUP BY model ORDER BY model",
         params,
     )
     total = await ch.rows(
         "SELECT uniqExact(request_id) FROM usage_events FINAL "
         "WHERE start_time >= {start:DateTime64(3)} AND start_time < {end:DateTime64(3)} "
-        "AND ({model:String} = '' OR model = {model:String})",
+        "AND ({model:String} = '' OR model = {model:String}) "
+        "AND ({all_keys:Bool} OR key_name = {key:String})",
         params,
     )
     out = usage_pb2.GetUsageSummaryResponse(
@@ -96,7 +105,8 @@ _PERF = (
     "quantilesExactIf(0.5, 0.95, 0.99)(ttft_ms, status = 'ok' AND stream), "
     "sum(completion_tokens) FROM usage_events FINAL "
     "WHERE start_time >= now64(3) - toIntervalSecond({window:UInt32}) "
-    "AND ({model:String} = '' OR model = {model:String}) TAIL"
+    "AND ({model:String} = '' OR model = {model:String}) "
+    "AND ({all_keys:Bool} OR key_name = {key:String}) TAIL"
 )
 
 
@@ -111,7 +121,7 @@ MAX_POINTS_PER_MODEL = 2000
 
 
 async def timeseries(
-    ch: ClickHouse, request: usage_pb2.GetUsageTimeseriesRequest
+    ch: ClickHouse, request: usage_pb2.GetUsageTimeseriesRequest, key: str | None = None
 ) -> usage_pb2.GetUsageTimeseriesResponse:
     window = request.window or "24h"
     interval = request.interval or "1h"
@@ -135,8 +145,9 @@ async def timeseries(
         "FROM usage_events FINAL "
         "WHERE start_time >= now64(3) - toIntervalSecond({window:UInt32}) "
         "AND ({model:String} = '' OR model = {model:String}) "
+        "AND ({all_keys:Bool} OR key_name = {key:String}) "
         "GROUP BY bucket, model ORDER BY bucket, model",
-        {"step": step, "window": seconds, "model": request.model},
+        {"step": step, "window": seconds, "model": request.model, **_keys(key)},
     )
     out = usage_pb2.GetUsageTimeseriesResponse(window=window, interval=interval)
     for bucket, model, requests, tokens, cost_nanos in rows:
@@ -148,10 +159,10 @@ async def timeseries(
 
 
 async def performance(
-    ch: ClickHouse, request: usage_pb2.GetUsagePerformanceRequest
+    ch: ClickHouse, request: usage_pb2.GetUsagePerformanceRequest, key: str | None = None
 ) -> usage_pb2.GetUsagePerformanceResponse:
     seconds = parse_window(request.window)
-    params = {"window": seconds, "model": request.model}
+    params = {"window": seconds, "model": request.model, **_keys(key)}
     out = usage_pb2.GetUsagePerformanceResponse(window=request.window or "1h")
     overall = await ch.rows(_PERF.replace("GROUP_EXPR", "''").replace("TAIL", ""), params)
     per_model = await ch.rows(

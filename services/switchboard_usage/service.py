@@ -24,7 +24,9 @@ from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2, usage_pb2_grpc
 from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields
+from switchboard_common.policy import current_caller
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
@@ -39,13 +41,21 @@ from switchboard_usage.sink import GpuSink, Sink
 
 log = logging.getLogger(__name__)
 SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
+LEDGER_SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageLedgerService"]
 GPU_HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["GpuHistoryService"]
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUP_COMMIT = 500
 _END = object()
 
 
-class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
+def _own_key() -> str | None:
+    """Whose traffic a usage read covers: a client key's own (by the key name
+    usage rows carry), or everyone's (None) for the admin key and an open edge."""
+    caller = current_caller()
+    return None if caller.sees_all else caller.name
+
+
+class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLedgerServiceServicer):
     def __init__(self, outbox: Outbox, prices: PriceBook, clickhouse: ClickHouse) -> None:
         self.outbox = outbox
         self.prices = prices
@@ -111,17 +121,17 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def GetUsageSummary(
         self, request: usage_pb2.GetUsageSummaryRequest, context: Context
     ) -> usage_pb2.GetUsageSummaryResponse:
-        return await queries.summary(self.clickhouse, request)
+        return await queries.summary(self.clickhouse, request, _own_key())
 
     async def GetUsagePerformance(
         self, request: usage_pb2.GetUsagePerformanceRequest, context: Context
     ) -> usage_pb2.GetUsagePerformanceResponse:
-        return await queries.performance(self.clickhouse, request)
+        return await queries.performance(self.clickhouse, request, _own_key())
 
     async def GetUsageTimeseries(
         self, request: usage_pb2.GetUsageTimeseriesRequest, context: Context
     ) -> usage_pb2.GetUsageTimeseriesResponse:
-        return await queries.timeseries(self.clickhouse, request)
+        return await queries.timeseries(self.clickhouse, request, _own_key())
 
     async def GetSpend(
         self, request: usage_pb2.GetSpendRequest, context: Context
@@ -200,19 +210,24 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     task = asyncio.create_task(pipeline())
     servicer = UsageServicer(outbox, PriceBook(SwitchboardConfig(), 0), clickhouse)
 
+    keys = KeyTable()
+
     def reprice(snapshot: registry_pb2.Snapshot) -> None:
-        servicer.prices = PriceBook(config_from_snapshot(snapshot), snapshot.version)
+        config = config_from_snapshot(snapshot)
+        servicer.prices = PriceBook(config, snapshot.version)
+        keys.replace(config)
 
     try:
-        unfollow = await follow_registry(settings, reprice)
+        follower = await follow_registry(settings, reprice)
     except BaseException:
         task.cancel()
         raise
     usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
+    usage_pb2_grpc.add_UsageLedgerServiceServicer_to_server(servicer, server)
     history_pb2_grpc.add_GpuHistoryServiceServicer_to_server(GpuHistoryServicer(clickhouse), server)
 
     async def close() -> None:
-        await unfollow()
+        await follower.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -223,7 +238,8 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         await clickhouse.close()
 
     return Mounted(
-        [SERVICE.full_name, GPU_HISTORY_SERVICE.full_name],
+        [SERVICE.full_name, LEDGER_SERVICE.full_name, GPU_HISTORY_SERVICE.full_name],
         [close],
         drainers=[servicer.draining.set],
+        keys=keys,
     )

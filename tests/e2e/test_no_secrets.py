@@ -197,7 +197,11 @@ def test_no_secret_in_logs_kafka_clickhouse_or_databases(
 
     # Usage lands in ClickHouse within seconds: wait for it before looking.
     def landed() -> bool:
-        summary = httpx.get(f"{stack.edge_url}/v1/usage/summary", timeout=10).json()
+        summary = httpx.get(
+            f"{stack.edge_url}/v1/usage/summary",
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=10,
+        ).json()
         assert summary["total_requests"] >= 6, summary
         return True
 

@@ -34,6 +34,7 @@ from switchboard_usage.kafka import KafkaSettings
 from switchboard_usage.sink import GpuSink
 from tests.conftest import eventually
 from tests.integration.test_gpu_service import (
+    ADMIN,
     FakeClock,
     Stream,
     Ticker,
@@ -490,12 +491,12 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
                     query = history(start, start + dt.timedelta(minutes=2), "1m")
 
                     async def all_samples() -> gpu_pb2.QueryGpuHistoryResponse | None:
-                        reply = await stub.QueryGpuHistory(query, timeout=WAIT_S)
+                        reply = await stub.QueryGpuHistory(query, timeout=WAIT_S, metadata=ADMIN)
                         return reply if sum(p.samples for p in reply.points) == 6 else None
 
                     async def resolution() -> gpu_pb2.ListGpuAlertsResponse | None:
                         reply = await stub.ListGpuAlerts(
-                            gpu_pb2.ListGpuAlertsRequest(), timeout=WAIT_S
+                            gpu_pb2.ListGpuAlertsRequest(), timeout=WAIT_S, metadata=ADMIN
                         )
                         done = [a for a in reply.alerts if a.state == gpu_pb2.ALERT_STATE_RESOLVED]
                         return reply if done else None
@@ -503,7 +504,9 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
                     by_minute = await until(all_samples, "6 samples in ClickHouse")
                     alerts = await until(resolution, "the resolution in ClickHouse")
                     coarse = await stub.QueryGpuHistory(
-                        history(start, start + dt.timedelta(minutes=2), "5m"), timeout=WAIT_S
+                        history(start, start + dt.timedelta(minutes=2), "5m"),
+                        timeout=WAIT_S,
+                        metadata=ADMIN,
                     )
 
     minute = dt.timedelta(minutes=1)

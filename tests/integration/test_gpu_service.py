@@ -40,6 +40,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 SERVICE = "switchboard.gpu.v1.GpuService"
 WAIT_S = 10.0
+# GpuService's methods are ADMIN (gpu.proto): the tests call them as the admin.
+ADMIN_KEY = "gpu-test-admin-key"
+ADMIN = (("authorization", f"Bearer {ADMIN_KEY}"),)
 # 2025-01-01T00:00:00Z: sample times in these tests are this plus whole seconds.
 T0 = 1_735_689_600.0
 H100 = DeviceReading(
@@ -121,6 +124,7 @@ async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     base = Settings.from_env()
     yield dataclasses.replace(
         base,
+        admin_key=ADMIN_KEY,
         home=tmp_path / "home",
         host="127.0.0.1",
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
@@ -128,7 +132,7 @@ async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     )
 
 
-class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
+class FakeRegistry(registry_pb2_grpc.RegistrySnapshotServiceServicer):
     """The registry's WatchSnapshot contract (a snapshot, then one change per
     write, each with its version) over real gRPC, holding only alert rules.
 
@@ -181,7 +185,7 @@ async def with_registry(
     # Only WatchSnapshot is served; the stubs declare every RPC abstract.
     registry = FakeRegistry()  # type: ignore[abstract]
     server = grpc.aio.server()
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
+    registry_pb2_grpc.add_RegistrySnapshotServiceServicer_to_server(registry, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -215,7 +219,7 @@ HOT = rule("hot", "temperature_c", registry_pb2.COMPARATOR_GREATER_THAN, 80, 60)
 
 async def status(channel: grpc.aio.Channel) -> gpu_pb2.GetGpuStatusResponse:
     reply: gpu_pb2.GetGpuStatusResponse = await gpu_pb2_grpc.GpuServiceStub(channel).GetGpuStatus(
-        gpu_pb2.GetGpuStatusRequest(), timeout=WAIT_S
+        gpu_pb2.GetGpuStatusRequest(), timeout=WAIT_S, metadata=ADMIN
     )
     return reply
 
@@ -236,7 +240,7 @@ class Stream:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = gpu_pb2_grpc.GpuServiceStub(channel).WatchGpuMetrics(
-            gpu_pb2.WatchGpuMetricsRequest()
+            gpu_pb2.WatchGpuMetricsRequest(), metadata=ADMIN
         )
 
     async def next(self) -> gpu_pb2.WatchGpuMetricsResponse:
@@ -348,7 +352,7 @@ async def test_watch_honours_interval_ms(tmp_path: Path, monkeypatch: pytest.Mon
         running_gpu(settings, ScriptedNvml([H100])) as channel,
     ):
         call = gpu_pb2_grpc.GpuServiceStub(channel).WatchGpuMetrics(
-            gpu_pb2.WatchGpuMetricsRequest(interval_ms=300)
+            gpu_pb2.WatchGpuMetricsRequest(interval_ms=300), metadata=ADMIN
         )
         times = []
         for _ in range(3):
@@ -383,9 +387,11 @@ async def test_history_without_the_usage_service_is_unavailable(
     ):
         stub = gpu_pb2_grpc.GpuServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as history:
-            await stub.QueryGpuHistory(gpu_pb2.QueryGpuHistoryRequest(), timeout=WAIT_S)
+            await stub.QueryGpuHistory(
+                gpu_pb2.QueryGpuHistoryRequest(), timeout=WAIT_S, metadata=ADMIN
+            )
         with pytest.raises(grpc.aio.AioRpcError) as alerts:
-            await stub.ListGpuAlerts(gpu_pb2.ListGpuAlertsRequest(), timeout=WAIT_S)
+            await stub.ListGpuAlerts(gpu_pb2.ListGpuAlertsRequest(), timeout=WAIT_S, metadata=ADMIN)
 
     for err in (history.value, alerts.value):
         assert err.code() == grpc.StatusCode.UNAVAILABLE

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -51,6 +51,13 @@ async def database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
         yield url
 
 
+class Registry(NamedTuple):
+    """The registry's two services: admin CRUD, and the snapshot services follow."""
+
+    admin: registry_pb2_grpc.RegistryServiceAsyncStub
+    snapshots: registry_pb2_grpc.RegistrySnapshotServiceAsyncStub
+
+
 @contextlib.asynccontextmanager
 async def registry(
     config: dict[str, Any],
@@ -58,7 +65,7 @@ async def registry(
     monkeypatch: pytest.MonkeyPatch,
     database: str,
     admin_key: str | None = ADMIN_KEY,
-) -> AsyncIterator[registry_pb2_grpc.RegistryServiceAsyncStub]:
+) -> AsyncIterator[Registry]:
     monkeypatch.setenv("REGISTRY_DATABASE_URL", database)
     if admin_key is None:
         monkeypatch.delenv("SWITCHBOARD_ADMIN_KEY", raising=False)
@@ -68,15 +75,28 @@ async def registry(
         services(config, tmp_path, monkeypatch, ("registry",)) as settings,
         grpc.aio.insecure_channel(settings.address("registry"), options=CHANNEL_OPTIONS) as ch,
     ):
-        yield registry_pb2_grpc.RegistryServiceStub(ch)
+        yield Registry(
+            registry_pb2_grpc.RegistryServiceStub(ch),
+            registry_pb2_grpc.RegistrySnapshotServiceStub(ch),
+        )
 
 
 @pytest_asyncio.fixture
-async def stub(
+async def stubs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
-) -> AsyncIterator[registry_pb2_grpc.RegistryServiceAsyncStub]:
+) -> AsyncIterator[Registry]:
     async with registry(CONFIG, tmp_path, monkeypatch, database) as s:
         yield s
+
+
+@pytest.fixture
+def stub(stubs: Registry) -> registry_pb2_grpc.RegistryServiceAsyncStub:
+    return stubs.admin
+
+
+@pytest.fixture
+def snapshots(stubs: Registry) -> registry_pb2_grpc.RegistrySnapshotServiceAsyncStub:
+    return stubs.snapshots
 
 
 async def _error(call: Any) -> grpc.aio.AioRpcError:
@@ -307,6 +327,7 @@ async def test_paging_and_filters(stub: registry_pb2_grpc.RegistryServiceAsyncSt
 
 async def test_keys_show_their_secret_once_and_revoke(
     stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+    snapshots: registry_pb2_grpc.RegistrySnapshotServiceAsyncStub,
 ) -> None:
     created = await stub.CreateApiKey(
         pb.CreateApiKeyRequest(key=pb.ApiKey(name="team-a", models=["base-chat"], budget=5)),
@@ -317,13 +338,13 @@ async def test_keys_show_their_secret_once_and_revoke(
     assert created.secret.startswith(created.key.display_prefix)
     listed = await stub.ListApiKeys(pb.ListApiKeysRequest(), metadata=ADMIN)
     assert created.secret not in str(listed)
-    snapshot = (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot
+    snapshot = (await snapshots.GetSnapshot(pb.GetSnapshotRequest())).snapshot
     assert {c.name for c in snapshot.credentials} == {"file-key", "team-a"}
 
     revoked = (await stub.RevokeApiKey(pb.RevokeApiKeyRequest(name="team-a"), metadata=ADMIN)).key
     assert revoked.revoked
     assert revoked.HasField("revoke_time")
-    snapshot = (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot
+    snapshot = (await snapshots.GetSnapshot(pb.GetSnapshotRequest())).snapshot
     assert {c.name for c in snapshot.credentials} == {"file-key"}
     active = await stub.ListApiKeys(pb.ListApiKeysRequest(), metadata=ADMIN)
     assert [k.name for k in active.keys] == ["file-key"]
@@ -332,25 +353,27 @@ async def test_keys_show_their_secret_once_and_revoke(
 async def test_admin_calls_need_the_admin_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
 ) -> None:
-    async with registry(CONFIG, tmp_path, monkeypatch, database) as stub:
+    async with registry(CONFIG, tmp_path, monkeypatch, database) as (stub, snapshots):
         missing = await _error(stub.ListModels(pb.ListModelsRequest()))
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
         wrong = await _error(
             stub.ListModels(pb.ListModelsRequest(), metadata=(("authorization", "Bearer nope"),))
         )
         assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
-    async with registry(CONFIG, tmp_path, monkeypatch, database, admin_key=None) as stub:
+    off_registry = registry(CONFIG, tmp_path, monkeypatch, database, admin_key=None)
+    async with off_registry as (stub, snapshots):
         off = await _error(stub.ListModels(pb.ListModelsRequest(), metadata=ADMIN))
         assert off.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "SWITCHBOARD_ADMIN_KEY" in (off.details() or "")
         # Routers need no admin key to follow the registry.
-        assert (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot.models
+        assert (await snapshots.GetSnapshot(pb.GetSnapshotRequest())).snapshot.models
 
 
 async def test_watch_sends_a_snapshot_then_each_change(
     stub: registry_pb2_grpc.RegistryServiceAsyncStub,
+    snapshots: registry_pb2_grpc.RegistrySnapshotServiceAsyncStub,
 ) -> None:
-    call = stub.WatchSnapshot(pb.WatchSnapshotRequest())
+    call = snapshots.WatchSnapshot(pb.WatchSnapshotRequest())
     first = await anext(aiter(call))
     assert first.HasField("snapshot")
     version = first.version
@@ -369,7 +392,7 @@ async def test_watch_sends_a_snapshot_then_each_change(
         pb.CreateProviderRequest(provider=pb.Provider(name="p2", kind=pb.PROVIDER_KIND_MOCK)),
         metadata=ADMIN,
     )
-    resumed = stub.WatchSnapshot(pb.WatchSnapshotRequest(known_version=version + 1))
+    resumed = snapshots.WatchSnapshot(pb.WatchSnapshotRequest(known_version=version + 1))
     async with asyncio.timeout(5):
         caught_up = await anext(aiter(resumed))
     assert caught_up.version == version + 2
@@ -380,17 +403,17 @@ async def test_watch_sends_a_snapshot_then_each_change(
 async def test_bootstrap_rules_across_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
 ) -> None:
-    async with registry(CONFIG, tmp_path, monkeypatch, database) as stub:
+    async with registry(CONFIG, tmp_path, monkeypatch, database) as (stub, snapshots):
         await stub.UpdateModel(
             pb.UpdateModelRequest(model=pb.Model(name="base-chat", description="edited via API")),
             metadata=ADMIN,
         )
         await stub.RevokeApiKey(pb.RevokeApiKeyRequest(name="file-key"), metadata=ADMIN)
-        version = (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot.version
+        version = (await snapshots.GetSnapshot(pb.GetSnapshotRequest())).snapshot.version
 
     # Same file: nothing is rewritten, the API's edit and the revocation stand.
-    async with registry(CONFIG, tmp_path, monkeypatch, database) as stub:
-        snapshot = (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot
+    async with registry(CONFIG, tmp_path, monkeypatch, database) as (stub, snapshots):
+        snapshot = (await snapshots.GetSnapshot(pb.GetSnapshotRequest())).snapshot
         assert snapshot.version == version
         assert snapshot.models[0].description == "edited via API"
         assert not snapshot.credentials
@@ -402,8 +425,8 @@ async def test_bootstrap_rules_across_restarts(
         "models": [{**CONFIG["models"][0], "description": "file v2"}],
         "keys": [{"name": "file-key", "key_sha256": "cd" * 32}],
     }
-    async with registry(edited, tmp_path, monkeypatch, database) as stub:
-        snapshot = (await stub.GetSnapshot(pb.GetSnapshotRequest())).snapshot
+    async with registry(edited, tmp_path, monkeypatch, database) as (stub, snapshots):
+        snapshot = (await snapshots.GetSnapshot(pb.GetSnapshotRequest())).snapshot
         assert snapshot.version > version
         assert snapshot.models[0].description == "file v2"
         assert [k.revoked for k in snapshot.keys] == [True]

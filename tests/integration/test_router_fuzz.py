@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_common.errors import SwitchboardError
+from switchboard_common.keys import KeyTable
 from switchboard_common.logs import request_id_var
 from switchboard_router.service import RouterServicer
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
@@ -457,26 +458,33 @@ def _reachable(root: object) -> Iterator[object]:
 async def test_router_holds_client_keys_only_as_digests(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The router's authenticator and catalog, as built from the registry's
+    """The router's key table and catalog, as built from the registry's
     snapshot, hold SHA-256 digests: no object reachable from them contains a
     client key's plaintext."""
     secret = "sk-digest-only-" + uuid.uuid4().hex
     monkeypatch.setenv("DIGEST_ONLY_KEY", secret)
     config = {**CONFIG, "keys": [{"name": "digest-only", "key_env": "DIGEST_ONLY_KEY"}]}
     servicers: list[RouterServicer] = []
+    tables: list[KeyTable] = []
     reconfigure = RouterServicer.reconfigure
+    replace = KeyTable.replace
 
     def capture(self: RouterServicer, config: Any, version: int) -> None:
         servicers.append(self)
         reconfigure(self, config, version)
 
+    def capture_keys(self: KeyTable, config: Any) -> None:
+        tables.append(self)
+        replace(self, config)
+
     monkeypatch.setattr(RouterServicer, "reconfigure", capture)
+    monkeypatch.setattr(KeyTable, "replace", capture_keys)
     async with services(config, tmp_path, monkeypatch):
         servicer = servicers[-1]
         assert [k.name for k in servicer.catalog.config.keys or []] == ["digest-only"]
-        held = [*_reachable(servicer.auth), *_reachable(servicer.catalog)]
+        held = [*_reachable(tables[-1]), *_reachable(servicer.catalog)]
         texts = [o for o in held if isinstance(o, str | bytes)]
-        del servicer, servicers[:], held
+        del servicer, servicers[:], tables[:], held
     assert [t for t in texts if (secret in t if isinstance(t, str) else secret.encode() in t)] == []
     # The walk does reach what the router compares presented keys with.
     assert hashlib.sha256(secret.encode()).digest() in texts

@@ -16,10 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from switchboard.router.v1 import router_pb2
 from switchboard_common import credentials
 from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_router.auth import Authenticator
+from switchboard_common.keys import KeyTable
+from switchboard_common.policy import AccessPolicy
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 SECRETS = {"alpha": "sk-alpha-0123456789abcdef", "beta": "sk-beta-0123456789abcdef"}
@@ -27,7 +29,7 @@ ADMIN_KEY = "admin-0123456789abcdef"
 UNAUTHENTICATED = {R.ERROR_REASON_MISSING_API_KEY, R.ERROR_REASON_INVALID_API_KEY}
 
 
-def _authenticator() -> Authenticator:
+def _authenticator() -> KeyTable:
     config = SwitchboardConfig.model_validate(
         {
             "keys": [
@@ -36,10 +38,18 @@ def _authenticator() -> Authenticator:
             ]
         }
     )
-    return Authenticator(config)
+    return KeyTable(config)
 
 
 AUTH = _authenticator()
+# An ADMIN method (router.proto): what the access policy checks the admin key on.
+ADMIN_METHOD = (
+    f"/{router_pb2.DESCRIPTOR.services_by_name['RouterService'].full_name}/GetRoutingHealth"
+)
+
+
+def require_admin(metadata: list[tuple[str, str | bytes]], admin_key: str | None) -> None:
+    AccessPolicy(admin_key).admit(ADMIN_METHOD, metadata)
 
 
 def _refusal(call: Callable[[], object]) -> SwitchboardError | None:
@@ -148,7 +158,7 @@ def test_only_digests_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
     keeps digests only."""
     monkeypatch.setenv("FUZZ_KEY_A", SECRETS["alpha"])
     config = SwitchboardConfig.model_validate({"keys": [{"name": "a", "key_env": "FUZZ_KEY_A"}]})
-    authenticator = Authenticator(config)
+    authenticator = KeyTable(config)
     texts = [o for o in _reachable(authenticator) if isinstance(o, str | bytes)]
     secret = SECRETS["alpha"]
     assert [t for t in texts if (secret in t if isinstance(t, str) else secret.encode() in t)] == []
@@ -161,7 +171,7 @@ def test_only_digests_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
 @FUZZ
 @given(metadata=st.lists(st.tuples(HEADER_NAMES, VALUES), max_size=3))
 def test_admin_check_is_a_pass_or_a_401(metadata: list[tuple[str, str | bytes]]) -> None:
-    err = _refusal(lambda: credentials.require_admin(metadata, ADMIN_KEY))
+    err = _refusal(lambda: require_admin(metadata, ADMIN_KEY))
     if err is not None:
         assert err.reason in UNAUTHENTICATED
         return
@@ -173,7 +183,7 @@ def test_admin_key_is_compared_by_digest(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(hmac, "compare_digest", _counting(calls))
 
     def admin(presented: str) -> SwitchboardError | None:
-        return _refusal(lambda: credentials.require_admin([("x-api-key", presented)], ADMIN_KEY))
+        return _refusal(lambda: require_admin([("x-api-key", presented)], ADMIN_KEY))
 
     refusals = [admin(presented) for presented in ("a", ADMIN_KEY, ADMIN_KEY * 10)]
     assert [e.reason if e else None for e in refusals] == [
@@ -183,5 +193,5 @@ def test_admin_key_is_compared_by_digest(monkeypatch: pytest.MonkeyPatch) -> Non
     ]
     assert calls == [(32, 32)] * 3
     with pytest.raises(SwitchboardError) as off:
-        credentials.require_admin([("authorization", f"Bearer {ADMIN_KEY}")], None)
+        require_admin([("authorization", f"Bearer {ADMIN_KEY}")], None)
     assert off.value.reason == R.ERROR_REASON_PERMISSION_DENIED

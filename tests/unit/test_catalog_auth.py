@@ -12,7 +12,7 @@ import pytest
 from switchboard_common.config import KeyConfig, SwitchboardConfig, parse_config
 from switchboard_common.credentials import MAX_KEY_LENGTH
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_router.auth import Authenticator
+from switchboard_common.keys import KeyTable
 from switchboard_router.catalog import Catalog
 from switchboard_router.limits import LocalLimiter
 from switchboard_router.routing import Routing
@@ -182,14 +182,14 @@ def test_describe_model_entry() -> None:
     assert embed.owned_by == "switchboard-mock"
 
 
-# --- Authenticator ---------------------------------------------------------------
+# --- KeyTable ---------------------------------------------------------------
 
 
 @pytest.fixture
-def keyed(monkeypatch: pytest.MonkeyPatch) -> Authenticator:
+def keyed(monkeypatch: pytest.MonkeyPatch) -> KeyTable:
     monkeypatch.setenv("SB_TEST_KEY_A", SECRET_A)
     monkeypatch.delenv("SB_TEST_KEY_UNSET", raising=False)
-    return Authenticator(
+    return KeyTable(
         _config(
             keys=[
                 {"name": "a", "key_env": "SB_TEST_KEY_A", "models": ["chat"]},
@@ -201,14 +201,14 @@ def keyed(monkeypatch: pytest.MonkeyPatch) -> Authenticator:
 
 
 def test_open_when_no_keys_section() -> None:
-    auth = Authenticator(_config())
+    auth = KeyTable(_config())
     assert auth.open
     assert auth.authenticate([]) is None
     assert auth.authenticate([("authorization", "Bearer whatever")]) is None
 
 
 def test_empty_keys_section_is_closed() -> None:
-    auth = Authenticator(_config(keys=[]))
+    auth = KeyTable(_config(keys=[]))
     assert not auth.open
     with pytest.raises(SwitchboardError) as info:
         auth.authenticate([("x-api-key", "anything")])
@@ -230,7 +230,7 @@ def test_empty_keys_section_is_closed() -> None:
         pytest.param([("x-api-key", "k" * (MAX_KEY_LENGTH + 17))], id="overlong-x-api-key"),
     ],
 )
-def test_missing_key(keyed: Authenticator, metadata: list[tuple[str, str | bytes]]) -> None:
+def test_missing_key(keyed: KeyTable, metadata: list[tuple[str, str | bytes]]) -> None:
     with pytest.raises(SwitchboardError) as info:
         keyed.authenticate(metadata)
     assert info.value.reason == R.ERROR_REASON_MISSING_API_KEY
@@ -246,7 +246,7 @@ def test_missing_key(keyed: Authenticator, metadata: list[tuple[str, str | bytes
         pytest.param([("authorization", "Bearer " + SECRET_A.upper())], id="case-matters"),
     ],
 )
-def test_invalid_key(keyed: Authenticator, metadata: list[tuple[str, str | bytes]]) -> None:
+def test_invalid_key(keyed: KeyTable, metadata: list[tuple[str, str | bytes]]) -> None:
     with pytest.raises(SwitchboardError) as info:
         keyed.authenticate(metadata)
     assert info.value.reason == R.ERROR_REASON_INVALID_API_KEY
@@ -271,9 +271,7 @@ def test_invalid_key(keyed: Authenticator, metadata: list[tuple[str, str | bytes
         ),
     ],
 )
-def test_valid_key(
-    keyed: Authenticator, metadata: list[tuple[str, str | bytes]], name: str
-) -> None:
+def test_valid_key(keyed: KeyTable, metadata: list[tuple[str, str | bytes]], name: str) -> None:
     key = keyed.authenticate(metadata)
     assert key is not None
     assert key.name == name
@@ -281,13 +279,13 @@ def test_valid_key(
 
 def test_key_of_max_length_is_accepted() -> None:
     secret = "k" * MAX_KEY_LENGTH
-    auth = Authenticator(_config(keys=[{"name": "long", "key_sha256": _sha(secret)}]))
+    auth = KeyTable(_config(keys=[{"name": "long", "key_sha256": _sha(secret)}]))
     key = auth.authenticate([("authorization", f"Bearer {secret}")])
     assert key is not None
     assert key.name == "long"
 
 
-def test_authenticated_key_carries_its_allow_list(keyed: Authenticator) -> None:
+def test_authenticated_key_carries_its_allow_list(keyed: KeyTable) -> None:
     key = keyed.authenticate([("x-api-key", SECRET_A)])
     with pytest.raises(SwitchboardError) as info:
         _catalog().resolve("embed", key)
@@ -298,7 +296,7 @@ def test_key_with_unset_env_is_skipped_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("SB_TEST_KEY_UNSET", raising=False)
-    auth = Authenticator(_config(keys=[{"name": "unset", "key_env": "SB_TEST_KEY_UNSET"}]))
+    auth = KeyTable(_config(keys=[{"name": "unset", "key_env": "SB_TEST_KEY_UNSET"}]))
     assert not auth.open
     assert [r.getMessage() for r in caplog.records] == [
         "key has no secret: its environment variable is unset"

@@ -174,14 +174,14 @@ def test_board_follows_statuses_and_alerts() -> None:
     }
 
 
-class _TwoWatches(gpu_pb2_grpc.GpuServiceServicer):
+class _TwoWatches(gpu_pb2_grpc.GpuFeedServiceServicer):
     """First stream: a status and a firing alert, then it ends (a gpu service
     restarting). Second stream: the status alone (the alert resolved meanwhile)."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def WatchGpuMetrics(
+    async def WatchGpuFeed(
         self, request: gpu_pb2.WatchGpuMetricsRequest, context: Any
     ) -> AsyncIterator[gpu_pb2.WatchGpuMetricsResponse]:
         self.calls += 1
@@ -210,9 +210,9 @@ class _RecordingBoard(GpuHealthBoard):
 @pytest.mark.integration
 @pytest.mark.asyncio
 async def test_follow_gpu_health_reconnects_and_drops_stale_alerts() -> None:
-    watch = _TwoWatches()  # type: ignore[abstract]  # serves WatchGpuMetrics only
+    watch = _TwoWatches()
     server = grpc.aio.server()
-    gpu_pb2_grpc.add_GpuServiceServicer_to_server(watch, server)
+    gpu_pb2_grpc.add_GpuFeedServiceServicer_to_server(watch, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     board = _RecordingBoard()

@@ -16,7 +16,6 @@ from rich.text import Text
 from switchboard_cli import render
 from switchboard_cli.context import Context
 from switchboard_cli.edge import JSON
-from switchboard_cli.errors import Realm
 from switchboard_cli.exit_codes import CliError, ExitCode
 
 # The watch's read timeout: samples come every interval (1 s by default).
@@ -24,14 +23,9 @@ IDLE_S = 30.0
 RECENT_ALERTS = 10
 
 
-def _realm(ctx: Context) -> Realm:
-    # The gpu routes sit under /v1/admin/; send the admin key when there is one.
-    return "admin" if ctx.target.admin_key else "public"
-
-
 def status(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.edge() as edge:
-        reply = edge.call("GET", "/v1/admin/gpu/status", realm=_realm(ctx))
+        reply = edge.call("GET", "/v1/admin/gpu/status", realm="admin")
     if ctx.json:
         ctx.print_json(reply)
         return ExitCode.OK
@@ -73,7 +67,7 @@ def watch(args: argparse.Namespace, ctx: Context) -> int:
             contextlib.closing(
                 edge.stream_array(
                     "/v1/admin/gpu/watch",
-                    realm=_realm(ctx),
+                    realm="admin",
                     params=params,
                     read_timeout_s=read_timeout,
                 )

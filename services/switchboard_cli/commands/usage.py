@@ -25,8 +25,8 @@ def summary(args: argparse.Namespace, ctx: Context) -> int:
     if args.model:
         params["model"] = args.model
     with ctx.edge() as edge:
-        # Sent with the admin key when there is one (harmless where the route is open).
-        realm: Realm = "admin" if ctx.target.admin_key else "public"
+        # The admin key sees every key's usage; a client key sees its own.
+        realm: Realm = "admin" if ctx.target.admin_key else "client"
         reply = edge.call("GET", "/v1/usage/summary", realm=realm, params=params)
     if ctx.json:
         ctx.print_json(reply)

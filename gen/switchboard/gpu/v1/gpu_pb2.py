@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from switchboard.common.v1 import access_pb2 as switchboard_dot_common_dot_v1_dot_access__pb2
 from switchboard.registry.v1 import registry_pb2 as switchboard_dot_registry_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cswitchboard/gpu/v1/gpu.proto\x12\x12switchboard.gpu.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&switchboard/registry/v1/registry.proto\"\xdb\x02\n\nNodeStatus\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.switchboard.gpu.v1.NodeStatus.LabelsEntry\x12\x31\n\nnvml_state\x18\x03 \x01(\x0e\x32\x1d.switchboard.gpu.v1.NvmlState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x05 \x01(\t\x12\x14\n\x0c\x63uda_version\x18\x06 \x01(\t\x12.\n\x07\x64\x65vices\x18\x07 \x03(\x0b\x32\x1d.switchboard.gpu.v1.GpuDevice\x12/\n\x0bsample_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf6\x05\n\tGpuDevice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12$\n\x17utilization_gpu_percent\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\'\n\x1autilization_memory_percent\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0fmemory_used_mib\x18\x06 \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10memory_total_mib\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x1a\n\rtemperature_c\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x14\n\x07power_w\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1a\n\rpower_limit_w\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x19\n\x0csm_clock_mhz\x18\x0b \x01(\rH\x07\x88\x01\x01\x12\x1d\n\x10memory_clock_mhz\x18\x0c \x01(\rH\x08\x88\x01\x01\x12#\n\x16\x65\x63\x63_uncorrected_errors\x18\r \x01(\rH\t\x88\x01\x01\x12\x15\n\x08last_xid\x18\x0e \x01(\rH\n\x88\x01\x01\x12\x31\n\tprocesses\x18\x0f \x03(\x0b\x32\x1e.switchboard.gpu.v1.GpuProcess\x12-\n\x06health\x18\x10 \x01(\x0e\x32\x1d.switchboard.gpu.v1.GpuHealth\x12\x13\n\x0bnvml_errors\x18\x11 \x03(\t\x12\x15\n\rhealth_reason\x18\x12 \x01(\tB\x1a\n\x18_utilization_gpu_percentB\x1d\n\x1b_utilization_memory_percentB\x12\n\x10_memory_used_mibB\x13\n\x11_memory_total_mibB\x10\n\x0e_temperature_cB\n\n\x08_power_wB\x10\n\x0e_power_limit_wB\x0f\n\r_sm_clock_mhzB\x13\n\x11_memory_clock_mhzB\x19\n\x17_ecc_uncorrected_errorsB\x0b\n\t_last_xid\"Y\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1c\n\x0fused_memory_mib\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x12\n\x10_used_memory_mib\"\xa0\x03\n\x08GpuAlert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x11\n\trule_name\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x05 \x01(\t\x12\x11\n\tgpu_index\x18\x06 \x01(\r\x12-\n\x05state\x18\x07 \x01(\x0e\x32\x1e.switchboard.gpu.v1.AlertState\x12\x33\n\x08severity\x18\x08 \x01(\x0e\x32!.switchboard.registry.v1.Severity\x12\r\n\x05value\x18\t \x01(\x01\x12\x11\n\tthreshold\x18\n \x01(\x01\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x0c \x01(\t\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\ncomparator\x18\x0e \x01(\x0e\x32#.switchboard.registry.v1.Comparator\"\x15\n\x13GetGpuStatusRequest\"\xc8\x01\n\x14GetGpuStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.switchboard.gpu.v1.NodeStatus\x12\x33\n\ractive_alerts\x18\x02 \x03(\x0b\x32\x1c.switchboard.gpu.v1.GpuAlert\x12\x31\n\x05rules\x18\x03 \x03(\x0b\x32\".switchboard.registry.v1.AlertRule\x12\x18\n\x10registry_version\x18\x04 \x01(\x04\"-\n\x16WatchGpuMetricsRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\x8b\x01\n\x17WatchGpuMetricsResponse\x12\x38\n\x0emetrics_update\x18\x01 \x01(\x0b\x32\x1e.switchboard.gpu.v1.NodeStatusH\x00\x12-\n\x05\x61lert\x18\x02 \x01(\x0b\x32\x1c.switchboard.gpu.v1.GpuAlertH\x00\x42\x07\n\x05\x65vent\"z\n\x16QueryGpuHistoryRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x05 \x01(\t\x12\x0e\n\x06metric\x18\x06 \x01(\t\"\xc4\x01\n\x17QueryGpuHistoryResponse\x12\x33\n\x06points\x18\x01 \x03(\x0b\x32#.switchboard.gpu.v1.GpuHistoryPoint\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x0fGpuHistoryPoint\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x0b\n\x03\x61vg\x18\x05 \x01(\x01\x12\x0b\n\x03max\x18\x06 \x01(\x01\x12\x0b\n\x03min\x18\x07 \x01(\x01\x12\x0f\n\x07samples\x18\x08 \x01(\r\"^\n\x14ListGpuAlertsRequest\x12\x13\n\x0b\x61\x63tive_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x04 \x01(\t\"E\n\x15ListGpuAlertsResponse\x12,\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1c.switchboard.gpu.v1.GpuAlert*x\n\tNvmlState\x12\x1a\n\x16NVML_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14NVML_STATE_AVAILABLE\x10\x01\x12\x1a\n\x16NVML_STATE_UNAVAILABLE\x10\x02\x12\x19\n\x15NVML_STATE_NO_DEVICES\x10\x03*\x87\x01\n\tGpuHealth\x12\x1a\n\x16GPU_HEALTH_UNSPECIFIED\x10\x00\x12\x11\n\rGPU_HEALTH_OK\x10\x01\x12\x18\n\x14GPU_HEALTH_SATURATED\x10\x02\x12\x17\n\x13GPU_HEALTH_ALERTING\x10\x03\x12\x18\n\x14GPU_HEALTH_UNHEALTHY\x10\x04*[\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x02\x32\xaa\x04\n\nGpuService\x12\x7f\n\x0cGetGpuStatus\x12\'.switchboard.gpu.v1.GetGpuStatusRequest\x1a(.switchboard.gpu.v1.GetGpuStatusResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/admin/gpu/status\x12\x89\x01\n\x0fWatchGpuMetrics\x12*.switchboard.gpu.v1.WatchGpuMetricsRequest\x1a+.switchboard.gpu.v1.WatchGpuMetricsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/admin/gpu/watch0\x01\x12\x89\x01\n\x0fQueryGpuHistory\x12*.switchboard.gpu.v1.QueryGpuHistoryRequest\x1a+.switchboard.gpu.v1.QueryGpuHistoryResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/admin/gpu/history\x12\x82\x01\n\rListGpuAlerts\x12(.switchboard.gpu.v1.ListGpuAlertsRequest\x1a).switchboard.gpu.v1.ListGpuAlertsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/admin/gpu/alertsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cswitchboard/gpu/v1/gpu.proto\x12\x12switchboard.gpu.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"switchboard/common/v1/access.proto\x1a&switchboard/registry/v1/registry.proto\"\xdb\x02\n\nNodeStatus\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.switchboard.gpu.v1.NodeStatus.LabelsEntry\x12\x31\n\nnvml_state\x18\x03 \x01(\x0e\x32\x1d.switchboard.gpu.v1.NvmlState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x05 \x01(\t\x12\x14\n\x0c\x63uda_version\x18\x06 \x01(\t\x12.\n\x07\x64\x65vices\x18\x07 \x03(\x0b\x32\x1d.switchboard.gpu.v1.GpuDevice\x12/\n\x0bsample_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf6\x05\n\tGpuDevice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12$\n\x17utilization_gpu_percent\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\'\n\x1autilization_memory_percent\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0fmemory_used_mib\x18\x06 \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10memory_total_mib\x18\x07 \x01(\rH\x03\x88\x01\x01\x12\x1a\n\rtemperature_c\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x14\n\x07power_w\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1a\n\rpower_limit_w\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x19\n\x0csm_clock_mhz\x18\x0b \x01(\rH\x07\x88\x01\x01\x12\x1d\n\x10memory_clock_mhz\x18\x0c \x01(\rH\x08\x88\x01\x01\x12#\n\x16\x65\x63\x63_uncorrected_errors\x18\r \x01(\rH\t\x88\x01\x01\x12\x15\n\x08last_xid\x18\x0e \x01(\rH\n\x88\x01\x01\x12\x31\n\tprocesses\x18\x0f \x03(\x0b\x32\x1e.switchboard.gpu.v1.GpuProcess\x12-\n\x06health\x18\x10 \x01(\x0e\x32\x1d.switchboard.gpu.v1.GpuHealth\x12\x13\n\x0bnvml_errors\x18\x11 \x03(\t\x12\x15\n\rhealth_reason\x18\x12 \x01(\tB\x1a\n\x18_utilization_gpu_percentB\x1d\n\x1b_utilization_memory_percentB\x12\n\x10_memory_used_mibB\x13\n\x11_memory_total_mibB\x10\n\x0e_temperature_cB\n\n\x08_power_wB\x10\n\x0e_power_limit_wB\x0f\n\r_sm_clock_mhzB\x13\n\x11_memory_clock_mhzB\x19\n\x17_ecc_uncorrected_errorsB\x0b\n\t_last_xid\"Y\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1c\n\x0fused_memory_mib\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x12\n\x10_used_memory_mib\"\xa0\x03\n\x08GpuAlert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x11\n\trule_name\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x05 \x01(\t\x12\x11\n\tgpu_index\x18\x06 \x01(\r\x12-\n\x05state\x18\x07 \x01(\x0e\x32\x1e.switchboard.gpu.v1.AlertState\x12\x33\n\x08severity\x18\x08 \x01(\x0e\x32!.switchboard.registry.v1.Severity\x12\r\n\x05value\x18\t \x01(\x01\x12\x11\n\tthreshold\x18\n \x01(\x01\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x0c \x01(\t\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\ncomparator\x18\x0e \x01(\x0e\x32#.switchboard.registry.v1.Comparator\"\x15\n\x13GetGpuStatusRequest\"\xc8\x01\n\x14GetGpuStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.switchboard.gpu.v1.NodeStatus\x12\x33\n\ractive_alerts\x18\x02 \x03(\x0b\x32\x1c.switchboard.gpu.v1.GpuAlert\x12\x31\n\x05rules\x18\x03 \x03(\x0b\x32\".switchboard.registry.v1.AlertRule\x12\x18\n\x10registry_version\x18\x04 \x01(\x04\"-\n\x16WatchGpuMetricsRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\x8b\x01\n\x17WatchGpuMetricsResponse\x12\x38\n\x0emetrics_update\x18\x01 \x01(\x0b\x32\x1e.switchboard.gpu.v1.NodeStatusH\x00\x12-\n\x05\x61lert\x18\x02 \x01(\x0b\x32\x1c.switchboard.gpu.v1.GpuAlertH\x00\x42\x07\n\x05\x65vent\"z\n\x16QueryGpuHistoryRequest\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x05 \x01(\t\x12\x0e\n\x06metric\x18\x06 \x01(\t\"\xc4\x01\n\x17QueryGpuHistoryResponse\x12\x33\n\x06points\x18\x01 \x03(\x0b\x32#.switchboard.gpu.v1.GpuHistoryPoint\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\x12)\n\x05start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x0fGpuHistoryPoint\x12\x30\n\x0c\x62ucket_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x0b\n\x03\x61vg\x18\x05 \x01(\x01\x12\x0b\n\x03max\x18\x06 \x01(\x01\x12\x0b\n\x03min\x18\x07 \x01(\x01\x12\x0f\n\x07samples\x18\x08 \x01(\r\"^\n\x14ListGpuAlertsRequest\x12\x13\n\x0b\x61\x63tive_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x04 \x01(\t\"E\n\x15ListGpuAlertsResponse\x12,\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1c.switchboard.gpu.v1.GpuAlert*x\n\tNvmlState\x12\x1a\n\x16NVML_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14NVML_STATE_AVAILABLE\x10\x01\x12\x1a\n\x16NVML_STATE_UNAVAILABLE\x10\x02\x12\x19\n\x15NVML_STATE_NO_DEVICES\x10\x03*\x87\x01\n\tGpuHealth\x12\x1a\n\x16GPU_HEALTH_UNSPECIFIED\x10\x00\x12\x11\n\rGPU_HEALTH_OK\x10\x01\x12\x18\n\x14GPU_HEALTH_SATURATED\x10\x02\x12\x17\n\x13GPU_HEALTH_ALERTING\x10\x03\x12\x18\n\x14GPU_HEALTH_UNHEALTHY\x10\x04*[\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x02\x32\xbb\x04\n\nGpuService\x12\x83\x01\n\x0cGetGpuStatus\x12\'.switchboard.gpu.v1.GetGpuStatusRequest\x1a(.switchboard.gpu.v1.GetGpuStatusResponse\" \xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/admin/gpu/status\x12\x8d\x01\n\x0fWatchGpuMetrics\x12*.switchboard.gpu.v1.WatchGpuMetricsRequest\x1a+.switchboard.gpu.v1.WatchGpuMetricsResponse\"\x1f\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/admin/gpu/watch0\x01\x12\x8d\x01\n\x0fQueryGpuHistory\x12*.switchboard.gpu.v1.QueryGpuHistoryRequest\x1a+.switchboard.gpu.v1.QueryGpuHistoryResponse\"!\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/admin/gpu/history\x12\x86\x01\n\rListGpuAlerts\x12(.switchboard.gpu.v1.ListGpuAlertsRequest\x1a).switchboard.gpu.v1.ListGpuAlertsResponse\" \xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/admin/gpu/alerts2\x81\x01\n\x0eGpuFeedService\x12o\n\x0cWatchGpuFeed\x12*.switchboard.gpu.v1.WatchGpuMetricsRequest\x1a+.switchboard.gpu.v1.WatchGpuMetricsResponse\"\x04\xc8\xf3\x18\x04\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,47 +38,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESTATUS_LABELSENTRY']._loaded_options = None
   _globals['_NODESTATUS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_GPUSERVICE'].methods_by_name['GetGpuStatus']._loaded_options = None
-  _globals['_GPUSERVICE'].methods_by_name['GetGpuStatus']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/admin/gpu/status'
+  _globals['_GPUSERVICE'].methods_by_name['GetGpuStatus']._serialized_options = b'\310\363\030\003\202\323\344\223\002\026\022\024/v1/admin/gpu/status'
   _globals['_GPUSERVICE'].methods_by_name['WatchGpuMetrics']._loaded_options = None
-  _globals['_GPUSERVICE'].methods_by_name['WatchGpuMetrics']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/admin/gpu/watch'
+  _globals['_GPUSERVICE'].methods_by_name['WatchGpuMetrics']._serialized_options = b'\310\363\030\003\202\323\344\223\002\025\022\023/v1/admin/gpu/watch'
   _globals['_GPUSERVICE'].methods_by_name['QueryGpuHistory']._loaded_options = None
-  _globals['_GPUSERVICE'].methods_by_name['QueryGpuHistory']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/admin/gpu/history'
+  _globals['_GPUSERVICE'].methods_by_name['QueryGpuHistory']._serialized_options = b'\310\363\030\003\202\323\344\223\002\027\022\025/v1/admin/gpu/history'
   _globals['_GPUSERVICE'].methods_by_name['ListGpuAlerts']._loaded_options = None
-  _globals['_GPUSERVICE'].methods_by_name['ListGpuAlerts']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/admin/gpu/alerts'
-  _globals['_NVMLSTATE']._serialized_start=2859
-  _globals['_NVMLSTATE']._serialized_end=2979
-  _globals['_GPUHEALTH']._serialized_start=2982
-  _globals['_GPUHEALTH']._serialized_end=3117
-  _globals['_ALERTSTATE']._serialized_start=3119
-  _globals['_ALERTSTATE']._serialized_end=3210
-  _globals['_NODESTATUS']._serialized_start=156
-  _globals['_NODESTATUS']._serialized_end=503
-  _globals['_NODESTATUS_LABELSENTRY']._serialized_start=458
-  _globals['_NODESTATUS_LABELSENTRY']._serialized_end=503
-  _globals['_GPUDEVICE']._serialized_start=506
-  _globals['_GPUDEVICE']._serialized_end=1264
-  _globals['_GPUPROCESS']._serialized_start=1266
-  _globals['_GPUPROCESS']._serialized_end=1355
-  _globals['_GPUALERT']._serialized_start=1358
-  _globals['_GPUALERT']._serialized_end=1774
-  _globals['_GETGPUSTATUSREQUEST']._serialized_start=1776
-  _globals['_GETGPUSTATUSREQUEST']._serialized_end=1797
-  _globals['_GETGPUSTATUSRESPONSE']._serialized_start=1800
-  _globals['_GETGPUSTATUSRESPONSE']._serialized_end=2000
-  _globals['_WATCHGPUMETRICSREQUEST']._serialized_start=2002
-  _globals['_WATCHGPUMETRICSREQUEST']._serialized_end=2047
-  _globals['_WATCHGPUMETRICSRESPONSE']._serialized_start=2050
-  _globals['_WATCHGPUMETRICSRESPONSE']._serialized_end=2189
-  _globals['_QUERYGPUHISTORYREQUEST']._serialized_start=2191
-  _globals['_QUERYGPUHISTORYREQUEST']._serialized_end=2313
-  _globals['_QUERYGPUHISTORYRESPONSE']._serialized_start=2316
-  _globals['_QUERYGPUHISTORYRESPONSE']._serialized_end=2512
-  _globals['_GPUHISTORYPOINT']._serialized_start=2515
-  _globals['_GPUHISTORYPOINT']._serialized_end=2690
-  _globals['_LISTGPUALERTSREQUEST']._serialized_start=2692
-  _globals['_LISTGPUALERTSREQUEST']._serialized_end=2786
-  _globals['_LISTGPUALERTSRESPONSE']._serialized_start=2788
-  _globals['_LISTGPUALERTSRESPONSE']._serialized_end=2857
-  _globals['_GPUSERVICE']._serialized_start=3213
-  _globals['_GPUSERVICE']._serialized_end=3767
+  _globals['_GPUSERVICE'].methods_by_name['ListGpuAlerts']._serialized_options = b'\310\363\030\003\202\323\344\223\002\026\022\024/v1/admin/gpu/alerts'
+  _globals['_GPUFEEDSERVICE'].methods_by_name['WatchGpuFeed']._loaded_options = None
+  _globals['_GPUFEEDSERVICE'].methods_by_name['WatchGpuFeed']._serialized_options = b'\310\363\030\004'
+  _globals['_NVMLSTATE']._serialized_start=2895
+  _globals['_NVMLSTATE']._serialized_end=3015
+  _globals['_GPUHEALTH']._serialized_start=3018
+  _globals['_GPUHEALTH']._serialized_end=3153
+  _globals['_ALERTSTATE']._serialized_start=3155
+  _globals['_ALERTSTATE']._serialized_end=3246
+  _globals['_NODESTATUS']._serialized_start=192
+  _globals['_NODESTATUS']._serialized_end=539
+  _globals['_NODESTATUS_LABELSENTRY']._serialized_start=494
+  _globals['_NODESTATUS_LABELSENTRY']._serialized_end=539
+  _globals['_GPUDEVICE']._serialized_start=542
+  _globals['_GPUDEVICE']._serialized_end=1300
+  _globals['_GPUPROCESS']._serialized_start=1302
+  _globals['_GPUPROCESS']._serialized_end=1391
+  _globals['_GPUALERT']._serialized_start=1394
+  _globals['_GPUALERT']._serialized_end=1810
+  _globals['_GETGPUSTATUSREQUEST']._serialized_start=1812
+  _globals['_GETGPUSTATUSREQUEST']._serialized_end=1833
+  _globals['_GETGPUSTATUSRESPONSE']._serialized_start=1836
+  _globals['_GETGPUSTATUSRESPONSE']._serialized_end=2036
+  _globals['_WATCHGPUMETRICSREQUEST']._serialized_start=2038
+  _globals['_WATCHGPUMETRICSREQUEST']._serialized_end=2083
+  _globals['_WATCHGPUMETRICSRESPONSE']._serialized_start=2086
+  _globals['_WATCHGPUMETRICSRESPONSE']._serialized_end=2225
+  _globals['_QUERYGPUHISTORYREQUEST']._serialized_start=2227
+  _globals['_QUERYGPUHISTORYREQUEST']._serialized_end=2349
+  _globals['_QUERYGPUHISTORYRESPONSE']._serialized_start=2352
+  _globals['_QUERYGPUHISTORYRESPONSE']._serialized_end=2548
+  _globals['_GPUHISTORYPOINT']._serialized_start=2551
+  _globals['_GPUHISTORYPOINT']._serialized_end=2726
+  _globals['_LISTGPUALERTSREQUEST']._serialized_start=2728
+  _globals['_LISTGPUALERTSREQUEST']._serialized_end=2822
+  _globals['_LISTGPUALERTSRESPONSE']._serialized_start=2824
+  _globals['_LISTGPUALERTSRESPONSE']._serialized_end=2893
+  _globals['_GPUSERVICE']._serialized_start=3249
+  _globals['_GPUSERVICE']._serialized_end=3820
+  _globals['_GPUFEEDSERVICE']._serialized_start=3823
+  _globals['_GPUFEEDSERVICE']._serialized_end=3952
 # @@protoc_insertion_point(module_scope)

@@ -69,6 +69,8 @@ class GpuServiceServicer:
         """The current status first, then the alerts firing now, then one update per
         sample and every alert transition as it happens. Alerts are never skipped;
         a watcher too slow for the sample rate loses its oldest metric updates.
+        (GpuFeedService.WatchGpuFeed serves the same stream to other services.)
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +224,91 @@ class GpuService:
             '/switchboard.gpu.v1.GpuService/ListGpuAlerts',
             switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsRequest.SerializeToString,
             switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class GpuFeedServiceStub:
+    """The gpu service's live feed for other services (routers route around busy or
+    failing GPUs with it). Internal: the edge serves the same stream, to admins,
+    as GpuService.WatchGpuMetrics.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WatchGpuFeed = channel.unary_stream(
+                '/switchboard.gpu.v1.GpuFeedService/WatchGpuFeed',
+                request_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchGpuMetricsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchGpuMetricsResponse.FromString,
+                _registered_method=True)
+
+
+class GpuFeedServiceServicer:
+    """The gpu service's live feed for other services (routers route around busy or
+    failing GPUs with it). Internal: the edge serves the same stream, to admins,
+    as GpuService.WatchGpuMetrics.
+    """
+
+    def WatchGpuFeed(self, request, context):
+        """The same stream as WatchGpuMetrics.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GpuFeedServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WatchGpuFeed': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchGpuFeed,
+                    request_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchGpuMetricsRequest.FromString,
+                    response_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchGpuMetricsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'switchboard.gpu.v1.GpuFeedService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('switchboard.gpu.v1.GpuFeedService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class GpuFeedService:
+    """The gpu service's live feed for other services (routers route around busy or
+    failing GPUs with it). Internal: the edge serves the same stream, to admins,
+    as GpuService.WatchGpuMetrics.
+    """
+
+    @staticmethod
+    def WatchGpuFeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.gpu.v1.GpuFeedService/WatchGpuFeed',
+            switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchGpuMetricsRequest.SerializeToString,
+            switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchGpuMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

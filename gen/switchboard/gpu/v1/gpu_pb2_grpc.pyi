@@ -39,6 +39,8 @@ class GpuServiceStub:
     """The current status first, then the alerts firing now, then one update per
     sample and every alert transition as it happens. Alerts are never skipped;
     a watcher too slow for the sample rate loses its oldest metric updates.
+    (GpuFeedService.WatchGpuFeed serves the same stream to other services.)
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     QueryGpuHistory: _grpc.UnaryUnaryMultiCallable[_gpu_pb2.QueryGpuHistoryRequest, _gpu_pb2.QueryGpuHistoryResponse]
     """Samples stored in ClickHouse, for every node, per GPU and time bucket.
@@ -57,6 +59,8 @@ class GpuServiceAsyncStub(GpuServiceStub):
     """The current status first, then the alerts firing now, then one update per
     sample and every alert transition as it happens. Alerts are never skipped;
     a watcher too slow for the sample rate loses its oldest metric updates.
+    (GpuFeedService.WatchGpuFeed serves the same stream to other services.)
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     QueryGpuHistory: _aio.UnaryUnaryMultiCallable[_gpu_pb2.QueryGpuHistoryRequest, _gpu_pb2.QueryGpuHistoryResponse]  # type: ignore[assignment]
     """Samples stored in ClickHouse, for every node, per GPU and time bucket.
@@ -84,6 +88,8 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
         """The current status first, then the alerts firing now, then one update per
         sample and every alert transition as it happens. Alerts are never skipped;
         a watcher too slow for the sample rate loses its oldest metric updates.
+        (GpuFeedService.WatchGpuFeed serves the same stream to other services.)
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -107,3 +113,55 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_GpuServiceServicer_to_server(servicer: GpuServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class GpuFeedServiceStub:
+    """The gpu service's live feed for other services (routers route around busy or
+    failing GPUs with it). Internal: the edge serves the same stream, to admins,
+    as GpuService.WatchGpuMetrics.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> GpuFeedServiceAsyncStub: ...
+    WatchGpuFeed: _grpc.UnaryStreamMultiCallable[_gpu_pb2.WatchGpuMetricsRequest, _gpu_pb2.WatchGpuMetricsResponse]
+    """The same stream as WatchGpuMetrics.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+
+@_typing.type_check_only
+class GpuFeedServiceAsyncStub(GpuFeedServiceStub):
+    """The gpu service's live feed for other services (routers route around busy or
+    failing GPUs with it). Internal: the edge serves the same stream, to admins,
+    as GpuService.WatchGpuMetrics.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    WatchGpuFeed: _aio.UnaryStreamMultiCallable[_gpu_pb2.WatchGpuMetricsRequest, _gpu_pb2.WatchGpuMetricsResponse]  # type: ignore[assignment]
+    """The same stream as WatchGpuMetrics.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+
+class GpuFeedServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The gpu service's live feed for other services (routers route around busy or
+    failing GPUs with it). Internal: the edge serves the same stream, to admins,
+    as GpuService.WatchGpuMetrics.
+    """
+
+    @_abc_1.abstractmethod
+    def WatchGpuFeed(
+        self,
+        request: _gpu_pb2.WatchGpuMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gpu_pb2.WatchGpuMetricsResponse], _abc.AsyncIterator[_gpu_pb2.WatchGpuMetricsResponse]]:
+        """The same stream as WatchGpuMetrics.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+def add_GpuFeedServiceServicer_to_server(servicer: GpuFeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,24 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from switchboard.common.v1 import access_pb2 as switchboard_dot_common_dot_v1_dot_access__pb2
 from switchboard.gpu.v1 import gpu_pb2 as switchboard_dot_gpu_dot_v1_dot_gpu__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n switchboard/gpu/v1/history.proto\x12\x12switchboard.gpu.v1\x1a\x1cswitchboard/gpu/v1/gpu.proto\"V\n\x19QueryStoredHistoryRequest\x12\x39\n\x05query\x18\x01 \x01(\x0b\x32*.switchboard.gpu.v1.QueryGpuHistoryRequest\"Y\n\x1aQueryStoredHistoryResponse\x12;\n\x06result\x18\x01 \x01(\x0b\x32+.switchboard.gpu.v1.QueryGpuHistoryResponse\"R\n\x17ListStoredAlertsRequest\x12\x37\n\x05query\x18\x01 \x01(\x0b\x32(.switchboard.gpu.v1.ListGpuAlertsRequest\"U\n\x18ListStoredAlertsResponse\x12\x39\n\x06result\x18\x01 \x01(\x0b\x32).switchboard.gpu.v1.ListGpuAlertsResponse2\xf7\x01\n\x11GpuHistoryService\x12s\n\x12QueryStoredHistory\x12-.switchboard.gpu.v1.QueryStoredHistoryRequest\x1a..switchboard.gpu.v1.QueryStoredHistoryResponse\x12m\n\x10ListStoredAlerts\x12+.switchboard.gpu.v1.ListStoredAlertsRequest\x1a,.switchboard.gpu.v1.ListStoredAlertsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n switchboard/gpu/v1/history.proto\x12\x12switchboard.gpu.v1\x1a\"switchboard/common/v1/access.proto\x1a\x1cswitchboard/gpu/v1/gpu.proto\"V\n\x19QueryStoredHistoryRequest\x12\x39\n\x05query\x18\x01 \x01(\x0b\x32*.switchboard.gpu.v1.QueryGpuHistoryRequest\"Y\n\x1aQueryStoredHistoryResponse\x12;\n\x06result\x18\x01 \x01(\x0b\x32+.switchboard.gpu.v1.QueryGpuHistoryResponse\"R\n\x17ListStoredAlertsRequest\x12\x37\n\x05query\x18\x01 \x01(\x0b\x32(.switchboard.gpu.v1.ListGpuAlertsRequest\"U\n\x18ListStoredAlertsResponse\x12\x39\n\x06result\x18\x01 \x01(\x0b\x32).switchboard.gpu.v1.ListGpuAlertsResponse2\x83\x02\n\x11GpuHistoryService\x12y\n\x12QueryStoredHistory\x12-.switchboard.gpu.v1.QueryStoredHistoryRequest\x1a..switchboard.gpu.v1.QueryStoredHistoryResponse\"\x04\xc8\xf3\x18\x04\x12s\n\x10ListStoredAlerts\x12+.switchboard.gpu.v1.ListStoredAlertsRequest\x1a,.switchboard.gpu.v1.ListStoredAlertsResponse\"\x04\xc8\xf3\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchboard.gpu.v1.history_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_start=86
-  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_end=172
-  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_start=174
-  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_end=263
-  _globals['_LISTSTOREDALERTSREQUEST']._serialized_start=265
-  _globals['_LISTSTOREDALERTSREQUEST']._serialized_end=347
-  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_start=349
-  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_end=434
-  _globals['_GPUHISTORYSERVICE']._serialized_start=437
-  _globals['_GPUHISTORYSERVICE']._serialized_end=684
+  _globals['_GPUHISTORYSERVICE'].methods_by_name['QueryStoredHistory']._loaded_options = None
+  _globals['_GPUHISTORYSERVICE'].methods_by_name['QueryStoredHistory']._serialized_options = b'\310\363\030\004'
+  _globals['_GPUHISTORYSERVICE'].methods_by_name['ListStoredAlerts']._loaded_options = None
+  _globals['_GPUHISTORYSERVICE'].methods_by_name['ListStoredAlerts']._serialized_options = b'\310\363\030\004'
+  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_start=122
+  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_end=208
+  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_start=210
+  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_end=299
+  _globals['_LISTSTOREDALERTSREQUEST']._serialized_start=301
+  _globals['_LISTSTOREDALERTSREQUEST']._serialized_end=383
+  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_start=385
+  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_end=470
+  _globals['_GPUHISTORYSERVICE']._serialized_start=473
+  _globals['_GPUHISTORYSERVICE']._serialized_end=732
 # @@protoc_insertion_point(module_scope)

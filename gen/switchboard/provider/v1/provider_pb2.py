@@ -22,27 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from switchboard.common.v1 import access_pb2 as switchboard_dot_common_dot_v1_dot_access__pb2
 from switchboard.common.v1 import openai_pb2 as switchboard_dot_common_dot_v1_dot_openai__pb2
 from switchboard.usage.v1 import usage_pb2 as switchboard_dot_usage_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&switchboard/provider/v1/provider.proto\x12\x17switchboard.provider.v1\x1a\"switchboard/common/v1/openai.proto\x1a switchboard/usage/v1/usage.proto\"a\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x04 \x01(\x04\"\x83\x02\n\x15StreamGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12;\n\x04\x63hat\x18\n \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParamsH\x00\x12=\n\ncompletion\x18\x0b \x01(\x0b\x32\'.switchboard.common.v1.CompletionParamsH\x00\x42\x08\n\x06params\"\x92\x02\n\x16StreamGenerateResponse\x12@\n\nchat_chunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunkH\x00\x12@\n\x0f\x63hat_completion\x18\x02 \x01(\x0b\x32%.switchboard.common.v1.ChatCompletionH\x00\x12\x37\n\ncompletion\x18\x03 \x01(\x0b\x32!.switchboard.common.v1.CompletionH\x00\x12\x32\n\x05usage\x18\x04 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecordH\x00\x42\x07\n\x05\x65vent\"\xa6\x01\n\x16\x43reateEmbeddingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"\x85\x01\n\x17\x43reateEmbeddingResponse\x12\x38\n\nembeddings\x18\x01 \x01(\x0b\x32$.switchboard.common.v1.EmbeddingList\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord2\xfc\x01\n\x0fProviderService\x12s\n\x0eStreamGenerate\x12..switchboard.provider.v1.StreamGenerateRequest\x1a/.switchboard.provider.v1.StreamGenerateResponse0\x01\x12t\n\x0f\x43reateEmbedding\x12/.switchboard.provider.v1.CreateEmbeddingRequest\x1a\x30.switchboard.provider.v1.CreateEmbeddingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&switchboard/provider/v1/provider.proto\x12\x17switchboard.provider.v1\x1a\"switchboard/common/v1/access.proto\x1a\"switchboard/common/v1/openai.proto\x1a switchboard/usage/v1/usage.proto\"a\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x04 \x01(\x04\"\x83\x02\n\x15StreamGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12;\n\x04\x63hat\x18\n \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParamsH\x00\x12=\n\ncompletion\x18\x0b \x01(\x0b\x32\'.switchboard.common.v1.CompletionParamsH\x00\x42\x08\n\x06params\"\x92\x02\n\x16StreamGenerateResponse\x12@\n\nchat_chunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunkH\x00\x12@\n\x0f\x63hat_completion\x18\x02 \x01(\x0b\x32%.switchboard.common.v1.ChatCompletionH\x00\x12\x37\n\ncompletion\x18\x03 \x01(\x0b\x32!.switchboard.common.v1.CompletionH\x00\x12\x32\n\x05usage\x18\x04 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecordH\x00\x42\x07\n\x05\x65vent\"\xa6\x01\n\x16\x43reateEmbeddingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"\x85\x01\n\x17\x43reateEmbeddingResponse\x12\x38\n\nembeddings\x18\x01 \x01(\x0b\x32$.switchboard.common.v1.EmbeddingList\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord2\x88\x02\n\x0fProviderService\x12y\n\x0eStreamGenerate\x12..switchboard.provider.v1.StreamGenerateRequest\x1a/.switchboard.provider.v1.StreamGenerateResponse\"\x04\xc8\xf3\x18\x04\x30\x01\x12z\n\x0f\x43reateEmbedding\x12/.switchboard.provider.v1.CreateEmbeddingRequest\x1a\x30.switchboard.provider.v1.CreateEmbeddingResponse\"\x04\xc8\xf3\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchboard.provider.v1.provider_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TARGET']._serialized_start=137
-  _globals['_TARGET']._serialized_end=234
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=237
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=496
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=499
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=773
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=776
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=942
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=945
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1078
-  _globals['_PROVIDERSERVICE']._serialized_start=1081
-  _globals['_PROVIDERSERVICE']._serialized_end=1333
+  _globals['_PROVIDERSERVICE'].methods_by_name['StreamGenerate']._loaded_options = None
+  _globals['_PROVIDERSERVICE'].methods_by_name['StreamGenerate']._serialized_options = b'\310\363\030\004'
+  _globals['_PROVIDERSERVICE'].methods_by_name['CreateEmbedding']._loaded_options = None
+  _globals['_PROVIDERSERVICE'].methods_by_name['CreateEmbedding']._serialized_options = b'\310\363\030\004'
+  _globals['_TARGET']._serialized_start=173
+  _globals['_TARGET']._serialized_end=270
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=273
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=532
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=535
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=809
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=812
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=978
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=981
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1114
+  _globals['_PROVIDERSERVICE']._serialized_start=1117
+  _globals['_PROVIDERSERVICE']._serialized_end=1381
 # @@protoc_insertion_point(module_scope)

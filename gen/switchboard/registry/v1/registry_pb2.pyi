@@ -5,7 +5,7 @@ The source of truth for providers, models, deployments, API keys, default
 models and GPU alert rules. The config file (SWITCHBOARD_CONFIG) is applied
 as a declarative bootstrap at start; after that, these RPCs (and the
 /v1/admin/... HTTP routes, which require SWITCHBOARD_ADMIN_KEY) change it.
-Routers follow changes live through WatchSnapshot.
+Services follow changes live through RegistrySnapshotService.WatchSnapshot.
 
 Updates are optimistic: an update whose etag is stale fails with ABORTED
 (409) instead of overwriting someone else's change.

@@ -149,16 +149,6 @@ class RegistryServiceStub:
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.DeleteAlertRuleRequest.SerializeToString,
                 response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.DeleteAlertRuleResponse.FromString,
                 _registered_method=True)
-        self.GetSnapshot = channel.unary_unary(
-                '/switchboard.registry.v1.RegistryService/GetSnapshot',
-                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotRequest.SerializeToString,
-                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotResponse.FromString,
-                _registered_method=True)
-        self.WatchSnapshot = channel.unary_stream(
-                '/switchboard.registry.v1.RegistryService/WatchSnapshot',
-                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotRequest.SerializeToString,
-                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotResponse.FromString,
-                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -304,21 +294,6 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetSnapshot(self, request, context):
-        """The whole routing configuration at one version.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def WatchSnapshot(self, request, context):
-        """A full snapshot first, then one change per registry write, each with the
-        version it produced. Internal: routers and the gpu service use it.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -436,16 +411,6 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteAlertRule,
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.DeleteAlertRuleRequest.FromString,
                     response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.DeleteAlertRuleResponse.SerializeToString,
-            ),
-            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetSnapshot,
-                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotRequest.FromString,
-                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotResponse.SerializeToString,
-            ),
-            'WatchSnapshot': grpc.unary_stream_rpc_method_handler(
-                    servicer.WatchSnapshot,
-                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotRequest.FromString,
-                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1079,6 +1044,76 @@ class RegistryService:
             metadata,
             _registered_method=True)
 
+
+class RegistrySnapshotServiceStub:
+    """The registry as the other services follow it. Internal: the edge never
+    routes here, and the policy interceptor refuses calls that came through it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetSnapshot = channel.unary_unary(
+                '/switchboard.registry.v1.RegistrySnapshotService/GetSnapshot',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotResponse.FromString,
+                _registered_method=True)
+        self.WatchSnapshot = channel.unary_stream(
+                '/switchboard.registry.v1.RegistrySnapshotService/WatchSnapshot',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotResponse.FromString,
+                _registered_method=True)
+
+
+class RegistrySnapshotServiceServicer:
+    """The registry as the other services follow it. Internal: the edge never
+    routes here, and the policy interceptor refuses calls that came through it.
+    """
+
+    def GetSnapshot(self, request, context):
+        """The whole routing configuration at one version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSnapshot(self, request, context):
+        """A full snapshot first, then one change per registry write, each with the
+        version it produced. Routers, providers, the usage and gpu services follow it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RegistrySnapshotServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotResponse.SerializeToString,
+            ),
+            'WatchSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSnapshot,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'switchboard.registry.v1.RegistrySnapshotService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('switchboard.registry.v1.RegistrySnapshotService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RegistrySnapshotService:
+    """The registry as the other services follow it. Internal: the edge never
+    routes here, and the policy interceptor refuses calls that came through it.
+    """
+
     @staticmethod
     def GetSnapshot(request,
             target,
@@ -1093,7 +1128,7 @@ class RegistryService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/switchboard.registry.v1.RegistryService/GetSnapshot',
+            '/switchboard.registry.v1.RegistrySnapshotService/GetSnapshot',
             switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotRequest.SerializeToString,
             switchboard_dot_registry_dot_v1_dot_registry__pb2.GetSnapshotResponse.FromString,
             options,
@@ -1120,7 +1155,7 @@ class RegistryService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/switchboard.registry.v1.RegistryService/WatchSnapshot',
+            '/switchboard.registry.v1.RegistrySnapshotService/WatchSnapshot',
             switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotRequest.SerializeToString,
             switchboard_dot_registry_dot_v1_dot_registry__pb2.WatchSnapshotResponse.FromString,
             options,

@@ -5,7 +5,7 @@ The source of truth for providers, models, deployments, API keys, default
 models and GPU alert rules. The config file (SWITCHBOARD_CONFIG) is applied
 as a declarative bootstrap at start; after that, these RPCs (and the
 /v1/admin/... HTTP routes, which require SWITCHBOARD_ADMIN_KEY) change it.
-Routers follow changes live through WatchSnapshot.
+Services follow changes live through RegistrySnapshotService.WatchSnapshot.
 
 Updates are optimistic: an update whose etag is stale fails with ABORTED
 (409) instead of overwriting someone else's change.
@@ -64,12 +64,6 @@ class RegistryServiceStub:
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]
     DeleteAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]
-    GetSnapshot: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSnapshotRequest, _registry_pb2.GetSnapshotResponse]
-    """The whole routing configuration at one version."""
-    WatchSnapshot: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchSnapshotRequest, _registry_pb2.WatchSnapshotResponse]
-    """A full snapshot first, then one change per registry write, each with the
-    version it produced. Internal: routers and the gpu service use it.
-    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -99,12 +93,6 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
     DeleteAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]  # type: ignore[assignment]
-    GetSnapshot: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSnapshotRequest, _registry_pb2.GetSnapshotResponse]  # type: ignore[assignment]
-    """The whole routing configuration at one version."""
-    WatchSnapshot: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchSnapshotRequest, _registry_pb2.WatchSnapshotResponse]  # type: ignore[assignment]
-    """A full snapshot first, then one change per registry write, each with the
-    version it produced. Internal: routers and the gpu service use it.
-    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -270,6 +258,43 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteAlertRuleResponse, _abc.Awaitable[_registry_pb2.DeleteAlertRuleResponse]]: ...
 
+def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RegistrySnapshotServiceStub:
+    """The registry as the other services follow it. Internal: the edge never
+    routes here, and the policy interceptor refuses calls that came through it.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RegistrySnapshotServiceAsyncStub: ...
+    GetSnapshot: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSnapshotRequest, _registry_pb2.GetSnapshotResponse]
+    """The whole routing configuration at one version."""
+    WatchSnapshot: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchSnapshotRequest, _registry_pb2.WatchSnapshotResponse]
+    """A full snapshot first, then one change per registry write, each with the
+    version it produced. Routers, providers, the usage and gpu services follow it.
+    """
+
+@_typing.type_check_only
+class RegistrySnapshotServiceAsyncStub(RegistrySnapshotServiceStub):
+    """The registry as the other services follow it. Internal: the edge never
+    routes here, and the policy interceptor refuses calls that came through it.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetSnapshot: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSnapshotRequest, _registry_pb2.GetSnapshotResponse]  # type: ignore[assignment]
+    """The whole routing configuration at one version."""
+    WatchSnapshot: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchSnapshotRequest, _registry_pb2.WatchSnapshotResponse]  # type: ignore[assignment]
+    """A full snapshot first, then one change per registry write, each with the
+    version it produced. Routers, providers, the usage and gpu services follow it.
+    """
+
+class RegistrySnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The registry as the other services follow it. Internal: the edge never
+    routes here, and the policy interceptor refuses calls that came through it.
+    """
+
     @_abc_1.abstractmethod
     def GetSnapshot(
         self,
@@ -285,7 +310,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchSnapshotResponse], _abc.AsyncIterator[_registry_pb2.WatchSnapshotResponse]]:
         """A full snapshot first, then one change per registry write, each with the
-        version it produced. Internal: routers and the gpu service use it.
+        version it produced. Routers, providers, the usage and gpu services follow it.
         """
 
-def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_RegistrySnapshotServiceServicer_to_server(servicer: RegistrySnapshotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

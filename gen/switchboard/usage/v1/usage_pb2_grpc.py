@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class UsageServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The usage reads people and dashboards make. A client key sees its own
+    traffic (rows whose key_name is the key's name), the admin key sees all.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -34,11 +36,6 @@ class UsageServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.RecordUsage = channel.stream_stream(
-                '/switchboard.usage.v1.UsageService/RecordUsage',
-                request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageRequest.SerializeToString,
-                response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageResponse.FromString,
-                _registered_method=True)
         self.GetUsageSummary = channel.unary_unary(
                 '/switchboard.usage.v1.UsageService/GetUsageSummary',
                 request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageSummaryRequest.SerializeToString,
@@ -54,23 +51,12 @@ class UsageServiceStub:
                 request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesRequest.SerializeToString,
                 response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesResponse.FromString,
                 _registered_method=True)
-        self.GetSpend = channel.unary_unary(
-                '/switchboard.usage.v1.UsageService/GetSpend',
-                request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
-                response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
-                _registered_method=True)
 
 
 class UsageServiceServicer:
-    """Missing associated documentation comment in .proto file."""
-
-    def RecordUsage(self, request_iterator, context):
-        """Bidirectional so each record gets its own ack; a router keeps a record
-        until it is acked and resends it after a reconnect (event_id dedups).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
+    """The usage reads people and dashboards make. A client key sees its own
+    traffic (rows whose key_name is the key's name), the admin key sees all.
+    """
 
     def GetUsageSummary(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -91,21 +77,9 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetSpend(self, request, context):
-        """Spend so far, for budget enforcement in the router.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_UsageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'RecordUsage': grpc.stream_stream_rpc_method_handler(
-                    servicer.RecordUsage,
-                    request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageRequest.FromString,
-                    response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageResponse.SerializeToString,
-            ),
             'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsageSummary,
                     request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageSummaryRequest.FromString,
@@ -121,11 +95,6 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesRequest.FromString,
                     response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetUsageTimeseriesResponse.SerializeToString,
             ),
-            'GetSpend': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetSpend,
-                    request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.FromString,
-                    response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'switchboard.usage.v1.UsageService', rpc_method_handlers)
@@ -135,34 +104,9 @@ def add_UsageServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class UsageService:
-    """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def RecordUsage(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/switchboard.usage.v1.UsageService/RecordUsage',
-            switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageRequest.SerializeToString,
-            switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
+    """The usage reads people and dashboards make. A client key sees its own
+    traffic (rows whose key_name is the key's name), the admin key sees all.
+    """
 
     @staticmethod
     def GetUsageSummary(request,
@@ -245,6 +189,103 @@ class UsageService:
             metadata,
             _registered_method=True)
 
+
+class UsageLedgerServiceStub:
+    """The ledger's internal side: routers record usage and read spend here.
+    Internal: the edge never routes here.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RecordUsage = channel.stream_stream(
+                '/switchboard.usage.v1.UsageLedgerService/RecordUsage',
+                request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
+        self.GetSpend = channel.unary_unary(
+                '/switchboard.usage.v1.UsageLedgerService/GetSpend',
+                request_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
+                response_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
+                _registered_method=True)
+
+
+class UsageLedgerServiceServicer:
+    """The ledger's internal side: routers record usage and read spend here.
+    Internal: the edge never routes here.
+    """
+
+    def RecordUsage(self, request_iterator, context):
+        """Bidirectional so each record gets its own ack; a router keeps a record
+        until it is acked and resends it after a reconnect (event_id dedups).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSpend(self, request, context):
+        """Spend so far, for budget enforcement in the router.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_UsageLedgerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RecordUsage': grpc.stream_stream_rpc_method_handler(
+                    servicer.RecordUsage,
+                    request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageRequest.FromString,
+                    response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'GetSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpend,
+                    request_deserializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.FromString,
+                    response_serializer=switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'switchboard.usage.v1.UsageLedgerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('switchboard.usage.v1.UsageLedgerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class UsageLedgerService:
+    """The ledger's internal side: routers record usage and read spend here.
+    Internal: the edge never routes here.
+    """
+
+    @staticmethod
+    def RecordUsage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/switchboard.usage.v1.UsageLedgerService/RecordUsage',
+            switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageRequest.SerializeToString,
+            switchboard_dot_usage_dot_v1_dot_usage__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
     @staticmethod
     def GetSpend(request,
             target,
@@ -259,7 +300,7 @@ class UsageService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/switchboard.usage.v1.UsageService/GetSpend',
+            '/switchboard.usage.v1.UsageLedgerService/GetSpend',
             switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
             switchboard_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
             options,

@@ -32,45 +32,35 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class UsageServiceStub:
+    """The usage reads people and dashboards make. A client key sees its own
+    traffic (rows whose key_name is the key's name), the admin key sees all.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> UsageServiceAsyncStub: ...
-    RecordUsage: _grpc.StreamStreamMultiCallable[_usage_pb2.RecordUsageRequest, _usage_pb2.RecordUsageResponse]
-    """Bidirectional so each record gets its own ack; a router keeps a record
-    until it is acked and resends it after a reconnect (event_id dedups).
-    """
     GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageSummaryRequest, _usage_pb2.GetUsageSummaryResponse]
     GetUsagePerformance: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsagePerformanceRequest, _usage_pb2.GetUsagePerformanceResponse]
     GetUsageTimeseries: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageTimeseriesRequest, _usage_pb2.GetUsageTimeseriesResponse]
     """Requests, tokens and cost per model per interval, for charts."""
-    GetSpend: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]
-    """Spend so far, for budget enforcement in the router."""
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    RecordUsage: _aio.StreamStreamMultiCallable[_usage_pb2.RecordUsageRequest, _usage_pb2.RecordUsageResponse]  # type: ignore[assignment]
-    """Bidirectional so each record gets its own ack; a router keeps a record
-    until it is acked and resends it after a reconnect (event_id dedups).
+    """The usage reads people and dashboards make. A client key sees its own
+    traffic (rows whose key_name is the key's name), the admin key sees all.
     """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
     GetUsageSummary: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageSummaryRequest, _usage_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
     GetUsagePerformance: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsagePerformanceRequest, _usage_pb2.GetUsagePerformanceResponse]  # type: ignore[assignment]
     GetUsageTimeseries: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageTimeseriesRequest, _usage_pb2.GetUsageTimeseriesResponse]  # type: ignore[assignment]
     """Requests, tokens and cost per model per interval, for charts."""
-    GetSpend: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]  # type: ignore[assignment]
-    """Spend so far, for budget enforcement in the router."""
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
-    @_abc_1.abstractmethod
-    def RecordUsage(
-        self,
-        request_iterator: _MaybeAsyncIterator[_usage_pb2.RecordUsageRequest],
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_usage_pb2.RecordUsageResponse], _abc.AsyncIterator[_usage_pb2.RecordUsageResponse]]:
-        """Bidirectional so each record gets its own ack; a router keeps a record
-        until it is acked and resends it after a reconnect (event_id dedups).
-        """
+    """The usage reads people and dashboards make. A client key sees its own
+    traffic (rows whose key_name is the key's name), the admin key sees all.
+    """
 
     @_abc_1.abstractmethod
     def GetUsageSummary(
@@ -94,6 +84,53 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_usage_pb2.GetUsageTimeseriesResponse, _abc.Awaitable[_usage_pb2.GetUsageTimeseriesResponse]]:
         """Requests, tokens and cost per model per interval, for charts."""
 
+def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class UsageLedgerServiceStub:
+    """The ledger's internal side: routers record usage and read spend here.
+    Internal: the edge never routes here.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> UsageLedgerServiceAsyncStub: ...
+    RecordUsage: _grpc.StreamStreamMultiCallable[_usage_pb2.RecordUsageRequest, _usage_pb2.RecordUsageResponse]
+    """Bidirectional so each record gets its own ack; a router keeps a record
+    until it is acked and resends it after a reconnect (event_id dedups).
+    """
+    GetSpend: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]
+    """Spend so far, for budget enforcement in the router."""
+
+@_typing.type_check_only
+class UsageLedgerServiceAsyncStub(UsageLedgerServiceStub):
+    """The ledger's internal side: routers record usage and read spend here.
+    Internal: the edge never routes here.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RecordUsage: _aio.StreamStreamMultiCallable[_usage_pb2.RecordUsageRequest, _usage_pb2.RecordUsageResponse]  # type: ignore[assignment]
+    """Bidirectional so each record gets its own ack; a router keeps a record
+    until it is acked and resends it after a reconnect (event_id dedups).
+    """
+    GetSpend: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]  # type: ignore[assignment]
+    """Spend so far, for budget enforcement in the router."""
+
+class UsageLedgerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The ledger's internal side: routers record usage and read spend here.
+    Internal: the edge never routes here.
+    """
+
+    @_abc_1.abstractmethod
+    def RecordUsage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_usage_pb2.RecordUsageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_usage_pb2.RecordUsageResponse], _abc.AsyncIterator[_usage_pb2.RecordUsageResponse]]:
+        """Bidirectional so each record gets its own ack; a router keeps a record
+        until it is acked and resends it after a reconnect (event_id dedups).
+        """
+
     @_abc_1.abstractmethod
     def GetSpend(
         self,
@@ -102,4 +139,4 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_usage_pb2.GetSpendResponse, _abc.Awaitable[_usage_pb2.GetSpendResponse]]:
         """Spend so far, for budget enforcement in the router."""
 
-def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_UsageLedgerServiceServicer_to_server(servicer: UsageLedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
