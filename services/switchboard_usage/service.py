@@ -1,8 +1,11 @@
 """UsageService: records in (acked once durable), summaries out.
 
-In one process: the outbox and its relay to Kafka, and the sink from Kafka into
-ClickHouse with the queries on top (the embedded engine allows one opener per
-data path, so the sink and the queries share this process).
+In one process: the outbox, its relay to Kafka and its reconciler, and the sink
+from Kafka into ClickHouse with the queries on top (the embedded engine allows
+one opener per data path, so the sink and the queries share this process). The
+sink confirms what it stored to the outbox in-process; records another replica's
+sink stored (a ClickHouse server, several replicas) are confirmed by the
+reconciler's lookup in ClickHouse.
 
 For the same reason this process also writes GPU history (GpuSink, from the
 gpu topics) and answers it (GpuHistoryService, which the gpu service's
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -25,17 +28,20 @@ from switchboard.usage.v1 import events_pb2, usage_pb2, usage_pb2_grpc
 from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
+from switchboard_common.pipeline.confirmations import ConfirmationPublisher
+from switchboard_common.pipeline.kafka import KafkaSettings, Producer, ensure_topics
+from switchboard_common.pipeline.outbox import Outbox, OutboxFull, OutboxSettings
+from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
+from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
-from switchboard_common.server import Mounted
+from switchboard_common.server import Mounted, Setup
 from switchboard_common.settings import Settings
 from switchboard_usage import migrations, queries
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.kafka import KafkaSettings, ensure_topics
-from switchboard_usage.outbox import Outbox, OutboxFull
+from switchboard_usage.gpu_sink import GpuSink
 from switchboard_usage.pricing import PriceBook
-from switchboard_usage.relay import Relay
-from switchboard_usage.sink import GpuSink, Sink
+from switchboard_usage.sink import Sink
 
 log = logging.getLogger(__name__)
 SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
@@ -85,7 +91,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 events = [self._event(r) for r in batch]
                 try:
                     fresh = await self.outbox.append(
-                        [(e.record.event_id, e.SerializeToString()) for e in events]
+                        [
+                            (e.record.event_id, e.record.event_id.encode(), e.SerializeToString())
+                            for e in events
+                        ]
                     )
                 except OutboxFull as exc:
                     raise SwitchboardError(R.ERROR_REASON_SERVICE_UNAVAILABLE, str(exc)) from None
@@ -126,8 +135,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def GetSpend(
         self, request: usage_pb2.GetSpendRequest, context: Context
     ) -> usage_pb2.GetSpendResponse:
-        cost, currency = await queries.spend(self.clickhouse, request)
-        pending = await self.outbox.pending_cost(request.key_name, request.model)
+        unconfirmed = [r.payload for r in await self.outbox.records()]
+        cost, currency, pending = await queries.spend(self.clickhouse, request, unconfirmed)
         return usage_pb2.GetSpendResponse(
             cost=cost + pending, currency=currency, pending_cost=pending
         )
@@ -150,24 +159,60 @@ class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
         return history_pb2.ListStoredAlertsResponse(result=result)
 
 
-async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    clickhouse = ClickHouse(settings.clickhouse_url)
+def stored_lookup(clickhouse: ClickHouse) -> Callable[[Sequence[str]], Awaitable[set[str]]]:
+    """The reconciler's question: which of these usage event ids does ClickHouse hold?"""
+
+    async def lookup(event_ids: Sequence[str]) -> set[str]:
+        rows = await clickhouse.rows(
+            "SELECT event_id FROM usage_events WHERE event_id IN {ids:Array(String)}",
+            {"ids": list(event_ids)},
+        )
+        return {event_id for (event_id,) in rows}
+
+    return lookup
+
+
+def make_setup(connect: Callable[[str], ClickHouse] = ClickHouse) -> Setup:
+    """The usage service's setup, with its ClickHouse client made by `connect`:
+    the seam the fault drills use (tests/support/usage_faults.py)."""
+
+    async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
+        return await _setup(server, settings, connect)
+
+    return setup
+
+
+async def _setup(
+    server: grpc.aio.Server, settings: Settings, connect: Callable[[str], ClickHouse]
+) -> Mounted:
+    clickhouse = connect(settings.clickhouse_url)
     await clickhouse.open()
     await migrations.apply(clickhouse)
+    outbox_settings = OutboxSettings.from_env("SWITCHBOARD_OUTBOX_MAX_BYTES", 1 << 30)
     outbox = Outbox(
         settings.home / "usage" / "outbox.sqlite",
-        max_bytes=int(os.environ.get("SWITCHBOARD_OUTBOX_MAX_BYTES") or 1 << 30),
+        "usage",
+        USAGE_TOPIC,
+        max_bytes=outbox_settings.max_bytes,
     )
     await outbox.open()
     kafka = KafkaSettings.from_env(settings.kafka_bootstrap)
-    relay = Relay(outbox, kafka)
+    relay = Relay("usage", [OutboxSource(outbox)], Producer(kafka), gather_s=0.05)
+    reconciler = Reconciler(outbox, outbox_settings.confirm_after_s, stored_lookup(clickhouse))
+    embedded = settings.clickhouse_url.startswith("chdb://")
+
+    async def confirm(topic: str, event_ids: Sequence[str]) -> None:
+        await outbox.confirm(event_ids)
+
     sink = Sink(
         clickhouse,
         kafka,
         replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1",
-        assign_all=settings.clickhouse_url.startswith("chdb://"),
+        assign_all=embedded,
+        confirmers=[confirm],
     )
-    gpu_sink = GpuSink(clickhouse, kafka, assign_all=settings.clickhouse_url.startswith("chdb://"))
+    gpu_sink = GpuSink(clickhouse, kafka, assign_all=embedded)
+    gpu_sink.confirmers.append(ConfirmationPublisher(gpu_sink.producer))
 
     async def pipeline() -> None:
         # Serving never waits for the broker: topics are ensured in the background.
@@ -184,6 +229,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
                 backoff = min(backoff * 2, 5.0)
         await asyncio.gather(
             supervised("relay", relay.run),
+            supervised("reconciler", reconciler.run),
             supervised("sink", sink.run),
             supervised("gpu sink", gpu_sink.run),
         )
@@ -227,3 +273,6 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         [close],
         drainers=[servicer.draining.set],
     )
+
+
+setup = make_setup()

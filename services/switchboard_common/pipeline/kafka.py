@@ -1,0 +1,101 @@
+"""Broker settings and the producer every relay and sink shares.
+
+Idempotent producing is a setting (on for Apache Kafka; the local Tansu broker
+rejects InitProducerId). Correctness never depends on it: sinks deduplicate by
+event id, and outboxes republish whatever is not confirmed stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from switchboard_common.pipeline.topics import TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str
+    idempotence: bool = False
+    send_timeout_s: float = 10.0
+    # Partition-count overrides by variable name (TopicSpec.partitions_env).
+    env: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_env(cls, bootstrap: str, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            bootstrap=bootstrap,
+            idempotence=env.get("SWITCHBOARD_KAFKA_IDEMPOTENCE", "").lower() == "true",
+            send_timeout_s=float(env.get("SWITCHBOARD_KAFKA_SEND_TIMEOUT_S") or 10),
+            env={k: v for k, v in env.items() if k.endswith("_PARTITIONS")},
+        )
+
+    def partitions(self, spec: TopicSpec) -> int:
+        return spec.partitions_from(self.env or {})
+
+    def producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=self.idempotence,
+            request_timeout_ms=int(self.send_timeout_s * 1000),
+            linger_ms=2,
+        )
+
+
+async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec] = TOPICS) -> None:
+    """Create the topics the broker lacks, with one replica (the local broker;
+    in a cluster the manifests rendered from topics.py create them first)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        missing = [s for s in specs if s.name not in set(await admin.list_topics())]
+        for spec in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(spec.name, settings.partitions(spec), replication_factor=1)]
+                )
+    finally:
+        await admin.close()
+
+
+class Producer:
+    """One producer, started on first use and after every failure. Each start
+    first ensures the topics: a broker that came back empty (the local one keeps
+    messages in memory) has none, and a sink cannot assign partitions of a topic
+    that does not exist."""
+
+    def __init__(self, settings: KafkaSettings, specs: Sequence[TopicSpec] = TOPICS) -> None:
+        self.settings = settings
+        self.specs = specs
+        self._producer: AIOKafkaProducer | None = None
+
+    async def ready(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            timeout = self.settings.send_timeout_s
+            await asyncio.wait_for(ensure_topics(self.settings, self.specs), timeout)
+            producer = self.settings.producer()
+            try:
+                await asyncio.wait_for(producer.start(), timeout)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def reset(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 2.0)

@@ -1,0 +1,210 @@
+"""Kafka → a store (ClickHouse), exactly once in effect: the loop every sink
+shares.
+
+Per polled batch: the subclass's store() drops what the store already holds
+(by event id) and inserts the rest with a deterministic
+insert_deduplication_token (dedup_token); then the confirmers learn which event
+ids are stored (so their outboxes let them go), and only then is the offset
+committed. A crash between insert and commit replays the batch, which then
+inserts nothing new. A failed store is not committed: the consumer rewinds and
+retries the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from switchboard_common.logs import log_fields
+from switchboard_common.pipeline.kafka import KafkaSettings, Producer
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 20000
+POLL_MS = 500
+FLUSH_S = 1.0
+
+Batches = Mapping[TopicPartition, Sequence[Any]]
+# Told, after a store, the event ids of one topic now known stored.
+Confirmer = Callable[[str, Sequence[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Stored:
+    # Rows inserted by this store.
+    rows: int
+    # By topic: the event ids now known stored (inserted now, or found stored).
+    event_ids: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+def dedup_token(batches: Batches, prefix: str = "") -> str:
+    """The same messages give the same token, so a retried insert is dropped
+    by ClickHouse's insert deduplication."""
+    return prefix + ",".join(
+        f"{tp.topic}:{tp.partition}:{m[0].offset}-{m[-1].offset}"
+        for tp, m in sorted(batches.items())
+        if m
+    )
+
+
+class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Re-read assigned partitions from offset 0 once (an operator's re-ingest),
+    for a sink that joined the consumer group."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.done = False
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if not self.done and assigned:
+            await self.consumer.seek_to_beginning(*assigned)
+            self.done = True
+
+
+class Sink:
+    NAME = "sink"
+    TOPICS: tuple[str, ...] = ()
+    GROUP = ""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        replay: bool = False,
+        assign_all: bool = False,
+        confirmers: Sequence[Confirmer] = (),
+    ):
+        """assign_all: take every partition directly instead of joining the
+        consumer group. Right when exactly one sink exists (the embedded engine
+        allows one opener), and it starts at once instead of waiting for group
+        rebalances; offsets are still committed under the sink's group."""
+        self.settings = settings
+        self.replay = replay
+        self.assign_all = assign_all
+        self.confirmers = list(confirmers)
+        # For dead letters and confirmations.
+        self.producer = Producer(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def store(self, batches: Batches) -> Stored:
+        """Insert one poll's messages; the caller commits the offsets only after."""
+        raise NotImplementedError
+
+    async def _start(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=BATCH_RECORDS,
+        )
+        await consumer.start()
+        if self.assign_all:
+            assigned = []
+            for topic in self.TOPICS:
+                partitions = consumer.partitions_for_topic(topic) or set()
+                if not partitions:
+                    await consumer.stop()
+                    raise KafkaConnectionError(f"no partitions known for {topic} yet")
+                assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+            if self.replay:
+                await consumer.seek_to_beginning(*assigned)
+                self.replay = False
+        elif self.replay:
+            consumer.subscribe(list(self.TOPICS), listener=_Replay(consumer))
+        else:
+            consumer.subscribe(list(self.TOPICS))
+        return consumer
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """One ClickHouse-sized batch: up to BATCH_RECORDS, or what arrived within
+        FLUSH_S of the first message. Small frequent inserts would cost ClickHouse
+        a part (and a merge) each, and steal CPU from serving."""
+        batches: dict[TopicPartition, list[Any]] = {}
+        count = 0
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while count < BATCH_RECORDS:
+            wait_ms = POLL_MS if deadline is None else int((deadline - loop.time()) * 1000)
+            if wait_ms <= 0:
+                break
+            polled = await consumer.getmany(timeout_ms=wait_ms, max_records=BATCH_RECORDS - count)
+            for tp, messages in polled.items():
+                if messages:
+                    batches.setdefault(tp, []).extend(messages)
+                    count += len(messages)
+            if deadline is None:
+                if not count:
+                    break
+                deadline = loop.time() + FLUSH_S
+        return batches
+
+    async def _confirm(self, stored: Stored) -> None:
+        """Tell the confirmers; a failure costs only a later republish (the
+        outbox's reconciler), so it never holds up the commit."""
+        for topic, event_ids in stored.event_ids.items():
+            for confirm in self.confirmers:
+                try:
+                    await confirm(topic, event_ids)
+                except Exception as exc:
+                    log.warning(
+                        f"{self.NAME} sink: confirming stored records failed",
+                        extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+                    )
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                if self._consumer is None:
+                    self._consumer = await self._start()
+                consumer = self._consumer
+                batches = await self._collect(consumer)
+                if not batches:
+                    continue
+                try:
+                    stored = await self.store(batches)
+                except KafkaError:
+                    raise
+                except Exception as exc:
+                    # Not committed: rewind and retry the same messages later.
+                    log.warning(
+                        f"{self.NAME} sink: insert failed; will retry",
+                        extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+                    )
+                    for tp, messages in batches.items():
+                        consumer.seek(tp, messages[0].offset)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                await self._confirm(stored)
+                await consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
+                backoff = 0.2
+            except (KafkaError, OSError) as exc:
+                log.warning(
+                    f"{self.NAME} sink: broker error; will retry",
+                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
+                )
+                await self._stop_consumer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _stop_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 5.0)
+
+    async def close(self) -> None:
+        await self._stop_consumer()
+        await self.producer.reset()
