@@ -29,7 +29,7 @@ from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.confirmations import ConfirmationPublisher
-from switchboard_common.pipeline.kafka import KafkaSettings, Producer, ensure_topics
+from switchboard_common.pipeline.kafka import Backoff, KafkaSettings, Producer, ensure_topics
 from switchboard_common.pipeline.outbox import Outbox, OutboxFull, OutboxSettings
 from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
 from switchboard_common.pipeline.topics import USAGE_TOPIC
@@ -172,14 +172,18 @@ def stored_lookup(clickhouse: ClickHouse) -> Callable[[Sequence[str]], Awaitable
     return lookup
 
 
-def make_setup(connect: Callable[[str], ClickHouse] = ClickHouse) -> Setup:
-    """The usage service's setup, with its ClickHouse client made by `connect`:
+async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
+    return await _setup(server, settings, ClickHouse)
+
+
+def make_setup(connect: Callable[[str], ClickHouse]) -> Setup:
+    """The usage service's setup with its ClickHouse client made by `connect`:
     the seam the fault drills use (tests/support/usage_faults.py)."""
 
-    async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
+    async def setup_with(server: grpc.aio.Server, settings: Settings) -> Mounted:
         return await _setup(server, settings, connect)
 
-    return setup
+    return setup_with
 
 
 async def _setup(
@@ -216,7 +220,7 @@ async def _setup(
 
     async def pipeline() -> None:
         # Serving never waits for the broker: topics are ensured in the background.
-        backoff = 0.2
+        backoff = Backoff()
         while True:
             try:
                 await ensure_topics(kafka)
@@ -225,8 +229,7 @@ async def _setup(
                 log.warning(
                     "broker not reachable; retrying", extra=log_fields(error=type(exc).__name__)
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.sleep()
         await asyncio.gather(
             supervised("relay", relay.run),
             supervised("reconciler", reconciler.run),
@@ -274,5 +277,3 @@ async def _setup(
         drainers=[servicer.draining.set],
     )
 
-
-setup = make_setup()

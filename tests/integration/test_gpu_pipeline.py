@@ -308,8 +308,8 @@ async def test_alerts_are_listed_in_their_latest_state(tmp_path: Path) -> None:
             start + 30 * s,
             hostname="node-2",
         )
-        first = await sink.store(batch(alerts=[fired, other], extra=[b"\xff not protobuf"]))
-        assert first.rows == 2
+        initial = await sink.store(batch(alerts=[fired, other], extra=[b"\xff not protobuf"]))
+        assert initial.rows == 2
         # The firing event again (redelivered), the resolution, another node's.
         again = await sink.store(batch(alerts=[fired, resolved, elsewhere], first_offset=2))
         assert again.rows == 2

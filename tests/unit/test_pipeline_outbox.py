@@ -62,7 +62,7 @@ class FakeProducerHolder(Producer):
         self.fake = FakeProducer()
         self.resets = 0
 
-    async def ready(self) -> FakeProducer:  # type: ignore[override]
+    async def ready(self) -> FakeProducer:
         return self.fake
 
     async def reset(self) -> None:

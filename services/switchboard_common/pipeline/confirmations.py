@@ -13,8 +13,6 @@ sink), the sink confirms in-process instead (Sink.confirmers)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -22,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import KafkaSettings, Producer
+from switchboard_common.pipeline.kafka import Backoff, KafkaSettings, Producer, stop_quietly
 from switchboard_common.pipeline.outbox import Outbox
 from switchboard_common.pipeline.topics import CONFIRMATIONS_TOPIC
 
@@ -71,7 +69,7 @@ class ConfirmationListener:
         return consumer
 
     async def run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff()
         wanted = self.outbox.topic.encode()
         while True:
             try:
@@ -86,18 +84,15 @@ class ConfirmationListener:
                     for event_id in decode(m.value)
                 ]
                 await self.outbox.confirm(ids)
-                backoff = 0.2
+                backoff.reset()
             except (KafkaError, OSError) as exc:
                 log.warning(
                     "reading confirmations failed; will retry",
-                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
+                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),
                 )
                 await self.close()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.sleep()
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5.0)
+        await stop_quietly(consumer)

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -69,6 +70,29 @@ async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec] = TO
         await admin.close()
 
 
+class Backoff:
+    """Exponential backoff between the retries of a loop on the broker."""
+
+    def __init__(self, first_s: float = 0.2, most_s: float = 5.0) -> None:
+        self.first_s = first_s
+        self.most_s = most_s
+        self.next_s = first_s
+
+    def reset(self) -> None:
+        self.next_s = self.first_s
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next_s)
+        self.next_s = min(self.next_s * 2, self.most_s)
+
+
+async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
+    """Stop a producer or consumer that may already be broken."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.stop(), timeout_s)
+
+
 class Producer:
     """One producer, started on first use and after every failure. Each start
     first ensures the topics: a broker that came back empty (the local one keeps
@@ -96,6 +120,4 @@ class Producer:
 
     async def reset(self) -> None:
         producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 2.0)
+        await stop_quietly(producer, 2.0)

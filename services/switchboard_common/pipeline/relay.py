@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import Producer
+from switchboard_common.pipeline.kafka import Backoff, Producer
 from switchboard_common.pipeline.outbox import Outbox, Record
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ PUBLISH_FAILURES = Counter(
     "switchboard_pipeline_publish_failures_total", "Failed publish batches, by relay.", ["relay"]
 )
 BATCH = 500
-MAX_BACKOFF_S = 5.0
 IDLE_WAIT_S = 1.0
 
 
@@ -123,22 +122,21 @@ class Relay:
                 wait.cancel()
 
     async def run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1)
         while True:
             try:
                 if await self.publish_once():
-                    backoff = 0.1
+                    backoff.reset()
                     continue
                 await self._idle()
             except (KafkaError, TimeoutError, OSError) as exc:
                 PUBLISH_FAILURES.labels(self.name).inc()
                 log.warning(
                     f"publishing {self.name} failed; will retry",
-                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
+                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),
                 )
                 await self.producer.reset()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await backoff.sleep()
 
     async def close(self) -> None:
         await self.producer.reset()

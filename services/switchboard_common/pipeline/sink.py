@@ -13,7 +13,6 @@ retries the same messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import KafkaSettings, Producer
+from switchboard_common.pipeline.kafka import Backoff, KafkaSettings, Producer, stop_quietly
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ class Sink:
                     )
 
     async def run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff()
         while True:
             try:
                 if self._consumer is None:
@@ -184,26 +183,22 @@ class Sink:
                     )
                     for tp, messages in batches.items():
                         consumer.seek(tp, messages[0].offset)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await backoff.sleep()
                     continue
                 await self._confirm(stored)
                 await consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
-                backoff = 0.2
+                backoff.reset()
             except (KafkaError, OSError) as exc:
                 log.warning(
                     f"{self.NAME} sink: broker error; will retry",
-                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
+                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),
                 )
                 await self._stop_consumer()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.sleep()
 
     async def _stop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5.0)
+        await stop_quietly(consumer)
 
     async def close(self) -> None:
         await self._stop_consumer()
