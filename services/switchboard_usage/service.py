@@ -276,4 +276,3 @@ async def _setup(
         [close],
         drainers=[servicer.draining.set],
     )
-

@@ -13,6 +13,7 @@ sink), the sink confirms in-process instead (Sink.confirmers)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -20,9 +21,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import Backoff, KafkaSettings, Producer, stop_quietly
+from switchboard_common.pipeline.kafka import (
+    Backoff,
+    KafkaSettings,
+    Producer,
+    ensure_topics,
+    stop_quietly,
+)
 from switchboard_common.pipeline.outbox import Outbox
-from switchboard_common.pipeline.topics import CONFIRMATIONS_TOPIC
+from switchboard_common.pipeline.topics import CONFIRMATIONS, CONFIRMATIONS_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ class ConfirmationListener:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def _start(self) -> AIOKafkaConsumer:
+        await asyncio.wait_for(
+            ensure_topics(self.settings, [CONFIRMATIONS]), self.settings.send_timeout_s
+        )
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None)
         await consumer.start()
         partitions = consumer.partitions_for_topic(CONFIRMATIONS_TOPIC) or set()

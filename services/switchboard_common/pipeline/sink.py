@@ -22,7 +22,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import Backoff, KafkaSettings, Producer, stop_quietly
+from switchboard_common.pipeline.kafka import (
+    Backoff,
+    KafkaSettings,
+    Producer,
+    ensure_topics,
+    stop_quietly,
+)
+from switchboard_common.pipeline.topics import TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,10 @@ class Sink:
         raise NotImplementedError
 
     async def _start(self) -> AIOKafkaConsumer:
+        # A broker that came back empty has no topics, and a consumer cannot be
+        # assigned partitions of a topic that does not exist.
+        specs = [spec for spec in TOPICS if spec.name in self.TOPICS]
+        await asyncio.wait_for(ensure_topics(self.settings, specs), self.settings.send_timeout_s)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.GROUP,
@@ -186,9 +197,15 @@ class Sink:
                     await backoff.sleep()
                     continue
                 await self._confirm(stored)
-                await consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
+                # Bounded: aiokafka retries a commit for as long as the broker
+                # answers "unknown topic" (one that came back empty); a fresh
+                # consumer on the recreated topics is the way out.
+                await asyncio.wait_for(
+                    consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()}),
+                    self.settings.send_timeout_s,
+                )
                 backoff.reset()
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError) as exc:  # TimeoutError is an OSError
                 log.warning(
                     f"{self.NAME} sink: broker error; will retry",
                     extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),
