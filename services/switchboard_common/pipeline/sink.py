@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 BATCH_RECORDS = 20000
 POLL_MS = 500
 FLUSH_S = 1.0
+# How often an idle sink checks that its partitions' logs still reach its position.
+CHECK_ENDS_S = 2.0
 
 Batches = Mapping[TopicPartition, Sequence[Any]]
 # Told, after a store, the event ids of one topic now known stored.
@@ -100,6 +102,7 @@ class Sink:
         # For dead letters and confirmations.
         self.producer = Producer(settings)
         self._consumer: AIOKafkaConsumer | None = None
+        self._ends_checked = 0.0
 
     async def store(self, batches: Batches) -> Stored:
         """Insert one poll's messages; the caller commits the offsets only after."""
@@ -159,6 +162,30 @@ class Sink:
                 deadline = loop.time() + FLUSH_S
         return batches
 
+    async def _rewind_where_the_log_is_short(self, consumer: AIOKafkaConsumer) -> None:
+        """A broker that lost messages (it came back empty, or the topic was
+        recreated) holds a log that ends before this consumer's position (or the
+        offset it committed there since): nothing would be read until the log grew
+        past it. Read such a partition from its start; what it lost comes back
+        from the producers' outboxes."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._ends_checked < CHECK_ENDS_S:
+            return
+        self._ends_checked = loop.time()
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return
+        timeout = self.settings.send_timeout_s
+        ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout)
+        short = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+        if short:
+            log.warning(
+                f"{self.NAME} sink: the broker's log ends before our position; "
+                "reading those partitions from their start",
+                extra=log_fields(partitions=[f"{tp.topic}:{tp.partition}" for tp in short]),
+            )
+            await consumer.seek_to_beginning(*short)
+
     async def _confirm(self, stored: Stored) -> None:
         """Tell the confirmers; a failure costs only a later republish (the
         outbox's reconciler), so it never holds up the commit."""
@@ -181,6 +208,7 @@ class Sink:
                 consumer = self._consumer
                 batches = await self._collect(consumer)
                 if not batches:
+                    await self._rewind_where_the_log_is_short(consumer)
                     continue
                 try:
                     stored = await self.store(batches)
