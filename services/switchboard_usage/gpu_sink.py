@@ -51,6 +51,7 @@ GPU_ALERT_COLUMNS = (
     "severity", "hostname", "gpu_uuid", "gpu_index", "value", "message", "start_time",
     "time", "kafka_partition", "kafka_offset",
 )  # fmt: skip
+_SAMPLE_EVENT_ID = GPU_SAMPLE_COLUMNS.index("event_id")
 _NVML_STATES = {v: k.removeprefix("NVML_STATE_").lower() for k, v in gpu_pb2.NvmlState.items()}
 _HEALTHS = {v: k.removeprefix("GPU_HEALTH_").lower() for k, v in gpu_pb2.GpuHealth.items()}
 ALERT_STATES = {v: k.removeprefix("ALERT_STATE_").lower() for k, v in gpu_pb2.AlertState.items()}
@@ -148,7 +149,6 @@ class GpuSink(pipeline_sink.Sink):
                             error=f"{type(exc).__name__}: {exc}"[:300],
                         ),
                     )
-        token = pipeline_sink.dedup_token(batches)
         if alerts:
             stored = await self.clickhouse.rows(
                 "SELECT alert_id, state FROM gpu_alert_events "
@@ -162,14 +162,22 @@ class GpuSink(pipeline_sink.Sink):
                 "gpu_alert_events",
                 list(alerts.values()),
                 GPU_ALERT_COLUMNS,
-                settings={"insert_deduplication_token": f"alerts/{token}"},
+                settings={
+                    "insert_deduplication_token": pipeline_sink.dedup_token(
+                        (row[0] for row in alerts.values()), "alerts/"
+                    )
+                },
             )
         if samples:
             await self.clickhouse.insert(
                 "gpu_samples",
                 samples,
                 GPU_SAMPLE_COLUMNS,
-                settings={"insert_deduplication_token": f"samples/{token}"},
+                settings={
+                    "insert_deduplication_token": pipeline_sink.dedup_token(
+                        (row[_SAMPLE_EVENT_ID] for row in samples), "samples/"
+                    )
+                },
             )
         GPU_INSERTED.inc(len(samples) + len(alerts))
         # Every alert transition decoded here is stored now (inserted, or found

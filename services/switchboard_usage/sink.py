@@ -120,7 +120,7 @@ class Sink(pipeline_sink.Sink):
                 "usage_events",
                 [row(event, partition, offset) for event, partition, offset in decoded.values()],
                 COLUMNS,
-                settings={"insert_deduplication_token": pipeline_sink.dedup_token(batches)},
+                settings={"insert_deduplication_token": pipeline_sink.dedup_token(decoded)},
             )
             INSERTED.inc(len(decoded))
         return pipeline_sink.Stored(len(decoded), {USAGE_TOPIC: everything})

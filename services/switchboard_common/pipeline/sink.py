@@ -3,9 +3,9 @@ shares.
 
 Per polled batch: the subclass's store() drops what the store already holds
 (by event id) and inserts the rest with a deterministic
-insert_deduplication_token (dedup_token); then the confirmers learn which event
-ids are stored (so their outboxes let them go), and only then is the offset
-committed. A crash between insert and commit replays the batch, which then
+insert_deduplication_token (dedup_token, from the events' ids); then the
+confirmers learn which event ids are stored (so their outboxes let them go),
+and only then is the offset committed. A crash between insert and commit replays the batch, which then
 inserts nothing new. A failed store is not committed: the consumer rewinds and
 retries the same messages.
 """
@@ -13,8 +13,9 @@ retries the same messages.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,14 +53,13 @@ class Stored:
     event_ids: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
-def dedup_token(batches: Batches, prefix: str = "") -> str:
-    """The same messages give the same token, so a retried insert is dropped
-    by ClickHouse's insert deduplication."""
-    return prefix + ",".join(
-        f"{tp.topic}:{tp.partition}:{m[0].offset}-{m[-1].offset}"
-        for tp, m in sorted(batches.items())
-        if m
-    )
+def dedup_token(event_ids: Iterable[str], prefix: str = "") -> str:
+    """ClickHouse's insert_deduplication_token for an insert of these events:
+    the same events give the same token, so a retried insert is dropped. It
+    names the content, not the offsets: a broker that lost its log hands out
+    the same offsets again for other messages, which must not be dropped."""
+    digest = hashlib.sha256("\n".join(sorted(set(event_ids))).encode()).hexdigest()
+    return f"{prefix}{digest}"
 
 
 class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
