@@ -5,9 +5,9 @@ Per polled batch: the subclass's store() drops what the store already holds
 (by event id) and inserts the rest with a deterministic
 insert_deduplication_token (dedup_token, from the events' ids); then the
 confirmers learn which event ids are stored (so their outboxes let them go),
-and only then is the offset committed. A crash between insert and commit replays the batch, which then
-inserts nothing new. A failed store is not committed: the consumer rewinds and
-retries the same messages.
+and only then is the offset committed. A crash between insert and commit
+replays the batch, which then inserts nothing new. A failed store is not
+committed: the consumer rewinds and retries the same messages.
 """
 
 from __future__ import annotations
