@@ -68,7 +68,11 @@ class ConfirmationListener:
             ensure_topics(self.settings, [CONFIRMATIONS]), self.settings.send_timeout_s
         )
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None)
-        await consumer.start()
+        try:
+            await asyncio.wait_for(consumer.start(), self.settings.send_timeout_s)
+        except BaseException:
+            await stop_quietly(consumer)
+            raise
         partitions = consumer.partitions_for_topic(CONFIRMATIONS_TOPIC) or set()
         if not partitions:
             await consumer.stop()

@@ -120,7 +120,11 @@ class Sink:
             auto_offset_reset="earliest",
             max_poll_records=BATCH_RECORDS,
         )
-        await consumer.start()
+        try:
+            await asyncio.wait_for(consumer.start(), self.settings.send_timeout_s)
+        except BaseException:
+            await stop_quietly(consumer)
+            raise
         if self.assign_all:
             assigned = []
             for topic in self.TOPICS:
@@ -175,16 +179,21 @@ class Sink:
         assigned = sorted(consumer.assignment())
         if not assigned:
             return
-        timeout = self.settings.send_timeout_s
-        ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout)
-        short = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
-        if short:
-            log.warning(
-                f"{self.NAME} sink: the broker's log ends before our position; "
-                "reading those partitions from their start",
-                extra=log_fields(partitions=[f"{tp.topic}:{tp.partition}" for tp in short]),
-            )
-            await consumer.seek_to_beginning(*short)
+
+        # Bounded: a position still to be fetched from a broker that is away
+        # would wait for it; the caller rebuilds the consumer on a timeout.
+        async def rewind() -> None:
+            ends = await consumer.end_offsets(assigned)
+            short = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+            if short:
+                log.warning(
+                    f"{self.NAME} sink: the broker's log ends before our position; "
+                    "reading those partitions from their start",
+                    extra=log_fields(partitions=[f"{tp.topic}:{tp.partition}" for tp in short]),
+                )
+                await consumer.seek_to_beginning(*short)
+
+        await asyncio.wait_for(rewind(), self.settings.send_timeout_s)
 
     async def _confirm(self, stored: Stored) -> None:
         """Tell the confirmers; a failure costs only a later republish (the
