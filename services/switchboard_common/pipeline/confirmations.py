@@ -13,7 +13,6 @@ sink), the sink confirms in-process instead (Sink.confirmers)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from switchboard_common.pipeline.kafka import (
     Backoff,
     KafkaSettings,
     Producer,
+    bounded,
     ensure_topics,
     stop_quietly,
 )
@@ -64,12 +64,10 @@ class ConfirmationListener:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def _start(self) -> AIOKafkaConsumer:
-        await asyncio.wait_for(
-            ensure_topics(self.settings, [CONFIRMATIONS]), self.settings.send_timeout_s
-        )
+        await bounded(ensure_topics(self.settings, [CONFIRMATIONS]), self.settings.send_timeout_s)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None)
         try:
-            await asyncio.wait_for(consumer.start(), self.settings.send_timeout_s)
+            await bounded(consumer.start(), self.settings.send_timeout_s)
         except BaseException:
             await stop_quietly(consumer)
             raise

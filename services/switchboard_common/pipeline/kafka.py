@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,6 +21,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from switchboard_common.pipeline.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,26 @@ async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec] = TO
         await admin.close()
 
 
+async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """Like asyncio.wait_for, but a timeout does not wait for the cancelled
+    work to finish: aiokafka's clients can hang in their own clean-up (closing
+    connections to a broker that just died) and would hold the caller with
+    them. The abandoned work ends in the background."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        # Whatever it ends with is of no interest any more: retrieve it so
+        # asyncio does not report it as never retrieved.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise TimeoutError(f"no answer from the broker within {timeout_s} s")
+    return task.result()
+
+
 class Backoff:
     """Exponential backoff between the retries of a loop on the broker."""
 
@@ -90,7 +111,7 @@ async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
     """Stop a producer or consumer that may already be broken."""
     if client is not None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.stop(), timeout_s)
+            await bounded(client.stop(), timeout_s)
 
 
 class Producer:
@@ -107,10 +128,10 @@ class Producer:
     async def ready(self) -> AIOKafkaProducer:
         if self._producer is None:
             timeout = self.settings.send_timeout_s
-            await asyncio.wait_for(ensure_topics(self.settings, self.specs), timeout)
+            await bounded(ensure_topics(self.settings, self.specs), timeout)
             producer = self.settings.producer()
             try:
-                await asyncio.wait_for(producer.start(), timeout)
+                await bounded(producer.start(), timeout)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.stop()

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import Backoff, Producer
+from switchboard_common.pipeline.kafka import Backoff, Producer, bounded
 from switchboard_common.pipeline.outbox import Outbox, Record
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Relay:
                 continue
             producer = await self.producer.ready()
             futures = [await producer.send(source.topic, value=r.payload, key=r.key) for r in batch]
-            await asyncio.wait_for(asyncio.gather(*futures), self.producer.settings.send_timeout_s)
+            await bounded(asyncio.gather(*futures), self.producer.settings.send_timeout_s)
             await source.acked(batch)
             PUBLISHED.labels(source.topic).inc(len(batch))
             sent += len(batch)

@@ -27,6 +27,7 @@ from switchboard_common.pipeline.kafka import (
     Backoff,
     KafkaSettings,
     Producer,
+    bounded,
     ensure_topics,
     stop_quietly,
 )
@@ -112,7 +113,7 @@ class Sink:
         # A broker that came back empty has no topics, and a consumer cannot be
         # assigned partitions of a topic that does not exist.
         specs = [spec for spec in TOPICS if spec.name in self.TOPICS]
-        await asyncio.wait_for(ensure_topics(self.settings, specs), self.settings.send_timeout_s)
+        await bounded(ensure_topics(self.settings, specs), self.settings.send_timeout_s)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.GROUP,
@@ -121,7 +122,7 @@ class Sink:
             max_poll_records=BATCH_RECORDS,
         )
         try:
-            await asyncio.wait_for(consumer.start(), self.settings.send_timeout_s)
+            await bounded(consumer.start(), self.settings.send_timeout_s)
         except BaseException:
             await stop_quietly(consumer)
             raise
@@ -193,7 +194,7 @@ class Sink:
                 )
                 await consumer.seek_to_beginning(*short)
 
-        await asyncio.wait_for(rewind(), self.settings.send_timeout_s)
+        await bounded(rewind(), self.settings.send_timeout_s)
 
     async def _confirm(self, stored: Stored) -> None:
         """Tell the confirmers; a failure costs only a later republish (the
@@ -237,7 +238,7 @@ class Sink:
                 # Bounded: aiokafka retries a commit for as long as the broker
                 # answers "unknown topic" (one that came back empty); a fresh
                 # consumer on the recreated topics is the way out.
-                await asyncio.wait_for(
+                await bounded(
                     consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()}),
                     self.settings.send_timeout_s,
                 )
