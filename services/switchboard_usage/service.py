@@ -29,7 +29,13 @@ from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.confirmations import ConfirmationPublisher
-from switchboard_common.pipeline.kafka import Backoff, KafkaSettings, Producer, ensure_topics
+from switchboard_common.pipeline.kafka import (
+    Backoff,
+    KafkaSettings,
+    Producer,
+    cancelled_from_inside,
+    ensure_topics,
+)
 from switchboard_common.pipeline.outbox import Outbox, OutboxFull, OutboxSettings
 from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
 from switchboard_common.pipeline.topics import USAGE_TOPIC
@@ -242,9 +248,13 @@ async def _setup(
         while True:
             try:
                 await run()
+            except asyncio.CancelledError:
+                if not cancelled_from_inside():
+                    raise
+                log.warning("usage %s was cancelled from inside; restarting", name)
             except Exception:
                 log.exception("usage %s failed; restarting", name)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
 
     task = asyncio.create_task(pipeline())
     servicer = UsageServicer(outbox, PriceBook(SwitchboardConfig(), 0), clickhouse)

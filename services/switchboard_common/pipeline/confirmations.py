@@ -13,6 +13,7 @@ sink), the sink confirms in-process instead (Sink.confirmers)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from switchboard_common.pipeline.kafka import (
     KafkaSettings,
     Producer,
     bounded,
+    cancelled_from_inside,
     ensure_topics,
     stop_quietly,
 )
@@ -97,7 +99,9 @@ class ConfirmationListener:
                 ]
                 await self.outbox.confirm(ids)
                 backoff.reset()
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not cancelled_from_inside():
+                    raise
                 log.warning(
                     "reading confirmations failed; will retry",
                     extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),

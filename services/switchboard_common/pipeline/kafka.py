@@ -91,6 +91,15 @@ async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
     return task.result()
 
 
+def cancelled_from_inside() -> bool:
+    """True when a CancelledError reached this task though nobody cancelled
+    it: aiokafka cancels the futures of sends and fetches whose connection it
+    closes (a broker that died). That is a broker failure, to retry, not an
+    order to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 class Backoff:
     """Exponential backoff between the retries of a loop on the broker."""
 

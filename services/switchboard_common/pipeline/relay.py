@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.kafka import Backoff, Producer, bounded
+from switchboard_common.pipeline.kafka import Backoff, Producer, bounded, cancelled_from_inside
 from switchboard_common.pipeline.outbox import Outbox, Record
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,9 @@ class Relay:
                     backoff.reset()
                     continue
                 await self._idle()
-            except (KafkaError, TimeoutError, OSError) as exc:
+            except (KafkaError, TimeoutError, OSError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not cancelled_from_inside():
+                    raise
                 PUBLISH_FAILURES.labels(self.name).inc()
                 log.warning(
                     f"publishing {self.name} failed; will retry",

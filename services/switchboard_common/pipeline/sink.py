@@ -28,6 +28,7 @@ from switchboard_common.pipeline.kafka import (
     KafkaSettings,
     Producer,
     bounded,
+    cancelled_from_inside,
     ensure_topics,
     stop_quietly,
 )
@@ -243,7 +244,10 @@ class Sink:
                     self.settings.send_timeout_s,
                 )
                 backoff.reset()
-            except (KafkaError, OSError) as exc:  # TimeoutError is an OSError
+            # TimeoutError is an OSError.
+            except (KafkaError, OSError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not cancelled_from_inside():
+                    raise
                 log.warning(
                     f"{self.NAME} sink: broker error; will retry",
                     extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),
