@@ -15,7 +15,12 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
 from switchboard_common.pipeline import confirmations
-from switchboard_common.pipeline.kafka import KafkaSettings, Producer
+from switchboard_common.pipeline.kafka import (
+    KafkaSettings,
+    Producer,
+    bounded,
+    cancelled_from_inside,
+)
 from switchboard_common.pipeline.outbox import Outbox, OutboxFull, Overflow
 from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
 
@@ -229,3 +234,50 @@ async def test_confirmations_round_trip() -> None:
     ids = ["0190a1b2-0000-7000-8000-000000000001", "0190a1b2-0000-7000-8000-000000000002"]
     assert confirmations.decode(confirmations.encode(ids)) == ids
     assert confirmations.decode(b"") == []
+
+
+async def test_bounded_does_not_wait_for_work_that_ignores_its_cancellation() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        # Like a client's clean-up on a dead connection: it will not stop.
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await bounded(stubborn(), 0.05)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    release.set()
+    assert await bounded(asyncio.sleep(0, "done"), 1.0) == "done"
+
+
+async def test_a_cancellation_nobody_asked_for_is_told_apart() -> None:
+    async def victim() -> bool:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()  # what aiokafka does to a send whose connection it closed
+        try:
+            await future
+        except asyncio.CancelledError:
+            return cancelled_from_inside()
+        return False
+
+    assert await victim() is True
+
+    async def stopped(ready: asyncio.Event) -> None:
+        ready.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            assert not cancelled_from_inside()
+            raise
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(stopped(ready))
+    await ready.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
