@@ -91,15 +91,6 @@ async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
     return task.result()
 
 
-def cancelled_from_inside() -> bool:
-    """True when a CancelledError reached this task though nobody cancelled
-    it: aiokafka cancels the futures of sends and fetches whose connection it
-    closes (a broker that died). That is a broker failure, to retry, not an
-    order to stop."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 0
-
-
 class Backoff:
     """Exponential backoff between the retries of a loop on the broker."""
 
@@ -116,11 +107,26 @@ class Backoff:
         self.next_s = min(self.next_s * 2, self.most_s)
 
 
+def cancelled_from_inside() -> bool:
+    """True when a CancelledError reached this task though nobody cancelled
+    it: aiokafka cancels the futures of sends and fetches whose connection it
+    closes (a broker that died). That is a broker failure, to retry, not an
+    order to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
     """Stop a producer or consumer that may already be broken."""
-    if client is not None:
-        with contextlib.suppress(Exception):
-            await bounded(client.stop(), timeout_s)
+    if client is None:
+        return
+    try:
+        await bounded(client.stop(), timeout_s)
+    except asyncio.CancelledError:
+        if not cancelled_from_inside():
+            raise
+    except Exception:
+        log.debug("stopping a broken broker client failed", exc_info=True)
 
 
 class Producer:
