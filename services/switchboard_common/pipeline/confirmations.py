@@ -17,8 +17,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.kafka import (
@@ -27,11 +27,11 @@ from switchboard_common.pipeline.kafka import (
     Producer,
     bounded,
     cancelled_from_inside,
-    ensure_topics,
+    start_consumer,
     stop_quietly,
 )
 from switchboard_common.pipeline.outbox import Outbox
-from switchboard_common.pipeline.topics import CONFIRMATIONS, CONFIRMATIONS_TOPIC
+from switchboard_common.pipeline.topics import CONFIRMATIONS_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,10 @@ class ConfirmationListener:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def _start(self) -> AIOKafkaConsumer:
-        await bounded(ensure_topics(self.settings, [CONFIRMATIONS]), self.settings.send_timeout_s)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None)
-        try:
-            await bounded(consumer.start(), self.settings.send_timeout_s)
-        except BaseException:
-            await stop_quietly(consumer)
-            raise
-        partitions = consumer.partitions_for_topic(CONFIRMATIONS_TOPIC) or set()
-        if not partitions:
-            await consumer.stop()
-            raise KafkaConnectionError(f"no partitions known for {CONFIRMATIONS_TOPIC} yet")
-        assigned = [TopicPartition(CONFIRMATIONS_TOPIC, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
+        consumer = await start_consumer(
+            self.settings, [CONFIRMATIONS_TOPIC], assign_all=True, group_id=None
+        )
+        await bounded(consumer.seek_to_end(*consumer.assignment()), self.settings.send_timeout_s)
         return consumer
 
     async def run(self) -> None:

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from switchboard_common.pipeline.topics import TOPICS, TopicSpec
 
@@ -89,6 +89,32 @@ async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         raise TimeoutError(f"no answer from the broker within {timeout_s} s")
     return task.result()
+
+
+async def start_consumer(
+    settings: KafkaSettings, topics: Sequence[str], assign_all: bool, **options: Any
+) -> AIOKafkaConsumer:
+    """A started consumer; with assign_all, assigned every partition of `topics`
+    (otherwise the caller subscribes). The topics are ensured first: a broker
+    that came back empty has none, and nothing can be assigned of a topic that
+    does not exist."""
+    specs = [spec for spec in TOPICS if spec.name in topics]
+    await bounded(ensure_topics(settings, specs), settings.send_timeout_s)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, **options)
+    try:
+        await bounded(consumer.start(), settings.send_timeout_s)
+        if assign_all:
+            assigned = []
+            for topic in topics:
+                partitions = consumer.partitions_for_topic(topic) or set()
+                if not partitions:
+                    raise KafkaConnectionError(f"no partitions known for {topic} yet")
+                assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+    except BaseException:
+        await stop_quietly(consumer)
+        raise
+    return consumer
 
 
 class Backoff:

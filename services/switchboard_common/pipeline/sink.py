@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.kafka import (
@@ -29,10 +29,9 @@ from switchboard_common.pipeline.kafka import (
     Producer,
     bounded,
     cancelled_from_inside,
-    ensure_topics,
+    start_consumer,
     stop_quietly,
 )
-from switchboard_common.pipeline.topics import TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -111,33 +110,18 @@ class Sink:
         raise NotImplementedError
 
     async def _start(self) -> AIOKafkaConsumer:
-        # A broker that came back empty has no topics, and a consumer cannot be
-        # assigned partitions of a topic that does not exist.
-        specs = [spec for spec in TOPICS if spec.name in self.TOPICS]
-        await bounded(ensure_topics(self.settings, specs), self.settings.send_timeout_s)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
+        consumer = await start_consumer(
+            self.settings,
+            self.TOPICS,
+            self.assign_all,
             group_id=self.GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=BATCH_RECORDS,
         )
-        try:
-            await bounded(consumer.start(), self.settings.send_timeout_s)
-        except BaseException:
-            await stop_quietly(consumer)
-            raise
         if self.assign_all:
-            assigned = []
-            for topic in self.TOPICS:
-                partitions = consumer.partitions_for_topic(topic) or set()
-                if not partitions:
-                    await consumer.stop()
-                    raise KafkaConnectionError(f"no partitions known for {topic} yet")
-                assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
             if self.replay:
-                await consumer.seek_to_beginning(*assigned)
+                await consumer.seek_to_beginning(*consumer.assignment())
                 self.replay = False
         elif self.replay:
             consumer.subscribe(list(self.TOPICS), listener=_Replay(consumer))
