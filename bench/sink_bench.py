@@ -19,10 +19,11 @@ from aiokafka import AIOKafkaProducer
 
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.ids import uuid7
+from switchboard_common.pipeline.kafka import KafkaSettings, ensure_topics
+from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_stack.harness import free_port
 from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.kafka import USAGE_TOPIC, KafkaSettings, ensure_topics
 from switchboard_usage.sink import Sink
 
 
@@ -53,7 +54,7 @@ async def _drain(n: int, bootstrap: str) -> dict[str, float]:
     tmp = tempfile.TemporaryDirectory(prefix="sink-bench-")
     clickhouse = ClickHouse(f"chdb://{Path(tmp.name) / 'ch'}")
     try:
-        settings = KafkaSettings(bootstrap, idempotence=False, partitions=3, send_timeout_s=10)
+        settings = KafkaSettings(bootstrap, idempotence=False, send_timeout_s=10)
         for _ in range(100):
             with contextlib.suppress(Exception):
                 await ensure_topics(settings)

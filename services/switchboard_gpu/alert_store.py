@@ -1,171 +1,96 @@
-"""Alert events on local disk until the broker has them, and the alerts firing
-now, so that neither is lost to a broker outage or a restart.
+"""Alert events on local disk until ClickHouse has them, and the alerts firing
+now, so that neither is lost to a broker outage, a broker that loses what it
+acked, or a restart.
 
 Samples are telemetry and may be dropped when the broker is away; an alert
-event is a record someone may be paged on, so it is written here (SQLite WAL,
-synchronous=FULL) before it is announced, and deleted only once the broker
-acked it. A restarted service takes the firing alerts back, so they resolve
-under their own alert_id instead of firing twice.
+event is a record someone may be paged on, so it is written to the gpu
+service's outbox (switchboard_common.pipeline.outbox) before it is announced,
+and leaves only once the usage service's gpu sink confirmed it stored (on the
+confirmations topic). A restarted service takes the firing alerts back, so they
+resolve under their own alert_id instead of firing twice.
 
-One connection on one worker thread; every call is handed to it.
+Past its disk quota the outbox deletes the oldest events, loudly
+(switchboard_outbox_dropped_total{outbox="gpu_alerts"}): the monitor must keep
+evaluating, and refusing the newest would lose the most relevant.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import logging
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import Counter, Gauge
 
 from switchboard.gpu.v1 import events_pb2, gpu_pb2
-from switchboard_common.logs import log_fields
+from switchboard_common.pipeline.outbox import Outbox, Overflow
+from switchboard_common.pipeline.topics import ALERTS_TOPIC
 
-log = logging.getLogger(__name__)
-
-PENDING = Gauge("switchboard_gpu_alert_events_pending", "Alert events waiting for the broker.")
-DROPPED = Counter(
-    "switchboard_gpu_alert_events_dropped_total",
-    "Alert events deleted unpublished because the local store reached its cap.",
-)
-DEFAULT_MAX_EVENTS = 100_000
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    seq: int
-    alert_id: str
-    payload: bytes
+DEFAULT_MAX_BYTES = 64 << 20
+_FIRING = "CREATE TABLE IF NOT EXISTS firing (alert_id TEXT PRIMARY KEY, payload BLOB NOT NULL)"
 
 
 class AlertStore:
-    def __init__(self, path: Path, max_events: int = DEFAULT_MAX_EVENTS) -> None:
-        self.path = path
-        self.max_events = max_events
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu-alerts")
-        self._db: sqlite3.Connection | None = None
-        self._depth = 0
-        self.changed = asyncio.Event()
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.outbox = Outbox(path, "gpu_alerts", ALERTS_TOPIC, max_bytes, Overflow.DROP_OLDEST)
 
     @property
     def depth(self) -> int:
-        return self._depth
+        return self.outbox.depth
 
     async def open(self) -> list[gpu_pb2.GpuAlert]:
         """Open (creating it) and return the alerts that were firing."""
-
-        def connect() -> tuple[int, list[bytes]]:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "alert_id TEXT NOT NULL, payload BLOB NOT NULL)"
+        await self.outbox.open([_FIRING], before=_set_legacy_aside)
+        legacy = await self.outbox.read(_legacy_payloads)
+        if legacy:
+            await self.outbox.append(
+                [(e.event_id, e.alert.alert_id.encode(), p) for e, p in _decoded(legacy)]
             )
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS firing "
-                "(alert_id TEXT PRIMARY KEY, payload BLOB NOT NULL)"
-            )
-            self._db = db
-            (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
-            firing = [row[0] for row in db.execute("SELECT payload FROM firing ORDER BY alert_id")]
-            return int(depth), firing
-
-        depth, firing = await self._run(connect)
-        self._set_depth(depth)
-        if depth:
-            self.changed.set()
-        return [gpu_pb2.GpuAlert.FromString(payload) for payload in firing]
-
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
-        PENDING.set(depth)
+        await self.outbox.read(lambda db: db.execute("DROP TABLE IF EXISTS outbox_legacy"))
+        payloads = await self.outbox.read(
+            lambda db: [bytes(r[0]) for r in db.execute("SELECT payload FROM firing ORDER BY 1")]
+        )
+        return [gpu_pb2.GpuAlert.FromString(payload) for payload in payloads]
 
     async def append(self, events: Sequence[events_pb2.GpuAlertEvent]) -> None:
-        """Durably queue `events` for the broker and track which alerts fire."""
+        """Durably queue `events` for the broker and, in the same transaction,
+        track which alerts fire."""
         if not events:
             return
 
-        def write() -> tuple[int, int]:
-            assert self._db is not None
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for event in events:
-                    alert = event.alert
+        def track(db: sqlite3.Connection) -> None:
+            for event in events:
+                alert = event.alert
+                if alert.state == gpu_pb2.ALERT_STATE_FIRING:
                     db.execute(
-                        "INSERT INTO outbox (alert_id, payload) VALUES (?, ?)",
-                        (alert.alert_id, event.SerializeToString()),
+                        "INSERT OR REPLACE INTO firing (alert_id, payload) VALUES (?, ?)",
+                        (alert.alert_id, alert.SerializeToString()),
                     )
-                    if alert.state == gpu_pb2.ALERT_STATE_FIRING:
-                        db.execute(
-                            "INSERT OR REPLACE INTO firing (alert_id, payload) VALUES (?, ?)",
-                            (alert.alert_id, alert.SerializeToString()),
-                        )
-                    else:
-                        db.execute("DELETE FROM firing WHERE alert_id = ?", (alert.alert_id,))
-                (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
-                dropped = max(0, int(depth) - self.max_events)
-                if dropped:
-                    db.execute(
-                        "DELETE FROM outbox WHERE seq IN "
-                        "(SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
-                        (dropped,),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return int(depth) - dropped, dropped
+                else:
+                    db.execute("DELETE FROM firing WHERE alert_id = ?", (alert.alert_id,))
 
-        depth, dropped = await self._run(write)
-        self._set_depth(depth)
-        if dropped:
-            DROPPED.inc(dropped)
-            log.error(
-                "gpu alert store full: oldest unpublished alert events deleted",
-                extra=log_fields(dropped=dropped, cap=self.max_events),
-            )
-        self.changed.set()
-
-    async def oldest(self, limit: int) -> list[StoredEvent]:
-        def read() -> list[StoredEvent]:
-            assert self._db is not None
-            rows = self._db.execute(
-                "SELECT seq, alert_id, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
-            )
-            return [StoredEvent(int(seq), str(a), bytes(p)) for seq, a, p in rows]
-
-        events: list[StoredEvent] = await self._run(read)
-        return events
-
-    async def delete(self, events: Sequence[StoredEvent]) -> None:
-        def remove() -> int:
-            assert self._db is not None
-            db = self._db
-            # One transaction: one fsync for the batch, not one per event.
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM outbox WHERE seq = ?", [(e.seq,) for e in events])
-            db.execute("COMMIT")
-            (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
-            return int(depth)
-
-        self._set_depth(await self._run(remove))
+        await self.outbox.append(
+            [(e.event_id, e.alert.alert_id.encode(), e.SerializeToString()) for e in events],
+            within=track,
+        )
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        await self.outbox.close()
 
-        await self._run(shut)
-        self._pool.shutdown(wait=True)
+
+def _set_legacy_aside(db: sqlite3.Connection) -> None:
+    """A store written before the shared outbox (keyed by alert_id, without an
+    event id column): set its table aside; open() carries its events over, and
+    drops it only after they are in the outbox."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    if "alert_id" in columns and "event_id" not in columns:
+        db.execute("ALTER TABLE outbox RENAME TO outbox_legacy")
+
+
+def _legacy_payloads(db: sqlite3.Connection) -> list[bytes]:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_legacy'").fetchone()
+    if found is None:
+        return []
+    return [bytes(r[0]) for r in db.execute("SELECT payload FROM outbox_legacy ORDER BY seq")]
+
+
+def _decoded(payloads: list[bytes]) -> list[tuple[events_pb2.GpuAlertEvent, bytes]]:
+    return [(events_pb2.GpuAlertEvent.FromString(p), p) for p in payloads]

@@ -14,7 +14,6 @@ GpuHistoryService. They therefore cover every node, whichever node answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -39,7 +38,7 @@ from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
 from switchboard_gpu.nvml import NvmlBackend, PynvmlBackend, ScriptFileNvml
-from switchboard_gpu.publisher import GpuKafkaSettings, HistoryPublisher
+from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
 from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
 
 log = logging.getLogger(__name__)
@@ -276,10 +275,11 @@ async def setup(
         store: AlertStore | None = None
         publisher: HistoryPublisher | None = None
         if publish:
-            store = AlertStore(settings.home / "gpu" / "alerts.sqlite")
+            publishing = PublisherSettings.from_env(settings.kafka_bootstrap)
+            store = AlertStore(settings.home / "gpu" / "alerts.sqlite", publishing.outbox.max_bytes)
             firing = await store.open()
             closers.append(store.close)
-            publisher = HistoryPublisher(GpuKafkaSettings.from_env(settings.kafka_bootstrap), store)
+            publisher = HistoryPublisher(publishing, store)
         else:
             firing = []
         evaluator = AlertEvaluator(config.hostname)
@@ -300,15 +300,8 @@ async def setup(
         closers.append(sampler.stop)
 
         if publisher is not None:
-            task = asyncio.create_task(publisher.run(), name="gpu-publisher")
-
-            async def stop_publisher() -> None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                await publisher.close()
-
-            closers.append(stop_publisher)
+            publisher.start()
+            closers.append(publisher.close)
 
         # GPU status must not depend on the registry: rules arrive when it answers,
         # and until then none are evaluated (adopted alerts stay firing).

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "up", "down", "status", "restart"])
     parser.add_argument("component", nargs="?", help="for restart: which component")
     parser.add_argument("--kill", action="store_true", help="for restart: SIGKILL, not SIGTERM")
+    parser.add_argument(
+        "--module", help="for restart: run the service from this entry module (fault drills)"
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "down":
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.component:
             parser.error("restart needs a component, e.g. restart usage")
         try:
-            uvloop.run(restart(settings, args.component, kill=args.kill))
+            uvloop.run(restart(settings, args.component, kill=args.kill, module=args.module))
         except StackError as exc:
             print(f"[stack] {exc}", file=sys.stderr)
             return 1

@@ -43,10 +43,13 @@ class Stack:
     def log(self, component: str) -> str:
         return (self.home / "logs" / f"{component}.log").read_text(errors="replace")
 
-    def restart(self, component: str, kill: bool = False, **env: str) -> None:
+    def restart(
+        self, component: str, kill: bool = False, module: str | None = None, **env: str
+    ) -> None:
         """Stop one component (SIGKILL with kill=True) and start it again with
-        `env` added, waiting until it is ready."""
+        `env` added (from entry module `module` if given), waiting until it is ready."""
         command = ["restart", component] + (["--kill"] if kill else [])
+        command += ["--module", module] if module else []
         done = _run(command, {**self.env, **env}, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"restart {component} failed:\n{done.stdout}\n{done.stderr}")

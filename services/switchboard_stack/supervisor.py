@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import TextIO
 
 from switchboard_common.settings import Settings
 from switchboard_stack import envoy
-from switchboard_stack.components import Component, plan
+from switchboard_stack.components import SERVICES, Component, plan
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
@@ -239,12 +240,22 @@ def stop_pids(settings: Settings, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-async def restart(settings: Settings, name: str, kill: bool = False) -> None:
+async def restart(
+    settings: Settings, name: str, kill: bool = False, module: str | None = None
+) -> None:
     """Stop one component of a running stack (SIGTERM, or SIGKILL with kill=True)
-    and start it again in the background with the current environment."""
+    and start it again in the background with the current environment. `module`
+    runs a service from another entry module (`python -m module`): the fault
+    drills start the usage service wrapped in their faults this way."""
     components = {c.name: c for c in plan(settings)}
     if name not in components:
         raise StackError(f"unknown component {name!r}; one of {', '.join(components)}")
+    if module is not None:
+        if name not in SERVICES:
+            raise StackError(f"--module applies to a service, not {name!r}")
+        components[name] = dataclasses.replace(
+            components[name], argv=[sys.executable, "-m", module]
+        )
     pid = running(settings).get(name)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):

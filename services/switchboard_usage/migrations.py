@@ -1,6 +1,9 @@
-"""Numbered SQL migrations (deploy/clickhouse/migrations/NNNN_name.sql) with a
-ledger table, applied in order at start; applying twice changes nothing, and a
-migration edited after it was applied stops start-up instead of drifting."""
+"""Numbered SQL migrations with a ledger table, applied in order at start;
+applying twice changes nothing, and a migration edited after it was applied
+stops start-up instead of drifting.
+
+The SQL ships as package data (switchboard_usage/schema/NNNN_name.sql), read
+through importlib.resources, so an installed package finds it wherever it is."""
 
 from __future__ import annotations
 
@@ -8,14 +11,15 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 from switchboard_common.logs import log_fields
 from switchboard_usage.clickhouse import ClickHouse
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse" / "migrations"
+MIGRATIONS: Traversable = resources.files("switchboard_usage") / "schema"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -40,13 +44,14 @@ class Migration:
         return [s.strip() for s in without_comments.split(";") if s.strip()]
 
 
-def discover(folder: Path = MIGRATIONS) -> list[Migration]:
+def discover(folder: Traversable = MIGRATIONS) -> list[Migration]:
     found = []
-    for path in sorted(folder.glob("*.sql")):
+    files = [f for f in folder.iterdir() if f.is_file() and f.name.endswith(".sql")]
+    for path in sorted(files, key=lambda f: f.name):
         match = _NAME.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migrations are named NNNN_name.sql")
-        found.append(Migration(int(match[1]), match[2], path.read_text()))
+        found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"duplicate migration numbers in {folder}")

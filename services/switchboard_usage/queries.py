@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard.registry.v1 import registry_pb2
-from switchboard.usage.v1 import usage_pb2
+from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_usage.clickhouse import ClickHouse
 
@@ -190,7 +191,13 @@ async def performance(
     return out
 
 
-async def spend(ch: ClickHouse, request: usage_pb2.GetSpendRequest) -> tuple[float, str]:
+async def spend(
+    ch: ClickHouse, request: usage_pb2.GetSpendRequest, unconfirmed: Sequence[bytes] = ()
+) -> tuple[float, str, float]:
+    """(stored cost, currency, pending cost): pending is what the outbox holds
+    (`unconfirmed`, UsageEvent payloads) and ClickHouse does not yet, so budgets
+    count what is in flight, and a record stored but not yet confirmed counts
+    once. One query, so both sides read the same parts."""
     if bool(request.key_name) == bool(request.model):
         raise SwitchboardError(
             R.ERROR_REASON_INVALID_REQUEST,
@@ -202,18 +209,30 @@ async def spend(ch: ClickHouse, request: usage_pb2.GetSpendRequest) -> tuple[flo
         if request.HasField("since")
         else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     )
+    floor = int(since.timestamp())
+    in_flight: dict[str, int] = {}
+    for payload in unconfirmed:
+        event = events_pb2.UsageEvent.FromString(payload)
+        r = event.record
+        matches = (request.key_name and r.key_name == request.key_name) or (
+            request.model and r.model == request.model
+        )
+        if matches and r.start_time.seconds >= floor:
+            in_flight[r.event_id] = event.total_cost_nanos
     rows = await ch.rows(
-        "SELECT sum(total_cost_nanos), any(currency) FROM usage_events FINAL "
+        "SELECT sum(total_cost_nanos), any(currency), "
+        "sumIf(total_cost_nanos, has({ids:Array(String)}, event_id)) FROM usage_events FINAL "
         "WHERE start_time >= {since:DateTime64(3)} "
         "AND (({key:String} != '' AND key_name = {key:String}) "
         "OR ({model:String} != '' AND model = {model:String}))",
-        {"since": since, "key": request.key_name, "model": request.model},
+        {"since": since, "key": request.key_name, "model": request.model, "ids": list(in_flight)},
     )
-    nanos, currency = rows[0] if rows else (0, "USD")
-    return (nanos or 0) / NANOS, currency or "USD"
+    nanos, currency, stored_in_flight = rows[0] if rows else (0, "USD", 0)
+    pending = sum(in_flight.values()) - (stored_in_flight or 0)
+    return (nanos or 0) / NANOS, currency or "USD", pending / NANOS
 
 
-# GPU history (gpu_samples, gpu_alert_events: deploy/clickhouse/migrations/0005).
+# GPU history (gpu_samples, gpu_alert_events: schema/0005_gpu_history.sql).
 
 GPU_INTERVALS = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
 # A query may ask for at most this many buckets per GPU: a week at 1m is too

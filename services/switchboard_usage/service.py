@@ -1,8 +1,11 @@
 """UsageService: records in (acked once durable), summaries out.
 
-In one process: the outbox and its relay to Kafka, and the sink from Kafka into
-ClickHouse with the queries on top (the embedded engine allows one opener per
-data path, so the sink and the queries share this process).
+In one process: the outbox, its relay to Kafka and its reconciler, and the sink
+from Kafka into ClickHouse with the queries on top (the embedded engine allows
+one opener per data path, so the sink and the queries share this process). The
+sink confirms what it stored to the outbox in-process; records another replica's
+sink stored (a ClickHouse server, several replicas) are confirmed by the
+reconciler's lookup in ClickHouse.
 
 For the same reason this process also writes GPU history (GpuSink, from the
 gpu topics) and answers it (GpuHistoryService, which the gpu service's
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -26,18 +29,27 @@ from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields
+from switchboard_common.pipeline.confirmations import ConfirmationPublisher
+from switchboard_common.pipeline.kafka import (
+    Backoff,
+    KafkaSettings,
+    Producer,
+    cancelled_from_inside,
+    ensure_topics,
+)
+from switchboard_common.pipeline.outbox import Outbox, OutboxFull, OutboxSettings
+from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
+from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_common.policy import current_caller
 from switchboard_common.registry_follower import follow_registry
 from switchboard_common.registry_snapshot import config_from_snapshot
-from switchboard_common.server import Mounted
+from switchboard_common.server import Mounted, Setup
 from switchboard_common.settings import Settings
 from switchboard_usage import migrations, queries
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.kafka import KafkaSettings, ensure_topics
-from switchboard_usage.outbox import Outbox, OutboxFull
+from switchboard_usage.gpu_sink import GpuSink
 from switchboard_usage.pricing import PriceBook
-from switchboard_usage.relay import Relay
-from switchboard_usage.sink import GpuSink, Sink
+from switchboard_usage.sink import Sink
 
 log = logging.getLogger(__name__)
 SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
@@ -95,7 +107,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                 events = [self._event(r) for r in batch]
                 try:
                     fresh = await self.outbox.append(
-                        [(e.record.event_id, e.SerializeToString()) for e in events]
+                        [
+                            (e.record.event_id, e.record.event_id.encode(), e.SerializeToString())
+                            for e in events
+                        ]
                     )
                 except OutboxFull as exc:
                     raise SwitchboardError(R.ERROR_REASON_SERVICE_UNAVAILABLE, str(exc)) from None
@@ -136,8 +151,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
     async def GetSpend(
         self, request: usage_pb2.GetSpendRequest, context: Context
     ) -> usage_pb2.GetSpendResponse:
-        cost, currency = await queries.spend(self.clickhouse, request)
-        pending = await self.outbox.pending_cost(request.key_name, request.model)
+        unconfirmed = [r.payload for r in await self.outbox.records()]
+        cost, currency, pending = await queries.spend(self.clickhouse, request, unconfirmed)
         return usage_pb2.GetSpendResponse(
             cost=cost + pending, currency=currency, pending_cost=pending
         )
@@ -160,28 +175,68 @@ class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
         return history_pb2.ListStoredAlertsResponse(result=result)
 
 
+def stored_lookup(clickhouse: ClickHouse) -> Callable[[Sequence[str]], Awaitable[set[str]]]:
+    """The reconciler's question: which of these usage event ids does ClickHouse hold?"""
+
+    async def lookup(event_ids: Sequence[str]) -> set[str]:
+        rows = await clickhouse.rows(
+            "SELECT event_id FROM usage_events WHERE event_id IN {ids:Array(String)}",
+            {"ids": list(event_ids)},
+        )
+        return {event_id for (event_id,) in rows}
+
+    return lookup
+
+
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
-    clickhouse = ClickHouse(settings.clickhouse_url)
+    return await _setup(server, settings, ClickHouse)
+
+
+def make_setup(connect: Callable[[str], ClickHouse]) -> Setup:
+    """The usage service's setup with its ClickHouse client made by `connect`:
+    the seam the fault drills use (tests/support/usage_faults.py)."""
+
+    async def setup_with(server: grpc.aio.Server, settings: Settings) -> Mounted:
+        return await _setup(server, settings, connect)
+
+    return setup_with
+
+
+async def _setup(
+    server: grpc.aio.Server, settings: Settings, connect: Callable[[str], ClickHouse]
+) -> Mounted:
+    clickhouse = connect(settings.clickhouse_url)
     await clickhouse.open()
     await migrations.apply(clickhouse)
+    outbox_settings = OutboxSettings.from_env("SWITCHBOARD_OUTBOX_MAX_BYTES", 1 << 30)
     outbox = Outbox(
         settings.home / "usage" / "outbox.sqlite",
-        max_bytes=int(os.environ.get("SWITCHBOARD_OUTBOX_MAX_BYTES") or 1 << 30),
+        "usage",
+        USAGE_TOPIC,
+        max_bytes=outbox_settings.max_bytes,
     )
     await outbox.open()
     kafka = KafkaSettings.from_env(settings.kafka_bootstrap)
-    relay = Relay(outbox, kafka)
+    relay = Relay("usage", [OutboxSource(outbox)], Producer(kafka), gather_s=0.05)
+    reconciler = Reconciler(outbox, outbox_settings.confirm_after_s, stored_lookup(clickhouse))
+    embedded = settings.clickhouse_url.startswith("chdb://")
+
+    async def confirm(topic: str, event_ids: Sequence[str]) -> None:
+        await outbox.confirm(event_ids)
+
     sink = Sink(
         clickhouse,
         kafka,
         replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1",
-        assign_all=settings.clickhouse_url.startswith("chdb://"),
+        assign_all=embedded,
+        confirmers=[confirm],
     )
-    gpu_sink = GpuSink(clickhouse, kafka, assign_all=settings.clickhouse_url.startswith("chdb://"))
+    gpu_sink = GpuSink(clickhouse, kafka, assign_all=embedded)
+    gpu_sink.confirmers.append(ConfirmationPublisher(gpu_sink.producer))
 
     async def pipeline() -> None:
         # Serving never waits for the broker: topics are ensured in the background.
-        backoff = 0.2
+        backoff = Backoff()
         while True:
             try:
                 await ensure_topics(kafka)
@@ -190,10 +245,10 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
                 log.warning(
                     "broker not reachable; retrying", extra=log_fields(error=type(exc).__name__)
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.sleep()
         await asyncio.gather(
             supervised("relay", relay.run),
+            supervised("reconciler", reconciler.run),
             supervised("sink", sink.run),
             supervised("gpu sink", gpu_sink.run),
         )
@@ -203,9 +258,13 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         while True:
             try:
                 await run()
+            except asyncio.CancelledError:
+                if not cancelled_from_inside():
+                    raise
+                log.warning("usage %s was cancelled from inside; restarting", name)
             except Exception:
                 log.exception("usage %s failed; restarting", name)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
 
     task = asyncio.create_task(pipeline())
     servicer = UsageServicer(outbox, PriceBook(SwitchboardConfig(), 0), clickhouse)

@@ -1,56 +1,38 @@
-"""Kafka → ClickHouse, exactly once in effect.
+"""Usage events: Kafka → ClickHouse (usage_events), exactly once in effect,
+on the shared sink loop (switchboard_common.pipeline.sink).
 
-Per polled batch and partition: decode, drop event ids ClickHouse already holds
-(and repeats inside the batch), insert with a deterministic
-insert_deduplication_token, and only then commit the offset. A crash between
-insert and commit replays the batch, which then inserts nothing new. A message
-that cannot be decoded goes to the dead-letter topic with its error and never
-stalls its partition.
-
-GpuSink, the same loop over the gpu topics (GPU samples and alert events) under
-its own consumer group, shares the process's ClickHouse client.
+Per polled batch: decode, drop event ids ClickHouse already holds (and repeats
+inside the batch), insert with a deterministic insert_deduplication_token,
+confirm the batch's event ids (the usage outbox lets them go), and only then
+commit the offset. A message that cannot be decoded goes to the dead-letter
+topic with its error and never stalls its partition.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
-import os
 import re
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka import TopicPartition
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
-from switchboard.gpu.v1 import events_pb2 as gpu_events_pb2
-from switchboard.gpu.v1 import gpu_pb2
-from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2
-from switchboard_common.gpu_topics import ALERTS_TOPIC, GPU_TOPICS, SAMPLES_TOPIC
 from switchboard_common.logs import log_fields
+from switchboard_common.pipeline import sink as pipeline_sink
+from switchboard_common.pipeline.kafka import KafkaSettings
+from switchboard_common.pipeline.topics import DLQ_TOPIC, USAGE_TOPIC
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.kafka import (
-    DLQ_TOPIC,
-    GPU_SINK_GROUP,
-    SINK_GROUP,
-    USAGE_TOPIC,
-    KafkaSettings,
-)
 
 log = logging.getLogger(__name__)
 
 INSERTED = Counter("switchboard_usage_sink_inserted_total", "Usage rows inserted into ClickHouse.")
 SKIPPED = Counter("switchboard_usage_sink_duplicates_total", "Usage events already stored.")
 DEAD = Counter("switchboard_usage_sink_dead_letters_total", "Undecodable usage messages.")
-BATCH_RECORDS = 20000
-POLL_MS = 500
-FLUSH_S = 1.0
+SINK_GROUP = "switchboard-usage-sink"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 COLUMNS = (
@@ -69,7 +51,7 @@ _OPERATIONS = {v: k.removeprefix("OPERATION_").lower() for k, v in usage_pb2.Ope
 _STATUSES = {v: k.removeprefix("USAGE_STATUS_").lower() for k, v in usage_pb2.UsageStatus.items()}
 
 
-def _time(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+def ts_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
     # Timestamp.ToDatetime is several times slower than this arithmetic.
     return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
@@ -81,30 +63,14 @@ def row(event: events_pb2.UsageEvent, partition: int, offset: int) -> list[Any]:
         r.deployment_id, r.provider, r.upstream_model, _OPERATIONS.get(r.operation, ""),
         r.stream, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_tokens,
         r.reasoning_tokens, r.estimated, _STATUSES.get(r.status, ""), r.error_reason,
-        r.provider_request_id, r.latency_ms, r.ttft_ms, _time(r.start_time), _time(r.end_time),
-        r.config_version, r.router_instance, r.sequence, event.input_cost_nanos,
-        event.output_cost_nanos, event.total_cost_nanos, event.currency, partition, offset,
+        r.provider_request_id, r.latency_ms, r.ttft_ms, ts_datetime(r.start_time),
+        ts_datetime(r.end_time), r.config_version, r.router_instance, r.sequence,
+        event.input_cost_nanos, event.output_cost_nanos, event.total_cost_nanos, event.currency,
+        partition, offset,
     ]  # fmt: skip
 
 
-class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Re-read assigned partitions from offset 0 once (an operator's re-ingest),
-    for a sink that joined the consumer group."""
-
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
-        self.consumer = consumer
-        self.done = False
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        if not self.done and assigned:
-            await self.consumer.seek_to_beginning(*assigned)
-            self.done = True
-
-
-class Sink:
+class Sink(pipeline_sink.Sink):
     NAME = "usage"
     TOPICS: tuple[str, ...] = (USAGE_TOPIC,)
     GROUP = SINK_GROUP
@@ -115,55 +81,13 @@ class Sink:
         settings: KafkaSettings,
         replay: bool = False,
         assign_all: bool = False,
+        confirmers: Sequence[pipeline_sink.Confirmer] = (),
     ):
-        """assign_all: take every partition directly instead of joining the
-        consumer group. Right when exactly one sink exists (the embedded engine
-        allows one opener), and it starts at once instead of waiting for group
-        rebalances; offsets are still committed under the sink's group."""
+        super().__init__(settings, replay, assign_all, confirmers)
         self.clickhouse = clickhouse
-        self.settings = settings
-        self.replay = replay
-        self.assign_all = assign_all
-        self._consumer: AIOKafkaConsumer | None = None
-        self._dlq: Any = None
-        # Test-only fault point: exit hard between an insert and its offset commit.
-        self._crash_after_insert = (
-            os.environ.get("SWITCHBOARD_FAULT_SINK_CRASH_AFTER_INSERT") == "1"
-        )
-        # Test-only fault point: ClickHouse refuses inserts for this long after start.
-        down_s = float(os.environ.get("SWITCHBOARD_FAULT_CLICKHOUSE_DOWN_S") or 0)
-        self._clickhouse_down_until = time.monotonic() + down_s if down_s else 0.0
 
-    async def _start(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=self.GROUP,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=BATCH_RECORDS,
-        )
-        await consumer.start()
-        if self.assign_all:
-            assigned = []
-            for topic in self.TOPICS:
-                partitions = consumer.partitions_for_topic(topic) or set()
-                if not partitions:
-                    await consumer.stop()
-                    raise KafkaConnectionError(f"no partitions known for {topic} yet")
-                assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            if self.replay:
-                await consumer.seek_to_beginning(*assigned)
-                self.replay = False
-        elif self.replay:
-            consumer.subscribe(list(self.TOPICS), listener=_Replay(consumer))
-        else:
-            consumer.subscribe(list(self.TOPICS))
-        return consumer
-
-    async def store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> int:
-        """Insert one poll's messages from every partition as one block; returns
-        the rows inserted. The caller commits the offsets only after this."""
+    async def store(self, batches: pipeline_sink.Batches) -> pipeline_sink.Stored:
+        """Insert one poll's messages from every partition as one block."""
         decoded: dict[str, tuple[events_pb2.UsageEvent, int, int]] = {}
         for tp, messages in batches.items():
             for message in messages:
@@ -176,16 +100,15 @@ class Sink:
                     continue
                 decoded.setdefault(event.record.event_id, (event, tp.partition, message.offset))
         if not decoded:
-            return 0
-        if time.monotonic() < self._clickhouse_down_until:
-            raise ConnectionError("fault injection: ClickHouse is unavailable")
+            return pipeline_sink.Stored(0)
+        everything = sorted(decoded)
         # Event ids are UUIDv7 (time first) and the table is ordered by them, so
         # one primary-key range covers the batch: ~50x cheaper than an IN list
         # of thousands of literals. It may return neighbours; the set sorts that.
         stored = await self.clickhouse.rows(
             "SELECT event_id FROM usage_events "
             "WHERE event_id BETWEEN {low:String} AND {high:String}",
-            {"low": min(decoded), "high": max(decoded)},
+            {"low": everything[0], "high": everything[-1]},
         )
         duplicates = 0
         for (event_id,) in stored:
@@ -193,51 +116,17 @@ class Sink:
                 duplicates += 1
         SKIPPED.inc(duplicates)
         if decoded:
-            token = ",".join(
-                f"{tp.topic}:{tp.partition}:{m[0].offset}-{m[-1].offset}"
-                for tp, m in sorted(batches.items())
-                if m
-            )
             await self.clickhouse.insert(
                 "usage_events",
                 [row(event, partition, offset) for event, partition, offset in decoded.values()],
                 COLUMNS,
-                settings={"insert_deduplication_token": token},
+                settings={"insert_deduplication_token": pipeline_sink.dedup_token(decoded)},
             )
             INSERTED.inc(len(decoded))
-        if self._crash_after_insert:
-            log.error("fault injection: exiting between insert and offset commit")
-            os._exit(137)
-        return len(decoded)
-
-    async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
-        """One ClickHouse-sized batch: up to BATCH_RECORDS, or what arrived within
-        FLUSH_S of the first message. Small frequent inserts would cost ClickHouse
-        a part (and a merge) each, and steal CPU from serving."""
-        batches: dict[TopicPartition, list[Any]] = {}
-        count = 0
-        deadline: float | None = None
-        loop = asyncio.get_running_loop()
-        while count < BATCH_RECORDS:
-            wait_ms = POLL_MS if deadline is None else int((deadline - loop.time()) * 1000)
-            if wait_ms <= 0:
-                break
-            polled = await consumer.getmany(timeout_ms=wait_ms, max_records=BATCH_RECORDS - count)
-            for tp, messages in polled.items():
-                if messages:
-                    batches.setdefault(tp, []).extend(messages)
-                    count += len(messages)
-            if deadline is None:
-                if not count:
-                    break
-                deadline = loop.time() + FLUSH_S
-        return batches
+        return pipeline_sink.Stored(len(decoded), {USAGE_TOPIC: everything})
 
     async def _dead_letter(self, tp: TopicPartition, message: Any, exc: Exception) -> None:
-        if self._dlq is None:
-            producer = self.settings.producer()
-            await producer.start()
-            self._dlq = producer
+        producer = await self.producer.ready()
         letter = events_pb2.UsageDeadLetter(
             topic=tp.topic,
             partition=tp.partition,
@@ -247,201 +136,9 @@ class Sink:
             error=f"{type(exc).__name__}: {exc}",
         )
         letter.time.GetCurrentTime()
-        await self._dlq.send_and_wait(DLQ_TOPIC, letter.SerializeToString(), key=message.key)
+        await producer.send_and_wait(DLQ_TOPIC, letter.SerializeToString(), key=message.key)
         DEAD.inc()
         log.warning(
             "usage message sent to the dead-letter topic",
             extra=log_fields(partition=tp.partition, offset=message.offset, error=letter.error),
         )
-
-    async def run(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                if self._consumer is None:
-                    self._consumer = await self._start()
-                consumer = self._consumer
-                batches = await self._collect(consumer)
-                if not batches:
-                    continue
-                try:
-                    await self.store(batches)
-                except KafkaError:
-                    raise
-                except Exception as exc:
-                    # Not committed: rewind and retry the same messages later.
-                    log.warning(
-                        f"{self.NAME} sink: insert failed; will retry",
-                        extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
-                    )
-                    for tp, messages in batches.items():
-                        consumer.seek(tp, messages[0].offset)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                await consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
-                backoff = 0.2
-            except (KafkaError, OSError) as exc:
-                log.warning(
-                    f"{self.NAME} sink: broker error; will retry",
-                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff),
-                )
-                await self._stop_consumer()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _stop_consumer(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5.0)
-
-    async def close(self) -> None:
-        await self._stop_consumer()
-        if self._dlq is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._dlq.stop(), 5.0)
-
-
-GPU_INSERTED = Counter(
-    "switchboard_gpu_sink_inserted_total", "GPU sample and alert rows inserted into ClickHouse."
-)
-GPU_UNDECODABLE = Counter(
-    "switchboard_gpu_sink_undecodable_total",
-    "GPU messages that could not be decoded and were skipped (they stay in the topic).",
-)
-
-# The device readings a sample row carries, in GpuDevice's field names.
-GPU_READINGS = (
-    "utilization_gpu_percent", "utilization_memory_percent", "memory_used_mib",
-    "memory_total_mib", "temperature_c", "power_w", "power_limit_w", "sm_clock_mhz",
-    "memory_clock_mhz", "ecc_uncorrected_errors", "last_xid",
-)  # fmt: skip
-GPU_SAMPLE_COLUMNS = (
-    "hostname", "gpu_uuid", "gpu_index", "gpu_name", "time", "nvml_state", "reason",
-    "health", "health_reason", *GPU_READINGS, "processes", "labels", "event_id",
-    "kafka_partition", "kafka_offset",
-)  # fmt: skip
-GPU_ALERT_COLUMNS = (
-    "event_id", "alert_id", "state", "rule_name", "metric", "comparator", "threshold",
-    "severity", "hostname", "gpu_uuid", "gpu_index", "value", "message", "start_time",
-    "time", "kafka_partition", "kafka_offset",
-)  # fmt: skip
-_NVML_STATES = {v: k.removeprefix("NVML_STATE_").lower() for k, v in gpu_pb2.NvmlState.items()}
-_HEALTHS = {v: k.removeprefix("GPU_HEALTH_").lower() for k, v in gpu_pb2.GpuHealth.items()}
-ALERT_STATES = {v: k.removeprefix("ALERT_STATE_").lower() for k, v in gpu_pb2.AlertState.items()}
-SEVERITIES = {v: k.removeprefix("SEVERITY_").lower() for k, v in registry_pb2.Severity.items()}
-COMPARATORS = {v: k.removeprefix("COMPARATOR_").lower() for k, v in registry_pb2.Comparator.items()}
-
-
-def gpu_sample_rows(
-    event: gpu_events_pb2.GpuSampleEvent, partition: int, offset: int
-) -> list[list[Any]]:
-    """One row per device; a sample without devices (NVML unavailable, or no
-    GPUs) is one row with an empty gpu_uuid, so history shows the outage."""
-    status = event.status
-    when = _time(status.sample_time)
-    state = _NVML_STATES.get(status.nvml_state, "")
-    tail = [dict(status.labels), event.event_id, partition, offset]
-    if not status.devices:
-        blank = [None] * len(GPU_READINGS)
-        return [[status.hostname, "", 0, "", when, state, status.reason, "", "", *blank, 0, *tail]]
-    rows = []
-    for d in status.devices:
-        readings = [
-            getattr(d, name) if d.HasField(name) else None  # type: ignore[arg-type]
-            for name in GPU_READINGS
-        ]
-        uuid = d.uuid or f"index:{d.index}"
-        head = [status.hostname, uuid, d.index, d.name, when, state, status.reason]
-        health = [_HEALTHS.get(d.health, ""), d.health_reason]
-        rows.append([*head, *health, *readings, len(d.processes), *tail])
-    return rows
-
-
-def gpu_alert_row(event: gpu_events_pb2.GpuAlertEvent, partition: int, offset: int) -> list[Any]:
-    a = event.alert
-    return [
-        event.event_id, a.alert_id, ALERT_STATES.get(a.state, ""), a.rule_name, a.metric,
-        COMPARATORS.get(a.comparator, ""), a.threshold, SEVERITIES.get(a.severity, ""),
-        a.hostname, a.gpu_uuid, a.gpu_index, a.value, a.message, _time(a.start_time),
-        _time(a.time), partition, offset,
-    ]  # fmt: skip
-
-
-class GpuSink(Sink):
-    """GPU samples and alert events into ClickHouse (gpu_samples,
-    gpu_alert_events).
-
-    Duplicates: a retried insert carries the same insert_deduplication_token;
-    alert events already stored (by alert_id and state) are skipped before the
-    insert; a sample delivered twice lands on the same (hostname, gpu_uuid,
-    time) key of a ReplacingMergeTree, and the queries read it with FINAL.
-    A message that cannot be decoded is counted, logged and skipped: it stays in
-    the topic (for its retention) to be looked at, and never stalls the partition."""
-
-    NAME = "gpu"
-    TOPICS = GPU_TOPICS
-    GROUP = GPU_SINK_GROUP
-
-    def __init__(self, clickhouse: ClickHouse, settings: KafkaSettings, assign_all: bool = False):
-        super().__init__(clickhouse, settings, replay=False, assign_all=assign_all)
-        self._crash_after_insert = False
-
-    async def store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> int:
-        samples: list[list[Any]] = []
-        alerts: dict[tuple[str, str], list[Any]] = {}
-        for tp, messages in batches.items():
-            for message in messages:
-                try:
-                    if tp.topic == SAMPLES_TOPIC:
-                        sample = gpu_events_pb2.GpuSampleEvent.FromString(message.value)
-                        if not sample.status.hostname:
-                            raise ValueError("sample without a hostname")
-                        samples.extend(gpu_sample_rows(sample, tp.partition, message.offset))
-                    elif tp.topic == ALERTS_TOPIC:
-                        event = gpu_events_pb2.GpuAlertEvent.FromString(message.value)
-                        if not event.alert.alert_id:
-                            raise ValueError("alert event without an alert_id")
-                        key = (event.alert.alert_id, ALERT_STATES.get(event.alert.state, ""))
-                        alerts.setdefault(key, gpu_alert_row(event, tp.partition, message.offset))
-                except Exception as exc:
-                    GPU_UNDECODABLE.inc()
-                    log.error(
-                        "gpu message could not be decoded; skipped",
-                        extra=log_fields(
-                            topic=tp.topic,
-                            partition=tp.partition,
-                            offset=message.offset,
-                            error=f"{type(exc).__name__}: {exc}"[:300],
-                        ),
-                    )
-        token = ",".join(
-            f"{tp.topic}:{tp.partition}:{m[0].offset}-{m[-1].offset}"
-            for tp, m in sorted(batches.items())
-            if m
-        )
-        if alerts:
-            stored = await self.clickhouse.rows(
-                "SELECT alert_id, state FROM gpu_alert_events "
-                "WHERE alert_id IN {ids:Array(String)}",
-                {"ids": sorted({alert_id for alert_id, _ in alerts})},
-            )
-            for alert_id, state in stored:
-                alerts.pop((alert_id, state), None)
-        if alerts:
-            await self.clickhouse.insert(
-                "gpu_alert_events",
-                list(alerts.values()),
-                GPU_ALERT_COLUMNS,
-                settings={"insert_deduplication_token": f"alerts/{token}"},
-            )
-        if samples:
-            await self.clickhouse.insert(
-                "gpu_samples",
-                samples,
-                GPU_SAMPLE_COLUMNS,
-                settings={"insert_deduplication_token": f"samples/{token}"},
-            )
-        GPU_INSERTED.inc(len(samples) + len(alerts))
-        return len(samples) + len(alerts)

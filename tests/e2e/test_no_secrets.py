@@ -20,9 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from openai.types.chat import ChatCompletionMessageParam
 
-from switchboard_common.gpu_topics import GPU_TOPICS
+from switchboard_common.pipeline.topics import TOPICS as DECLARED
 from switchboard_stack.harness import Stack, running_stack
-from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
 from tests.conftest import UPSTREAM_KEY, eventually, process_gone
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.e2e
 PROVIDER_KEY = UPSTREAM_KEY
 CLIENT_KEY = "client-secret-from-the-config-file-4242"
 ADMIN_KEY = "admin-secret-never-logged-2424"
-TOPICS = (USAGE_TOPIC, DLQ_TOPIC, *GPU_TOPICS)
+TOPICS = tuple(t.name for t in DECLARED)
 
 
 @pytest.fixture(scope="module")

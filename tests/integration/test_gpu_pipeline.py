@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import re
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,13 +26,13 @@ from prometheus_client import REGISTRY
 from switchboard.gpu.v1 import events_pb2, gpu_pb2, gpu_pb2_grpc
 from switchboard.registry.v1 import registry_pb2
 from switchboard_common.errors import SwitchboardError
-from switchboard_common.gpu_topics import ALERTS_TOPIC, SAMPLES_TOPIC
+from switchboard_common.pipeline.kafka import KafkaSettings
+from switchboard_common.pipeline.topics import ALERTS_TOPIC, SAMPLES_TOPIC
 from switchboard_gpu.nvml import DeviceReading, ScriptedNvml
 from switchboard_stack.harness import free_port
 from switchboard_usage import migrations, queries
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.kafka import KafkaSettings
-from switchboard_usage.sink import GpuSink
+from switchboard_usage.gpu_sink import GpuSink
 from tests.conftest import eventually
 from tests.integration.test_gpu_service import (
     ADMIN,
@@ -193,9 +194,10 @@ async def test_history_at_each_interval(tmp_path: Path) -> None:
     start = base_time()
     minute = dt.timedelta(minutes=1)
     async with clickhouse(tmp_path) as ch:
-        sink = GpuSink(ch, KafkaSettings.from_env("127.0.0.1:1"))  # store() only: no broker
+        sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))  # store() only: no broker
         events = dataset(start)
-        assert await sink.store(batch(events)) == 90  # 30 samples of 2 GPUs, and 30 of node-2 alone
+        # 30 samples of 2 GPUs, and 30 of node-2 alone.
+        assert (await sink.store(batch(events))).rows == 90
         # The same batch again (a retried insert) and two samples delivered
         # again in a later batch (a crash before the offset commit): no change.
         await sink.store(batch(events))
@@ -294,7 +296,7 @@ async def test_alerts_are_listed_in_their_latest_state(tmp_path: Path) -> None:
     s = dt.timedelta(seconds=1)
     undecodable = REGISTRY.get_sample_value("switchboard_gpu_sink_undecodable_total") or 0.0
     async with clickhouse(tmp_path) as ch:
-        sink = GpuSink(ch, KafkaSettings.from_env("127.0.0.1:1"))
+        sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))
         fired = alert_event("alert-1", gpu_pb2.ALERT_STATE_FIRING, start, start)
         resolved = alert_event(
             "alert-1", gpu_pb2.ALERT_STATE_RESOLVED, start, start + 90 * s, value=40.0
@@ -307,9 +309,16 @@ async def test_alerts_are_listed_in_their_latest_state(tmp_path: Path) -> None:
             start + 30 * s,
             hostname="node-2",
         )
-        assert await sink.store(batch(alerts=[fired, other], extra=[b"\xff not protobuf"])) == 2
+        initial = await sink.store(batch(alerts=[fired, other], extra=[b"\xff not protobuf"]))
+        assert initial.rows == 2
         # The firing event again (redelivered), the resolution, another node's.
-        assert await sink.store(batch(alerts=[fired, resolved, elsewhere], first_offset=2)) == 2
+        again = await sink.store(batch(alerts=[fired, resolved, elsewhere], first_offset=2))
+        assert again.rows == 2
+        # Every transition now stored is confirmed to the gpu service's outbox,
+        # the redelivered one too (its first confirmation may have been lost).
+        assert again.event_ids == {
+            ALERTS_TOPIC: [fired.event_id, resolved.event_id, elsewhere.event_id]
+        }
 
         everything = await queries.gpu_alerts(ch, gpu_pb2.ListGpuAlertsRequest())
         active = await queries.gpu_alerts(ch, gpu_pb2.ListGpuAlertsRequest(active_only=True))
@@ -368,7 +377,7 @@ async def test_readme_gpu_examples_run(tmp_path: Path) -> None:
     assert len(examples) >= 3, list(examples)
     start = base_time()
     async with clickhouse(tmp_path) as ch:
-        sink = GpuSink(ch, KafkaSettings.from_env("127.0.0.1:1"))
+        sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))
         await sink.store(batch(dataset(start)))
         fired = alert_event("alert-1", gpu_pb2.ALERT_STATE_FIRING, start, start)
         await sink.store(batch(alerts=[fired]))
@@ -501,8 +510,17 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
                         done = [a for a in reply.alerts if a.state == gpu_pb2.ALERT_STATE_RESOLVED]
                         return reply if done else None
 
+                    async def alert_outbox_empty() -> bool:
+                        # The gpu sink confirmed both events on the confirmations
+                        # topic, so the gpu service's outbox let them go.
+                        path = settings.home / "gpu" / "alerts.sqlite"
+                        with contextlib.closing(sqlite3.connect(path)) as db:
+                            (left,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+                        return bool(left == 0)
+
                     by_minute = await until(all_samples, "6 samples in ClickHouse")
                     alerts = await until(resolution, "the resolution in ClickHouse")
+                    await until(alert_outbox_empty, "the alert events confirmed stored")
                     coarse = await stub.QueryGpuHistory(
                         history(start, start + dt.timedelta(minutes=2), "5m"),
                         timeout=WAIT_S,

@@ -540,7 +540,7 @@ async def test_firing_alerts_survive_a_restart(
     assert resolved.alert_id == fired.alert_id
     assert resolved.state == gpu_pb2.ALERT_STATE_RESOLVED
     with contextlib.closing(sqlite3.connect(settings.home / "gpu" / "alerts.sqlite")) as db:
-        pending = [row[0] for row in db.execute("SELECT alert_id FROM outbox ORDER BY seq")]
+        pending = [row[0].decode() for row in db.execute("SELECT key FROM outbox ORDER BY seq")]
         firing = list(db.execute("SELECT alert_id FROM firing"))
     assert pending == [fired.alert_id, fired.alert_id]  # both events, unpublished, kept
     assert firing == []

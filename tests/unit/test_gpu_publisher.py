@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,20 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
 from switchboard.gpu.v1 import events_pb2, gpu_pb2
-from switchboard_common.gpu_topics import ALERTS_TOPIC, SAMPLES_TOPIC
+from switchboard_common.pipeline.kafka import KafkaSettings, Producer
+from switchboard_common.pipeline.topics import ALERTS_TOPIC, SAMPLES_TOPIC
 from switchboard_gpu.alert_store import AlertStore
-from switchboard_gpu.publisher import GpuKafkaSettings, HistoryPublisher
+from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
 
 pytestmark = pytest.mark.asyncio
 
 
 def _counter(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
+
+
+def _counter_labelled(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def status(n: int) -> gpu_pb2.NodeStatus:
@@ -53,13 +59,21 @@ class FakeProducer:
         return future
 
 
+class FakeProducerHolder(Producer):
+    def __init__(self, producer: FakeProducer) -> None:
+        super().__init__(KafkaSettings("127.0.0.1:1"))
+        self.fake = producer
+
+    async def ready(self) -> Any:
+        return self.fake
+
+
 class Publisher(HistoryPublisher):
     def __init__(self, store: AlertStore, buffer: int) -> None:
-        super().__init__(GpuKafkaSettings("127.0.0.1:1", sample_buffer=buffer), store)
+        settings = PublisherSettings(KafkaSettings("127.0.0.1:1"), sample_buffer=buffer)
+        super().__init__(settings, store)
         self.producer = FakeProducer()
-
-    async def _producer_ready(self) -> Any:
-        return self.producer
+        self.relay.producer = FakeProducerHolder(self.producer)
 
 
 async def test_samples_are_dropped_oldest_first_when_the_buffer_is_full(tmp_path: Path) -> None:
@@ -92,7 +106,7 @@ async def test_samples_are_dropped_oldest_first_when_the_buffer_is_full(tmp_path
     assert len({e.event_id for e in sent}) == 3
 
 
-async def test_alert_events_wait_on_disk_until_the_broker_acks(tmp_path: Path) -> None:
+async def test_alert_events_wait_on_disk_until_confirmed_stored(tmp_path: Path) -> None:
     store = AlertStore(tmp_path / "alerts.sqlite")
     await store.open()
     publisher = Publisher(store, buffer=10)
@@ -113,6 +127,9 @@ async def test_alert_events_wait_on_disk_until_the_broker_acks(tmp_path: Path) -
         assert [a.alert_id for a in firing] == ["a1"]
         assert store.depth == 1
         assert await publisher.publish_once() == 1
+        # Acked, yet kept until the gpu sink confirms it stored.
+        assert (store.depth, store.outbox.pending) == (1, 0)
+        await store.outbox.confirm(["a1-1"])
         assert store.depth == 0
     finally:
         await store.close()
@@ -158,25 +175,49 @@ async def test_store_tracks_firing_alerts(tmp_path: Path) -> None:
     store = AlertStore(tmp_path / "alerts.sqlite")
     try:
         firing = await store.open()
-        events = await store.oldest(10)
+        events = await store.outbox.records()
     finally:
         await store.close()
     assert [a.alert_id for a in firing] == ["a2"]
-    assert [(e.alert_id, e.seq) for e in events] == [("a1", 1), ("a2", 2), ("a1", 3)]
+    assert [(e.key, e.seq) for e in events] == [(b"a1", 1), (b"a2", 2), (b"a1", 3)]
 
 
 async def test_store_cap_deletes_the_oldest_loudly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = AlertStore(tmp_path / "alerts.sqlite", max_events=2)
+    events = [alert_event(f"a{n}", gpu_pb2.ALERT_STATE_FIRING) for n in range(3)]
+    size = len(events[0].SerializeToString())
+    store = AlertStore(tmp_path / "alerts.sqlite", max_bytes=2 * size)
     await store.open()
-    dropped = _counter("switchboard_gpu_alert_events_dropped_total")
+    dropped = _counter_labelled("switchboard_outbox_dropped_total", outbox="gpu_alerts")
     try:
         with caplog.at_level(logging.ERROR):
-            await store.append([alert_event(f"a{n}", gpu_pb2.ALERT_STATE_FIRING) for n in range(3)])
-        events = await store.oldest(10)
+            await store.append(events)
+        stored = await store.outbox.records()
     finally:
         await store.close()
-    assert [e.alert_id for e in events] == ["a1", "a2"]
-    assert _counter("switchboard_gpu_alert_events_dropped_total") - dropped == 1
-    assert any("alert store full" in r.getMessage() for r in caplog.records)
+    assert [e.key for e in stored] == [b"a1", b"a2"]
+    assert _counter_labelled("switchboard_outbox_dropped_total", outbox="gpu_alerts") - dropped == 1
+    assert any("outbox full" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_store_from_before_the_shared_outbox_keeps_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.sqlite"
+    legacy = sqlite3.connect(path)
+    legacy.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "alert_id TEXT NOT NULL, payload BLOB NOT NULL)"
+    )
+    event = alert_event("old", gpu_pb2.ALERT_STATE_FIRING)
+    legacy.execute(
+        "INSERT INTO outbox (alert_id, payload) VALUES (?, ?)", ("old", event.SerializeToString())
+    )
+    legacy.commit()
+    legacy.close()
+    store = AlertStore(path)
+    await store.open()
+    try:
+        (record,) = await store.outbox.unpublished(10)
+    finally:
+        await store.close()
+    assert (record.event_id, record.key) == (event.event_id, b"old")

@@ -27,8 +27,8 @@ import yaml
 
 from k8s import render_envoy
 from switchboard_common.config import parse_config
+from switchboard_common.pipeline.topics import TOPICS, render_strimzi
 from switchboard_common.settings import METRICS_PORT_OFFSET, SERVICE_PORTS
-from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -597,14 +597,22 @@ def test_edge_image_holds_what_the_config_names() -> None:
 # --- Kafka -------------------------------------------------------------------------
 
 
-def test_kafka_topics_are_the_usage_services(docs: tuple[Doc, ...]) -> None:
+def test_committed_topic_manifests_are_the_render_of_the_declaration() -> None:
+    committed = (K8S / "components" / "kafka-strimzi" / "topics.yaml").read_text()
+    assert committed == render_strimzi(), (
+        "k8s topics drifted from switchboard_common/pipeline/topics.py: run "
+        "python -m switchboard_common.pipeline.topics > k8s/components/kafka-strimzi/topics.yaml"
+    )
+
+
+def test_kafka_topics_are_the_declared_ones(docs: tuple[Doc, ...]) -> None:
     kafkas = of_kind(docs, "Kafka")
     if not kafkas:
         return  # an overlay on an external Kafka
     (kafka,) = kafkas
     cluster = kafka["metadata"]["name"]
     topics = of_kind(docs, "KafkaTopic")
-    assert {t["spec"]["topicName"] for t in topics} == {USAGE_TOPIC, DLQ_TOPIC}
+    assert {t["spec"]["topicName"] for t in topics} == {t.name for t in TOPICS}
     for topic in [*topics, *of_kind(docs, "KafkaNodePool")]:
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
     assert shared_env(docs)["KAFKA_BOOTSTRAP"] == f"{cluster}-kafka-bootstrap:9092"

@@ -1,0 +1,390 @@
+"""A durable local outbox: a record is appended (fsynced: SQLite WAL with
+synchronous=FULL) before its producer acks anyone, and leaves only once its
+sink confirmed it stored.
+
+A record's life: pending (appended) → published (the broker acked it; kept,
+because a broker can still lose it) → deleted (confirmed stored by its event
+id). A published record left unconfirmed too long goes back to pending (the
+reconciler, relay.py), so the relay publishes it again.
+
+The disk use is bounded: past `max_bytes` append refuses (fail closed) or, for
+records a producer may lose rather than stall on, drops the oldest loudly.
+
+One connection on one worker thread; every call is handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from switchboard_common.logs import log_fields
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RECORDS = Gauge(
+    "switchboard_outbox_records",
+    "Records in an outbox: pending (not yet acked by the broker) or published "
+    "(acked, not yet confirmed stored).",
+    ["outbox", "state"],
+)
+BYTES = Gauge("switchboard_outbox_bytes", "Payload bytes held by an outbox.", ["outbox"])
+OLDEST = Gauge(
+    "switchboard_outbox_oldest_unconfirmed_seconds",
+    "Age of the oldest record not yet confirmed stored (0 when empty).",
+    ["outbox"],
+)
+CONFIRMED = Counter(
+    "switchboard_outbox_confirmed_total", "Records confirmed stored and deleted.", ["outbox"]
+)
+REPUBLISHED = Counter(
+    "switchboard_outbox_republished_total",
+    "Published records found missing downstream and published again.",
+    ["outbox"],
+)
+DROPPED = Counter(
+    "switchboard_outbox_dropped_total",
+    "Records deleted unconfirmed because a drop-oldest outbox reached its quota.",
+    ["outbox"],
+)
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    # The disk quota (payload bytes); keep it below the volume's size.
+    max_bytes: int
+    # How long a published record may stay unconfirmed before the reconciler
+    # looks it up downstream (and republishes it if missing).
+    confirm_after_s: float
+
+    @classmethod
+    def from_env(
+        cls, max_bytes_var: str, default_max_bytes: int, env: Mapping[str, str] | None = None
+    ) -> OutboxSettings:
+        env = os.environ if env is None else env
+        return cls(
+            max_bytes=int(env.get(max_bytes_var) or default_max_bytes),
+            confirm_after_s=float(env.get("SWITCHBOARD_OUTBOX_CONFIRM_AFTER_S") or 10),
+        )
+
+
+class OutboxFull(Exception):
+    """The disk quota is used up: refuse new records rather than lose any."""
+
+
+class Overflow(enum.Enum):
+    REFUSE = "refuse"
+    DROP_OLDEST = "drop_oldest"
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    event_id: str
+    key: bytes
+    payload: bytes
+
+
+# What append takes: (event_id, key, payload).
+Entry = tuple[str, bytes, bytes]
+# Extra writes that must commit with an append (the gpu service's firing alerts).
+Within = Callable[[sqlite3.Connection], None]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "event_id TEXT NOT NULL UNIQUE, key BLOB, payload BLOB NOT NULL, "
+    "created_at REAL NOT NULL DEFAULT 0, published_at REAL)"
+)
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        topic: str,
+        max_bytes: int,
+        overflow: Overflow = Overflow.REFUSE,
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.topic = topic
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"outbox-{name}")
+        self._db: sqlite3.Connection | None = None
+        self._pending = 0
+        self._published = 0
+        self._bytes = 0
+        self._oldest: float | None = None
+        self.changed = asyncio.Event()
+        OLDEST.labels(name).set_function(self.oldest_age)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def depth(self) -> int:
+        return self._pending + self._published
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def oldest_age(self) -> float:
+        return 0.0 if self._oldest is None else max(0.0, time.time() - self._oldest)
+
+    async def open(self, schema: Sequence[str] = (), before: Within | None = None) -> None:
+        """Open (creating it, and any tables in `schema` beside it); `before`
+        runs first (a producer's own upgrade of an older file)."""
+
+        def connect() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if before is not None:
+                before(db)
+            db.execute(_SCHEMA)
+            _upgrade(db)
+            for statement in schema:
+                db.execute(statement)
+            self._db = db
+            self._count(db)
+
+        await self._run(connect)
+        if self._pending:
+            self.changed.set()
+
+    def _count(self, db: sqlite3.Connection) -> None:
+        """Count from the table: once, at open; every change after adjusts."""
+        pending, published, size = db.execute(
+            "SELECT count(*) FILTER (WHERE published_at IS NULL), "
+            "count(*) FILTER (WHERE published_at IS NOT NULL), "
+            "coalesce(sum(length(payload)), 0) FROM outbox"
+        ).fetchone()
+        self._pending, self._published, self._bytes = int(pending), int(published), int(size)
+        self._gauges(db)
+
+    def _gauges(self, db: sqlite3.Connection) -> None:
+        """Publish the gauges (on the worker thread, after a change)."""
+        oldest = db.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        self._oldest = float(oldest[0]) if oldest else None
+        self._publish()
+
+    def _publish(self) -> None:
+        RECORDS.labels(self.name, "pending").set(self._pending)
+        RECORDS.labels(self.name, "published").set(self._published)
+        BYTES.labels(self.name).set(self._bytes)
+
+    def _removed(self, rows: Sequence[tuple[int, int]]) -> None:
+        """Account for deleted rows, each (payload length, was it pending)."""
+        for length, was_pending in rows:
+            self._bytes -= length
+            if was_pending:
+                self._pending -= 1
+            else:
+                self._published -= 1
+
+    def _db_or_fail(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"outbox {self.name} is not open")
+        return self._db
+
+    async def append(self, entries: Sequence[Entry], within: Within | None = None) -> list[bool]:
+        """Store `entries` durably in one transaction (with `within`'s writes);
+        True per entry that was new (an event id seen before is ignored)."""
+        size = sum(len(payload) for _, _, payload in entries)
+        if self.overflow is Overflow.REFUSE and self._bytes + size > self.max_bytes:
+            raise OutboxFull(
+                f"{self.name} outbox is full ({self._bytes} of {self.max_bytes} bytes)"
+            )
+
+        def write() -> tuple[list[bool], int]:
+            db = self._db_or_fail()
+            now = time.time()
+            fresh = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for event_id, key, payload in entries:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (event_id, key, payload, now),
+                    )
+                    fresh.append(cur.rowcount == 1)
+                if within is not None:
+                    within(db)
+                added = [len(p) for (_, _, p), new in zip(entries, fresh, strict=True) if new]
+                removed = []
+                if self.overflow is Overflow.DROP_OLDEST:
+                    removed = _drop_oldest(db, self._bytes + sum(added) - self.max_bytes)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._pending += len(added)
+            self._bytes += sum(added)
+            self._removed(removed)
+            self._gauges(db)
+            return fresh, len(removed)
+
+        fresh, dropped = await self._run(write)
+        if dropped:
+            DROPPED.labels(self.name).inc(dropped)
+            log.error(
+                "outbox full: oldest unconfirmed records deleted",
+                extra=log_fields(outbox=self.name, dropped=dropped, max_bytes=self.max_bytes),
+            )
+        self.changed.set()
+        return fresh
+
+    async def unpublished(self, limit: int) -> list[Record]:
+        """The oldest records the broker has not acked, in append order."""
+        return await self._select("published_at IS NULL", (), limit)
+
+    async def overdue(self, older_than_s: float, limit: int) -> list[Record]:
+        """Published records still unconfirmed `older_than_s` after the broker's ack."""
+        return await self._select("published_at < ?", (time.time() - older_than_s,), limit)
+
+    async def records(self, limit: int = -1) -> list[Record]:
+        return await self._select("1", (), limit)
+
+    async def _select(self, where: str, args: tuple[Any, ...], limit: int) -> list[Record]:
+        def read() -> list[Record]:
+            rows = self._db_or_fail().execute(
+                f"SELECT seq, event_id, key, payload FROM outbox WHERE {where} "  # noqa: S608 - fixed clauses
+                "ORDER BY seq LIMIT ?",
+                (*args, limit),
+            )
+            return [Record(int(s), str(e), bytes(k or e.encode()), bytes(p)) for s, e, k, p in rows]
+
+        return await self._run(read)
+
+    async def mark_published(self, records: Sequence[Record]) -> None:
+        """The broker acked `records`: keep them until confirmed stored."""
+        moved = await self._update(
+            "UPDATE outbox SET published_at = ? WHERE seq = ? AND published_at IS NULL",
+            [(time.time(), r.seq) for r in records],
+        )
+        self._pending -= moved
+        self._published += moved
+        self._publish()
+
+    async def republish(self, records: Sequence[Record]) -> None:
+        """Published, yet missing downstream: back to pending, for the relay."""
+        moved = await self._update(
+            "UPDATE outbox SET published_at = NULL WHERE seq = ? AND published_at IS NOT NULL",
+            [(r.seq,) for r in records],
+        )
+        self._published -= moved
+        self._pending += moved
+        self._publish()
+        REPUBLISHED.labels(self.name).inc(moved)
+        self.changed.set()
+
+    async def confirm(self, event_ids: Sequence[str]) -> int:
+        """`event_ids` are stored downstream: delete them (ids not held here,
+        from another producer or confirmed before, are ignored). Returns how
+        many left."""
+        if not event_ids:
+            return 0
+
+        def remove() -> int:
+            db = self._db_or_fail()
+            removed = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for event_id in event_ids:
+                    row = db.execute(
+                        "DELETE FROM outbox WHERE event_id = ? "
+                        "RETURNING length(payload), published_at IS NULL",
+                        (event_id,),
+                    ).fetchone()
+                    if row is not None:
+                        removed.append((int(row[0]), bool(row[1])))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._removed(removed)
+            self._gauges(db)
+            return len(removed)
+
+        gone = await self._run(remove)
+        CONFIRMED.labels(self.name).inc(gone)
+        return gone
+
+    async def _update(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Run `sql` per row in one transaction (one fsync for the batch, not
+        one per record); returns the rows changed."""
+        if not rows:
+            return 0
+
+        def write() -> int:
+            db = self._db_or_fail()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = db.executemany(sql, rows).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(changed)
+
+        return await self._run(write)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the outbox's connection (tables opened beside the outbox)."""
+        return await self._run(lambda: fn(self._db_or_fail()))
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(shut)
+        self._pool.shutdown(wait=True)
+
+
+def _drop_oldest(db: sqlite3.Connection, excess: int) -> list[tuple[int, int]]:
+    """Delete the oldest records until `excess` bytes are gone."""
+    removed: list[tuple[int, int]] = []
+    while excess > 0:
+        row = db.execute(
+            "DELETE FROM outbox WHERE seq = (SELECT min(seq) FROM outbox) "
+            "RETURNING length(payload), published_at IS NULL"
+        ).fetchone()
+        if row is None:
+            break
+        excess -= int(row[0])
+        removed.append((int(row[0]), int(row[1])))
+    return removed
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """An outbox written before records were kept until confirmed (event_id and
+    payload only): add the columns; its records count as pending, so they are
+    published (again, harmlessly) and confirmed like any other."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    for column, kind in (("key", "BLOB"), ("created_at", "REAL NOT NULL DEFAULT 0"),
+                         ("published_at", "REAL")):  # fmt: skip
+        if column not in columns:
+            db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")

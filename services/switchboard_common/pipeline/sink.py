@@ -1,0 +1,248 @@
+"""Kafka → a store (ClickHouse), exactly once in effect: the loop every sink
+shares.
+
+Per polled batch: the subclass's store() drops what the store already holds
+(by event id) and inserts the rest with a deterministic
+insert_deduplication_token (dedup_token, from the events' ids); then the
+confirmers learn which event ids are stored (so their outboxes let them go),
+and only then is the offset committed. A crash between insert and commit
+replays the batch, which then inserts nothing new. A failed store is not
+committed: the consumer rewinds and retries the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from switchboard_common.logs import log_fields
+from switchboard_common.pipeline.kafka import (
+    Backoff,
+    KafkaSettings,
+    Producer,
+    bounded,
+    cancelled_from_inside,
+    start_consumer,
+    stop_quietly,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 20000
+POLL_MS = 500
+FLUSH_S = 1.0
+# How often an idle sink checks that its partitions' logs still reach its position.
+CHECK_ENDS_S = 2.0
+
+Batches = Mapping[TopicPartition, Sequence[Any]]
+# Told, after a store, the event ids of one topic now known stored.
+Confirmer = Callable[[str, Sequence[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Stored:
+    # Rows inserted by this store.
+    rows: int
+    # By topic: the event ids now known stored (inserted now, or found stored).
+    event_ids: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+def dedup_token(event_ids: Iterable[str], prefix: str = "") -> str:
+    """ClickHouse's insert_deduplication_token for an insert of these events:
+    the same events give the same token, so a retried insert is dropped. It
+    names the content, not the offsets: a broker that lost its log hands out
+    the same offsets again for other messages, which must not be dropped."""
+    digest = hashlib.sha256("\n".join(sorted(set(event_ids))).encode()).hexdigest()
+    return f"{prefix}{digest}"
+
+
+class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Re-read assigned partitions from offset 0 once (an operator's re-ingest),
+    for a sink that joined the consumer group."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.done = False
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if not self.done and assigned:
+            await self.consumer.seek_to_beginning(*assigned)
+            self.done = True
+
+
+class Sink:
+    NAME = "sink"
+    TOPICS: tuple[str, ...] = ()
+    GROUP = ""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        replay: bool = False,
+        assign_all: bool = False,
+        confirmers: Sequence[Confirmer] = (),
+    ):
+        """assign_all: take every partition directly instead of joining the
+        consumer group. Right when exactly one sink exists (the embedded engine
+        allows one opener), and it starts at once instead of waiting for group
+        rebalances; offsets are still committed under the sink's group."""
+        self.settings = settings
+        self.replay = replay
+        self.assign_all = assign_all
+        self.confirmers = list(confirmers)
+        # For dead letters and confirmations.
+        self.producer = Producer(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._ends_checked = 0.0
+
+    async def store(self, batches: Batches) -> Stored:
+        """Insert one poll's messages; the caller commits the offsets only after."""
+        raise NotImplementedError
+
+    async def _start(self) -> AIOKafkaConsumer:
+        consumer = await start_consumer(
+            self.settings,
+            self.TOPICS,
+            self.assign_all,
+            group_id=self.GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=BATCH_RECORDS,
+        )
+        if self.assign_all:
+            if self.replay:
+                await consumer.seek_to_beginning(*consumer.assignment())
+                self.replay = False
+        elif self.replay:
+            consumer.subscribe(list(self.TOPICS), listener=_Replay(consumer))
+        else:
+            consumer.subscribe(list(self.TOPICS))
+        return consumer
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """One ClickHouse-sized batch: up to BATCH_RECORDS, or what arrived within
+        FLUSH_S of the first message. Small frequent inserts would cost ClickHouse
+        a part (and a merge) each, and steal CPU from serving."""
+        batches: dict[TopicPartition, list[Any]] = {}
+        count = 0
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while count < BATCH_RECORDS:
+            wait_ms = POLL_MS if deadline is None else int((deadline - loop.time()) * 1000)
+            if wait_ms <= 0:
+                break
+            polled = await consumer.getmany(timeout_ms=wait_ms, max_records=BATCH_RECORDS - count)
+            for tp, messages in polled.items():
+                if messages:
+                    batches.setdefault(tp, []).extend(messages)
+                    count += len(messages)
+            if deadline is None:
+                if not count:
+                    break
+                deadline = loop.time() + FLUSH_S
+        return batches
+
+    async def _rewind_where_the_log_is_short(self, consumer: AIOKafkaConsumer) -> None:
+        """A broker that lost messages (it came back empty, or the topic was
+        recreated) holds a log that ends before this consumer's position (or the
+        offset it committed there since): nothing would be read until the log grew
+        past it. Read such a partition from its start; what it lost comes back
+        from the producers' outboxes."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._ends_checked < CHECK_ENDS_S:
+            return
+        self._ends_checked = loop.time()
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return
+
+        # Bounded: a position still to be fetched from a broker that is away
+        # would wait for it; the caller rebuilds the consumer on a timeout.
+        async def rewind() -> None:
+            ends = await consumer.end_offsets(assigned)
+            short = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+            if short:
+                log.warning(
+                    f"{self.NAME} sink: the broker's log ends before our position; "
+                    "reading those partitions from their start",
+                    extra=log_fields(partitions=[f"{tp.topic}:{tp.partition}" for tp in short]),
+                )
+                await consumer.seek_to_beginning(*short)
+
+        await bounded(rewind(), self.settings.send_timeout_s)
+
+    async def _confirm(self, stored: Stored) -> None:
+        """Tell the confirmers; a failure costs only a later republish (the
+        outbox's reconciler), so it never holds up the commit."""
+        for topic, event_ids in stored.event_ids.items():
+            for confirm in self.confirmers:
+                try:
+                    await confirm(topic, event_ids)
+                except Exception as exc:
+                    log.warning(
+                        f"{self.NAME} sink: confirming stored records failed",
+                        extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+                    )
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                if self._consumer is None:
+                    self._consumer = await self._start()
+                consumer = self._consumer
+                batches = await self._collect(consumer)
+                if not batches:
+                    await self._rewind_where_the_log_is_short(consumer)
+                    continue
+                try:
+                    stored = await self.store(batches)
+                except KafkaError:
+                    raise
+                except Exception as exc:
+                    # Not committed: rewind and retry the same messages later.
+                    log.warning(
+                        f"{self.NAME} sink: insert failed; will retry",
+                        extra=log_fields(error=f"{type(exc).__name__}: {exc}"[:300]),
+                    )
+                    for tp, messages in batches.items():
+                        consumer.seek(tp, messages[0].offset)
+                    await backoff.sleep()
+                    continue
+                await self._confirm(stored)
+                # Bounded: aiokafka retries a commit for as long as the broker
+                # answers "unknown topic" (one that came back empty); a fresh
+                # consumer on the recreated topics is the way out.
+                await bounded(
+                    consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()}),
+                    self.settings.send_timeout_s,
+                )
+                backoff.reset()
+            # TimeoutError is an OSError.
+            except (KafkaError, OSError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not cancelled_from_inside():
+                    raise
+                log.warning(
+                    f"{self.NAME} sink: broker error; will retry",
+                    extra=log_fields(error=type(exc).__name__, backoff_s=backoff.next_s),
+                )
+                await self._stop_consumer()
+                await backoff.sleep()
+
+    async def _stop_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        await stop_quietly(consumer)
+
+    async def close(self) -> None:
+        await self._stop_consumer()
+        await self.producer.reset()
