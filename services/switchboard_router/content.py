@@ -11,11 +11,13 @@ estimates and every provider adapter see the same shape from both surfaces.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from switchboard.common.v1 import openai_pb2
 from switchboard_common.errors import R, SwitchboardError
 
-JsonObject = dict[str, object]
+# Any: what google.protobuf.Struct.update takes (JSON values, nested).
+JsonObject = dict[str, Any]
 
 
 def _bad(param: str, message: str) -> SwitchboardError:

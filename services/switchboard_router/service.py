@@ -52,6 +52,7 @@ from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.cut_short import CutShort
 from switchboard_router.limits import (
     Limiter,
     LocalLimiter,
@@ -370,6 +371,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncGenerator[tuple[Candidate, provider_pb2.StreamGenerateResponse], None]:
         """One upstream attempt; its usage record is accounted whatever happens."""
         request = build(candidate, attempt)
+        seen = CutShort(request)
         started_at = self.routing.started(candidate)
         first_byte_at: float | None = None
         failure: SwitchboardError | None = SwitchboardError(
@@ -389,6 +391,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     continue
                 if first_byte_at is None:
                     first_byte_at = time.monotonic()
+                seen.saw(event)
                 yield candidate, event
             failure = None
             if accounted:
@@ -401,7 +404,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             self.routing.finished(candidate, started_at, first_byte_at, failure)
             if not accounted:
-                self._account_lost(request, admission, requested, candidate)
+                self._account(seen.record(), admission, requested, candidate)
             call.cancel()
 
     def _account(

@@ -217,9 +217,16 @@ def test_cancelling_a_stream_stops_the_upstream_and_is_counted(
     served = slow.served[-1]
     assert not served.completed
     assert served.chunks_sent < 20
+    # Counted once, for what the caller got: the prompt ("hi") and the words it
+    # received before cancelling, estimated (about four characters a token).
     (record,) = _wait_for_usage(stack, result["request_id"])
     assert record["status"] == "USAGE_STATUS_CANCELLED"
     assert record["model"] == "node-slow"
+    assert record["estimated"] is True
+    assert record["prompt_tokens"] == 1
+    received = len(result["received"])
+    assert (received + 3) // 4 <= record["completion_tokens"] <= (received + 3) // 4 + 2
+    assert record["latency_ms"] > 0
 
 
 def test_the_edge_still_maps_openai_content_json(stack: Stack, upstream: OpenAIUpstream) -> None:
@@ -236,8 +243,8 @@ def test_the_edge_still_maps_openai_content_json(stack: Stack, upstream: OpenAIU
         assert upstream.requests[-1].json is not None
         assert upstream.requests[-1].json["messages"][0]["content"] == content
     before = len(upstream.requests)
-    for content in (5, True, {"text": "x"}):
-        body = {"model": "node-chat", "messages": [{"role": "user", "content": content}]}
+    for wrong in (5, True, {"text": "x"}):
+        body = {"model": "node-chat", "messages": [{"role": "user", "content": wrong}]}
         reply = httpx.post(url, json=body, headers=headers, timeout=10)
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["param"] == "messages[0].content"

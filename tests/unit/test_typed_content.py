@@ -35,7 +35,8 @@ def _error_info_param(err: SwitchboardError) -> str:
     for detail in err.to_status().details:
         found = error_details_pb2.ErrorInfo()
         if detail.Unpack(found):
-            return found.metadata["param"]
+            param: str = found.metadata["param"]
+            return param
     raise AssertionError("no ErrorInfo")
 
 
