@@ -194,7 +194,7 @@ def test_deadline_propagates_to_the_upstream(stack: Stack, slow: OpenAIUpstream)
     deadline_ms = 600
     result = _node(stack, "deadline", rid, DEADLINE_MS=str(deadline_ms))
     # On time: the deadline, plus a little for the client's own timer.
-    assert deadline_ms * 0.9 <= result["elapsed_ms"] < deadline_ms + 400, result
+    assert deadline_ms * 0.9 <= result["elapsed_ms"] < deadline_ms + 1000, result
     # The router passed the deadline on: the provider dropped the upstream call
     # long before its own timeout_s.
     assert slow.wait_until(lambda: len(slow.requests) == 1 and slow.disconnects == 1, 3.0)
