@@ -63,8 +63,9 @@ gen: $(BIN)/.installed
 	  --mypy_out=quiet:$(GEN_OUT) --mypy_grpc_out=quiet:$(GEN_OUT) \
 	  $(PROTO_FILES)
 	# The edge's descriptor set also carries google.rpc error details, so the
-	# transcoder can render a google.rpc.Status with ErrorInfo as JSON.
-	$(PY) -m grpc_tools.protoc -Iprotos --include_imports \
+	# transcoder can render a google.rpc.Status with ErrorInfo as JSON; its comments
+	# (source info) feed the gRPC reference (python -m switchboard_stack.grpc_reference).
+	$(PY) -m grpc_tools.protoc -Iprotos --include_imports --include_source_info \
 	  --descriptor_set_out=$(GEN_OUT)/switchboard.binpb $(PROTO_FILES) $(RPC_PROTOS)
 	find $(GEN_OUT)/switchboard -type d -exec touch {}/__init__.py \;
 

@@ -146,8 +146,11 @@ class SwitchboardError(Exception):
         }
 
     def to_status(self) -> status_pb2.Status:
+        # The field at fault travels in ErrorInfo too (and in BadRequest below):
+        # ErrorInfo is the one detail every client is told to read.
+        metadata = self.metadata if self.param is None else {**self.metadata, "param": self.param}
         info = error_details_pb2.ErrorInfo(
-            reason=self.reason_name, domain=DOMAIN, metadata=self.metadata
+            reason=self.reason_name, domain=DOMAIN, metadata=metadata
         )
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
         status.details.add().Pack(info)
@@ -192,7 +195,8 @@ def from_status(status: status_pb2.Status) -> SwitchboardError:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             reason = _BY_NAME.get(info.reason, reason)
-            metadata = dict(info.metadata)
+            # "param" is rebuilt from BadRequest; to_status adds it to ErrorInfo again.
+            metadata = {k: v for k, v in info.metadata.items() if k != "param"}
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)

@@ -33,6 +33,7 @@ from switchboard_router.accounting import Accounting
 from switchboard_router.admission import Admission
 from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.catalog import Candidate
+from switchboard_router.cut_short import CutShort
 from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ class Exchange(Protocol[T_co]):
         self, candidate: Candidate, attempt: int, timeout_s: float | None
     ) -> AsyncGenerator[usage_pb2.UsageRecord | T_co, None]: ...
 
+    # What an attempt cut short (cancelled, deadline, provider gone) is counted
+    # as, from the items it passed on; None: counted as nothing used.
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None: ...
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -87,9 +92,7 @@ class Generation:
     request_id: str = field(default_factory=_request_id)
     timed_first_byte: bool = True
 
-    async def call(
-        self, candidate: Candidate, attempt: int, timeout_s: float | None
-    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
+    def request(self, candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
         request = provider_pb2.StreamGenerateRequest(
             request_id=self.request_id,
             attempt=attempt,
@@ -97,6 +100,15 @@ class Generation:
             target=target(candidate),
         )
         getattr(request, self.kind).CopyFrom(self.params)
+        return request
+
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        return CutShort(self.request(candidate, attempt))
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
+        request = self.request(candidate, attempt)
         call = self.provider.StreamGenerate(
             request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
         )
@@ -132,6 +144,9 @@ class Embedding:
         )
         yield response.usage
         yield response
+
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        return None
 
 
 class Attempts:
@@ -243,6 +258,7 @@ class Attempts:
             R.ERROR_REASON_CANCELLED, "the caller went away"
         )
         accounted = ""
+        seen = exchange.cut_short(candidate, attempt)
         call = exchange.call(candidate, attempt, remaining(context, MAX_CALL_S))
         try:
             async with contextlib.aclosing(call) as items:
@@ -253,6 +269,8 @@ class Attempts:
                         continue
                     if first_byte_at is None and exchange.timed_first_byte:
                         first_byte_at = time.monotonic()
+                    if seen is not None:
+                        seen.saw(item)
                     yield item
             failure = None
             if accounted:
@@ -262,7 +280,9 @@ class Attempts:
             raise failure from None
         finally:
             self.routing.finished(candidate, started_at, first_byte_at, failure)
-            if not accounted:
+            if not accounted and seen is not None:
+                self.accounting.record(seen.record(), admission, requested, candidate)
+            elif not accounted:
                 self.accounting.record_lost(
                     exchange.request_id, attempt, exchange.stream, admission, requested, candidate
                 )

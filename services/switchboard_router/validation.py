@@ -18,6 +18,7 @@ from switchboard.common.v1 import openai_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.server import MAX_MESSAGE_BYTES
 from switchboard_common.values import to_python
+from switchboard_router.content import normalise_chat
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_MESSAGES = 4096
@@ -70,6 +71,14 @@ def _forbidden(param: str, key: str) -> SwitchboardError:
 
 def _check_value(value: struct_pb2.Value, where: str) -> None:
     kind = value.WhichOneof("kind")
+    if kind is None:
+        # JSON cannot say this; a gRPC caller can, by mistake (protobufjs with
+        # keepCase drops {string_value: ...} silently). Never read it as null.
+        raise _bad(
+            where,
+            f"{_short(where)} has no value set: a google.protobuf.Value needs one of "
+            "null_value, number_value, string_value, bool_value, struct_value, list_value",
+        )
     if kind == "number_value":
         if not math.isfinite(value.number_value):
             raise _bad(where, f"{_short(where)} must be a finite number")
@@ -206,23 +215,49 @@ def _check_tools(params: openai_pb2.ChatCompletionParams) -> None:
             )
     if params.HasField("tool_choice"):
         choice = to_python(params.tool_choice)
-        if not (isinstance(choice, dict) or choice in TOOL_CHOICES):
+        if not (isinstance(choice, dict) or (isinstance(choice, str) and choice in TOOL_CHOICES)):
             raise _bad(
                 "tool_choice",
                 "tool_choice must be 'none', 'auto', 'required' or an object naming a tool",
             )
-    if params.HasField("response_format"):
-        # .get: indexing a Struct's map would add the key.
-        kind_value = params.response_format.fields.get("type")
-        kind = to_python(kind_value) if kind_value is not None else None
-        if kind not in RESPONSE_FORMATS:
+    if (
+        params.HasField("response_format")
+        and _field(params.response_format, "type") not in RESPONSE_FORMATS
+    ):
+        raise _bad(
+            "response_format.type",
+            "response_format.type must be one of " + ", ".join(sorted(RESPONSE_FORMATS)),
+        )
+
+
+def _field(struct: struct_pb2.Struct, key: str) -> object:
+    # .get: indexing a Struct's map would add the key.
+    value = struct.fields.get(key)
+    return to_python(value) if value is not None else None
+
+
+def _check_objects(params: openai_pb2.ChatCompletionParams) -> None:
+    """The kinds OpenAI's free-form objects hold where a field has one meaning."""
+    if _field(params.response_format, "type") == "json_schema" and not isinstance(
+        _field(params.response_format, "json_schema"), dict
+    ):
+        raise _bad("response_format.json_schema", "response_format.json_schema must be an object")
+    if params.HasField("prediction"):
+        if _field(params.prediction, "type") != "content":
+            raise _bad("prediction.type", "prediction.type must be 'content'")
+        if not isinstance(_field(params.prediction, "content"), str | list):
             raise _bad(
-                "response_format.type",
-                "response_format.type must be one of " + ", ".join(sorted(RESPONSE_FORMATS)),
+                "prediction.content", "prediction.content must be a string or an array of parts"
             )
+    if params.HasField("audio"):
+        for key in ("voice", "format"):
+            if not isinstance(_field(params.audio, key), str):
+                raise _bad(f"audio.{key}", f"audio.{key} must be a string")
 
 
 def validate_chat(params: openai_pb2.ChatCompletionParams) -> None:
+    """Also rewrites typed content into its JSON form (switchboard_router.content)."""
+    normalise_chat(params)
     _check_envelope(params)
     max_tokens: tuple[str, int] | None = None
     if params.HasField("max_completion_tokens"):
@@ -242,6 +277,7 @@ def validate_chat(params: openai_pb2.ChatCompletionParams) -> None:
         raise _bad("top_logprobs", "top_logprobs must be between 0 and 20")
     _check_metadata(dict(params.metadata))
     _check_tools(params)
+    _check_objects(params)
     if not params.messages:
         raise _bad("messages", "messages must be a non-empty array")
     if len(params.messages) > MAX_MESSAGES:
@@ -253,10 +289,10 @@ def validate_chat(params: openai_pb2.ChatCompletionParams) -> None:
                 f"{where}.role",
                 f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {_short(msg.role)!r}",
             )
-        if msg.HasField("content"):
-            _check_content(where, to_python(msg.content))
-        elif msg.role in ("user", "system", "developer"):
+        content = to_python(msg.content) if msg.HasField("content") else None
+        if content is None and msg.role in ("user", "system", "developer"):
             raise _bad(f"{where}.content", f"{where}.content is required for role {msg.role}")
+        _check_content(where, content)
 
 
 def _check_content(where: str, content: object) -> None:

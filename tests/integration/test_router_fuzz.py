@@ -4,8 +4,10 @@ and the mock provider.
 
 Whatever the message, the router answers OK or one of the statuses a client's
 mistake deserves, each with a google.rpc.Status carrying an ErrorInfo; never
-INTERNAL or UNKNOWN. A refused call leaves no usage record. Also: the router
-holds client keys only as digests.
+INTERNAL or UNKNOWN. A refused call leaves no usage record. The messages hold
+google.protobuf.Values of every kind, of no kind at all (what protobufjs sends
+for a misspelt field), and typed content parts, empty ones included. Also: the
+router holds client keys only as digests.
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ def _json_value(depth: int) -> st.SearchStrategy[struct_pb2.Value]:
             value.number_value = payload
         elif kind == "string":
             value.string_value = payload
+        elif kind == "unset":
+            # A Value with no kind: what protobufjs sends for {string_value: ...}.
+            pass
         elif kind == "list":
             value.list_value.values.extend(payload)
         else:
@@ -141,6 +146,7 @@ def _json_value(depth: int) -> st.SearchStrategy[struct_pb2.Value]:
 
     scalars: st.SearchStrategy[tuple[str, Any]] = (
         st.just(("null", None))
+        | st.just(("unset", None))
         | st.tuples(st.just("bool"), st.booleans())
         | st.tuples(st.just("number"), DOUBLES)
         | st.tuples(st.just("string"), TEXT)
@@ -177,6 +183,41 @@ def _content() -> st.SearchStrategy[struct_pb2.Value]:
 
 
 @st.composite
+def _typed_part(draw: st.DrawFn) -> openai_pb2.ContentPart:
+    """A typed content part, sometimes empty or incomplete."""
+    kind = draw(
+        st.sampled_from(["text", "image_url", "input_audio", "file", "tool_result", "refusal", ""])
+    )
+    part = openai_pb2.ContentPart()
+    if kind in ("text", "refusal"):
+        setattr(part, kind, draw(TEXT))
+    elif kind == "image_url":
+        part.image_url.url = draw(st.sampled_from(["https://x.test/a.png", "file:///x", ""]))
+    elif kind == "input_audio":
+        part.input_audio.data = draw(st.binary(max_size=8))
+        part.input_audio.format = draw(st.sampled_from(["wav", "mp3", "ogg", ""]))
+    elif kind == "file":
+        part.file.file_id = draw(st.sampled_from(["", "file-1"]))
+        part.file.data = draw(st.binary(max_size=8))
+        part.file.mime_type = draw(st.sampled_from(["", "application/pdf"]))
+    elif kind == "tool_result":
+        part.tool_result.tool_call_id = draw(st.sampled_from(["", "call_1"]))
+        part.tool_result.text = draw(TEXT)
+    return part
+
+
+def _set_content(draw: st.DrawFn, msg: openai_pb2.ChatMessage) -> None:
+    """The deprecated Value, typed text or typed parts; now and then two at once."""
+    form = draw(st.sampled_from(["value", "value", "text", "parts", "both"]))
+    if form in ("value", "both"):
+        msg.content.CopyFrom(draw(_content()))
+    if form in ("text", "both"):
+        msg.content_text = draw(TEXT)
+    elif form == "parts":
+        msg.content_parts.parts.extend(draw(st.lists(_typed_part(), max_size=3)))
+
+
+@st.composite
 def chat_params(draw: st.DrawFn) -> openai_pb2.ChatCompletionParams:
     params = openai_pb2.ChatCompletionParams(model=draw(MODELS))
     for _ in range(draw(st.integers(0, 3))):
@@ -184,7 +225,7 @@ def chat_params(draw: st.DrawFn) -> openai_pb2.ChatCompletionParams:
             role=draw(st.sampled_from(["user", "system", "assistant", "tool", "root", ""]))
         )
         if draw(st.integers(0, 4)):
-            msg.content.CopyFrom(draw(_content()))
+            _set_content(draw, msg)
     scalars: dict[str, st.SearchStrategy[Any]] = {
         "temperature": DOUBLES,
         "top_p": DOUBLES,
@@ -204,9 +245,10 @@ def chat_params(draw: st.DrawFn) -> openai_pb2.ChatCompletionParams:
     for name in ("stop", "tool_choice"):
         if draw(st.integers(0, 3)) == 0:
             getattr(params, name).CopyFrom(draw(VALUES))
-    if draw(st.integers(0, 3)) == 0:
-        for key, value in draw(st.dictionaries(KEYS, VALUES, max_size=3)).items():
-            params.response_format.fields[key].CopyFrom(value)
+    for name in ("response_format", "prediction", "audio"):
+        if draw(st.integers(0, 3)) == 0:
+            for key, value in draw(st.dictionaries(KEYS, VALUES, max_size=3)).items():
+                getattr(params, name).fields[key].CopyFrom(value)
     if draw(st.integers(0, 3)) == 0:
         params.metadata.update(draw(st.dictionaries(KEYS, TEXT, max_size=3)))
     if draw(st.integers(0, 3)) == 0:
@@ -438,6 +480,83 @@ async def test_non_finite_numbers_inside_content_are_invalid_argument(router: st
     part.list_value.values[0].struct_value.fields["weight"].number_value = math.nan
     info = await _refused(router, params)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _kindless(where: str) -> openai_pb2.ChatCompletionParams:
+    params = _chat()
+    if where == "content":
+        params.messages[0].content.Clear()
+        params.messages[0].content.SetInParent()
+    elif where == "part":
+        part = params.messages[0].content.list_value.values.add().struct_value
+        part.fields["type"].string_value = "text"
+        part.fields["text"].SetInParent()
+    elif where == "tool":
+        tool = params.tools.add(type="function")
+        tool.function.name = "lookup"
+        tool.function.parameters.fields["type"].SetInParent()
+    else:
+        getattr(params, where).SetInParent()
+    return params
+
+
+def _wrong_kind(**values: struct_pb2.Value) -> openai_pb2.ChatCompletionParams:
+    params = _chat()
+    for name, value in values.items():
+        target = params.messages[0].content if name == "content" else getattr(params, name)
+        target.CopyFrom(value)
+    return params
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        pytest.param(_kindless("content"), "messages[0].content", id="content-kindless"),
+        pytest.param(_kindless("part"), "messages[0].content[0].text", id="part-kindless"),
+        pytest.param(_kindless("stop"), "stop", id="stop-kindless"),
+        pytest.param(_kindless("tool_choice"), "tool_choice", id="tool-choice-kindless"),
+        pytest.param(_kindless("tool"), "tools[0].function.parameters.type", id="tool-kindless"),
+        pytest.param(
+            _wrong_kind(content=struct_pb2.Value(number_value=1)),
+            "messages[0].content",
+            id="content-number",
+        ),
+        pytest.param(
+            _wrong_kind(content=struct_pb2.Value(bool_value=True)),
+            "messages[0].content",
+            id="content-bool",
+        ),
+        pytest.param(_wrong_kind(stop=struct_pb2.Value(number_value=3)), "stop", id="stop-number"),
+    ],
+)
+async def test_kindless_and_wrong_kind_values_are_invalid_argument(
+    router: str, usage_log: UsageLog, params: openai_pb2.ChatCompletionParams, param: str
+) -> None:
+    """Refused as the edge refuses them, the ErrorInfo naming the field, before
+    any upstream attempt (every attempt leaves a usage record)."""
+    info = await _refused(router, params)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = _error_info(info.value)
+    assert (error.reason, error.metadata["param"]) == ("INVALID_REQUEST", param)
+    assert usage_log.request_ids == []
+
+
+async def test_typed_content_is_served(router: str, usage_log: UsageLog) -> None:
+    params = openai_pb2.ChatCompletionParams(model="mock-chat")
+    params.messages.add(role="user", content_text="typed hello")
+    parts = params.messages.add(role="user").content_parts.parts
+    parts.add(text="in parts")
+    async with grpc.aio.insecure_channel(router) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        answer = await stub.CreateChatCompletion(
+            router_pb2.CreateChatCompletionRequest(params=params),
+            metadata=[("authorization", f"Bearer {FULL_KEY}")],
+        )
+    # The mock provider echoes the last user message: it read the typed parts.
+    assert answer.choices[0].message.content == "[mock] in parts"
+    # Both messages' words were counted as the prompt.
+    assert answer.usage.prompt_tokens == 4
+    assert len(usage_log.request_ids) == 1
 
 
 def _reachable(root: object) -> Iterator[object]:

@@ -277,17 +277,33 @@ class ChatMessage(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    CONTENT_TEXT_FIELD_NUMBER: _builtins.int
+    CONTENT_PARTS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """system | developer | user | assistant | tool"""
     name: _builtins.str
     tool_call_id: _builtins.str
     refusal: _builtins.str
+    content_text: _builtins.str
+    """Plain text: OpenAI's "content": "..."."""
     @_builtins.property
     def content(self) -> _struct_pb2.Value:
-        """A string, an array of content parts ({"type": "text"|"image_url", ...}), or null."""
+        """The content as OpenAI's JSON: a string, an array of content parts
+        ({"type": "text"|"image_url"|"input_audio"|"file"|"refusal", ...}), or null.
+        The HTTP edge fills this field: JSON maps one key onto one field, and
+        OpenAI's "content" is a string or an array, which only a Value can hold.
+        gRPC callers: set content_text or content_parts instead. A Value here keeps
+        working for gRPC callers until switchboard.common.v2 (deprecated for them).
+        Setting both forms is INVALID_ARGUMENT; a Value with no kind set, or of a
+        kind content cannot take (number, bool, object), is INVALID_ARGUMENT too.
+        """
 
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]: ...
+    @_builtins.property
+    def content_parts(self) -> Global___ContentParts:
+        """Content parts: OpenAI's "content": [...]."""
+
     def __init__(
         self,
         *,
@@ -297,14 +313,197 @@ class ChatMessage(_message.Message):
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         tool_call_id: _builtins.str = ...,
         refusal: _builtins.str = ...,
+        content_text: _builtins.str = ...,
+        content_parts: Global___ContentParts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_parts", b"content_parts", "content_text", b"content_text", "typed_content", b"typed_content"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "refusal", b"refusal", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_parts", b"content_parts", "content_text", b"content_text", "name", b"name", "refusal", b"refusal", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "typed_content", b"typed_content"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_typed_content: _TypeAlias = _typing.Literal["content_text", "content_parts"]  # noqa: Y015
+    _WhichOneofArgType_typed_content: _TypeAlias = _typing.Literal["typed_content", b"typed_content"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_typed_content) -> _WhichOneofReturnType_typed_content | None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ContentParts(_message.Message):
+    """A message's content parts, in order (a oneof cannot hold a repeated field)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]: ...
+    def __init__(
+        self,
+        *,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parts", b"parts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+Global___ContentParts: _TypeAlias = ContentParts  # noqa: Y015
+
+@_typing.final
+class ContentPart(_message.Message):
+    """One content part; exactly one of its fields is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_URL_FIELD_NUMBER: _builtins.int
+    INPUT_AUDIO_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """{"type": "text", "text": ...}"""
+    refusal: _builtins.str
+    """{"type": "refusal", "refusal": ...}, in an assistant message."""
+    @_builtins.property
+    def image_url(self) -> Global___ImageUrl:
+        """{"type": "image_url", "image_url": {...}}"""
+
+    @_builtins.property
+    def input_audio(self) -> Global___InputAudio:
+        """{"type": "input_audio", "input_audio": {...}}"""
+
+    @_builtins.property
+    def file(self) -> Global___FileInput:
+        """{"type": "file", "file": {...}}"""
+
+    @_builtins.property
+    def tool_result(self) -> Global___ToolResult:
+        """The answer to one tool call: only as the single part of a message of role
+        "tool", whose tool_call_id it sets (OpenAI sends one tool message per call).
+        """
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image_url: Global___ImageUrl | None = ...,
+        input_audio: Global___InputAudio | None = ...,
+        file: Global___FileInput | None = ...,
+        tool_result: Global___ToolResult | None = ...,
+        refusal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "tool_result", b"tool_result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image_url", "input_audio", "file", "tool_result", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class ImageUrl(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """https://, http:// or a data:image/... URL."""
+    detail: _builtins.str
+    """auto | low | high; empty leaves the upstream's default."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageUrl: _TypeAlias = ImageUrl  # noqa: Y015
+
+@_typing.final
+class InputAudio(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The audio itself; sent upstream base64-encoded."""
+    format: _builtins.str
+    """wav | mp3"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputAudio: _TypeAlias = InputAudio  # noqa: Y015
+
+@_typing.final
+class FileInput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """A file uploaded to the upstream before; or filename and data."""
+    filename: _builtins.str
+    data: _builtins.bytes
+    """The file itself; sent upstream as a base64 data: URL of mime_type."""
+    mime_type: _builtins.str
+    """For example application/pdf; required with data."""
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_id", b"file_id", "filename", b"filename", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileInput: _TypeAlias = FileInput  # noqa: Y015
+
+@_typing.final
+class ToolResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The id of the tool call this answers (ChatMessage.tool_call_id)."""
+    text: _builtins.str
+    """What the tool returned."""
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
 
 @_typing.final
 class Tool(_message.Message):
