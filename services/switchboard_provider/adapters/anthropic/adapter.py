@@ -21,6 +21,7 @@ from switchboard_common.errors import R, SwitchboardError
 from switchboard_provider.adapters.anthropic.errors import map_error
 from switchboard_provider.adapters.anthropic.request import (
     DEFAULT_MAX_TOKENS,
+    EXTRA_BODY,
     messages_request,
     unsupported,
 )
@@ -66,15 +67,20 @@ class AnthropicAdapter:
             raise unsupported("legacy completions", "prompt")
         self._check_key()
         body = messages_request(request.chat, request.target.upstream_model, self._max_tokens)
+        extra = {name: body.pop(name) for name in EXTRA_BODY if name in body} or None
         timeout = self._timeout(timeout_s)
         try:
             if not request.stream:
-                message = await self.client.messages.create(**body, timeout=timeout)
+                message = await self.client.messages.create(
+                    **body, extra_body=extra, timeout=timeout
+                )
                 yield provider_pb2.StreamGenerateResponse(
                     chat_completion=chat_completion(message, meter)
                 )
                 return
-            stream = await self.client.messages.create(**body, stream=True, timeout=timeout)
+            stream = await self.client.messages.create(
+                **body, stream=True, extra_body=extra, timeout=timeout
+            )
             meter.set_provider_request_id(stream.response.headers.get("request-id"))
             async with stream:
                 async for event in stream_events(stream, meter):

@@ -24,6 +24,9 @@ from switchboard_common.values import to_python
 DEFAULT_MAX_TOKENS = 4096
 # OpenAI's effort levels; "minimal" is the nearest Anthropic has to low, and
 # "none" asks for no extra effort, i.e. the model's default.
+# Sampling fields this SDK release no longer names (newer models reject them);
+# they still go out, through extra_body, for the models that take them.
+EXTRA_BODY = ("temperature", "top_p")
 _EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
 
 
