@@ -38,6 +38,7 @@ from switchboard_common.config import ProviderConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import redact
 from switchboard_common.values import texts, to_python
+from switchboard_provider.adapters import gemini_tools
 from switchboard_provider.adapters.base import message_text
 from switchboard_provider.meter import UsageMeter, estimate_tokens
 
@@ -167,6 +168,19 @@ def _config(params: Any) -> types.GenerateContentConfig:
     return config
 
 
+# OpenAI's reasoning_effort as Gemini's thinking level; "none" turns thinking off.
+_THINKING_LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
+
+
+def _thinking(effort: str) -> types.ThinkingConfig | None:
+    if effort == "none":
+        return types.ThinkingConfig(thinking_budget=0)
+    level = _THINKING_LEVELS.get(effort) or effort.upper()
+    if level not in types.ThinkingLevel.__members__:
+        raise _unsupported(f"reasoning_effort {effort!r}", "reasoning_effort")
+    return types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
+
+
 def _response_format(fmt: dict[str, Any], config: types.GenerateContentConfig) -> None:
     kind = fmt.get("type")
     if kind in ("json_object", "json_schema"):
@@ -180,29 +194,32 @@ def _response_format(fmt: dict[str, Any], config: types.GenerateContentConfig) -
 def chat_request(
     params: openai_pb2.ChatCompletionParams,
 ) -> tuple[list[types.Content], types.GenerateContentConfig]:
-    if params.tools:
-        raise _unsupported("tools", "tools")
     if params.logprobs or params.HasField("top_logprobs"):
         raise _unsupported("logprobs", "logprobs")
     if params.HasField("audio") or "audio" in params.modalities:
         raise _unsupported("audio output", "modalities")
     config = _config(params)
+    gemini_tools.declare(params, config)
+    if params.reasoning_effort:
+        config.thinking_config = _thinking(params.reasoning_effort)
     if params.HasField("max_completion_tokens"):
         config.max_output_tokens = params.max_completion_tokens
     if params.HasField("response_format"):
         _response_format(json_format.MessageToDict(params.response_format), config)
     system: list[types.Part] = []
     contents: list[types.Content] = []
+    tool_names: dict[str, str] = {}  # a function response names its function
     for message in params.messages:
         content = to_python(message.content) if message.HasField("content") else None
         if message.role in ("system", "developer"):
             text = message_text(content)
             if text:
                 system.append(types.Part(text=text))
+        elif message.role == "tool":
+            gemini_tools.add_result(contents, message, tool_names)
         elif message.role in ("user", "assistant"):
-            if message.tool_calls:
-                raise _unsupported("tool calls", "messages")
-            parts = content_parts(content)
+            parts = content_parts(content) + gemini_tools.call_parts(list(message.tool_calls))
+            gemini_tools.call_names(list(message.tool_calls), tool_names)
             if parts:
                 role = "model" if message.role == "assistant" else "user"
                 contents.append(types.Content(role=role, parts=parts))
@@ -313,12 +330,18 @@ class Reply:
                 id=self.id, object="chat.completion", created=self.created, model=self.model
             )
             for c in candidates:
+                calls = gemini_tools.tool_calls(c)
+                said = candidate_text(c)
+                reason = finish_reason(c.finish_reason)
+                message = openai_pb2.ChatCompletionMessage(role="assistant", tool_calls=calls)
+                if said or not calls:  # null content for an answer of tool calls only
+                    message.content = said
+                for call in calls:
+                    meter.add_output_text(call.function.arguments)
                 chat.choices.add(
                     index=c.index or 0,
-                    finish_reason=finish_reason(c.finish_reason),
-                    message=openai_pb2.ChatCompletionMessage(
-                        role="assistant", content=candidate_text(c)
-                    ),
+                    finish_reason="tool_calls" if calls and reason == "stop" else reason,
+                    message=message,
                 )
             if total is not None:
                 chat.usage.CopyFrom(total)
@@ -352,11 +375,20 @@ class Reply:
             )
         return provider_pb2.StreamGenerateResponse(chat_chunk=chunk)
 
-    def delta(self, pieces: dict[int, str]) -> provider_pb2.StreamGenerateResponse:
+    def delta(
+        self,
+        pieces: dict[int, str],
+        calls: dict[int, list[openai_pb2.ToolCallDelta]] | None = None,
+    ) -> provider_pb2.StreamGenerateResponse:
         if self.chat:
             chunk = self._chunk()
-            for i, piece in pieces.items():
-                chunk.choices.add(index=i).delta.content = piece
+            calls = calls or {}
+            for i in sorted(pieces.keys() | calls.keys()):
+                delta = chunk.choices.add(index=i).delta
+                delta.SetInParent()
+                if i in pieces:
+                    delta.content = pieces[i]
+                delta.tool_calls.extend(calls.get(i, ()))
             return provider_pb2.StreamGenerateResponse(chat_chunk=chunk)
         text = self._completion()
         for i, piece in pieces.items():
@@ -396,6 +428,7 @@ async def stream_events(
     first = True
     started = False
     finishes: dict[int, str] = {}
+    streamed = gemini_tools.StreamedCalls()
     last_usage: types.GenerateContentResponseUsageMetadata | None = None
     async for response in stream:
         if first:
@@ -406,6 +439,7 @@ async def stream_events(
         # Each response carries the running total so far; the last one counts.
         last_usage = response.usage_metadata or last_usage
         pieces: dict[int, str] = {}
+        calls: dict[int, list[openai_pb2.ToolCallDelta]] = {}
         for c in _candidates(response):
             index = c.index or 0
             finishes.setdefault(index, "stop")
@@ -414,15 +448,20 @@ async def stream_events(
             text = candidate_text(c)
             if text:
                 pieces[index] = text
-        if not pieces:
+            if reply.chat and (deltas := streamed.deltas(index, c)):
+                calls[index] = deltas
+        if not pieces and not calls:
             continue
         if not started and reply.chat:
             yield reply.role(sorted(finishes))
         started = True
         for piece in pieces.values():
             meter.add_output_text(piece)
-        yield reply.delta(pieces)
-    finishes = finishes or {0: "stop"}
+        for deltas in calls.values():
+            for delta in deltas:
+                meter.add_output_text(delta.function.arguments)
+        yield reply.delta(pieces, calls)
+    finishes = {i: streamed.finish(i, r) for i, r in finishes.items()} or {0: "stop"}
     if not started and reply.chat:
         yield reply.role(sorted(finishes))
     yield reply.finish(finishes)
