@@ -89,7 +89,7 @@ def test_tool_call_and_its_result(client: openai.OpenAI, upstream: AnthropicUpst
     ]
     second = client.chat.completions.create(model="claude-chat", messages=messages, tools=TOOLS)
     assert second.choices[0].message.content == "It is sunny in Paris."
-    results = upstream.requests[-1].json["messages"][-1]["content"]
+    results = upstream.requests[-1].body["messages"][-1]["content"]
     assert results == [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]
 
 
@@ -106,7 +106,9 @@ def test_streamed_tool_call(client: openai.OpenAI, upstream: AnthropicUpstream) 
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Looking."
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
-    assert deltas[0].id and deltas[0].function and deltas[0].function.name == "get_weather"
+    assert deltas[0].id
+    assert deltas[0].function
+    assert deltas[0].function.name == "get_weather"
     arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
     assert json.loads(arguments) == {"city": "Oslo"}
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"

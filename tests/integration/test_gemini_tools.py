@@ -88,7 +88,7 @@ async def test_tool_calls_round_trip(
         {"city": "Oslo"},
     ]
     assert answer.usage.completion_tokens == gemini_up.served[-1].completion_tokens
-    sent = gemini_up.requests[-1].json
+    sent = gemini_up.requests[-1].body
     assert sent["tools"] == [
         {
             "functionDeclarations": [
@@ -114,7 +114,7 @@ async def test_tool_calls_round_trip(
     )
     assert answer.choices[0].message.content == "Sunny in Paris, grey in Oslo."
     assert answer.choices[0].finish_reason == "stop"
-    model_turn, results = gemini_up.requests[-1].json["contents"][1:]
+    model_turn, results = gemini_up.requests[-1].body["contents"][1:]
     # The call Gemini signed goes back with its signature, which rode in the id.
     signature = base64.b64encode(b"signed-thought").decode()
     assert model_turn["role"] == "model"
@@ -171,9 +171,9 @@ async def test_tool_choice_and_reasoning_effort(
         await router.CreateChatCompletion(
             router_pb2.CreateChatCompletionRequest(params=_chat(QUESTION, **extra))
         )
-        assert gemini_up.requests[-1].json["toolConfig"]["functionCallingConfig"] == expected
+        assert gemini_up.requests[-1].body["toolConfig"]["functionCallingConfig"] == expected
     await router.CreateChatCompletion(
         router_pb2.CreateChatCompletionRequest(params=_chat(QUESTION, reasoning_effort="low"))
     )
-    config = gemini_up.requests[-1].json["generationConfig"]
+    config = gemini_up.requests[-1].body["generationConfig"]
     assert config["thinkingConfig"] == {"thinking_level": "LOW"}

@@ -101,6 +101,12 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any | None
 
+    @property
+    def body(self) -> dict[str, Any]:
+        """The JSON body, which the test expects to be an object."""
+        assert isinstance(self.json, dict), self.json
+        return self.json
+
 
 @dataclass
 class ServedCall:
