@@ -403,10 +403,44 @@ async def test_errors_are_mapped(
             assert ANTHROPIC_KEY not in str(err.value.details())
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_silent_upstream_times_out(
+    router: router_pb2_grpc.RouterServiceAsyncStub, upstreams: Upstreams, stream: bool
+) -> None:
+    upstreams[1].behaviour = Behaviour(mode="hang")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        if stream:
+            await _stream(router, _chat("via-anthropic"))
+        else:
+            await router.CreateChatCompletion(
+                router_pb2.CreateChatCompletionRequest(params=_chat("via-anthropic"))
+            )
+    assert (err.value.code(), reason(err.value)) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "UPSTREAM_TIMEOUT",
+    )
+    assert await upstreams[1].wait_for(lambda: upstreams[1].in_flight == 0, within_s=2.0)
+
+
+async def test_client_cancel_closes_the_upstream_request(
+    router: router_pb2_grpc.RouterServiceAsyncStub, upstreams: Upstreams
+) -> None:
+    anthropic_up = upstreams[1]
+    anthropic_up.behaviour = Behaviour(event_delay_s=0.2)
+    params = _chat("via-anthropic", [{"role": "user", "content": "one two three four"}])
+    call = router.StreamChatCompletion(router_pb2.StreamChatCompletionRequest(params=params))
+    first = await call.read()
+    assert isinstance(first, router_pb2.StreamChatCompletionResponse)
+    call.cancel()
+    assert await anthropic_up.wait_for(lambda: anthropic_up.disconnects == 1, within_s=2.0)
+    assert await anthropic_up.wait_for(lambda: anthropic_up.in_flight == 0, within_s=2.0)
+    assert not anthropic_up.served[-1].completed
+
+
 async def test_rate_limit_carries_retry_after(
     router: router_pb2_grpc.RouterServiceAsyncStub, upstreams: Upstreams
 ) -> None:
-    upstreams[1].behaviour = Behaviour(mode="status", status=429, retry_after=7)
+    upstreams[1].behaviour = Behaviour(mode="status", status=429, retry_after=1)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await router.CreateChatCompletion(
             router_pb2.CreateChatCompletionRequest(params=_chat("via-anthropic"))
@@ -415,7 +449,7 @@ async def test_rate_limit_carries_retry_after(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "UPSTREAM_RATE_LIMITED",
     )
-    assert retry_delay_s(err.value) == 7
+    assert retry_delay_s(err.value) == 1
 
 
 async def test_what_messages_cannot_express_is_refused(

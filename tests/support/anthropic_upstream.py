@@ -81,6 +81,8 @@ class Behaviour:
     error_type: str | None = None
     retry_after: float | None = None
     reset_after_events: int = 3
+    # A pause before each stream event after the first.
+    event_delay_s: float = 0.0
 
 
 @dataclass
@@ -477,6 +479,8 @@ class AnthropicUpstream:
                     if request.transport is not None:
                         request.transport.abort()
                     return resp
+                if call.events_sent and behaviour.event_delay_s > 0:
+                    await asyncio.sleep(behaviour.event_delay_s)
                 await resp.write(event)
                 call.events_sent += 1
             await resp.write_eof()
