@@ -20,7 +20,7 @@ pytestmark = pytest.mark.asyncio
 _EVENTS: pydantic.TypeAdapter[types.RawMessageStreamEvent] = pydantic.TypeAdapter(
     types.RawMessageStreamEvent
 )
-START = {
+START: dict[str, Any] = {
     "type": "message_start",
     "message": {
         "id": "msg_1",
@@ -33,7 +33,7 @@ START = {
         "usage": {"input_tokens": 5, "cache_read_input_tokens": 3, "output_tokens": 1},
     },
 }
-THINKING = [
+THINKING: list[dict[str, Any]] = [
     {
         "type": "content_block_start",
         "index": 0,
@@ -46,12 +46,12 @@ THINKING = [
     },
     {"type": "content_block_stop", "index": 0},
 ]
-TEXT = [
+TEXT: list[dict[str, Any]] = [
     {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
     {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "hi"}},
     {"type": "content_block_stop", "index": 1},
 ]
-END = [
+END: list[dict[str, Any]] = [
     {
         "type": "message_delta",
         "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
