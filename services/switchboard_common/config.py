@@ -25,7 +25,7 @@ from pydantic import (
 
 # Limits and sizes travel as uint32 in the registry's messages.
 UINT32_MAX = 2**32 - 1
-ProviderKind = Literal["openai", "gemini", "mock"]
+ProviderKind = Literal["openai", "gemini", "anthropic", "mock"]
 Strategy = Literal[
     "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
 ]
@@ -52,7 +52,7 @@ class ProviderConfig(_Strict):
 
     @model_validator(mode="after")
     def _base_url_for_http_kinds(self) -> Self:
-        # gemini may omit it: the google-genai SDK's default endpoint is used.
+        # gemini and anthropic may omit it: their SDK's default endpoint is used.
         if self.kind == "openai" and not self.base_url:
             raise ValueError("base_url is required for kind 'openai'")
         return self
@@ -66,6 +66,8 @@ class PricingConfig(_Strict):
     output_per_1k: float = Field(default=0.0, ge=0)
     cached_input_per_1k: float = Field(default=0.0, ge=0)
     currency: str = "USD"
+    # Input written into a prompt cache; 0 means input_per_1k.
+    cache_write_input_per_1k: float = Field(default=0.0, ge=0)
 
 
 class DeploymentConfig(_Strict):

@@ -23,6 +23,7 @@ from switchboard_common.config import (
 PROVIDER_KINDS = {
     "openai": pb.PROVIDER_KIND_OPENAI,
     "gemini": pb.PROVIDER_KIND_GEMINI,
+    "anthropic": pb.PROVIDER_KIND_ANTHROPIC,
     "mock": pb.PROVIDER_KIND_MOCK,
 }
 MODEL_KINDS = {"chat": pb.MODEL_KIND_CHAT, "embedding": pb.MODEL_KIND_EMBEDDING}
@@ -115,6 +116,7 @@ def pricing_message(p: PricingConfig) -> pb.Pricing:
         input_per_1k=p.input_per_1k,
         output_per_1k=p.output_per_1k,
         cached_input_per_1k=p.cached_input_per_1k,
+        cache_write_input_per_1k=p.cache_write_input_per_1k,
         currency=p.currency,
     )
 
@@ -124,6 +126,7 @@ def _pricing_dict(p: pb.Pricing) -> dict[str, Any]:
         "input_per_1k": p.input_per_1k,
         "output_per_1k": p.output_per_1k,
         "cached_input_per_1k": p.cached_input_per_1k,
+        "cache_write_input_per_1k": p.cache_write_input_per_1k,
         "currency": p.currency or "USD",
     }
 

@@ -52,9 +52,12 @@ class UsageMeter:
         if request_id:
             self.record.provider_request_id = request_id
 
-    def report(self, usage: openai_pb2.Usage) -> None:
-        """The upstream's own count, which wins over any estimate."""
+    def report(self, usage: openai_pb2.Usage, cache_write_tokens: int = 0) -> None:
+        """The upstream's own count, which wins over any estimate. OpenAI's
+        usage shape has no place for cache writes: upstreams that bill them
+        (Anthropic) pass them beside it."""
         r = self.record
+        r.cache_write_tokens = cache_write_tokens
         r.prompt_tokens = usage.prompt_tokens
         r.completion_tokens = usage.completion_tokens
         r.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens

@@ -60,6 +60,10 @@ def build_adapter(config: ProviderConfig) -> Adapter:
         from switchboard_provider.adapters.gemini import GeminiAdapter
 
         return GeminiAdapter(config)
+    if config.kind == "anthropic":
+        from switchboard_provider.adapters.anthropic.adapter import AnthropicAdapter
+
+        return AnthropicAdapter(config)
     raise SwitchboardError(
         R.ERROR_REASON_NOT_IMPLEMENTED,
         f"provider {config.name!r}: kind {config.kind!r} is not supported yet",

@@ -60,7 +60,12 @@ def _check_seconds(field: str, value: float, *, required: bool = False) -> None:
 
 
 def _check_pricing(field: str, pricing: pb.Pricing) -> None:
-    for name in ("input_per_1k", "output_per_1k", "cached_input_per_1k"):
+    for name in (
+        "input_per_1k",
+        "output_per_1k",
+        "cached_input_per_1k",
+        "cache_write_input_per_1k",
+    ):
         value = getattr(pricing, name)
         if value < 0 or value != value:
             raise invalid(f"{field}.{name}", "must be 0 or more")
@@ -71,7 +76,7 @@ def _check_pricing(field: str, pricing: pb.Pricing) -> None:
 def provider(p: pb.Provider) -> None:
     check_name("provider.name", p.name)
     if p.kind == pb.PROVIDER_KIND_UNSPECIFIED:
-        raise invalid("provider.kind", "is required: one of openai, gemini, mock")
+        raise invalid("provider.kind", "is required: one of openai, gemini, anthropic, mock")
     if p.base_url:
         parts = urlsplit(p.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

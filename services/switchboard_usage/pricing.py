@@ -19,11 +19,16 @@ def _nanos(tokens: int, per_1k: float) -> int:
 def price(record: usage_pb2.UsageRecord, pricing: PricingConfig | None) -> events_pb2.UsageEvent:
     event = events_pb2.UsageEvent(record=record, currency=pricing.currency if pricing else "USD")
     if pricing is not None:
+        # Cache reads and cache writes are parts of prompt_tokens, each at its own rate.
         cached = min(record.cached_tokens, record.prompt_tokens)
+        written = min(record.cache_write_tokens, record.prompt_tokens - cached)
         cached_rate = pricing.cached_input_per_1k or pricing.input_per_1k
-        event.input_cost_nanos = _nanos(
-            record.prompt_tokens - cached, pricing.input_per_1k
-        ) + _nanos(cached, cached_rate)
+        write_rate = pricing.cache_write_input_per_1k or pricing.input_per_1k
+        event.input_cost_nanos = (
+            _nanos(record.prompt_tokens - cached - written, pricing.input_per_1k)
+            + _nanos(cached, cached_rate)
+            + _nanos(written, write_rate)
+        )
         event.output_cost_nanos = _nanos(record.completion_tokens, pricing.output_per_1k)
         event.total_cost_nanos = event.input_cost_nanos + event.output_cost_nanos
     event.publish_time.GetCurrentTime()

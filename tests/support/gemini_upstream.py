@@ -20,16 +20,22 @@ turn's text; ``promptTokenCount`` = words across every text part (system instruc
 included, at least 1), ``candidatesTokenCount`` = reply words (after ``maxOutputTokens``,
 which sets ``finishReason: MAX_TOKENS``) times ``candidateCount``. Embeddings are the
 OpenAI loopback's vectors for the same text (8 dimensions unless asked otherwise).
+
+Tests script other replies with :meth:`GeminiUpstream.script`: text, then ``functionCall``
+parts (the first one signed with a ``thoughtSignature``, as Gemini 3 signs them); a
+stream sends the text word by word and the calls whole in one last response, as Gemini
+does. A call's tokens are the words of its JSON arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
@@ -42,7 +48,7 @@ from tests.support.openai_upstream import (
     _words,
 )
 
-__all__ = ["Behaviour", "GeminiUpstream", "RecordedRequest", "ServedCall"]
+__all__ = ["Behaviour", "GeminiUpstream", "RecordedRequest", "Scripted", "ServedCall"]
 
 Mode = Literal["ok", "status", "hang", "reset_after", "slow", "blocked"]
 
@@ -84,6 +90,15 @@ class Behaviour:
 
 
 @dataclass
+class Scripted:
+    """One scripted reply: text, then function calls."""
+
+    text: str = ""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    thought_signature: bytes = b"signed-thought"
+
+
+@dataclass
 class RecordedRequest:
     """One request as received. Header names are lower-cased."""
 
@@ -92,6 +107,12 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]
     json: Any | None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The JSON body, which the test expects to be an object."""
+        assert isinstance(self.json, dict), self.json
+        return self.json
 
 
 @dataclass
@@ -161,6 +182,7 @@ class GeminiUpstream:
         self.requests: list[RecordedRequest] = []
         self.served: list[ServedCall] = []
         self.disconnects = 0
+        self._scripted: list[Scripted] = []
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -172,7 +194,12 @@ class GeminiUpstream:
         """Requests whose handler is still running."""
         return len(self._tasks)
 
+    def script(self, *replies: Scripted) -> None:
+        """The next generations' replies, in order; the echo reply once they run out."""
+        self._scripted.extend(replies)
+
     def reset(self) -> None:
+        self._scripted.clear()
         self.behaviour = Behaviour()
         self.requests.clear()
         self.served.clear()
@@ -339,24 +366,42 @@ class GeminiUpstream:
         users = [c for c in contents if _field(c, "role") in (None, "user")]
         words = _reply_words(_text(users[-1]) if users else "")
         finish = "STOP"
+        scripted = self._scripted.pop(0) if self._scripted else None
+        calls: list[dict[str, Any]] = []
+        if scripted is not None:
+            words = _words(scripted.text)
+            signature = base64.b64encode(scripted.thought_signature).decode()
+            calls = [
+                {"functionCall": {"name": name, "args": args}}
+                | ({"thoughtSignature": signature} if i == 0 else {})
+                for i, (name, args) in enumerate(scripted.calls)
+            ]
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "MAX_TOKENS"
+        call_tokens = sum(len(_words(json.dumps(c["functionCall"]["args"]))) for c in calls)
         call = ServedCall(
             id=uuid.uuid4().hex[:22],
             method=request.match_info["call"].partition(":")[2],
             model=model,
             prompt_tokens=prompt_tokens,
-            completion_tokens=0 if ctx.behaviour.mode == "blocked" else len(words) * n,
+            completion_tokens=0
+            if ctx.behaviour.mode == "blocked"
+            else (len(words) + call_tokens) * n,
         )
 
-        def response(pieces: list[str], done: bool, sent: int) -> dict[str, Any]:
+        def response(
+            pieces: list[str], done: bool, sent: int, with_calls: bool = False
+        ) -> dict[str, Any]:
             out: dict[str, Any] = {}
             if ctx.behaviour.mode == "blocked":
                 out["promptFeedback"] = {"blockReason": ctx.behaviour.block_reason}
             else:
                 out["candidates"] = [
                     {
-                        "content": {"parts": [{"text": p} for p in pieces], "role": "model"},
+                        "content": {
+                            "parts": [{"text": p} for p in pieces] + (calls if with_calls else []),
+                            "role": "model",
+                        },
                         **({"finishReason": finish} if done else {}),
                         "index": i,
                     }
@@ -375,11 +420,17 @@ class GeminiUpstream:
             return self._abort(request, ctx)
         self.served.append(call)
         if call.method == "generateContent":
+            text = [" ".join(words)] if words or not calls else []
+            total = len(words) + call_tokens
             return await self._send(
-                request, ctx, call, _pretty(response([" ".join(words)], True, len(words)))
+                request, ctx, call, _pretty(response(text, True, total, with_calls=True))
             )
         pieces = _pieces(words) if ctx.behaviour.mode != "blocked" else []
-        events = [response([p], i == len(pieces) - 1, i + 1) for i, p in enumerate(pieces)]
+        events = [
+            response([p], i == len(pieces) - 1 and not calls, i + 1) for i, p in enumerate(pieces)
+        ]
+        if calls:
+            events.append(response([], True, len(words) + call_tokens, with_calls=True))
         return await self._stream(request, ctx, call, events or [response([], True, 0)])
 
     async def _embed(

@@ -180,7 +180,7 @@ def test_empty_config_is_valid_and_open(data: dict[str, object] | None) -> None:
             id="openai-without-base-url",
         ),
         pytest.param(
-            "providers.0.kind", "anthropic", "providers.0.kind: Input should be", id="bad-kind"
+            "providers.0.kind", "cohere", "providers.0.kind: Input should be", id="bad-kind"
         ),
         pytest.param(
             "providers.1.timeout_s",

@@ -167,10 +167,11 @@ def test_json_schema_response_format() -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        # A tool result must answer an earlier tool call: Gemini names the function.
         ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c"}]}, "messages"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
         ({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}, "messages"),
     ],
 )

@@ -42,6 +42,8 @@ class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     PROVIDER_KIND_GEMINI: _ProviderKind.ValueType  # 2
     PROVIDER_KIND_MOCK: _ProviderKind.ValueType  # 3
     """A built-in echo upstream for demos and tests; labelled as such in every answer."""
+    PROVIDER_KIND_ANTHROPIC: _ProviderKind.ValueType  # 4
+    """Anthropic's Messages API, through the official anthropic SDK."""
 
 class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper): ...
 
@@ -51,6 +53,8 @@ PROVIDER_KIND_OPENAI: ProviderKind.ValueType  # 1
 PROVIDER_KIND_GEMINI: ProviderKind.ValueType  # 2
 PROVIDER_KIND_MOCK: ProviderKind.ValueType  # 3
 """A built-in echo upstream for demos and tests; labelled as such in every answer."""
+PROVIDER_KIND_ANTHROPIC: ProviderKind.ValueType  # 4
+"""Anthropic's Messages API, through the official anthropic SDK."""
 Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
 
 class _ModelKind:
@@ -255,10 +259,15 @@ class Pricing(_message.Message):
     OUTPUT_PER_1K_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
     input_per_1k: _builtins.float
     output_per_1k: _builtins.float
     cached_input_per_1k: _builtins.float
     currency: _builtins.str
+    cache_write_input_per_1k: _builtins.float
+    """Writing input into a prompt cache (Anthropic bills it above the input
+    rate); 0 means the input rate.
+    """
     def __init__(
         self,
         *,
@@ -266,10 +275,11 @@ class Pricing(_message.Message):
         output_per_1k: _builtins.float = ...,
         cached_input_per_1k: _builtins.float = ...,
         currency: _builtins.str = ...,
+        cache_write_input_per_1k: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_per_1k", b"cached_input_per_1k", "currency", b"currency", "input_per_1k", b"input_per_1k", "output_per_1k", b"output_per_1k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_per_1k", b"cache_write_input_per_1k", "cached_input_per_1k", b"cached_input_per_1k", "currency", b"currency", "input_per_1k", b"input_per_1k", "output_per_1k", b"output_per_1k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

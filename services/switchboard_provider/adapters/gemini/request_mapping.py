@@ -17,6 +17,7 @@ from switchboard.common.v1 import openai_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.values import texts, to_python
 from switchboard_provider.adapters.base import message_text
+from switchboard_provider.adapters.gemini import tools as gemini_tools
 
 
 def unsupported(what: str, param: str) -> SwitchboardError:
@@ -119,6 +120,19 @@ def _config(params: Any) -> types.GenerateContentConfig:
     return config
 
 
+# OpenAI's reasoning_effort as Gemini's thinking level; "none" turns thinking off.
+_THINKING_LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
+
+
+def _thinking(effort: str) -> types.ThinkingConfig | None:
+    if effort == "none":
+        return types.ThinkingConfig(thinking_budget=0)
+    level = _THINKING_LEVELS.get(effort) or effort.upper()
+    if level not in types.ThinkingLevel.__members__:
+        raise unsupported(f"reasoning_effort {effort!r}", "reasoning_effort")
+    return types.ThinkingConfig(thinking_level=types.ThinkingLevel(level))
+
+
 def _response_format(fmt: dict[str, Any], config: types.GenerateContentConfig) -> None:
     kind = fmt.get("type")
     if kind in ("json_object", "json_schema"):
@@ -132,29 +146,32 @@ def _response_format(fmt: dict[str, Any], config: types.GenerateContentConfig) -
 def chat_request(
     params: openai_pb2.ChatCompletionParams,
 ) -> tuple[list[types.Content], types.GenerateContentConfig]:
-    if params.tools:
-        raise unsupported("tools", "tools")
     if params.logprobs or params.HasField("top_logprobs"):
         raise unsupported("logprobs", "logprobs")
     if params.HasField("audio") or "audio" in params.modalities:
         raise unsupported("audio output", "modalities")
     config = _config(params)
+    gemini_tools.declare(params, config)
+    if params.reasoning_effort:
+        config.thinking_config = _thinking(params.reasoning_effort)
     if params.HasField("max_completion_tokens"):
         config.max_output_tokens = params.max_completion_tokens
     if params.HasField("response_format"):
         _response_format(json_format.MessageToDict(params.response_format), config)
     system: list[types.Part] = []
     contents: list[types.Content] = []
+    tool_names: dict[str, str] = {}  # a function response names its function
     for message in params.messages:
         content = to_python(message.content) if message.HasField("content") else None
         if message.role in ("system", "developer"):
             text = message_text(content)
             if text:
                 system.append(types.Part(text=text))
+        elif message.role == "tool":
+            gemini_tools.add_result(contents, message, tool_names)
         elif message.role in ("user", "assistant"):
-            if message.tool_calls:
-                raise unsupported("tool calls", "messages")
-            parts = content_parts(content)
+            parts = content_parts(content) + gemini_tools.call_parts(list(message.tool_calls))
+            gemini_tools.call_names(list(message.tool_calls), tool_names)
             if parts:
                 role = "model" if message.role == "assistant" else "user"
                 contents.append(types.Content(role=role, parts=parts))

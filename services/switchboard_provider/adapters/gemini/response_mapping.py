@@ -12,6 +12,7 @@ from google.genai import types
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_provider.adapters.gemini import tools as gemini_tools
 from switchboard_provider.meter import UsageMeter
 
 _FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
@@ -100,12 +101,18 @@ class Reply:
                 id=self.id, object="chat.completion", created=self.created, model=self.model
             )
             for c in candidates:
+                calls = gemini_tools.tool_calls(c)
+                said = candidate_text(c)
+                reason = finish_reason(c.finish_reason)
+                message = openai_pb2.ChatCompletionMessage(role="assistant", tool_calls=calls)
+                if said or not calls:  # null content for an answer of tool calls only
+                    message.content = said
+                for call in calls:
+                    meter.add_output_text(call.function.arguments)
                 chat.choices.add(
                     index=c.index or 0,
-                    finish_reason=finish_reason(c.finish_reason),
-                    message=openai_pb2.ChatCompletionMessage(
-                        role="assistant", content=candidate_text(c)
-                    ),
+                    finish_reason="tool_calls" if calls and reason == "stop" else reason,
+                    message=message,
                 )
             if total is not None:
                 chat.usage.CopyFrom(total)
@@ -139,11 +146,20 @@ class Reply:
             )
         return provider_pb2.StreamGenerateResponse(chat_chunk=chunk)
 
-    def delta(self, pieces: dict[int, str]) -> provider_pb2.StreamGenerateResponse:
+    def delta(
+        self,
+        pieces: dict[int, str],
+        calls: dict[int, list[openai_pb2.ToolCallDelta]] | None = None,
+    ) -> provider_pb2.StreamGenerateResponse:
         if self.chat:
             chunk = self._chunk()
-            for i, piece in pieces.items():
-                chunk.choices.add(index=i).delta.content = piece
+            calls = calls or {}
+            for i in sorted(pieces.keys() | calls.keys()):
+                delta = chunk.choices.add(index=i).delta
+                delta.SetInParent()
+                if i in pieces:
+                    delta.content = pieces[i]
+                delta.tool_calls.extend(calls.get(i, ()))
             return provider_pb2.StreamGenerateResponse(chat_chunk=chunk)
         text = self._completion()
         for i, piece in pieces.items():
@@ -183,6 +199,7 @@ async def stream_events(
     first = True
     started = False
     finishes: dict[int, str] = {}
+    streamed = gemini_tools.StreamedCalls()
     last_usage: types.GenerateContentResponseUsageMetadata | None = None
     async for response in stream:
         if first:
@@ -193,6 +210,7 @@ async def stream_events(
         # Each response carries the running total so far; the last one counts.
         last_usage = response.usage_metadata or last_usage
         pieces: dict[int, str] = {}
+        calls: dict[int, list[openai_pb2.ToolCallDelta]] = {}
         for c in _candidates(response):
             index = c.index or 0
             finishes.setdefault(index, "stop")
@@ -201,15 +219,20 @@ async def stream_events(
             text = candidate_text(c)
             if text:
                 pieces[index] = text
-        if not pieces:
+            if reply.chat and (deltas := streamed.deltas(index, c)):
+                calls[index] = deltas
+        if not pieces and not calls:
             continue
         if not started and reply.chat:
             yield reply.role(sorted(finishes))
         started = True
         for piece in pieces.values():
             meter.add_output_text(piece)
-        yield reply.delta(pieces)
-    finishes = finishes or {0: "stop"}
+        for deltas in calls.values():
+            for delta in deltas:
+                meter.add_output_text(delta.function.arguments)
+        yield reply.delta(pieces, calls)
+    finishes = {i: streamed.finish(i, r) for i, r in finishes.items()} or {0: "stop"}
     if not started and reply.chat:
         yield reply.role(sorted(finishes))
     yield reply.finish(finishes)
