@@ -210,26 +210,29 @@ class EngineManager:
             return False
         return reply.status_code == 200
 
-    async def _running(self, slot: Slot) -> None:
-        """The engine answers: route to it, and watch it."""
-        self._set(slot, states.RUNNING, "healthy")
-        await self._register(slot)
-        slot.supervisor = asyncio.create_task(self._supervise(slot), name=f"engine-{slot.name}")
+    async def _running(self, slot: Slot, reason: str = "healthy") -> None:
+        """The engine answers: route to it (RUNNING once routable), and watch it."""
+        problem = await self._register(slot)
+        self._set(
+            slot, states.RUNNING, f"{reason}; not yet routable: {problem}" if problem else reason
+        )
+        if slot.supervisor is None:
+            slot.supervisor = asyncio.create_task(self._supervise(slot), name=f"engine-{slot.name}")
 
-    async def _register(self, slot: Slot) -> None:
+    async def _register(self, slot: Slot) -> str:
+        """Register the deployment; what went wrong, or "" (the supervisor retries)."""
         base_url = f"http://{self.settings.advertise_host}:{slot.port}/v1"
         gpu = slot.config.gpus[0] if slot.config.gpus else ""
         try:
             slot.deployment_id = await self.link.register(slot.name, base_url, gpu)
-            slot.registered = True
-            slot.set_state(states.RUNNING, "healthy")
         except SwitchboardError as err:
-            # It runs but cannot be routed to yet: the supervisor tries again.
             slot.registered = False
-            slot.set_state(states.RUNNING, f"healthy; not yet routable: {err.message}")
             log.warning(
                 "engine not registered", extra=log_fields(engine=slot.name, error=err.message)
             )
+            return err.message
+        slot.registered = True
+        return ""
 
     async def _withdraw(self, slot: Slot) -> None:
         try:
@@ -263,8 +266,8 @@ class EngineManager:
             if status is None:
                 if await self.healthy(slot):
                     failures = 0
-                    if not slot.registered:
-                        await self._register(slot)
+                    if not slot.registered and not await self._register(slot):
+                        slot.set_state(states.RUNNING, "healthy")
                     continue
                 failures += 1
                 if failures < self.settings.unhealthy_after:
@@ -295,8 +298,7 @@ class EngineManager:
             except StartFailed as exc:
                 status = str(exc).splitlines()[0]
                 continue
-            self._set(slot, states.RUNNING, "healthy after a crash")
-            await self._register(slot)
+            await self._running(slot, "healthy after a crash")
             return True
         self._set(
             slot,
@@ -351,9 +353,7 @@ class EngineManager:
             process = slot.process
             if process is not None:
                 await process.terminate(0, force=True)
-            if not await self._recover(slot, "not healthy after adoption"):
-                return
-            slot.supervisor = asyncio.create_task(self._supervise(slot))
+            await self._recover(slot, "not healthy after adoption")
 
     async def _bring_back(self, slot: Slot) -> None:
         try:
