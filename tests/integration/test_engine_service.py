@@ -21,6 +21,8 @@ from typing import Any
 import grpc
 import openai
 import pytest
+from switchboard_engine.service import setup
+from switchboard_engine.settings import EngineSettings
 
 from switchboard.engine.v1 import engine_pb2 as pb
 from switchboard.engine.v1 import engine_pb2_grpc
@@ -28,8 +30,6 @@ from switchboard.registry.v1 import engine_config_pb2 as cfg
 from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
 from switchboard_common.server import CHANNEL_OPTIONS, serve
 from switchboard_common.settings import Settings
-from switchboard_engine.service import setup
-from switchboard_engine.settings import EngineSettings
 from tests.support.grpc_errors import reason
 from tests.support.inprocess import services, wait_serving
 
@@ -44,8 +44,8 @@ CONFIG: dict[str, Any] = {"providers": [{"name": "mock", "kind": "mock"}], "mode
 
 @dataclasses.dataclass
 class Env:
-    engines: engine_pb2_grpc.EngineServiceStub
-    registry: registry_pb2_grpc.RegistryServiceStub
+    engines: engine_pb2_grpc.EngineServiceAsyncStub
+    registry: registry_pb2_grpc.RegistryServiceAsyncStub
     ready: Path
     settings: Settings
 
@@ -302,11 +302,13 @@ async def test_ten_concurrent_starts_and_stops_end_consistent(
                 reply = await env.engines.StartEngine(
                     pb.StartEngineRequest(name="busy"), metadata=AUTH
                 )
-                return reply.task
+                task: pb.Task = reply.task
+                return task
             stopped = await env.engines.StopEngine(
                 pb.StopEngineRequest(name="busy", force=i % 4 == 1), metadata=AUTH
             )
-            return stopped.task
+            task = stopped.task
+            return task
 
         submitted = await asyncio.gather(*(op(i) for i in range(10)))
         tasks = [await task_done(env, t.id) for t in submitted]

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 
 import pytest
+from switchboard_engine import commands, states
+from switchboard_engine import logs as engine_logs
+from switchboard_engine.settings import EngineSettings
 
 from switchboard.engine.v1 import engine_pb2 as pb
 from switchboard.registry.v1 import engine_config_pb2 as cfg
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_engine import commands, states
-from switchboard_engine import logs as engine_logs
-from switchboard_engine.settings import EngineSettings
 
 S = states
 LIFECYCLE = [S.CREATED, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED, S.STARTING]
 
 
 def test_the_documented_lifecycle_is_allowed() -> None:
-    for current, new in zip(LIFECYCLE, LIFECYCLE[1:], strict=False):
+    for current, new in itertools.pairwise(LIFECYCLE):
         states.check_transition(current, new)
     for current in (S.STARTING, S.RUNNING, S.STOPPING):
         states.check_transition(current, S.ERROR)
