@@ -371,14 +371,18 @@ class EngineManager:
             self.slots.pop(name, None)
 
     async def shutdown(self) -> None:
-        """This service stops: stop the engines, keep what they should be."""
+        """This service stops: stop the engines (together: the stack and the
+        kubelet give it a grace period), keeping what they should be."""
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        for slot in list(self.slots.values()):
+
+        async def stop(slot: Slot) -> None:
             await self._cancel_supervisor(slot)
             if slot.process is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError, SwitchboardError):
                     await asyncio.wait_for(self._withdraw(slot), 3.0)
                 await self._terminate(slot, force=False, timeout_s=self.settings.stop_timeout_s)
+
+        await asyncio.gather(*(stop(s) for s in list(self.slots.values())))
         await self._http.aclose()
