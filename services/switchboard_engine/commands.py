@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,22 @@ class Launch:
     argv: list[str]
     # Added to the service's own environment.
     env: dict[str, str] = field(default_factory=dict)
+
+
+# Engines get this service's environment without its secrets (the admin key,
+# provider keys): an engine is not trusted with them. Hugging Face's token is
+# passed on, as vLLM needs it for gated models.
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.I)
+_ENGINE_SECRETS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+
+
+def engine_environment(extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in _ENGINE_SECRETS or not _SECRET_NAME.search(name)
+    }
+    return {**env, **extra}
 
 
 def framework_name(framework: int) -> str:

@@ -76,6 +76,24 @@ class EngineManager:
             slot.config = config
         return slot
 
+    async def refresh(self, name: str | None = None) -> None:
+        """Take configs from the registry (changes there apply from an engine's
+        next start). With the registry away, the configs held are used."""
+        try:
+            if name is None:
+                models = await self.link.engine_models()
+            else:
+                found = await self.link.get_model(name)
+                models = [found] if found is not None and self.link.runs_here(found) else []
+        except SwitchboardError as err:
+            log.warning(
+                "registry unreachable; engine configs not refreshed",
+                extra=log_fields(error=err.message),
+            )
+            return
+        for model in models:
+            self.upsert(model.name, model.engine)
+
     def active_count(self, besides: Slot | None = None) -> int:
         return sum(1 for s in self.slots.values() if s is not besides and s.state in states.ACTIVE)
 
@@ -87,6 +105,7 @@ class EngineManager:
         """Check what can be checked at once, then run the operation as a task."""
         slot = self.slot(name)
         if kind in (pb.TASK_KIND_START, pb.TASK_KIND_RESTART):
+            await self.refresh(name)
             commands.binary(slot.config.framework)
             commands.check_model_path(slot.config)
             if slot.state not in states.ACTIVE:
@@ -331,7 +350,12 @@ class EngineManager:
                         await self.link.withdraw(name)
                 (path / "engine.pid").unlink(missing_ok=True)
                 continue
-            if process is not None:
+            if process is not None and slot.read_desired() == "stopped":
+                # Killed while stopping it: finish the stop.
+                await process.terminate(self.settings.stop_timeout_s)
+                slot.forget_process()
+                self.spawn(self._withdraw(slot))
+            elif process is not None:
                 slot.adopt_process(process)
                 self._set(slot, states.STARTING, "adopted after the engine service restarted")
                 self.spawn(self._adopt(slot))

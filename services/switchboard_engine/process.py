@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from switchboard_engine.commands import Launch
+from switchboard_engine.commands import Launch, engine_environment
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -124,7 +124,7 @@ class EngineProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **launch.env},
+                env=engine_environment(launch.env),
                 # Its own session and process group: it survives this service's
                 # crash (to be adopted) and is stopped as a group (vLLM forks workers).
                 start_new_session=True,

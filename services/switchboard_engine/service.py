@@ -78,6 +78,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         require_admin(context.invocation_metadata() or (), self._admin_key)
 
     async def _engine(self, name: str) -> pb.Engine:
+        if name not in self.manager.slots:  # created through the registry's own API
+            await self.manager.refresh(name)
         slot = self.manager.slot(name)
         gpu_memory: list[tuple[str, int]] = []
         if slot.config.gpus and slot.process is not None:
@@ -104,6 +106,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def ListEngines(
         self, request: pb.ListEnginesRequest, context: Context
     ) -> pb.ListEnginesResponse:
+        await self.manager.refresh()
         names = sorted(self.manager.slots)
         return pb.ListEnginesResponse(
             engines=[await self._engine(n) for n in names if n in self.manager.slots],
