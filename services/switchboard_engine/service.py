@@ -198,13 +198,25 @@ def _mtime(path: Any) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
 
-async def _load_engines(manager: EngineManager, wait_s: float) -> bool:
-    """The registry's engines for this node; False if it did not answer in time."""
+# Worth waiting out: the registry is starting, restarting or slow.
+_TRANSIENT = frozenset({R.ERROR_REASON_SERVICE_UNAVAILABLE, R.ERROR_REASON_UPSTREAM_TIMEOUT})
+
+
+async def _load_engines(manager: EngineManager, wait_s: float) -> bool | None:
+    """The registry's engines for this node: True once loaded, False if the
+    registry did not answer within wait_s, None if it refused (no admin key)."""
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         try:
             models = await manager.link.engine_models()
         except SwitchboardError as err:
+            if err.reason not in _TRANSIENT:
+                log.error(
+                    "the registry refused to list engines; set SWITCHBOARD_ADMIN_KEY, which "
+                    "the engine service needs to read and register engines",
+                    extra=log_fields(error=err.message),
+                )
+                return None
             if asyncio.get_running_loop().time() >= deadline:
                 log.error(
                     "registry unreachable; engines not loaded", extra=log_fields(error=err.message)
@@ -228,14 +240,15 @@ async def setup(
     registry = service_channel(settings.address("registry"), settings.tls)
     gpus = GpuProbe(backend_from_env())
     manager = EngineManager(config, RegistryLink(registry, settings.admin_key, config.node), gpus)
-    if await _load_engines(manager, registry_wait_s):
+    loaded = await _load_engines(manager, registry_wait_s)
+    if loaded:
         await manager.recover_node()
-    else:
+    elif loaded is False:
         # Without the registry nothing is known to be deleted, so nothing is
         # killed: engines are adopted (or cleaned up) once it answers.
         async def later() -> None:
-            await _load_engines(manager, float("inf"))
-            await manager.recover_node()
+            if await _load_engines(manager, float("inf")):
+                await manager.recover_node()
 
         manager.spawn(later())
     servicer = EngineServicer(manager, settings.admin_key)
