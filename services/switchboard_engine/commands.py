@@ -4,6 +4,7 @@ is launched with. Pure functions of the config, so they are unit-tested."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,9 @@ VLLM = cfg.ENGINE_FRAMEWORK_VLLM
 # Both servers answer 200 here once the model is loaded (llama-server 503 while loading).
 HEALTH_PATH = "/health"
 MAKE_ENGINES = "run `make engines` to install the engine binaries and the test model"
+# Beside llama-server: a JSON list of arguments this node's CPU needs
+# (written by `make engines`, switchboard_engine.install).
+NODE_ARGS_FILE = "switchboard-node-args.json"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,14 @@ class Launch:
 # passed on, as vLLM needs it for gated models.
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.I)
 _ENGINE_SECRETS = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+
+
+def node_args(binary_path: Path) -> list[str]:
+    try:
+        raw = json.loads((binary_path.parent / NODE_ARGS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(a) for a in raw] if isinstance(raw, list) else []
 
 
 def engine_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -130,6 +142,7 @@ def command(
             # Timestamps and level letters, so GetEngineLogs can parse each line.
             "--log-timestamps",
             "--log-prefix",
+            *node_args(binary_path),
         ]
         if config.context_size:
             argv += ["--ctx-size", str(config.context_size)]

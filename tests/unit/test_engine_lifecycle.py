@@ -109,6 +109,16 @@ def test_llama_cpp_command_line() -> None:
     assert launch.env == {"CUDA_VISIBLE_DEVICES": "0,GPU-abc"}
 
 
+def test_llama_cpp_takes_the_node_arguments_make_engines_found(tmp_path: Path) -> None:
+    (tmp_path / commands.NODE_ARGS_FILE).write_text('["--no-repack"]')
+    config = cfg.EngineConfig(framework=cfg.ENGINE_FRAMEWORK_LLAMA_CPP, model_path="/m.gguf")
+    launch = commands.command(
+        config, name="m", host="h", port=1, binary_path=tmp_path / "llama-server"
+    )
+    assert launch.argv[-1] == "--no-repack"
+    assert launch.argv[-2] == "--log-prefix"
+
+
 def test_vllm_command_line() -> None:
     config = cfg.EngineConfig(
         framework=cfg.ENGINE_FRAMEWORK_VLLM,
