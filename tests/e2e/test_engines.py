@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 from switchboard_engine.commands import llama_server_path
-from switchboard_engine.install import test_model_path
+from switchboard_engine.install import bundled_model_path
 
 from switchboard_stack.harness import Stack, running_stack
 
@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 def _model() -> Path:
-    server, model = llama_server_path(), test_model_path()
+    server, model = llama_server_path(), bundled_model_path()
     if server is None or not server.exists() or model is None:
         pytest.fail("llama-server or the test model is missing: run `make engines`")
     return model
@@ -142,6 +142,7 @@ def llama_servers(model_path: Path) -> list[int]:
     return found
 
 
+@pytest.mark.timeout(300)
 def test_a_real_llama_cpp_engine_through_its_lifecycle(
     stack: Stack, admin: httpx.Client, client: openai.OpenAI
 ) -> None:
@@ -186,11 +187,12 @@ def test_a_real_llama_cpp_engine_through_its_lifecycle(
             )
         except openai.APIStatusError:
             return None  # the router has not seen the deployment yet
-        with stream:
+        first: float | None = None
+        with stream:  # read to the end, so the call completes (and is counted) in full
             for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    return time.monotonic() - t0
-        return None
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.monotonic() - t0
+        return first
 
     ttft = until("a first token", first_token)
     print(f"\nstart-to-first-token: {ttft:.2f} s (llama-server, SmolLM2-135M Q4_1, CPU)")
@@ -221,16 +223,20 @@ def test_a_real_llama_cpp_engine_through_its_lifecycle(
     assert usage.completion_tokens > 0
     today = dt.datetime.now(dt.UTC).date().isoformat()
 
+    summaries: list[Any] = []
+
     def counted() -> dict[str, Any] | None:
         summary = httpx.get(
-            f"{stack.edge_url}/v1/usage/summary",
-            params={"start": today, "end": today, "model": "smol"},
-            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            f"{stack.edge_url}/v1/usage/summary", params={"start": today, "end": today}
         ).json()
+        summaries.append(summary)
         smol: dict[str, Any] | None = (summary.get("by_model") or {}).get("smol")
         return smol if smol and int(smol["requests"]) >= 3 else None
 
-    assert int(until("usage counted", counted)["tokens"]) > 0
+    try:
+        assert int(until("usage counted", counted, wait_s=30)["tokens"]) > 0
+    except AssertionError:
+        raise AssertionError(f"usage not counted: {summaries[-1:]}") from None
 
     # 4. logs, parsed.
     logs = admin.get("/v1/admin/engines/smol/logs", params={"lines": 400})
