@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from openai.types.chat import ChatCompletionMessageParam
 
 from switchboard_common.gpu_topics import GPU_TOPICS
+from switchboard_stack.components import SERVICES
 from switchboard_stack.harness import Stack, running_stack
 from switchboard_usage.kafka import DLQ_TOPIC, USAGE_TOPIC
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
@@ -215,8 +216,7 @@ def test_no_secret_in_logs_kafka_clickhouse_or_databases(
     assert summary["total_requests"] >= 6
 
     kept: dict[str, bytes] = {
-        component: stack.log(component).encode()
-        for component in ("router", "provider", "registry", "usage", "gpu", "envoy", "broker")
+        component: stack.log(component).encode() for component in (*SERVICES, "envoy", "broker")
     }
     kept["kafka"] = _kafka_payloads(stack)
     assert kept["kafka"], "no Kafka payloads were read: the search would prove nothing"
