@@ -39,7 +39,7 @@ def main() -> None:
     served = args.served_model_name
 
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *a: Any) -> None:  # noqa: A002 - the base's name
+        def log_message(self, format: str, *a: Any) -> None:
             log("INFO", f"{self.address_string()} - {format % a}")
 
         def _json(self, status: int, body: dict[str, Any]) -> None:
