@@ -110,6 +110,9 @@ class EngineManager:
             commands.check_model_path(slot.config)
             if slot.state not in states.ACTIVE:
                 await self._admit(slot)
+        elif slot.launching is not None and slot.state == states.STARTING:
+            # A stop wins over a start still waiting for /health.
+            slot.launching.cancel()
         task = self.tasks.create(name, kind)
         slot.task_id = task.id
         self.spawn(self._run(slot, task, force, timeout_s or self.settings.stop_timeout_s))
@@ -157,11 +160,22 @@ class EngineManager:
         slot.restart_count = 0
         slot.write_desired("running")
         self._set(slot, states.STARTING, "launching")
+        # Its own task, so that a stop asked for meanwhile can cut it short (submit).
+        slot.launching = asyncio.ensure_future(self._launch_and_wait(slot))
         try:
-            await self._launch_and_wait(slot)
+            await slot.launching
         except StartFailed as exc:
             self._set(slot, states.ERROR, str(exc))
             raise
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this operation itself is cancelled (shutdown)
+            await self._terminate(slot, force=True, timeout_s=0)
+            self._set(slot, states.ERROR, "a stop was asked for while it started")
+            raise StartFailed("cut short: a stop was asked for while it started") from None
+        finally:
+            slot.launching = None
         await self._running(slot)
 
     async def _stop(self, slot: Slot, *, force: bool, timeout_s: float) -> None:

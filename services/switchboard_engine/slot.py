@@ -41,6 +41,8 @@ class Slot:
         self.started_at = 0.0
         self.lock = asyncio.Lock()
         self.supervisor: asyncio.Task[None] | None = None
+        # The launch a start operation waits on, while it waits.
+        self.launching: asyncio.Future[None] | None = None
         self._cpu: CpuSample | None = None
         if self.read_desired() == "stopped":
             self.state = states.STOPPED

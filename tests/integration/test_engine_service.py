@@ -287,6 +287,26 @@ async def test_a_start_that_never_gets_healthy_ends_in_error_with_the_log_tail(
         assert running_fakes("org/never-ready") == []
 
 
+async def test_a_stop_cuts_a_start_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with engine_service(tmp_path, monkeypatch) as env:
+        await env.engines.CreateEngine(
+            pb.CreateEngineRequest(name="loading", config=vllm_config("org/still-loading")),
+            metadata=AUTH,
+        )
+        started = await env.engines.StartEngine(
+            pb.StartEngineRequest(name="loading"), metadata=AUTH
+        )
+        await until(env, "loading", lambda e: e.pid > 0, "launched")
+        stopped = await env.engines.StopEngine(pb.StopEngineRequest(name="loading"), metadata=AUTH)
+        start = await task_done(env, started.task.id)
+        assert start.state == pb.TASK_STATE_FAILED
+        assert "a stop was asked for while it started" in start.error
+        assert (await task_done(env, stopped.task.id)).state == pb.TASK_STATE_SUCCEEDED
+        final = await engine(env, "loading")
+        assert (final.state, final.pid) == (pb.ENGINE_STATE_STOPPED, 0)
+        assert running_fakes("org/still-loading") == []
+
+
 async def test_ten_concurrent_starts_and_stops_end_consistent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,8 +332,13 @@ async def test_ten_concurrent_starts_and_stops_end_consistent(
 
         submitted = await asyncio.gather(*(op(i) for i in range(10)))
         tasks = [await task_done(env, t.id) for t in submitted]
-        assert all(t.state == pb.TASK_STATE_SUCCEEDED for t in tasks), tasks
-        last = max(tasks, key=lambda t: t.end_time.ToDatetime())
+        # A start still waiting for /health is cut short by a stop asked for meanwhile.
+        for t in tasks:
+            assert t.state == pb.TASK_STATE_SUCCEEDED or (
+                t.kind == pb.TASK_KIND_START and "a stop was asked for" in t.error
+            ), t
+        done = [t for t in tasks if t.state == pb.TASK_STATE_SUCCEEDED]
+        last = max(done, key=lambda t: t.end_time.ToDatetime())
         final = await engine(env, "busy")
         alive = running_fakes("org/busy-engine")
         if last.kind == pb.TASK_KIND_START:
