@@ -13,7 +13,9 @@ from switchboard_engine.settings import EngineSettings
 
 from switchboard.engine.v1 import engine_pb2 as pb
 from switchboard.registry.v1 import engine_config_pb2 as cfg
+from switchboard.registry.v1 import registry_pb2
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_registry import validation
 
 S = states
 LIFECYCLE = [S.CREATED, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED, S.STARTING]
@@ -231,3 +233,43 @@ def test_rotation_keeps_backups_and_tail_reaches_into_them(tmp_path: Path) -> No
     assert engine_logs.rotate_if_needed(log, max_bytes=1, backups=2)
     assert (tmp_path / "engine.log.2").read_text().startswith("old 0\n")
     assert (tmp_path / "engine.log.1").read_text() == "new 0\nnew 1\n"
+
+
+# -- the registry's checks on Model.engine -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("engine", "param"),
+    [
+        (cfg.EngineConfig(model_path="/m.gguf"), "model.engine.framework"),
+        (cfg.EngineConfig(framework=cfg.ENGINE_FRAMEWORK_VLLM), "model.engine.model_path"),
+        (
+            cfg.EngineConfig(framework=cfg.ENGINE_FRAMEWORK_VLLM, model_path="m", gpus=["0 1"]),
+            "model.engine.gpus[0]",
+        ),
+        (
+            cfg.EngineConfig(framework=cfg.ENGINE_FRAMEWORK_VLLM, model_path="m", node="a/b"),
+            "model.engine.node",
+        ),
+        (
+            cfg.EngineConfig(
+                framework=cfg.ENGINE_FRAMEWORK_LLAMA_CPP, model_path="m", start_timeout_s=-1
+            ),
+            "model.engine.start_timeout_s",
+        ),
+    ],
+)
+def test_the_registry_refuses_an_engine_config_naming_the_field(
+    engine: cfg.EngineConfig, param: str
+) -> None:
+    model = registry_pb2.Model(name="m", kind=registry_pb2.MODEL_KIND_CHAT, engine=engine)
+    with pytest.raises(SwitchboardError) as err:
+        validation.model(model)
+    assert err.value.param == param
+
+
+def test_the_registry_accepts_a_complete_engine_config() -> None:
+    engine = cfg.EngineConfig(
+        framework=cfg.ENGINE_FRAMEWORK_VLLM, model_path="org/m", gpus=["0", "GPU-8f3c-aa"]
+    )
+    validation.model(registry_pb2.Model(name="m", kind=registry_pb2.MODEL_KIND_CHAT, engine=engine))
