@@ -157,7 +157,7 @@ class EngineManager:
         if slot.process is not None:  # a half-started or failed one: start clean
             await self._terminate(slot, force=True, timeout_s=0)
         await self._admit(slot)
-        slot.restart_count = 0
+        slot.restart_count = slot.attempts = 0
         slot.write_desired("running")
         self._set(slot, states.STARTING, "launching")
         # Its own task, so that a stop asked for meanwhile can cut it short (submit).
@@ -246,6 +246,7 @@ class EngineManager:
     async def _running(self, slot: Slot, reason: str = "healthy") -> None:
         """The engine answers: route to it (RUNNING once routable), and watch it."""
         problem = await self._register(slot)
+        slot.healthy_since = time.monotonic()
         self._set(
             slot, states.RUNNING, f"{reason}; not yet routable: {problem}" if problem else reason
         )
@@ -321,9 +322,12 @@ class EngineManager:
         await self._withdraw(slot)
         slot.forget_process()
         limit = self.settings.restart_limit
-        while slot.restart_count < limit:
+        if time.monotonic() - slot.healthy_since >= self.settings.stable_after_s:
+            slot.attempts = 0  # it ran well for a while: a new run of crashes
+        while slot.attempts < limit:
+            slot.attempts += 1
             slot.restart_count += 1
-            attempt = slot.restart_count
+            attempt = slot.attempts
             self._set(slot, states.STARTING, f"{status}; restarting (attempt {attempt} of {limit})")
             await asyncio.sleep(self.settings.backoff_s(attempt))
             try:
@@ -336,7 +340,7 @@ class EngineManager:
         self._set(
             slot,
             states.ERROR,
-            f"crashed {slot.restart_count + 1} times (restart limit {limit}); last: {status}\n"
+            f"crashed {slot.attempts + 1} times in a row (restart limit {limit}); last: {status}\n"
             f"{slot.log_tail()}",
         )
         return False

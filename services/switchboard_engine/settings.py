@@ -37,6 +37,8 @@ class EngineSettings:
     # Consecutive failed health checks of a live process before it is restarted.
     unhealthy_after: int = 5
     restart_limit: int = 3
+    # Running this long after a restart starts a new count against restart_limit.
+    stable_after_s: float = 300.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
 

@@ -33,6 +33,10 @@ class Slot:
         self.process: EngineProcess | None = None
         self.port = 0
         self.restart_count = 0
+        # Crash restarts in a row (against the restart limit), and since when it
+        # last answered after a (re)start.
+        self.attempts = 0
+        self.healthy_since = 0.0
         self.last_crash = ""
         self.deployment_id = ""
         self.registered = False

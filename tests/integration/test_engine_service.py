@@ -143,6 +143,16 @@ def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
+async def launched_argv(pid: int) -> list[str]:
+    """The engine's command line once it exec'd (until then it is a copy of us)."""
+    for _ in range(int(WAIT_S / 0.01)):
+        argv = cmdline(pid)
+        if "serve" in argv:
+            return argv
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"pid {pid} never ran the engine: {cmdline(pid)}")
+
+
 def running_fakes(marker: str) -> list[int]:
     """Live processes whose command line holds `marker` (zombies excluded)."""
     found = []
@@ -180,7 +190,8 @@ async def test_vllm_engine_lifecycle_health_crash_and_routing(
         starting = await until(env, "tiny-vllm", lambda e: e.state == pb.ENGINE_STATE_STARTING)
         # /health answers 503 until the model "loaded": no deployment yet.
         assert await deployments(env, "tiny-vllm") == []
-        argv = cmdline((await until(env, "tiny-vllm", lambda e: e.pid > 0)).pid)
+        pid = (await until(env, "tiny-vllm", lambda e: e.pid > 0)).pid
+        argv = await launched_argv(pid)
         assert argv[argv.index("serve") + 1 :][:8] == [
             "org/tiny-lifecycle",
             "--host",
@@ -285,6 +296,33 @@ async def test_a_start_that_never_gets_healthy_ends_in_error_with_the_log_tail(
         assert "Starting vLLM API server" in failed.state_reason
         assert failed.pid == 0
         assert running_fakes("org/never-ready") == []
+
+
+async def test_crashes_past_the_restart_limit_end_in_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with engine_service(tmp_path, monkeypatch, restart_limit=1) as env:
+        env.ready.touch()
+        await env.engines.CreateEngine(
+            pb.CreateEngineRequest(name="fragile", config=vllm_config("org/fragile")),
+            metadata=AUTH,
+        )
+        await env.engines.StartEngine(pb.StartEngineRequest(name="fragile"), metadata=AUTH)
+        first = await until(env, "fragile", lambda e: e.state == pb.ENGINE_STATE_RUNNING)
+        os.kill(first.pid, signal.SIGKILL)
+        second = await until(
+            env,
+            "fragile",
+            lambda e: e.state == pb.ENGINE_STATE_RUNNING and e.pid not in (0, first.pid),
+            "restarted once",
+        )
+        os.kill(second.pid, signal.SIGKILL)
+        failed = await until(env, "fragile", lambda e: e.state == pb.ENGINE_STATE_ERROR, "error")
+        assert "crashed 2 times in a row (restart limit 1)" in failed.state_reason
+        assert "Starting vLLM API server" in failed.state_reason  # the log's tail
+        assert failed.restart_count == 1
+        assert await deployments(env, "fragile") == []
+        assert running_fakes("org/fragile") == []
 
 
 async def test_a_stop_cuts_a_start_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
