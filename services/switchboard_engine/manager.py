@@ -317,10 +317,12 @@ class EngineManager:
 
     async def _recover(self, slot: Slot, status: str) -> bool:
         """Bring a crashed engine back, with backoff; False once it is ERROR."""
+        # Nobody may see it running once the crash is recorded: state first.
+        slot.forget_process()
+        self._set(slot, states.STARTING, f"{status}; withdrawing its deployment")
         slot.last_crash = f"{status} at {states.now().isoformat(timespec='seconds')}"
         log.warning("engine crashed", extra=log_fields(engine=slot.name, status=status))
         await self._withdraw(slot)
-        slot.forget_process()
         limit = self.settings.restart_limit
         if time.monotonic() - slot.healthy_since >= self.settings.stable_after_s:
             slot.attempts = 0  # it ran well for a while: a new run of crashes

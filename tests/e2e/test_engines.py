@@ -251,7 +251,10 @@ def test_a_real_llama_cpp_engine_through_its_lifecycle(
     os.kill(int(running["pid"]), signal.SIGKILL)
     crashed = until("the crash shows", lambda: engine(admin, "smol")["last_crash"] or None)
     assert "signal 9" in crashed
-    back = until("back", lambda: in_state(admin, "smol", "RUNNING"))
+    back = until(
+        "back",
+        lambda: (e := in_state(admin, "smol", "RUNNING")) and e["pid"] != running["pid"] and e,
+    )
     assert back["pid"] != running["pid"]
     assert back["restart_count"] == 1
     until("calls resume", lambda: chat_or_none(client, "smol"))
