@@ -195,7 +195,14 @@ def test_a_real_llama_cpp_engine_through_its_lifecycle(
         return first
 
     ttft = until("a first token", first_token)
-    print(f"\nstart-to-first-token: {ttft:.2f} s (llama-server, SmolLM2-135M Q4_1, CPU)")
+    begun, ended = (
+        dt.datetime.fromisoformat(task[k].replace("Z", "+00:00"))
+        for k in ("create_time", "end_time")
+    )
+    print(
+        f"\nstart-to-first-token: {ttft:.2f} s (llama-server, SmolLM2-135M Q4_1, CPU); "
+        f"of which start to running (healthy, registered): {(ended - begun).total_seconds():.2f} s"
+    )
     (stack.home / "engine-start-to-first-token.txt").write_text(f"{ttft:.3f}\n")
 
     # 3. real tokens, non-stream and stream, with usage.
