@@ -211,7 +211,7 @@ async def _load_engines(manager: EngineManager, wait_s: float) -> bool | None:
             models = await manager.link.engine_models()
         except SwitchboardError as err:
             if err.reason not in _TRANSIENT:
-                log.error(
+                log.warning(
                     "the registry refused to list engines; set SWITCHBOARD_ADMIN_KEY, which "
                     "the engine service needs to read and register engines",
                     extra=log_fields(error=err.message),
