@@ -168,6 +168,13 @@ def test_a_real_llama_cpp_engine_through_its_lifecycle(
     started = admin.post("/v1/admin/engines/smol:start", json={})
     assert started.status_code == 200, started.text
     task_id = started.json()["task"]["id"]
+    # While it starts, a call is refused at once (503 model_not_running), never left hanging.
+    state_before = engine(admin, "smol")["state"]
+    asked = time.monotonic()
+    refused = not_running(client, "smol")
+    assert time.monotonic() - asked < 10.0  # not held until the engine is up
+    if state_before == "ENGINE_STATE_STARTING" and engine(admin, "smol")["state"] == state_before:
+        assert refused
     seen: set[str] = set()
 
     def watched() -> dict[str, Any] | None:
