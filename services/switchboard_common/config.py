@@ -123,6 +123,9 @@ class ModelConfig(_Strict):
     tpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
     # Spend limit across all keys, in the pricing currency; None means no budget.
     budget: float | None = Field(default=None, ge=0)
+    # Runs on a self-hosted engine (registry Model.engine), whose deployment exists
+    # only while the engine runs: with none, calls get 503 MODEL_NOT_RUNNING.
+    self_hosted: bool = False
 
 
 class KeyConfig(_Strict):

@@ -93,6 +93,12 @@ _MAPPINGS: dict[Reason, _Mapping] = {
     R.ERROR_REASON_PERMISSION_DENIED: _Mapping(
         grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"
     ),
+    R.ERROR_REASON_MODEL_NOT_RUNNING: _Mapping(
+        grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"
+    ),
+    R.ERROR_REASON_INSUFFICIENT_RESOURCES: _Mapping(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, 409, "insufficient_resources"
+    ),
 }
 
 _BY_NAME: dict[str, Reason] = {

@@ -231,6 +231,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                 "rpm": m.rpm or None,
                 "tpm": m.tpm or None,
                 "budget": m.budget or None,
+                "self_hosted": m.HasField("engine"),
             }
             for m in snapshot.models
         ],

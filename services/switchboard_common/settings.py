@@ -15,6 +15,7 @@ SERVICE_PORTS = {
     "provider": 50053,
     "usage": 50054,
     "gpu": 50055,
+    "engine": 50056,
 }
 # Each service also serves Prometheus metrics on its gRPC port + 1000 unless overridden.
 METRICS_PORT_OFFSET = 1000

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -19,6 +21,9 @@ from typing import Any, Protocol, TypeVar
 
 import pynvml
 
+from switchboard_common.logs import log_fields
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MIB = 1024 * 1024
@@ -327,3 +332,13 @@ class ScriptFileNvml(ScriptedNvml):
     def device_count(self) -> int:
         self._reload()
         return super().device_count()
+
+
+def backend_from_env() -> NvmlBackend:
+    """SWITCHBOARD_GPU_SCRIPT's readings where it is set (demos, tests), else NVML.
+    Shared by the gpu and engine services, so they see the same GPUs."""
+    script = os.environ.get("SWITCHBOARD_GPU_SCRIPT")
+    if script:
+        log.warning("gpu readings come from a script, not NVML", extra=log_fields(path=script))
+        return ScriptFileNvml(Path(script))
+    return PynvmlBackend()

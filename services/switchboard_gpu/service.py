@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,7 +36,7 @@ from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
-from switchboard_gpu.nvml import NvmlBackend, PynvmlBackend, ScriptFileNvml
+from switchboard_gpu.nvml import NvmlBackend, backend_from_env
 from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
 from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
 
@@ -235,14 +234,6 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceSe
         self, request: gpu_pb2.ListGpuAlertsRequest, context: Context
     ) -> gpu_pb2.ListGpuAlertsResponse:
         return await self._history.alerts(request)
-
-
-def backend_from_env() -> NvmlBackend:
-    script = os.environ.get("SWITCHBOARD_GPU_SCRIPT")
-    if script:
-        log.warning("gpu readings come from a script, not NVML", extra=log_fields(path=script))
-        return ScriptFileNvml(Path(script))
-    return PynvmlBackend()
 
 
 async def setup(

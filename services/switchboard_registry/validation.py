@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from switchboard.registry.v1 import engine_config_pb2 as engine_pb
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard_common.errors import R, SwitchboardError
 
@@ -18,6 +19,8 @@ ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
+# An NVML index or UUID ("0", "GPU-8f3c…", "MIG-…").
+GPU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,95}$")
 MAX_LIST = 64
 MAX_TEXT = 4096
 
@@ -118,6 +121,24 @@ def model(m: pb.Model) -> None:
         raise invalid("model.budget", "must be 0 (none) or more")
     if m.deployments:
         raise invalid("model.deployments", "is output only: create deployments separately")
+    if m.HasField("engine"):
+        engine(m.engine)
+
+
+def engine(e: engine_pb.EngineConfig) -> None:
+    if e.framework == engine_pb.ENGINE_FRAMEWORK_UNSPECIFIED:
+        raise invalid("model.engine.framework", "is required: llama_cpp or vllm")
+    if not e.model_path:
+        raise invalid("model.engine.model_path", "is required")
+    _check_text("model.engine.model_path", e.model_path)
+    if len(e.extra_args) > MAX_LIST:
+        raise invalid("model.engine.extra_args", f"at most {MAX_LIST} entries")
+    for i, arg in enumerate(e.extra_args):
+        _check_text(f"model.engine.extra_args[{i}]", arg)
+    _check_list("model.engine.gpus", list(e.gpus), GPU)
+    if e.node:
+        check_name("model.engine.node", e.node)
+    _check_seconds("model.engine.start_timeout_s", e.start_timeout_s)
 
 
 def deployment(d: pb.Deployment) -> None:

@@ -171,6 +171,12 @@ class Attempts:
 
     def _plan(self, admission: Admission, requested: str, stream: bool) -> list[Candidate]:
         plan, notes = self.routing.plan(admission.catalog, admission.model, stream)
+        if not plan and admission.model.self_hosted and not admission.model.deployments:
+            raise SwitchboardError(
+                R.ERROR_REASON_MODEL_NOT_RUNNING,
+                f"The model '{requested}' runs on a self-hosted engine that is not running "
+                "right now (starting, stopped or failed). Retry once it runs.",
+            )
         if not plan:
             why = f" ({'; '.join(notes)})" if notes else ""
             raise SwitchboardError(

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from switchboard_common.tls import TlsFiles
 
-SERVICES = ("router", "registry", "provider", "usage", "gpu", "edge")
+SERVICES = ("router", "registry", "provider", "usage", "gpu", "engine", "edge")
 VALID_DAYS = 365
 
 

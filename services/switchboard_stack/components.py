@@ -19,7 +19,9 @@ from switchboard_common.tls import TlsFiles
 from switchboard_stack import envoy
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SERVICES = ("registry", "provider", "usage", "gpu", "router")
+SERVICES = ("registry", "provider", "usage", "gpu", "engine", "router")
+# Started once the registry answers: they read it at start.
+AFTER_REGISTRY = frozenset({"router", "engine"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def plan(settings: Settings) -> list[Component]:
                 name,
                 [sys.executable, "-m", f"switchboard_{name}"],
                 grpc_ready(settings.address(name), settings.tls),
-                stage=2 if name == "router" else 1,
+                stage=2 if name in AFTER_REGISTRY else 1,
                 ports=(settings.ports[name],)
                 + ((settings.metrics_port(name),) if settings.metrics_port(name) else ()),
             )

@@ -91,7 +91,7 @@ def values(settings: Settings) -> dict[str, str]:
         "EDGE_TRANSPORT_SOCKET": json.dumps(edge_transport_socket()),
         "UPSTREAM_TRANSPORT_SOCKET": json.dumps(upstream_transport_socket(settings.tls)),
     }
-    for service in ("router", "registry", "usage", "gpu"):
+    for service in ("router", "registry", "usage", "gpu", "engine"):
         host, _, port = settings.address(service).rpartition(":")
         out[f"{service.upper()}_HOST"] = host
         out[f"{service.upper()}_PORT"] = port

@@ -95,7 +95,7 @@ def running_stack(
             "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO / "gen")]),
         }
     )
-    for name in ("registry", "provider", "usage", "gpu", "router"):
+    for name in ("registry", "provider", "usage", "gpu", "engine", "router"):
         if name != "router":
             env[f"SWITCHBOARD_{name.upper()}_PORT"] = str(free_port())
         env[f"SWITCHBOARD_{name.upper()}_METRICS_PORT"] = str(free_port())

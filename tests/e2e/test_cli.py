@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from switchboard_stack.components import SERVICES
 from switchboard_stack.harness import REPO, Stack, free_port, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +111,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> bool:
 def test_status_shows_every_component_healthy(stack: Stack) -> None:
     shown = cli(stack, "status")
     assert shown.returncode == 0, shown.stderr
-    for component in ("broker", "registry", "provider", "usage", "gpu", "router", "envoy"):
+    for component in ("broker", *SERVICES, "envoy"):
         line = next(line for line in shown.stdout.splitlines() if f" {component} " in line)
         assert "● healthy" in line
 
@@ -321,7 +322,7 @@ def _fresh_env(tmp: Path) -> dict[str, str]:
             "KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         }
     )
-    for name in ("registry", "provider", "usage", "gpu", "router"):
+    for name in SERVICES:
         if name != "router":
             env[f"SWITCHBOARD_{name.upper()}_PORT"] = str(free_port())
         env[f"SWITCHBOARD_{name.upper()}_METRICS_PORT"] = str(free_port())

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from openai.types.chat import ChatCompletionMessageParam
 
 from switchboard_common.pipeline.topics import TOPICS as DECLARED
+from switchboard_stack.components import SERVICES
 from switchboard_stack.harness import Stack, running_stack
 from tests.conftest import UPSTREAM_KEY, eventually, process_gone
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
@@ -207,8 +208,7 @@ def test_no_secret_in_logs_kafka_clickhouse_or_databases(
     eventually(landed, timeout=30, interval=0.2, what="usage in ClickHouse")
 
     kept: dict[str, bytes] = {
-        component: stack.log(component).encode()
-        for component in ("router", "provider", "registry", "usage", "gpu", "envoy", "broker")
+        component: stack.log(component).encode() for component in (*SERVICES, "envoy", "broker")
     }
     kept["kafka"] = _kafka_payloads(stack)
     assert kept["kafka"], "no Kafka payloads were read: the search would prove nothing"

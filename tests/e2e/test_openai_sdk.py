@@ -15,6 +15,7 @@ import pytest
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
+from switchboard_stack.components import SERVICES
 from switchboard_stack.harness import Stack
 from tests.conftest import (
     GEMINI_UPSTREAM_KEY,
@@ -333,7 +334,7 @@ def test_no_secret_in_any_log(stack: Stack, client: openai.OpenAI) -> None:
     """Run at DEBUG (see the stack fixture): provider keys never reach a log."""
     client.chat.completions.create(model="fast-chat", messages=_messages())
     client.chat.completions.create(model="gemini-chat", messages=_messages())
-    for component in ("router", "provider", "registry", "usage", "gpu", "envoy", "broker"):
+    for component in (*SERVICES, "envoy", "broker"):
         log = stack.log(component)
         assert PROVIDER_KEY not in log, component
         assert GEMINI_KEY not in log, component

@@ -13,12 +13,13 @@ import yaml
 from switchboard_common.settings import Settings
 from switchboard_stack import envoy
 
-PORTS = {"router": 61051, "registry": 61052, "usage": 61054, "gpu": 61055}
+PORTS = {"router": 61051, "registry": 61052, "usage": 61054, "gpu": 61055, "engine": 61056}
 PORT_ENV = {
     "router": "SWITCHBOARD_GRPC_PORT",
     "registry": "SWITCHBOARD_REGISTRY_PORT",
     "usage": "SWITCHBOARD_USAGE_PORT",
     "gpu": "SWITCHBOARD_GPU_PORT",
+    "engine": "SWITCHBOARD_ENGINE_PORT",
 }
 EDGE_PORT = 18080
 ADMIN_PORT = 19901

@@ -73,6 +73,9 @@ NEEDED_FLOWS = [
     ("router", "gpu", 50055),
     ("gpu", "registry", 50052),
     ("gpu", "usage", 50054),
+    ("edge", "engine", 50056),
+    ("engine", "registry", 50052),
+    ("provider", "engine", 41234),
 ]
 FORBIDDEN_FLOWS = [
     ("edge", "provider", 50053),
@@ -83,6 +86,9 @@ FORBIDDEN_FLOWS = [
     ("usage", "provider", 50053),
     ("registry", "provider", 50053),
     ("clickhouse-migrate", "registry", 50052),
+    ("router", "engine", 50056),
+    ("engine", "router", 50051),
+    ("engine", "provider", 50053),
 ]
 SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_-]{16,}"),  # OpenAI-style keys

@@ -76,6 +76,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """PERMISSION_DENIED, 403: an admin call without the admin key's permission
     (or with the admin API switched off: SWITCHBOARD_ADMIN_KEY unset).
     """
+    ERROR_REASON_MODEL_NOT_RUNNING: _ErrorReason.ValueType  # 24
+    """UNAVAILABLE, 503: the model runs on a self-hosted engine that is not
+    running (starting, stopped or failed) and it has no other deployment.
+    """
+    ERROR_REASON_INSUFFICIENT_RESOURCES: _ErrorReason.ValueType  # 25
+    """RESOURCE_EXHAUSTED, 409: a self-hosted engine cannot start on this node
+    (too many models running, or not enough free GPU memory).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper): ...
 
@@ -127,5 +135,13 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 22
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 23
 """PERMISSION_DENIED, 403: an admin call without the admin key's permission
 (or with the admin API switched off: SWITCHBOARD_ADMIN_KEY unset).
+"""
+ERROR_REASON_MODEL_NOT_RUNNING: ErrorReason.ValueType  # 24
+"""UNAVAILABLE, 503: the model runs on a self-hosted engine that is not
+running (starting, stopped or failed) and it has no other deployment.
+"""
+ERROR_REASON_INSUFFICIENT_RESOURCES: ErrorReason.ValueType  # 25
+"""RESOURCE_EXHAUSTED, 409: a self-hosted engine cannot start on this node
+(too many models running, or not enough free GPU memory).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -19,6 +19,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from switchboard.registry.v1 import engine_config_pb2 as _engine_config_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -310,6 +311,7 @@ class Model(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -346,6 +348,12 @@ class Model(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def engine(self) -> _engine_config_pb2.EngineConfig:
+        """Set for a self-hosted model: how the engine service runs it (see
+        switchboard.engine.v1). Its deployment appears while the engine runs.
+        """
+
     def __init__(
         self,
         *,
@@ -370,10 +378,11 @@ class Model(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         budget: _builtins.float = ...,
+        engine: _engine_config_pb2.EngineConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "engine", b"engine", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
