@@ -29,7 +29,8 @@ ProviderKind = Literal["openai", "gemini", "mock"]
 Strategy = Literal[
     "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
 ]
-ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow"]
+# chat and vision: the "active" model of calls that name none (seed API 003).
+ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow", "chat", "vision"]
 
 
 class _Strict(BaseModel):

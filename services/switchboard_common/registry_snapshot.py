@@ -39,6 +39,8 @@ USES = {
     "assistant": pb.MODEL_USE_ASSISTANT,
     "evaluation": pb.MODEL_USE_EVALUATION,
     "workflow": pb.MODEL_USE_WORKFLOW,
+    "chat": pb.MODEL_USE_CHAT,
+    "vision": pb.MODEL_USE_VISION,
 }
 
 

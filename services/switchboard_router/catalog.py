@@ -13,6 +13,7 @@ from switchboard_common.config import (
     DeploymentConfig,
     KeyConfig,
     ModelConfig,
+    ModelUse,
     ProviderConfig,
     SwitchboardConfig,
 )
@@ -94,7 +95,17 @@ class Catalog:
             )
         return model
 
+    def active_model(self, use: ModelUse) -> str | None:
+        """The registry's default model for a use (the "active" model of seed API
+        003), when it is set and online."""
+        name = self.config.defaults.get(use)
+        model = self._by_name.get(name) if name else None
+        return model.name if model is not None and model.online else None
+
     def default_vision_model(self) -> str:
+        active = self.active_model("vision")
+        if active is not None:
+            return active
         for model in self.config.models:
             if model.online and model.kind == "chat" and "vision" in model.capabilities:
                 return model.name

@@ -60,6 +60,8 @@ from switchboard_router.limits import (
     estimate_tokens,
 )
 from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing, breaker_config_from_env
+from switchboard_router.surfaces import surface
+from switchboard_router.surfaces.mount import mount_surfaces
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 
@@ -420,6 +422,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         record.router_instance = self.instance
         record.sequence = next(self._sequence)
         record.config_version = admission.catalog.version
+        record.surface = surface.current()
         self.usage.submit(record)
         usage_log.debug(
             "usage",
@@ -777,6 +780,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+    names = [name, *mount_surfaces(servicer, server)]
 
     async def close() -> None:
         await unfollow()
@@ -787,4 +791,4 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         await usage_channel.close()
         await channel.close()
 
-    return Mounted([name], [close])
+    return Mounted(names, [close])

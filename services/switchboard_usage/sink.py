@@ -60,6 +60,7 @@ COLUMNS = (
     "status", "error_reason", "provider_request_id", "latency_ms", "ttft_ms", "start_time",
     "end_time", "config_version", "router_instance", "sequence", "input_cost_nanos",
     "output_cost_nanos", "total_cost_nanos", "currency", "kafka_partition", "kafka_offset",
+    "surface",
 )  # fmt: skip
 
 
@@ -84,6 +85,7 @@ def row(event: events_pb2.UsageEvent, partition: int, offset: int) -> list[Any]:
         r.provider_request_id, r.latency_ms, r.ttft_ms, _time(r.start_time), _time(r.end_time),
         r.config_version, r.router_instance, r.sequence, event.input_cost_nanos,
         event.output_cost_nanos, event.total_cost_nanos, event.currency, partition, offset,
+        r.surface,
     ]  # fmt: skip
 
 

@@ -106,6 +106,10 @@ class _ModelUseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelUse.Val
     MODEL_USE_ASSISTANT: _ModelUse.ValueType  # 2
     MODEL_USE_EVALUATION: _ModelUse.ValueType  # 3
     MODEL_USE_WORKFLOW: _ModelUse.ValueType  # 4
+    MODEL_USE_CHAT: _ModelUse.ValueType  # 5
+    """The "active" chat model: serves chat calls that name no model (seed API 003)."""
+    MODEL_USE_VISION: _ModelUse.ValueType  # 6
+    """The "active" vision model: serves vision calls that name no model."""
 
 class ModelUse(_ModelUse, metaclass=_ModelUseEnumTypeWrapper): ...
 
@@ -114,6 +118,10 @@ MODEL_USE_KNOWLEDGE_BASE: ModelUse.ValueType  # 1
 MODEL_USE_ASSISTANT: ModelUse.ValueType  # 2
 MODEL_USE_EVALUATION: ModelUse.ValueType  # 3
 MODEL_USE_WORKFLOW: ModelUse.ValueType  # 4
+MODEL_USE_CHAT: ModelUse.ValueType  # 5
+"""The "active" chat model: serves chat calls that name no model (seed API 003)."""
+MODEL_USE_VISION: ModelUse.ValueType  # 6
+"""The "active" vision model: serves vision calls that name no model."""
 Global___ModelUse: _TypeAlias = ModelUse  # noqa: Y015
 
 class _Comparator:
@@ -300,6 +308,10 @@ class Model(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    ICON_URL_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    RELEASE_DATE_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -314,6 +326,17 @@ class Model(_message.Message):
     etag: _builtins.str
     budget: _builtins.float
     """Spend limit for the model across all keys, in its pricing currency; 0 means none."""
+    icon_url: _builtins.str
+    """Catalogue details some client APIs show (seed API 001's model list).
+    An icon's URL.
+    """
+    keyword: _builtins.str
+    release_date: _builtins.str
+    """When the model was released, YYYY-MM-DD."""
+    number: _builtins.int
+    """Output only: a stable integer id, assigned once when the model is created
+    (1, 2, ...) and never reused.
+    """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -360,10 +383,14 @@ class Model(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         budget: _builtins.float = ...,
+        icon_url: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+        release_date: _builtins.str = ...,
+        number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
