@@ -8,6 +8,9 @@ and the API key once the deployment has keys."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -162,16 +165,31 @@ def test_missing_key_is_refused_in_the_documents_shape(stack: Stack) -> None:
 
 
 def test_the_active_model_is_switched_live(api: httpx.Client, stack: Stack) -> None:
+    """`switchboard models activate` (the CLI) sets the registry's active model;
+    routers follow within a second."""
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    url = f"{stack.edge_url}/v1/admin/defaults/MODEL_USE_CHAT"
+    cli = [sys.executable, "-m", "switchboard_cli", "--edge-url", stack.edge_url]
     try:
-        assert httpx.put(url, json={"model": "mock-chat"}, headers=admin).status_code == 200
+        done = subprocess.run(
+            [*cli, "models", "activate", "mock-chat", "--admin-key", ADMIN_KEY],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "mock-chat is now the active chat model" in done.stdout
         served = ""
-        for _ in range(50):
+        deadline = time.monotonic() + 5
+        while served != "mock-chat" and time.monotonic() < deadline:
             reply = api.post("/api/v1/chat/completions", json={"messages": _messages("hi")})
             served = reply.json()["model"]
-            if served == "mock-chat":
-                break
         assert served == "mock-chat"
+        assert reply.json()["choices"][0]["message"]["content"].startswith("[mock]")
     finally:
-        httpx.put(url, json={"model": "qwen-turbo"}, headers=admin).raise_for_status()
+        httpx.put(
+            f"{stack.edge_url}/v1/admin/defaults/MODEL_USE_CHAT",
+            json={"model": "qwen-turbo"},
+            headers=admin,
+        ).raise_for_status()
