@@ -7,6 +7,7 @@ the file: providers and keys name environment variables.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from collections.abc import Mapping
@@ -99,6 +100,14 @@ def deployment_id(model: str, provider: str, upstream: str) -> str:
     return safe
 
 
+class DefaultParameters(_Strict):
+    """Sampling parameters a model's calls get when they leave them out."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0, le=UINT32_MAX)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     kind: Literal["chat", "embedding"] = "chat"
@@ -122,6 +131,24 @@ class ModelConfig(_Strict):
     tpm: int | None = Field(default=None, ge=0, le=UINT32_MAX)
     # Spend limit across all keys, in the pricing currency; None means no budget.
     budget: float | None = Field(default=None, ge=0)
+    # Catalogue details some client APIs list (seed API 001): an icon's URL, a
+    # keyword, the release date.
+    icon_url: str = Field(default="", max_length=2048, pattern=r"^(https?://\S+)?$")
+    keyword: str = Field(default="", max_length=256)
+    release_date: str = Field(default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$")
+    default_parameters: DefaultParameters = Field(default_factory=DefaultParameters)
+    # Set by the registry only: the model's stable integer id and its timestamps.
+    number: int = Field(default=0, ge=0)
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @model_validator(mode="after")
+    def _registry_fields(self, info: ValidationInfo) -> Self:
+        if (info.context or {}).get("source") != "registry":
+            for name in ("number", "created_at", "updated_at"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: is set by the registry, not the config file")
+        return self
 
 
 class KeyConfig(_Strict):

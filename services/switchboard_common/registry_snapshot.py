@@ -7,6 +7,7 @@ follower's snapshot current from the registry's change stream."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +83,10 @@ MODEL_FILE_FIELDS = (
     "rpm",
     "tpm",
     "budget",
+    "icon_url",
+    "keyword",
+    "release_date",
+    "default_parameters",
 )
 DEPLOYMENT_FILE_FIELDS = (
     "provider",
@@ -149,6 +154,12 @@ def model_message(m: ModelConfig) -> pb.Model:
         rpm=m.rpm or 0,
         tpm=m.tpm or 0,
         budget=m.budget or 0.0,
+        icon_url=m.icon_url,
+        keyword=m.keyword,
+        release_date=m.release_date,
+        default_parameters=pb.DefaultParameters(
+            **m.default_parameters.model_dump(exclude_none=True)
+        ),
     )
 
 
@@ -230,6 +241,21 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                 "rpm": m.rpm or None,
                 "tpm": m.tpm or None,
                 "budget": m.budget or None,
+                "icon_url": m.icon_url,
+                "keyword": m.keyword,
+                "release_date": m.release_date,
+                "number": m.number,
+                "default_parameters": {
+                    name: getattr(m.default_parameters, name)
+                    for name in ("temperature", "max_tokens", "top_p")
+                    if m.default_parameters.HasField(name)
+                },
+                "created_at": m.create_time.ToDatetime(dt.UTC)
+                if m.HasField("create_time")
+                else None,
+                "updated_at": m.update_time.ToDatetime(dt.UTC)
+                if m.HasField("update_time")
+                else None,
             }
             for m in snapshot.models
         ],

@@ -143,6 +143,9 @@ async def create_model(tx: Tx, m: pb.Model, source_hash: str | None = None) -> p
         raise _exists(MODELS, m.name)
     await _claim_names(tx, m.name, [m.name, *m.aliases])
     await _check_fallbacks(tx, m)
+    # The stable integer id some client APIs need (seed API 001): one more than
+    # any model holds. It lives in the spec and no update changes it.
+    m.number = 1 + max((other.number for other in await _all(tx, MODELS)), default=0)
     await tx.insert(MODELS, m, source_hash)
     await _write_names(tx, m)
     return await _upserted(tx, MODELS, m.name, pb.Model)
@@ -157,6 +160,7 @@ async def update_model(
     merged = merge(current, patch, paths)
     if "kind" in paths and merged.kind != current.kind:
         raise invalid("model.kind", "cannot change; create a new model instead")
+    merged.number = current.number
     validation.model(merged)
     if list(merged.aliases) != list(current.aliases):
         await _claim_names(tx, merged.name, list(merged.aliases))

@@ -95,6 +95,10 @@ class Catalog:
             )
         return model
 
+    def find(self, name: str) -> ModelConfig | None:
+        """The model with this name or alias, if any."""
+        return self._by_name.get(name)
+
     def active_model(self, use: ModelUse) -> str | None:
         """The registry's default model for a use (the "active" model of seed API
         003), when it is set and online."""
@@ -128,12 +132,16 @@ class Catalog:
             if d.provider in self._providers
         ]
 
-    def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
+    def usable(self, key: KeyConfig | None) -> list[ModelConfig]:
+        """The online models the key may use."""
         return [
-            self.describe(m)
+            m
             for m in self.config.models
             if m.online and (key is None or key.models is None or m.name in key.models)
         ]
+
+    def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
+        return [self.describe(m) for m in self.usable(key)]
 
     def describe(self, model: ModelConfig, details: bool = False) -> openai_pb2.Model:
         owner = self._providers.get(model.deployments[0].provider) if model.deployments else None

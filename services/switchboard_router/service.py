@@ -52,6 +52,7 @@ from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.defaults import apply_defaults
 from switchboard_router.limits import (
     Limiter,
     LocalLimiter,
@@ -217,9 +218,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 "usage accounting is unavailable; refusing requests that could not be counted",
             )
         validate(params)
-        admission = Admission(
-            key, catalog.resolve(params.model, key, kind), catalog, estimate_tokens(params)
-        )
+        model = catalog.resolve(params.model, key, kind)
+        apply_defaults(model, params)
+        admission = Admission(key, model, catalog, estimate_tokens(params))
         admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
         try:
             await self._reserve(admission, admission.estimate)
@@ -780,10 +781,11 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
-    names = [name, *mount_surfaces(servicer, server)]
+    surfaces, close_surfaces = mount_surfaces(servicer, server, settings)
 
     async def close() -> None:
         await unfollow()
+        await close_surfaces()
         await servicer.close()
         await reporter.close(flush_s=5.0)
         await servicer.settled()
@@ -791,4 +793,4 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         await usage_channel.close()
         await channel.close()
 
-    return Mounted(names, [close])
+    return Mounted([name, *surfaces], [close])

@@ -312,6 +312,7 @@ class Model(_message.Message):
     KEYWORD_FIELD_NUMBER: _builtins.int
     RELEASE_DATE_FIELD_NUMBER: _builtins.int
     NUMBER_FIELD_NUMBER: _builtins.int
+    DEFAULT_PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -359,6 +360,10 @@ class Model(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def default_parameters(self) -> Global___DefaultParameters:
+        """Applied to calls that leave them out, whatever API they come through."""
+
     def __init__(
         self,
         *,
@@ -387,16 +392,53 @@ class Model(_message.Message):
         keyword: _builtins.str = ...,
         release_date: _builtins.str = ...,
         number: _builtins.int = ...,
+        default_parameters: Global___DefaultParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "default_parameters", b"default_parameters", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "default_parameters", b"default_parameters", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__online) -> _WhichOneofReturnType__online | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class DefaultParameters(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    temperature: _builtins.float
+    max_tokens: _builtins.int
+    top_p: _builtins.float
+    def __init__(
+        self,
+        *,
+        temperature: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        top_p: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___DefaultParameters: _TypeAlias = DefaultParameters  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):

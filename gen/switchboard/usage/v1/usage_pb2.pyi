@@ -467,19 +467,23 @@ class LatencyPercentiles(_message.Message):
     P50_FIELD_NUMBER: _builtins.int
     P95_FIELD_NUMBER: _builtins.int
     P99_FIELD_NUMBER: _builtins.int
+    AVERAGE_FIELD_NUMBER: _builtins.int
     p50: _builtins.float
     p95: _builtins.float
     p99: _builtins.float
+    average: _builtins.float
+    """The mean."""
     def __init__(
         self,
         *,
         p50: _builtins.float = ...,
         p95: _builtins.float = ...,
         p99: _builtins.float = ...,
+        average: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average", b"average", "p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

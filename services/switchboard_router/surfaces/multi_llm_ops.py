@@ -1,0 +1,274 @@
+"""Seed API 002's operational routes: model status, service health, usage and
+performance statistics, and model config. Status comes from what the router
+knows live (each deployment's circuit breaker) and from the usage ledger in
+ClickHouse (latency and error rate over the last hour, across every replica);
+statistics are the usage service's; config writes go to the registry, which
+applies them live and logs them in its change log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.api import httpbody_pb2
+from google.protobuf import field_mask_pb2
+
+from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
+from switchboard.router.v1 import multi_llm_pb2
+from switchboard.usage.v1 import usage_pb2
+from switchboard_common.config import KeyConfig, ModelConfig
+from switchboard_common.credentials import require_admin
+from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_router.breaker import State
+from switchboard_router.surfaces import surface
+from switchboard_router.surfaces.multi_llm_shapes import answer, error
+
+if TYPE_CHECKING:
+    from switchboard_router.service import RouterServicer
+
+Context = grpc.aio.ServicerContext[Any, Any]
+NAME = "multi_llm"
+CALL_TIMEOUT_S = 10.0
+
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+AVAILABLE, UNAVAILABLE = "available", "unavailable"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def model_health(router: RouterServicer) -> dict[str, str]:
+    """Per model: healthy (every deployment's breaker closed), degraded (some
+    open or probing), unhealthy (all open, or no deployment)."""
+    states: dict[str, list[State]] = defaultdict(list)
+    for health in router.routing.health(router.catalog):
+        states[health.candidate.model.name].append(health.state)
+    out = {}
+    for model in router.catalog.config.models:
+        seen = states.get(model.name, [])
+        if not seen or all(s is State.OPEN for s in seen):
+            out[model.name] = UNHEALTHY
+        elif any(s is not State.CLOSED for s in seen):
+            out[model.name] = DEGRADED
+        else:
+            out[model.name] = HEALTHY
+    return out
+
+
+def model_status(model: ModelConfig, health: str) -> str:
+    return AVAILABLE if model.online and health != UNHEALTHY else UNAVAILABLE
+
+
+class Operations:
+    """MultiLlmService's operational RPCs (mixed into MultiLlmServicer)."""
+
+    router: RouterServicer
+    registry: registry_pb2_grpc.RegistryServiceStub
+
+    def _key(self, context: Context) -> KeyConfig | None:
+        return self.router.auth.authenticate(context.invocation_metadata() or ())
+
+    async def _usage(self, call: Any, request: Any) -> Any:
+        try:
+            return await call(request, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "usage") from None
+
+    async def GetModelStatus(
+        self, request: multi_llm_pb2.GetModelStatusRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(lambda err: error(err, model=request.model_id)):
+            key = self._key(context)
+            model = self.router.catalog.find(request.model_id)
+            allowed = key is None or key.models is None or (model and model.name in key.models)
+            if model is None or not allowed:
+                raise SwitchboardError(
+                    R.ERROR_REASON_MODEL_NOT_FOUND,
+                    f"The model '{request.model_id[:64]}' does not exist "
+                    "or you do not have access to it.",
+                )
+            health = model_health(self.router)[model.name]
+            perf = await self._usage(
+                self.router.usage.stub.GetUsagePerformance,
+                usage_pb2.GetUsagePerformanceRequest(window="1h", model=model.name),
+            )
+            measured = perf.by_model.get(model.name)
+            return answer(
+                {
+                    "model_id": model.name,
+                    "status": model_status(model, health),
+                    "health": health,
+                    "response_time_ms": round(measured.latency_ms.average) if measured else 0,
+                    "last_check": _now(),
+                    "error_rate": round(measured.error_rate, 4) if measured else 0.0,
+                }
+            )
+
+    async def GetLlmHealth(
+        self, request: multi_llm_pb2.GetLlmHealthRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            services = {
+                "llm_service": HEALTHY,
+                # The registry's snapshot: without one, no model is known.
+                "model_manager": HEALTHY if self.router.catalog.version > 0 else UNHEALTHY,
+                # The usage service acking records (what cost tracking rests on).
+                "cost_tracker": HEALTHY if self.router.usage.connected else UNHEALTHY,
+            }
+            healths = model_health(self.router)
+            counts = {AVAILABLE: 0, HEALTHY: 0, DEGRADED: 0, UNAVAILABLE: 0}
+            for model in self.router.catalog.config.models:
+                health = healths[model.name] if model.online else UNHEALTHY
+                counts[UNAVAILABLE if health == UNHEALTHY else health] += 1
+                if model_status(model, health) == AVAILABLE:
+                    counts[AVAILABLE] += 1
+            if services["model_manager"] != HEALTHY:
+                status = UNHEALTHY
+            elif UNHEALTHY in services.values() or counts[DEGRADED] or counts[UNAVAILABLE]:
+                status = DEGRADED
+            else:
+                status = HEALTHY
+            return answer(
+                {"status": status, "timestamp": _now(), "services": services, "models": counts}
+            )
+
+    async def GetUsageStats(
+        self, request: multi_llm_pb2.GetUsageStatsRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            self._key(context)
+            start = request.start_date or dt.datetime.now(dt.UTC).date().isoformat()
+            summary = await self._usage(
+                self.router.usage.stub.GetUsageSummary,
+                usage_pb2.GetUsageSummaryRequest(
+                    start=start, end=request.end_date or start, model=request.model
+                ),
+            )
+            return answer(
+                {
+                    "period": {"start": summary.period.start, "end": summary.period.end},
+                    "total_requests": int(summary.total_requests),
+                    "total_tokens": int(summary.total_tokens),
+                    "total_cost": round(summary.total_cost, 9),
+                    "by_model": {
+                        name: {
+                            "requests": int(usage.requests),
+                            "tokens": int(usage.tokens),
+                            "cost": round(usage.cost, 9),
+                        }
+                        for name, usage in sorted(summary.by_model.items())
+                    },
+                }
+            )
+
+    async def GetPerformanceStats(
+        self, request: multi_llm_pb2.GetPerformanceStatsRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            self._key(context)
+            perf = await self._usage(
+                self.router.usage.stub.GetUsagePerformance,
+                usage_pb2.GetUsagePerformanceRequest(
+                    window=request.window or "1h", model=request.model
+                ),
+            )
+            latency = perf.latency_ms
+            return answer(
+                {
+                    "response_times": {
+                        "average_ms": round(latency.average),
+                        "p50_ms": round(latency.p50),
+                        "p95_ms": round(latency.p95),
+                        "p99_ms": round(latency.p99),
+                    },
+                    "success_rate": round(perf.success_rate, 4),
+                    "error_rate": round(perf.error_rate, 4),
+                    "throughput": {
+                        "requests_per_minute": round(perf.requests_per_second * 60, 2),
+                        "tokens_per_minute": round(perf.output_tokens_per_second * 60, 2),
+                    },
+                }
+            )
+
+    async def UpdateModelConfig(
+        self, request: multi_llm_pb2.UpdateModelConfigRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(lambda err: error(err, model=request.model_id)):
+            require_admin(context.invocation_metadata() or (), self.router.admin_key)
+            patch, paths = _model_patch(request)
+            try:
+                reply = await self.registry.UpdateModel(
+                    registry_pb2.UpdateModelRequest(
+                        model=patch, update_mask=field_mask_pb2.FieldMask(paths=paths)
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                    metadata=(("authorization", f"Bearer {self.router.admin_key}"),),
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc, "registry") from None
+            model = reply.model
+            defaults = model.default_parameters
+            parameters: dict[str, Any] = {}
+            if defaults.HasField("temperature"):
+                parameters["default_temperature"] = defaults.temperature
+            if defaults.HasField("top_p"):
+                parameters["default_top_p"] = defaults.top_p
+            if defaults.HasField("max_tokens"):
+                parameters["max_tokens"] = defaults.max_tokens
+            return answer(
+                {
+                    "model_id": model.name,
+                    "enabled": model.online,
+                    "rate_limit": {
+                        "requests_per_minute": model.rpm,
+                        "tokens_per_minute": model.tpm,
+                    },
+                    "fallback_models": list(model.fallbacks),
+                    "parameters": parameters,
+                }
+            )
+
+
+def _model_patch(
+    request: multi_llm_pb2.UpdateModelConfigRequest,
+) -> tuple[registry_pb2.Model, list[str]]:
+    """The registry update the document's body means; priority has no model-level
+    counterpart (deployments have priorities) and is accepted without effect."""
+    patch = registry_pb2.Model(name=request.model_id)
+    paths: list[str] = []
+    if request.HasField("enabled"):
+        patch.online = request.enabled
+        paths.append("online")
+    limit = request.rate_limit
+    if limit.HasField("requests_per_minute"):
+        patch.rpm = limit.requests_per_minute
+        paths.append("rpm")
+    if limit.HasField("tokens_per_minute"):
+        patch.tpm = limit.tokens_per_minute
+        paths.append("tpm")
+    if request.fallback_models:
+        patch.fallbacks.extend(request.fallback_models)
+        paths.append("fallbacks")
+    given = request.parameters
+    defaults = patch.default_parameters
+    for source, target in (("default_temperature", "temperature"), ("default_top_p", "top_p")):
+        if given.HasField(source):
+            setattr(defaults, target, getattr(given, source))
+            paths.append(f"default_parameters.{target}")
+    if given.HasField("max_tokens"):
+        defaults.max_tokens = given.max_tokens
+        paths.append("default_parameters.max_tokens")
+    if not paths:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            "nothing to change: send enabled, rate_limit, fallback_models or parameters",
+        )
+    return patch, paths
