@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
-from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY, PROVIDER_KEY
+from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY, LIMITED_KEY, PROVIDER_KEY
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
 
@@ -54,6 +54,9 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
                 display_name="通义千问-Turbo",
                 description="通义千问超大规模语言模型,加速响应版本",
                 tags=["fast", "Qwen"],
+                icon_url="https://example.com/qwen-turbo.png",
+                keyword="文本生成",
+                release_date="2025-01-01",
                 featured=True,
                 capabilities=["vision"],
                 context_window=32768,
@@ -75,12 +78,16 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
                 "deployments": [{"provider": "loopback", "model": "emb-up"}],
             },
         ],
-        "keys": [{"name": "seeds", "key_env": "SEEDS_CLIENT_KEY"}],
+        "keys": [
+            {"name": "seeds", "key_env": "SEEDS_CLIENT_KEY"},
+            {"name": "limited", "key_env": "SEEDS_LIMITED_KEY", "rpm": 1},
+        ],
         "defaults": {"chat": "qwen-turbo", "vision": "qwen-turbo"},
     }
     env = {
         "SEEDS_PROVIDER_KEY": PROVIDER_KEY,
         "SEEDS_CLIENT_KEY": CLIENT_KEY,
+        "SEEDS_LIMITED_KEY": LIMITED_KEY,
         "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
         # Failures are scripted on purpose, many times in a row.
         "SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES": "1000",
