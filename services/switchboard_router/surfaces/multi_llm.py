@@ -66,7 +66,7 @@ def _params(
     return params
 
 
-class MultiLlmServicer(multi_llm_pb2_grpc.MultiLlmServiceServicer, multi_llm_ops.Operations):
+class MultiLlmServicer(multi_llm_ops.Operations, multi_llm_pb2_grpc.MultiLlmServiceServicer):
     def __init__(
         self, router: RouterServicer, registry: registry_pb2_grpc.RegistryServiceStub
     ) -> None:
