@@ -68,7 +68,7 @@ def _params(
 
 class MultiLlmServicer(multi_llm_ops.Operations, multi_llm_pb2_grpc.MultiLlmServiceServicer):
     def __init__(
-        self, router: RouterServicer, registry: registry_pb2_grpc.RegistryServiceStub
+        self, router: RouterServicer, registry: registry_pb2_grpc.RegistryServiceAsyncStub
     ) -> None:
         self.router = router
         self.registry = registry

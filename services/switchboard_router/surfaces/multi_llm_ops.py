@@ -66,7 +66,7 @@ class Operations:
     """MultiLlmService's operational RPCs (mixed into MultiLlmServicer)."""
 
     router: RouterServicer
-    registry: registry_pb2_grpc.RegistryServiceStub
+    registry: registry_pb2_grpc.RegistryServiceAsyncStub
 
     def _key(self, context: Context) -> KeyConfig | None:
         return self.router.auth.authenticate(context.invocation_metadata() or ())
@@ -259,10 +259,12 @@ def _model_patch(
         paths.append("fallbacks")
     given = request.parameters
     defaults = patch.default_parameters
-    for source, target in (("default_temperature", "temperature"), ("default_top_p", "top_p")):
-        if given.HasField(source):
-            setattr(defaults, target, getattr(given, source))
-            paths.append(f"default_parameters.{target}")
+    if given.HasField("default_temperature"):
+        defaults.temperature = given.default_temperature
+        paths.append("default_parameters.temperature")
+    if given.HasField("default_top_p"):
+        defaults.top_p = given.default_top_p
+        paths.append("default_parameters.top_p")
     if given.HasField("max_tokens"):
         defaults.max_tokens = given.max_tokens
         paths.append("default_parameters.max_tokens")

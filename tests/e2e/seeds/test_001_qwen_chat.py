@@ -20,6 +20,13 @@ from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 pytestmark = pytest.mark.e2e
 
 
+def _sent(upstream: OpenAIUpstream) -> dict[str, Any]:
+    """The JSON body of the last request the upstream received."""
+    body = upstream.requests[-1].json
+    assert isinstance(body, dict)
+    return body
+
+
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
@@ -70,7 +77,7 @@ def test_chat(api: httpx.Client, upstream: OpenAIUpstream) -> None:
             },
         },
     }
-    assert upstream.requests[-1].json["temperature"] == 0.7
+    assert _sent(upstream)["temperature"] == 0.7
 
 
 def test_chat_stream(api: httpx.Client, upstream: OpenAIUpstream) -> None:

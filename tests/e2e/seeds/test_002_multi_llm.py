@@ -25,6 +25,13 @@ pytestmark = pytest.mark.e2e
 PREFIXES = ("/api/llm", "/api/v1/llm")
 
 
+def _sent(upstream: OpenAIUpstream) -> dict[str, Any]:
+    """The JSON body of the last request the upstream received."""
+    body = upstream.requests[-1].json
+    assert isinstance(body, dict)
+    return body
+
+
 @pytest.fixture(params=PREFIXES)
 def api(stack: Stack, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     headers = {"X-API-Key": CLIENT_KEY, "Content-Type": "application/json"}
@@ -93,7 +100,7 @@ def test_generate(api: httpx.Client, upstream: OpenAIUpstream) -> None:
     assert cost["input_cost"] == pytest.approx(served.prompt_tokens * 0.5 / 1000)
     assert cost["output_cost"] == pytest.approx(served.completion_tokens * 1.5 / 1000)
     assert cost["total_cost"] == pytest.approx(cost["input_cost"] + cost["output_cost"])
-    sent = upstream.requests[-1].json
+    sent = _sent(upstream)
     assert (sent["temperature"], sent["max_tokens"], sent["top_p"]) == (0.7, 100, 0.9)
 
 
@@ -221,7 +228,7 @@ def test_config_model_parameters_apply_on_every_surface(
             def applied(path: str = path, call: dict[str, Any] = call) -> bool:
                 reply = httpx.post(f"{stack.edge_url}{path}", json=call, headers=headers)
                 assert reply.status_code == 200, reply.text
-                sent = upstream.requests[-1].json
+                sent = _sent(upstream)
                 return bool(sent.get("temperature") == 0.3 and sent.get("max_tokens") == 3)
 
             _until(applied)
@@ -232,8 +239,8 @@ def test_config_model_parameters_apply_on_every_surface(
             headers=headers,
         )
         assert reply.status_code == 200
-        assert upstream.requests[-1].json["temperature"] == 1.0
-        assert upstream.requests[-1].json["max_tokens"] == 50
+        assert _sent(upstream)["temperature"] == 1.0
+        assert _sent(upstream)["max_tokens"] == 50
     finally:
         # Clearing needs the registry's admin API (the document has no "unset").
         registry = httpx.patch(

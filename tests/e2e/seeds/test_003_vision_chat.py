@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,13 @@ PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
 )
+
+
+def _sent(upstream: OpenAIUpstream) -> dict[str, Any]:
+    """The JSON body of the last request the upstream received."""
+    body = upstream.requests[-1].json
+    assert isinstance(body, dict)
+    return body
 
 
 @pytest.fixture
@@ -99,7 +107,7 @@ def test_vision_without_model(api: httpx.Client, upstream: OpenAIUpstream) -> No
     assert set(body) == {"recognition_id", "objects"}
     assert body["recognition_id"]
     assert body["objects"] == [{"name": "猫", "description": "这是一只橘色的猫。"}]
-    sent = upstream.requests[-1].json
+    sent = _sent(upstream)
     assert sent["model"] == "qwen-turbo-up"
 
 
