@@ -295,13 +295,41 @@ end
 
 local HAS_BODY = {POST = true, PUT = true, PATCH = true}
 
+-- A seed API mounted at another prefix (switchboard_stack/edge_surfaces.py):
+-- its route's metadata names the prefix, the prefix in the protos, and the
+-- first path segments the APIs at that prefix own. Returns the path to
+-- transcode, or nil for a path no API there owns.
+local function seed_path(request_handle, path)
+  local route = request_handle:metadata()
+  local prefix = route:get("prefix")
+  if prefix == nil or path:sub(1, #prefix) ~= prefix then
+    return path
+  end
+  local rest = path:sub(#prefix + 1)
+  local segment = rest:match("^[^/:?]+") or ""
+  if not string.find(route:get("owns"), "," .. segment .. ",", 1, true) then
+    return nil
+  end
+  return route:get("canonical") .. rest
+end
+
 function envoy_on_request(request_handle)
   local headers = request_handle:headers()
-  local surface = surface_of(headers:get(":path") or "")
+  local original = headers:get(":path") or ""
+  local rewritten = seed_path(request_handle, original)
+  local surface = surface_of(rewritten or original)
+  if rewritten ~= nil and rewritten ~= original then
+    headers:replace(":path", rewritten)
+  end
   if surface ~= nil then
     local meta = request_handle:streamInfo():dynamicMetadata()
     meta:set("switchboard", "surface", surface)
     meta:set("switchboard", "request_id", headers:get("x-request-id") or "")
+  end
+  if rewritten == nil then
+    reject(request_handle, "404", "Unknown route " .. (headers:get(":method") or "") .. " "
+      .. original .. ".", "invalid_request_error", "unknown_url", nil)
+    return
   end
   if check_headers(request_handle, headers) then
     return
