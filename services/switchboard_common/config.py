@@ -176,12 +176,24 @@ class KeyConfig(_Strict):
         return hashlib.sha256(secret.encode()).hexdigest() if secret else None
 
 
+class LoadBalancingConfig(_Strict):
+    """A model group (calls for `group` spread over `weights`' models) and the
+    breakers' thresholds. Set through the registry's admin API, not the file."""
+
+    group: str = Field(min_length=1)
+    strategy: Literal["weighted_random", "round_robin"] = "weighted_random"
+    weights: dict[str, float] = Field(default_factory=dict)
+    failure_threshold: int | None = Field(default=None, ge=1)
+    recovery_threshold: int | None = Field(default=None, ge=1)
+
+
 class SwitchboardConfig(_Strict):
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
     keys: list[KeyConfig] | None = None
     # The model to use for each purpose; applied only where the registry has none yet.
     defaults: dict[ModelUse, str] = Field(default_factory=dict)
+    load_balancing: LoadBalancingConfig | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self, info: ValidationInfo) -> Self:
@@ -221,6 +233,10 @@ class SwitchboardConfig(_Strict):
         for use, name in self.defaults.items():
             if name not in names:
                 raise ValueError(f"defaults.{use}: unknown model {name!r}")
+        if self.load_balancing is not None and from_file:
+            raise ValueError(
+                "load_balancing: set it through the admin API (PUT /v1/admin/load-balancing)"
+            )
         return self
 
     def provider(self, name: str) -> ProviderConfig | None:

@@ -186,6 +186,21 @@ def key_message(k: KeyConfig) -> pb.ApiKey:
     )
 
 
+def _load_balancing(snapshot: pb.Snapshot) -> dict[str, Any] | None:
+    if not snapshot.HasField("load_balancing"):
+        return None
+    lb = snapshot.load_balancing
+    names = {m.name for m in snapshot.models}
+    return {
+        "group": lb.group,
+        "strategy": _STRATEGY_NAMES.get(lb.strategy, "weighted_random"),
+        # A model deleted since cannot serve (the registry refuses that; be safe anyway).
+        "weights": {name: w for name, w in lb.weights.items() if name in names},
+        "failure_threshold": lb.failure_threshold or None,
+        "recovery_threshold": lb.recovery_threshold or None,
+    }
+
+
 def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
     """What a service runs with. Offline models stay (so they answer 'offline'
     rather than 'unknown'); disabled deployments and keys without a usable
@@ -280,6 +295,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
             for d in snapshot.defaults
             if d.use in USE_NAMES and any(m.name == d.model for m in snapshot.models)
         },
+        "load_balancing": _load_balancing(snapshot),
     }
     return SwitchboardConfig.model_validate(data, context={"source": "registry"})
 
@@ -305,6 +321,8 @@ def apply_change(snapshot: pb.Snapshot, change: pb.Change, version: int) -> None
         _put(snapshot.defaults, "use", change.default_model, upsert)
     elif which == "alert_rule":
         _put(snapshot.alert_rules, "name", change.alert_rule, upsert)
+    elif which == "load_balancing":
+        snapshot.load_balancing.CopyFrom(change.load_balancing)
     snapshot.version = version
 
 

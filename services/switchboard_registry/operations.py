@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard_common.config import deployment_id
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_registry import tables, validation
+from switchboard_registry import load_balancing, tables, validation
 from switchboard_registry.store import (
     ALERT_RULES,
     DEPLOYMENTS,
@@ -189,6 +189,12 @@ async def delete_model(tx: Tx, name: str, etag: str = "") -> None:
         raise SwitchboardError(
             R.ERROR_REASON_FAILED_PRECONDITION,
             f"model {name!r} is the default for {', '.join(defaults)}; set another default first",
+            param="name",
+        )
+    if name in await load_balancing.members(tx):
+        raise SwitchboardError(
+            R.ERROR_REASON_FAILED_PRECONDITION,
+            f"model {name!r} is in the load-balancing group; take it out there first",
             param="name",
         )
     deployments = await tx.deployments_of(name)

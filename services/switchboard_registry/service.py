@@ -19,6 +19,7 @@ from switchboard_common.credentials import require_admin
 from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
+from switchboard_registry import load_balancing
 from switchboard_registry import operations as ops
 from switchboard_registry.bootstrap import apply_config
 from switchboard_registry.store import ALERT_RULES, DEPLOYMENTS, KEYS, MODELS, PROVIDERS, Store
@@ -254,6 +255,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> pb.ListDefaultModelsResponse:
         self._admin(context)
         return pb.ListDefaultModelsResponse(defaults=await self.store.defaults())
+
+    async def SetLoadBalancing(
+        self, request: pb.SetLoadBalancingRequest, context: Context
+    ) -> pb.SetLoadBalancingResponse:
+        self._admin(context)
+        lb = await self.store.write(
+            lambda tx: load_balancing.set_load_balancing(tx, request.load_balancing)
+        )
+        return pb.SetLoadBalancingResponse(load_balancing=lb)
+
+    async def GetLoadBalancing(
+        self, request: pb.GetLoadBalancingRequest, context: Context
+    ) -> pb.GetLoadBalancingResponse:
+        self._admin(context)
+        return pb.GetLoadBalancingResponse(load_balancing=await self.store.load_balancing())
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: Context

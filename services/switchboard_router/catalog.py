@@ -6,18 +6,23 @@ in a new one when the registry changes, and requests in flight keep theirs.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from switchboard.common.v1 import openai_pb2
 from switchboard_common.config import (
     DeploymentConfig,
     KeyConfig,
+    LoadBalancingConfig,
     ModelConfig,
     ModelUse,
     ProviderConfig,
     SwitchboardConfig,
 )
 from switchboard_common.errors import R, SwitchboardError
+
+# Picks a group's model (weighted_random); not security.
+_RNG = random.Random()  # noqa: S311
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,15 @@ class Catalog:
             for alias in model.aliases:
                 self._by_name[alias] = model
         self._providers = {p.name: p for p in config.providers}
+        self._group = config.load_balancing
+        # Smooth weighted round robin over the group's models (nginx's): running scores.
+        self._scores: dict[str, float] = {}
 
     def resolve(
         self, requested: str, key: KeyConfig | None, kind: str | None = None
     ) -> ModelConfig:
+        if self._group is not None and requested == self._group.group:
+            requested = self._member(self._group)
         model = self._by_name.get(requested)
         # Echoed in errors (and so in trailers): never at any length.
         name = requested if len(requested) <= 64 else requested[:64] + "…"
@@ -94,6 +104,24 @@ class Catalog:
                 param="model",
             )
         return model
+
+    def _member(self, group: LoadBalancingConfig) -> str:
+        """The group's model for this call, in proportion to the weights."""
+        weights = {name: w for name, w in group.weights.items() if w > 0}
+        if not weights:
+            raise SwitchboardError(
+                R.ERROR_REASON_MODEL_NOT_FOUND,
+                f"The model group '{group.group}' has no models with a weight above 0.",
+                param="model",
+            )
+        if group.strategy == "weighted_random":
+            return _RNG.choices(list(weights), weights=list(weights.values()))[0]
+        total = sum(weights.values())
+        for name, weight in weights.items():
+            self._scores[name] = self._scores.get(name, 0.0) + weight
+        chosen = max(weights, key=lambda name: self._scores[name])
+        self._scores[chosen] -= total
+        return chosen
 
     def find(self, name: str) -> ModelConfig | None:
         """The model with this name or alias, if any."""

@@ -181,6 +181,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         auth = Authenticator(config)
         self.catalog, self.auth = catalog, auth
         self.routing.forget(catalog)
+        balancing = config.load_balancing
+        self.routing.tune(
+            balancing.failure_threshold if balancing else None,
+            balancing.recovery_threshold if balancing else None,
+        )
         bound = any(d.gpu_node for m in config.models for d in m.deployments)
         if bound and self.routing.gpu is None and self._gpu_addresses:
             # Only once a deployment is bound to a GPU: a stack without GPUs

@@ -16,7 +16,7 @@ SERVICES = [
     (multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"], ("/api/llm/", "/api/v1/llm/")),
     (vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"], ("/api/v1/",)),
 ]
-ADMIN = {"UpdateModelConfig"}
+ADMIN = {"UpdateModelConfig", "UpdateLoadBalancing"}
 PUBLIC = {"GetLlmHealth"}
 
 

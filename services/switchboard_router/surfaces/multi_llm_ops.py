@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.api import httpbody_pb2
-from google.protobuf import field_mask_pb2
 
-from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
+from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import multi_llm_pb2
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common.config import KeyConfig, ModelConfig
-from switchboard_common.credentials import require_admin
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_router.breaker import State
 from switchboard_router.surfaces import surface
@@ -196,81 +194,3 @@ class Operations:
                     },
                 }
             )
-
-    async def UpdateModelConfig(
-        self, request: multi_llm_pb2.UpdateModelConfigRequest, context: Context
-    ) -> httpbody_pb2.HttpBody:
-        surface.enter(NAME)
-        with surface.rendered(lambda err: error(err, model=request.model_id)):
-            require_admin(context.invocation_metadata() or (), self.router.admin_key)
-            patch, paths = _model_patch(request)
-            try:
-                reply = await self.registry.UpdateModel(
-                    registry_pb2.UpdateModelRequest(
-                        model=patch, update_mask=field_mask_pb2.FieldMask(paths=paths)
-                    ),
-                    timeout=CALL_TIMEOUT_S,
-                    metadata=(("authorization", f"Bearer {self.router.admin_key}"),),
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc, "registry") from None
-            model = reply.model
-            defaults = model.default_parameters
-            parameters: dict[str, Any] = {}
-            if defaults.HasField("temperature"):
-                parameters["default_temperature"] = defaults.temperature
-            if defaults.HasField("top_p"):
-                parameters["default_top_p"] = defaults.top_p
-            if defaults.HasField("max_tokens"):
-                parameters["max_tokens"] = defaults.max_tokens
-            return answer(
-                {
-                    "model_id": model.name,
-                    "enabled": model.online,
-                    "rate_limit": {
-                        "requests_per_minute": model.rpm,
-                        "tokens_per_minute": model.tpm,
-                    },
-                    "fallback_models": list(model.fallbacks),
-                    "parameters": parameters,
-                }
-            )
-
-
-def _model_patch(
-    request: multi_llm_pb2.UpdateModelConfigRequest,
-) -> tuple[registry_pb2.Model, list[str]]:
-    """The registry update the document's body means; priority has no model-level
-    counterpart (deployments have priorities) and is accepted without effect."""
-    patch = registry_pb2.Model(name=request.model_id)
-    paths: list[str] = []
-    if request.HasField("enabled"):
-        patch.online = request.enabled
-        paths.append("online")
-    limit = request.rate_limit
-    if limit.HasField("requests_per_minute"):
-        patch.rpm = limit.requests_per_minute
-        paths.append("rpm")
-    if limit.HasField("tokens_per_minute"):
-        patch.tpm = limit.tokens_per_minute
-        paths.append("tpm")
-    if request.fallback_models:
-        patch.fallbacks.extend(request.fallback_models)
-        paths.append("fallbacks")
-    given = request.parameters
-    defaults = patch.default_parameters
-    if given.HasField("default_temperature"):
-        defaults.temperature = given.default_temperature
-        paths.append("default_parameters.temperature")
-    if given.HasField("default_top_p"):
-        defaults.top_p = given.default_top_p
-        paths.append("default_parameters.top_p")
-    if given.HasField("max_tokens"):
-        defaults.max_tokens = given.max_tokens
-        paths.append("default_parameters.max_tokens")
-    if not paths:
-        raise SwitchboardError(
-            R.ERROR_REASON_INVALID_REQUEST,
-            "nothing to change: send enabled, rate_limit, fallback_models or parameters",
-        )
-    return patch, paths

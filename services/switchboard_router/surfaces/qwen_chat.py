@@ -33,11 +33,12 @@ class QwenChatServicer(qwen_chat_pb2_grpc.QwenChatServiceServicer):
         self.router = router
 
     def _check(self, params: openai_pb2.ChatCompletionParams, context: Context) -> None:
-        """The document's rules, in its order, after the key (401 first)."""
-        key = self.router.auth.authenticate(context.invocation_metadata() or ())
+        """The document's rules, after the key (401 first)."""
+        self.router.auth.authenticate(context.invocation_metadata() or ())
+        # The model itself (known, a chat model, allowed) is RouterService's
+        # check; its errors read INVALID_MODEL here.
         if not params.model:
             raise qwen_shapes.bad("model", qwen_shapes.INVALID_MODEL)
-        self.router.catalog.resolve(params.model, key, "chat")
         if not params.messages:
             raise qwen_shapes.bad("messages", qwen_shapes.EMPTY_MESSAGES)
         for i, message in enumerate(params.messages):

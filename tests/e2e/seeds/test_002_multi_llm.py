@@ -314,3 +314,60 @@ def test_model_unavailable(api: httpx.Client, upstream: OpenAIUpstream) -> None:
     for path in ("/generate", "/generate/stream"):
         error = _error(api.post(path, json=_generate()), 503, "MODEL_UNAVAILABLE")
         assert error["details"]["model"] == "qwen-turbo"
+
+
+def test_config_load_balancing(admin: httpx.Client, stack: Stack, upstream: OpenAIUpstream) -> None:
+    """Weights across models: calls for the group ("auto" unless the body names
+    another) are spread over its models; round_robin alternates evenly."""
+    body = {
+        "strategy": "round_robin",
+        "health_check_interval": 30,
+        "weights": {"qwen-turbo": 0.5, "qwen-plus": 0.5},
+    }
+    reply = admin.put("/config/load-balancing", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {
+        "group": "auto",
+        "strategy": "round_robin",
+        "health_check_interval": 30,
+        "failure_threshold": 0,
+        "recovery_threshold": 0,
+        "weights": {"qwen-plus": 0.5, "qwen-turbo": 0.5},
+    }
+    client = httpx.Client(base_url=f"{stack.edge_url}/api/llm", headers={"X-API-Key": CLIENT_KEY})
+    with client:
+        _until(lambda: client.post("/generate", json=_generate("auto")).status_code == 200)
+        served = []
+        for _ in range(4):
+            reply = client.post("/generate", json=_generate("auto"))
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["model"] == "auto"
+            served.append(_sent(upstream)["model"])
+        assert sorted(served) == ["qwen-plus-up"] * 2 + ["qwen-turbo-up"] * 2
+        assert served[0] != served[1]
+        assert served[2] != served[3]
+        # All the weight on one model; the strategy stays as set.
+        reply = admin.put("/config/load-balancing", json={"weights": {"qwen-plus": 1}})
+        assert reply.json()["strategy"] == "round_robin"
+
+        def only_plus() -> bool:
+            client.post("/generate", json=_generate("auto")).raise_for_status()
+            return bool(_sent(upstream)["model"] == "qwen-plus-up")
+
+        _until(only_plus)
+        for _ in range(3):
+            assert only_plus()
+
+
+def test_config_load_balancing_refusals(admin: httpx.Client, api: httpx.Client) -> None:
+    reply = admin.put("/config/load-balancing", json={"weights": {"no-such-model": 1}})
+    _error(reply, 400, "INVALID_REQUEST")
+    reply = admin.put("/config/load-balancing", json={"weights": {"embed": 1}})
+    _error(reply, 400, "INVALID_REQUEST")
+    reply = admin.put("/config/load-balancing", json={"group": "qwen-plus"})
+    _error(reply, 400, "INVALID_REQUEST")
+    reply = admin.put("/config/load-balancing", json={"strategy": "fastest"})
+    _error(reply, 400, "INVALID_REQUEST")
+    _error(
+        api.put("/config/load-balancing", json={"weights": {"qwen-plus": 1}}), 401, "UNAUTHORIZED"
+    )

@@ -605,6 +605,73 @@ class DefaultModel(_message.Message):
 Global___DefaultModel: _TypeAlias = DefaultModel  # noqa: Y015
 
 @_typing.final
+class LoadBalancing(_message.Message):
+    """A model group: a call for the model named `group` is served by one of the
+    models in `weights`, chosen by `strategy` (weighted random, or smooth weighted
+    round robin) in proportion to their weights; that model's deployments,
+    fallbacks, limits and pricing then apply. The circuit breakers of every
+    deployment open after `failure_threshold` failures in a row and close after
+    `recovery_threshold` successful half-open probes (0: the router's defaults).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    strategy: Global___RoutingStrategy.ValueType
+    failure_threshold: _builtins.int
+    recovery_threshold: _builtins.int
+    health_check_interval_s: _builtins.int
+    """Seconds between active health probes. Stored; active probes are not built yet."""
+    etag: _builtins.str
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        strategy: Global___RoutingStrategy.ValueType = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        failure_threshold: _builtins.int = ...,
+        recovery_threshold: _builtins.int = ...,
+        health_check_interval_s: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "failure_threshold", b"failure_threshold", "group", b"group", "health_check_interval_s", b"health_check_interval_s", "recovery_threshold", b"recovery_threshold", "strategy", b"strategy", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadBalancing: _TypeAlias = LoadBalancing  # noqa: Y015
+
+@_typing.final
 class AlertRule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -669,6 +736,7 @@ class Snapshot(_message.Message):
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     DEFAULTS_FIELD_NUMBER: _builtins.int
     ALERT_RULES_FIELD_NUMBER: _builtins.int
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provider]: ...
@@ -684,6 +752,10 @@ class Snapshot(_message.Message):
     def defaults(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefaultModel]: ...
     @_builtins.property
     def alert_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertRule]: ...
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing:
+        """Unset until someone sets it."""
+
     def __init__(
         self,
         *,
@@ -694,10 +766,11 @@ class Snapshot(_message.Message):
         credentials: _abc.Iterable[Global___ApiKeyCredential] | None = ...,
         defaults: _abc.Iterable[Global___DefaultModel] | None = ...,
         alert_rules: _abc.Iterable[Global___AlertRule] | None = ...,
+        load_balancing: Global___LoadBalancing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rules", b"alert_rules", "credentials", b"credentials", "defaults", b"defaults", "keys", b"keys", "models", b"models", "providers", b"providers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rules", b"alert_rules", "credentials", b"credentials", "defaults", b"defaults", "keys", b"keys", "load_balancing", b"load_balancing", "models", b"models", "providers", b"providers", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1568,6 +1641,83 @@ class ListDefaultModelsResponse(_message.Message):
 Global___ListDefaultModelsResponse: _TypeAlias = ListDefaultModelsResponse  # noqa: Y015
 
 @_typing.final
+class SetLoadBalancingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing: ...
+    def __init__(
+        self,
+        *,
+        load_balancing: Global___LoadBalancing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoadBalancingRequest: _TypeAlias = SetLoadBalancingRequest  # noqa: Y015
+
+@_typing.final
+class SetLoadBalancingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing: ...
+    def __init__(
+        self,
+        *,
+        load_balancing: Global___LoadBalancing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoadBalancingResponse: _TypeAlias = SetLoadBalancingResponse  # noqa: Y015
+
+@_typing.final
+class GetLoadBalancingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadBalancingRequest: _TypeAlias = GetLoadBalancingRequest  # noqa: Y015
+
+@_typing.final
+class GetLoadBalancingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing:
+        """Unset when nothing was set."""
+
+    def __init__(
+        self,
+        *,
+        load_balancing: Global___LoadBalancing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadBalancingResponse: _TypeAlias = GetLoadBalancingResponse  # noqa: Y015
+
+@_typing.final
 class CreateAlertRuleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1788,6 +1938,7 @@ class Change(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
     ALERT_RULE_FIELD_NUMBER: _builtins.int
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
     kind: Global___Change.Kind.ValueType
     @_builtins.property
     def provider(self) -> Global___Provider: ...
@@ -1803,6 +1954,8 @@ class Change(_message.Message):
     def default_model(self) -> Global___DefaultModel: ...
     @_builtins.property
     def alert_rule(self) -> Global___AlertRule: ...
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing: ...
     def __init__(
         self,
         *,
@@ -1814,12 +1967,13 @@ class Change(_message.Message):
         credential: Global___ApiKeyCredential | None = ...,
         default_model: Global___DefaultModel | None = ...,
         alert_rule: Global___AlertRule | None = ...,
+        load_balancing: Global___LoadBalancing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "kind", b"kind", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "kind", b"kind", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_entity: _TypeAlias = _typing.Literal["provider", "model", "deployment", "key", "credential", "default_model", "alert_rule"]  # noqa: Y015
+    _WhichOneofReturnType_entity: _TypeAlias = _typing.Literal["provider", "model", "deployment", "key", "credential", "default_model", "alert_rule", "load_balancing"]  # noqa: Y015
     _WhichOneofArgType_entity: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_entity) -> _WhichOneofReturnType_entity | None: ...
 

@@ -318,3 +318,74 @@ class UpdateModelConfigRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___UpdateModelConfigRequest: _TypeAlias = UpdateModelConfigRequest  # noqa: Y015
+
+@_typing.final
+class UpdateLoadBalancingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_INTERVAL_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    strategy: _builtins.str
+    """weighted_random (the default) or round_robin: how the group's models are picked."""
+    health_check_interval: _builtins.int
+    """Seconds; stored for active health probes (not built yet)."""
+    failure_threshold: _builtins.int
+    recovery_threshold: _builtins.int
+    group: _builtins.str
+    """The name clients call the group by (default "auto"; a Switchboard addition)."""
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Model name -> weight. Calls for the group's name are spread over these."""
+
+    def __init__(
+        self,
+        *,
+        strategy: _builtins.str = ...,
+        health_check_interval: _builtins.int | None = ...,
+        failure_threshold: _builtins.int | None = ...,
+        recovery_threshold: _builtins.int | None = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        group: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_health_check_interval", b"_health_check_interval", "_recovery_threshold", b"_recovery_threshold", "failure_threshold", b"failure_threshold", "health_check_interval", b"health_check_interval", "recovery_threshold", b"recovery_threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_health_check_interval", b"_health_check_interval", "_recovery_threshold", b"_recovery_threshold", "failure_threshold", b"failure_threshold", "group", b"group", "health_check_interval", b"health_check_interval", "recovery_threshold", b"recovery_threshold", "strategy", b"strategy", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
+    _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__health_check_interval: _TypeAlias = _typing.Literal["health_check_interval"]  # noqa: Y015
+    _WhichOneofArgType__health_check_interval: _TypeAlias = _typing.Literal["_health_check_interval", b"_health_check_interval"]  # noqa: Y015
+    _WhichOneofReturnType__recovery_threshold: _TypeAlias = _typing.Literal["recovery_threshold"]  # noqa: Y015
+    _WhichOneofArgType__recovery_threshold: _TypeAlias = _typing.Literal["_recovery_threshold", b"_recovery_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_interval) -> _WhichOneofReturnType__health_check_interval | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__recovery_threshold) -> _WhichOneofReturnType__recovery_threshold | None: ...
+
+Global___UpdateLoadBalancingRequest: _TypeAlias = UpdateLoadBalancingRequest  # noqa: Y015

@@ -70,6 +70,11 @@ class MultiLlmServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_multi__llm__pb2.UpdateModelConfigRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.UpdateLoadBalancing = channel.unary_unary(
+                '/switchboard.router.v1.MultiLlmService/UpdateLoadBalancing',
+                request_serializer=switchboard_dot_router_dot_v1_dot_multi__llm__pb2.UpdateLoadBalancingRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class MultiLlmServiceServicer:
@@ -139,6 +144,16 @@ class MultiLlmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateLoadBalancing(self, request, context):
+        """Admin: the load-balancing setting (a model group spread by weight, breaker
+        thresholds), through the registry: live, and in its change log.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MultiLlmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +190,11 @@ def add_MultiLlmServiceServicer_to_server(servicer, server):
             'UpdateModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateModelConfig,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_multi__llm__pb2.UpdateModelConfigRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'UpdateLoadBalancing': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateLoadBalancing,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_multi__llm__pb2.UpdateLoadBalancingRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -366,6 +386,33 @@ class MultiLlmService:
             target,
             '/switchboard.router.v1.MultiLlmService/UpdateModelConfig',
             switchboard_dot_router_dot_v1_dot_multi__llm__pb2.UpdateModelConfigRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateLoadBalancing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.MultiLlmService/UpdateLoadBalancing',
+            switchboard_dot_router_dot_v1_dot_multi__llm__pb2.UpdateLoadBalancingRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

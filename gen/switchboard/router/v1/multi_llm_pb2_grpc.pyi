@@ -75,6 +75,12 @@ class MultiLlmServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    UpdateLoadBalancing: _grpc.UnaryUnaryMultiCallable[_multi_llm_pb2.UpdateLoadBalancingRequest, _httpbody_pb2.HttpBody]
+    """Admin: the load-balancing setting (a model group spread by weight, breaker
+    thresholds), through the registry: live, and in its change log.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 @_typing.type_check_only
 class MultiLlmServiceAsyncStub(MultiLlmServiceStub):
@@ -112,6 +118,12 @@ class MultiLlmServiceAsyncStub(MultiLlmServiceStub):
     UpdateModelConfig: _aio.UnaryUnaryMultiCallable[_multi_llm_pb2.UpdateModelConfigRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """Admin: enabled, rate_limit, fallback_models, default parameters of a model,
     applied live through the registry (and logged in its change log).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateLoadBalancing: _aio.UnaryUnaryMultiCallable[_multi_llm_pb2.UpdateLoadBalancingRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Admin: the load-balancing setting (a model group spread by weight, breaker
+    thresholds), through the registry: live, and in its change log.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -191,6 +203,18 @@ class MultiLlmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """Admin: enabled, rate_limit, fallback_models, default parameters of a model,
         applied live through the registry (and logged in its change log).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateLoadBalancing(
+        self,
+        request: _multi_llm_pb2.UpdateLoadBalancingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Admin: the load-balancing setting (a model group spread by weight, breaker
+        thresholds), through the registry: live, and in its change log.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
