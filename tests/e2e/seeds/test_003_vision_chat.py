@@ -201,3 +201,13 @@ def test_the_active_model_is_switched_live(api: httpx.Client, stack: Stack) -> N
             json={"model": "qwen-turbo"},
             headers=admin,
         ).raise_for_status()
+
+
+def test_admin_opens_the_console(stack: Stack) -> None:
+    """The document's Gradio admin was at /admin; the console picks the active models."""
+    reply = httpx.get(f"{stack.edge_url}/admin")
+    assert reply.status_code in (301, 302)
+    assert reply.headers["location"].endswith("/console/")
+    page = httpx.get(f"{stack.edge_url}/console/")
+    assert 'id="active-chat"' in page.text
+    assert 'id="active-vision"' in page.text
