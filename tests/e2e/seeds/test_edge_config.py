@@ -79,3 +79,17 @@ def test_no_cors_by_default(stack: Stack) -> None:
     headers = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
     reply = httpx.options(f"{stack.edge_url}/api/llm/generate", headers=headers)
     assert "access-control-allow-origin" not in reply.headers
+
+
+def test_docs_and_openapi(stack: Stack) -> None:
+    """/docs is a page over /openapi.json, which lists every seed route."""
+    docs = httpx.get(f"{stack.edge_url}/docs", follow_redirects=True)
+    assert docs.status_code == 200
+    assert docs.headers["content-type"].startswith("text/html")
+    assert 'src="docs.js"' in docs.text
+    assert httpx.get(f"{stack.edge_url}/console/docs.js").status_code == 200
+    spec = httpx.get(f"{stack.edge_url}/openapi.json", follow_redirects=True)
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    for path in ("/api/llm/chat", "/api/llm/generate", "/api/v1/llm/health", "/api/v1/models"):
+        assert path in paths
