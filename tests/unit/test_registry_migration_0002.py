@@ -1,0 +1,38 @@
+"""Migration 0002: the settings table, and numbers for models created before
+Model.number existed, in creation order (a fresh registry numbers at create)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+
+from switchboard_registry.migrate import alembic_config
+
+
+def test_models_get_stable_numbers_in_creation_order(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+            for i, name in enumerate(["zeta", "alpha", "kept"]):
+                spec = {"name": name, "number": 7} if name == "kept" else {"name": name}
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO models (name, kind, online, spec, revision, "
+                        "create_time, update_time) VALUES (:n, 'MODEL_KIND_CHAT', 1, :s, 1, :t, :t)"
+                    ),
+                    {"n": name, "s": json.dumps(spec), "t": start + dt.timedelta(i)},
+                )
+            command.upgrade(alembic_config(conn), "head")
+            query = sa.text("SELECT name, json_extract(spec, '$.number') FROM models")
+            rows = {name: number for name, number in conn.execute(query)}
+            tables = set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    assert rows == {"zeta": 1, "alpha": 2, "kept": 7}
+    assert "settings" in tables
