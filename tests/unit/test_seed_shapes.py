@@ -8,7 +8,13 @@ import json
 import pytest
 
 from switchboard.common.v1 import errors_pb2
-from switchboard_common.errors import ERROR_BODY_HEADER, HTTP_STATUS_HEADER, R, SwitchboardError
+from switchboard_common.errors import (
+    ERROR_BODY_HEADER,
+    HTTP_STATUS_HEADER,
+    R,
+    Reason,
+    SwitchboardError,
+)
 from switchboard_common.logs import request_id_var
 from switchboard_router.surfaces import llm_models, multi_llm_shapes, qwen_shapes, vision_chat
 from switchboard_router.surfaces.surface import SurfaceError, rendered
@@ -17,7 +23,7 @@ REASONS = [r for r in errors_pb2.ErrorReason.values() if r != R.ERROR_REASON_UNS
 
 
 @pytest.mark.parametrize("reason", REASONS, ids=errors_pb2.ErrorReason.Name)
-def test_every_reason_renders_in_each_shape(reason: int) -> None:
+def test_every_reason_renders_in_each_shape(reason: Reason) -> None:
     err = SwitchboardError(reason, "what happened", retry_after_s=1.5)
     status, body = qwen_shapes.error(err)
     assert set(body) == {"code", "message", "data"}
@@ -47,7 +53,7 @@ def test_every_reason_renders_in_each_shape(reason: int) -> None:
         (R.ERROR_REASON_INTERNAL, 500, "服务器错误"),
     ],
 )
-def test_qwen_codes_and_messages(reason: int, status: int, message: str) -> None:
+def test_qwen_codes_and_messages(reason: Reason, status: int, message: str) -> None:
     assert qwen_shapes.error(SwitchboardError(reason, "boom")) == (
         status,
         {"code": status, "message": message, "data": None},
@@ -76,7 +82,7 @@ def test_internal_errors_do_not_leak_their_message() -> None:
         (R.ERROR_REASON_RATE_LIMITED, 429),
     ],
 )
-def test_vision_chat_statuses(reason: int, status: int) -> None:
+def test_vision_chat_statuses(reason: Reason, status: int) -> None:
     assert vision_chat.error(SwitchboardError(reason, "x"))[0] == status
 
 
