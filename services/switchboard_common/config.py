@@ -185,6 +185,8 @@ class LoadBalancingConfig(_Strict):
     weights: dict[str, float] = Field(default_factory=dict)
     failure_threshold: int | None = Field(default=None, ge=1)
     recovery_threshold: int | None = Field(default=None, ge=1)
+    # Seconds between active health probes of every deployment; None: no probes.
+    health_check_interval_s: int | None = Field(default=None, ge=1)
 
 
 class SwitchboardConfig(_Strict):

@@ -198,6 +198,7 @@ def _load_balancing(snapshot: pb.Snapshot) -> dict[str, Any] | None:
         "weights": {name: w for name, w in lb.weights.items() if name in names},
         "failure_threshold": lb.failure_threshold or None,
         "recovery_threshold": lb.recovery_threshold or None,
+        "health_check_interval_s": lb.health_check_interval_s or None,
     }
 
 

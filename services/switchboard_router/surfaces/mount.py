@@ -18,6 +18,7 @@ from switchboard.router.v1 import (
 )
 from switchboard_common.channels import channel as service_channel
 from switchboard_common.settings import Settings
+from switchboard_router.probes import Prober
 from switchboard_router.surfaces.multi_llm import MultiLlmServicer
 from switchboard_router.surfaces.qwen_chat import QwenChatServicer
 from switchboard_router.surfaces.vision_chat import VisionChatServicer
@@ -32,14 +33,22 @@ def mount_surfaces(
     """Add the surfaces' services: their full names (for health and reflection),
     and what closes what they opened."""
     registry = service_channel(settings.address("registry"), settings.tls)
+    # Active health checks, for seed API 002's status (off until its setting has an interval).
+    prober = Prober(router)
+    prober.start()
     vision_chat_pb2_grpc.add_VisionChatServiceServicer_to_server(VisionChatServicer(router), server)
     qwen_chat_pb2_grpc.add_QwenChatServiceServicer_to_server(QwenChatServicer(router), server)
     multi_llm_pb2_grpc.add_MultiLlmServiceServicer_to_server(
-        MultiLlmServicer(router, registry_pb2_grpc.RegistryServiceStub(registry)), server
+        MultiLlmServicer(router, registry_pb2_grpc.RegistryServiceStub(registry), prober), server
     )
     names = [
         vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name,
         qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name,
         multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name,
     ]
-    return names, registry.close
+
+    async def close() -> None:
+        await prober.close()
+        await registry.close()
+
+    return names, close

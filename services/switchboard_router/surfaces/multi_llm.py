@@ -20,6 +20,7 @@ from switchboard.router.v1 import multi_llm_pb2, multi_llm_pb2_grpc, router_pb2
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common.errors import SwitchboardError
 from switchboard_common.pricing import price
+from switchboard_router.probes import Prober
 from switchboard_router.surfaces import multi_llm_config, multi_llm_ops, surface
 from switchboard_router.surfaces.multi_llm_shapes import DONE, answer, error, event
 
@@ -70,10 +71,14 @@ class MultiLlmServicer(
     multi_llm_ops.Operations, multi_llm_config.Config, multi_llm_pb2_grpc.MultiLlmServiceServicer
 ):
     def __init__(
-        self, router: RouterServicer, registry: registry_pb2_grpc.RegistryServiceAsyncStub
+        self,
+        router: RouterServicer,
+        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        prober: Prober,
     ) -> None:
         self.router = router
         self.registry = registry
+        self.prober = prober
 
     def _cost(self, deployment_id: str, model: str, usage: openai_pb2.Usage) -> dict[str, float]:
         """What the ledger charges for the attempt that answered: the same

@@ -1,7 +1,8 @@
 """Seed API 002's operational routes: model status, service health, usage and
-performance statistics, and model config. Status comes from what the router
-knows live (each deployment's circuit breaker) and from the usage ledger in
-ClickHouse (latency and error rate over the last hour, across every replica);
+performance statistics. Status comes from what the router knows live (each
+deployment's circuit breaker, fed by traffic and by active probes, probes.py),
+the last probe (when probes are on), and the usage ledger in ClickHouse
+(latency and error rate over the last hour, across every replica);
 statistics are the usage service's; config writes go to the registry, which
 applies them live and logs them in its change log."""
 
@@ -14,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.api import httpbody_pb2
 
-from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import multi_llm_pb2
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common.config import KeyConfig, ModelConfig
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_router.breaker import State
+from switchboard_router.probes import Prober
 from switchboard_router.surfaces import surface
 from switchboard_router.surfaces.multi_llm_shapes import answer, error
 
@@ -64,7 +65,7 @@ class Operations:
     """MultiLlmService's operational RPCs (mixed into MultiLlmServicer)."""
 
     router: RouterServicer
-    registry: registry_pb2_grpc.RegistryServiceAsyncStub
+    prober: Prober
 
     def _key(self, context: Context) -> KeyConfig | None:
         return self.router.auth.authenticate(context.invocation_metadata() or ())
@@ -95,13 +96,20 @@ class Operations:
                 usage_pb2.GetUsagePerformanceRequest(window="1h", model=model.name),
             )
             measured = perf.by_model.get(model.name)
+            probe = self.prober.last(model.name)
+            if probe is not None:
+                response_time = round(probe.latency_ms)
+                checked = probe.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            else:
+                response_time = round(measured.latency_ms.average) if measured else 0
+                checked = _now()
             return answer(
                 {
                     "model_id": model.name,
                     "status": model_status(model, health),
                     "health": health,
-                    "response_time_ms": round(measured.latency_ms.average) if measured else 0,
-                    "last_check": _now(),
+                    "response_time_ms": response_time,
+                    "last_check": checked,
                     "error_rate": round(measured.error_rate, 4) if measured else 0.0,
                 }
             )

@@ -89,8 +89,10 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
         "SEEDS_CLIENT_KEY": CLIENT_KEY,
         "SEEDS_LIMITED_KEY": LIMITED_KEY,
         "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
-        # Failures are scripted on purpose, many times in a row.
+        # Failures are scripted on purpose, many times in a row: no breaker may open
+        # (neither on failures in a row nor on the error rate), or later tests flake.
         "SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES": "1000",
+        "SWITCHBOARD_BREAKER_MIN_REQUESTS": "1000000",
         "SWITCHBOARD_MAX_ATTEMPTS": "1",
     }
     with running_stack(config, tmp_path_factory.mktemp("seeds"), env) as running:
