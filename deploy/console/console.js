@@ -357,6 +357,7 @@ async function loadModels() {
   }
   state.health = byDeployment;
   renderModels(byDeployment);
+  loadActiveModels();
   $("#models-meta").textContent =
     `${state.models.length} model${state.models.length === 1 ? "" : "s"} · updated ${clock()}${healthNote}`;
 }
@@ -443,6 +444,55 @@ function renderModels(byDeployment) {
   });
   body.replaceChildren(...rows);
   if (focused) body.querySelector(`button[data-model="${CSS.escape(focused)}"]`)?.focus();
+}
+
+// The active model per use (the registry's defaults): what calls naming no model get.
+const ACTIVE_USES = { MODEL_USE_CHAT: "chat", MODEL_USE_VISION: "vision" };
+
+async function loadActiveModels() {
+  let defaults;
+  try {
+    defaults = (await api("v1/admin/defaults")).defaults || [];
+  } catch (err) {
+    return; // the models' own load already says what is wrong with the key
+  }
+  const active = new Map(defaults.map((d) => [d.use, d.model]));
+  const chat = state.models.filter((m) => m.kind === "MODEL_KIND_CHAT" && m.online !== false);
+  for (const select of document.querySelectorAll("#active-models select")) {
+    // Not while someone is choosing.
+    if (document.activeElement === select || select.disabled) continue;
+    const current = active.get(select.dataset.use) || "";
+    const options = current ? [] : [el("option", { value: "", text: "(none)", disabled: true })];
+    for (const model of chat) options.push(el("option", { value: model.name, text: model.name }));
+    if (current && !chat.some((m) => m.name === current)) {
+      options.push(el("option", { value: current, text: `${current} (offline)` }));
+    }
+    select.replaceChildren(...options);
+    select.value = current;
+  }
+}
+
+async function activate(select) {
+  const message = $("#models-message");
+  const use = select.dataset.use;
+  const model = select.value;
+  select.disabled = true;
+  try {
+    await api(`v1/admin/defaults/${use}`, { method: "PUT", body: { model } });
+    show(message, `${model} is now the active ${ACTIVE_USES[use]} model.`, "ok");
+  } catch (err) {
+    show(message, [`Could not activate ${model}: `, ...[].concat(adminHint(err))], "error");
+  } finally {
+    select.disabled = false;
+    loadActiveModels();
+  }
+}
+
+function initActiveModels() {
+  for (const select of document.querySelectorAll("#active-models select")) {
+    select.addEventListener("change", () => activate(select));
+  }
+  $("#active-models").addEventListener("submit", (event) => event.preventDefault());
 }
 
 async function setOnline(name, online, button) {
@@ -1027,6 +1077,7 @@ function main() {
   initKeys();
   initTabs();
   initPlayground();
+  initActiveModels();
   loadEdgeStatus();
   setInterval(() => {
     if (!document.hidden) loadEdgeStatus();

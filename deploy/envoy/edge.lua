@@ -3,7 +3,48 @@
 -- OpenAI serves unary and streaming answers on one path and switches on the
 -- body's "stream" field; the transcoder maps one path to one RPC. Streaming
 -- bodies go to the ":stream" route, whose RPC returns exact SSE bytes.
-local STREAMING = {["/v1/chat/completions"] = true, ["/v1/completions"] = true}
+local STREAMING = {
+  ["/v1/chat/completions"] = true, ["/v1/completions"] = true,
+  -- The seed APIs that switch on "stream" the same way (001 and 003).
+  ["/api/llm/chat"] = true, ["/api/v1/chat/completions"] = true,
+}
+
+-- The seed APIs (the systems Switchboard replaces) answer errors in their own
+-- shapes; the first matching prefix names the shape. Services render their
+-- errors themselves (switchboard_router/surfaces); these are for the edge's
+-- own refusals and Envoy's local replies. GET /api/llm/models is claimed by
+-- both 001 and 002: its errors carry both shapes.
+local SURFACES = {
+  {"/api/llm/models", "llm_models"},
+  {"/api/v1/llm/models", "llm_models"},
+  {"/api/llm/chat", "qwen_chat"},
+  {"/api/llm/", "multi_llm"},
+  {"/api/v1/llm/", "multi_llm"},
+  {"/api/v1/", "vision_chat"},
+}
+
+local function surface_of(path)
+  for _, entry in ipairs(SURFACES) do
+    if path:sub(1, #entry[1]) == entry[1] then
+      return entry[2]
+    end
+  end
+  return nil
+end
+
+-- Seed 001's messages per code (its document's wording).
+local QWEN_MESSAGES = {
+  [400] = "参数错误", [401] = "未授权:API Key缺失或无效", [404] = "资源不存在",
+  [413] = "参数错误:请求体过大", [429] = "请求频率超限", [500] = "服务器错误",
+  [502] = "上游错误", [504] = "请求超时",
+}
+
+-- Seed 002's error codes per HTTP status.
+local MULTI_LLM_CODES = {
+  [400] = "INVALID_REQUEST", [401] = "UNAUTHORIZED", [403] = "UNAUTHORIZED",
+  [404] = "MODEL_NOT_FOUND", [413] = "INVALID_REQUEST", [429] = "RATE_LIMIT_EXCEEDED",
+  [503] = "MODEL_UNAVAILABLE",
+}
 
 -- Hostile input stops here, answered in OpenAI's error shape, before any
 -- service sees it (so nothing is routed, and nothing is counted).
@@ -55,6 +96,50 @@ local function error_body(message, type_, code, param)
   return '{"error":{"message":' .. json_string(message) .. ',"type":"' .. type_
     .. '","code":' .. (code and json_string(code) or "null")
     .. ',"param":' .. (param and json_string(param) or "null") .. '}}'
+end
+
+-- An error in a seed API's shape. message is already a JSON string literal.
+local function surface_body(surface, status, message, request_id)
+  local code = tonumber(status) or 500
+  if surface == "vision_chat" then
+    return '{"detail":' .. message .. '}'
+  end
+  local qwen = '"code":' .. code .. ',"message":'
+    .. json_string(QWEN_MESSAGES[code] or "服务器错误") .. ',"data":null'
+  if code == 400 then
+    -- The edge refuses only malformed bodies: say what was wrong.
+    qwen = '"code":400,"message":' .. (message:gsub('^"', '"参数错误:', 1)) .. ',"data":null'
+  end
+  local multi = '"error":{"code":"' .. (MULTI_LLM_CODES[code] or "INTERNAL_ERROR")
+    .. '","message":' .. message .. ',"details":{},"request_id":'
+    .. json_string(request_id or "") .. '}'
+  if surface == "qwen_chat" then
+    return "{" .. qwen .. "}"
+  elseif surface == "multi_llm" then
+    return "{" .. multi .. "}"
+  end
+  return "{" .. qwen .. "," .. multi .. "}"
+end
+
+-- The message of an OpenAI-shaped error body (Envoy's local replies), as the
+-- JSON string literal it is, escapes and all.
+local function message_literal(body)
+  local _, stop = string.find(body, '"message"%s*:%s*"')
+  if stop == nil then
+    return '"Request refused."'
+  end
+  local i = stop + 1
+  while true do
+    local pos = string.find(body, '["\\]', i)
+    if pos == nil then
+      return '"Request refused."'
+    end
+    if string.byte(body, pos) == 92 then -- backslash: skip the escaped byte
+      i = pos + 2
+    else
+      return string.sub(body, stop, pos)
+    end
+  end
 end
 
 -- A case-insensitive Lua pattern for one forbidden key, e.g. "base" "url" ->
@@ -151,6 +236,10 @@ end
 local function reject(request_handle, status, message, type_, code, param)
   local body = error_body(message, type_, code, param)
   local meta = request_handle:streamInfo():dynamicMetadata()
+  local seed = meta:get("switchboard")
+  if seed ~= nil and seed["surface"] ~= nil then
+    body = surface_body(seed["surface"], status, json_string(message), seed["request_id"])
+  end
   -- Tells local_reply_config that this body is already in OpenAI's shape.
   meta:set("switchboard", "rendered", true)
   -- Envoy frames a local reply to a gRPC request as a gRPC status (HTTP 200);
@@ -206,8 +295,42 @@ end
 
 local HAS_BODY = {POST = true, PUT = true, PATCH = true}
 
+-- A seed API mounted at another prefix (switchboard_stack/edge_surfaces.py):
+-- its route's metadata names the prefix, the prefix in the protos, and the
+-- first path segments the APIs at that prefix own. Returns the path to
+-- transcode, or nil for a path no API there owns.
+local function seed_path(request_handle, path)
+  local route = request_handle:metadata()
+  local prefix = route:get("prefix")
+  if prefix == nil or path:sub(1, #prefix) ~= prefix then
+    return path
+  end
+  local rest = path:sub(#prefix + 1)
+  local segment = rest:match("^[^/:?]+") or ""
+  if not string.find(route:get("owns"), "," .. segment .. ",", 1, true) then
+    return nil
+  end
+  return route:get("canonical") .. rest
+end
+
 function envoy_on_request(request_handle)
   local headers = request_handle:headers()
+  local original = headers:get(":path") or ""
+  local rewritten = seed_path(request_handle, original)
+  local surface = surface_of(rewritten or original)
+  if rewritten ~= nil and rewritten ~= original then
+    headers:replace(":path", rewritten)
+  end
+  if surface ~= nil then
+    local meta = request_handle:streamInfo():dynamicMetadata()
+    meta:set("switchboard", "surface", surface)
+    meta:set("switchboard", "request_id", headers:get("x-request-id") or "")
+  end
+  if rewritten == nil then
+    reject(request_handle, "404", "Unknown route " .. (headers:get(":method") or "") .. " "
+      .. original .. ".", "invalid_request_error", "unknown_url", nil)
+    return
+  end
   if check_headers(request_handle, headers) then
     return
   end
@@ -270,6 +393,7 @@ function envoy_on_response(response_handle)
     response_handle:body(true):setBytes(refused["refused_body"])
     return
   end
+  local seed = refused ~= nil and refused["surface"] or nil
   local body_json = headers:get("x-switchboard-error")
   local status = headers:get("x-switchboard-http-status")
   local grpc_message = headers:get("grpc-message")
@@ -298,6 +422,12 @@ function envoy_on_response(response_handle)
       return
     end
     local text = body:getBytes(0, math.min(body:length(), 16))
+    if seed ~= nil and string.find(text, '^%s*{%s*"error"') then
+      -- Envoy's own reply (bad JSON, unknown route, too large), in the seed API's shape.
+      local whole = body:getBytes(0, body:length())
+      body:setBytes(surface_body(seed, code, message_literal(whole), refused["request_id"]))
+      return
+    end
     if not string.find(text, '^%s*{%s*"code"') then
       return
     end
@@ -308,14 +438,23 @@ function envoy_on_response(response_handle)
     else
       message = "Request refused (status " .. code .. ")."
     end
-    headers:replace("content-type", "application/json")
+    -- (Handles taken before body() are invalid after it.)
+    response_handle:headers():replace("content-type", "application/json")
+    if seed ~= nil then
+      body:setBytes(surface_body(seed, code, json_string(message), refused["request_id"]))
+      return
+    end
     body:setBytes(error_body(message, HTTP_TYPES[code] or "api_error", nil, nil))
     return
   end
   if body_json == nil then
     -- An error no Switchboard interceptor rendered (e.g. an unknown method).
     local message = grpc_message or ("upstream error " .. code)
-    body_json = error_body(message, HTTP_TYPES[code] or "api_error", nil, nil)
+    if seed ~= nil then
+      body_json = surface_body(seed, code, json_string(message), refused["request_id"])
+    else
+      body_json = error_body(message, HTTP_TYPES[code] or "api_error", nil, nil)
+    end
   else
     headers:replace(":status", status)
   end

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "status", "stack:status", "show each component of the local stack")
 
     # -- models -------------------------------------------------------------------
-    models = group("models", "list, add, enable and disable models (admin API)")
+    models = group("models", "list, add, enable, disable and activate models (admin API)")
     listing = command(models, "list", "models:list_models", "list models")
     listing.add_argument("--status", choices=["online", "offline", "all"], default="all")
     listing.add_argument("--tag", help="only models with this tag")
@@ -173,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, online in (("enable", "online"), ("disable", "offline")):
         toggle = command(models, verb, f"models:{verb}", f"switch a model {online}")
         toggle.add_argument("name")
+
+    activate = command(
+        models,
+        "activate",
+        "models:activate",
+        "make a model the active one for a use: it serves calls that name no model",
+    )
+    activate.add_argument("name")
+    activate.add_argument(
+        "--use",
+        choices=["chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow"],
+        default="chat",
+        help="which calls it serves (default chat; vision: pictures)",
+    )
 
     # -- keys ---------------------------------------------------------------------
     keys = group("keys", "create, revoke and list client API keys (admin API)")

@@ -7,6 +7,7 @@ the file: providers and keys name environment variables.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from collections.abc import Mapping
@@ -29,7 +30,8 @@ ProviderKind = Literal["openai", "gemini", "anthropic", "mock"]
 Strategy = Literal[
     "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
 ]
-ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow"]
+# chat and vision: the "active" model of calls that name none (seed API 003).
+ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow", "chat", "vision"]
 
 
 class _Strict(BaseModel):
@@ -100,6 +102,14 @@ def deployment_id(model: str, provider: str, upstream: str) -> str:
     return safe
 
 
+class DefaultParameters(_Strict):
+    """Sampling parameters a model's calls get when they leave them out."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0, le=UINT32_MAX)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     kind: Literal["chat", "embedding"] = "chat"
@@ -126,6 +136,24 @@ class ModelConfig(_Strict):
     # Runs on a self-hosted engine (registry Model.engine), whose deployment exists
     # only while the engine runs: with none, calls get 503 MODEL_NOT_RUNNING.
     self_hosted: bool = False
+    # Catalogue details some client APIs list (seed API 001): an icon's URL, a
+    # keyword, the release date.
+    icon_url: str = Field(default="", max_length=2048, pattern=r"^(https?://\S+)?$")
+    keyword: str = Field(default="", max_length=256)
+    release_date: str = Field(default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$")
+    default_parameters: DefaultParameters = Field(default_factory=DefaultParameters)
+    # Set by the registry only: the model's stable integer id and its timestamps.
+    number: int = Field(default=0, ge=0)
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @model_validator(mode="after")
+    def _registry_fields(self, info: ValidationInfo) -> Self:
+        if (info.context or {}).get("source") != "registry":
+            for name in ("number", "created_at", "updated_at"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: is set by the registry, not the config file")
+        return self
 
 
 class KeyConfig(_Strict):
@@ -153,12 +181,26 @@ class KeyConfig(_Strict):
         return hashlib.sha256(secret.encode()).hexdigest() if secret else None
 
 
+class LoadBalancingConfig(_Strict):
+    """A model group (calls for `group` spread over `weights`' models) and the
+    breakers' thresholds. Set through the registry's admin API, not the file."""
+
+    group: str = Field(min_length=1)
+    strategy: Literal["weighted_random", "round_robin"] = "weighted_random"
+    weights: dict[str, float] = Field(default_factory=dict)
+    failure_threshold: int | None = Field(default=None, ge=1)
+    recovery_threshold: int | None = Field(default=None, ge=1)
+    # Seconds between active health probes of every deployment; None: no probes.
+    health_check_interval_s: int | None = Field(default=None, ge=1)
+
+
 class SwitchboardConfig(_Strict):
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
     keys: list[KeyConfig] | None = None
     # The model to use for each purpose; applied only where the registry has none yet.
     defaults: dict[ModelUse, str] = Field(default_factory=dict)
+    load_balancing: LoadBalancingConfig | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self, info: ValidationInfo) -> Self:
@@ -198,6 +240,10 @@ class SwitchboardConfig(_Strict):
         for use, name in self.defaults.items():
             if name not in names:
                 raise ValueError(f"defaults.{use}: unknown model {name!r}")
+        if self.load_balancing is not None and from_file:
+            raise ValueError(
+                "load_balancing: set it through the admin API (PUT /v1/admin/load-balancing)"
+            )
         return self
 
     def provider(self, name: str) -> ProviderConfig | None:

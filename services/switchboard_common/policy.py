@@ -99,19 +99,35 @@ def service_accesses(service_name: str) -> dict[str, Access]:
     return {m.name: m.GetOptions().Extensions[access_pb2.access] for m in service.methods}
 
 
+# A refusal as the API of `method` renders errors: (full method, error) → error.
+Refusal = Callable[[str, SwitchboardError], SwitchboardError]
+
+
+def _as_is(method: str, err: SwitchboardError) -> SwitchboardError:
+    return err
+
+
 class AccessPolicy(grpc.aio.ServerInterceptor):
     """The one place credentials are checked. `keys` is the client key table
     (a service with CLIENT methods mounts one, kept current from the registry)."""
 
     def __init__(self, admin_key: str | None, keys: KeyTable | None = None) -> None:
+        self.refusal: Refusal = _as_is
         self._admin_digest = digest(admin_key) if admin_key else None
         self.keys = keys
         self._cache: dict[str, Access] = {}
 
-    def mount(self, service_names: Sequence[str], keys: KeyTable | None) -> None:
+    def mount(
+        self,
+        service_names: Sequence[str],
+        keys: KeyTable | None,
+        refusal: Refusal | None = None,
+    ) -> None:
         """Take the key table a service's setup built; a service that serves
         CLIENT methods must build one (else no client key could ever pass)."""
         self.keys = keys
+        if refusal is not None:
+            self.refusal = refusal
         if keys is not None:
             return
         for name in service_names:
@@ -199,7 +215,11 @@ class AccessPolicy(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         def admit(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-            return self.admit(method, context.invocation_metadata() or ())
+            try:
+                return self.admit(method, context.invocation_metadata() or ())
+            except SwitchboardError as err:
+                # In the shape of the API the call came through (a seed API's own).
+                raise self.refusal(method, err) from None
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

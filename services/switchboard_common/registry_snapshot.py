@@ -7,6 +7,7 @@ follower's snapshot current from the registry's change stream."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,8 @@ USES = {
     "assistant": pb.MODEL_USE_ASSISTANT,
     "evaluation": pb.MODEL_USE_EVALUATION,
     "workflow": pb.MODEL_USE_WORKFLOW,
+    "chat": pb.MODEL_USE_CHAT,
+    "vision": pb.MODEL_USE_VISION,
 }
 
 
@@ -81,6 +84,10 @@ MODEL_FILE_FIELDS = (
     "rpm",
     "tpm",
     "budget",
+    "icon_url",
+    "keyword",
+    "release_date",
+    "default_parameters",
 )
 DEPLOYMENT_FILE_FIELDS = (
     "provider",
@@ -150,6 +157,12 @@ def model_message(m: ModelConfig) -> pb.Model:
         rpm=m.rpm or 0,
         tpm=m.tpm or 0,
         budget=m.budget or 0.0,
+        icon_url=m.icon_url,
+        keyword=m.keyword,
+        release_date=m.release_date,
+        default_parameters=pb.DefaultParameters(
+            **m.default_parameters.model_dump(exclude_none=True)
+        ),
     )
 
 
@@ -174,6 +187,22 @@ def key_message(k: KeyConfig) -> pb.ApiKey:
     return pb.ApiKey(
         name=k.name, models=k.models or [], rpm=k.rpm or 0, tpm=k.tpm or 0, budget=k.budget or 0.0
     )
+
+
+def _load_balancing(snapshot: pb.Snapshot) -> dict[str, Any] | None:
+    if not snapshot.HasField("load_balancing"):
+        return None
+    lb = snapshot.load_balancing
+    names = {m.name for m in snapshot.models}
+    return {
+        "group": lb.group,
+        "strategy": _STRATEGY_NAMES.get(lb.strategy, "weighted_random"),
+        # A model deleted since cannot serve (the registry refuses that; be safe anyway).
+        "weights": {name: w for name, w in lb.weights.items() if name in names},
+        "failure_threshold": lb.failure_threshold or None,
+        "recovery_threshold": lb.recovery_threshold or None,
+        "health_check_interval_s": lb.health_check_interval_s or None,
+    }
 
 
 def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
@@ -232,6 +261,21 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                 "tpm": m.tpm or None,
                 "budget": m.budget or None,
                 "self_hosted": m.HasField("engine"),
+                "icon_url": m.icon_url,
+                "keyword": m.keyword,
+                "release_date": m.release_date,
+                "number": m.number,
+                "default_parameters": {
+                    name: getattr(m.default_parameters, name)
+                    for name in ("temperature", "max_tokens", "top_p")
+                    if m.default_parameters.HasField(name)
+                },
+                "created_at": m.create_time.ToDatetime(dt.UTC)
+                if m.HasField("create_time")
+                else None,
+                "updated_at": m.update_time.ToDatetime(dt.UTC)
+                if m.HasField("update_time")
+                else None,
             }
             for m in snapshot.models
         ],
@@ -256,6 +300,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
             for d in snapshot.defaults
             if d.use in USE_NAMES and any(m.name == d.model for m in snapshot.models)
         },
+        "load_balancing": _load_balancing(snapshot),
     }
     return SwitchboardConfig.model_validate(data, context={"source": "registry"})
 
@@ -281,6 +326,8 @@ def apply_change(snapshot: pb.Snapshot, change: pb.Change, version: int) -> None
         _put(snapshot.defaults, "use", change.default_model, upsert)
     elif which == "alert_rule":
         _put(snapshot.alert_rules, "name", change.alert_rule, upsert)
+    elif which == "load_balancing":
+        snapshot.load_balancing.CopyFrom(change.load_balancing)
     snapshot.version = version
 
 

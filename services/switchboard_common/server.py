@@ -24,7 +24,7 @@ from switchboard_common.interceptors import ServerInterceptor
 from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields, setup_logging
 from switchboard_common.metrics import serve_metrics
-from switchboard_common.policy import AccessPolicy
+from switchboard_common.policy import AccessPolicy, Refusal
 from switchboard_common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Mounted:
     drainers: list[Callable[[], None]] = field(default_factory=list)
     keys: KeyTable | None = None
     ready: Callable[[], bool] | None = None
+    # How the access policy's refusals are rendered, per method (default: as is).
+    refusal: Refusal | None = None
 
 
 Setup = Callable[[grpc.aio.Server, Settings], Awaitable[Mounted]]
@@ -87,7 +89,7 @@ async def serve(
     stop = stop or asyncio.Event()
     readiness: asyncio.Task[None] | None = None
     try:
-        policy.mount(mounted.service_names, mounted.keys)
+        policy.mount(mounted.service_names, mounted.keys, mounted.refusal)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [*mounted.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard_common.config import deployment_id
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_registry import tables, validation
+from switchboard_registry import load_balancing, tables, validation
 from switchboard_registry.store import (
     ALERT_RULES,
     DEPLOYMENTS,
@@ -143,6 +143,9 @@ async def create_model(tx: Tx, m: pb.Model, source_hash: str | None = None) -> p
         raise _exists(MODELS, m.name)
     await _claim_names(tx, m.name, [m.name, *m.aliases])
     await _check_fallbacks(tx, m)
+    # The stable integer id some client APIs need (seed API 001): one more than
+    # any model holds. It lives in the spec and no update changes it.
+    m.number = 1 + max((other.number for other in await _all(tx, MODELS)), default=0)
     await tx.insert(MODELS, m, source_hash)
     await _write_names(tx, m)
     return await _upserted(tx, MODELS, m.name, pb.Model)
@@ -157,6 +160,7 @@ async def update_model(
     merged = merge(current, patch, paths)
     if "kind" in paths and merged.kind != current.kind:
         raise invalid("model.kind", "cannot change; create a new model instead")
+    merged.number = current.number
     validation.model(merged)
     if list(merged.aliases) != list(current.aliases):
         await _claim_names(tx, merged.name, list(merged.aliases))
@@ -185,6 +189,12 @@ async def delete_model(tx: Tx, name: str, etag: str = "") -> None:
         raise SwitchboardError(
             R.ERROR_REASON_FAILED_PRECONDITION,
             f"model {name!r} is the default for {', '.join(defaults)}; set another default first",
+            param="name",
+        )
+    if name in await load_balancing.members(tx):
+        raise SwitchboardError(
+            R.ERROR_REASON_FAILED_PRECONDITION,
+            f"model {name!r} is in the load-balancing group; take it out there first",
             param="name",
         )
     deployments = await tx.deployments_of(name)
@@ -393,7 +403,9 @@ _CREDENTIALS = Entity(tables.api_keys, "name", pb.ApiKeyCredential, "credential"
 
 async def set_default(tx: Tx, use: pb.ModelUse.ValueType, model: str) -> pb.DefaultModel:
     if use == pb.MODEL_USE_UNSPECIFIED:
-        raise invalid("use", "is required: knowledge_base, assistant, evaluation or workflow")
+        raise invalid(
+            "use", "is required: knowledge_base, assistant, evaluation, workflow, chat or vision"
+        )
     if await tx.row(MODELS, model) is None:
         raise invalid("model", f"no model named {model!r}")
     name = pb.ModelUse.Name(use)

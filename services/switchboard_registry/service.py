@@ -18,6 +18,7 @@ from switchboard_common.config import load_config
 from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
+from switchboard_registry import load_balancing
 from switchboard_registry import operations as ops
 from switchboard_registry.bootstrap import apply_config
 from switchboard_registry.store import ALERT_RULES, DEPLOYMENTS, KEYS, MODELS, PROVIDERS, Store
@@ -235,6 +236,19 @@ class RegistryServicer(
         self, request: pb.ListDefaultModelsRequest, context: Context
     ) -> pb.ListDefaultModelsResponse:
         return pb.ListDefaultModelsResponse(defaults=await self.store.defaults())
+
+    async def SetLoadBalancing(
+        self, request: pb.SetLoadBalancingRequest, context: Context
+    ) -> pb.SetLoadBalancingResponse:
+        lb = await self.store.write(
+            lambda tx: load_balancing.set_load_balancing(tx, request.load_balancing)
+        )
+        return pb.SetLoadBalancingResponse(load_balancing=lb)
+
+    async def GetLoadBalancing(
+        self, request: pb.GetLoadBalancingRequest, context: Context
+    ) -> pb.GetLoadBalancingResponse:
+        return pb.GetLoadBalancingResponse(load_balancing=await self.store.load_balancing())
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: Context

@@ -296,6 +296,9 @@ class Store:
                     snap.credentials.add(name=r.name, key_sha256=r.key_sha256)
             for r in await conn.execute(sa.select(tables.default_models).order_by("use")):
                 snap.defaults.add(use=pb.ModelUse.Value(r.use), model=r.model)
+            balancing = await read_load_balancing(conn)
+            if balancing is not None:
+                snap.load_balancing.CopyFrom(balancing)
             snap.alert_rules.extend(
                 to_message(ALERT_RULES, r)
                 for r in await conn.execute(sa.select(tables.alert_rules).order_by("name"))
@@ -393,10 +396,27 @@ class Store:
                     m.deployments.extend(by_model.get(m.name, []))
             return messages
 
+    async def load_balancing(self) -> pb.LoadBalancing | None:
+        async with self.engine.connect() as conn:
+            return await read_load_balancing(conn)
+
     async def defaults(self) -> list[pb.DefaultModel]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(tables.default_models).order_by("use"))
             return [pb.DefaultModel(use=pb.ModelUse.Value(r.use), model=r.model) for r in rows]
+
+
+LOAD_BALANCING = "load_balancing"
+
+
+async def read_load_balancing(conn: AsyncConnection) -> pb.LoadBalancing | None:
+    table = tables.settings
+    row = (await conn.execute(sa.select(table).where(table.c.name == LOAD_BALANCING))).first()
+    if row is None:
+        return None
+    message = json_format.ParseDict(row.spec, pb.LoadBalancing(), ignore_unknown_fields=True)
+    message.etag = str(row.revision)
+    return message
 
 
 async def _deployments_of(conn: AsyncConnection, model: str) -> list[pb.Deployment]:

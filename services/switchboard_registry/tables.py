@@ -114,6 +114,16 @@ default_models = sa.Table(
     sa.Column("revision", sa.BigInteger, nullable=False),
 )
 
+# Registry-wide settings, one row each (e.g. "load_balancing"): the protobuf
+# message as JSON in `spec`.
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
 alert_rules = sa.Table(
     "alert_rules",
     metadata,

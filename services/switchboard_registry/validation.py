@@ -5,6 +5,7 @@ which sees the database in the same transaction."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from urllib.parse import urlsplit
 
@@ -48,6 +49,27 @@ def _check_list(field: str, values: list[str], pattern: re.Pattern[str]) -> None
         raise invalid(field, "entries must be unique")
     for i, value in enumerate(values):
         check_name(f"{field}[{i}]", value, pattern)
+
+
+_URL = re.compile(r"^https?://\S+$")
+
+
+def _valid_date(value: str) -> bool:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return len(value) == 10
+
+
+def _check_defaults(d: pb.DefaultParameters) -> None:
+    field = "model.default_parameters"
+    if d.HasField("temperature") and not 0 <= d.temperature <= 2:
+        raise invalid(f"{field}.temperature", "must be between 0 and 2")
+    if d.HasField("max_tokens") and d.max_tokens <= 0:
+        raise invalid(f"{field}.max_tokens", "must be greater than 0")
+    if d.HasField("top_p") and not 0 < d.top_p <= 1:
+        raise invalid(f"{field}.top_p", "must be greater than 0 and at most 1")
 
 
 def _check_text(field: str, value: str) -> None:
@@ -111,6 +133,12 @@ def model(m: pb.Model) -> None:
         raise invalid("model.kind", "is required: chat or embedding")
     _check_text("model.display_name", m.display_name)
     _check_text("model.description", m.description)
+    _check_text("model.keyword", m.keyword)
+    if m.icon_url and (len(m.icon_url) > 2048 or not _URL.match(m.icon_url)):
+        raise invalid("model.icon_url", "must be an http(s) URL of at most 2048 characters")
+    if m.release_date and not _valid_date(m.release_date):
+        raise invalid("model.release_date", "must be a date, YYYY-MM-DD")
+    _check_defaults(m.default_parameters)
     _check_list("model.tags", list(m.tags), TAG)
     _check_list("model.capabilities", list(m.capabilities), TAG)
     _check_list("model.fallbacks", list(m.fallbacks), NAME)

@@ -16,6 +16,7 @@ from switchboard_router.admission import Admission
 from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate
 from switchboard_router.limits import Limiter
+from switchboard_router.surfaces import surface
 from switchboard_router.usage_reporter import UsageReporter
 
 usage_log = logging.getLogger("switchboard.usage")
@@ -54,6 +55,7 @@ class Accounting:
         record.router_instance = self.instance
         record.sequence = next(self._sequence)
         record.config_version = admission.catalog.version
+        record.surface = surface.current()
         self.usage.submit(record)
         usage_log.debug(
             "usage",

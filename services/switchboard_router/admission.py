@@ -13,6 +13,7 @@ from switchboard_common.config import KeyConfig, ModelConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Catalog
+from switchboard_router.defaults import apply_defaults
 from switchboard_router.limits import Limiter, Reservation, estimate_tokens
 from switchboard_router.usage_reporter import UsageReporter
 
@@ -60,9 +61,10 @@ class Gate:
                 "usage accounting is unavailable; refusing requests that could not be counted",
             )
         validate(params)
-        admission = Admission(
-            key, catalog.resolve(params.model, key, kind), catalog, estimate_tokens(params)
-        )
+        model = catalog.resolve(params.model, key, kind)
+        # A model's default parameters fill what the call left out, on every surface.
+        apply_defaults(model, params)
+        admission = Admission(key, model, catalog, estimate_tokens(params))
         admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
         try:
             await self._reserve(admission, admission.estimate)

@@ -218,7 +218,7 @@ class Attempts:
                 started = False
                 try:
                     async with contextlib.aclosing(
-                        self._attempt(context, admission, requested, exchange, candidate, attempt)
+                        self.attempt(context, admission, requested, exchange, candidate, attempt)
                     ) as items:
                         async for item in items:
                             started = True
@@ -248,7 +248,7 @@ class Attempts:
             "cooling down after repeated upstream failures. Retry shortly.",
         )
 
-    async def _attempt(
+    async def attempt(
         self,
         context: Context,
         admission: Admission,
@@ -257,7 +257,8 @@ class Attempts:
         candidate: Candidate,
         attempt: int,
     ) -> AsyncGenerator[T, None]:
-        """One upstream attempt; its usage record is accounted whatever happens."""
+        """One upstream attempt; its usage record is accounted whatever happens.
+        (Public for the active health probes, which make single attempts.)"""
         started_at = self.routing.started(candidate)
         first_byte_at: float | None = None
         failure: SwitchboardError | None = SwitchboardError(

@@ -6,17 +6,23 @@ in a new one when the registry changes, and requests in flight keep theirs.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from switchboard.common.v1 import openai_pb2
 from switchboard_common.config import (
     DeploymentConfig,
     KeyConfig,
+    LoadBalancingConfig,
     ModelConfig,
+    ModelUse,
     ProviderConfig,
     SwitchboardConfig,
 )
 from switchboard_common.errors import R, SwitchboardError
+
+# Picks a group's model (weighted_random); not security.
+_RNG = random.Random()  # noqa: S311
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,15 @@ class Catalog:
             for alias in model.aliases:
                 self._by_name[alias] = model
         self._providers = {p.name: p for p in config.providers}
+        self._group = config.load_balancing
+        # Smooth weighted round robin over the group's models (nginx's): running scores.
+        self._scores: dict[str, float] = {}
 
     def resolve(
         self, requested: str, key: KeyConfig | None, kind: str | None = None
     ) -> ModelConfig:
+        if self._group is not None and requested == self._group.group:
+            requested = self._member(self._group)
         model = self._by_name.get(requested)
         # Echoed in errors (and so in trailers): never at any length.
         name = requested if len(requested) <= 64 else requested[:64] + "…"
@@ -94,7 +105,39 @@ class Catalog:
             )
         return model
 
+    def _member(self, group: LoadBalancingConfig) -> str:
+        """The group's model for this call, in proportion to the weights."""
+        weights = {name: w for name, w in group.weights.items() if w > 0}
+        if not weights:
+            raise SwitchboardError(
+                R.ERROR_REASON_MODEL_NOT_FOUND,
+                f"The model group '{group.group}' has no models with a weight above 0.",
+                param="model",
+            )
+        if group.strategy == "weighted_random":
+            return _RNG.choices(list(weights), weights=list(weights.values()))[0]
+        total = sum(weights.values())
+        for name, weight in weights.items():
+            self._scores[name] = self._scores.get(name, 0.0) + weight
+        chosen = max(weights, key=lambda name: self._scores[name])
+        self._scores[chosen] -= total
+        return chosen
+
+    def find(self, name: str) -> ModelConfig | None:
+        """The model with this name or alias, if any."""
+        return self._by_name.get(name)
+
+    def active_model(self, use: ModelUse) -> str | None:
+        """The registry's default model for a use (the "active" model of seed API
+        003), when it is set and online."""
+        name = self.config.defaults.get(use)
+        model = self._by_name.get(name) if name else None
+        return model.name if model is not None and model.online else None
+
     def default_vision_model(self) -> str:
+        active = self.active_model("vision")
+        if active is not None:
+            return active
         for model in self.config.models:
             if model.online and model.kind == "chat" and "vision" in model.capabilities:
                 return model.name
@@ -117,12 +160,16 @@ class Catalog:
             if d.provider in self._providers
         ]
 
-    def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
+    def usable(self, key: KeyConfig | None) -> list[ModelConfig]:
+        """The online models the key may use."""
         return [
-            self.describe(m)
+            m
             for m in self.config.models
             if m.online and (key is None or key.models is None or m.name in key.models)
         ]
+
+    def visible(self, key: KeyConfig | None) -> list[openai_pb2.Model]:
+        return [self.describe(m) for m in self.usable(key)]
 
     def describe(self, model: ModelConfig, details: bool = False) -> openai_pb2.Model:
         owner = self._providers.get(model.deployments[0].provider) if model.deployments else None

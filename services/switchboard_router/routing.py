@@ -118,10 +118,19 @@ class Routing:
         self.gpu: GpuHealthBoard | None = None
         self.stats = DeploymentStats()
         self.balancer = Balancer(self.stats, rng)
-        self.breakers = BreakerBoard(
-            breaker or BreakerConfig(), clock, on_transition=self._transition
-        )
+        self._breaker_base = breaker or BreakerConfig()
+        self.breakers = BreakerBoard(self._breaker_base, clock, on_transition=self._transition)
         self._clock = clock
+
+    def tune(self, failure_threshold: int | None, recovery_threshold: int | None) -> None:
+        """The registry's breaker thresholds (its load-balancing setting), over
+        the environment's: failures in a row to open, probe successes to close."""
+        base = self._breaker_base
+        self.breakers.config = dataclasses.replace(
+            base,
+            consecutive_failures=failure_threshold or base.consecutive_failures,
+            success_to_close=recovery_threshold or base.success_to_close,
+        )
 
     def plan(
         self, catalog: Catalog, model: ModelConfig, stream: bool

@@ -50,6 +50,7 @@ from switchboard_router.catalog import Candidate, Catalog
 from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
 from switchboard_router.routing import Routing, breaker_config_from_env
+from switchboard_router.surfaces.mount import mount_surfaces, refusal
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
 
@@ -119,6 +120,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.health: HealthMonitor | None = None
         self.gate = Gate(usage, limiter, self.budgets)
+        self.usage = usage
         self.accounting = Accounting(usage, limiter, self.budgets, self.instance)
         self.attempts = Attempts(self.routing, self.accounting)
 
@@ -127,6 +129,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         catalog = Catalog(config, created=self.created, version=version)
         self.catalog = catalog
         self.routing.forget(catalog)
+        balancing = config.load_balancing
+        self.routing.tune(
+            balancing.failure_threshold if balancing else None,
+            balancing.recovery_threshold if balancing else None,
+        )
         bound = any(d.gpu_node for m in config.models for d in m.deployments)
         if bound and self.routing.gpu is None and self._gpu_addresses:
             # Only once a deployment is bound to a GPU: a stack without GPUs
@@ -410,6 +417,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     health.start()
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+    surfaces, close_surfaces = mount_surfaces(servicer, server, settings)
 
     async def close_reporter() -> None:
         await reporter.close(flush_s=5.0)
@@ -417,10 +425,11 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     # One closer a step, in order: serve() runs each even when one before it
     # failed, so a failure cannot leave the Redis pool or a channel open.
     return Mounted(
-        [name],
+        [name, *surfaces],
         [
             health.close,
             follower.close,
+            close_surfaces,
             servicer.close,
             close_reporter,
             servicer.settled,
@@ -430,4 +439,5 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         ],
         keys=keys,
         ready=health.ready,
+        refusal=refusal,
     )

@@ -46,6 +46,11 @@ class UsageReporter:
         self._waiters: dict[str, asyncio.Future[bool]] = {}
 
     @property
+    def connected(self) -> bool:
+        """Whether the usage service is acking records now."""
+        return self._healthy
+
+    @property
     def full(self) -> bool:
         return len(self.pending) >= self.max_pending
 

@@ -9,6 +9,7 @@ from string import Template
 
 from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
+from switchboard_stack import edge_surfaces
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deploy" / "envoy" / "envoy.yaml.tmpl"
@@ -90,6 +91,8 @@ def values(settings: Settings) -> dict[str, str]:
         "MAX_CONNECTIONS": os.environ.get("SWITCHBOARD_EDGE_MAX_CONNECTIONS") or "10000",
         "EDGE_TRANSPORT_SOCKET": json.dumps(edge_transport_socket()),
         "UPSTREAM_TRANSPORT_SOCKET": json.dumps(upstream_transport_socket(settings.tls)),
+        "SEED_ROUTES": edge_surfaces.routes_yaml(),
+        "CORS_POLICY": json.dumps(edge_surfaces.cors_policy()),
     }
     for service in ("router", "registry", "usage", "gpu", "engine"):
         host, _, port = settings.address(service).rpartition(":")

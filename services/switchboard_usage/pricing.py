@@ -1,38 +1,13 @@
-"""Price a usage record from the model's per-1K-token pricing, in exact integer
-billionths of the currency unit (floats would drift when summed)."""
+"""The usage service's price book: each record priced with its deployment's or
+model's pricing at the registry version in force (switchboard_common.pricing)."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
-
 from switchboard.usage.v1 import events_pb2, usage_pb2
-from switchboard_common.config import PricingConfig, SwitchboardConfig
+from switchboard_common.config import SwitchboardConfig
+from switchboard_common.pricing import price
 
-_NANOS_PER_UNIT = Decimal(1_000_000_000)
-
-
-def _nanos(tokens: int, per_1k: float) -> int:
-    cost = Decimal(tokens) * Decimal(str(per_1k)) / 1000 * _NANOS_PER_UNIT
-    return int(cost.quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def price(record: usage_pb2.UsageRecord, pricing: PricingConfig | None) -> events_pb2.UsageEvent:
-    event = events_pb2.UsageEvent(record=record, currency=pricing.currency if pricing else "USD")
-    if pricing is not None:
-        # Cache reads and cache writes are parts of prompt_tokens, each at its own rate.
-        cached = min(record.cached_tokens, record.prompt_tokens)
-        written = min(record.cache_write_tokens, record.prompt_tokens - cached)
-        cached_rate = pricing.cached_input_per_1k or pricing.input_per_1k
-        write_rate = pricing.cache_write_input_per_1k or pricing.input_per_1k
-        event.input_cost_nanos = (
-            _nanos(record.prompt_tokens - cached - written, pricing.input_per_1k)
-            + _nanos(cached, cached_rate)
-            + _nanos(written, write_rate)
-        )
-        event.output_cost_nanos = _nanos(record.completion_tokens, pricing.output_per_1k)
-        event.total_cost_nanos = event.input_cost_nanos + event.output_cost_nanos
-    event.publish_time.GetCurrentTime()
-    return event
+__all__ = ["PriceBook", "price"]
 
 
 class PriceBook:

@@ -104,17 +104,20 @@ _PERF = (
     "SELECT GROUP_EXPR, count(), countIf(status = 'ok'), "
     "quantilesExactIf(0.5, 0.95, 0.99)(latency_ms, status = 'ok'), "
     "quantilesExactIf(0.5, 0.95, 0.99)(ttft_ms, status = 'ok' AND stream), "
-    "sum(completion_tokens) FROM usage_events FINAL "
+    "sum(completion_tokens), avgIf(latency_ms, status = 'ok'), "
+    "avgIf(ttft_ms, status = 'ok' AND stream) FROM usage_events FINAL "
     "WHERE start_time >= now64(3) - toIntervalSecond({window:UInt32}) "
     "AND ({model:String} = '' OR model = {model:String}) "
     "AND ({all_keys:Bool} OR key_name = {key:String}) TAIL"
 )
 
 
-def _percentiles(values: list[float]) -> usage_pb2.LatencyPercentiles:
+def _percentiles(values: list[float], average: float) -> usage_pb2.LatencyPercentiles:
     if not values or any(v != v for v in values):  # NaN when there was nothing to rank
         return usage_pb2.LatencyPercentiles()
-    return usage_pb2.LatencyPercentiles(p50=values[0], p95=values[1], p99=values[2])
+    return usage_pb2.LatencyPercentiles(
+        p50=values[0], p95=values[1], p99=values[2], average=average
+    )
 
 
 INTERVALS_S = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
@@ -170,7 +173,7 @@ async def performance(
         _PERF.replace("GROUP_EXPR", "model").replace("TAIL", "GROUP BY model ORDER BY model"),
         params,
     )
-    for _, count, ok, latency, ttft, completion in overall:
+    for _, count, ok, latency, ttft, completion, latency_avg, ttft_avg in overall:
         if not count:
             break
         out.total_requests = float(count)
@@ -178,16 +181,16 @@ async def performance(
         out.error_rate = 1 - ok / count
         out.requests_per_second = count / seconds
         out.output_tokens_per_second = completion / seconds
-        out.latency_ms.CopyFrom(_percentiles(latency))
-        out.ttft_ms.CopyFrom(_percentiles(ttft))
-    for name, count, ok, latency, ttft, _ in per_model:
+        out.latency_ms.CopyFrom(_percentiles(latency, latency_avg))
+        out.ttft_ms.CopyFrom(_percentiles(ttft, ttft_avg))
+    for name, count, ok, latency, ttft, _, latency_avg, ttft_avg in per_model:
         model = out.by_model[name]
         model.total_requests = float(count)
         model.success_rate = ok / count
         model.error_rate = 1 - ok / count
         model.requests_per_second = count / seconds
-        model.latency_ms.CopyFrom(_percentiles(latency))
-        model.ttft_ms.CopyFrom(_percentiles(ttft))
+        model.latency_ms.CopyFrom(_percentiles(latency, latency_avg))
+        model.ttft_ms.CopyFrom(_percentiles(ttft, ttft_avg))
     return out
 
 

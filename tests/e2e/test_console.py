@@ -201,6 +201,11 @@ def test_console_streams_switches_offline_and_charts_usage(
             REPLY=REPLY,
         )
 
+        # The active chat model was picked in the page: the registry has it.
+        assert "activate" in steps
+        defaults = admin.get("/v1/admin/defaults").json()["defaults"]
+        assert {"use": "MODEL_USE_CHAT", "model": STREAM_MODEL} in defaults
+
         # Streamed: the page showed part of the reply before all of it.
         chat = steps["stream_chat"]
         assert chat["reply"] == REPLY

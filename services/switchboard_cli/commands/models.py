@@ -1,4 +1,4 @@
-"""switchboard models list | add | enable | disable (the registry's admin API)."""
+"""switchboard models list | add | enable | disable | activate (the registry's admin API)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from switchboard_cli.exit_codes import CliError, ExitCode
 
 STATUS_FILTER = {"online": "ONLINE_FILTER_ONLINE", "offline": "ONLINE_FILTER_OFFLINE"}
 KIND = {"chat": "MODEL_KIND_CHAT", "embedding": "MODEL_KIND_EMBEDDING"}
+# The registry's default-model uses: `models activate --use`.
+USES = {
+    use: f"MODEL_USE_{use.upper()}"
+    for use in ("chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow")
+}
 LIST_HINT = "`switchboard models list` shows the models"
 
 
@@ -159,3 +164,19 @@ def enable(args: argparse.Namespace, ctx: Context) -> int:
 
 def disable(args: argparse.Namespace, ctx: Context) -> int:
     return _switch(args, ctx, online=False)
+
+
+def activate(args: argparse.Namespace, ctx: Context) -> int:
+    """Set the registry's default model for a use (the "active" model)."""
+    with ctx.edge() as edge:
+        reply = edge.call(
+            "PUT",
+            f"/v1/admin/defaults/{USES[args.use]}",
+            body={"model": args.name},
+            hints={400: LIST_HINT},
+        )
+    if ctx.json:
+        ctx.print_json(reply)
+        return ExitCode.OK
+    ctx.done(f"model {args.name} is now the active {args.use} model")
+    return ExitCode.OK

@@ -104,6 +104,21 @@ async function tour() {
     return { breaker, screenshot: await shot("01-models") };
   });
 
+  // The active chat model (what calls naming no model get), picked as the Gradio admin did.
+  await step("activate", async () => {
+    const option = page.locator(`#active-chat option[value="${STREAM_MODEL}"]`);
+    await expect(`${STREAM_MODEL} is not offered as the active chat model`, () =>
+      option.waitFor({ state: "attached" }),
+    );
+    await page.locator("#active-chat").selectOption(STREAM_MODEL);
+    await expect(
+      "no confirmation of the active model",
+      () => page.getByText(`${STREAM_MODEL} is now the active chat model.`).waitFor(),
+      () => page.locator("#models-message").textContent(),
+    );
+    return { screenshot: await shot("01b-active-model") };
+  });
+
   await step("stream_chat", async () => {
     const panel = await tab("Playground");
     await panel.getByLabel("Model").fill(STREAM_MODEL);

@@ -111,6 +111,10 @@ class _ModelUseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelUse.Val
     MODEL_USE_ASSISTANT: _ModelUse.ValueType  # 2
     MODEL_USE_EVALUATION: _ModelUse.ValueType  # 3
     MODEL_USE_WORKFLOW: _ModelUse.ValueType  # 4
+    MODEL_USE_CHAT: _ModelUse.ValueType  # 5
+    """The "active" chat model: serves chat calls that name no model (seed API 003)."""
+    MODEL_USE_VISION: _ModelUse.ValueType  # 6
+    """The "active" vision model: serves vision calls that name no model."""
 
 class ModelUse(_ModelUse, metaclass=_ModelUseEnumTypeWrapper): ...
 
@@ -119,6 +123,10 @@ MODEL_USE_KNOWLEDGE_BASE: ModelUse.ValueType  # 1
 MODEL_USE_ASSISTANT: ModelUse.ValueType  # 2
 MODEL_USE_EVALUATION: ModelUse.ValueType  # 3
 MODEL_USE_WORKFLOW: ModelUse.ValueType  # 4
+MODEL_USE_CHAT: ModelUse.ValueType  # 5
+"""The "active" chat model: serves chat calls that name no model (seed API 003)."""
+MODEL_USE_VISION: ModelUse.ValueType  # 6
+"""The "active" vision model: serves vision calls that name no model."""
 Global___ModelUse: _TypeAlias = ModelUse  # noqa: Y015
 
 class _Comparator:
@@ -312,6 +320,11 @@ class Model(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    ICON_URL_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    RELEASE_DATE_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    DEFAULT_PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -326,6 +339,17 @@ class Model(_message.Message):
     etag: _builtins.str
     budget: _builtins.float
     """Spend limit for the model across all keys, in its pricing currency; 0 means none."""
+    icon_url: _builtins.str
+    """Catalogue details some client APIs show (seed API 001's model list).
+    An icon's URL.
+    """
+    keyword: _builtins.str
+    release_date: _builtins.str
+    """When the model was released, YYYY-MM-DD."""
+    number: _builtins.int
+    """Output only: a stable integer id, assigned once when the model is created
+    (1, 2, ...) and never reused.
+    """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -354,6 +378,10 @@ class Model(_message.Message):
         switchboard.engine.v1). Its deployment appears while the engine runs.
         """
 
+    @_builtins.property
+    def default_parameters(self) -> Global___DefaultParameters:
+        """Applied to calls that leave them out, whatever API they come through."""
+
     def __init__(
         self,
         *,
@@ -379,16 +407,57 @@ class Model(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         budget: _builtins.float = ...,
         engine: _engine_config_pb2.EngineConfig | None = ...,
+        icon_url: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+        release_date: _builtins.str = ...,
+        number: _builtins.int = ...,
+        default_parameters: Global___DefaultParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "engine", b"engine", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "default_parameters", b"default_parameters", "engine", b"engine", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "online", b"online", "pricing", b"pricing", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "default_parameters", b"default_parameters", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__online) -> _WhichOneofReturnType__online | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class DefaultParameters(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    temperature: _builtins.float
+    max_tokens: _builtins.int
+    top_p: _builtins.float
+    def __init__(
+        self,
+        *,
+        temperature: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        top_p: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___DefaultParameters: _TypeAlias = DefaultParameters  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):
@@ -555,6 +624,73 @@ class DefaultModel(_message.Message):
 Global___DefaultModel: _TypeAlias = DefaultModel  # noqa: Y015
 
 @_typing.final
+class LoadBalancing(_message.Message):
+    """A model group: a call for the model named `group` is served by one of the
+    models in `weights`, chosen by `strategy` (weighted random, or smooth weighted
+    round robin) in proportion to their weights; that model's deployments,
+    fallbacks, limits and pricing then apply. The circuit breakers of every
+    deployment open after `failure_threshold` failures in a row and close after
+    `recovery_threshold` successful half-open probes (0: the router's defaults).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    strategy: Global___RoutingStrategy.ValueType
+    failure_threshold: _builtins.int
+    recovery_threshold: _builtins.int
+    health_check_interval_s: _builtins.int
+    """Seconds between active health probes. Stored; active probes are not built yet."""
+    etag: _builtins.str
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        strategy: Global___RoutingStrategy.ValueType = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        failure_threshold: _builtins.int = ...,
+        recovery_threshold: _builtins.int = ...,
+        health_check_interval_s: _builtins.int = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "failure_threshold", b"failure_threshold", "group", b"group", "health_check_interval_s", b"health_check_interval_s", "recovery_threshold", b"recovery_threshold", "strategy", b"strategy", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadBalancing: _TypeAlias = LoadBalancing  # noqa: Y015
+
+@_typing.final
 class AlertRule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -619,6 +755,7 @@ class Snapshot(_message.Message):
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     DEFAULTS_FIELD_NUMBER: _builtins.int
     ALERT_RULES_FIELD_NUMBER: _builtins.int
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provider]: ...
@@ -634,6 +771,10 @@ class Snapshot(_message.Message):
     def defaults(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefaultModel]: ...
     @_builtins.property
     def alert_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertRule]: ...
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing:
+        """Unset until someone sets it."""
+
     def __init__(
         self,
         *,
@@ -644,10 +785,11 @@ class Snapshot(_message.Message):
         credentials: _abc.Iterable[Global___ApiKeyCredential] | None = ...,
         defaults: _abc.Iterable[Global___DefaultModel] | None = ...,
         alert_rules: _abc.Iterable[Global___AlertRule] | None = ...,
+        load_balancing: Global___LoadBalancing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rules", b"alert_rules", "credentials", b"credentials", "defaults", b"defaults", "keys", b"keys", "models", b"models", "providers", b"providers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rules", b"alert_rules", "credentials", b"credentials", "defaults", b"defaults", "keys", b"keys", "load_balancing", b"load_balancing", "models", b"models", "providers", b"providers", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1518,6 +1660,83 @@ class ListDefaultModelsResponse(_message.Message):
 Global___ListDefaultModelsResponse: _TypeAlias = ListDefaultModelsResponse  # noqa: Y015
 
 @_typing.final
+class SetLoadBalancingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing: ...
+    def __init__(
+        self,
+        *,
+        load_balancing: Global___LoadBalancing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoadBalancingRequest: _TypeAlias = SetLoadBalancingRequest  # noqa: Y015
+
+@_typing.final
+class SetLoadBalancingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing: ...
+    def __init__(
+        self,
+        *,
+        load_balancing: Global___LoadBalancing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoadBalancingResponse: _TypeAlias = SetLoadBalancingResponse  # noqa: Y015
+
+@_typing.final
+class GetLoadBalancingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadBalancingRequest: _TypeAlias = GetLoadBalancingRequest  # noqa: Y015
+
+@_typing.final
+class GetLoadBalancingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing:
+        """Unset when nothing was set."""
+
+    def __init__(
+        self,
+        *,
+        load_balancing: Global___LoadBalancing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadBalancingResponse: _TypeAlias = GetLoadBalancingResponse  # noqa: Y015
+
+@_typing.final
 class CreateAlertRuleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1738,6 +1957,7 @@ class Change(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
     ALERT_RULE_FIELD_NUMBER: _builtins.int
+    LOAD_BALANCING_FIELD_NUMBER: _builtins.int
     kind: Global___Change.Kind.ValueType
     @_builtins.property
     def provider(self) -> Global___Provider: ...
@@ -1753,6 +1973,8 @@ class Change(_message.Message):
     def default_model(self) -> Global___DefaultModel: ...
     @_builtins.property
     def alert_rule(self) -> Global___AlertRule: ...
+    @_builtins.property
+    def load_balancing(self) -> Global___LoadBalancing: ...
     def __init__(
         self,
         *,
@@ -1764,12 +1986,13 @@ class Change(_message.Message):
         credential: Global___ApiKeyCredential | None = ...,
         default_model: Global___DefaultModel | None = ...,
         alert_rule: Global___AlertRule | None = ...,
+        load_balancing: Global___LoadBalancing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "kind", b"kind", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "kind", b"kind", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_entity: _TypeAlias = _typing.Literal["provider", "model", "deployment", "key", "credential", "default_model", "alert_rule"]  # noqa: Y015
+    _WhichOneofReturnType_entity: _TypeAlias = _typing.Literal["provider", "model", "deployment", "key", "credential", "default_model", "alert_rule", "load_balancing"]  # noqa: Y015
     _WhichOneofArgType_entity: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_entity) -> _WhichOneofReturnType_entity | None: ...
 

@@ -134,6 +134,16 @@ class RegistryServiceStub:
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListDefaultModelsRequest.SerializeToString,
                 response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListDefaultModelsResponse.FromString,
                 _registered_method=True)
+        self.SetLoadBalancing = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/SetLoadBalancing',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetLoadBalancingRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetLoadBalancingResponse.FromString,
+                _registered_method=True)
+        self.GetLoadBalancing = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/GetLoadBalancing',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.FromString,
+                _registered_method=True)
         self.CreateAlertRule = channel.unary_unary(
                 '/switchboard.registry.v1.RegistryService/CreateAlertRule',
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.CreateAlertRuleRequest.SerializeToString,
@@ -276,6 +286,19 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLoadBalancing(self, request, context):
+        """How calls spread across models (one setting per registry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLoadBalancing(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlertRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -396,6 +419,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListDefaultModels,
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListDefaultModelsRequest.FromString,
                     response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListDefaultModelsResponse.SerializeToString,
+            ),
+            'SetLoadBalancing': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLoadBalancing,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetLoadBalancingRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetLoadBalancingResponse.SerializeToString,
+            ),
+            'GetLoadBalancing': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoadBalancing,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.SerializeToString,
             ),
             'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlertRule,
@@ -953,6 +986,60 @@ class RegistryService:
             '/switchboard.registry.v1.RegistryService/ListDefaultModels',
             switchboard_dot_registry_dot_v1_dot_registry__pb2.ListDefaultModelsRequest.SerializeToString,
             switchboard_dot_registry_dot_v1_dot_registry__pb2.ListDefaultModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLoadBalancing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/SetLoadBalancing',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.SetLoadBalancingRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.SetLoadBalancingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoadBalancing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/GetLoadBalancing',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,9 @@ class RegistryServiceStub:
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeApiKeyRequest, _registry_pb2.RevokeApiKeyResponse]
     SetDefaultModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetDefaultModelRequest, _registry_pb2.SetDefaultModelResponse]
     ListDefaultModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListDefaultModelsRequest, _registry_pb2.ListDefaultModelsResponse]
+    SetLoadBalancing: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetLoadBalancingRequest, _registry_pb2.SetLoadBalancingResponse]
+    """How calls spread across models (one setting per registry)."""
+    GetLoadBalancing: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLoadBalancingRequest, _registry_pb2.GetLoadBalancingResponse]
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]
     DeleteAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]
@@ -90,6 +93,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeApiKeyRequest, _registry_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     SetDefaultModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetDefaultModelRequest, _registry_pb2.SetDefaultModelResponse]  # type: ignore[assignment]
     ListDefaultModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListDefaultModelsRequest, _registry_pb2.ListDefaultModelsResponse]  # type: ignore[assignment]
+    SetLoadBalancing: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetLoadBalancingRequest, _registry_pb2.SetLoadBalancingResponse]  # type: ignore[assignment]
+    """How calls spread across models (one setting per registry)."""
+    GetLoadBalancing: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLoadBalancingRequest, _registry_pb2.GetLoadBalancingResponse]  # type: ignore[assignment]
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
     DeleteAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]  # type: ignore[assignment]
@@ -236,6 +242,21 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListDefaultModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListDefaultModelsResponse, _abc.Awaitable[_registry_pb2.ListDefaultModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetLoadBalancing(
+        self,
+        request: _registry_pb2.SetLoadBalancingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetLoadBalancingResponse, _abc.Awaitable[_registry_pb2.SetLoadBalancingResponse]]:
+        """How calls spread across models (one setting per registry)."""
+
+    @_abc_1.abstractmethod
+    def GetLoadBalancing(
+        self,
+        request: _registry_pb2.GetLoadBalancingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetLoadBalancingResponse, _abc.Awaitable[_registry_pb2.GetLoadBalancingResponse]]: ...
 
     @_abc_1.abstractmethod
     def CreateAlertRule(

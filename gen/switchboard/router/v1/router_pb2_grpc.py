@@ -106,6 +106,7 @@ class RouterServiceServicer:
         response_body field that is not HttpBody, and the edge must answer with
         exactly OpenAI's JSON.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,6 +52,7 @@ class RouterServiceStub:
     response_body field that is not HttpBody, and the edge must answer with
     exactly OpenAI's JSON.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     StreamChatCompletion: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionRequest, _router_pb2.StreamChatCompletionResponse]
     StreamChatCompletionSse: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionSseRequest, _httpbody_pb2.HttpBody]
@@ -96,6 +97,7 @@ class RouterServiceAsyncStub(RouterServiceStub):
     response_body field that is not HttpBody, and the edge must answer with
     exactly OpenAI's JSON.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     StreamChatCompletion: _aio.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionRequest, _router_pb2.StreamChatCompletionResponse]  # type: ignore[assignment]
     StreamChatCompletionSse: _aio.UnaryStreamMultiCallable[_router_pb2.StreamChatCompletionSseRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
@@ -143,6 +145,7 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         response_body field that is not HttpBody, and the edge must answer with
         exactly OpenAI's JSON.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod

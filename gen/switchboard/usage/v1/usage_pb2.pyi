@@ -110,6 +110,7 @@ class UsageRecord(_message.Message):
     ROUTER_INSTANCE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    SURFACE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7, assigned once per attempt at the source; the dedup key everywhere downstream."""
     request_id: _builtins.str
@@ -148,6 +149,10 @@ class UsageRecord(_message.Message):
     cache_creation_input_tokens): part of prompt_tokens, priced apart.
     cached_tokens are the ones read from it.
     """
+    surface: _builtins.str
+    """The HTTP API the call came through: "openai" (/v1 and RouterService's gRPC),
+    "qwen_chat" (/api/llm/chat), "multi_llm" (/api/llm/generate), "vision_chat" (/api/v1).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -183,10 +188,11 @@ class UsageRecord(_message.Message):
         router_instance: _builtins.str = ...,
         sequence: _builtins.int = ...,
         cache_write_tokens: _builtins.int = ...,
+        surface: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "config_version", b"config_version", "deployment_id", b"deployment_id", "end_time", b"end_time", "error_reason", b"error_reason", "estimated", b"estimated", "event_id", b"event_id", "key_name", b"key_name", "latency_ms", b"latency_ms", "model", b"model", "operation", b"operation", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "provider_request_id", b"provider_request_id", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "requested_model", b"requested_model", "router_instance", b"router_instance", "sequence", b"sequence", "start_time", b"start_time", "status", b"status", "stream", b"stream", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "config_version", b"config_version", "deployment_id", b"deployment_id", "end_time", b"end_time", "error_reason", b"error_reason", "estimated", b"estimated", "event_id", b"event_id", "key_name", b"key_name", "latency_ms", b"latency_ms", "model", b"model", "operation", b"operation", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "provider_request_id", b"provider_request_id", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "requested_model", b"requested_model", "router_instance", b"router_instance", "sequence", b"sequence", "start_time", b"start_time", "status", b"status", "stream", b"stream", "surface", b"surface", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,19 +474,23 @@ class LatencyPercentiles(_message.Message):
     P50_FIELD_NUMBER: _builtins.int
     P95_FIELD_NUMBER: _builtins.int
     P99_FIELD_NUMBER: _builtins.int
+    AVERAGE_FIELD_NUMBER: _builtins.int
     p50: _builtins.float
     p95: _builtins.float
     p99: _builtins.float
+    average: _builtins.float
+    """The mean."""
     def __init__(
         self,
         *,
         p50: _builtins.float = ...,
         p95: _builtins.float = ...,
         p99: _builtins.float = ...,
+        average: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average", b"average", "p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,91 @@
+"""Serve every seed surface beside RouterService, on the router's gRPC server."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from switchboard.registry.v1 import registry_pb2_grpc
+from switchboard.router.v1 import (
+    multi_llm_pb2,
+    multi_llm_pb2_grpc,
+    qwen_chat_pb2,
+    qwen_chat_pb2_grpc,
+    vision_chat_pb2,
+    vision_chat_pb2_grpc,
+)
+from switchboard.usage.v1 import usage_pb2_grpc
+from switchboard_common.channels import channel as service_channel
+from switchboard_common.errors import SwitchboardError
+from switchboard_common.settings import Settings
+from switchboard_router.probes import Prober
+from switchboard_router.surfaces import (
+    llm_models,
+    multi_llm_shapes,
+    qwen_shapes,
+    surface,
+    vision_chat,
+)
+from switchboard_router.surfaces.multi_llm import MultiLlmServicer
+from switchboard_router.surfaces.qwen_chat import QwenChatServicer
+from switchboard_router.surfaces.vision_chat import VisionChatServicer
+
+if TYPE_CHECKING:
+    from switchboard_router.service import RouterServicer
+
+
+# How each surface renders an error, for the access policy's refusals (401, 403)
+# as well as the handlers' own: by full method first, then by service.
+_BY_SERVICE: dict[str, surface.Render] = {
+    vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name: vision_chat.error,
+    qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name: qwen_shapes.error,
+    multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name: multi_llm_shapes.error,
+}
+_BY_METHOD: dict[str, surface.Render] = {
+    # One body for seeds 001 and 002, whose error shapes differ: the shared one.
+    "/switchboard.router.v1.QwenChatService/ListLlmModels": llm_models.error,
+}
+
+
+def refusal(method: str, err: SwitchboardError) -> SwitchboardError:
+    """The access policy's refusal of `method`, in its surface's shape."""
+    render = _BY_METHOD.get(method) or _BY_SERVICE.get(method.strip("/").split("/")[0])
+    return surface.SurfaceError(err, *render(err)) if render else err
+
+
+def mount_surfaces(
+    router: RouterServicer, server: grpc.aio.Server, settings: Settings
+) -> tuple[list[str], Callable[[], Awaitable[None]]]:
+    """Add the surfaces' services: their full names (for health and reflection),
+    and what closes what they opened."""
+    registry = service_channel(settings.address("registry"), settings.tls)
+    usage = service_channel(settings.address("usage"), settings.tls)
+    # Active health checks, for seed API 002's status (off until its setting has an interval).
+    prober = Prober(router)
+    prober.start()
+    vision_chat_pb2_grpc.add_VisionChatServiceServicer_to_server(VisionChatServicer(router), server)
+    qwen_chat_pb2_grpc.add_QwenChatServiceServicer_to_server(QwenChatServicer(router), server)
+    multi_llm_pb2_grpc.add_MultiLlmServiceServicer_to_server(
+        MultiLlmServicer(
+            router,
+            registry_pb2_grpc.RegistryServiceStub(registry),
+            prober,
+            usage_pb2_grpc.UsageServiceStub(usage),
+            settings.admin_key,
+        ),
+        server,
+    )
+    names = [
+        vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name,
+        qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name,
+        multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name,
+    ]
+
+    async def close() -> None:
+        await prober.close()
+        await registry.close()
+        await usage.close()
+
+    return names, close

@@ -1,0 +1,116 @@
+"""Where the edge serves the seed APIs, and which browser origins may call it.
+
+Each seed API is served at its document's prefix unless its variable moves it
+(another prefix, or several, comma-separated) or switches it off ("off"):
+  SWITCHBOARD_QWEN_CHAT_PREFIX    (001, default /api/llm)
+  SWITCHBOARD_MULTI_LLM_PREFIX    (002, default /api/llm,/api/v1/llm)
+  SWITCHBOARD_VISION_CHAT_PREFIX  (003, default /api/v1)
+The edge's Lua filter rewrites a moved prefix to the one in the protos (the
+route's metadata says which) and answers 404 for a path the surfaces at that
+prefix do not own. SWITCHBOARD_CORS_ORIGINS lists the origins (exact,
+comma-separated) that browsers may call from; none by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+LUA_FILTER = "envoy.filters.http.lua"
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_RESERVED = ("/v1", "/console", "/healthz", "/docs", "/admin")
+_INDENT = " " * 24
+
+
+@dataclass(frozen=True)
+class Surface:
+    env: str
+    default: str
+    # The prefix of its routes in the protos (google.api.http).
+    canonical: str
+    # The first path segments it serves under its prefix.
+    owns: tuple[str, ...]
+
+
+SURFACES = {
+    "qwen_chat": Surface(
+        "SWITCHBOARD_QWEN_CHAT_PREFIX", "/api/llm", "/api/llm", ("chat", "models")
+    ),
+    "multi_llm": Surface(
+        "SWITCHBOARD_MULTI_LLM_PREFIX",
+        "/api/llm,/api/v1/llm",
+        "/api/llm",
+        ("generate", "models", "health", "stats", "config"),
+    ),
+    "vision_chat": Surface(
+        "SWITCHBOARD_VISION_CHAT_PREFIX", "/api/v1", "/api/v1", ("chat", "vision", "models")
+    ),
+}
+
+
+def prefixes(surface: Surface) -> list[str]:
+    raw = os.environ.get(surface.env) or surface.default
+    if raw.strip().lower() == "off":
+        return []
+    out = []
+    for prefix in (p.strip().rstrip("/") for p in raw.split(",") if p.strip()):
+        reserved = any(prefix == r or prefix.startswith(r + "/") for r in _RESERVED)
+        if not _PREFIX.match(prefix) or reserved:
+            raise ValueError(
+                f"{surface.env}: {prefix!r} is not a usable path prefix (like /api/llm; "
+                f"not under {', '.join(_RESERVED)}), or 'off'"
+            )
+        out.append(prefix)
+    return out
+
+
+def routes() -> list[dict[str, object]]:
+    """Envoy routes for the seed APIs, longest prefix first."""
+    served: dict[str, tuple[str, set[str]]] = {}
+    for name, surface in SURFACES.items():
+        for prefix in prefixes(surface):
+            canonical, owns = served.setdefault(prefix, (surface.canonical, set()))
+            if canonical != surface.canonical:
+                raise ValueError(f"{surface.env}: {prefix} already serves another API ({name})")
+            owns.update(surface.owns)
+    return [
+        {
+            "match": {"prefix": prefix + "/"},
+            "route": {"cluster": "router", "timeout": "0s"},
+            "metadata": {
+                "filter_metadata": {
+                    LUA_FILTER: {
+                        "prefix": prefix + "/",
+                        "canonical": canonical + "/",
+                        "owns": "," + ",".join(sorted(owns)) + ",",
+                    }
+                }
+            },
+        }
+        for prefix, (canonical, owns) in sorted(served.items(), key=lambda i: -len(i[0]))
+    ]
+
+
+def routes_yaml() -> str:
+    """The routes as items of the template's route list (JSON is YAML)."""
+    return "\n".join(f"{_INDENT}- {json.dumps(route)}" for route in routes())
+
+
+def cors_policy() -> dict[str, object]:
+    origins = [
+        o.strip()
+        for o in (os.environ.get("SWITCHBOARD_CORS_ORIGINS") or "").split(",")
+        if o.strip()
+    ]
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": origin} for origin in origins],
+        "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        "allow_headers": "authorization, x-api-key, content-type, x-request-id",
+        "expose_headers": (
+            "x-request-id, x-switchboard-model, x-switchboard-deployment, retry-after"
+        ),
+        "max_age": "600",
+    }

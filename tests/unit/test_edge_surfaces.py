@@ -1,0 +1,62 @@
+"""The seed APIs' edge routes: document prefixes by default, moved, off, refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchboard_stack import edge_surfaces
+
+
+def _routes() -> dict[str, dict[str, str]]:
+    return {
+        str(r["match"]["prefix"]): r["metadata"]["filter_metadata"][edge_surfaces.LUA_FILTER]  # type: ignore[index]
+        for r in edge_surfaces.routes()
+    }
+
+
+def test_defaults_are_the_documents_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for surface in edge_surfaces.SURFACES.values():
+        monkeypatch.delenv(surface.env, raising=False)
+    routes = _routes()
+    assert list(routes) == ["/api/v1/llm/", "/api/llm/", "/api/v1/"]
+    assert routes["/api/llm/"]["owns"] == ",chat,config,generate,health,models,stats,"
+    assert routes["/api/v1/llm/"]["canonical"] == "/api/llm/"
+    assert routes["/api/v1/"]["owns"] == ",chat,models,vision,"
+
+
+def test_moved_and_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHBOARD_QWEN_CHAT_PREFIX", "/qwen/")
+    monkeypatch.setenv("SWITCHBOARD_MULTI_LLM_PREFIX", "off")
+    monkeypatch.setenv("SWITCHBOARD_VISION_CHAT_PREFIX", "/vision,/caiqi/api/v1")
+    routes = _routes()
+    assert routes["/qwen/"] == {
+        "prefix": "/qwen/",
+        "canonical": "/api/llm/",
+        "owns": ",chat,models,",
+    }
+    assert set(routes) == {"/qwen/", "/vision/", "/caiqi/api/v1/"}
+
+
+@pytest.mark.parametrize("prefix", ["/v1", "/v1/x", "/console", "api", "/a b", "/x,/v1/y"])
+def test_unusable_prefixes_are_refused(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    monkeypatch.setenv("SWITCHBOARD_QWEN_CHAT_PREFIX", prefix)
+    with pytest.raises(ValueError, match="SWITCHBOARD_QWEN_CHAT_PREFIX"):
+        edge_surfaces.routes()
+
+
+def test_two_apis_with_different_protos_cannot_share_a_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWITCHBOARD_VISION_CHAT_PREFIX", "/api/llm")
+    with pytest.raises(ValueError, match="already serves"):
+        edge_surfaces.routes()
+
+
+def test_cors_has_no_origin_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHBOARD_CORS_ORIGINS", raising=False)
+    assert edge_surfaces.cors_policy()["allow_origin_string_match"] == []
+    monkeypatch.setenv("SWITCHBOARD_CORS_ORIGINS", "https://a.example, https://b.example")
+    assert edge_surfaces.cors_policy()["allow_origin_string_match"] == [
+        {"exact": "https://a.example"},
+        {"exact": "https://b.example"},
+    ]
