@@ -257,6 +257,7 @@ def test_console_streams_switches_offline_and_charts_usage(
     files = sorted(p.name for p in shots.glob("*.png"))
     assert files == [
         "01-models.png",
+        "01b-active-model.png",
         "02-playground-stream.png",
         "03-models-offline.png",
         "04-playground-offline-error.png",
