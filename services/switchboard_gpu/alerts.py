@@ -29,6 +29,7 @@ from google.protobuf import timestamp_pb2
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard.registry.v1 import registry_pb2
+from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
 from switchboard_common.ids import uuid7
 from switchboard_common.logs import log_fields
 
@@ -55,22 +56,7 @@ def _memory_used_percent(device: gpu_pb2.GpuDevice) -> float | None:
 
 # The metrics a rule (and a history query) may name: GpuDevice's numeric
 # fields, and memory_used_percent derived from two of them.
-METRICS: dict[str, Reader] = {
-    name: _field(name)
-    for name in (
-        "utilization_gpu_percent",
-        "utilization_memory_percent",
-        "memory_used_mib",
-        "memory_total_mib",
-        "temperature_c",
-        "power_w",
-        "power_limit_w",
-        "sm_clock_mhz",
-        "memory_clock_mhz",
-        "ecc_uncorrected_errors",
-        "last_xid",
-    )
-}
+METRICS: dict[str, Reader] = {name: _field(name) for name in GPU_METRIC_FIELDS}
 METRICS["memory_used_percent"] = _memory_used_percent
 
 _SYMBOL = {registry_pb2.COMPARATOR_GREATER_THAN: ">", registry_pb2.COMPARATOR_LESS_THAN: "<"}

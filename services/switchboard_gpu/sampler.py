@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard_common import gpu_health
+from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
 from switchboard_common.logs import log_fields
 from switchboard_gpu import metrics
 from switchboard_gpu.alerts import to_timestamp
@@ -109,19 +110,7 @@ def annotate(
     device.health_reason = verdict.reason
 
 
-_OPTIONAL_FIELDS = (
-    "utilization_gpu_percent",
-    "utilization_memory_percent",
-    "memory_used_mib",
-    "memory_total_mib",
-    "temperature_c",
-    "power_w",
-    "power_limit_w",
-    "sm_clock_mhz",
-    "memory_clock_mhz",
-    "ecc_uncorrected_errors",
-    "last_xid",
-)
+_OPTIONAL_FIELDS = GPU_METRIC_FIELDS
 
 
 def to_device(

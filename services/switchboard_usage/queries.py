@@ -12,6 +12,7 @@ from switchboard.gpu.v1 import gpu_pb2
 from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
 from switchboard_usage.clickhouse import ClickHouse
 
 MAX_RANGE_DAYS = 366
@@ -244,22 +245,7 @@ MAX_GPU_BUCKETS = 10_080
 DEFAULT_GPU_RANGE = dt.timedelta(hours=1)
 DEFAULT_GPU_METRIC = "utilization_gpu_percent"
 # Metric → SQL over gpu_samples. Plain columns are GpuDevice's numeric fields.
-GPU_METRICS = {
-    name: name
-    for name in (
-        "utilization_gpu_percent",
-        "utilization_memory_percent",
-        "memory_used_mib",
-        "memory_total_mib",
-        "temperature_c",
-        "power_w",
-        "power_limit_w",
-        "sm_clock_mhz",
-        "memory_clock_mhz",
-        "ecc_uncorrected_errors",
-        "last_xid",
-    )
-}
+GPU_METRICS = {name: name for name in GPU_METRIC_FIELDS}
 GPU_METRICS["memory_used_percent"] = (
     "if(memory_total_mib > 0, 100 * memory_used_mib / memory_total_mib, NULL)"
 )

@@ -7,6 +7,8 @@ from typing import Protocol
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2
+from switchboard_common.config import ProviderConfig
+from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.values import texts, to_python
 from switchboard_provider.meter import UsageMeter
 
@@ -50,3 +52,22 @@ def prompt_text(request: provider_pb2.StreamGenerateRequest) -> str:
     if request.completion.HasField("prompt"):
         return "\n".join(texts(to_python(request.completion.prompt)))
     return ""
+
+
+class KeyCheck:
+    """Whether a provider's API key was set when its adapter was built: a call
+    through a provider whose key is missing fails at once with what to set,
+    instead of an upstream 401 after a round trip."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.key = config.api_key()
+        self._config = config
+        self._missing = bool(config.api_key_env) and not self.key
+
+    def check(self) -> None:
+        if self._missing:
+            raise SwitchboardError(
+                R.ERROR_REASON_UPSTREAM_AUTH,
+                f"provider {self._config.name!r} has no API key: "
+                f"set the environment variable {self._config.api_key_env}",
+            )

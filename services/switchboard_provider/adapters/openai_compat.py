@@ -20,6 +20,7 @@ from switchboard_common.config import ProviderConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import redact
 from switchboard_provider import wire
+from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.meter import UsageMeter
 
 # Without a key the SDK refuses to build a client; self-hosted servers ignore it.
@@ -52,10 +53,10 @@ def _integral(value: Any) -> Any:
 class OpenAIAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
-        self._key_missing = bool(config.api_key_env) and not config.api_key()
+        self._keys = KeyCheck(config)
         self.client = openai.AsyncOpenAI(
             base_url=config.base_url,
-            api_key=config.api_key() or _NO_KEY,
+            api_key=self._keys.key or _NO_KEY,
             max_retries=0,
             timeout=openai.Timeout(config.timeout_s, connect=config.connect_timeout_s),
             # The SDK's aiohttp transport: about half the CPU per call of its
@@ -67,18 +68,10 @@ class OpenAIAdapter:
         total = min(self.config.timeout_s, timeout_s)
         return openai.Timeout(total, connect=min(self.config.connect_timeout_s, total))
 
-    def _check_key(self) -> None:
-        if self._key_missing:
-            raise SwitchboardError(
-                R.ERROR_REASON_UPSTREAM_AUTH,
-                f"provider {self.config.name!r} has no API key: "
-                f"set the environment variable {self.config.api_key_env}",
-            )
-
     async def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
     ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
-        self._check_key()
+        self._keys.check()
         chat = request.HasField("chat")
         path = "/chat/completions" if chat else "/completions"
         body = _params_dict(request.chat if chat else request.completion)
@@ -149,7 +142,7 @@ class OpenAIAdapter:
     async def embed(
         self, request: provider_pb2.CreateEmbeddingRequest, timeout_s: float
     ) -> openai_pb2.EmbeddingList:
-        self._check_key()
+        self._keys.check()
         body = _params_dict(request.params)
         body["model"] = request.target.upstream_model
         timeout = self._timeout(timeout_s)

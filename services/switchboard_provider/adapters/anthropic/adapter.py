@@ -26,6 +26,7 @@ from switchboard_provider.adapters.anthropic.request import (
     unsupported,
 )
 from switchboard_provider.adapters.anthropic.response import chat_completion, stream_events
+from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.meter import UsageMeter
 
 # Without a key the SDK refuses to build a client.
@@ -35,11 +36,10 @@ _NO_KEY = "no-key"
 class AnthropicAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
-        self._key = config.api_key()
-        self._key_missing = bool(config.api_key_env) and not self._key
+        self._keys = KeyCheck(config)
         self._max_tokens = int(config.options.get("max_tokens", DEFAULT_MAX_TOKENS))
         self.client = anthropic.AsyncAnthropic(
-            api_key=self._key or _NO_KEY,
+            api_key=self._keys.key or _NO_KEY,
             base_url=config.base_url or None,
             max_retries=0,
             timeout=anthropic.Timeout(config.timeout_s, connect=config.connect_timeout_s),
@@ -51,21 +51,13 @@ class AnthropicAdapter:
         total = min(self.config.timeout_s, timeout_s)
         return anthropic.Timeout(total, connect=min(self.config.connect_timeout_s, total))
 
-    def _check_key(self) -> None:
-        if self._key_missing:
-            raise SwitchboardError(
-                R.ERROR_REASON_UPSTREAM_AUTH,
-                f"provider {self.config.name!r} has no API key: "
-                f"set the environment variable {self.config.api_key_env}",
-            )
-
     async def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
     ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
         if not request.HasField("chat"):
             # Messages has no legacy text completion endpoint.
             raise unsupported("legacy completions", "prompt")
-        self._check_key()
+        self._keys.check()
         body = messages_request(request.chat, request.target.upstream_model, self._max_tokens)
         extra = {name: body.pop(name) for name in EXTRA_BODY if name in body} or None
         timeout = self._timeout(timeout_s)
@@ -86,7 +78,7 @@ class AnthropicAdapter:
                 async for event in stream_events(stream, meter):
                     yield event
         except anthropic.AnthropicError as exc:
-            raise map_error(exc, self.config.name, self._key) from None
+            raise map_error(exc, self.config.name, self._keys.key) from None
 
     async def embed(
         self, request: provider_pb2.CreateEmbeddingRequest, timeout_s: float

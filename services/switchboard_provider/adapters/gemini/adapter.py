@@ -23,8 +23,9 @@ from google.genai import types
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2
 from switchboard_common.config import ProviderConfig
-from switchboard_common.errors import R, SwitchboardError
+from switchboard_common.errors import SwitchboardError
 from switchboard_common.values import texts, to_python
+from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.adapters.gemini.error_mapping import UPSTREAM_FAILURES, map_error
 from switchboard_provider.adapters.gemini.request_mapping import (
     chat_request,
@@ -43,8 +44,7 @@ _NO_KEY = "no-key"
 class GeminiAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
-        self._key = config.api_key()
-        self._key_missing = bool(config.api_key_env) and not self._key
+        self._keys = KeyCheck(config)
         self._client: genai.Client | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -64,7 +64,7 @@ class GeminiAdapter:
                 # Explicit, so GOOGLE_GENAI_USE_VERTEXAI in the environment cannot
                 # switch the endpoint and credentials behind the config's back.
                 vertexai=False,
-                api_key=self._key or _NO_KEY,
+                api_key=self._keys.key or _NO_KEY,
                 http_options=types.HttpOptions(
                     base_url=self.config.base_url or None,
                     api_version=self.config.options.get("api_version", DEFAULT_API_VERSION),
@@ -75,24 +75,16 @@ class GeminiAdapter:
             )
         return self._client
 
-    def _check_key(self) -> None:
-        if self._key_missing:
-            raise SwitchboardError(
-                R.ERROR_REASON_UPSTREAM_AUTH,
-                f"provider {self.config.name!r} has no API key: "
-                f"set the environment variable {self.config.api_key_env}",
-            )
-
     def _options(self, timeout_s: float) -> types.HttpOptions:
         return types.HttpOptions(timeout=_ms(timeout_s))
 
     def _error(self, exc: BaseException) -> SwitchboardError:
-        return map_error(exc, self.config.name, self._key)
+        return map_error(exc, self.config.name, self._keys.key)
 
     async def generate(
         self, request: provider_pb2.StreamGenerateRequest, meter: UsageMeter, timeout_s: float
     ) -> AsyncGenerator[provider_pb2.StreamGenerateResponse, None]:
-        self._check_key()
+        self._keys.check()
         chat = request.HasField("chat")
         contents, config = (
             chat_request(request.chat) if chat else completion_request(request.completion)
@@ -130,7 +122,7 @@ class GeminiAdapter:
     async def embed(
         self, request: provider_pb2.CreateEmbeddingRequest, timeout_s: float
     ) -> openai_pb2.EmbeddingList:
-        self._check_key()
+        self._keys.check()
         raw = to_python(request.params.input)
         if isinstance(raw, list) and not all(isinstance(v, str) for v in raw):
             raise unsupported("token-id inputs", "input")
