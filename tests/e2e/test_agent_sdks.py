@@ -92,7 +92,8 @@ def test_anthropic_sdk_create_with_tools(
     assert first.model == MODELS[kind]
     [use] = [b for b in first.content if b.type == "tool_use"]
     assert (use.name, use.input) == ("get_weather", {"city": "Paris"})
-    assert first.usage.output_tokens > 0 and first.usage.input_tokens > 0
+    assert first.usage.output_tokens > 0
+    assert first.usage.input_tokens > 0
     second = claude.messages.create(
         model=MODELS[kind],
         max_tokens=200,
@@ -146,11 +147,13 @@ def test_anthropic_sdk_count_tokens(claude: anthropic.Anthropic) -> None:
 
 
 def test_anthropic_errors_in_anthropics_shape(stack: Stack) -> None:
-    with anthropic.Anthropic(
-        base_url=stack.edge_url, api_key="sk-wrong-0123456789", max_retries=0
-    ) as c:
-        with pytest.raises(anthropic.AuthenticationError) as refused:
-            c.messages.create(model=MODELS["openai"], max_tokens=10, messages=QUESTION)
+    with (
+        anthropic.Anthropic(
+            base_url=stack.edge_url, api_key="sk-wrong-0123456789", max_retries=0
+        ) as c,
+        pytest.raises(anthropic.AuthenticationError) as refused,
+    ):
+        c.messages.create(model=MODELS["openai"], max_tokens=10, messages=QUESTION)
     assert refused.value.body == {
         "type": "error",
         "error": {
@@ -199,10 +202,8 @@ def test_responses_create_with_tools_and_previous_response(
     sent = upstream.requests[-1].json["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["tool_calls"][0]["id"] == call.call_id
-    assert (
-        second.usage is not None
-        and second.usage.output_tokens == upstream.served[-1].completion_tokens
-    )
+    assert second.usage is not None
+    assert second.usage.output_tokens == upstream.served[-1].completion_tokens
 
     stored = oai.responses.retrieve(second.id)
     assert stored.output_text == "Sunny in Paris."
