@@ -15,7 +15,7 @@ ANTHROPIC_KEY = "sk-ant-agents-e2e-only-0123456789"
 KEYS = {"team-a": "sk-agents-team-a-0123456789", "team-b": "sk-agents-team-b-0123456789"}
 # Model name per provider kind.
 MODELS = {"openai": "gpt-agent", "gemini": "gemini-agent", "anthropic": "claude-agent"}
-PRICING = {"input_per_1k": 0.5, "output_per_1k": 1.5, "cached_input_per_1k": 0.05}
+PRICING: dict[str, Any] = {"input_per_1k": 0.5, "output_per_1k": 1.5, "cached_input_per_1k": 0.05}
 WEATHER_SCHEMA: Any = {
     "type": "object",
     "properties": {"city": {"type": "string"}},
@@ -31,7 +31,7 @@ def config_and_env(
         ("gemini", "loop-gemini", gemini_up.base_url, "AGENTS_GEMINI_KEY"),
         ("anthropic", "loop-anthropic", anthropic_up.base_url, "AGENTS_ANTHROPIC_KEY"),
     ]
-    config = {
+    config: dict[str, Any] = {
         "providers": [
             {"name": name, "kind": kind, "base_url": url, "api_key_env": env, "timeout_s": 5.0}
             for kind, name, url, env in providers

@@ -154,19 +154,18 @@ def test_anthropic_errors_in_anthropics_shape(stack: Stack) -> None:
         pytest.raises(anthropic.AuthenticationError) as refused,
     ):
         c.messages.create(model=MODELS["openai"], max_tokens=10, messages=QUESTION)
-    assert refused.value.body == {
+    body: Any = refused.value.body
+    assert body == {
         "type": "error",
-        "error": {
-            "type": "authentication_error",
-            "message": refused.value.body["error"]["message"],
-        },  # type: ignore[index]
+        "error": {"type": "authentication_error", "message": body["error"]["message"]},
     }
     with anthropic.Anthropic(base_url=stack.edge_url, api_key=KEYS["team-a"], max_retries=0) as c:
         with pytest.raises(anthropic.BadRequestError) as bad:
             c.messages.create(model=MODELS["openai"], max_tokens=0, messages=QUESTION)
         with pytest.raises(anthropic.NotFoundError):
             c.messages.create(model="no-such-model", max_tokens=10, messages=QUESTION)
-    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    refusal: Any = bad.value.body
+    assert refusal["error"]["type"] == "invalid_request_error"
 
 
 FUNCTION_TOOL: Any = {
@@ -199,7 +198,8 @@ def test_responses_create_with_tools_and_previous_response(
     assert second.output_text == "Sunny in Paris."
     assert second.previous_response_id == first.id
     # The upstream saw the whole conversation: the question, the call, its output.
-    sent = upstream.requests[-1].json["messages"]
+    last: Any = upstream.requests[-1].json
+    sent = last["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["tool_calls"][0]["id"] == call.call_id
     assert second.usage is not None
@@ -256,7 +256,7 @@ def test_a_key_cannot_read_another_keys_response(stack: Stack, oai: openai.OpenA
 
 
 def test_agents_sdk_runs_a_two_tool_agent(stack: Stack, upstream: OpenAIUpstream) -> None:
-    agents = pytest.importorskip("agents")
+    agents: Any = pytest.importorskip("agents")
     upstream.reset()
     upstream.script(
         openai_upstream.Scripted(tool_calls=[("get_weather", {"city": "Paris"})]),
@@ -265,13 +265,11 @@ def test_agents_sdk_runs_a_two_tool_agent(stack: Stack, upstream: OpenAIUpstream
     )
     seen: list[str] = []
 
-    @agents.function_tool
     def get_weather(city: str) -> str:
         """The temperature in a city, in Celsius."""
         seen.append(f"weather:{city}")
         return "21"
 
-    @agents.function_tool
     def convert(celsius: float) -> str:
         """Celsius to Fahrenheit."""
         seen.append(f"convert:{celsius}")
@@ -286,7 +284,7 @@ def test_agents_sdk_runs_a_two_tool_agent(stack: Stack, upstream: OpenAIUpstream
             agent = agents.Agent(
                 name="weather",
                 instructions="Answer in Fahrenheit.",
-                tools=[get_weather, convert],
+                tools=[agents.function_tool(get_weather), agents.function_tool(convert)],
                 model=agents.OpenAIResponsesModel(model=MODELS["openai"], openai_client=client),
             )
             return await agents.Runner.run(agent, "How warm is Paris?")
@@ -295,7 +293,8 @@ def test_agents_sdk_runs_a_two_tool_agent(stack: Stack, upstream: OpenAIUpstream
     assert result.final_output == "It is 69.8 F in Paris."
     assert seen == ["weather:Paris", "convert:21.0"]
     # Each turn continued the last: the upstream saw both tool results.
-    roles = [m["role"] for m in upstream.requests[-1].json["messages"]]
+    last: Any = upstream.requests[-1].json
+    roles = [m["role"] for m in last["messages"]]
     assert roles.count("tool") == 2
 
 

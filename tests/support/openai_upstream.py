@@ -698,7 +698,7 @@ class OpenAIUpstream:
         if limit is not None and len(words) > limit:
             words, finish_reason = words[:limit], "length"
         content = " ".join(words)
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
                 "id": f"call_{uuid.uuid4().hex[:12]}",
                 "type": "function",
@@ -734,13 +734,13 @@ class OpenAIUpstream:
             completion_tokens=completion_tokens,
         )
         created = int(time.time())
-        message: dict[str, Any] = {
+        answer: dict[str, Any] = {
             "role": "assistant",
             "content": content if words or not calls else None,
             "refusal": None,
         }
         if calls:
-            message["tool_calls"] = calls
+            answer["tool_calls"] = calls
         if not stream:
             obj = {
                 "id": call.id,
@@ -750,7 +750,7 @@ class OpenAIUpstream:
                 "choices": [
                     {
                         "index": i,
-                        "message": message,
+                        "message": answer,
                         "logprobs": None,
                         "finish_reason": finish_reason,
                     }

@@ -179,7 +179,7 @@ class AnthropicMessagesServicer(anthropic_messages_pb2_grpc.AnthropicMessagesSer
 
     @staticmethod
     def _start(model: str) -> httpbody_pb2.HttpBody:
-        message = {
+        message: dict[str, Any] = {
             "id": shapes.message_id(),
             "type": "message",
             "role": "assistant",

@@ -93,8 +93,9 @@ class RedisResponseStore:
         raw = await self._redis.get(self._key(response_id))
         if raw is None:
             return None
-        stored = json.loads(raw)
-        return stored["record"] if stored["owner"] == owner else None  # type: ignore[no-any-return]
+        stored: dict[str, Any] = json.loads(raw)
+        record: dict[str, Any] | None = stored["record"] if stored["owner"] == owner else None
+        return record
 
     async def delete(self, owner: str, response_id: str) -> bool:
         if await self.get(owner, response_id) is None:
