@@ -138,6 +138,33 @@ def test_anthropic_sdk_stream_with_tools(
     assert text == "Sunny in Paris."
 
 
+def test_prompt_caching_passes_through_to_an_anthropic_upstream(
+    claude: anthropic.Anthropic, anthropic_up: AnthropicUpstream
+) -> None:
+    anthropic_up.reset()
+    system: Any = [
+        {
+            "type": "text",
+            "text": "a long shared preamble " * 20,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    first = claude.messages.create(
+        model=MODELS["anthropic"], max_tokens=50, system=system, messages=QUESTION
+    )
+    second = claude.messages.create(
+        model=MODELS["anthropic"], max_tokens=50, system=system, messages=QUESTION
+    )
+    written, read = anthropic_up.served[0], anthropic_up.served[1]
+    assert written.cache_creation_input_tokens > 0
+    assert first.usage.cache_creation_input_tokens == written.cache_creation_input_tokens
+    assert first.usage.input_tokens == written.input_tokens
+    assert read.cache_read_input_tokens == written.cache_creation_input_tokens
+    assert second.usage.cache_read_input_tokens == read.cache_read_input_tokens
+    assert second.usage.cache_creation_input_tokens == 0
+    assert second.usage.input_tokens == read.input_tokens
+
+
 def test_anthropic_sdk_count_tokens(claude: anthropic.Anthropic) -> None:
     counted = claude.messages.count_tokens(
         model=MODELS["openai"], system="four chars each", messages=QUESTION

@@ -77,6 +77,24 @@ def _text_of(content: Any, where: str) -> str:
     return "\n".join(texts)
 
 
+def _system(content: Any) -> Any:
+    """The system prompt as chat content: text parts when a block carries
+    cache_control (which the anthropic provider passes on), else one string."""
+    if isinstance(content, list) and any(
+        isinstance(b, dict) and "cache_control" in b for b in content
+    ):
+        _text_of(content, "system")  # only text blocks
+        return [_text_part(b) for b in content]
+    return _text_of(content, "system")
+
+
+def _text_part(block: dict[str, Any]) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "text", "text": str(block.get("text", ""))}
+    if isinstance(block.get("cache_control"), dict):
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
 def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     source = block.get("source")
     if not isinstance(source, dict):
@@ -103,7 +121,7 @@ def _user_messages(content: Any, where: str) -> list[dict[str, Any]]:
         at = f"{where}.content.{i}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text", ""))})
+            parts.append(_text_part(block))
         elif kind == "image":
             parts.append(_image_part(block, at))
         elif kind == "tool_result":
@@ -116,7 +134,7 @@ def _user_messages(content: Any, where: str) -> list[dict[str, Any]]:
         else:
             raise bad(f"{at}.type: {kind!r} is not accepted in a user turn", at)
     if parts:
-        plain = all(p["type"] == "text" for p in parts)
+        plain = all(p["type"] == "text" and "cache_control" not in p for p in parts)
         body: Any = "\n".join(p["text"] for p in parts) if plain else parts
         return [*tools, {"role": "user", "content": body}]
     return tools
@@ -190,7 +208,7 @@ def chat_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
     """The system prompt and turns as chat messages."""
     messages: list[dict[str, Any]] = []
     if request.get("system"):
-        messages.append({"role": "system", "content": _text_of(request["system"], "system")})
+        messages.append({"role": "system", "content": _system(request["system"])})
     turns = request.get("messages")
     if not isinstance(turns, list) or not turns:
         raise bad("messages: at least one message is required", "messages")
