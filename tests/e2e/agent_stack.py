@@ -15,6 +15,7 @@ ANTHROPIC_KEY = "sk-ant-agents-e2e-only-0123456789"
 KEYS = {"team-a": "sk-agents-team-a-0123456789", "team-b": "sk-agents-team-b-0123456789"}
 # Model name per provider kind.
 MODELS = {"openai": "gpt-agent", "gemini": "gemini-agent", "anthropic": "claude-agent"}
+FALLING_BACK = "claude-falls-back"
 PRICING: dict[str, Any] = {"input_per_1k": 0.5, "output_per_1k": 1.5, "cached_input_per_1k": 0.05}
 WEATHER_SCHEMA: Any = {
     "type": "object",
@@ -43,6 +44,14 @@ def config_and_env(
                 "pricing": {**PRICING, "currency": "USD"},
             }
             for kind, name, _, _ in providers
+        ]
+        + [
+            # An Anthropic model that falls back to the Gemini one.
+            {
+                "name": FALLING_BACK,
+                "deployments": [{"provider": "loop-anthropic", "model": "anthropic-up"}],
+                "fallbacks": [MODELS["gemini"]],
+            }
         ],
         "keys": [
             {"name": name, "key_env": f"AGENTS_{name.upper().replace('-', '_')}"} for name in KEYS

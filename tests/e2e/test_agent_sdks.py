@@ -17,10 +17,18 @@ import openai
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
-from tests.e2e.agent_stack import ANTHROPIC_KEY, KEYS, MODELS, WEATHER_SCHEMA, config_and_env
-from tests.support import gemini_upstream, openai_upstream
+from tests.e2e.agent_stack import (
+    ANTHROPIC_KEY,
+    FALLING_BACK,
+    KEYS,
+    MODELS,
+    WEATHER_SCHEMA,
+    config_and_env,
+)
+from tests.support import anthropic_upstream, gemini_upstream, openai_upstream
 from tests.support.anthropic_upstream import AnthropicUpstream
 from tests.support.gemini_upstream import GeminiUpstream
+from tests.support.gemini_upstream import Scripted as GeminiScripted
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
@@ -163,6 +171,46 @@ def test_prompt_caching_passes_through_to_an_anthropic_upstream(
     assert second.usage.cache_read_input_tokens == read.cache_read_input_tokens
     assert second.usage.cache_creation_input_tokens == 0
     assert second.usage.input_tokens == read.input_tokens
+
+
+def test_fallback_mid_conversation_with_tools(
+    claude: anthropic.Anthropic, anthropic_up: AnthropicUpstream, gemini_upstream: GeminiUpstream
+) -> None:
+    """Claude calls the tool; then Anthropic is overloaded and Gemini, the
+    fallback, answers the tool's result."""
+    anthropic_up.reset()
+    anthropic_up.script(anthropic_upstream.Scripted(tool_calls=[("get_weather", {"city": "Rome"})]))
+    gemini_upstream.script(GeminiScripted(text="Warm in Rome."))
+    first = claude.messages.create(
+        model=FALLING_BACK, max_tokens=100, messages=QUESTION, tools=[TOOL]
+    )
+    [use] = [b for b in first.content if b.type == "tool_use"]
+    anthropic_up.behaviour = anthropic_upstream.Behaviour(
+        mode="status", status=529, error_type="overloaded_error"
+    )
+    try:
+        second = claude.messages.create(
+            model=FALLING_BACK,
+            max_tokens=100,
+            tools=[TOOL],
+            messages=[
+                *QUESTION,
+                {"role": "assistant", "content": first.content},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "warm"}],
+                },
+            ],
+        )
+    finally:
+        anthropic_up.reset()
+    assert second.content[0].type == "text"
+    assert second.content[0].text == "Warm in Rome."
+    # Gemini got the call and its result as function call and response parts.
+    contents: Any = gemini_upstream.requests[-1].body["contents"]
+    parts = [p for c in contents for p in c["parts"]]
+    assert any(p.get("functionCall", {}).get("name") == "get_weather" for p in parts)
+    assert any("functionResponse" in p for p in parts)
 
 
 def test_anthropic_sdk_count_tokens(claude: anthropic.Anthropic) -> None:
