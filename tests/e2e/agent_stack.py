@@ -32,27 +32,28 @@ def config_and_env(
         ("gemini", "loop-gemini", gemini_up.base_url, "AGENTS_GEMINI_KEY"),
         ("anthropic", "loop-anthropic", anthropic_up.base_url, "AGENTS_ANTHROPIC_KEY"),
     ]
+    models: list[dict[str, Any]] = [
+        {
+            "name": MODELS[kind],
+            "deployments": [{"provider": name, "model": f"{kind}-up"}],
+            "pricing": {**PRICING, "currency": "USD"},
+        }
+        for kind, name, _, _ in providers
+    ]
+    # An Anthropic model that falls back to the Gemini one.
+    models.append(
+        {
+            "name": FALLING_BACK,
+            "deployments": [{"provider": "loop-anthropic", "model": "anthropic-up"}],
+            "fallbacks": [MODELS["gemini"]],
+        }
+    )
     config: dict[str, Any] = {
         "providers": [
             {"name": name, "kind": kind, "base_url": url, "api_key_env": env, "timeout_s": 5.0}
             for kind, name, url, env in providers
         ],
-        "models": [
-            {
-                "name": MODELS[kind],
-                "deployments": [{"provider": name, "model": f"{kind}-up"}],
-                "pricing": {**PRICING, "currency": "USD"},
-            }
-            for kind, name, _, _ in providers
-        ]
-        + [
-            # An Anthropic model that falls back to the Gemini one.
-            {
-                "name": FALLING_BACK,
-                "deployments": [{"provider": "loop-anthropic", "model": "anthropic-up"}],
-                "fallbacks": [MODELS["gemini"]],
-            }
-        ],
+        "models": models,
         "keys": [
             {"name": name, "key_env": f"AGENTS_{name.upper().replace('-', '_')}"} for name in KEYS
         ],
