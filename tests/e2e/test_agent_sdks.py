@@ -29,7 +29,7 @@ from tests.support import anthropic_upstream, gemini_upstream, openai_upstream
 from tests.support.anthropic_upstream import AnthropicUpstream
 from tests.support.gemini_upstream import GeminiUpstream
 from tests.support.gemini_upstream import Scripted as GeminiScripted
-from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
+from tests.support.openai_upstream import Behaviour, OpenAIUpstream, run_in_thread
 
 pytestmark = pytest.mark.e2e
 
@@ -379,3 +379,34 @@ def test_edge_refusals_in_anthropic_shape(stack: Stack) -> None:
     )
     assert reply.status_code == 400
     assert reply.json()["type"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "last_event"),
+    [
+        ("/v1/messages", {"max_tokens": 100, "messages": QUESTION}, "error"),
+        ("/v1/responses", {"input": "weather in Paris?"}, "response.failed"),
+    ],
+)
+def test_a_stream_broken_midway_ends_with_an_error_event(
+    stack: Stack, upstream: OpenAIUpstream, path: str, body: dict[str, Any], last_event: str
+) -> None:
+    upstream.reset()
+    upstream.behaviour = Behaviour(
+        mode="reset_after", reset_after_chunks=2, reply="one two three four five six"
+    )
+    try:
+        with httpx.stream(
+            "POST",
+            f"{stack.edge_url}{path}",
+            json={"model": MODELS["openai"], "stream": True, **body},
+            headers={"authorization": f"Bearer {KEYS['team-a']}"},
+            timeout=30,
+        ) as reply:
+            assert reply.status_code == 200
+            names = [line[7:] for line in reply.iter_lines() if line.startswith("event: ")]
+    finally:
+        upstream.reset()
+    # Text had started (the status line was out): the failure is the last event.
+    assert any("delta" in name for name in names)
+    assert names[-1] == last_event
