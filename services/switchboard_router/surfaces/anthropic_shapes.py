@@ -80,12 +80,10 @@ def _text_of(content: Any, where: str) -> str:
 def _system(content: Any) -> Any:
     """The system prompt as chat content: text parts when a block carries
     cache_control (which the anthropic provider passes on), else one string."""
-    if isinstance(content, list) and any(
-        isinstance(b, dict) and "cache_control" in b for b in content
-    ):
-        _text_of(content, "system")  # only text blocks
-        return [_text_part(b) for b in content]
-    return _text_of(content, "system")
+    text = _text_of(content, "system")  # which also refuses blocks other than text
+    if isinstance(content, list) and any("cache_control" in block for block in content):
+        return [_text_part(block) for block in content]
+    return text
 
 
 def _text_part(block: dict[str, Any]) -> dict[str, Any]:
