@@ -33,7 +33,8 @@ const agent = new http.Agent({
   keepAlive: true,
   maxSockets: opts.mode === "closed" ? opts.concurrency : opts.maxInFlight,
 });
-const CONTENT = /"content":"[^"]/g;
+// A content event: a chat chunk's, Anthropic's text_delta, a Responses text delta.
+const CONTENT = /"content":"[^"]|"text_delta","text":"[^"]|"response\.output_text\.delta"/g;
 
 const latencies = [];
 const ttfts = [];

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import agent_apis
+
 from switchboard_stack.harness import free_port, running_stack
 
 BENCH = Path(__file__).resolve().parent
@@ -676,6 +678,11 @@ def main() -> int:
                     for r in rows
                     if r["system"] == system.name and r["scenario"] == "frontier"
                 )
+                for agent_row in agent_apis.measure(
+                    system, tmp, load, profile.c1_requests, profile.stream_requests, profile.rounds
+                ):
+                    row(system.name, agent_row.pop("scenario"), **agent_row)
+                print("[bench] agent APIs done", file=sys.stderr)
                 if profile.soak_s > 0 and edge_frontier:
                     rate = round(SOAK_FRACTION * edge_frontier)
                     print(f"[bench] soak: {profile.soak_s:.0f}s at {rate} RPS", file=sys.stderr)

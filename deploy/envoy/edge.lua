@@ -7,6 +7,8 @@ local STREAMING = {
   ["/v1/chat/completions"] = true, ["/v1/completions"] = true,
   -- The seed APIs that switch on "stream" the same way (001 and 003).
   ["/api/llm/chat"] = true, ["/api/v1/chat/completions"] = true,
+  -- The agent APIs: Anthropic's Messages and OpenAI's Responses.
+  ["/v1/messages"] = true, ["/v1/responses"] = true,
 }
 
 -- The seed APIs (the systems Switchboard replaces) answer errors in their own
@@ -15,6 +17,8 @@ local STREAMING = {
 -- own refusals and Envoy's local replies. GET /api/llm/models is claimed by
 -- both 001 and 002: its errors carry both shapes.
 local SURFACES = {
+  -- Anthropic's Messages API ({"type": "error", "error": {...}}).
+  {"/v1/messages", "anthropic_messages"},
   {"/api/llm/models", "llm_models"},
   {"/api/v1/llm/models", "llm_models"},
   {"/api/llm/chat", "qwen_chat"},
@@ -37,6 +41,13 @@ local QWEN_MESSAGES = {
   [400] = "参数错误", [401] = "未授权:API Key缺失或无效", [404] = "资源不存在",
   [413] = "参数错误:请求体过大", [429] = "请求频率超限", [500] = "服务器错误",
   [502] = "上游错误", [504] = "请求超时",
+}
+
+-- Anthropic's error types per HTTP status.
+local ANTHROPIC_TYPES = {
+  [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error",
+  [504] = "timeout_error", [529] = "overloaded_error",
 }
 
 -- Seed 002's error codes per HTTP status.
@@ -103,6 +114,10 @@ local function surface_body(surface, status, message, request_id)
   local code = tonumber(status) or 500
   if surface == "vision_chat" then
     return '{"detail":' .. message .. '}'
+  end
+  if surface == "anthropic_messages" then
+    return '{"type":"error","error":{"type":"' .. (ANTHROPIC_TYPES[code] or "api_error")
+      .. '","message":' .. message .. '}}'
   end
   local qwen = '"code":' .. code .. ',"message":'
     .. json_string(QWEN_MESSAGES[code] or "服务器错误") .. ',"data":null'

@@ -56,6 +56,7 @@ class Accounting:
         record.sequence = next(self._sequence)
         record.config_version = admission.catalog.version
         record.surface = surface.current()
+        surface.accounted(record)
         self.usage.submit(record)
         usage_log.debug(
             "usage",

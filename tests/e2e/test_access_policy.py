@@ -97,8 +97,14 @@ def _assert_refused(response: httpx.Response, statuses: set[int], route: Route, 
     assert response.status_code in statuses, f"{route} as {who}: {response.status_code}"
     if route.streams:
         return
-    if route.rpc.split("/")[0].rsplit(".", 1)[-1] in SEED_SERVICES:
+    service = route.rpc.split("/")[0].rsplit(".", 1)[-1]
+    if service in SEED_SERVICES:
         assert _seed_refusal(response.json()), f"{route}: {response.text}"
+        return
+    if service == "AnthropicMessagesService":
+        body = response.json()
+        assert body["type"] == "error", f"{route}: {response.text}"
+        assert set(body["error"]) == {"type", "message"}, f"{route}: {response.text}"
         return
     error = response.json()["error"]
     assert set(error) == {"message", "type", "code", "param"}, f"{route}: {error}"

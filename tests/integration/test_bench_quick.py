@@ -52,6 +52,12 @@ def test_quick_bench_produces_sane_results(tmp_path: Path) -> None:
     for system in systems - {"direct"}:
         assert by[(system, "cpu")]["total_cpu_us_per_request"] > 0
         assert by[(system, "frontier")]["frontier_rps"] > 0
+    # The agent APIs beside chat, on the same edge in the same run.
+    for api in ("chat", "messages", "responses"):
+        agent = by[("switchboard-edge", f"agent_api_{api}")]
+        assert agent["errors"] == 0
+        assert agent["p50_ms"] > 0
+        assert agent["ttft_p50_ms"] > 0
     # The edge must pass SSE events through one by one, as the upstream sent them.
     assert by[("switchboard-edge", "stream")]["coalesced_events"] == 0
     assert (tmp_path / "latency_vs_rps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -59,6 +59,7 @@ __all__ = [
     "Behaviour",
     "OpenAIUpstream",
     "RecordedRequest",
+    "Scripted",
     "ServedCall",
     "run_in_thread",
 ]
@@ -96,6 +97,18 @@ class Behaviour:
     first_byte_delay_s: float = 0.0
     # Chat replies with this text (split on spaces into tokens) instead of the echo.
     reply: str | None = None
+
+
+@dataclass
+class Scripted:
+    """One scripted chat reply (n=1): text, then tool calls (finish_reason
+    "tool_calls" when there are any), with cached and reasoning tokens reported
+    in their usage fields."""
+
+    text: str = ""
+    tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass
@@ -294,6 +307,7 @@ class OpenAIUpstream:
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
         self.served: list[ServedCall] = []
+        self._scripted: list[Scripted] = []
         self.disconnects = 0
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -322,7 +336,12 @@ class OpenAIUpstream:
         self.behaviour = Behaviour()
         self.requests.clear()
         self.served.clear()
+        self._scripted.clear()
         self.disconnects = 0
+
+    def script(self, *replies: Scripted) -> None:
+        """The next chat requests' replies, in order; the echo reply once they run out."""
+        self._scripted.extend(replies)
 
     def wait_until(self, predicate: Callable[[], bool], within_s: float = 5.0) -> bool:
         """Block (from any thread but the server's) until ``predicate()`` holds.
@@ -668,17 +687,38 @@ class OpenAIUpstream:
             if message.get("role") == "user":
                 last_user = text
         prompt_tokens = max(prompt_tokens, 1)
-        words = ctx.behaviour.reply.split(" ") if ctx.behaviour.reply else _reply_words(last_user)
+        scripted = self._scripted.pop(0) if self._scripted else None
+        if scripted is not None:
+            words = scripted.text.split(" ") if scripted.text else []
+        else:
+            words = (
+                ctx.behaviour.reply.split(" ") if ctx.behaviour.reply else _reply_words(last_user)
+            )
         finish_reason = "stop"
         if limit is not None and len(words) > limit:
             words, finish_reason = words[:limit], "length"
         content = " ".join(words)
+        calls: list[dict[str, Any]] = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:12]}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)},
+            }
+            for name, arguments in (scripted.tool_calls if scripted else [])
+        ]
+        if calls:
+            finish_reason = "tool_calls"
+        # A tool call counts one token per argument character pair, plus one.
+        call_tokens = sum(len(c["function"]["arguments"]) // 2 + 1 for c in calls)
+        reasoning = scripted.reasoning_tokens if scripted else 0
+        completion_tokens = (len(words) + call_tokens) * n + reasoning
+        prompt_tokens += scripted.cached_tokens if scripted else 0
         usage = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(words) * n,
-            "total_tokens": prompt_tokens + len(words) * n,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": scripted.cached_tokens if scripted else 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
         }
 
         await self._before_response(ctx)
@@ -691,9 +731,16 @@ class OpenAIUpstream:
             model=model,
             stream=stream,
             prompt_tokens=prompt_tokens,
-            completion_tokens=len(words) * n,
+            completion_tokens=completion_tokens,
         )
         created = int(time.time())
+        answer: dict[str, Any] = {
+            "role": "assistant",
+            "content": content if words or not calls else None,
+            "refusal": None,
+        }
+        if calls:
+            answer["tool_calls"] = calls
         if not stream:
             obj = {
                 "id": call.id,
@@ -703,7 +750,7 @@ class OpenAIUpstream:
                 "choices": [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "message": answer,
                         "logprobs": None,
                         "finish_reason": finish_reason,
                     }
@@ -744,6 +791,53 @@ class OpenAIUpstream:
             content=[
                 [chunk([choice(i, {"content": piece})]) for i in range(n)]
                 for piece in _pieces(words)
+            ]
+            + [
+                # Each call as OpenAI streams it: id and name first, then arguments.
+                group
+                for j, c in enumerate(calls)
+                for group in (
+                    [
+                        chunk(
+                            [
+                                choice(
+                                    0,
+                                    {
+                                        "tool_calls": [
+                                            {
+                                                **c,
+                                                "index": j,
+                                                "function": {
+                                                    "name": c["function"]["name"],
+                                                    "arguments": "",
+                                                },
+                                            }
+                                        ]
+                                    },
+                                )
+                            ]
+                        )
+                    ],
+                    [
+                        chunk(
+                            [
+                                choice(
+                                    0,
+                                    {
+                                        "tool_calls": [
+                                            {
+                                                "index": j,
+                                                "function": {
+                                                    "arguments": c["function"]["arguments"]
+                                                },
+                                            }
+                                        ]
+                                    },
+                                )
+                            ]
+                        )
+                    ],
+                )
             ],
             tail=[chunk([choice(i, {}, finish_reason)]) for i in range(n)],
             usage_chunk=usage_chunk,

@@ -9,10 +9,14 @@ import grpc
 
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import (
+    anthropic_messages_pb2,
+    anthropic_messages_pb2_grpc,
     multi_llm_pb2,
     multi_llm_pb2_grpc,
     qwen_chat_pb2,
     qwen_chat_pb2_grpc,
+    responses_pb2,
+    responses_pb2_grpc,
     vision_chat_pb2,
     vision_chat_pb2_grpc,
 )
@@ -22,14 +26,18 @@ from switchboard_common.errors import SwitchboardError
 from switchboard_common.settings import Settings
 from switchboard_router.probes import Prober
 from switchboard_router.surfaces import (
+    anthropic_shapes,
     llm_models,
     multi_llm_shapes,
     qwen_shapes,
     surface,
     vision_chat,
 )
+from switchboard_router.surfaces.anthropic_messages import AnthropicMessagesServicer
 from switchboard_router.surfaces.multi_llm import MultiLlmServicer
 from switchboard_router.surfaces.qwen_chat import QwenChatServicer
+from switchboard_router.surfaces.response_store import open_store
+from switchboard_router.surfaces.responses import ResponsesServicer
 from switchboard_router.surfaces.vision_chat import VisionChatServicer
 
 if TYPE_CHECKING:
@@ -42,6 +50,9 @@ _BY_SERVICE: dict[str, surface.Render] = {
     vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name: vision_chat.error,
     qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name: qwen_shapes.error,
     multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name: multi_llm_shapes.error,
+    anthropic_messages_pb2.DESCRIPTOR.services_by_name[
+        "AnthropicMessagesService"
+    ].full_name: anthropic_shapes.error,
 }
 _BY_METHOD: dict[str, surface.Render] = {
     # One body for seeds 001 and 002, whose error shapes differ: the shared one.
@@ -77,15 +88,26 @@ def mount_surfaces(
         ),
         server,
     )
+    # The agent APIs (Anthropic Messages, OpenAI Responses) at /v1.
+    anthropic_messages_pb2_grpc.add_AnthropicMessagesServiceServicer_to_server(
+        AnthropicMessagesServicer(router), server
+    )
+    store = open_store(settings.redis_url, settings.home)
+    responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
+        ResponsesServicer(router, store), server
+    )
     names = [
         vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name,
         qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name,
         multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name,
+        anthropic_messages_pb2.DESCRIPTOR.services_by_name["AnthropicMessagesService"].full_name,
+        responses_pb2.DESCRIPTOR.services_by_name["ResponsesService"].full_name,
     ]
 
     async def close() -> None:
         await prober.close()
         await registry.close()
         await usage.close()
+        await store.close()
 
     return names, close

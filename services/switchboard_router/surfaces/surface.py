@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 
+from switchboard.usage.v1 import usage_pb2
 from switchboard_common.errors import (
     ERROR_BODY_HEADER,
     HTTP_STATUS_HEADER,
@@ -32,6 +34,13 @@ OPENAI = "openai"
 # The surface of the call being served; read when its usage records are made.
 _SURFACE: contextvars.ContextVar[str] = contextvars.ContextVar("surface", default=OPENAI)
 
+# The usage records of the call being served, for surfaces whose answers carry
+# what OpenAI's usage shape has no field for (Anthropic's cache writes). A list
+# is mutated, not replaced, so that records accounted in any task it reaches count.
+_RECORDS: contextvars.ContextVar[list[usage_pb2.UsageRecord] | None] = contextvars.ContextVar(
+    "surface_records", default=None
+)
+
 # A surface's rendering of an error: the HTTP status and the JSON body.
 Render = Callable[[SwitchboardError], tuple[int, dict[str, Any]]]
 
@@ -43,6 +52,50 @@ def current() -> str:
 def enter(name: str) -> None:
     """Tag the calling RPC (its task's context) with the surface it came through."""
     _SURFACE.set(name)
+
+
+def watch_usage() -> list[usage_pb2.UsageRecord]:
+    """From now on, the calling RPC's accounted usage records are appended here."""
+    records: list[usage_pb2.UsageRecord] = []
+    _RECORDS.set(records)
+    return records
+
+
+def accounted(record: usage_pb2.UsageRecord) -> None:
+    """Called by accounting for every record of the calling RPC."""
+    records = _RECORDS.get()
+    if records is not None:
+        records.append(record)
+
+
+def read_json(body: httpbody_pb2.HttpBody) -> dict[str, Any]:
+    """A request body that must be a JSON object (the edge checked its size and depth)."""
+    try:
+        payload = json.loads(body.data or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST, "The request body is not valid JSON."
+        ) from None
+    if not isinstance(payload, dict):
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST, "The request body must be a JSON object."
+        )
+    return payload
+
+
+def json_body(payload: Any, content_type: str = "application/json") -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(
+        content_type=content_type,
+        data=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
+    )
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> httpbody_pb2.HttpBody:
+    """A named server-sent event (Anthropic's and the Responses API's framing)."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return httpbody_pb2.HttpBody(
+        content_type="text/event-stream", data=f"event: {name}\ndata: {data}\n\n".encode()
+    )
 
 
 class SurfaceError(SwitchboardError):

@@ -1,0 +1,84 @@
+"""The agent APIs (/v1/messages, /v1/responses) against /v1/chat/completions on
+the same edge, in the same run: what each mapping adds to latency (one client,
+interleaved rounds so drift on a shared machine hits every API alike) and to
+the time to the first streamed token. The same tiny prompt each way; responses
+are stored, as clients store them by default."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PING = "ping"
+# Path and body per API.
+APIS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": PING}]}),
+    "messages": (
+        "/v1/messages",
+        {"max_tokens": 256, "messages": [{"role": "user", "content": PING}]},
+    ),
+    "responses": ("/v1/responses", {"input": PING}),
+}
+# A streamed chat asks for usage, as the agent APIs always carry it.
+_STREAM_EXTRA = {"chat": {"stream_options": {"include_usage": True}}}
+
+Load = Callable[..., dict[str, Any]]
+
+
+def _bodies(tmp: Path, model: str) -> dict[str, tuple[Path, Path]]:
+    """Per API: the unary body and the streamed one (loadgen streams by file name)."""
+    out = {}
+    for api, (_, body) in APIS.items():
+        unary = tmp / f"agent-{api}.json"
+        unary.write_text(json.dumps({"model": model, **body}))
+        streamed = tmp / f"agent-{api}-stream.json"
+        streamed.write_text(
+            json.dumps({"model": model, **body, "stream": True, **_STREAM_EXTRA.get(api, {})})
+        )
+        out[api] = (unary, streamed)
+    return out
+
+
+def measure(
+    edge: Any, tmp: Path, load: Load, requests: int, stream_requests: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Rows: per API, c1 latency and stream TTFT, each with what it adds over chat."""
+    base = edge.url.removesuffix("/v1/chat/completions")
+    systems = {
+        api: dataclasses.replace(edge, name=f"{edge.name}-{api}", url=base + path)
+        for api, (path, _) in APIS.items()
+    }
+    bodies = _bodies(tmp, edge.model)
+    latency: dict[str, list[float]] = {api: [] for api in APIS}
+    ttft: dict[str, list[float]] = {api: [] for api in APIS}
+    errors = dict.fromkeys(APIS, 0)
+    for _ in range(rounds):
+        for api, system in systems.items():
+            unary, streamed = bodies[api]
+            r = load(system, unary, mode="closed", concurrency=1, requests=requests)
+            latency[api].append(r["latency_ms"]["p50"])
+            s = load(system, streamed, mode="closed", concurrency=1, requests=stream_requests)
+            if s["ttft_ms"]:
+                ttft[api].append(s["ttft_ms"]["p50"])
+            errors[api] += r["errors"] + s["errors"]
+    rows = []
+    for api in APIS:
+        added = [a - c for a, c in zip(latency[api], latency["chat"], strict=True)]
+        firsts = [a - c for a, c in zip(ttft[api], ttft["chat"], strict=False)]
+        rows.append(
+            {
+                "scenario": f"agent_api_{api}",
+                "path": APIS[api][0],
+                "p50_ms": statistics.median(latency[api]),
+                "added_over_chat_p50_ms": statistics.median(added),
+                "ttft_p50_ms": statistics.median(ttft[api]) if ttft[api] else None,
+                "added_ttft_over_chat_p50_ms": statistics.median(firsts) if firsts else None,
+                "rounds": rounds,
+                "errors": errors[api],
+            }
+        )
+    return rows
