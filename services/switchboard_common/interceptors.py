@@ -1,4 +1,5 @@
-"""Server interceptors: request ids, error rendering, and RPC metrics.
+"""Server interceptors: request ids, error rendering, RPC metrics and (when
+tracing is on) each RPC's server span.
 
 Handlers raise SwitchboardError; the interceptor turns it into a
 google.rpc.Status with ErrorInfo plus the edge's HTTP metadata. Anything else
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields, request_id_var
 from switchboard_common.metrics import RPC_DURATION, RPC_ERRORS
+from switchboard_common.tracing import ServerSpan, enabled
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,15 @@ class _Call:
         self.method = method
         self.context = context
         self.start = time.perf_counter()
-        self.token = request_id_var.set(_request_id(context))
+        request_id = _request_id(context)
+        self.token = request_id_var.set(request_id)
         self.code = "OK"
+        self.error: BaseException | None = None
+        self.span = (
+            ServerSpan(service, method, context.invocation_metadata() or (), request_id)
+            if enabled()
+            else None
+        )
 
     async def fail(self, exc: BaseException) -> None:
         if isinstance(exc, SwitchboardError):
@@ -64,6 +73,7 @@ class _Call:
             )
             err = SwitchboardError(R.ERROR_REASON_INTERNAL, "internal error")
         self.code = err.code.name
+        self.error = err
         RPC_ERRORS.labels(self.service, self.method, err.reason_name).inc()
         await abort_with(self.context, err)
 
@@ -71,6 +81,8 @@ class _Call:
         RPC_DURATION.labels(self.service, self.method, self.code).observe(
             time.perf_counter() - self.start
         )
+        if self.span is not None:
+            self.span.finish(self.code, self.error)
         request_id_var.reset(self.token)
 
 
