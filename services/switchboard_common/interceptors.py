@@ -46,7 +46,13 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: Switchboa
 class _Call:
     """Bookkeeping for one RPC: request id, timing, and error handling."""
 
-    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext[Any, Any]):
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        rpc_service: str = "",
+    ):
         self.service = service
         self.method = method
         self.context = context
@@ -56,7 +62,7 @@ class _Call:
         self.code = "OK"
         self.error: BaseException | None = None
         self.span = (
-            ServerSpan(service, method, context.invocation_metadata() or (), request_id)
+            ServerSpan(rpc_service, method, context.invocation_metadata() or (), request_id)
             if enabled()
             else None
         )
@@ -151,36 +157,36 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        rpc_service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         service = self.service
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(service, method, handler.unary_unary),
+                _wrap_unary(service, method, handler.unary_unary, rpc_service),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(service, method, handler.unary_stream),
+                _wrap_stream(service, method, handler.unary_stream, rpc_service),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(service, method, handler.stream_unary),
+                _wrap_unary(service, method, handler.stream_unary, rpc_service),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(service, method, handler.stream_stream),
+            _wrap_stream(service, method, handler.stream_stream, rpc_service),
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
 
-def _wrap_unary(service: str, method: str, behavior: Any) -> Any:
+def _wrap_unary(service: str, method: str, behavior: Any, rpc_service: str) -> Any:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        call = _Call(service, method, context)
+        call = _Call(service, method, context, rpc_service)
         try:
             return await behavior(_request(request), context)
         except BaseException as exc:
@@ -193,11 +199,11 @@ def _wrap_unary(service: str, method: str, behavior: Any) -> Any:
     return wrapper
 
 
-def _wrap_stream(service: str, method: str, behavior: Any) -> Any:
+def _wrap_stream(service: str, method: str, behavior: Any, rpc_service: str) -> Any:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        call = _Call(service, method, context)
+        call = _Call(service, method, context, rpc_service)
         try:
             async for response in behavior(_request(request), context):
                 yield response

@@ -211,7 +211,12 @@ class ServerSpan:
             f"{service}/{method}",
             SpanKind.SERVER,
             remote,
-            {"rpc.system": "grpc", "rpc.method": method, REQUEST_ID: request_id},
+            {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": method,
+                REQUEST_ID: request_id,
+            },
         )
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
