@@ -24,7 +24,6 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
-    Sequence,
 )
 from typing import Any, TypeVar
 
@@ -53,7 +52,7 @@ T = TypeVar("T")
 _PROPAGATOR = TraceContextTextMapPropagator()
 # The span of something not traced (a record that came without a traceparent).
 NOT_TRACED: Span = trace.INVALID_SPAN
-_enabled = False
+_tracer: trace.Tracer | None = None
 _shutdown: Callable[[], None] | None = None
 
 
@@ -62,13 +61,12 @@ def operation(kind: str) -> str:
 
 
 def enabled() -> bool:
-    return _enabled
+    return _tracer is not None
 
 
 def setup(service: str, env: Mapping[str, str] | None = None) -> bool:
     """Install this process's tracer provider when an OTLP endpoint is set;
     returns whether tracing is on. Called once, from the service's main()."""
-    global _enabled, _shutdown
     env = os.environ if env is None else env
     if not env.get(ENDPOINT_VAR):
         return False
@@ -80,10 +78,17 @@ def setup(service: str, env: Mapping[str, str] | None = None) -> bool:
 
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: f"switchboard-{service}"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # Global too, so that libraries that trace on their own join the same traces.
     trace.set_tracer_provider(provider)
-    _enabled = True
-    _shutdown = provider.shutdown
+    use(provider.get_tracer("switchboard"), provider.shutdown)
     return True
+
+
+def use(tracer: trace.Tracer | None, shutdown: Callable[[], None] | None = None) -> None:
+    """Trace with `tracer` from now on (None: stop tracing). setup() calls it
+    with the process's provider; tests with an in-memory one."""
+    global _tracer, _shutdown
+    _tracer, _shutdown = tracer, shutdown
 
 
 def shutdown() -> None:
@@ -92,14 +97,10 @@ def shutdown() -> None:
         _shutdown()
 
 
-def tracer() -> trace.Tracer:
-    return trace.get_tracer("switchboard")
-
-
 def traceparent(span: Span | None = None) -> str:
     """The W3C traceparent of `span` (default: the current span), or "" when
     nothing is traced."""
-    if not _enabled:
+    if _tracer is None:
         return ""
     ctx = trace.set_span_in_context(span) if span is not None else None
     carrier: dict[str, str] = {}
@@ -121,13 +122,12 @@ def start(
     kind: SpanKind = SpanKind.INTERNAL,
     context: otel_context.Context | None = None,
     attributes: Mapping[str, str | int | float | bool] | None = None,
-    links: Sequence[trace.Link] | None = None,
 ) -> Span:
     """A span, not made current (callers that yield across it must not leave
     a context attached); end it with `end`. Off, the non-recording span."""
-    if not _enabled:
+    if _tracer is None:
         return NOT_TRACED
-    return tracer().start_span(name, context, kind, attributes, links)
+    return _tracer.start_span(name, context, kind, attributes)
 
 
 def end(span: Span, error: BaseException | None = None) -> None:
@@ -136,10 +136,6 @@ def end(span: Span, error: BaseException | None = None) -> None:
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
     span.end()
-
-
-def link(ctx: otel_context.Context) -> trace.Link:
-    return trace.Link(trace.get_current_span(ctx).get_span_context())
 
 
 class Attached:
@@ -167,10 +163,10 @@ def span(
 ) -> Iterator[Span]:
     """A current span around code that does not yield to a caller; an
     exception through it marks it failed."""
-    if not _enabled:
+    if _tracer is None:
         yield NOT_TRACED
         return
-    with tracer().start_as_current_span(name, attributes=attributes) as current:
+    with _tracer.start_as_current_span(name, attributes=attributes) as current:
         yield current
 
 
@@ -265,6 +261,6 @@ class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """What a channel adds to carry the caller's trace (none while off)."""
-    if not _enabled:
+    if _tracer is None:
         return []
     return [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]

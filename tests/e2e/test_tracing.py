@@ -87,7 +87,8 @@ def test_one_trace_holds_every_hop_in_order(stack: Stack, collector: OtlpCollect
     def whole_trace() -> list[ReceivedSpan]:
         spans = collector.trace(trace_id)
         names = {s.name for s in spans}
-        assert "usage sink insert" in names and any(s.service == "switchboard-edge" for s in spans)
+        assert "usage sink insert" in names
+        assert any(s.service == "switchboard-edge" for s in spans)
         return spans
 
     spans = eventually(whole_trace, timeout=30, interval=0.2, what="the whole trace exported")
@@ -121,7 +122,8 @@ def test_one_trace_holds_every_hop_in_order(stack: Stack, collector: OtlpCollect
     assert provider.parent_id == attempt.span_id
     assert upstream_call.parent_id == provider.span_id
     assert record.parent_id == attempt.span_id
-    assert publish.service == "switchboard-usage" and publish.parent_id == record.span_id
+    assert publish.service == "switchboard-usage"
+    assert publish.parent_id == record.span_id
     assert insert.parent_id == publish.span_id
     for span in (router, admission, attempt, provider, upstream_call, record, publish, insert):
         assert edge in ancestors(span, by_id)

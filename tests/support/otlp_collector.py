@@ -38,11 +38,11 @@ def _value(value: common_pb2.AnyValue) -> Any:
                                             "double_value"} else str(value)  # fmt: skip
 
 
-class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, collector: OtlpCollector) -> None:
         self.collector = collector
 
-    def Export(  # noqa: N802 - the gRPC method's name
+    def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         received = []
@@ -76,7 +76,9 @@ class OtlpCollector:
         self.lock = threading.Lock()
         self.received: list[ReceivedSpan] = []
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Receiver(self), self._server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _Receiver(self), self._server
+        )
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     @property
@@ -88,9 +90,7 @@ class OtlpCollector:
             return list(self.received)
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
-        return sorted(
-            (s for s in self.spans() if s.trace_id == trace_id), key=lambda s: s.start_ns
-        )
+        return sorted((s for s in self.spans() if s.trace_id == trace_id), key=lambda s: s.start_ns)
 
     def __enter__(self) -> OtlpCollector:
         self._server.start()
