@@ -22,7 +22,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
 )
 from typing import Any, TypeVar
@@ -52,6 +51,8 @@ T = TypeVar("T")
 _PROPAGATOR = TraceContextTextMapPropagator()
 # The span of something not traced (a record that came without a traceparent).
 NOT_TRACED: Span = trace.INVALID_SPAN
+# What span() and attached() give while off: one shared, reusable no-op.
+_OFF = contextlib.nullcontext(NOT_TRACED)
 _tracer: trace.Tracer | None = None
 _shutdown: Callable[[], None] | None = None
 
@@ -138,36 +139,33 @@ def end(span: Span, error: BaseException | None = None) -> None:
     span.end()
 
 
-class Attached:
+def attached(span: Span) -> contextlib.AbstractContextManager[object]:
     """Makes a span current for a stretch of code that does not yield to a
-    caller (`with Attached(span): await ...`)."""
+    caller (`with attached(span): await ...`); a non-recording span: no-op."""
+    return _Attached(span) if span.is_recording() else _OFF
 
+
+class _Attached:
     def __init__(self, span: Span) -> None:
         self.span = span
         self._token: object | None = None
 
     def __enter__(self) -> Span:
-        if self.span.is_recording():
-            self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
         return self.span
 
     def __exit__(self, *exc: object) -> None:
-        if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
-            self._token = None
+        otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
 def span(
     name: str, attributes: Mapping[str, str | int | float | bool] | None = None
-) -> Iterator[Span]:
+) -> contextlib.AbstractContextManager[Span]:
     """A current span around code that does not yield to a caller; an
-    exception through it marks it failed."""
+    exception through it marks it failed. Off: a shared no-op."""
     if _tracer is None:
-        yield NOT_TRACED
-        return
-    with _tracer.start_as_current_span(name, attributes=attributes) as current:
-        yield current
+        return _OFF
+    return _tracer.start_as_current_span(name, attributes=attributes)
 
 
 def within(span: Span, items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
@@ -181,14 +179,14 @@ def within(span: Span, items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None
 async def _within(span: Span, items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
     try:
         while True:
-            with Attached(span):
+            with attached(span):
                 try:
                     item = await anext(items)
                 except StopAsyncIteration:
                     return
             yield item
     finally:
-        with Attached(span):
+        with attached(span):
             await items.aclose()
 
 

@@ -277,7 +277,7 @@ class Attempts:
             async with contextlib.aclosing(call) as items:
                 async for item in items:
                     if isinstance(item, usage_pb2.UsageRecord):
-                        with tracing.Attached(span):
+                        with tracing.attached(span):
                             self.accounting.record(item, admission, requested, candidate)
                         _tokens(span, item)
                         accounted = item.event_id
@@ -295,7 +295,7 @@ class Attempts:
             raise failure from None
         finally:
             self.routing.finished(candidate, started_at, first_byte_at, failure)
-            with tracing.Attached(span):
+            with tracing.attached(span):
                 if not accounted and seen is not None:
                     self.accounting.record(seen.record(), admission, requested, candidate)
                 elif not accounted:
