@@ -26,6 +26,8 @@ from switchboard_common.tracing import ServerSpan, enabled
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+# Probes every second, not requests: traced, they would bury the requests' traces.
+_UNTRACED = ("grpc.health.v1.", "grpc.reflection.")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -63,7 +65,7 @@ class _Call:
         self.error: BaseException | None = None
         self.span = (
             ServerSpan(rpc_service, method, context.invocation_metadata() or (), request_id)
-            if enabled()
+            if enabled() and not rpc_service.startswith(_UNTRACED)
             else None
         )
 

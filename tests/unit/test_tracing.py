@@ -74,28 +74,41 @@ print("off")
     assert done.stdout.strip() == "off"
 
 
+async def _echo(request: bytes, context: Any) -> bytes:
+    return request
+
+
+def _echo_service() -> grpc.GenericRpcHandler:
+    handler = grpc.unary_unary_rpc_method_handler(_echo)
+    return grpc.method_handlers_generic_handler("test.v1.Echo", {"Say": handler})
+
+
 @pytest.mark.asyncio
 async def test_grpc_hops_share_one_trace(exported: InMemorySpanExporter) -> None:
     server = grpc.aio.server(interceptors=[ServerInterceptor("test")])
+    server.add_generic_rpc_handlers([_echo_service()])
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with channel(f"127.0.0.1:{port}", None) as client:
-            stub = health_pb2_grpc.HealthStub(client)
+            say = client.unary_unary("/test.v1.Echo/Say")
             with tracing.span("caller"):
-                await stub.Check(health_pb2.HealthCheckRequest())
+                assert await say(b"hi") == b"hi"
+                await health_pb2_grpc.HealthStub(client).Check(health_pb2.HealthCheckRequest())
     finally:
         await server.stop(None)
     spans = exported.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["caller", "test.v1.Echo/Say"], "probes untraced"
     caller = _named(spans, "caller")
-    served = _named(spans, "grpc.health.v1.Health/Check")
+    served = _named(spans, "test.v1.Echo/Say")
     assert served.kind is SpanKind.SERVER
     assert served.parent is not None
     assert served.parent.span_id == caller.context.span_id
     assert served.context.trace_id == caller.context.trace_id
     assert served.attributes is not None
     assert served.attributes["rpc.grpc.status_code"] == "OK"
+    assert served.attributes["rpc.service"] == "test.v1.Echo"
 
 
 @pytest.mark.asyncio
