@@ -79,7 +79,7 @@ async def _echo(request: bytes, context: Any) -> bytes:
 
 
 def _echo_service() -> grpc.GenericRpcHandler:
-    handler = grpc.unary_unary_rpc_method_handler(_echo)
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(_echo)
     return grpc.method_handlers_generic_handler("test.v1.Echo", {"Say": handler})
 
 
@@ -92,7 +92,9 @@ async def test_grpc_hops_share_one_trace(exported: InMemorySpanExporter) -> None
     await server.start()
     try:
         async with channel(f"127.0.0.1:{port}", None) as client:
-            say = client.unary_unary("/test.v1.Echo/Say")
+            say: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = client.unary_unary(
+                "/test.v1.Echo/Say"
+            )
             with tracing.span("caller"):
                 assert await say(b"hi") == b"hi"
                 await health_pb2_grpc.HealthStub(client).Check(health_pb2.HealthCheckRequest())
