@@ -1,4 +1,5 @@
-"""Server interceptors: request ids, error rendering, and RPC metrics.
+"""Server interceptors: request ids, error rendering, RPC metrics and (when
+tracing is on) each RPC's server span.
 
 Handlers raise SwitchboardError; the interceptor turns it into a
 google.rpc.Status with ErrorInfo plus the edge's HTTP metadata. Anything else
@@ -20,10 +21,13 @@ from google.protobuf.message import DecodeError
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields, request_id_var
 from switchboard_common.metrics import RPC_DURATION, RPC_ERRORS
+from switchboard_common.tracing import ServerSpan, enabled
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+# Probes every second, not requests: traced, they would bury the requests' traces.
+_UNTRACED = ("grpc.health.v1.", "grpc.reflection.")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -44,13 +48,26 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: Switchboa
 class _Call:
     """Bookkeeping for one RPC: request id, timing, and error handling."""
 
-    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext[Any, Any]):
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        rpc_service: str = "",
+    ):
         self.service = service
         self.method = method
         self.context = context
         self.start = time.perf_counter()
-        self.token = request_id_var.set(_request_id(context))
+        request_id = _request_id(context)
+        self.token = request_id_var.set(request_id)
         self.code = "OK"
+        self.error: BaseException | None = None
+        self.span = (
+            ServerSpan(rpc_service, method, context.invocation_metadata() or (), request_id)
+            if enabled() and not rpc_service.startswith(_UNTRACED)
+            else None
+        )
 
     async def fail(self, exc: BaseException) -> None:
         if isinstance(exc, SwitchboardError):
@@ -64,6 +81,7 @@ class _Call:
             )
             err = SwitchboardError(R.ERROR_REASON_INTERNAL, "internal error")
         self.code = err.code.name
+        self.error = err
         RPC_ERRORS.labels(self.service, self.method, err.reason_name).inc()
         await abort_with(self.context, err)
 
@@ -71,6 +89,8 @@ class _Call:
         RPC_DURATION.labels(self.service, self.method, self.code).observe(
             time.perf_counter() - self.start
         )
+        if self.span is not None:
+            self.span.finish(self.code, self.error)
         request_id_var.reset(self.token)
 
 
@@ -139,36 +159,36 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        rpc_service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         service = self.service
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(service, method, handler.unary_unary),
+                _wrap_unary(service, method, handler.unary_unary, rpc_service),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(service, method, handler.unary_stream),
+                _wrap_stream(service, method, handler.unary_stream, rpc_service),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(service, method, handler.stream_unary),
+                _wrap_unary(service, method, handler.stream_unary, rpc_service),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(service, method, handler.stream_stream),
+            _wrap_stream(service, method, handler.stream_stream, rpc_service),
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
 
-def _wrap_unary(service: str, method: str, behavior: Any) -> Any:
+def _wrap_unary(service: str, method: str, behavior: Any, rpc_service: str) -> Any:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        call = _Call(service, method, context)
+        call = _Call(service, method, context, rpc_service)
         try:
             return await behavior(_request(request), context)
         except BaseException as exc:
@@ -181,11 +201,11 @@ def _wrap_unary(service: str, method: str, behavior: Any) -> Any:
     return wrapper
 
 
-def _wrap_stream(service: str, method: str, behavior: Any) -> Any:
+def _wrap_stream(service: str, method: str, behavior: Any, rpc_service: str) -> Any:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        call = _Call(service, method, context)
+        call = _Call(service, method, context, rpc_service)
         try:
             async for response in behavior(_request(request), context):
                 yield response

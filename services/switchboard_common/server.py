@@ -20,6 +20,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from switchboard_common import tracing
 from switchboard_common.interceptors import ServerInterceptor
 from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields, setup_logging
@@ -174,4 +175,8 @@ def main(name: str, setup: Setup) -> None:
     """Entry point of `python -m switchboard_<name>`."""
     settings = Settings.from_env()
     setup_logging(name, settings.log_level)
-    uvloop.run(serve(name, setup, settings))
+    tracing.setup(name)
+    try:
+        uvloop.run(serve(name, setup, settings))
+    finally:
+        tracing.shutdown()

@@ -16,6 +16,7 @@ import grpc
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.usage.v1 import usage_pb2
+from switchboard_common import tracing
 from switchboard_common.config import ProviderConfig, SwitchboardConfig
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError
@@ -138,6 +139,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
         idle_s = config.idle_timeout_s or config.timeout_s
         produced = False
+        span = _upstream_span(config, request)
+        failure: BaseException | None = None
         events = adapter.generate(request, meter, timeout_s)
         try:
             async with asyncio.timeout(timeout_s):
@@ -154,6 +157,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                             R.ERROR_REASON_UPSTREAM_TIMEOUT,
                             f"provider {request.target.provider!r} {what} within {wait_s:g}s",
                         ) from None
+                    if not produced:
+                        _response_model(span, event)
                     produced = True
                     yield event
         except TimeoutError:
@@ -161,9 +166,11 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 R.ERROR_REASON_UPSTREAM_TIMEOUT,
                 f"provider {request.target.provider!r} did not finish within {timeout_s:.1f}s",
             )
+            failure = err
             yield self._usage(meter, produced, err)
             raise err from None
         except SwitchboardError as err:
+            failure = err
             yield self._usage(meter, produced, err)
             raise
         except asyncio.CancelledError:
@@ -176,6 +183,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             # Closing the adapter's generator closes the upstream request now,
             # not whenever the garbage collector gets to it.
             await events.aclose()
+            _finish_upstream(span, meter.record, failure)
         yield provider_pb2.StreamGenerateResponse(usage=meter.finish(usage_pb2.USAGE_STATUS_OK))
 
     @staticmethod
@@ -209,6 +217,47 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def close(self) -> None:
         for adapter in [*self._adapters.values(), *self._retired]:
             await adapter.close()
+
+
+def _upstream_span(
+    config: ProviderConfig, request: provider_pb2.StreamGenerateRequest
+) -> tracing.Span:
+    """The upstream call's span (GenAI client span: "{operation} {model}")."""
+    name = "chat" if request.HasField("chat") else "text_completion"
+    model = request.target.upstream_model
+    return tracing.start(
+        f"{name} {model}",
+        tracing.SpanKind.CLIENT,
+        attributes={
+            tracing.OPERATION: name,
+            tracing.PROVIDER: config.kind,
+            tracing.REQUEST_MODEL: model,
+            tracing.REQUEST_ID: request.request_id,
+            "switchboard.provider": config.name,
+        },
+    )
+
+
+def _response_model(span: tracing.Span, event: provider_pb2.StreamGenerateResponse) -> None:
+    if not span.is_recording():
+        return
+    kind = event.WhichOneof("event")
+    model = getattr(getattr(event, kind), "model", "") if kind and kind != "usage" else ""
+    if model:
+        span.set_attribute(tracing.RESPONSE_MODEL, model)
+
+
+def _finish_upstream(
+    span: tracing.Span, record: usage_pb2.UsageRecord, failure: BaseException | None
+) -> None:
+    if span.is_recording():
+        span.set_attributes(
+            {
+                tracing.INPUT_TOKENS: record.prompt_tokens,
+                tracing.OUTPUT_TOKENS: record.completion_tokens,
+            }
+        )
+    tracing.end(span, failure)
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:

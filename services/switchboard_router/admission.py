@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from switchboard_common import tracing
 from switchboard_common.config import KeyConfig, ModelConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.budgets import Budgets, Hold
@@ -55,6 +56,21 @@ class Gate:
     ) -> Admission:
         """The access policy authenticated the caller (401 before 400); then the
         body, then the model (404/403), then budgets and rate limits (429)."""
+        attributes = {
+            tracing.OPERATION: tracing.operation(kind),
+            tracing.REQUEST_MODEL: params.model,
+        }
+        with tracing.span("router.admission", attributes):
+            return await self._admit(catalog, key, params, validate, kind)
+
+    async def _admit(
+        self,
+        catalog: Catalog,
+        key: KeyConfig | None,
+        params: Any,
+        validate: Callable[[Any], None],
+        kind: str,
+    ) -> Admission:
         if self.usage.full:
             raise SwitchboardError(
                 R.ERROR_REASON_SERVICE_UNAVAILABLE,

@@ -24,6 +24,7 @@ import grpc
 
 from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.usage.v1 import usage_pb2
+from switchboard_common import tracing
 from switchboard_common.deadlines import remaining
 from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.ids import uuid7
@@ -266,12 +267,19 @@ class Attempts:
         )
         accounted = ""
         seen = exchange.cut_short(candidate, attempt)
-        call = exchange.call(candidate, attempt, remaining(context, MAX_CALL_S))
+        # Current only while the provider is asked and the record accounted:
+        # the provider call and the usage record carry it.
+        span = _attempt_span(exchange, candidate, attempt)
+        call = tracing.within(
+            span, exchange.call(candidate, attempt, remaining(context, MAX_CALL_S))
+        )
         try:
             async with contextlib.aclosing(call) as items:
                 async for item in items:
                     if isinstance(item, usage_pb2.UsageRecord):
-                        self.accounting.record(item, admission, requested, candidate)
+                        with tracing.attached(span):
+                            self.accounting.record(item, admission, requested, candidate)
+                        _tokens(span, item)
                         accounted = item.event_id
                         continue
                     if first_byte_at is None and exchange.timed_first_byte:
@@ -287,9 +295,39 @@ class Attempts:
             raise failure from None
         finally:
             self.routing.finished(candidate, started_at, first_byte_at, failure)
-            if not accounted and seen is not None:
-                self.accounting.record(seen.record(), admission, requested, candidate)
-            elif not accounted:
-                self.accounting.record_lost(
-                    exchange.request_id, attempt, exchange.stream, admission, requested, candidate
-                )
+            with tracing.attached(span):
+                if not accounted and seen is not None:
+                    self.accounting.record(seen.record(), admission, requested, candidate)
+                elif not accounted:
+                    self.accounting.record_lost(
+                        exchange.request_id,
+                        attempt,
+                        exchange.stream,
+                        admission,
+                        requested,
+                        candidate,
+                    )
+            tracing.end(span, failure)
+
+
+def _attempt_span(exchange: Exchange[Any], candidate: Candidate, attempt: int) -> tracing.Span:
+    return tracing.start(
+        "router.attempt",
+        attributes={
+            tracing.REQUEST_ID: exchange.request_id,
+            tracing.PROVIDER: candidate.provider.kind,
+            tracing.REQUEST_MODEL: candidate.deployment.model,
+            "switchboard.deployment": candidate.deployment_id,
+            "switchboard.attempt": attempt,
+        },
+    )
+
+
+def _tokens(span: tracing.Span, record: usage_pb2.UsageRecord) -> None:
+    if span.is_recording():
+        span.set_attributes(
+            {
+                tracing.INPUT_TOKENS: record.prompt_tokens,
+                tracing.OUTPUT_TOKENS: record.completion_tokens,
+            }
+        )

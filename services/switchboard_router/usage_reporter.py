@@ -18,6 +18,7 @@ import grpc
 from prometheus_client import Gauge
 
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
+from switchboard_common import tracing
 from switchboard_common.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class UsageReporter:
         self.stub = stub
         self.max_pending = max_pending
         self.pending: dict[str, usage_pb2.UsageRecord] = {}
+        # The traceparent each pending record was submitted under (tracing on).
+        self._traces: dict[str, str] = {}
         self._outgoing: asyncio.Queue[usage_pb2.UsageRecord] = asyncio.Queue()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -60,6 +63,9 @@ class UsageReporter:
     def submit(self, record: usage_pb2.UsageRecord) -> None:
         """Queue a record; synchronous, so a cancelled request cannot skip it."""
         self.pending[record.event_id] = record
+        trace = tracing.traceparent()
+        if trace:
+            self._traces[record.event_id] = trace
         self._drained.clear()
         PENDING.set(len(self.pending))
         self._outgoing.put_nowait(record)
@@ -86,6 +92,7 @@ class UsageReporter:
 
     def _acked(self, event_id: str) -> None:
         self.pending.pop(event_id, None)
+        self._traces.pop(event_id, None)
         waiter = self._waiters.pop(event_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
@@ -139,7 +146,11 @@ class UsageReporter:
         while True:
             record = await queue.get()
             if record.event_id in self.pending:
-                await call.write(usage_pb2.RecordUsageRequest(record=record))
+                await call.write(
+                    usage_pb2.RecordUsageRequest(
+                        record=record, traceparent=self._traces.get(record.event_id, "")
+                    )
+                )
 
     async def close(self, flush_s: float) -> None:
         """Give unacked records up to flush_s to be acked, then stop."""

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 from string import Template
+from urllib.parse import urlsplit
 
 from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
@@ -77,6 +78,75 @@ def upstream_transport_socket(tls: TlsFiles | None) -> dict[str, object]:
     }
 
 
+TRACING_CLUSTER = "otel_collector"
+_H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TRACING_OFF = "# tracing: off (OTEL_EXPORTER_OTLP_ENDPOINT is unset)"
+
+
+def tracing(settings: Settings) -> tuple[str, str]:
+    """The HTTP connection manager's `tracing` entry and the collector's
+    cluster, when OTEL_EXPORTER_OTLP_ENDPOINT names an OTLP/gRPC endpoint:
+    Envoy's OpenTelemetry tracer starts (or joins, from a client's W3C
+    traceparent) each request's trace and passes traceparent on to the
+    services, whose spans become its children. Off: YAML comments."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint:
+        return _TRACING_OFF, _TRACING_OFF
+    url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if not url.hostname:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r} names no host")
+    secure = url.scheme == "https"
+    port = url.port or 4317
+    entry = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": TRACING_CLUSTER}, "timeout": "2s"},
+                "service_name": "switchboard-edge",
+            },
+        },
+        # Every request (the services follow the edge's sampling decision).
+        "random_sampling": {"value": 100},
+        "spawn_upstream_span": False,
+    }
+    transport: dict[str, object] = _PLAINTEXT
+    if secure:
+        transport = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": _TLS + "UpstreamTlsContext", "sni": url.hostname},
+        }
+    cluster = {
+        "name": TRACING_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            _H2_OPTIONS: {
+                "@type": "type.googleapis.com/" + _H2_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "transport_socket": transport,
+        "load_assignment": {
+            "cluster_name": TRACING_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": url.hostname, "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    return f"tracing: {json.dumps(entry)}", f"- {json.dumps(cluster)}"
+
+
 def values(settings: Settings) -> dict[str, str]:
     out = {
         "ADMIN_HOST": "127.0.0.1",
@@ -94,6 +164,7 @@ def values(settings: Settings) -> dict[str, str]:
         "SEED_ROUTES": edge_surfaces.routes_yaml(),
         "CORS_POLICY": json.dumps(edge_surfaces.cors_policy()),
     }
+    out["EDGE_TRACING"], out["TRACING_CLUSTER"] = tracing(settings)
     for service in ("router", "registry", "usage", "gpu", "engine"):
         host, _, port = settings.address(service).rpartition(":")
         out[f"{service.upper()}_HOST"] = host

@@ -25,6 +25,7 @@ import grpc
 from switchboard.gpu.v1 import history_pb2, history_pb2_grpc
 from switchboard.registry.v1 import registry_pb2
 from switchboard.usage.v1 import events_pb2, usage_pb2, usage_pb2_grpc
+from switchboard_common import tracing
 from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.keys import KeyTable
@@ -105,15 +106,22 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                     batch.pop()
                     done = True
                 events = [self._event(r) for r in batch]
+                spans = [_record_span(r, e) for r, e in zip(batch, events, strict=True)]
+                failure: BaseException | None = None
                 try:
                     fresh = await self.outbox.append(
                         [
                             (e.record.event_id, e.record.event_id.encode(), e.SerializeToString())
                             for e in events
-                        ]
+                        ],
+                        traces=[tracing.traceparent(span) for span in spans],
                     )
                 except OutboxFull as exc:
+                    failure = exc
                     raise SwitchboardError(R.ERROR_REASON_SERVICE_UNAVAILABLE, str(exc)) from None
+                finally:
+                    for span in spans:
+                        tracing.end(span, failure)
                 for event, new in zip(events, fresh, strict=True):
                     yield usage_pb2.RecordUsageResponse(
                         event_id=event.record.event_id, duplicate=not new
@@ -173,6 +181,34 @@ class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
     ) -> history_pb2.ListStoredAlertsResponse:
         result = await queries.gpu_alerts(self.clickhouse, request.query)
         return history_pb2.ListStoredAlertsResponse(result=result)
+
+
+def _record_span(
+    request: usage_pb2.RecordUsageRequest, event: events_pb2.UsageEvent
+) -> tracing.Span:
+    """The usage record's span, in the trace of the attempt that produced it
+    (the stream itself spans many requests)."""
+    remote = tracing.parent(request.traceparent)
+    if remote is None:
+        return tracing.NOT_TRACED
+    record = event.record
+    return tracing.start(
+        "usage.record",
+        tracing.SpanKind.SERVER,
+        remote,
+        {
+            tracing.REQUEST_ID: record.request_id,
+            tracing.OPERATION: tracing.operation(
+                usage_pb2.Operation.Name(record.operation).removeprefix("OPERATION_").lower()
+            ),
+            tracing.PROVIDER: record.provider,
+            tracing.REQUEST_MODEL: record.requested_model,
+            tracing.RESPONSE_MODEL: record.upstream_model,
+            tracing.INPUT_TOKENS: record.prompt_tokens,
+            tracing.OUTPUT_TOKENS: record.completion_tokens,
+            "switchboard.event_id": record.event_id,
+        },
+    )
 
 
 def stored_lookup(clickhouse: ClickHouse) -> Callable[[Sequence[str]], Awaitable[set[str]]]:

@@ -49,14 +49,19 @@ class FakeProducer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
+        # Each sent message's Kafka headers (the relay's traceparent, when traced).
+        self.headers: list[list[tuple[str, bytes]] | None] = []
         self.broken = False
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.broken:
             future.set_exception(KafkaConnectionError("broker away"))
         else:
             self.sent.append((topic, key, value))
+            self.headers.append(headers)
             future.set_result(None)
         return future
 

@@ -95,6 +95,9 @@ class Record:
     event_id: str
     key: bytes
     payload: bytes
+    # The W3C traceparent it was appended under ("": not traced); the relay
+    # sends it on as a Kafka header.
+    trace: str = ""
 
 
 # What append takes: (event_id, key, payload).
@@ -105,7 +108,7 @@ Within = Callable[[sqlite3.Connection], None]
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
     "event_id TEXT NOT NULL UNIQUE, key BLOB, payload BLOB NOT NULL, "
-    "created_at REAL NOT NULL DEFAULT 0, published_at REAL)"
+    "created_at REAL NOT NULL DEFAULT 0, published_at REAL, trace TEXT)"
 )
 
 
@@ -207,9 +210,16 @@ class Outbox:
             raise RuntimeError(f"outbox {self.name} is not open")
         return self._db
 
-    async def append(self, entries: Sequence[Entry], within: Within | None = None) -> list[bool]:
+    async def append(
+        self,
+        entries: Sequence[Entry],
+        within: Within | None = None,
+        traces: Sequence[str] | None = None,
+    ) -> list[bool]:
         """Store `entries` durably in one transaction (with `within`'s writes);
-        True per entry that was new (an event id seen before is ignored)."""
+        True per entry that was new (an event id seen before is ignored).
+        `traces`: each entry's traceparent, when tracing is on."""
+        traced = traces if traces is not None else [""] * len(entries)
         size = sum(len(payload) for _, _, payload in entries)
         if self.overflow is Overflow.REFUSE and self._bytes + size > self.max_bytes:
             raise OutboxFull(
@@ -222,11 +232,11 @@ class Outbox:
             fresh = []
             db.execute("BEGIN IMMEDIATE")
             try:
-                for event_id, key, payload in entries:
+                for (event_id, key, payload), trace in zip(entries, traced, strict=True):
                     cur = db.execute(
-                        "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (event_id, key, payload, now),
+                        "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at, trace) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (event_id, key, payload, now, trace or None),
                     )
                     fresh.append(cur.rowcount == 1)
                 if within is not None:
@@ -269,11 +279,14 @@ class Outbox:
     async def _select(self, where: str, args: tuple[Any, ...], limit: int) -> list[Record]:
         def read() -> list[Record]:
             rows = self._db_or_fail().execute(
-                f"SELECT seq, event_id, key, payload FROM outbox WHERE {where} "  # noqa: S608 - fixed clauses
+                f"SELECT seq, event_id, key, payload, trace FROM outbox WHERE {where} "  # noqa: S608 - fixed clauses
                 "ORDER BY seq LIMIT ?",
                 (*args, limit),
             )
-            return [Record(int(s), str(e), bytes(k or e.encode()), bytes(p)) for s, e, k, p in rows]
+            return [
+                Record(int(s), str(e), bytes(k or e.encode()), bytes(p), str(t or ""))
+                for s, e, k, p, t in rows
+            ]
 
         return await self._run(read)
 
@@ -385,6 +398,6 @@ def _upgrade(db: sqlite3.Connection) -> None:
     published (again, harmlessly) and confirmed like any other."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
     for column, kind in (("key", "BLOB"), ("created_at", "REAL NOT NULL DEFAULT 0"),
-                         ("published_at", "REAL")):  # fmt: skip
+                         ("published_at", "REAL"), ("trace", "TEXT")):  # fmt: skip
         if column not in columns:
             db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")

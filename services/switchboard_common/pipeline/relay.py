@@ -25,6 +25,7 @@ from typing import Protocol
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
+from switchboard_common import tracing
 from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.kafka import Backoff, Producer, bounded, cancelled_from_inside
 from switchboard_common.pipeline.outbox import Outbox, Record
@@ -77,6 +78,30 @@ class OutboxSource:
         await self.outbox.mark_published([r for r in records if isinstance(r, Record)])
 
 
+def _publish_span(topic: str, record: Sendable) -> tracing.Span:
+    """A traced record's publish span, in the trace it was appended under."""
+    remote = tracing.parent(getattr(record, "trace", ""))
+    if remote is None:
+        return tracing.NOT_TRACED
+    return tracing.start(
+        f"publish {topic}",
+        tracing.SpanKind.PRODUCER,
+        remote,
+        {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+            "switchboard.event_id": getattr(record, "event_id", ""),
+        },
+    )
+
+
+def _headers(span: tracing.Span) -> list[tuple[str, bytes]] | None:
+    """The Kafka headers that carry the trace on to the sink."""
+    value = tracing.traceparent(span) if span.is_recording() else ""
+    return [(tracing.TRACEPARENT, value.encode())] if value else None
+
+
 class Relay:
     """Publishes its sources in order (an earlier source's batch goes first)."""
 
@@ -104,8 +129,22 @@ class Relay:
             if not batch:
                 continue
             producer = await self.producer.ready()
-            futures = [await producer.send(source.topic, value=r.payload, key=r.key) for r in batch]
-            await bounded(asyncio.gather(*futures), self.producer.settings.send_timeout_s)
+            spans = [_publish_span(source.topic, r) for r in batch]
+            failure: BaseException | None = None
+            try:
+                futures = [
+                    await producer.send(
+                        source.topic, value=r.payload, key=r.key, headers=_headers(span)
+                    )
+                    for r, span in zip(batch, spans, strict=True)
+                ]
+                await bounded(asyncio.gather(*futures), self.producer.settings.send_timeout_s)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                for span in spans:
+                    tracing.end(span, failure)
             await source.acked(batch)
             PUBLISHED.labels(source.topic).inc(len(batch))
             sent += len(batch)

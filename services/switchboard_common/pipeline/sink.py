@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from switchboard_common import tracing
 from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.kafka import (
     Backoff,
@@ -61,6 +62,41 @@ def dedup_token(event_ids: Iterable[str], prefix: str = "") -> str:
     the same offsets again for other messages, which must not be dropped."""
     digest = hashlib.sha256("\n".join(sorted(set(event_ids))).encode()).hexdigest()
     return f"{prefix}{digest}"
+
+
+def _insert_spans(sink: str, batches: Batches) -> list[tracing.Span]:
+    """One span per traced message, in the trace its relay header names, for
+    the batch insert that stores it (one insert, many traces). Off: none."""
+    if not tracing.enabled():
+        return []
+    spans = []
+    for messages in batches.values():
+        for message in messages:
+            value = next((v for k, v in message.headers or () if k == tracing.TRACEPARENT), None)
+            remote = tracing.parent(value)
+            if remote is None:
+                continue
+            spans.append(
+                tracing.start(
+                    f"{sink} sink insert",
+                    tracing.SpanKind.CONSUMER,
+                    remote,
+                    {
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "process",
+                        "messaging.destination.name": message.topic,
+                        "messaging.kafka.offset": message.offset,
+                        "db.system.name": "clickhouse",
+                        "switchboard.batch_messages": sum(len(m) for m in batches.values()),
+                    },
+                )
+            )
+    return spans
+
+
+def _end(spans: Sequence[tracing.Span], error: BaseException | None) -> None:
+    for span in spans:
+        tracing.end(span, error)
 
 
 class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -205,11 +241,14 @@ class Sink:
                 if not batches:
                     await self._rewind_where_the_log_is_short(consumer)
                     continue
+                spans = _insert_spans(self.NAME, batches)
                 try:
                     stored = await self.store(batches)
-                except KafkaError:
+                except KafkaError as exc:
+                    _end(spans, exc)
                     raise
                 except Exception as exc:
+                    _end(spans, exc)
                     # Not committed: rewind and retry the same messages later.
                     log.warning(
                         f"{self.NAME} sink: insert failed; will retry",
@@ -219,6 +258,7 @@ class Sink:
                         consumer.seek(tp, messages[0].offset)
                     await backoff.sleep()
                     continue
+                _end(spans, None)
                 await self._confirm(stored)
                 # Bounded: aiokafka retries a commit for as long as the broker
                 # answers "unknown topic" (one that came back empty); a fresh
