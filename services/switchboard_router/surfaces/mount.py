@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from switchboard.engine.v1 import engine_pb2_grpc
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import (
+    inference_manager_pb2,
+    inference_manager_pb2_grpc,
     multi_llm_pb2,
     multi_llm_pb2_grpc,
     qwen_chat_pb2,
@@ -22,12 +25,14 @@ from switchboard_common.errors import SwitchboardError
 from switchboard_common.settings import Settings
 from switchboard_router.probes import Prober
 from switchboard_router.surfaces import (
+    inference_manager_shapes,
     llm_models,
     multi_llm_shapes,
     qwen_shapes,
     surface,
     vision_chat,
 )
+from switchboard_router.surfaces.inference_manager import InferenceManagerServicer
 from switchboard_router.surfaces.multi_llm import MultiLlmServicer
 from switchboard_router.surfaces.qwen_chat import QwenChatServicer
 from switchboard_router.surfaces.vision_chat import VisionChatServicer
@@ -36,12 +41,17 @@ if TYPE_CHECKING:
     from switchboard_router.service import RouterServicer
 
 
+_INFERENCE_MANAGER = inference_manager_pb2.DESCRIPTOR.services_by_name[
+    "InferenceManagerService"
+].full_name
+
 # How each surface renders an error, for the access policy's refusals (401, 403)
 # as well as the handlers' own: by full method first, then by service.
 _BY_SERVICE: dict[str, surface.Render] = {
     vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name: vision_chat.error,
     qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name: qwen_shapes.error,
     multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name: multi_llm_shapes.error,
+    _INFERENCE_MANAGER: inference_manager_shapes.error,
 }
 _BY_METHOD: dict[str, surface.Render] = {
     # One body for seeds 001 and 002, whose error shapes differ: the shared one.
@@ -62,6 +72,7 @@ def mount_surfaces(
     and what closes what they opened."""
     registry = service_channel(settings.address("registry"), settings.tls)
     usage = service_channel(settings.address("usage"), settings.tls)
+    engine = service_channel(settings.address("engine"), settings.tls)
     # Active health checks, for seed API 002's status (off until its setting has an interval).
     prober = Prober(router)
     prober.start()
@@ -77,15 +88,27 @@ def mount_surfaces(
         ),
         server,
     )
+    inference_manager_pb2_grpc.add_InferenceManagerServiceServicer_to_server(
+        InferenceManagerServicer(
+            router,
+            engine_pb2_grpc.EngineServiceStub(engine),
+            registry_pb2_grpc.RegistryServiceStub(registry),
+            usage_pb2_grpc.UsageServiceStub(usage),
+            settings.admin_key,
+        ),
+        server,
+    )
     names = [
         vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name,
         qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name,
         multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name,
+        _INFERENCE_MANAGER,
     ]
 
     async def close() -> None:
         await prober.close()
         await registry.close()
         await usage.close()
+        await engine.close()
 
     return names, close

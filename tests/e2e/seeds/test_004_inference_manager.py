@@ -1,0 +1,322 @@
+"""Seed 004 (the inference-manager API), a client written from its document
+alone with plain httpx, through the real stack (Envoy, every service) and the
+REAL llama.cpp engine (`make engines`): create -> start -> generate (unary
+and streamed, top_k and stop included) -> chat -> logs -> model detail with
+performance -> delete refused while running -> stop -> delete; and the
+document's error cases with their status and body."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from switchboard_engine.commands import llama_server_path
+from switchboard_engine.install import bundled_model_path
+
+from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import eventually
+from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
+
+WAIT_S = 90.0
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@pytest.fixture(scope="module")
+def stack004(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = {
+        "providers": [{"name": "mock", "kind": "mock"}],
+        "models": [{"name": "mock-chat", "deployments": [{"provider": "mock", "model": "m"}]}],
+        "keys": [{"name": "seed004", "key_env": "SEED004_CLIENT_KEY"}],
+    }
+    env = {
+        "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
+        "SEED004_CLIENT_KEY": CLIENT_KEY,
+        "SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S": "0.25",
+        "SWITCHBOARD_NODE_NAME": "seed004-node",
+    }
+    with running_stack(config, tmp_path_factory.mktemp("seed004"), env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(stack004: Stack) -> Iterator[httpx.Client]:
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=f"{stack004.edge_url}/api", headers=headers, timeout=60) as client:
+        yield client
+
+
+def _model_path() -> str:
+    server, model = llama_server_path(), bundled_model_path()
+    if server is None or not server.exists() or model is None:
+        pytest.fail("llama-server or the test model is missing: run `make engines`")
+    return str(model)
+
+
+def _error(reply: httpx.Response, status: int, code: str, path: str) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    body: dict[str, Any] = reply.json()
+    assert set(body) == {"error", "timestamp", "path"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    assert TIMESTAMP.match(body["timestamp"]), body
+    assert body["path"] == path, body
+    return body
+
+
+def _status(api: httpx.Client, model_id: str, wanted: str) -> dict[str, Any] | None:
+    reply = api.get(f"/models/{model_id}")
+    assert reply.status_code == 200, reply.text
+    found: dict[str, Any] = reply.json()
+    return found if found["status"] == wanted else None
+
+
+def _generated(api: httpx.Client, model_id: str, body: dict[str, Any]) -> httpx.Response | None:
+    reply = api.post(f"/models/{model_id}/generate", json=body)
+    # Until the router has seen the engine's deployment: 503 MODEL_NOT_RUNNING.
+    return None if reply.status_code == 503 else reply
+
+
+@pytest.mark.timeout(400)
+def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
+    model_path = _model_path()
+    created = api.post(
+        "/models",
+        json={
+            "name": "smol-004",
+            "display_name": "我的模型",
+            "description": "模型描述",
+            "framework": "llama.cpp",
+            "priority": 5,
+            "config": {"model_path": model_path, "n_ctx": 2048, "n_threads": 2},
+            "resource_requirements": {"memory": 1024},
+            "tags": ["production", "chat"],
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert created.json() == {
+        "id": "smol-004",
+        "name": "smol-004",
+        "status": "created",
+        "message": "模型创建成功",
+    }
+    _error(
+        api.post(
+            "/models",
+            json={"name": "smol-004", "framework": "llama.cpp", "config": {"model_path": "x"}},
+        ),
+        409,
+        "MODEL_ALREADY_EXISTS",
+        "/api/models",
+    )
+
+    listed = api.get("/models", params={"page": 1, "size": 20, "framework": "llama.cpp"})
+    assert listed.status_code == 200, listed.text
+    page = listed.json()
+    assert page["total"] == 1
+    assert page["page"] == 1
+    assert page["size"] == 20
+    assert page["pages"] == 1
+    [item] = page["items"]
+    assert item["id"] == "smol-004"
+    assert item["display_name"] == "我的模型"
+    assert item["framework"] == "llama.cpp"
+    assert item["status"] == "created"
+    assert item["config"] == {"model_path": model_path, "n_ctx": 2048, "n_threads": 2}
+    assert api.get("/models", params={"status": "running"}).json()["items"] == []
+
+    # Not running yet: generation is refused with the document's code.
+    _error(
+        api.post("/models/smol-004/generate", json={"prompt": "Hi", "max_tokens": 4}),
+        503,
+        "MODEL_NOT_RUNNING",
+        "/api/models/smol-004/generate",
+    )
+
+    started = api.post("/models/smol-004/start", json={"force": False, "timeout": 300})
+    assert started.status_code == 200, started.text
+    assert started.json()["message"] == "模型启动中"
+    assert started.json()["task_id"]
+    running = eventually(lambda: _status(api, "smol-004", "running"), timeout=WAIT_S)
+    assert running["health"] == "healthy"
+    assert running["resource_usage"]["memory"] > 0
+
+    # Generation, with the document's sampling fields (top_k and stop go to llama.cpp).
+    request = {
+        "prompt": "Hello, how are you?",
+        "max_tokens": 8,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "stop": ["\n", "Human:"],
+        "stream": False,
+    }
+    reply = eventually(lambda: _generated(api, "smol-004", request), timeout=WAIT_S)
+    assert reply.status_code == 200, reply.text
+    generated = reply.json()
+    assert set(generated) == {"id", "model", "choices", "usage", "created"}
+    assert generated["model"] == "smol-004"
+    [choice] = generated["choices"]
+    assert choice["index"] == 0
+    assert choice["finish_reason"] in ("stop", "length")
+    assert "\n" not in choice["text"]
+    assert generated["usage"]["completion_tokens"] > 0
+    assert generated["usage"]["total_tokens"] == (
+        generated["usage"]["prompt_tokens"] + generated["usage"]["completion_tokens"]
+    )
+
+    with api.stream(
+        "POST",
+        "/v1/models/smol-004/generate",
+        json={"prompt": "Tell me a story", "max_tokens": 10, "stream": True},
+    ) as streamed:
+        assert streamed.status_code == 200
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    pieces = [json.loads(e) for e in events[:-1]]
+    assert pieces
+    assert all(p["choices"][0]["index"] == 0 for p in pieces)
+    assert "".join(p["choices"][0]["text"] for p in pieces)
+
+    chat = api.post(
+        "/models/smol-004/chat/completions",
+        json={
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Hello!"},
+            ],
+            "max_tokens": 8,
+            "temperature": 0.7,
+            "stream": False,
+        },
+    )
+    assert chat.status_code == 200, chat.text
+    answer = chat.json()
+    assert answer["model"] == "smol-004"
+    assert answer["choices"][0]["message"]["role"] == "assistant"
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] > 0
+
+    logs = api.get("/models/smol-004/logs", params={"lines": 20})
+    assert logs.status_code == 200, logs.text
+    lines = logs.json()["logs"]
+    assert 0 < len(lines) <= 20
+    assert all(TIMESTAMP.match(line["timestamp"]) and line["message"] for line in lines)
+    assert {line["level"] for line in lines} <= {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+    def measured() -> dict[str, Any] | None:
+        detail: dict[str, Any] = api.get("/models/smol-004").json()
+        stats = detail["performance_stats"]
+        return detail if stats["avg_response_time"] > 0 else None
+
+    detail = eventually(measured, timeout=WAIT_S)
+    assert detail["description"] == "模型描述"
+    assert detail["tags"] == ["production", "chat"]
+    assert detail["resource_requirements"]["memory"] == 1024
+    assert detail["resource_requirements"]["cpu_cores"] == 2
+    assert 0 <= detail["performance_stats"]["error_rate"] <= 1
+    assert detail["performance_stats"]["requests_per_second"] > 0
+
+    updated = api.put(
+        "/models/smol-004",
+        json={
+            "display_name": "更新的模型名称",
+            "config": {"temperature": 0.8, "top_p": 0.9},
+            "tags": ["production", "chat", "updated"],
+        },
+    )
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["display_name"] == "更新的模型名称"
+    assert updated.json()["config"]["temperature"] == 0.8
+    assert updated.json()["tags"] == ["production", "chat", "updated"]
+
+    # A running model is not deleted behind its callers' backs: stop it first.
+    _error(api.delete("/models/smol-004"), 409, "CONFLICT", "/api/models/smol-004")
+
+    stopped = api.post("/models/smol-004/stop", json={"force": False, "timeout": 60})
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["task_id"]
+    eventually(lambda: _status(api, "smol-004", "stopped"), timeout=WAIT_S)
+
+    deleted = api.delete("/models/smol-004")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"message": "模型删除成功"}
+    _error(api.get("/models/smol-004"), 404, "MODEL_NOT_FOUND", "/api/models/smol-004")
+
+
+def test_the_documents_error_cases(stack004: Stack, api: httpx.Client) -> None:
+    missing = _error(
+        api.get("/models/invalid-model-123"),
+        404,
+        "MODEL_NOT_FOUND",
+        "/api/models/invalid-model-123",
+    )
+    assert missing["error"]["details"] == {"model_id": "invalid-model-123"}
+    _error(
+        api.get("/v1/models/invalid-model-123"),
+        404,
+        "MODEL_NOT_FOUND",
+        "/api/v1/models/invalid-model-123",
+    )
+
+    # 422 names the field that failed validation.
+    invalid = _error(
+        api.post("/models", json={"name": "bad", "framework": "llama.cpp", "config": {}}),
+        422,
+        "INVALID_REQUEST",
+        "/api/models",
+    )
+    assert invalid["error"]["details"]["field"] == "config.model_path"
+    wrong = _error(
+        api.post(
+            "/models",
+            json={"name": "bad", "framework": "onnx", "config": {"model_path": "/m.gguf"}},
+        ),
+        422,
+        "INVALID_REQUEST",
+        "/api/models",
+    )
+    assert wrong["error"]["details"]["field"] == "framework"
+    too_big = _error(
+        api.get("/models", params={"size": 101}), 422, "INVALID_REQUEST", "/api/models"
+    )
+    assert too_big["error"]["details"]["field"] == "size"
+
+    # Malformed JSON: 400 in the same shape (the edge's own refusal).
+    _error(
+        api.post("/models", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        "INVALID_REQUEST",
+        "/api/models",
+    )
+
+    with httpx.Client(base_url=f"{stack004.edge_url}/api", timeout=30) as anonymous:
+        _error(anonymous.get("/models"), 401, "AUTHENTICATION_FAILED", "/api/models")
+        client = {"authorization": f"Bearer {CLIENT_KEY}"}
+        refused = anonymous.post("/models/invalid-model-123/start", headers=client, json={})
+        assert refused.status_code in (401, 403), refused.text
+        _error(
+            refused,
+            refused.status_code,
+            "AUTHORIZATION_FAILED" if refused.status_code == 403 else "AUTHENTICATION_FAILED",
+            "/api/models/invalid-model-123/start",
+        )
+        # A client key may generate, but not on a model that does not exist.
+        _error(
+            anonymous.post(
+                "/models/invalid-model-123/generate",
+                headers=client,
+                json={"prompt": "Hi"},
+            ),
+            404,
+            "MODEL_NOT_FOUND",
+            "/api/models/invalid-model-123/generate",
+        )
+        _error(anonymous.get("/nothing-here"), 404, "NOT_FOUND", "/api/nothing-here")
