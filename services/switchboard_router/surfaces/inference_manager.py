@@ -10,6 +10,7 @@ pass through the edge byte for byte)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +24,11 @@ from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import inference_manager_pb2 as pb
 from switchboard.router.v1 import inference_manager_pb2_grpc, router_pb2
 from switchboard.usage.v1 import usage_pb2_grpc
-from switchboard_common.errors import SwitchboardError
+from switchboard_common import accounts, tokens
+from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.values import to_python
 from switchboard_router.surfaces import surface
-from switchboard_router.surfaces.inference_manager_models import NAME, Models, _body
+from switchboard_router.surfaces.inference_manager_models import NAME, Models, body_of
 from switchboard_router.surfaces.inference_manager_shapes import (
     DONE,
     ValidationFailed,
@@ -83,7 +85,43 @@ class InferenceManagerServicer(Models, inference_manager_pb2_grpc.InferenceManag
         self.engines = engines
         self.registry = registry
         self.usage = usage
+        self.admin_key = admin_key
         self.admin_metadata = (("authorization", f"Bearer {admin_key}"),) if admin_key else ()
+
+    async def IssueToken(
+        self, request: pb.IssueTokenRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            body = body_of(request.body)
+            for field in ("username", "password"):
+                if not isinstance(body.get(field), str) or not body[field]:
+                    raise ValidationFailed(field, f"{field} is required")
+            path = accounts.configured()
+            if path is None or not self.admin_key:
+                raise SwitchboardError(
+                    R.ERROR_REASON_NOT_IMPLEMENTED,
+                    "token login is off: set SWITCHBOARD_ACCOUNTS_FILE and SWITCHBOARD_ADMIN_KEY",
+                )
+            # Read per call: the admin edits the file, and scrypt is CPU work
+            # best kept off the event loop.
+            table = await asyncio.to_thread(accounts.load, path)
+            account = await asyncio.to_thread(
+                accounts.authenticate, table, body["username"], body["password"]
+            )
+            if account is None:
+                raise SwitchboardError(
+                    R.ERROR_REASON_INVALID_API_KEY, "Invalid username or password."
+                )
+            admin = account.role == accounts.ADMIN_ROLE
+            claims = tokens.Claims(account.username, admin, "" if admin else account.role)
+            return answer(
+                {
+                    "access_token": tokens.issue(self.admin_key, claims),
+                    "token_type": "bearer",
+                    "expires_in": tokens.DEFAULT_TTL_S,
+                }
+            )
 
     async def GenerateText(
         self, request: pb.ModelInferenceRequest, context: Context
@@ -93,7 +131,7 @@ class InferenceManagerServicer(Models, inference_manager_pb2_grpc.InferenceManag
         started = False
         with surface.rendered(render):
             params = openai_pb2.CompletionParams()
-            if _params(_body(request.body), _GENERATE, params, request.model_id):
+            if _params(body_of(request.body), _GENERATE, params, request.model_id):
                 try:
                     async for response in self.router.StreamCompletion(
                         router_pb2.StreamCompletionRequest(params=params), context
@@ -137,7 +175,7 @@ class InferenceManagerServicer(Models, inference_manager_pb2_grpc.InferenceManag
         started = False
         with surface.rendered(render):
             params = openai_pb2.ChatCompletionParams()
-            if _params(_body(request.body), _CHAT, params, request.model_id):
+            if _params(body_of(request.body), _CHAT, params, request.model_id):
                 try:
                     async for response in self.router.StreamChatCompletion(
                         router_pb2.StreamChatCompletionRequest(params=params), context
@@ -186,7 +224,7 @@ class InferenceManagerServicer(Models, inference_manager_pb2_grpc.InferenceManag
         surface.enter(NAME)
         with surface.rendered(_render(request.model_id)):
             params = openai_pb2.EmbeddingParams()
-            _params(_body(request.body), _EMBED, params, request.model_id)
+            _params(body_of(request.body), _EMBED, params, request.model_id)
             result = await self.router.CreateEmbedding(
                 router_pb2.CreateEmbeddingRequest(params=params), context
             )

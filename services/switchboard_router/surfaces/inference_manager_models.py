@@ -45,7 +45,7 @@ _LEVELS = {
 MAX_LOG_LINES = 10_000
 
 
-def _body(struct: struct_pb2.Struct) -> dict[str, Any]:
+def body_of(struct: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(struct) if struct.fields else {}
 
 
@@ -125,7 +125,7 @@ class Models:
     async def CreateManagedModel(
         self, request: pb.CreateManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        body = _body(request.body)
+        body = body_of(request.body)
         with _rendered(str(body.get("name", ""))[:128]):
             bodies.checked_create(body)
             name = bodies.name_of(body)
@@ -176,7 +176,7 @@ class Models:
         self, request: pb.UpdateManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with _rendered(request.model_id):
-            body = _body(request.body)
+            body = body_of(request.body)
             bodies.checked_update(body)
             engine = await self._engine(request.model_id)
             config, defaults = bodies.engine_config(body, engine.config)
@@ -220,7 +220,7 @@ class Models:
         self, request: pb.ModelActionRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with _rendered(request.model_id):
-            force, timeout = _action(_body(request.body), most=3600)
+            force, timeout = _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             if timeout and timeout != engine.config.start_timeout_s:
                 config = epb.Engine().config
@@ -255,7 +255,7 @@ class Models:
         self, request: pb.ModelActionRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with _rendered(request.model_id):
-            force, timeout = _action(_body(request.body), most=3600)
+            force, timeout = _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             reply = await self._call(
                 "engine",
@@ -268,7 +268,7 @@ class Models:
         self, request: pb.ModelActionRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with _rendered(request.model_id):
-            _action(_body(request.body), most=3600)
+            _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             reply = await self._call(
                 "engine", self.engines.RestartEngine, epb.RestartEngineRequest(name=engine.name)

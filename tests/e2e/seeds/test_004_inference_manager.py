@@ -17,6 +17,7 @@ import pytest
 from switchboard_engine.commands import llama_server_path
 from switchboard_engine.install import bundled_model_path
 
+from switchboard_common.accounts import hash_password
 from switchboard_stack.harness import Stack, running_stack
 from tests.conftest import eventually
 from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
@@ -24,11 +25,19 @@ from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 WAIT_S = 90.0
+ADMIN_PASSWORD = "correct horse battery staple"
+CLIENT_PASSWORD = "alice-password-0123"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 @pytest.fixture(scope="module")
 def stack004(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("seed004")
+    accounts_file = home / "accounts.txt"
+    accounts_file.write_text(
+        f"admin:admin:{hash_password(ADMIN_PASSWORD)}\n"
+        f"alice:seed004:{hash_password(CLIENT_PASSWORD)}\n"
+    )
     config = {
         "providers": [{"name": "mock", "kind": "mock"}],
         "models": [{"name": "mock-chat", "deployments": [{"provider": "mock", "model": "m"}]}],
@@ -39,14 +48,30 @@ def stack004(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "SEED004_CLIENT_KEY": CLIENT_KEY,
         "SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S": "0.25",
         "SWITCHBOARD_NODE_NAME": "seed004-node",
+        "SWITCHBOARD_ACCOUNTS_FILE": str(accounts_file),
     }
-    with running_stack(config, tmp_path_factory.mktemp("seed004"), env) as running:
+    with running_stack(config, home, env) as running:
         yield running
+
+
+def _login(stack: Stack, username: str, password: str) -> str:
+    reply = httpx.post(
+        f"{stack.edge_url}/api/auth/token",
+        json={"username": username, "password": password},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 3600
+    token: str = body["access_token"]
+    return token
 
 
 @pytest.fixture(scope="module")
 def api(stack004: Stack) -> Iterator[httpx.Client]:
-    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    """The document's client: it logs in, then sends its token as Bearer."""
+    headers = {"authorization": f"Bearer {_login(stack004, 'admin', ADMIN_PASSWORD)}"}
     with httpx.Client(base_url=f"{stack004.edge_url}/api", headers=headers, timeout=60) as client:
         yield client
 
@@ -320,3 +345,48 @@ def test_the_documents_error_cases(stack004: Stack, api: httpx.Client) -> None:
             "/api/models/invalid-model-123/generate",
         )
         _error(anonymous.get("/nothing-here"), 404, "NOT_FOUND", "/api/nothing-here")
+
+
+def test_token_login(stack004: Stack) -> None:
+    url = f"{stack004.edge_url}/api/auth/token"
+    wrong = httpx.post(url, json={"username": "admin", "password": "nope"}, timeout=30)
+    _error(wrong, 401, "AUTHENTICATION_FAILED", "/api/auth/token")
+    nobody = httpx.post(url, json={"username": "eve", "password": "x"}, timeout=30)
+    _error(nobody, 401, "AUTHENTICATION_FAILED", "/api/auth/token")
+    missing = _error(
+        httpx.post(url, json={"username": "admin"}, timeout=30),
+        422,
+        "INVALID_REQUEST",
+        "/api/auth/token",
+    )
+    assert missing["error"]["details"]["field"] == "password"
+
+    # A client account's token is its key on every surface, admin routes refused.
+    token = _login(stack004, "alice", CLIENT_PASSWORD)
+    bearer = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=stack004.edge_url, headers=bearer, timeout=30) as alice:
+        assert alice.get("/v1/models").status_code == 200
+        chat = alice.post(
+            "/v1/chat/completions",
+            json={"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert chat.status_code == 200, chat.text
+        refused = alice.get("/api/models")
+        assert refused.status_code in (401, 403), refused.text
+        assert alice.get("/v1/admin/engines").status_code in (401, 403)
+    # Tampered: refused as an invalid credential.
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with httpx.Client(base_url=stack004.edge_url, timeout=30) as anyone:
+        reply = anyone.get("/v1/models", headers={"authorization": f"Bearer {forged}"})
+        assert reply.status_code == 401
+        _error(
+            anyone.post(
+                "/api/models/x/generate",
+                headers={"authorization": f"Bearer {forged}"},
+                json={"prompt": "hi"},
+            ),
+            401,
+            "AUTHENTICATION_FAILED",
+            "/api/models/x/generate",
+        )

@@ -35,6 +35,11 @@ class InferenceManagerServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.IssueToken = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/IssueToken',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.IssueTokenRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.ListManagedModels = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/ListManagedModels',
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.SerializeToString,
@@ -99,6 +104,18 @@ class InferenceManagerServiceStub:
 
 class InferenceManagerServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def IssueToken(self, request, context):
+        """Token login: {username, password} -> {access_token, token_type: "bearer",
+        expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
+        hashes); the token is accepted as Bearer on every surface, as the key its
+        account names (switchboard_common/tokens.py).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ListManagedModels(self, request, context):
         """{items, total, page, size, pages}, filtered by status and framework.
@@ -211,6 +228,11 @@ class InferenceManagerServiceServicer:
 
 def add_InferenceManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'IssueToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueToken,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.IssueTokenRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'ListManagedModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListManagedModels,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.FromString,
@@ -281,6 +303,33 @@ def add_InferenceManagerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class InferenceManagerService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def IssueToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/IssueToken',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.IssueTokenRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ListManagedModels(request,

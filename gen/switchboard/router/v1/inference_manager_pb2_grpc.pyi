@@ -43,6 +43,14 @@ class InferenceManagerServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InferenceManagerServiceAsyncStub: ...
+    IssueToken: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.IssueTokenRequest, _httpbody_pb2.HttpBody]
+    """Token login: {username, password} -> {access_token, token_type: "bearer",
+    expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
+    hashes); the token is accepted as Bearer on every surface, as the key its
+    account names (switchboard_common/tokens.py).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     ListManagedModels: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ListManagedModelsRequest, _httpbody_pb2.HttpBody]
     """{items, total, page, size, pages}, filtered by status and framework.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -107,6 +115,14 @@ class InferenceManagerServiceStub:
 @_typing.type_check_only
 class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    IssueToken: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.IssueTokenRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Token login: {username, password} -> {access_token, token_type: "bearer",
+    expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
+    hashes); the token is accepted as Bearer on every surface, as the key its
+    account names (switchboard_common/tokens.py).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     ListManagedModels: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ListManagedModelsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """{items, total, page, size, pages}, filtered by status and framework.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -169,6 +185,20 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     """
 
 class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def IssueToken(
+        self,
+        request: _inference_manager_pb2.IssueTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Token login: {username, password} -> {access_token, token_type: "bearer",
+        expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
+        hashes); the token is accepted as Bearer on every surface, as the key its
+        account names (switchboard_common/tokens.py).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
     @_abc_1.abstractmethod
     def ListManagedModels(
         self,
