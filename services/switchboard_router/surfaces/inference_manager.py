@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.engine.v1 import engine_pb2_grpc
+from switchboard.gpu.v1 import gpu_pb2_grpc
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import inference_manager_pb2 as pb
 from switchboard.router.v1 import inference_manager_pb2_grpc, router_pb2
@@ -28,7 +29,7 @@ from switchboard_common import accounts, tokens
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.values import to_python
 from switchboard_router.surfaces import surface
-from switchboard_router.surfaces.inference_manager_models import NAME, Models, body_of
+from switchboard_router.surfaces.inference_manager_models import NAME, body_of
 from switchboard_router.surfaces.inference_manager_shapes import (
     DONE,
     ValidationFailed,
@@ -36,6 +37,7 @@ from switchboard_router.surfaces.inference_manager_shapes import (
     error,
     event,
 )
+from switchboard_router.surfaces.inference_manager_system import System
 
 if TYPE_CHECKING:
     from switchboard_router.service import RouterServicer
@@ -72,17 +74,19 @@ def _usage(usage: openai_pb2.Usage) -> dict[str, int]:
     }
 
 
-class InferenceManagerServicer(Models, inference_manager_pb2_grpc.InferenceManagerServiceServicer):
+class InferenceManagerServicer(System, inference_manager_pb2_grpc.InferenceManagerServiceServicer):
     def __init__(
         self,
         router: RouterServicer,
         engines: engine_pb2_grpc.EngineServiceAsyncStub,
+        gpus: gpu_pb2_grpc.GpuServiceAsyncStub,
         registry: registry_pb2_grpc.RegistryServiceAsyncStub,
         usage: usage_pb2_grpc.UsageServiceAsyncStub,
         admin_key: str | None,
     ) -> None:
         self.router = router
         self.engines = engines
+        self.gpus = gpus
         self.registry = registry
         self.usage = usage
         self.admin_key = admin_key

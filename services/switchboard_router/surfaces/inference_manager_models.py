@@ -49,7 +49,7 @@ def body_of(struct: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(struct) if struct.fields else {}
 
 
-def _rendered(model_id: str = "") -> Any:
+def rendered_as(model_id: str = "") -> Any:
     surface.enter(NAME)
     return surface.rendered(lambda err: error(err, model_id=model_id))
 
@@ -103,7 +103,7 @@ class Models:
     async def ListManagedModels(
         self, request: pb.ListManagedModelsRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered():
+        with rendered_as():
             if request.status and request.status not in bodies.STATUSES.values():
                 raise ValidationFailed("status", "status must be running, stopped or error")
             if request.framework and request.framework not in bodies.FRAMEWORKS:
@@ -126,7 +126,7 @@ class Models:
         self, request: pb.CreateManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         body = body_of(request.body)
-        with _rendered(str(body.get("name", ""))[:128]):
+        with rendered_as(str(body.get("name", ""))[:128]):
             bodies.checked_create(body)
             name = bodies.name_of(body)
             config, defaults = bodies.engine_config(body)
@@ -165,7 +165,7 @@ class Models:
     async def GetManagedModel(
         self, request: pb.GetManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             engine = await self._engine(request.model_id)
             model, performance = await asyncio.gather(
                 self._model(engine.name), self._performance(engine.name)
@@ -175,7 +175,7 @@ class Models:
     async def UpdateManagedModel(
         self, request: pb.UpdateManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             body = body_of(request.body)
             bodies.checked_update(body)
             engine = await self._engine(request.model_id)
@@ -200,7 +200,7 @@ class Models:
     async def DeleteManagedModel(
         self, request: pb.DeleteManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             engine = await self._engine(request.model_id)
             if engine.state in _ACTIVE:
                 # Refused rather than stopped behind the caller's back: traffic
@@ -219,7 +219,7 @@ class Models:
     async def StartManagedModel(
         self, request: pb.ModelActionRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             force, timeout = _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             if timeout and timeout != engine.config.start_timeout_s:
@@ -254,7 +254,7 @@ class Models:
     async def StopManagedModel(
         self, request: pb.ModelActionRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             force, timeout = _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             reply = await self._call(
@@ -267,7 +267,7 @@ class Models:
     async def RestartManagedModel(
         self, request: pb.ModelActionRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             reply = await self._call(
@@ -278,7 +278,7 @@ class Models:
     async def GetManagedModelLogs(
         self, request: pb.GetManagedModelLogsRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        with _rendered(request.model_id):
+        with rendered_as(request.model_id):
             if request.lines < 0 or request.lines > MAX_LOG_LINES:
                 raise ValidationFailed("lines", f"lines must be between 1 and {MAX_LOG_LINES}")
             engine = await self._engine(request.model_id)

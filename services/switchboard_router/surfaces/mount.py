@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from switchboard.engine.v1 import engine_pb2_grpc
+from switchboard.gpu.v1 import gpu_pb2_grpc
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import (
     inference_manager_pb2,
@@ -73,6 +74,7 @@ def mount_surfaces(
     registry = service_channel(settings.address("registry"), settings.tls)
     usage = service_channel(settings.address("usage"), settings.tls)
     engine = service_channel(settings.address("engine"), settings.tls)
+    gpu = service_channel(settings.address("gpu"), settings.tls)
     # Active health checks, for seed API 002's status (off until its setting has an interval).
     prober = Prober(router)
     prober.start()
@@ -92,6 +94,7 @@ def mount_surfaces(
         InferenceManagerServicer(
             router,
             engine_pb2_grpc.EngineServiceStub(engine),
+            gpu_pb2_grpc.GpuServiceStub(gpu),
             registry_pb2_grpc.RegistryServiceStub(registry),
             usage_pb2_grpc.UsageServiceStub(usage),
             settings.admin_key,
@@ -110,5 +113,6 @@ def mount_surfaces(
         await registry.close()
         await usage.close()
         await engine.close()
+        await gpu.close()
 
     return names, close

@@ -27,6 +27,24 @@ pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 WAIT_S = 90.0
 ADMIN_PASSWORD = "correct horse battery staple"
 CLIENT_PASSWORD = "alice-password-0123"
+GPU_SCRIPT = {
+    "driver_version": "535.86.10",
+    "cuda_version": "12.2",
+    "devices": [
+        {
+            "index": 0,
+            "uuid": "GPU-seed004-0",
+            "name": "NVIDIA RTX 4090",
+            "utilization_gpu_percent": 78.5,
+            "memory_used_mib": 12288,
+            "memory_total_mib": 24576,
+            "temperature_c": 65,
+            "power_w": 350,
+            "power_limit_w": 450,
+            "processes": [{"pid": 1234, "name": "llama-cpp-server", "used_memory_mib": 8192}],
+        }
+    ],
+}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
@@ -38,6 +56,8 @@ def stack004(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f"admin:admin:{hash_password(ADMIN_PASSWORD)}\n"
         f"alice:seed004:{hash_password(CLIENT_PASSWORD)}\n"
     )
+    gpu_script = home / "gpu.json"
+    gpu_script.write_text(json.dumps(GPU_SCRIPT))
     config = {
         "providers": [{"name": "mock", "kind": "mock"}],
         "models": [{"name": "mock-chat", "deployments": [{"provider": "mock", "model": "m"}]}],
@@ -49,6 +69,9 @@ def stack004(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S": "0.25",
         "SWITCHBOARD_NODE_NAME": "seed004-node",
         "SWITCHBOARD_ACCOUNTS_FILE": str(accounts_file),
+        # No GPU on these machines: NVML's readings come from a script.
+        "SWITCHBOARD_GPU_SCRIPT": str(gpu_script),
+        "SWITCHBOARD_GPU_INTERVAL_S": "0.2",
     }
     with running_stack(config, home, env) as running:
         yield running
@@ -390,3 +413,41 @@ def test_token_login(stack004: Stack) -> None:
             "AUTHENTICATION_FAILED",
             "/api/models/x/generate",
         )
+
+
+def test_system_status_and_gpus(stack004: Stack, api: httpx.Client) -> None:
+    reply = api.get("/system/status")
+    assert reply.status_code == 200, reply.text
+    status = reply.json()
+    assert status["status"] in ("healthy", "degraded")
+    assert status["version"]
+    assert isinstance(status["uptime"], int)
+    assert status["uptime"] >= 0
+    models = status["models"]
+    assert {"total", "running", "stopped", "error"} <= set(models)
+    assert models["total"] >= models["running"] + models["stopped"] + models["error"]
+    resources = status["resources"]
+    assert 0 <= resources["cpu_percent"] <= 100
+    assert 0 < resources["memory_percent"] <= 100
+    assert 0 < resources["disk_percent"] <= 100
+    [gpu] = status["gpu"]
+    assert gpu["id"] == 0
+    assert gpu["name"] == "NVIDIA RTX 4090"
+    assert gpu["utilization"] == 78.5
+    assert gpu["memory_used"] == 12288
+    assert gpu["memory_total"] == 24576
+    assert gpu["temperature"] == 65
+
+    detail = api.get("/v1/system/gpu")
+    assert detail.status_code == 200, detail.text
+    [one] = detail.json()["gpus"]
+    assert one["driver_version"] == "535.86.10"
+    assert one["cuda_version"] == "12.2"
+    assert one["memory_free"] == 12288
+    assert one["power_usage"] == 350
+    assert one["power_limit"] == 450
+    assert all(set(p) == {"pid", "name", "memory_usage"} for p in one["processes"])
+
+    with httpx.Client(base_url=f"{stack004.edge_url}/api", timeout=30) as anonymous:
+        _error(anonymous.get("/system/status"), 401, "AUTHENTICATION_FAILED", "/api/system/status")
+        _error(anonymous.get("/system/gpu"), 401, "AUTHENTICATION_FAILED", "/api/system/gpu")

@@ -40,6 +40,16 @@ class InferenceManagerServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.IssueTokenRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GetSystemStatus = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/GetSystemStatus',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemStatusRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetSystemGpu = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/GetSystemGpu',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemGpuRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.ListManagedModels = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/ListManagedModels',
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.SerializeToString,
@@ -110,6 +120,25 @@ class InferenceManagerServiceServicer:
         expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
         hashes); the token is accepted as Bearer on every surface, as the key its
         account names (switchboard_common/tokens.py).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSystemStatus(self, request, context):
+        """{status, version, uptime, models {total, running, stopped, error},
+        resources {cpu_percent, memory_percent, disk_percent}, nodes, gpu}.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSystemGpu(self, request, context):
+        """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
@@ -233,6 +262,16 @@ def add_InferenceManagerServiceServicer_to_server(servicer, server):
                     request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.IssueTokenRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
+            'GetSystemStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSystemStatus,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemStatusRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetSystemGpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSystemGpu,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemGpuRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'ListManagedModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListManagedModels,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.FromString,
@@ -320,6 +359,60 @@ class InferenceManagerService:
             target,
             '/switchboard.router.v1.InferenceManagerService/IssueToken',
             switchboard_dot_router_dot_v1_dot_inference__manager__pb2.IssueTokenRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSystemStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/GetSystemStatus',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemStatusRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSystemGpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/GetSystemGpu',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemGpuRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -51,6 +51,17 @@ class InferenceManagerServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    GetSystemStatus: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetSystemStatusRequest, _httpbody_pb2.HttpBody]
+    """{status, version, uptime, models {total, running, stopped, error},
+    resources {cpu_percent, memory_percent, disk_percent}, nodes, gpu}.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetSystemGpu: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetSystemGpuRequest, _httpbody_pb2.HttpBody]
+    """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     ListManagedModels: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ListManagedModelsRequest, _httpbody_pb2.HttpBody]
     """{items, total, page, size, pages}, filtered by status and framework.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -120,6 +131,17 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
     hashes); the token is accepted as Bearer on every surface, as the key its
     account names (switchboard_common/tokens.py).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetSystemStatus: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetSystemStatusRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """{status, version, uptime, models {total, running, stopped, error},
+    resources {cpu_percent, memory_percent, disk_percent}, nodes, gpu}.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetSystemGpu: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetSystemGpuRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -195,6 +217,29 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         expires_in}. Accounts are the admin's (SWITCHBOARD_ACCOUNTS_FILE, scrypt
         hashes); the token is accepted as Bearer on every surface, as the key its
         account names (switchboard_common/tokens.py).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetSystemStatus(
+        self,
+        request: _inference_manager_pb2.GetSystemStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """{status, version, uptime, models {total, running, stopped, error},
+        resources {cpu_percent, memory_percent, disk_percent}, nodes, gpu}.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetSystemGpu(
+        self,
+        request: _inference_manager_pb2.GetSystemGpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
