@@ -30,6 +30,7 @@ from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.values import to_python
 from switchboard_router.surfaces import surface
 from switchboard_router.surfaces.inference_manager_models import NAME, body_of
+from switchboard_router.surfaces.inference_manager_monitoring import Monitoring
 from switchboard_router.surfaces.inference_manager_shapes import (
     DONE,
     ValidationFailed,
@@ -37,7 +38,6 @@ from switchboard_router.surfaces.inference_manager_shapes import (
     error,
     event,
 )
-from switchboard_router.surfaces.inference_manager_system import System
 
 if TYPE_CHECKING:
     from switchboard_router.service import RouterServicer
@@ -74,7 +74,9 @@ def _usage(usage: openai_pb2.Usage) -> dict[str, int]:
     }
 
 
-class InferenceManagerServicer(System, inference_manager_pb2_grpc.InferenceManagerServiceServicer):
+class InferenceManagerServicer(
+    Monitoring, inference_manager_pb2_grpc.InferenceManagerServiceServicer
+):
     def __init__(
         self,
         router: RouterServicer,

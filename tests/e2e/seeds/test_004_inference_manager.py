@@ -272,6 +272,50 @@ def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
     assert 0 <= detail["performance_stats"]["error_rate"] <= 1
     assert detail["performance_stats"]["requests_per_second"] > 0
 
+    # Monitoring: the calls above, from the ledger (ClickHouse).
+    def performance() -> dict[str, Any] | None:
+        reply = api.get(
+            "/monitoring/performance", params={"model_id": "smol-004", "time_range": "1h"}
+        )
+        assert reply.status_code == 200, reply.text
+        body: dict[str, Any] = reply.json()
+        counted = [m for m in body["models"] if m["model_id"] == "smol-004"]
+        return body if counted and counted[0]["total_requests"] >= 3 else None
+
+    perf = eventually(performance, timeout=WAIT_S)
+    assert perf["time_range"] == "1h"
+    [model_perf] = perf["models"]
+    assert model_perf["model_name"] == "smol-004"
+    assert (
+        model_perf["successful_requests"] + model_perf["failed_requests"]
+        == (model_perf["total_requests"])
+    )
+    assert 0 < model_perf["min_response_time"] <= model_perf["avg_response_time"]
+    assert model_perf["avg_response_time"] <= model_perf["max_response_time"]
+    assert model_perf["requests_per_second"] > 0
+    assert set(perf["system"]) == {"avg_cpu_percent", "avg_memory_percent", "avg_gpu_utilization"}
+
+    def series(kind: str) -> dict[str, Any] | None:
+        reply = api.get("/monitoring/metrics", params={"metric_type": kind, "interval": "1m"})
+        assert reply.status_code == 200, reply.text
+        body: dict[str, Any] = reply.json()
+        return body if body["metrics"] else None
+
+    gpu_series = eventually(lambda: series("gpu"), timeout=WAIT_S)
+    assert all(TIMESTAMP.match(m["timestamp"]) for m in gpu_series["metrics"])
+    assert gpu_series["metrics"][-1]["gpu_utilization"] == 78.5
+    assert gpu_series["metrics"][-1]["gpu_memory_used"] == 12288
+    assert gpu_series["summary"]["max_gpu_utilization"] == 78.5
+    model_series = eventually(lambda: series("model"), timeout=WAIT_S)
+    assert {m["model_id"] for m in model_series["metrics"]} >= {"smol-004"}
+    assert model_series["summary"]["total_requests"] >= 3
+    _error(
+        api.get("/monitoring/metrics", params={"metric_type": "disk"}),
+        422,
+        "INVALID_REQUEST",
+        "/api/monitoring/metrics",
+    )
+
     updated = api.put(
         "/models/smol-004",
         json={

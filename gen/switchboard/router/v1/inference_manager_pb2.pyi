@@ -59,6 +59,60 @@ class GetSystemGpuRequest(_message.Message):
 Global___GetSystemGpuRequest: _TypeAlias = GetSystemGpuRequest  # noqa: Y015
 
 @_typing.final
+class GetMonitoringMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    METRIC_TYPE_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    start_time: _builtins.str
+    """ISO 8601; default the last hour."""
+    end_time: _builtins.str
+    metric_type: _builtins.str
+    """gpu (default) or model."""
+    interval: _builtins.str
+    """1m (default), 5m, 1h, 1d."""
+    def __init__(
+        self,
+        *,
+        start_time: _builtins.str = ...,
+        end_time: _builtins.str = ...,
+        metric_type: _builtins.str = ...,
+        interval: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "interval", b"interval", "metric_type", b"metric_type", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMonitoringMetricsRequest: _TypeAlias = GetMonitoringMetricsRequest  # noqa: Y015
+
+@_typing.final
+class GetMonitoringPerformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    TIME_RANGE_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    time_range: _builtins.str
+    """1h (default), 24h, 7d, 30d."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        time_range: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "time_range", b"time_range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMonitoringPerformanceRequest: _TypeAlias = GetMonitoringPerformanceRequest  # noqa: Y015
+
+@_typing.final
 class IssueTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -50,6 +50,16 @@ class InferenceManagerServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemGpuRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GetMonitoringMetrics = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/GetMonitoringMetrics',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetMonitoringMetricsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetMonitoringPerformance = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/GetMonitoringPerformance',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetMonitoringPerformanceRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.ListManagedModels = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/ListManagedModels',
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.SerializeToString,
@@ -139,6 +149,28 @@ class InferenceManagerServiceServicer:
 
     def GetSystemGpu(self, request, context):
         """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMonitoringMetrics(self, request, context):
+        """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
+        and memory from the gpu service's history in ClickHouse) or model (requests
+        and response time from the usage ledger); cpu and memory are refused (501)
+        until host samples are stored.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMonitoringPerformance(self, request, context):
+        """{time_range, models: [{model_id, total_requests, ..., error_rate}], system}
+        from the usage ledger; a client key sees its own traffic.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
@@ -270,6 +302,16 @@ def add_InferenceManagerServiceServicer_to_server(servicer, server):
             'GetSystemGpu': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSystemGpu,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemGpuRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetMonitoringMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMonitoringMetrics,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetMonitoringMetricsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetMonitoringPerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMonitoringPerformance,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetMonitoringPerformanceRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'ListManagedModels': grpc.unary_unary_rpc_method_handler(
@@ -413,6 +455,60 @@ class InferenceManagerService:
             target,
             '/switchboard.router.v1.InferenceManagerService/GetSystemGpu',
             switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetSystemGpuRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMonitoringMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/GetMonitoringMetrics',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetMonitoringMetricsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMonitoringPerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/GetMonitoringPerformance',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetMonitoringPerformanceRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -62,6 +62,20 @@ class InferenceManagerServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    GetMonitoringMetrics: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetMonitoringMetricsRequest, _httpbody_pb2.HttpBody]
+    """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
+    and memory from the gpu service's history in ClickHouse) or model (requests
+    and response time from the usage ledger); cpu and memory are refused (501)
+    until host samples are stored.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetMonitoringPerformance: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetMonitoringPerformanceRequest, _httpbody_pb2.HttpBody]
+    """{time_range, models: [{model_id, total_requests, ..., error_rate}], system}
+    from the usage ledger; a client key sees its own traffic.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     ListManagedModels: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ListManagedModelsRequest, _httpbody_pb2.HttpBody]
     """{items, total, page, size, pages}, filtered by status and framework.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -142,6 +156,20 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     """
     GetSystemGpu: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetSystemGpuRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetMonitoringMetrics: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetMonitoringMetricsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
+    and memory from the gpu service's history in ClickHouse) or model (requests
+    and response time from the usage ledger); cpu and memory are refused (501)
+    until host samples are stored.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetMonitoringPerformance: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetMonitoringPerformanceRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """{time_range, models: [{model_id, total_requests, ..., error_rate}], system}
+    from the usage ledger; a client key sees its own traffic.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -240,6 +268,32 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """{"gpus": [...]}: each GPU with its node, driver, memory, power and processes.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetMonitoringMetrics(
+        self,
+        request: _inference_manager_pb2.GetMonitoringMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
+        and memory from the gpu service's history in ClickHouse) or model (requests
+        and response time from the usage ledger); cpu and memory are refused (501)
+        until host samples are stored.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetMonitoringPerformance(
+        self,
+        request: _inference_manager_pb2.GetMonitoringPerformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """{time_range, models: [{model_id, total_requests, ..., error_rate}], system}
+        from the usage ledger; a client key sees its own traffic.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
