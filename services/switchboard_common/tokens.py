@@ -64,6 +64,8 @@ def verify(secret: bytes, token: str) -> Claims | None:
         return None
     admin = payload.get("adm") is True
     key = payload.get("key")
-    if not admin and not isinstance(key, str):
+    if admin:
+        return Claims(subject=str(payload["sub"]), admin=True, key_name="")
+    if not isinstance(key, str):
         return None
-    return Claims(subject=str(payload["sub"]), admin=admin, key_name=key if not admin else "")
+    return Claims(subject=str(payload["sub"]), admin=False, key_name=key)

@@ -54,7 +54,7 @@ def test_tokens_are_signed_and_expire() -> None:
     assert tokens.verify(secret, other) is None
     unsigned = jwt.encode(
         {"sub": "bob", "adm": True, "iat": 0, "exp": 2**40, "iss": "switchboard"},
-        None,
+        "",
         algorithm="none",
     )
     assert tokens.verify(secret, unsigned) is None

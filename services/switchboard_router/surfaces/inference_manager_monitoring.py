@@ -171,6 +171,7 @@ class Monitoring(System):
         for point in memory:
             row = rows[point.bucket_start.ToDatetime()]
             row["memory"] = row.get("memory", 0) + point.avg
+        averages = [round(row.get("util", 0) / row.get("n", 1), 1) for row in rows.values()]
         metrics = [
             {
                 "timestamp": timestamp(bucket.replace(tzinfo=dt.UTC)),
@@ -179,7 +180,6 @@ class Monitoring(System):
             }
             for bucket, row in sorted(rows.items())
         ]
-        averages = [m["gpu_utilization"] for m in metrics]
         return {
             "metrics": metrics,
             "summary": {
@@ -204,7 +204,7 @@ class Monitoring(System):
             self.usage.GetUsagePerformance,
             usage_pb2.GetUsagePerformanceRequest(window=window),
         )
-        metrics = [
+        metrics: list[dict[str, Any]] = [
             {
                 "timestamp": timestamp(p.time.ToDatetime().replace(tzinfo=dt.UTC)),
                 "model_id": p.model,

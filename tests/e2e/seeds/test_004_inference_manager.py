@@ -118,17 +118,22 @@ def _error(reply: httpx.Response, status: int, code: str, path: str) -> dict[str
     return body
 
 
-def _status(api: httpx.Client, model_id: str, wanted: str) -> dict[str, Any] | None:
+# The checks below are polled by eventually(), which counts an AssertionError as "not yet".
+
+
+def _status(api: httpx.Client, model_id: str, wanted: str) -> dict[str, Any]:
     reply = api.get(f"/models/{model_id}")
     assert reply.status_code == 200, reply.text
     found: dict[str, Any] = reply.json()
-    return found if found["status"] == wanted else None
+    assert found["status"] == wanted, found["status"]
+    return found
 
 
-def _generated(api: httpx.Client, model_id: str, body: dict[str, Any]) -> httpx.Response | None:
+def _generated(api: httpx.Client, model_id: str, body: dict[str, Any]) -> httpx.Response:
     reply = api.post(f"/models/{model_id}/generate", json=body)
     # Until the router has seen the engine's deployment: 503 MODEL_NOT_RUNNING.
-    return None if reply.status_code == 503 else reply
+    assert reply.status_code != 503, reply.text
+    return reply
 
 
 @pytest.mark.timeout(400)
@@ -259,10 +264,10 @@ def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
     assert all(TIMESTAMP.match(line["timestamp"]) and line["message"] for line in lines)
     assert {line["level"] for line in lines} <= {"DEBUG", "INFO", "WARNING", "ERROR"}
 
-    def measured() -> dict[str, Any] | None:
+    def measured() -> dict[str, Any]:
         detail: dict[str, Any] = api.get("/models/smol-004").json()
-        stats = detail["performance_stats"]
-        return detail if stats["avg_response_time"] > 0 else None
+        assert detail["performance_stats"]["avg_response_time"] > 0
+        return detail
 
     detail = eventually(measured, timeout=WAIT_S)
     assert detail["description"] == "模型描述"
@@ -273,14 +278,16 @@ def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
     assert detail["performance_stats"]["requests_per_second"] > 0
 
     # Monitoring: the calls above, from the ledger (ClickHouse).
-    def performance() -> dict[str, Any] | None:
+    def performance() -> dict[str, Any]:
         reply = api.get(
             "/monitoring/performance", params={"model_id": "smol-004", "time_range": "1h"}
         )
         assert reply.status_code == 200, reply.text
         body: dict[str, Any] = reply.json()
         counted = [m for m in body["models"] if m["model_id"] == "smol-004"]
-        return body if counted and counted[0]["total_requests"] >= 3 else None
+        assert counted, body
+        assert counted[0]["total_requests"] >= 3, counted
+        return body
 
     perf = eventually(performance, timeout=WAIT_S)
     assert perf["time_range"] == "1h"
@@ -295,11 +302,12 @@ def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
     assert model_perf["requests_per_second"] > 0
     assert set(perf["system"]) == {"avg_cpu_percent", "avg_memory_percent", "avg_gpu_utilization"}
 
-    def series(kind: str) -> dict[str, Any] | None:
+    def series(kind: str) -> dict[str, Any]:
         reply = api.get("/monitoring/metrics", params={"metric_type": kind, "interval": "1m"})
         assert reply.status_code == 200, reply.text
         body: dict[str, Any] = reply.json()
-        return body if body["metrics"] else None
+        assert body["metrics"], body
+        return body
 
     gpu_series = eventually(lambda: series("gpu"), timeout=WAIT_S)
     assert all(TIMESTAMP.match(m["timestamp"]) for m in gpu_series["metrics"])
