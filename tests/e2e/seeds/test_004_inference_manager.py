@@ -264,6 +264,13 @@ def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
     assert all(TIMESTAMP.match(line["timestamp"]) and line["message"] for line in lines)
     assert {line["level"] for line in lines} <= {"DEBUG", "INFO", "WARNING", "ERROR"}
 
+    # follow=true: the tail, then each new line, as server-sent events.
+    with api.stream("GET", "/models/smol-004/logs", params={"lines": 2, "follow": True}) as live:
+        assert live.status_code == 200
+        assert live.headers["content-type"].startswith("text/event-stream")
+        first = next(line for line in live.iter_lines() if line.startswith("data: "))
+    assert set(json.loads(first[6:])) == {"timestamp", "level", "message"}
+
     def measured() -> dict[str, Any]:
         detail: dict[str, Any] = api.get("/models/smol-004").json()
         assert detail["performance_stats"]["avg_response_time"] > 0
@@ -336,6 +343,11 @@ def test_a_model_through_its_life_on_the_real_engine(api: httpx.Client) -> None:
     assert updated.json()["display_name"] == "更新的模型名称"
     assert updated.json()["config"]["temperature"] == 0.8
     assert updated.json()["tags"] == ["production", "chat", "updated"]
+
+    restarted = api.post("/models/smol-004/restart")
+    assert restarted.status_code == 200, restarted.text
+    assert restarted.json()["task_id"] != started.json()["task_id"]
+    eventually(lambda: _status(api, "smol-004", "running"), timeout=WAIT_S)
 
     # A running model is not deleted behind its callers' backs: stop it first.
     _error(api.delete("/models/smol-004"), 409, "CONFLICT", "/api/models/smol-004")
