@@ -130,7 +130,7 @@ class InferenceManagerServicer(
             )
 
     async def GenerateText(
-        self, request: pb.ModelInferenceRequest, context: Context
+        self, request: pb.GenerateTextRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         surface.enter(NAME)
         render = _render(request.model_id)
@@ -174,7 +174,7 @@ class InferenceManagerServicer(
             )
 
     async def CompleteChat(
-        self, request: pb.ModelInferenceRequest, context: Context
+        self, request: pb.CompleteChatRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         surface.enter(NAME)
         render = _render(request.model_id)
@@ -225,7 +225,7 @@ class InferenceManagerServicer(
             )
 
     async def EmbedText(
-        self, request: pb.ModelInferenceRequest, context: Context
+        self, request: pb.EmbedTextRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         surface.enter(NAME)
         with surface.rendered(_render(request.model_id)):

@@ -217,7 +217,7 @@ class Models:
             return answer({"message": "模型删除成功"})
 
     async def StartManagedModel(
-        self, request: pb.ModelActionRequest, context: Context
+        self, request: pb.StartManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with rendered_as(request.model_id):
             force, timeout = _action(body_of(request.body), most=3600)
@@ -252,7 +252,7 @@ class Models:
             return answer({"message": "模型启动中", "task_id": task.id})
 
     async def StopManagedModel(
-        self, request: pb.ModelActionRequest, context: Context
+        self, request: pb.StopManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with rendered_as(request.model_id):
             force, timeout = _action(body_of(request.body), most=3600)
@@ -265,7 +265,7 @@ class Models:
             return answer({"message": "模型停止中", "task_id": reply.task.id})
 
     async def RestartManagedModel(
-        self, request: pb.ModelActionRequest, context: Context
+        self, request: pb.RestartManagedModelRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         with rendered_as(request.model_id):
             _action(body_of(request.body), most=3600)

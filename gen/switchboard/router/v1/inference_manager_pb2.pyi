@@ -246,7 +246,7 @@ class DeleteManagedModelRequest(_message.Message):
 Global___DeleteManagedModelRequest: _TypeAlias = DeleteManagedModelRequest  # noqa: Y015
 
 @_typing.final
-class ModelActionRequest(_message.Message):
+class StartManagedModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
@@ -268,7 +268,57 @@ class ModelActionRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ModelActionRequest: _TypeAlias = ModelActionRequest  # noqa: Y015
+Global___StartManagedModelRequest: _TypeAlias = StartManagedModelRequest  # noqa: Y015
+
+@_typing.final
+class StopManagedModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    @_builtins.property
+    def body(self) -> _struct_pb2.Struct:
+        """Optional {force, timeout}."""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopManagedModelRequest: _TypeAlias = StopManagedModelRequest  # noqa: Y015
+
+@_typing.final
+class RestartManagedModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    @_builtins.property
+    def body(self) -> _struct_pb2.Struct:
+        """Optional {force, timeout}."""
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartManagedModelRequest: _TypeAlias = RestartManagedModelRequest  # noqa: Y015
 
 @_typing.final
 class GetManagedModelLogsRequest(_message.Message):
@@ -297,7 +347,7 @@ class GetManagedModelLogsRequest(_message.Message):
 Global___GetManagedModelLogsRequest: _TypeAlias = GetManagedModelLogsRequest  # noqa: Y015
 
 @_typing.final
-class ModelInferenceRequest(_message.Message):
+class GenerateTextRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
@@ -317,4 +367,50 @@ class ModelInferenceRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ModelInferenceRequest: _TypeAlias = ModelInferenceRequest  # noqa: Y015
+Global___GenerateTextRequest: _TypeAlias = GenerateTextRequest  # noqa: Y015
+
+@_typing.final
+class CompleteChatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    @_builtins.property
+    def body(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteChatRequest: _TypeAlias = CompleteChatRequest  # noqa: Y015
+
+@_typing.final
+class EmbedTextRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    @_builtins.property
+    def body(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedTextRequest: _TypeAlias = EmbedTextRequest  # noqa: Y015

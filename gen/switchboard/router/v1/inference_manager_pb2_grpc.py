@@ -87,17 +87,17 @@ class InferenceManagerServiceStub:
                 _registered_method=True)
         self.StartManagedModel = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/StartManagedModel',
-                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.SerializeToString,
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.StartManagedModelRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.StopManagedModel = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/StopManagedModel',
-                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.SerializeToString,
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.StopManagedModelRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.RestartManagedModel = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/RestartManagedModel',
-                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.SerializeToString,
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.RestartManagedModelRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.GetManagedModelLogs = channel.unary_stream(
@@ -107,17 +107,17 @@ class InferenceManagerServiceStub:
                 _registered_method=True)
         self.GenerateText = channel.unary_stream(
                 '/switchboard.router.v1.InferenceManagerService/GenerateText',
-                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.SerializeToString,
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GenerateTextRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.CompleteChat = channel.unary_stream(
                 '/switchboard.router.v1.InferenceManagerService/CompleteChat',
-                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.SerializeToString,
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CompleteChatRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.EmbedText = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/EmbedText',
-                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.SerializeToString,
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.EmbedTextRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
@@ -341,17 +341,17 @@ def add_InferenceManagerServiceServicer_to_server(servicer, server):
             ),
             'StartManagedModel': grpc.unary_unary_rpc_method_handler(
                     servicer.StartManagedModel,
-                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.FromString,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.StartManagedModelRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'StopManagedModel': grpc.unary_unary_rpc_method_handler(
                     servicer.StopManagedModel,
-                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.FromString,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.StopManagedModelRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'RestartManagedModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RestartManagedModel,
-                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.FromString,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.RestartManagedModelRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetManagedModelLogs': grpc.unary_stream_rpc_method_handler(
@@ -361,17 +361,17 @@ def add_InferenceManagerServiceServicer_to_server(servicer, server):
             ),
             'GenerateText': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateText,
-                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.FromString,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GenerateTextRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'CompleteChat': grpc.unary_stream_rpc_method_handler(
                     servicer.CompleteChat,
-                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.FromString,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CompleteChatRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'EmbedText': grpc.unary_unary_rpc_method_handler(
                     servicer.EmbedText,
-                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.FromString,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.EmbedTextRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -670,7 +670,7 @@ class InferenceManagerService:
             request,
             target,
             '/switchboard.router.v1.InferenceManagerService/StartManagedModel',
-            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.StartManagedModelRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -697,7 +697,7 @@ class InferenceManagerService:
             request,
             target,
             '/switchboard.router.v1.InferenceManagerService/StopManagedModel',
-            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.StopManagedModelRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -724,7 +724,7 @@ class InferenceManagerService:
             request,
             target,
             '/switchboard.router.v1.InferenceManagerService/RestartManagedModel',
-            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelActionRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.RestartManagedModelRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -778,7 +778,7 @@ class InferenceManagerService:
             request,
             target,
             '/switchboard.router.v1.InferenceManagerService/GenerateText',
-            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GenerateTextRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -805,7 +805,7 @@ class InferenceManagerService:
             request,
             target,
             '/switchboard.router.v1.InferenceManagerService/CompleteChat',
-            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CompleteChatRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -832,7 +832,7 @@ class InferenceManagerService:
             request,
             target,
             '/switchboard.router.v1.InferenceManagerService/EmbedText',
-            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ModelInferenceRequest.SerializeToString,
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.EmbedTextRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -103,16 +103,16 @@ class InferenceManagerServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    StartManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelActionRequest, _httpbody_pb2.HttpBody]
+    StartManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.StartManagedModelRequest, _httpbody_pb2.HttpBody]
     """{message, task_id}; the task is the engine service's.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    StopManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelActionRequest, _httpbody_pb2.HttpBody]
+    StopManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.StopManagedModelRequest, _httpbody_pb2.HttpBody]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    RestartManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelActionRequest, _httpbody_pb2.HttpBody]
+    RestartManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.RestartManagedModelRequest, _httpbody_pb2.HttpBody]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -122,17 +122,17 @@ class InferenceManagerServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    GenerateText: _grpc.UnaryStreamMultiCallable[_inference_manager_pb2.ModelInferenceRequest, _httpbody_pb2.HttpBody]
+    GenerateText: _grpc.UnaryStreamMultiCallable[_inference_manager_pb2.GenerateTextRequest, _httpbody_pb2.HttpBody]
     """Text generation: one JSON answer, or with "stream": true server-sent
     events ending data: [DONE].
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    CompleteChat: _grpc.UnaryStreamMultiCallable[_inference_manager_pb2.ModelInferenceRequest, _httpbody_pb2.HttpBody]
+    CompleteChat: _grpc.UnaryStreamMultiCallable[_inference_manager_pb2.CompleteChatRequest, _httpbody_pb2.HttpBody]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    EmbedText: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelInferenceRequest, _httpbody_pb2.HttpBody]
+    EmbedText: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.EmbedTextRequest, _httpbody_pb2.HttpBody]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -200,16 +200,16 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    StartManagedModel: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelActionRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    StartManagedModel: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.StartManagedModelRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """{message, task_id}; the task is the engine service's.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    StopManagedModel: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelActionRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    StopManagedModel: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.StopManagedModelRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    RestartManagedModel: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelActionRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    RestartManagedModel: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.RestartManagedModelRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -219,17 +219,17 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    GenerateText: _aio.UnaryStreamMultiCallable[_inference_manager_pb2.ModelInferenceRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    GenerateText: _aio.UnaryStreamMultiCallable[_inference_manager_pb2.GenerateTextRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """Text generation: one JSON answer, or with "stream": true server-sent
     events ending data: [DONE].
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    CompleteChat: _aio.UnaryStreamMultiCallable[_inference_manager_pb2.ModelInferenceRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    CompleteChat: _aio.UnaryStreamMultiCallable[_inference_manager_pb2.CompleteChatRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
-    EmbedText: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ModelInferenceRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    EmbedText: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.EmbedTextRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -358,7 +358,7 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StartManagedModel(
         self,
-        request: _inference_manager_pb2.ModelActionRequest,
+        request: _inference_manager_pb2.StartManagedModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """{message, task_id}; the task is the engine service's.
@@ -369,7 +369,7 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StopManagedModel(
         self,
-        request: _inference_manager_pb2.ModelActionRequest,
+        request: _inference_manager_pb2.StopManagedModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -379,7 +379,7 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RestartManagedModel(
         self,
-        request: _inference_manager_pb2.ModelActionRequest,
+        request: _inference_manager_pb2.RestartManagedModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -401,7 +401,7 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def GenerateText(
         self,
-        request: _inference_manager_pb2.ModelInferenceRequest,
+        request: _inference_manager_pb2.GenerateTextRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
         """Text generation: one JSON answer, or with "stream": true server-sent
@@ -413,7 +413,7 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def CompleteChat(
         self,
-        request: _inference_manager_pb2.ModelInferenceRequest,
+        request: _inference_manager_pb2.CompleteChatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
         """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -423,7 +423,7 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def EmbedText(
         self,
-        request: _inference_manager_pb2.ModelInferenceRequest,
+        request: _inference_manager_pb2.EmbedTextRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
