@@ -22,7 +22,16 @@ SERVICES = [
     (vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"], ("/api/v1/",)),
     (
         inference_manager_pb2.DESCRIPTOR.services_by_name["InferenceManagerService"],
-        ("/api/models", "/api/v1/models"),
+        (
+            "/api/models",
+            "/api/v1/models",
+            "/api/system/",
+            "/api/v1/system/",
+            "/api/monitoring/",
+            "/api/v1/monitoring/",
+            "/api/auth/",
+            "/api/v1/auth/",
+        ),
     ),
 ]
 # Seed 004's model management is engine administration: the admin key's.
@@ -38,8 +47,11 @@ ADMIN = {
     "StopManagedModel",
     "RestartManagedModel",
     "GetManagedModelLogs",
+    "GetSystemStatus",
+    "GetSystemGpu",
+    "GetMonitoringMetrics",
 }
-PUBLIC = {"GetLlmHealth"}
+PUBLIC = {"GetLlmHealth", "IssueToken"}
 
 
 @pytest.mark.parametrize(("service", "prefixes"), SERVICES, ids=lambda s: getattr(s, "name", ""))
