@@ -16,6 +16,7 @@ from google.protobuf import field_mask_pb2, json_format, struct_pb2
 
 from switchboard.engine.v1 import engine_pb2 as epb
 from switchboard.engine.v1 import engine_pb2_grpc
+from switchboard.registry.v1 import engine_config_pb2 as cfg
 from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
 from switchboard.router.v1 import inference_manager_pb2 as pb
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -223,7 +224,7 @@ class Models:
             force, timeout = _action(body_of(request.body), most=3600)
             engine = await self._engine(request.model_id)
             if timeout and timeout != engine.config.start_timeout_s:
-                config = epb.Engine().config
+                config = cfg.EngineConfig()
                 config.CopyFrom(engine.config)
                 config.start_timeout_s = timeout
                 await self._call(
