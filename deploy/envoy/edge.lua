@@ -24,7 +24,14 @@ local SURFACES = {
   {"/api/llm/chat", "qwen_chat"},
   {"/api/llm/", "multi_llm"},
   {"/api/v1/llm/", "multi_llm"},
+  -- Seed 004 (the inference manager): its paths under /api/v1 first, then /api.
+  {"/api/v1/models/", "inference_manager"},
+  {"/api/v1/system/", "inference_manager"},
+  {"/api/v1/monitoring/", "inference_manager"},
+  {"/api/v1/config", "inference_manager"},
+  {"/api/v1/auth/", "inference_manager"},
   {"/api/v1/", "vision_chat"},
+  {"/api/", "inference_manager"},
 }
 
 local function surface_of(path)
@@ -109,8 +116,15 @@ local function error_body(message, type_, code, param)
     .. ',"param":' .. (param and json_string(param) or "null") .. '}}'
 end
 
+-- Seed 004's error codes per HTTP status.
+local INFERENCE_MANAGER_CODES = {
+  [400] = "INVALID_REQUEST", [401] = "AUTHENTICATION_FAILED", [403] = "AUTHORIZATION_FAILED",
+  [404] = "NOT_FOUND", [409] = "CONFLICT", [413] = "INVALID_REQUEST", [422] = "INVALID_REQUEST",
+  [429] = "RATE_LIMIT_EXCEEDED", [503] = "SERVICE_UNAVAILABLE", [504] = "OPERATION_TIMEOUT",
+}
+
 -- An error in a seed API's shape. message is already a JSON string literal.
-local function surface_body(surface, status, message, request_id)
+local function surface_body(surface, status, message, request_id, path)
   local code = tonumber(status) or 500
   if surface == "vision_chat" then
     return '{"detail":' .. message .. '}'
@@ -118,6 +132,11 @@ local function surface_body(surface, status, message, request_id)
   if surface == "anthropic_messages" then
     return '{"type":"error","error":{"type":"' .. (ANTHROPIC_TYPES[code] or "api_error")
       .. '","message":' .. message .. '}}'
+  end
+  if surface == "inference_manager" then
+    return '{"error":{"code":"' .. (INFERENCE_MANAGER_CODES[code] or "INTERNAL_ERROR")
+      .. '","message":' .. message .. ',"details":{}},"timestamp":"'
+      .. os.date("!%Y-%m-%dT%H:%M:%SZ") .. '","path":' .. json_string(path or "") .. '}'
   end
   local qwen = '"code":' .. code .. ',"message":'
     .. json_string(QWEN_MESSAGES[code] or "服务器错误") .. ',"data":null'
@@ -253,7 +272,8 @@ local function reject(request_handle, status, message, type_, code, param)
   local meta = request_handle:streamInfo():dynamicMetadata()
   local seed = meta:get("switchboard")
   if seed ~= nil and seed["surface"] ~= nil then
-    body = surface_body(seed["surface"], status, json_string(message), seed["request_id"])
+    body = surface_body(seed["surface"], status, json_string(message), seed["request_id"],
+      seed["path"])
   end
   -- Tells local_reply_config that this body is already in OpenAI's shape.
   meta:set("switchboard", "rendered", true)
@@ -340,6 +360,8 @@ function envoy_on_request(request_handle)
     local meta = request_handle:streamInfo():dynamicMetadata()
     meta:set("switchboard", "surface", surface)
     meta:set("switchboard", "request_id", headers:get("x-request-id") or "")
+    -- Seed 004's error bodies name the path asked for.
+    meta:set("switchboard", "path", (original:gsub("%?.*$", "")))
   end
   if rewritten == nil then
     reject(request_handle, "404", "Unknown route " .. (headers:get(":method") or "") .. " "
@@ -440,7 +462,8 @@ function envoy_on_response(response_handle)
     if seed ~= nil and string.find(text, '^%s*{%s*"error"') then
       -- Envoy's own reply (bad JSON, unknown route, too large), in the seed API's shape.
       local whole = body:getBytes(0, body:length())
-      body:setBytes(surface_body(seed, code, message_literal(whole), refused["request_id"]))
+      body:setBytes(surface_body(seed, code, message_literal(whole), refused["request_id"],
+        refused["path"]))
       return
     end
     if not string.find(text, '^%s*{%s*"code"') then
@@ -456,7 +479,8 @@ function envoy_on_response(response_handle)
     -- (Handles taken before body() are invalid after it.)
     response_handle:headers():replace("content-type", "application/json")
     if seed ~= nil then
-      body:setBytes(surface_body(seed, code, json_string(message), refused["request_id"]))
+      body:setBytes(surface_body(seed, code, json_string(message), refused["request_id"],
+        refused["path"]))
       return
     end
     body:setBytes(error_body(message, HTTP_TYPES[code] or "api_error", nil, nil))
@@ -466,12 +490,18 @@ function envoy_on_response(response_handle)
     -- An error no Switchboard interceptor rendered (e.g. an unknown method).
     local message = grpc_message or ("upstream error " .. code)
     if seed ~= nil then
-      body_json = surface_body(seed, code, json_string(message), refused["request_id"])
+      body_json = surface_body(seed, code, json_string(message), refused["request_id"],
+        refused["path"])
     else
       body_json = error_body(message, HTTP_TYPES[code] or "api_error", nil, nil)
     end
   else
     headers:replace(":status", status)
+    if seed == "inference_manager" then
+      -- The services render seed 004's errors with an empty path: the edge knows it.
+      local path = '"path":' .. json_string(refused["path"] or "")
+      body_json = body_json:gsub('"path":""', function() return path end, 1)
+    end
   end
   headers:remove("grpc-status")
   headers:remove("grpc-message")

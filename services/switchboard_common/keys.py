@@ -70,6 +70,10 @@ class KeyTable:
                 found = key
         return found
 
+    def named(self, name: str) -> KeyConfig | None:
+        """The key called `name` (a login token names the key whose policy it carries)."""
+        return next((key for _, key in self._table.keys if key.name == name), None)
+
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> KeyConfig | None:
         """The caller's key config; None when the table is open (no keys configured)."""
         if self._table.open:

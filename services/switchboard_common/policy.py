@@ -7,6 +7,8 @@ credentials: they read the caller the interceptor admitted (`current_caller()`).
 - CLIENT: a client key or the admin key; with no keys configured at all (local
   development) no key is needed.
 - ADMIN: the admin key (SWITCHBOARD_ADMIN_KEY); refused while it is unset.
+- A login token (switchboard_common.tokens) counts as the key it names: an
+  admin token as the admin key, a client token as that client key.
 - INTERNAL: other services only. The edge never routes to these; a call that
   came through it (edge.lua marks every request it forwards) is refused.
 - No option: refused, so a new RPC cannot forget to declare its policy.
@@ -31,6 +33,7 @@ from switchboard_common.config import KeyConfig
 from switchboard_common.credentials import digest, presented_key
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.keys import KeyTable, missing_key
+from switchboard_common.tokens import Claims, looks_like_token, signing_key, verify
 
 Access: TypeAlias = access_pb2.Access.ValueType
 A = access_pb2.Access
@@ -114,6 +117,7 @@ class AccessPolicy(grpc.aio.ServerInterceptor):
     def __init__(self, admin_key: str | None, keys: KeyTable | None = None) -> None:
         self.refusal: Refusal = _as_is
         self._admin_digest = digest(admin_key) if admin_key else None
+        self._token_key = signing_key(admin_key) if admin_key else None
         self.keys = keys
         self._cache: dict[str, Access] = {}
 
@@ -169,11 +173,27 @@ class AccessPolicy(grpc.aio.ServerInterceptor):
             digest(presented), self._admin_digest
         )
 
+    def _token(self, presented: str) -> Claims:
+        claims = verify(self._token_key, presented) if self._token_key else None
+        if claims is None:
+            raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid or expired token.")
+        return claims
+
     def _client(self, metadata: Metadata) -> Caller:
         presented = presented_key(metadata)
         if presented and self._is_admin(presented):
             return ADMIN
         keys = self.keys
+        if presented and looks_like_token(presented):
+            claims = self._token(presented)
+            if claims.admin:
+                return ADMIN
+            if keys is None or keys.open:
+                return ANONYMOUS
+            named = keys.named(claims.key_name)
+            if named is None:  # the key was removed since the token was issued
+                raise SwitchboardError(R.ERROR_REASON_INVALID_API_KEY, "Invalid or expired token.")
+            return Caller(key=named)
         if keys is None or keys.open:
             # No keys configured: the edge is open (local development).
             return ANONYMOUS
@@ -196,6 +216,8 @@ class AccessPolicy(grpc.aio.ServerInterceptor):
                 R.ERROR_REASON_MISSING_API_KEY,
                 "This route needs the admin key: send 'Authorization: Bearer <admin key>'.",
             )
+        if looks_like_token(presented) and self._token(presented).admin:
+            return ADMIN
         if not self._is_admin(presented):
             # A client key gets the same answer as a wrong key: an admin route
             # does not say whether a key is valid elsewhere.

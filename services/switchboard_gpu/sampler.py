@@ -22,7 +22,7 @@ from switchboard.gpu.v1 import gpu_pb2
 from switchboard_common import gpu_health
 from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
 from switchboard_common.logs import log_fields
-from switchboard_gpu import metrics
+from switchboard_gpu import host, metrics
 from switchboard_gpu.alerts import to_timestamp
 from switchboard_gpu.nvml import DeviceReading, NvmlBackend, NvmlFailure, ProcessReading
 
@@ -193,6 +193,7 @@ class Sampler:
         self._backend = backend
         self._config = config
         self._clock = clock
+        self._disk = host.disk_path()
         self._process = process
         self._tick = tick
         # One NVML user at a time: a sample whose task was cancelled keeps
@@ -219,6 +220,7 @@ class Sampler:
     def _blank(self) -> gpu_pb2.NodeStatus:
         status = gpu_pb2.NodeStatus(hostname=self._config.hostname, labels=self._config.labels)
         status.sample_time.CopyFrom(to_timestamp(self._clock()))
+        status.host.CopyFrom(host.read(self._disk))
         return status
 
     # Blocking side: runs in a worker thread (or directly, in the probe).

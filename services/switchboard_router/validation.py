@@ -25,6 +25,8 @@ MAX_MESSAGES = 4096
 MAX_N = 16
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_STOP = 4
+# Vocabulary sizes are in the hundreds of thousands; past that top_k means "all".
+MAX_TOP_K = 1_000_000
 # Registry names are at most 128 characters; anything longer cannot exist.
 MAX_MODEL_LENGTH = 256
 MAX_TOOLS = 128
@@ -182,6 +184,8 @@ def _check_sampling(params: openai_pb2.ChatCompletionParams | openai_pb2.Complet
     for name in ("presence_penalty", "frequency_penalty"):
         if params.HasField(name):
             _check_range(name, getattr(params, name), -2, 2)
+    if params.HasField("top_k") and not 1 <= params.top_k <= MAX_TOP_K:
+        raise _bad("top_k", f"top_k must be between 1 and {MAX_TOP_K}")
     for token, bias in params.logit_bias.items():
         if not token.isdigit() or not -100 <= bias <= 100:
             raise _bad(

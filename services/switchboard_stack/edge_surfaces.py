@@ -5,6 +5,8 @@ Each seed API is served at its document's prefix unless its variable moves it
   SWITCHBOARD_QWEN_CHAT_PREFIX    (001, default /api/llm)
   SWITCHBOARD_MULTI_LLM_PREFIX    (002, default /api/llm,/api/v1/llm)
   SWITCHBOARD_VISION_CHAT_PREFIX  (003, default /api/v1)
+  SWITCHBOARD_INFERENCE_MANAGER_PREFIX     (004, default /api)
+  SWITCHBOARD_INFERENCE_MANAGER_V1_PREFIX  (004's versioned paths, default /api/v1)
 The edge's Lua filter rewrites a moved prefix to the one in the protos (the
 route's metadata says which) and answers 404 for a path the surfaces at that
 prefix do not own. SWITCHBOARD_CORS_ORIGINS lists the origins (exact,
@@ -34,6 +36,8 @@ class Surface:
     owns: tuple[str, ...]
 
 
+_INFERENCE_MANAGER = ("models", "system", "monitoring", "config", "auth")
+
 SURFACES = {
     "qwen_chat": Surface(
         "SWITCHBOARD_QWEN_CHAT_PREFIX", "/api/llm", "/api/llm", ("chat", "models")
@@ -46,6 +50,13 @@ SURFACES = {
     ),
     "vision_chat": Surface(
         "SWITCHBOARD_VISION_CHAT_PREFIX", "/api/v1", "/api/v1", ("chat", "vision", "models")
+    ),
+    # Seed 004 at /api, and its versioned paths (/api/v1/models/…) beside seed 003's.
+    "inference_manager": Surface(
+        "SWITCHBOARD_INFERENCE_MANAGER_PREFIX", "/api", "/api", _INFERENCE_MANAGER
+    ),
+    "inference_manager_v1": Surface(
+        "SWITCHBOARD_INFERENCE_MANAGER_V1_PREFIX", "/api/v1", "/api/v1", _INFERENCE_MANAGER
     ),
 }
 

@@ -106,18 +106,21 @@ _PERF = (
     "quantilesExactIf(0.5, 0.95, 0.99)(latency_ms, status = 'ok'), "
     "quantilesExactIf(0.5, 0.95, 0.99)(ttft_ms, status = 'ok' AND stream), "
     "sum(completion_tokens), avgIf(latency_ms, status = 'ok'), "
-    "avgIf(ttft_ms, status = 'ok' AND stream) FROM usage_events FINAL "
+    "avgIf(ttft_ms, status = 'ok' AND stream), "
+    "minIf(latency_ms, status = 'ok'), maxIf(latency_ms, status = 'ok') FROM usage_events FINAL "
     "WHERE start_time >= now64(3) - toIntervalSecond({window:UInt32}) "
     "AND ({model:String} = '' OR model = {model:String}) "
     "AND ({all_keys:Bool} OR key_name = {key:String}) TAIL"
 )
 
 
-def _percentiles(values: list[float], average: float) -> usage_pb2.LatencyPercentiles:
+def _percentiles(
+    values: list[float], average: float, low: float = 0.0, high: float = 0.0
+) -> usage_pb2.LatencyPercentiles:
     if not values or any(v != v for v in values):  # NaN when there was nothing to rank
         return usage_pb2.LatencyPercentiles()
     return usage_pb2.LatencyPercentiles(
-        p50=values[0], p95=values[1], p99=values[2], average=average
+        p50=values[0], p95=values[1], p99=values[2], average=average, min=low, max=high
     )
 
 
@@ -174,7 +177,7 @@ async def performance(
         _PERF.replace("GROUP_EXPR", "model").replace("TAIL", "GROUP BY model ORDER BY model"),
         params,
     )
-    for _, count, ok, latency, ttft, completion, latency_avg, ttft_avg in overall:
+    for _, count, ok, latency, ttft, completion, latency_avg, ttft_avg, low, high in overall:
         if not count:
             break
         out.total_requests = float(count)
@@ -182,15 +185,15 @@ async def performance(
         out.error_rate = 1 - ok / count
         out.requests_per_second = count / seconds
         out.output_tokens_per_second = completion / seconds
-        out.latency_ms.CopyFrom(_percentiles(latency, latency_avg))
+        out.latency_ms.CopyFrom(_percentiles(latency, latency_avg, low, high))
         out.ttft_ms.CopyFrom(_percentiles(ttft, ttft_avg))
-    for name, count, ok, latency, ttft, _, latency_avg, ttft_avg in per_model:
+    for name, count, ok, latency, ttft, _, latency_avg, ttft_avg, low, high in per_model:
         model = out.by_model[name]
         model.total_requests = float(count)
         model.success_rate = ok / count
         model.error_rate = 1 - ok / count
         model.requests_per_second = count / seconds
-        model.latency_ms.CopyFrom(_percentiles(latency, latency_avg))
+        model.latency_ms.CopyFrom(_percentiles(latency, latency_avg, low, high))
         model.ttft_ms.CopyFrom(_percentiles(ttft, ttft_avg))
     return out
 

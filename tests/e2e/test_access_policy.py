@@ -80,13 +80,19 @@ def _call(edge: httpx.Client, route: Route, key: str | None) -> httpx.Response:
 
 # The seed APIs' own error shapes (their own tests check them in full); every
 # other route answers in OpenAI's.
-SEED_SERVICES = ("QwenChatService", "MultiLlmService", "VisionChatService")
+SEED_SERVICES = (
+    "QwenChatService",
+    "MultiLlmService",
+    "VisionChatService",
+    "InferenceManagerService",
+)
 
 
 def _seed_refusal(body: dict[str, object]) -> str:
     """The message of a seed API's error body, whichever of the three shapes."""
     error = body.get("error")
-    if isinstance(error, dict):  # 002: {"error": {code, message, details, request_id}}
+    # 002: {"error": {code, message, details, request_id}}; 004 the same less request_id.
+    if isinstance(error, dict):
         return str(error["message"])
     if "detail" in body:  # 003: {"detail": …}
         return str(body["detail"])

@@ -18,16 +18,20 @@ def test_defaults_are_the_documents_prefixes(monkeypatch: pytest.MonkeyPatch) ->
     for surface in edge_surfaces.SURFACES.values():
         monkeypatch.delenv(surface.env, raising=False)
     routes = _routes()
-    assert list(routes) == ["/api/v1/llm/", "/api/llm/", "/api/v1/"]
+    assert list(routes) == ["/api/v1/llm/", "/api/llm/", "/api/v1/", "/api/"]
     assert routes["/api/llm/"]["owns"] == ",chat,config,generate,health,models,stats,"
     assert routes["/api/v1/llm/"]["canonical"] == "/api/llm/"
-    assert routes["/api/v1/"]["owns"] == ",chat,models,vision,"
+    # Seeds 003 and 004 share /api/v1 (004's models/{id}/…, system, monitoring, config, auth).
+    assert routes["/api/v1/"]["owns"] == (",auth,chat,config,models,monitoring,system,vision,")
+    assert routes["/api/"]["owns"] == ",auth,config,models,monitoring,system,"
 
 
 def test_moved_and_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWITCHBOARD_QWEN_CHAT_PREFIX", "/qwen/")
     monkeypatch.setenv("SWITCHBOARD_MULTI_LLM_PREFIX", "off")
     monkeypatch.setenv("SWITCHBOARD_VISION_CHAT_PREFIX", "/vision,/caiqi/api/v1")
+    monkeypatch.setenv("SWITCHBOARD_INFERENCE_MANAGER_PREFIX", "off")
+    monkeypatch.setenv("SWITCHBOARD_INFERENCE_MANAGER_V1_PREFIX", "off")
     routes = _routes()
     assert routes["/qwen/"] == {
         "prefix": "/qwen/",

@@ -8,16 +8,50 @@ from google.api import annotations_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
 from switchboard.common.v1 import access_pb2
-from switchboard.router.v1 import multi_llm_pb2, qwen_chat_pb2, vision_chat_pb2
+from switchboard.router.v1 import (
+    inference_manager_pb2,
+    multi_llm_pb2,
+    qwen_chat_pb2,
+    vision_chat_pb2,
+)
 
 SERVICES = [
     # ListLlmModels also answers 002 at /api/v1/llm/models.
     (qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"], ("/api/llm/", "/api/v1/llm/")),
     (multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"], ("/api/llm/", "/api/v1/llm/")),
     (vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"], ("/api/v1/",)),
+    (
+        inference_manager_pb2.DESCRIPTOR.services_by_name["InferenceManagerService"],
+        (
+            "/api/models",
+            "/api/v1/models",
+            "/api/system/",
+            "/api/v1/system/",
+            "/api/monitoring/",
+            "/api/v1/monitoring/",
+            "/api/auth/",
+            "/api/v1/auth/",
+        ),
+    ),
 ]
-ADMIN = {"UpdateModelConfig", "UpdateLoadBalancing"}
-PUBLIC = {"GetLlmHealth"}
+# Seed 004's model management is engine administration: the admin key's.
+ADMIN = {
+    "UpdateModelConfig",
+    "UpdateLoadBalancing",
+    "ListManagedModels",
+    "CreateManagedModel",
+    "GetManagedModel",
+    "UpdateManagedModel",
+    "DeleteManagedModel",
+    "StartManagedModel",
+    "StopManagedModel",
+    "RestartManagedModel",
+    "GetManagedModelLogs",
+    "GetSystemStatus",
+    "GetSystemGpu",
+    "GetMonitoringMetrics",
+}
+PUBLIC = {"GetLlmHealth", "IssueToken"}
 
 
 @pytest.mark.parametrize(("service", "prefixes"), SERVICES, ids=lambda s: getattr(s, "name", ""))

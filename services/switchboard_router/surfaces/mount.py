@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from switchboard.engine.v1 import engine_pb2_grpc
+from switchboard.gpu.v1 import gpu_pb2_grpc
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import (
     anthropic_messages_pb2,
     anthropic_messages_pb2_grpc,
+    inference_manager_pb2,
+    inference_manager_pb2_grpc,
     multi_llm_pb2,
     multi_llm_pb2_grpc,
     qwen_chat_pb2,
@@ -27,6 +31,7 @@ from switchboard_common.settings import Settings
 from switchboard_router.probes import Prober
 from switchboard_router.surfaces import (
     anthropic_shapes,
+    inference_manager_shapes,
     llm_models,
     multi_llm_shapes,
     qwen_shapes,
@@ -34,6 +39,7 @@ from switchboard_router.surfaces import (
     vision_chat,
 )
 from switchboard_router.surfaces.anthropic_messages import AnthropicMessagesServicer
+from switchboard_router.surfaces.inference_manager import InferenceManagerServicer
 from switchboard_router.surfaces.multi_llm import MultiLlmServicer
 from switchboard_router.surfaces.qwen_chat import QwenChatServicer
 from switchboard_router.surfaces.response_store import open_store
@@ -44,6 +50,10 @@ if TYPE_CHECKING:
     from switchboard_router.service import RouterServicer
 
 
+_INFERENCE_MANAGER = inference_manager_pb2.DESCRIPTOR.services_by_name[
+    "InferenceManagerService"
+].full_name
+
 # How each surface renders an error, for the access policy's refusals (401, 403)
 # as well as the handlers' own: by full method first, then by service.
 _BY_SERVICE: dict[str, surface.Render] = {
@@ -53,6 +63,7 @@ _BY_SERVICE: dict[str, surface.Render] = {
     anthropic_messages_pb2.DESCRIPTOR.services_by_name[
         "AnthropicMessagesService"
     ].full_name: anthropic_shapes.error,
+    _INFERENCE_MANAGER: inference_manager_shapes.error,
 }
 _BY_METHOD: dict[str, surface.Render] = {
     # One body for seeds 001 and 002, whose error shapes differ: the shared one.
@@ -73,6 +84,8 @@ def mount_surfaces(
     and what closes what they opened."""
     registry = service_channel(settings.address("registry"), settings.tls)
     usage = service_channel(settings.address("usage"), settings.tls)
+    engine = service_channel(settings.address("engine"), settings.tls)
+    gpu = service_channel(settings.address("gpu"), settings.tls)
     # Active health checks, for seed API 002's status (off until its setting has an interval).
     prober = Prober(router)
     prober.start()
@@ -96,12 +109,24 @@ def mount_surfaces(
     responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
         ResponsesServicer(router, store), server
     )
+    inference_manager_pb2_grpc.add_InferenceManagerServiceServicer_to_server(
+        InferenceManagerServicer(
+            router,
+            engine_pb2_grpc.EngineServiceStub(engine),
+            gpu_pb2_grpc.GpuServiceStub(gpu),
+            registry_pb2_grpc.RegistryServiceStub(registry),
+            usage_pb2_grpc.UsageServiceStub(usage),
+            settings.admin_key,
+        ),
+        server,
+    )
     names = [
         vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name,
         qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name,
         multi_llm_pb2.DESCRIPTOR.services_by_name["MultiLlmService"].full_name,
         anthropic_messages_pb2.DESCRIPTOR.services_by_name["AnthropicMessagesService"].full_name,
         responses_pb2.DESCRIPTOR.services_by_name["ResponsesService"].full_name,
+        _INFERENCE_MANAGER,
     ]
 
     async def close() -> None:
@@ -109,5 +134,7 @@ def mount_surfaces(
         await registry.close()
         await usage.close()
         await store.close()
+        await engine.close()
+        await gpu.close()
 
     return names, close

@@ -1,4 +1,4 @@
-"""Mixed traffic over every surface (/v1 and the seed APIs 001, 002, 003, unary
+"""Mixed traffic over every surface (/v1 and the seed APIs 001 to 004, unary
 and streamed) is counted in the usage ledger exactly once per call, each row
 with the surface it came through. Counted in ClickHouse itself, once the stack
 is down (the embedded engine allows one opener at a time)."""
@@ -36,6 +36,12 @@ CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("/api/v1/llm/generate/stream", {"model": "chat", "messages": MESSAGES}, "multi_llm"),
     ("/api/v1/chat/completions", {"messages": MESSAGES}, "vision_chat"),
     ("/api/v1/chat/completions", {"messages": MESSAGES, "stream": True}, "vision_chat"),
+    ("/api/models/chat/chat/completions", {"messages": MESSAGES}, "inference_manager"),
+    (
+        "/api/v1/models/chat/chat/completions",
+        {"messages": MESSAGES, "stream": True},
+        "inference_manager",
+    ),
 ]
 ROUNDS = 3
 

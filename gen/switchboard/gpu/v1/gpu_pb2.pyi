@@ -125,6 +125,7 @@ class NodeStatus(_message.Message):
     CUDA_VERSION_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
     SAMPLE_TIME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     nvml_state: Global___NvmlState.ValueType
     reason: _builtins.str
@@ -137,6 +138,10 @@ class NodeStatus(_message.Message):
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuDevice]: ...
     @_builtins.property
     def sample_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def host(self) -> Global___HostMetrics:
+        """The host's CPU, memory and disk, sampled with the GPUs (psutil)."""
+
     def __init__(
         self,
         *,
@@ -148,14 +153,60 @@ class NodeStatus(_message.Message):
         cuda_version: _builtins.str = ...,
         devices: _abc.Iterable[Global___GpuDevice] | None = ...,
         sample_time: _timestamp_pb2.Timestamp | None = ...,
+        host: Global___HostMetrics | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sample_time", b"sample_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "sample_time", b"sample_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cuda_version", b"cuda_version", "devices", b"devices", "driver_version", b"driver_version", "hostname", b"hostname", "labels", b"labels", "nvml_state", b"nvml_state", "reason", b"reason", "sample_time", b"sample_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cuda_version", b"cuda_version", "devices", b"devices", "driver_version", b"driver_version", "host", b"host", "hostname", b"hostname", "labels", b"labels", "nvml_state", b"nvml_state", "reason", b"reason", "sample_time", b"sample_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class HostMetrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    CPU_COUNT_FIELD_NUMBER: _builtins.int
+    MEMORY_PERCENT_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_MIB_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_MIB_FIELD_NUMBER: _builtins.int
+    DISK_PERCENT_FIELD_NUMBER: _builtins.int
+    DISK_USED_MIB_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_MIB_FIELD_NUMBER: _builtins.int
+    LOAD_AVERAGE_1M_FIELD_NUMBER: _builtins.int
+    cpu_percent: _builtins.float
+    """Busy CPU since the previous sample, over all cores."""
+    cpu_count: _builtins.int
+    memory_percent: _builtins.float
+    memory_used_mib: _builtins.int
+    memory_total_mib: _builtins.int
+    disk_percent: _builtins.float
+    """The filesystem holding SWITCHBOARD_HOME (models, logs, data)."""
+    disk_used_mib: _builtins.int
+    disk_total_mib: _builtins.int
+    load_average_1m: _builtins.float
+    def __init__(
+        self,
+        *,
+        cpu_percent: _builtins.float = ...,
+        cpu_count: _builtins.int = ...,
+        memory_percent: _builtins.float = ...,
+        memory_used_mib: _builtins.int = ...,
+        memory_total_mib: _builtins.int = ...,
+        disk_percent: _builtins.float = ...,
+        disk_used_mib: _builtins.int = ...,
+        disk_total_mib: _builtins.int = ...,
+        load_average_1m: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "disk_percent", b"disk_percent", "disk_total_mib", b"disk_total_mib", "disk_used_mib", b"disk_used_mib", "load_average_1m", b"load_average_1m", "memory_percent", b"memory_percent", "memory_total_mib", b"memory_total_mib", "memory_used_mib", b"memory_used_mib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostMetrics: _TypeAlias = HostMetrics  # noqa: Y015
 
 @_typing.final
 class GpuDevice(_message.Message):

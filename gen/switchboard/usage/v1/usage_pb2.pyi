@@ -482,11 +482,16 @@ class LatencyPercentiles(_message.Message):
     P95_FIELD_NUMBER: _builtins.int
     P99_FIELD_NUMBER: _builtins.int
     AVERAGE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
     p50: _builtins.float
     p95: _builtins.float
     p99: _builtins.float
     average: _builtins.float
     """The mean."""
+    min: _builtins.float
+    """The fastest and slowest (latency only; 0 for ttft)."""
+    max: _builtins.float
     def __init__(
         self,
         *,
@@ -494,10 +499,12 @@ class LatencyPercentiles(_message.Message):
         p95: _builtins.float = ...,
         p99: _builtins.float = ...,
         average: _builtins.float = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["average", b"average", "p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average", b"average", "max", b"max", "min", b"min", "p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

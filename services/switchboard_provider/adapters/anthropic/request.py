@@ -222,6 +222,8 @@ def messages_request(
         body["temperature"] = params.temperature
     if params.HasField("top_p"):
         body["top_p"] = params.top_p
+    if params.HasField("top_k"):
+        body["top_k"] = params.top_k
     if params.HasField("stop"):
         stop = to_python(params.stop)
         stops = stop if isinstance(stop, list) else [stop]

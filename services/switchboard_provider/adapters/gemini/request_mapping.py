@@ -103,6 +103,8 @@ def _config(params: Any) -> types.GenerateContentConfig:
         config.temperature = params.temperature
     if params.HasField("top_p"):
         config.top_p = params.top_p
+    if params.HasField("top_k"):
+        config.top_k = params.top_k
     if params.HasField("n"):
         config.candidate_count = params.n
     if params.HasField("seed"):
