@@ -32,6 +32,8 @@ Strategy = Literal[
 ]
 # chat and vision: the "active" model of calls that name none (seed API 003).
 ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow", "chat", "vision"]
+# What a model does; the media kinds are accounted in their own units (UsageRecord).
+ModelKind = Literal["chat", "embedding", "asr", "tts", "rerank", "image"]
 
 
 class _Strict(BaseModel):
@@ -70,6 +72,12 @@ class PricingConfig(_Strict):
     currency: str = "USD"
     # Input written into a prompt cache; 0 means input_per_1k.
     cache_write_input_per_1k: float = Field(default=0.0, ge=0)
+    # The media kinds' units: seconds of audio (asr), characters (tts),
+    # search units (rerank), images (image).
+    per_audio_second: float = Field(default=0.0, ge=0)
+    per_1k_characters: float = Field(default=0.0, ge=0)
+    per_search_unit: float = Field(default=0.0, ge=0)
+    per_image: float = Field(default=0.0, ge=0)
 
 
 class DeploymentConfig(_Strict):
@@ -112,7 +120,7 @@ class DefaultParameters(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: ModelKind = "chat"
     aliases: list[str] = Field(default_factory=list)
     # The file requires at least one; a model created through the API may have none yet.
     deployments: list[DeploymentConfig] = Field(default_factory=list)

@@ -27,7 +27,14 @@ PROVIDER_KINDS = {
     "anthropic": pb.PROVIDER_KIND_ANTHROPIC,
     "mock": pb.PROVIDER_KIND_MOCK,
 }
-MODEL_KINDS = {"chat": pb.MODEL_KIND_CHAT, "embedding": pb.MODEL_KIND_EMBEDDING}
+MODEL_KINDS = {
+    "chat": pb.MODEL_KIND_CHAT,
+    "embedding": pb.MODEL_KIND_EMBEDDING,
+    "asr": pb.MODEL_KIND_ASR,
+    "tts": pb.MODEL_KIND_TTS,
+    "rerank": pb.MODEL_KIND_RERANK,
+    "image": pb.MODEL_KIND_IMAGE,
+}
 STRATEGIES = {
     "weighted_random": pb.ROUTING_STRATEGY_WEIGHTED_RANDOM,
     "round_robin": pb.ROUTING_STRATEGY_ROUND_ROBIN,
@@ -125,6 +132,10 @@ def pricing_message(p: PricingConfig) -> pb.Pricing:
         cached_input_per_1k=p.cached_input_per_1k,
         cache_write_input_per_1k=p.cache_write_input_per_1k,
         currency=p.currency,
+        per_audio_second=p.per_audio_second,
+        per_1k_characters=p.per_1k_characters,
+        per_search_unit=p.per_search_unit,
+        per_image=p.per_image,
     )
 
 
@@ -135,6 +146,10 @@ def _pricing_dict(p: pb.Pricing) -> dict[str, Any]:
         "cached_input_per_1k": p.cached_input_per_1k,
         "cache_write_input_per_1k": p.cache_write_input_per_1k,
         "currency": p.currency or "USD",
+        "per_audio_second": p.per_audio_second,
+        "per_1k_characters": p.per_1k_characters,
+        "per_search_unit": p.per_search_unit,
+        "per_image": p.per_image,
     }
 
 

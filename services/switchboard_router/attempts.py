@@ -149,6 +149,76 @@ class Embedding:
         return None
 
 
+@dataclass(frozen=True)
+class Unary:
+    """A media call through one of the provider's unary RPCs (CreateTranscription,
+    CreateRerank, CreateImage): `rpc` is the stub's method, `request_type` its
+    request message, `extra` its fields beside the params; the response carries
+    the answer and its `usage`."""
+
+    rpc: Any
+    request_type: Any
+    params: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+    request_id: str = field(default_factory=_request_id)
+    stream: bool = False
+    timed_first_byte: bool = False
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[Any, None]:
+        request = self.request_type(
+            request_id=self.request_id,
+            attempt=attempt,
+            target=target(candidate),
+            params=self.params,
+            **self.extra,
+        )
+        response = await self.rpc(
+            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
+        )
+        yield response.usage
+        yield response
+
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Text to speech through the provider's StreamSpeech: audio pieces as they
+    arrive, then the usage record."""
+
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub
+    params: Any
+    request_id: str = field(default_factory=_request_id)
+    stream: bool = True
+    timed_first_byte: bool = True
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamSpeechResponse, None]:
+        request = provider_pb2.StreamSpeechRequest(
+            request_id=self.request_id,
+            attempt=attempt,
+            target=target(candidate),
+            params=self.params,
+        )
+        call = self.provider.StreamSpeech(
+            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
+        )
+        try:
+            async for event in call:
+                yield event.usage if event.HasField("usage") else event
+        finally:
+            call.cancel()
+
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        # Characters are what speech is billed by: a cut-short attempt is
+        # accounted by the router's lost-record path.
+        return None
+
+
 class Attempts:
     def __init__(
         self, routing: Routing, accounting: Accounting, max_attempts: int = MAX_ATTEMPTS

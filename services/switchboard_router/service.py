@@ -49,7 +49,9 @@ from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate, Catalog
 from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
+from switchboard_router.media import MediaHandlers
 from switchboard_router.routing import Routing, breaker_config_from_env
+from switchboard_router.speech_cache import SpeechCache
 from switchboard_router.surfaces.mount import mount_surfaces, refusal
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
@@ -95,7 +97,11 @@ async def _label(context: Context, candidate: Candidate) -> None:
     context.set_trailing_metadata(_served(candidate))
 
 
-class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
+    # What media.py's handlers label their answers with.
+    _label = staticmethod(_label)
+    _served_by = staticmethod(_served)
+
     def __init__(
         self,
         config: SwitchboardConfig,
@@ -105,6 +111,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         budgets: Budgets | None = None,
         gpu_addresses: Sequence[str] = (),
         tls: TlsFiles | None = None,
+        speech_cache: SpeechCache | None = None,
     ):
         self.created = int(time.time())
         self._gpu_addresses = list(gpu_addresses)
@@ -123,6 +130,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.usage = usage
         self.accounting = Accounting(usage, limiter, self.budgets, self.instance)
         self.attempts = Attempts(self.routing, self.accounting)
+        self.speech_cache = speech_cache or SpeechCache(None)
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         """Serve from a new registry snapshot; calls in flight keep the old one."""
@@ -155,6 +163,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         await self.budgets.close()
+        await self.speech_cache.close()
 
     async def settled(self) -> None:
         """Before the limit store closes: no settlement is left in flight."""
@@ -403,6 +412,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         limiter,
         gpu_addresses=gpu_addresses,
         tls=settings.tls,
+        speech_cache=SpeechCache(settings.redis_url),
     )
     keys = KeyTable()
 

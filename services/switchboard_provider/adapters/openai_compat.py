@@ -20,6 +20,7 @@ from switchboard_common.config import ProviderConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import redact
 from switchboard_provider import wire
+from switchboard_provider.adapters.openai_media import OpenAIMedia
 from switchboard_provider.meter import UsageMeter
 
 # Without a key the SDK refuses to build a client; self-hosted servers ignore it.
@@ -49,7 +50,7 @@ def _integral(value: Any) -> Any:
     return value
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(OpenAIMedia):
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self._key_missing = bool(config.api_key_env) and not config.api_key()

@@ -67,12 +67,28 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     MODEL_KIND_UNSPECIFIED: _ModelKind.ValueType  # 0
     MODEL_KIND_CHAT: _ModelKind.ValueType  # 1
     MODEL_KIND_EMBEDDING: _ModelKind.ValueType  # 2
+    MODEL_KIND_ASR: _ModelKind.ValueType  # 3
+    """Speech recognition (audio in, text out), accounted in audio seconds."""
+    MODEL_KIND_TTS: _ModelKind.ValueType  # 4
+    """Speech synthesis (text in, audio out), accounted in input characters."""
+    MODEL_KIND_RERANK: _ModelKind.ValueType  # 5
+    """Document reranking, accounted in search units (one query over up to 100 documents)."""
+    MODEL_KIND_IMAGE: _ModelKind.ValueType  # 6
+    """Image generation, accounted per image."""
 
 class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper): ...
 
 MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
 MODEL_KIND_CHAT: ModelKind.ValueType  # 1
 MODEL_KIND_EMBEDDING: ModelKind.ValueType  # 2
+MODEL_KIND_ASR: ModelKind.ValueType  # 3
+"""Speech recognition (audio in, text out), accounted in audio seconds."""
+MODEL_KIND_TTS: ModelKind.ValueType  # 4
+"""Speech synthesis (text in, audio out), accounted in input characters."""
+MODEL_KIND_RERANK: ModelKind.ValueType  # 5
+"""Document reranking, accounted in search units (one query over up to 100 documents)."""
+MODEL_KIND_IMAGE: ModelKind.ValueType  # 6
+"""Image generation, accounted per image."""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
 class _RoutingStrategy:
@@ -269,6 +285,10 @@ class Pricing(_message.Message):
     CACHED_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
+    PER_AUDIO_SECOND_FIELD_NUMBER: _builtins.int
+    PER_1K_CHARACTERS_FIELD_NUMBER: _builtins.int
+    PER_SEARCH_UNIT_FIELD_NUMBER: _builtins.int
+    PER_IMAGE_FIELD_NUMBER: _builtins.int
     input_per_1k: _builtins.float
     output_per_1k: _builtins.float
     cached_input_per_1k: _builtins.float
@@ -277,6 +297,13 @@ class Pricing(_message.Message):
     """Writing input into a prompt cache (Anthropic bills it above the input
     rate); 0 means the input rate.
     """
+    per_audio_second: _builtins.float
+    """The units of the media kinds (UsageRecord's audio_seconds, characters,
+    search_units, images).
+    """
+    per_1k_characters: _builtins.float
+    per_search_unit: _builtins.float
+    per_image: _builtins.float
     def __init__(
         self,
         *,
@@ -285,10 +312,14 @@ class Pricing(_message.Message):
         cached_input_per_1k: _builtins.float = ...,
         currency: _builtins.str = ...,
         cache_write_input_per_1k: _builtins.float = ...,
+        per_audio_second: _builtins.float = ...,
+        per_1k_characters: _builtins.float = ...,
+        per_search_unit: _builtins.float = ...,
+        per_image: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_per_1k", b"cache_write_input_per_1k", "cached_input_per_1k", b"cached_input_per_1k", "currency", b"currency", "input_per_1k", b"input_per_1k", "output_per_1k", b"output_per_1k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_per_1k", b"cache_write_input_per_1k", "cached_input_per_1k", b"cached_input_per_1k", "currency", b"currency", "input_per_1k", b"input_per_1k", "output_per_1k", b"output_per_1k", "per_1k_characters", b"per_1k_characters", "per_audio_second", b"per_audio_second", "per_image", b"per_image", "per_search_unit", b"per_search_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
