@@ -49,7 +49,7 @@ class SpeechCache:
         """The cached (content type, audio), or None."""
         if self._redis is None:
             entry = self._local.get(key)
-            if entry is None or entry[0] < time.monotonic():
+            if entry is None or entry[0] <= time.monotonic():
                 self._local.pop(key, None)
                 return None
             self._local.move_to_end(key)
