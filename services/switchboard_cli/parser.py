@@ -12,6 +12,11 @@ from switchboard_cli.exit_codes import EXIT_CODES_HELP
 
 # The registry's model kinds (ModelKind), as the CLI spells them.
 MODEL_KINDS = ("chat", "embedding", "asr", "tts", "rerank", "image")
+# The registry's default-model uses (ModelUse): each kind's own, and Bisheng's.
+MODEL_USES = (
+    *("chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow"),
+    *("embedding", "asr", "tts", "rerank", "image"),
+)
 
 COMMANDS = "switchboard_cli.commands"
 
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     activate.add_argument("name")
     activate.add_argument(
         "--use",
-        choices=["chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow"],
+        choices=list(MODEL_USES),
         default="chat",
         help="which calls it serves (default chat; vision: pictures)",
     )

@@ -31,7 +31,21 @@ Strategy = Literal[
     "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
 ]
 # chat and vision: the "active" model of calls that name none (seed API 003).
-ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow", "chat", "vision"]
+# The kinds' own uses (embedding, asr, tts, rerank, image): the default of calls
+# of that kind that name no model.
+ModelUse = Literal[
+    "knowledge_base",
+    "assistant",
+    "evaluation",
+    "workflow",
+    "chat",
+    "vision",
+    "embedding",
+    "asr",
+    "tts",
+    "rerank",
+    "image",
+]
 # What a model does; the media kinds are accounted in their own units (UsageRecord).
 ModelKind = Literal["chat", "embedding", "asr", "tts", "rerank", "image"]
 

@@ -50,6 +50,11 @@ USES = {
     "workflow": pb.MODEL_USE_WORKFLOW,
     "chat": pb.MODEL_USE_CHAT,
     "vision": pb.MODEL_USE_VISION,
+    "embedding": pb.MODEL_USE_EMBEDDING,
+    "asr": pb.MODEL_USE_ASR,
+    "tts": pb.MODEL_USE_TTS,
+    "rerank": pb.MODEL_USE_RERANK,
+    "image": pb.MODEL_USE_IMAGE,
 }
 
 

@@ -27,6 +27,7 @@ from switchboard_router.media_validation import (
     validate_rerank,
     validate_speech,
     validate_transcription,
+    validate_transcription_model,
 )
 from switchboard_router.speech_cache import SpeechCache, cache_key
 
@@ -66,7 +67,7 @@ class MediaHandlers:
         # Admitted without the audio: the limits' token estimate is for text.
         audio = params.file
         params.ClearField("file")
-        admission = await self._admit(context, params, _checked, "asr")
+        admission = await self._admit(context, params, validate_transcription_model, "asr")
         params.file = audio
         exchange = Unary(
             self.provider.CreateTranscription,
@@ -171,7 +172,3 @@ class MediaHandlers:
         exchange = Unary(self.provider.CreateImage, provider_pb2.CreateImageRequest, params)
         response = await self._unary(context, admission, params.model, exchange)
         return response.images  # type: ignore[no-any-return]
-
-
-def _checked(params: media_pb2.TranscriptionParams) -> None:
-    """Admission's check: the request was validated whole, audio included, before."""

@@ -50,7 +50,7 @@ def transcription_from_form(content_type: str, body: bytes) -> media_pb2.Transcr
 
 
 def validate_transcription(params: media_pb2.TranscriptionParams) -> None:
-    _check_model(params.model)
+    """Everything but the model, which admission checks once a default filled it."""
     if not params.file:
         raise _bad("file", "file is required: send the audio as the multipart file field 'file'")
     if len(params.file) > MAX_AUDIO_BYTES:
@@ -66,6 +66,10 @@ def validate_transcription(params: media_pb2.TranscriptionParams) -> None:
     for granularity in params.timestamp_granularities:
         if granularity not in GRANULARITIES:
             raise _bad("timestamp_granularities", "each must be 'word' or 'segment'")
+
+
+def validate_transcription_model(params: media_pb2.TranscriptionParams) -> None:
+    _check_model(params.model)
 
 
 def validate_speech(params: media_pb2.SpeechParams) -> None:

@@ -47,6 +47,7 @@ from switchboard_router.attempts import Attempts, Embedding, Exchange, Generatio
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.default_models import default_model
 from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
 from switchboard_router.media import MediaHandlers
@@ -172,6 +173,9 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
     async def _admit(
         self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
     ) -> Admission:
+        if not params.model:
+            # A call that names no model goes to the default for its use.
+            params.model = default_model(self.catalog, context, kind)
         return await self.gate.admit(self.catalog, current_caller().key, params, validate, kind)
 
     async def _answer(

@@ -63,13 +63,19 @@ def _config(media: MediaUpstream) -> dict[str, Any]:
             _model("voice", "tts", {"per_1k_characters": PER_1K_CHARS}),
             _model("ranker", "rerank", {"per_search_unit": PER_SEARCH}),
             _model("painter", "image", {"per_image": PER_IMAGE}),
+            _model("ranker-b", "rerank", {"per_search_unit": PER_SEARCH}),
         ],
     }
 
 
 # The speech cache in the Redis every test shares: entries are keyed by text,
 # and each test speaks text of its own.
-ENV = {"MEDIA_KEY": MEDIA_KEY, "REDIS_URL": "redis://127.0.0.1:6379/7"}
+ADMIN_KEY = "sb-media-admin-key-0123456789"
+ENV = {
+    "MEDIA_KEY": MEDIA_KEY,
+    "REDIS_URL": "redis://127.0.0.1:6379/7",
+    "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
+}
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +251,50 @@ def test_each_call_counted_once_in_its_unit(media: MediaUpstream, tmp_path: Path
     assert (cached[2], cached[5], cached[6]) == (len(text), True, 0)
     assert heard[1] == pytest.approx(2.25)
     assert heard[6] == round(2.25 * PER_SECOND * 1e9)
+
+
+def _set_default(stack: Stack, use: str, model: str) -> None:
+    httpx.put(
+        f"{stack.edge_url}/v1/admin/defaults/MODEL_USE_{use.upper()}",
+        json={"model": model},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    ).raise_for_status()
+
+
+def test_a_call_with_no_model_goes_to_the_default_for_its_use(stack: Stack) -> None:
+    body = {"query": "solar", "documents": ["solar", "wind"]}
+    refused = httpx.post(f"{stack.edge_url}/v1/rerank", json=body, timeout=10)
+    assert refused.status_code == 400
+    assert "/v1/admin/defaults/MODEL_USE_RERANK" in refused.json()["error"]["message"]
+    for model in ("ranker", "ranker-b"):
+        _set_default(stack, "rerank", model)
+        served = ""
+        deadline = time.monotonic() + 1.0
+        while served != model:
+            assert time.monotonic() < deadline, f"the default did not move to {model} in 1s"
+            reply = httpx.post(f"{stack.edge_url}/v1/rerank", json=body, timeout=10)
+            assert reply.status_code == 200, reply.text
+            served = reply.headers["x-switchboard-model"]
+    # Another use, named by a header: the knowledge base's default (unset) is refused.
+    refused = httpx.post(
+        f"{stack.edge_url}/v1/rerank",
+        json=body,
+        headers={"x-switchboard-use": "knowledge_base"},
+        timeout=10,
+    )
+    assert refused.status_code == 400
+    assert "'knowledge_base'" in refused.json()["error"]["message"]
+    _set_default(stack, "knowledge_base", "ranker")
+    deadline = time.monotonic() + 1.0
+    while True:
+        reply = httpx.post(
+            f"{stack.edge_url}/v1/rerank",
+            json=body,
+            headers={"x-switchboard-use": "knowledge_base"},
+            timeout=10,
+        )
+        if reply.status_code == 200:
+            break
+        assert time.monotonic() < deadline, reply.text
+    assert reply.headers["x-switchboard-model"] == "ranker"

@@ -101,7 +101,7 @@ def test_a_transcription_form_is_read_field_by_field() -> None:
 @pytest.mark.parametrize(
     ("check", "params", "param"),
     [
-        (validate_transcription, media_pb2.TranscriptionParams(model="m"), "file"),
+        (validate_transcription, media_pb2.TranscriptionParams(), "file"),
         (
             validate_transcription,
             media_pb2.TranscriptionParams(model="m", file=b"x", response_format="docx"),

@@ -131,6 +131,14 @@ class _ModelUseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelUse.Val
     """The "active" chat model: serves chat calls that name no model (seed API 003)."""
     MODEL_USE_VISION: _ModelUse.ValueType  # 6
     """The "active" vision model: serves vision calls that name no model."""
+    MODEL_USE_EMBEDDING: _ModelUse.ValueType  # 7
+    """The default model of each other kind: serves calls of that kind that name
+    no model (an x-switchboard-use header on /v1 picks another use).
+    """
+    MODEL_USE_ASR: _ModelUse.ValueType  # 8
+    MODEL_USE_TTS: _ModelUse.ValueType  # 9
+    MODEL_USE_RERANK: _ModelUse.ValueType  # 10
+    MODEL_USE_IMAGE: _ModelUse.ValueType  # 11
 
 class ModelUse(_ModelUse, metaclass=_ModelUseEnumTypeWrapper): ...
 
@@ -143,6 +151,14 @@ MODEL_USE_CHAT: ModelUse.ValueType  # 5
 """The "active" chat model: serves chat calls that name no model (seed API 003)."""
 MODEL_USE_VISION: ModelUse.ValueType  # 6
 """The "active" vision model: serves vision calls that name no model."""
+MODEL_USE_EMBEDDING: ModelUse.ValueType  # 7
+"""The default model of each other kind: serves calls of that kind that name
+no model (an x-switchboard-use header on /v1 picks another use).
+"""
+MODEL_USE_ASR: ModelUse.ValueType  # 8
+MODEL_USE_TTS: ModelUse.ValueType  # 9
+MODEL_USE_RERANK: ModelUse.ValueType  # 10
+MODEL_USE_IMAGE: ModelUse.ValueType  # 11
 Global___ModelUse: _TypeAlias = ModelUse  # noqa: Y015
 
 class _Comparator:
