@@ -109,6 +109,8 @@ class DeploymentConfig(_Strict):
     gpu_uuid: str = ""
     # Prices for this deployment when they differ from the model's (cost strategy, usage).
     pricing: PricingConfig | None = None
+    # False: this upstream cannot stream; stream calls get its whole answer as SSE.
+    streaming: bool = True
 
     def resolved_id(self, model: str) -> str:
         return self.id or deployment_id(model, self.provider, self.model)
@@ -164,6 +166,9 @@ class ModelConfig(_Strict):
     keyword: str = Field(default="", max_length=256)
     release_date: str = Field(default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$")
     default_parameters: DefaultParameters = Field(default_factory=DefaultParameters)
+    # False: no deployment can stream; stream calls get the whole answer as SSE
+    # (pseudo-streaming, said in the x-switchboard-pseudo-stream header).
+    streaming: bool = True
     # Set by the registry only: the model's stable integer id and its timestamps.
     number: int = Field(default=0, ge=0)
     created_at: dt.datetime | None = None

@@ -100,6 +100,7 @@ MODEL_FILE_FIELDS = (
     "keyword",
     "release_date",
     "default_parameters",
+    "streaming",
 )
 DEPLOYMENT_FILE_FIELDS = (
     "provider",
@@ -112,6 +113,7 @@ DEPLOYMENT_FILE_FIELDS = (
     "gpu_node",
     "gpu_uuid",
     "pricing",
+    "streaming",
 )
 KEY_FILE_FIELDS = ("models", "rpm", "tpm", "budget")
 
@@ -183,6 +185,7 @@ def model_message(m: ModelConfig) -> pb.Model:
         default_parameters=pb.DefaultParameters(
             **m.default_parameters.model_dump(exclude_none=True)
         ),
+        streaming=m.streaming,
     )
 
 
@@ -200,6 +203,7 @@ def deployment_message(model: str, d: DeploymentConfig) -> pb.Deployment:
         gpu_node=d.gpu_node,
         gpu_uuid=d.gpu_uuid,
         pricing=pricing_message(d.pricing) if d.pricing else None,
+        streaming=d.streaming,
     )
 
 
@@ -262,6 +266,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                         "gpu_node": d.gpu_node,
                         "gpu_uuid": d.gpu_uuid,
                         "pricing": _pricing_dict(d.pricing) if d.HasField("pricing") else None,
+                        "streaming": not d.HasField("streaming") or d.streaming,
                     }
                     for d in m.deployments
                     if d.enabled
@@ -285,6 +290,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                 "keyword": m.keyword,
                 "release_date": m.release_date,
                 "number": m.number,
+                "streaming": not m.HasField("streaming") or m.streaming,
                 "default_parameters": {
                     name: getattr(m.default_parameters, name)
                     for name in ("temperature", "max_tokens", "top_p")

@@ -29,6 +29,7 @@ from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.pseudo_stream import chunks_from_completion
 from switchboard_router.accounting import Accounting
 from switchboard_router.admission import Admission
 from switchboard_router.backoff import fits, retry_delay
@@ -93,10 +94,12 @@ class Generation:
     timed_first_byte: bool = True
 
     def request(self, candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
+        # A model or deployment that cannot stream is asked for its whole answer.
+        streams = candidate.model.streaming and candidate.deployment.streaming
         request = provider_pb2.StreamGenerateRequest(
             request_id=self.request_id,
             attempt=attempt,
-            stream=self.stream,
+            stream=self.stream and streams,
             target=target(candidate),
         )
         getattr(request, self.kind).CopyFrom(self.params)
@@ -109,12 +112,23 @@ class Generation:
         self, candidate: Candidate, attempt: int, timeout_s: float | None
     ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
         request = self.request(candidate, attempt)
+        pseudo = self.stream and not request.stream
         call = self.provider.StreamGenerate(
             request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
         )
         try:
             async for event in call:
-                yield event.usage if event.HasField("usage") else event
+                if event.HasField("usage"):
+                    yield event.usage
+                elif pseudo and event.WhichOneof("event") == "chat_completion":
+                    for chunk in chunks_from_completion(event.chat_completion):
+                        yield provider_pb2.StreamGenerateResponse(
+                            chat_chunk=chunk, pseudo_stream=True
+                        )
+                else:
+                    # A whole legacy completion is already a valid chunk.
+                    event.pseudo_stream = event.pseudo_stream or pseudo
+                    yield event
         finally:
             call.cancel()
 

@@ -76,7 +76,8 @@ class MediaHandlers:
             {"translate": translate},
         )
         response = await self._unary(context, admission, params.model, exchange)
-        return response.body  # type: ignore[no-any-return]
+        body: httpbody_pb2.HttpBody = response.body
+        return body
 
     async def CreateTranscription(
         self, request: router_pb2.CreateTranscriptionRequest, context: Context

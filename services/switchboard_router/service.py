@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -67,6 +68,9 @@ SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 FALLBACK_FROM_KEY = "x-switchboard-fallback-from"
 # Present when GPU state changed the order of deployments: what and why.
 ROUTE_NOTES_KEY = "x-switchboard-route-notes"
+# Present ("true") when a stream call was answered by pseudo-streaming: the
+# upstream's one whole answer, sent as server-sent events.
+PSEUDO_STREAM_KEY = "x-switchboard-pseudo-stream"
 
 # The provider event that carries a whole answer, or a streamed chunk, per kind.
 _ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
@@ -88,6 +92,8 @@ def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
         served += ((FALLBACK_FROM_KEY, candidate.fallback_from),)
     if candidate.route_notes:
         served += ((ROUTE_NOTES_KEY, "; ".join(candidate.route_notes)),)
+    if candidate.pseudo_stream:
+        served += ((PSEUDO_STREAM_KEY, "true"),)
     return served
 
 
@@ -267,6 +273,8 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         async for candidate, event in events:
             if event.WhichOneof("event") != event_field:
                 continue
+            if event.pseudo_stream:
+                candidate = dataclasses.replace(candidate, pseudo_stream=True)
             chunk = getattr(event, event_field)
             if render.is_usage_only(chunk) and not include_usage:
                 continue

@@ -120,19 +120,19 @@ class MediaUpstream:
         if fmt in ("srt", "vtt"):
             sep = "," if fmt == "srt" else "."
             cue = f"{_timestamp(0, sep)} --> {_timestamp(seconds, sep)}\n{text}\n"
-            body = f"1\n{cue}" if fmt == "srt" else f"WEBVTT\n\n{cue}"
-            return web.Response(text=body, content_type="text/plain")
+            subtitles = f"1\n{cue}" if fmt == "srt" else f"WEBVTT\n\n{cue}"
+            return web.Response(text=subtitles, content_type="text/plain")
         if fmt == "verbose_json":
             task = "translate" if request.path.endswith("translations") else "transcribe"
             segment = {"id": 0, "start": 0.0, "end": seconds, "text": text}
-            body = {
+            verbose = {
                 "task": task,
                 "language": fields.get("language") or "english",
                 "duration": seconds,
                 "text": text,
                 "segments": [segment],
             }
-            return web.json_response(body)
+            return web.json_response(verbose)
         return web.json_response({"text": text})
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:

@@ -111,6 +111,11 @@ class StreamGenerateResponse(_message.Message):
     CHAT_COMPLETION_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    PSEUDO_STREAM_FIELD_NUMBER: _builtins.int
+    pseudo_stream: _builtins.bool
+    """Set on chunks made from one whole answer: the model or deployment cannot
+    stream, or the upstream answered a stream request with one JSON body.
+    """
     @_builtins.property
     def chat_chunk(self) -> _openai_pb2.ChatCompletionChunk:
         """Streaming chat: one per upstream chunk, in order, never coalesced."""
@@ -134,10 +139,11 @@ class StreamGenerateResponse(_message.Message):
         chat_completion: _openai_pb2.ChatCompletion | None = ...,
         completion: _openai_pb2.Completion | None = ...,
         usage: _usage_pb2.UsageRecord | None = ...,
+        pseudo_stream: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "pseudo_stream", b"pseudo_stream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["chat_chunk", "chat_completion", "completion", "usage"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

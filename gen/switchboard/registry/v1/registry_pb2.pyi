@@ -372,6 +372,7 @@ class Model(_message.Message):
     RELEASE_DATE_FIELD_NUMBER: _builtins.int
     NUMBER_FIELD_NUMBER: _builtins.int
     DEFAULT_PARAMETERS_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -396,6 +397,10 @@ class Model(_message.Message):
     number: _builtins.int
     """Output only: a stable integer id, assigned once when the model is created
     (1, 2, ...) and never reused.
+    """
+    streaming: _builtins.bool
+    """False: the upstream cannot stream; stream requests are answered with its
+    one whole answer as server-sent events (pseudo-streaming). Unset: true.
     """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -459,14 +464,20 @@ class Model(_message.Message):
         release_date: _builtins.str = ...,
         number: _builtins.int = ...,
         default_parameters: Global___DefaultParameters | None = ...,
+        streaming: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "default_parameters", b"default_parameters", "engine", b"engine", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "_streaming", b"_streaming", "create_time", b"create_time", "default_parameters", b"default_parameters", "engine", b"engine", "online", b"online", "pricing", b"pricing", "streaming", b"streaming", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "default_parameters", b"default_parameters", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "_streaming", b"_streaming", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "default_parameters", b"default_parameters", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "streaming", b"streaming", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
+    _WhichOneofReturnType__streaming: _TypeAlias = _typing.Literal["streaming"]  # noqa: Y015
+    _WhichOneofArgType__streaming: _TypeAlias = _typing.Literal["_streaming", b"_streaming"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__online) -> _WhichOneofReturnType__online | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__streaming) -> _WhichOneofReturnType__streaming | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
@@ -523,6 +534,7 @@ class Deployment(_message.Message):
     GPU_UUID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     PRICING_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     model: _builtins.str
     provider: _builtins.str
@@ -537,6 +549,8 @@ class Deployment(_message.Message):
     """For self-hosted models: the GPU node and device that serve this deployment."""
     gpu_uuid: _builtins.str
     etag: _builtins.str
+    streaming: _builtins.bool
+    """As Model.streaming, for this deployment alone. Unset: true."""
     @_builtins.property
     def pricing(self) -> Global___Pricing:
         """This deployment's prices when they differ from the model's (the cost strategy
@@ -559,14 +573,20 @@ class Deployment(_message.Message):
         gpu_uuid: _builtins.str = ...,
         etag: _builtins.str = ...,
         pricing: Global___Pricing | None = ...,
+        streaming: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "pricing", b"pricing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_streaming", b"_streaming", "enabled", b"enabled", "pricing", b"pricing", "streaming", b"streaming"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "pricing", b"pricing", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_streaming", b"_streaming", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "pricing", b"pricing", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "streaming", b"streaming", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__streaming: _TypeAlias = _typing.Literal["streaming"]  # noqa: Y015
+    _WhichOneofArgType__streaming: _TypeAlias = _typing.Literal["_streaming", b"_streaming"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__streaming) -> _WhichOneofReturnType__streaming | None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
 
