@@ -10,6 +10,14 @@ import datetime as dt
 from switchboard_cli import __version__
 from switchboard_cli.exit_codes import EXIT_CODES_HELP
 
+# The registry's model kinds (ModelKind), as the CLI spells them.
+MODEL_KINDS = ("chat", "embedding", "asr", "tts", "rerank", "image")
+# The registry's default-model uses (ModelUse): each kind's own, and Bisheng's.
+MODEL_USES = (
+    *("chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow"),
+    *("embedding", "asr", "tts", "rerank", "image"),
+)
+
 COMMANDS = "switchboard_cli.commands"
 
 
@@ -146,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=["online", "offline", "all"], default="all")
     listing.add_argument("--tag", help="only models with this tag")
     listing.add_argument("--provider", help="only models with a deployment on this provider")
-    listing.add_argument("--kind", choices=["chat", "embedding"])
+    listing.add_argument("--kind", choices=list(MODEL_KINDS))
 
     add = command(
         models, "add", "models:add", "add a model with one deployment, online unless --offline"
@@ -158,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--alias", action="append", default=[], help="another name (repeatable)")
     add.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
-    add.add_argument("--kind", choices=["chat", "embedding"], default="chat")
+    add.add_argument("--kind", choices=list(MODEL_KINDS), default="chat")
     add.add_argument("--description", default="")
     for flag, metavar, tokens in (("input", "X", "prompt"), ("output", "Y", "completion")):
         add.add_argument(
@@ -183,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     activate.add_argument("name")
     activate.add_argument(
         "--use",
-        choices=["chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow"],
+        choices=list(MODEL_USES),
         default="chat",
         help="which calls it serves (default chat; vision: pictures)",
     )

@@ -31,7 +31,23 @@ Strategy = Literal[
     "weighted_random", "round_robin", "priority", "least_latency", "least_outstanding", "cost"
 ]
 # chat and vision: the "active" model of calls that name none (seed API 003).
-ModelUse = Literal["knowledge_base", "assistant", "evaluation", "workflow", "chat", "vision"]
+# The kinds' own uses (embedding, asr, tts, rerank, image): the default of calls
+# of that kind that name no model.
+ModelUse = Literal[
+    "knowledge_base",
+    "assistant",
+    "evaluation",
+    "workflow",
+    "chat",
+    "vision",
+    "embedding",
+    "asr",
+    "tts",
+    "rerank",
+    "image",
+]
+# What a model does; the media kinds are accounted in their own units (UsageRecord).
+ModelKind = Literal["chat", "embedding", "asr", "tts", "rerank", "image"]
 
 
 class _Strict(BaseModel):
@@ -70,6 +86,12 @@ class PricingConfig(_Strict):
     currency: str = "USD"
     # Input written into a prompt cache; 0 means input_per_1k.
     cache_write_input_per_1k: float = Field(default=0.0, ge=0)
+    # The media kinds' units: seconds of audio (asr), characters (tts),
+    # search units (rerank), images (image).
+    per_audio_second: float = Field(default=0.0, ge=0)
+    per_1k_characters: float = Field(default=0.0, ge=0)
+    per_search_unit: float = Field(default=0.0, ge=0)
+    per_image: float = Field(default=0.0, ge=0)
 
 
 class DeploymentConfig(_Strict):
@@ -87,6 +109,8 @@ class DeploymentConfig(_Strict):
     gpu_uuid: str = ""
     # Prices for this deployment when they differ from the model's (cost strategy, usage).
     pricing: PricingConfig | None = None
+    # False: this upstream cannot stream; stream calls get its whole answer as SSE.
+    streaming: bool = True
 
     def resolved_id(self, model: str) -> str:
         return self.id or deployment_id(model, self.provider, self.model)
@@ -112,7 +136,7 @@ class DefaultParameters(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: ModelKind = "chat"
     aliases: list[str] = Field(default_factory=list)
     # The file requires at least one; a model created through the API may have none yet.
     deployments: list[DeploymentConfig] = Field(default_factory=list)
@@ -142,6 +166,9 @@ class ModelConfig(_Strict):
     keyword: str = Field(default="", max_length=256)
     release_date: str = Field(default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$")
     default_parameters: DefaultParameters = Field(default_factory=DefaultParameters)
+    # False: no deployment can stream; stream calls get the whole answer as SSE
+    # (pseudo-streaming, said in the x-switchboard-pseudo-stream header).
+    streaming: bool = True
     # Set by the registry only: the model's stable integer id and its timestamps.
     number: int = Field(default=0, ge=0)
     created_at: dt.datetime | None = None

@@ -18,9 +18,21 @@ def _nanos(tokens: int, per_1k: float) -> int:
     return int(cost.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def _media_nanos(record: usage_pb2.UsageRecord, pricing: PricingConfig) -> int:
+    """The media kinds' units, each at its own rate (0 for chat and embeddings)."""
+    cost = (
+        Decimal(str(record.audio_seconds)) * Decimal(str(pricing.per_audio_second))
+        + Decimal(record.characters) * Decimal(str(pricing.per_1k_characters)) / 1000
+        + Decimal(record.search_units) * Decimal(str(pricing.per_search_unit))
+        + Decimal(record.images) * Decimal(str(pricing.per_image))
+    ) * _NANOS_PER_UNIT
+    return int(cost.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 def price(record: usage_pb2.UsageRecord, pricing: PricingConfig | None) -> events_pb2.UsageEvent:
     event = events_pb2.UsageEvent(record=record, currency=pricing.currency if pricing else "USD")
-    if pricing is not None:
+    # Served from Switchboard's own cache: no upstream was paid.
+    if pricing is not None and not record.cached:
         # Cache reads and cache writes are parts of prompt_tokens, each at its own rate.
         cached = min(record.cached_tokens, record.prompt_tokens)
         written = min(record.cache_write_tokens, record.prompt_tokens - cached)
@@ -31,6 +43,7 @@ def price(record: usage_pb2.UsageRecord, pricing: PricingConfig | None) -> event
             + _nanos(cached, cached_rate)
             + _nanos(written, write_rate)
         )
+        event.input_cost_nanos += _media_nanos(record, pricing)
         event.output_cost_nanos = _nanos(record.completion_tokens, pricing.output_per_1k)
         event.total_cost_nanos = event.input_cost_nanos + event.output_cost_nanos
     event.publish_time.GetCurrentTime()

@@ -27,7 +27,14 @@ PROVIDER_KINDS = {
     "anthropic": pb.PROVIDER_KIND_ANTHROPIC,
     "mock": pb.PROVIDER_KIND_MOCK,
 }
-MODEL_KINDS = {"chat": pb.MODEL_KIND_CHAT, "embedding": pb.MODEL_KIND_EMBEDDING}
+MODEL_KINDS = {
+    "chat": pb.MODEL_KIND_CHAT,
+    "embedding": pb.MODEL_KIND_EMBEDDING,
+    "asr": pb.MODEL_KIND_ASR,
+    "tts": pb.MODEL_KIND_TTS,
+    "rerank": pb.MODEL_KIND_RERANK,
+    "image": pb.MODEL_KIND_IMAGE,
+}
 STRATEGIES = {
     "weighted_random": pb.ROUTING_STRATEGY_WEIGHTED_RANDOM,
     "round_robin": pb.ROUTING_STRATEGY_ROUND_ROBIN,
@@ -43,6 +50,11 @@ USES = {
     "workflow": pb.MODEL_USE_WORKFLOW,
     "chat": pb.MODEL_USE_CHAT,
     "vision": pb.MODEL_USE_VISION,
+    "embedding": pb.MODEL_USE_EMBEDDING,
+    "asr": pb.MODEL_USE_ASR,
+    "tts": pb.MODEL_USE_TTS,
+    "rerank": pb.MODEL_USE_RERANK,
+    "image": pb.MODEL_USE_IMAGE,
 }
 
 
@@ -88,6 +100,7 @@ MODEL_FILE_FIELDS = (
     "keyword",
     "release_date",
     "default_parameters",
+    "streaming",
 )
 DEPLOYMENT_FILE_FIELDS = (
     "provider",
@@ -100,6 +113,7 @@ DEPLOYMENT_FILE_FIELDS = (
     "gpu_node",
     "gpu_uuid",
     "pricing",
+    "streaming",
 )
 KEY_FILE_FIELDS = ("models", "rpm", "tpm", "budget")
 
@@ -125,6 +139,10 @@ def pricing_message(p: PricingConfig) -> pb.Pricing:
         cached_input_per_1k=p.cached_input_per_1k,
         cache_write_input_per_1k=p.cache_write_input_per_1k,
         currency=p.currency,
+        per_audio_second=p.per_audio_second,
+        per_1k_characters=p.per_1k_characters,
+        per_search_unit=p.per_search_unit,
+        per_image=p.per_image,
     )
 
 
@@ -135,6 +153,10 @@ def _pricing_dict(p: pb.Pricing) -> dict[str, Any]:
         "cached_input_per_1k": p.cached_input_per_1k,
         "cache_write_input_per_1k": p.cache_write_input_per_1k,
         "currency": p.currency or "USD",
+        "per_audio_second": p.per_audio_second,
+        "per_1k_characters": p.per_1k_characters,
+        "per_search_unit": p.per_search_unit,
+        "per_image": p.per_image,
     }
 
 
@@ -163,6 +185,7 @@ def model_message(m: ModelConfig) -> pb.Model:
         default_parameters=pb.DefaultParameters(
             **m.default_parameters.model_dump(exclude_none=True)
         ),
+        streaming=m.streaming,
     )
 
 
@@ -180,6 +203,7 @@ def deployment_message(model: str, d: DeploymentConfig) -> pb.Deployment:
         gpu_node=d.gpu_node,
         gpu_uuid=d.gpu_uuid,
         pricing=pricing_message(d.pricing) if d.pricing else None,
+        streaming=d.streaming,
     )
 
 
@@ -242,6 +266,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                         "gpu_node": d.gpu_node,
                         "gpu_uuid": d.gpu_uuid,
                         "pricing": _pricing_dict(d.pricing) if d.HasField("pricing") else None,
+                        "streaming": not d.HasField("streaming") or d.streaming,
                     }
                     for d in m.deployments
                     if d.enabled
@@ -265,6 +290,7 @@ def config_from_snapshot(snapshot: pb.Snapshot) -> SwitchboardConfig:
                 "keyword": m.keyword,
                 "release_date": m.release_date,
                 "number": m.number,
+                "streaming": not m.HasField("streaming") or m.streaming,
                 "default_parameters": {
                     name: getattr(m.default_parameters, name)
                     for name in ("temperature", "max_tokens", "top_p")

@@ -83,6 +83,11 @@ class UsageMeter:
         r.end_time.GetCurrentTime()
         return r
 
+    def report_units(self) -> None:
+        """Media usage is counted in its own units (audio seconds, characters,
+        search units, images), set on the record directly: nothing to estimate."""
+        self._reported = True
+
     def report_embedding(self) -> None:
         """Embedding usage was copied in directly: it has no completion side."""
         self._reported = True

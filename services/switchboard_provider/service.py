@@ -28,6 +28,7 @@ from switchboard_common.settings import Settings
 from switchboard_provider.adapters.base import Adapter, prompt_text
 from switchboard_provider.adapters.mock import MockAdapter
 from switchboard_provider.adapters.openai_compat import OpenAIAdapter
+from switchboard_provider.media import MediaRpcs
 from switchboard_provider.meter import UsageMeter
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def build_adapter(config: ProviderConfig) -> Adapter:
     )
 
 
-class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+class ProviderServicer(MediaRpcs, provider_pb2_grpc.ProviderServiceServicer):
     def __init__(self, config: SwitchboardConfig, version: int = 0) -> None:
         self._configs: dict[str, ProviderConfig] = {}
         self._adapters: dict[str, Adapter] = {}

@@ -404,7 +404,9 @@ _CREDENTIALS = Entity(tables.api_keys, "name", pb.ApiKeyCredential, "credential"
 async def set_default(tx: Tx, use: pb.ModelUse.ValueType, model: str) -> pb.DefaultModel:
     if use == pb.MODEL_USE_UNSPECIFIED:
         raise invalid(
-            "use", "is required: knowledge_base, assistant, evaluation, workflow, chat or vision"
+            "use",
+            "is required: knowledge_base, assistant, evaluation, workflow, chat, vision, "
+            "embedding, asr, tts, rerank or image",
         )
     if await tx.row(MODELS, model) is None:
         raise invalid("model", f"no model named {model!r}")

@@ -90,6 +90,10 @@ def _check_pricing(field: str, pricing: pb.Pricing) -> None:
         "output_per_1k",
         "cached_input_per_1k",
         "cache_write_input_per_1k",
+        "per_audio_second",
+        "per_1k_characters",
+        "per_search_unit",
+        "per_image",
     ):
         value = getattr(pricing, name)
         if value < 0 or value != value:
@@ -130,7 +134,7 @@ def model(m: pb.Model) -> None:
     if m.name in m.aliases:
         raise invalid("model.aliases", "must not repeat the model's name")
     if m.kind == pb.MODEL_KIND_UNSPECIFIED:
-        raise invalid("model.kind", "is required: chat or embedding")
+        raise invalid("model.kind", "is required: chat, embedding, asr, tts, rerank or image")
     _check_text("model.display_name", m.display_name)
     _check_text("model.description", m.description)
     _check_text("model.keyword", m.keyword)

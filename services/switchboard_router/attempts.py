@@ -30,6 +30,7 @@ from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
+from switchboard_common.pseudo_stream import chunks_from_completion
 from switchboard_router.accounting import Accounting
 from switchboard_router.admission import Admission
 from switchboard_router.backoff import fits, retry_delay
@@ -94,10 +95,12 @@ class Generation:
     timed_first_byte: bool = True
 
     def request(self, candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
+        # A model or deployment that cannot stream is asked for its whole answer.
+        streams = candidate.model.streaming and candidate.deployment.streaming
         request = provider_pb2.StreamGenerateRequest(
             request_id=self.request_id,
             attempt=attempt,
-            stream=self.stream,
+            stream=self.stream and streams,
             target=target(candidate),
         )
         getattr(request, self.kind).CopyFrom(self.params)
@@ -110,12 +113,23 @@ class Generation:
         self, candidate: Candidate, attempt: int, timeout_s: float | None
     ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
         request = self.request(candidate, attempt)
+        pseudo = self.stream and not request.stream
         call = self.provider.StreamGenerate(
             request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
         )
         try:
             async for event in call:
-                yield event.usage if event.HasField("usage") else event
+                if event.HasField("usage"):
+                    yield event.usage
+                elif pseudo and event.WhichOneof("event") == "chat_completion":
+                    for chunk in chunks_from_completion(event.chat_completion):
+                        yield provider_pb2.StreamGenerateResponse(
+                            chat_chunk=chunk, pseudo_stream=True
+                        )
+                else:
+                    # A whole legacy completion is already a valid chunk.
+                    event.pseudo_stream = event.pseudo_stream or pseudo
+                    yield event
         finally:
             call.cancel()
 
@@ -147,6 +161,76 @@ class Embedding:
         yield response
 
     def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Unary:
+    """A media call through one of the provider's unary RPCs (CreateTranscription,
+    CreateRerank, CreateImage): `rpc` is the stub's method, `request_type` its
+    request message, `extra` its fields beside the params; the response carries
+    the answer and its `usage`."""
+
+    rpc: Any
+    request_type: Any
+    params: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+    request_id: str = field(default_factory=_request_id)
+    stream: bool = False
+    timed_first_byte: bool = False
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[Any, None]:
+        request = self.request_type(
+            request_id=self.request_id,
+            attempt=attempt,
+            target=target(candidate),
+            params=self.params,
+            **self.extra,
+        )
+        response = await self.rpc(
+            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
+        )
+        yield response.usage
+        yield response
+
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Text to speech through the provider's StreamSpeech: audio pieces as they
+    arrive, then the usage record."""
+
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub
+    params: Any
+    request_id: str = field(default_factory=_request_id)
+    stream: bool = True
+    timed_first_byte: bool = True
+
+    async def call(
+        self, candidate: Candidate, attempt: int, timeout_s: float | None
+    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamSpeechResponse, None]:
+        request = provider_pb2.StreamSpeechRequest(
+            request_id=self.request_id,
+            attempt=attempt,
+            target=target(candidate),
+            params=self.params,
+        )
+        call = self.provider.StreamSpeech(
+            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
+        )
+        try:
+            async for event in call:
+                yield event.usage if event.HasField("usage") else event
+        finally:
+            call.cancel()
+
+    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
+        # Characters are what speech is billed by: a cut-short attempt is
+        # accounted by the router's lost-record path.
         return None
 
 

@@ -36,6 +36,8 @@ class Candidate:
     fallback_from: str = ""
     # Why the plan departs from the model's strategy (GPU state), if it does.
     route_notes: tuple[str, ...] = ()
+    # Its answer to a stream call was one whole answer, sent as SSE.
+    pseudo_stream: bool = False
 
     @property
     def deployment_id(self) -> str:

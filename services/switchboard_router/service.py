@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -47,9 +48,12 @@ from switchboard_router.attempts import Attempts, Embedding, Exchange, Generatio
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate, Catalog
+from switchboard_router.default_models import default_model
 from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
+from switchboard_router.media import MediaHandlers
 from switchboard_router.routing import Routing, breaker_config_from_env
+from switchboard_router.speech_cache import SpeechCache
 from switchboard_router.surfaces.mount import mount_surfaces, refusal
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
@@ -64,6 +68,9 @@ SERVED_DEPLOYMENT_KEY = "x-switchboard-deployment"
 FALLBACK_FROM_KEY = "x-switchboard-fallback-from"
 # Present when GPU state changed the order of deployments: what and why.
 ROUTE_NOTES_KEY = "x-switchboard-route-notes"
+# Present ("true") when a stream call was answered by pseudo-streaming: the
+# upstream's one whole answer, sent as server-sent events.
+PSEUDO_STREAM_KEY = "x-switchboard-pseudo-stream"
 
 # The provider event that carries a whole answer, or a streamed chunk, per kind.
 _ANSWER_FIELDS = {"chat": "chat_completion", "completion": "completion"}
@@ -85,6 +92,8 @@ def _served(candidate: Candidate) -> tuple[tuple[str, str], ...]:
         served += ((FALLBACK_FROM_KEY, candidate.fallback_from),)
     if candidate.route_notes:
         served += ((ROUTE_NOTES_KEY, "; ".join(candidate.route_notes)),)
+    if candidate.pseudo_stream:
+        served += ((PSEUDO_STREAM_KEY, "true"),)
     return served
 
 
@@ -95,7 +104,11 @@ async def _label(context: Context, candidate: Candidate) -> None:
     context.set_trailing_metadata(_served(candidate))
 
 
-class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
+    # What media.py's handlers label their answers with.
+    _label = staticmethod(_label)
+    _served_by = staticmethod(_served)
+
     def __init__(
         self,
         config: SwitchboardConfig,
@@ -105,6 +118,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         budgets: Budgets | None = None,
         gpu_addresses: Sequence[str] = (),
         tls: TlsFiles | None = None,
+        speech_cache: SpeechCache | None = None,
     ):
         self.created = int(time.time())
         self._gpu_addresses = list(gpu_addresses)
@@ -123,6 +137,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.usage = usage
         self.accounting = Accounting(usage, limiter, self.budgets, self.instance)
         self.attempts = Attempts(self.routing, self.accounting)
+        self.speech_cache = speech_cache or SpeechCache(None)
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         """Serve from a new registry snapshot; calls in flight keep the old one."""
@@ -155,6 +170,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         await self.budgets.close()
+        await self.speech_cache.close()
 
     async def settled(self) -> None:
         """Before the limit store closes: no settlement is left in flight."""
@@ -163,6 +179,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _admit(
         self, context: Context, params: Any, validate: Callable[[Any], None], kind: str
     ) -> Admission:
+        if not params.model:
+            # A call that names no model goes to the default for its use.
+            params.model = default_model(self.catalog, context, kind)
         return await self.gate.admit(self.catalog, current_caller().key, params, validate, kind)
 
     async def _answer(
@@ -254,6 +273,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for candidate, event in events:
             if event.WhichOneof("event") != event_field:
                 continue
+            if event.pseudo_stream:
+                candidate = dataclasses.replace(candidate, pseudo_stream=True)
             chunk = getattr(event, event_field)
             if render.is_usage_only(chunk) and not include_usage:
                 continue
@@ -403,6 +424,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         limiter,
         gpu_addresses=gpu_addresses,
         tls=settings.tls,
+        speech_cache=SpeechCache(settings.redis_url),
     )
     keys = KeyTable()
 

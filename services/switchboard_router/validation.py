@@ -112,7 +112,10 @@ def _check_json_fields(msg: message.Message, where: str = "") -> None:
         kind = field.message_type
         if kind is None:
             continue
-        if kind.full_name == "google.protobuf.Value":
+        if kind.full_name == "google.protobuf.Value" and field.is_repeated:
+            for i, item in enumerate(value):
+                _check_value(item, f"{path}[{i}]")
+        elif kind.full_name == "google.protobuf.Value":
             _check_value(value, path)
         elif kind.full_name == "google.protobuf.Struct":
             _check_struct(value, path)

@@ -4,8 +4,6 @@ objects in it out, recognised by a vision-capable chat model asked for JSON."""
 from __future__ import annotations
 
 import base64
-import email.parser
-import email.policy
 import json
 import re
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from dataclasses import dataclass
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2
 from switchboard_common.errors import R, SwitchboardError
+from switchboard_router.forms import read_form
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -55,23 +54,14 @@ def read_request(request: router_pb2.CreateVisionCompletionRequest) -> Picture:
 
 
 def _read_form(content_type: str, body: bytes) -> Picture:
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise _bad("image", "send multipart/form-data with a file field 'image'")
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise _bad("image", "the multipart body could not be parsed")
-    image, mime, model = b"", "", ""
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        if name == "image":
-            image, mime = payload, part.get_content_type()
-        elif name == "model":
-            model = payload.decode("utf-8", "replace").strip()
-    return Picture(image, mime, model)
+    fields = read_form(content_type, body, "image")
+    image = fields.get("image", [])[-1:]
+    model = fields.get("model", [])[-1:]
+    return Picture(
+        image[0].data if image else b"",
+        image[0].content_type if image else "",
+        model[0].text if model else "",
+    )
 
 
 def chat_params(model: str, picture: Picture) -> openai_pb2.ChatCompletionParams:

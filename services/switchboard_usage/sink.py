@@ -42,7 +42,8 @@ COLUMNS = (
     "status", "error_reason", "provider_request_id", "latency_ms", "ttft_ms", "start_time",
     "end_time", "config_version", "router_instance", "sequence", "input_cost_nanos",
     "output_cost_nanos", "total_cost_nanos", "currency", "kafka_partition", "kafka_offset",
-    "surface", "cache_write_tokens",
+    "surface", "cache_write_tokens", "audio_seconds", "characters", "search_units", "images",
+    "cached",
 )  # fmt: skip
 
 
@@ -67,7 +68,8 @@ def row(event: events_pb2.UsageEvent, partition: int, offset: int) -> list[Any]:
         r.provider_request_id, r.latency_ms, r.ttft_ms, ts_datetime(r.start_time),
         ts_datetime(r.end_time), r.config_version, r.router_instance, r.sequence,
         event.input_cost_nanos, event.output_cost_nanos, event.total_cost_nanos, event.currency,
-        partition, offset, r.surface, r.cache_write_tokens,
+        partition, offset, r.surface, r.cache_write_tokens, r.audio_seconds, r.characters,
+        r.search_units, r.images, r.cached,
     ]  # fmt: skip
 
 

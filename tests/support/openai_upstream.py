@@ -97,6 +97,8 @@ class Behaviour:
     first_byte_delay_s: float = 0.0
     # Chat replies with this text (split on spaces into tokens) instead of the echo.
     reply: str | None = None
+    # Chat answers a stream request with one JSON body, as servers that cannot stream do.
+    stream_as_json: bool = False
 
 
 @dataclass
@@ -670,7 +672,7 @@ class OpenAIUpstream:
         limit = _int_param(body, "max_completion_tokens", minimum=0)
         if limit is None:
             limit = _int_param(body, "max_tokens", minimum=0)
-        stream = body.get("stream") is True
+        stream = body.get("stream") is True and not ctx.behaviour.stream_as_json
 
         prompt_tokens = 0
         last_user = ""

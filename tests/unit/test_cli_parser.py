@@ -93,7 +93,7 @@ def test_usage_dates_are_parsed() -> None:
     "argv",
     [
         ["models", "add", "x", "--provider", "p"],  # --upstream-model is required
-        ["models", "add", "x", "--provider", "p", "--upstream-model", "m", "--kind", "image"],
+        ["models", "add", "x", "--provider", "p", "--upstream-model", "m", "--kind", "video"],
         ["models", "add", "x", "--provider", "p", "--upstream-model", "m", "--input-per-1k", "-1"],
         ["models", "list", "--status", "sleeping"],
         ["keys", "create", "k", "--rpm", "-5"],

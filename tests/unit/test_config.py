@@ -202,8 +202,8 @@ def test_empty_config_is_valid_and_open(data: dict[str, object] | None) -> None:
         ),
         pytest.param(
             "models.0.kind",
-            "image",
-            "models.0.kind: Input should be 'chat' or 'embedding'",
+            "video",
+            "models.0.kind: Input should be 'chat', 'embedding', 'asr', 'tts', 'rerank' or 'image'",
             id="bad-model-kind",
         ),
     ],

@@ -11,14 +11,12 @@ from switchboard_cli import render
 from switchboard_cli.context import Context
 from switchboard_cli.edge import JSON, Edge
 from switchboard_cli.exit_codes import CliError, ExitCode
+from switchboard_cli.parser import MODEL_KINDS, MODEL_USES
 
 STATUS_FILTER = {"online": "ONLINE_FILTER_ONLINE", "offline": "ONLINE_FILTER_OFFLINE"}
-KIND = {"chat": "MODEL_KIND_CHAT", "embedding": "MODEL_KIND_EMBEDDING"}
+KIND = {kind: f"MODEL_KIND_{kind.upper()}" for kind in MODEL_KINDS}
 # The registry's default-model uses: `models activate --use`.
-USES = {
-    use: f"MODEL_USE_{use.upper()}"
-    for use in ("chat", "vision", "assistant", "knowledge_base", "evaluation", "workflow")
-}
+USES = {use: f"MODEL_USE_{use.upper()}" for use in MODEL_USES}
 LIST_HINT = "`switchboard models list` shows the models"
 
 

@@ -7,6 +7,7 @@ across calls. SDK retries are off: retrying is the router's decision.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -19,8 +20,10 @@ from switchboard.provider.v1 import provider_pb2
 from switchboard_common.config import ProviderConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import redact
+from switchboard_common.pseudo_stream import chunks_from_completion
 from switchboard_provider import wire
 from switchboard_provider.adapters.base import KeyCheck
+from switchboard_provider.adapters.openai_media import OpenAIMedia
 from switchboard_provider.meter import UsageMeter
 
 # Without a key the SDK refuses to build a client; self-hosted servers ignore it.
@@ -50,7 +53,7 @@ def _integral(value: Any) -> Any:
     return value
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(OpenAIMedia):
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self._keys = KeyCheck(config)
@@ -116,6 +119,19 @@ class OpenAIAdapter:
                 stream_cls=openai.AsyncStream[object],
             )
             meter.set_provider_request_id(stream.response.headers.get("x-request-id"))
+            if chat and _one_json_body(stream.response.headers.get("content-type")):
+                # The upstream ignored `stream` and sent its whole answer.
+                async with stream:
+                    data = json.loads(await stream.response.aread())
+                _raise_embedded_error(data)
+                answer = wire.chat_completion(data)
+                for choice in answer.choices:
+                    meter.add_output_text(choice.message.content)
+                if data.get("usage"):
+                    meter.report(answer.usage)
+                for chunk in chunks_from_completion(answer):
+                    yield provider_pb2.StreamGenerateResponse(chat_chunk=chunk, pseudo_stream=True)
+                return
             async with stream:
                 async for item in stream:
                     if not isinstance(item, dict):
@@ -209,6 +225,10 @@ def _raise_embedded_error(data: object) -> None:
         raise SwitchboardError(
             R.ERROR_REASON_UPSTREAM_ERROR, f"the upstream answered with an error: {redact(message)}"
         )
+
+
+def _one_json_body(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
 
 def _retry_after(value: str | None) -> float | None:

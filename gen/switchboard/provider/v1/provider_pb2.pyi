@@ -9,8 +9,10 @@ when the attempt fails or is cancelled (in which case the record comes
 before the error status).
 """
 
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from switchboard.common.v1 import media_pb2 as _media_pb2
 from switchboard.common.v1 import openai_pb2 as _openai_pb2
 from switchboard.usage.v1 import usage_pb2 as _usage_pb2
 import builtins as _builtins
@@ -109,6 +111,11 @@ class StreamGenerateResponse(_message.Message):
     CHAT_COMPLETION_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    PSEUDO_STREAM_FIELD_NUMBER: _builtins.int
+    pseudo_stream: _builtins.bool
+    """Set on chunks made from one whole answer: the model or deployment cannot
+    stream, or the upstream answered a stream request with one JSON body.
+    """
     @_builtins.property
     def chat_chunk(self) -> _openai_pb2.ChatCompletionChunk:
         """Streaming chat: one per upstream chunk, in order, never coalesced."""
@@ -132,10 +139,11 @@ class StreamGenerateResponse(_message.Message):
         chat_completion: _openai_pb2.ChatCompletion | None = ...,
         completion: _openai_pb2.Completion | None = ...,
         usage: _usage_pb2.UsageRecord | None = ...,
+        pseudo_stream: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "pseudo_stream", b"pseudo_stream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["chat_chunk", "chat_completion", "completion", "usage"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
@@ -196,3 +204,231 @@ class CreateEmbeddingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateEmbeddingResponse: _TypeAlias = CreateEmbeddingResponse  # noqa: Y015
+
+@_typing.final
+class CreateTranscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    TRANSLATE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    attempt: _builtins.int
+    translate: _builtins.bool
+    """/v1/audio/translations (into English) rather than transcriptions."""
+    @_builtins.property
+    def target(self) -> Global___Target: ...
+    @_builtins.property
+    def params(self) -> _media_pb2.TranscriptionParams: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        target: Global___Target | None = ...,
+        params: _media_pb2.TranscriptionParams | None = ...,
+        translate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "params", b"params", "request_id", b"request_id", "target", b"target", "translate", b"translate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTranscriptionRequest: _TypeAlias = CreateTranscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CreateTranscriptionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The upstream's answer as it sent it (JSON or text, per response_format)."""
+
+    @_builtins.property
+    def usage(self) -> _usage_pb2.UsageRecord: ...
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+        usage: _usage_pb2.UsageRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTranscriptionResponse: _TypeAlias = CreateTranscriptionResponse  # noqa: Y015
+
+@_typing.final
+class StreamSpeechRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def target(self) -> Global___Target: ...
+    @_builtins.property
+    def params(self) -> _media_pb2.SpeechParams: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        target: Global___Target | None = ...,
+        params: _media_pb2.SpeechParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "params", b"params", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSpeechRequest: _TypeAlias = StreamSpeechRequest  # noqa: Y015
+
+@_typing.final
+class StreamSpeechResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audio(self) -> _httpbody_pb2.HttpBody:
+        """Audio bytes in order; the first carries the content type."""
+
+    @_builtins.property
+    def usage(self) -> _usage_pb2.UsageRecord:
+        """Always the last event of an attempt."""
+
+    def __init__(
+        self,
+        *,
+        audio: _httpbody_pb2.HttpBody | None = ...,
+        usage: _usage_pb2.UsageRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "event", b"event", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "event", b"event", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["audio", "usage"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___StreamSpeechResponse: _TypeAlias = StreamSpeechResponse  # noqa: Y015
+
+@_typing.final
+class CreateRerankRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def target(self) -> Global___Target: ...
+    @_builtins.property
+    def params(self) -> _media_pb2.RerankParams: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        target: Global___Target | None = ...,
+        params: _media_pb2.RerankParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "params", b"params", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRerankRequest: _TypeAlias = CreateRerankRequest  # noqa: Y015
+
+@_typing.final
+class CreateRerankResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RERANK_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rerank(self) -> _media_pb2.RerankResponse: ...
+    @_builtins.property
+    def usage(self) -> _usage_pb2.UsageRecord: ...
+    def __init__(
+        self,
+        *,
+        rerank: _media_pb2.RerankResponse | None = ...,
+        usage: _usage_pb2.UsageRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rerank", b"rerank", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rerank", b"rerank", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRerankResponse: _TypeAlias = CreateRerankResponse  # noqa: Y015
+
+@_typing.final
+class CreateImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def target(self) -> Global___Target: ...
+    @_builtins.property
+    def params(self) -> _media_pb2.ImageParams: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        target: Global___Target | None = ...,
+        params: _media_pb2.ImageParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "params", b"params", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateImageRequest: _TypeAlias = CreateImageRequest  # noqa: Y015
+
+@_typing.final
+class CreateImageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def images(self) -> _media_pb2.ImagesResponse: ...
+    @_builtins.property
+    def usage(self) -> _usage_pb2.UsageRecord: ...
+    def __init__(
+        self,
+        *,
+        images: _media_pb2.ImagesResponse | None = ...,
+        usage: _usage_pb2.UsageRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateImageResponse: _TypeAlias = CreateImageResponse  # noqa: Y015

@@ -44,6 +44,26 @@ class ProviderServiceStub:
                 request_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateEmbeddingRequest.SerializeToString,
                 response_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateEmbeddingResponse.FromString,
                 _registered_method=True)
+        self.CreateTranscription = channel.unary_unary(
+                '/switchboard.provider.v1.ProviderService/CreateTranscription',
+                request_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateTranscriptionRequest.SerializeToString,
+                response_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateTranscriptionResponse.FromString,
+                _registered_method=True)
+        self.StreamSpeech = channel.unary_stream(
+                '/switchboard.provider.v1.ProviderService/StreamSpeech',
+                request_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.StreamSpeechRequest.SerializeToString,
+                response_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.StreamSpeechResponse.FromString,
+                _registered_method=True)
+        self.CreateRerank = channel.unary_unary(
+                '/switchboard.provider.v1.ProviderService/CreateRerank',
+                request_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateRerankRequest.SerializeToString,
+                response_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateRerankResponse.FromString,
+                _registered_method=True)
+        self.CreateImage = channel.unary_unary(
+                '/switchboard.provider.v1.ProviderService/CreateImage',
+                request_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateImageRequest.SerializeToString,
+                response_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateImageResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderServiceServicer:
@@ -61,6 +81,32 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTranscription(self, request, context):
+        """Speech to text; the answer is the upstream's body in the requested format.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSpeech(self, request, context):
+        """Text to speech: the audio as it arrives, then exactly one UsageRecord.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRerank(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateImage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +119,26 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.CreateEmbedding,
                     request_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateEmbeddingRequest.FromString,
                     response_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateEmbeddingResponse.SerializeToString,
+            ),
+            'CreateTranscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTranscription,
+                    request_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateTranscriptionRequest.FromString,
+                    response_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateTranscriptionResponse.SerializeToString,
+            ),
+            'StreamSpeech': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSpeech,
+                    request_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.StreamSpeechRequest.FromString,
+                    response_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.StreamSpeechResponse.SerializeToString,
+            ),
+            'CreateRerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRerank,
+                    request_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateRerankRequest.FromString,
+                    response_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateRerankResponse.SerializeToString,
+            ),
+            'CreateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateImage,
+                    request_deserializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateImageRequest.FromString,
+                    response_serializer=switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +195,114 @@ class ProviderService:
             '/switchboard.provider.v1.ProviderService/CreateEmbedding',
             switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateEmbeddingRequest.SerializeToString,
             switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateEmbeddingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTranscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.provider.v1.ProviderService/CreateTranscription',
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateTranscriptionRequest.SerializeToString,
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateTranscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSpeech(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.provider.v1.ProviderService/StreamSpeech',
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.StreamSpeechRequest.SerializeToString,
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.StreamSpeechResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.provider.v1.ProviderService/CreateRerank',
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateRerankRequest.SerializeToString,
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateRerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.provider.v1.ProviderService/CreateImage',
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateImageRequest.SerializeToString,
+            switchboard_dot_provider_dot_v1_dot_provider__pb2.CreateImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,12 +39,24 @@ class ProviderServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProviderServiceAsyncStub: ...
     StreamGenerate: _grpc.UnaryStreamMultiCallable[_provider_pb2.StreamGenerateRequest, _provider_pb2.StreamGenerateResponse]
     CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_provider_pb2.CreateEmbeddingRequest, _provider_pb2.CreateEmbeddingResponse]
+    CreateTranscription: _grpc.UnaryUnaryMultiCallable[_provider_pb2.CreateTranscriptionRequest, _provider_pb2.CreateTranscriptionResponse]
+    """Speech to text; the answer is the upstream's body in the requested format."""
+    StreamSpeech: _grpc.UnaryStreamMultiCallable[_provider_pb2.StreamSpeechRequest, _provider_pb2.StreamSpeechResponse]
+    """Text to speech: the audio as it arrives, then exactly one UsageRecord."""
+    CreateRerank: _grpc.UnaryUnaryMultiCallable[_provider_pb2.CreateRerankRequest, _provider_pb2.CreateRerankResponse]
+    CreateImage: _grpc.UnaryUnaryMultiCallable[_provider_pb2.CreateImageRequest, _provider_pb2.CreateImageResponse]
 
 @_typing.type_check_only
 class ProviderServiceAsyncStub(ProviderServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StreamGenerate: _aio.UnaryStreamMultiCallable[_provider_pb2.StreamGenerateRequest, _provider_pb2.StreamGenerateResponse]  # type: ignore[assignment]
     CreateEmbedding: _aio.UnaryUnaryMultiCallable[_provider_pb2.CreateEmbeddingRequest, _provider_pb2.CreateEmbeddingResponse]  # type: ignore[assignment]
+    CreateTranscription: _aio.UnaryUnaryMultiCallable[_provider_pb2.CreateTranscriptionRequest, _provider_pb2.CreateTranscriptionResponse]  # type: ignore[assignment]
+    """Speech to text; the answer is the upstream's body in the requested format."""
+    StreamSpeech: _aio.UnaryStreamMultiCallable[_provider_pb2.StreamSpeechRequest, _provider_pb2.StreamSpeechResponse]  # type: ignore[assignment]
+    """Text to speech: the audio as it arrives, then exactly one UsageRecord."""
+    CreateRerank: _aio.UnaryUnaryMultiCallable[_provider_pb2.CreateRerankRequest, _provider_pb2.CreateRerankResponse]  # type: ignore[assignment]
+    CreateImage: _aio.UnaryUnaryMultiCallable[_provider_pb2.CreateImageRequest, _provider_pb2.CreateImageResponse]  # type: ignore[assignment]
 
 class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -60,5 +72,35 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _provider_pb2.CreateEmbeddingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.CreateEmbeddingResponse, _abc.Awaitable[_provider_pb2.CreateEmbeddingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateTranscription(
+        self,
+        request: _provider_pb2.CreateTranscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.CreateTranscriptionResponse, _abc.Awaitable[_provider_pb2.CreateTranscriptionResponse]]:
+        """Speech to text; the answer is the upstream's body in the requested format."""
+
+    @_abc_1.abstractmethod
+    def StreamSpeech(
+        self,
+        request: _provider_pb2.StreamSpeechRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_provider_pb2.StreamSpeechResponse], _abc.AsyncIterator[_provider_pb2.StreamSpeechResponse]]:
+        """Text to speech: the audio as it arrives, then exactly one UsageRecord."""
+
+    @_abc_1.abstractmethod
+    def CreateRerank(
+        self,
+        request: _provider_pb2.CreateRerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.CreateRerankResponse, _abc.Awaitable[_provider_pb2.CreateRerankResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateImage(
+        self,
+        request: _provider_pb2.CreateImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.CreateImageResponse, _abc.Awaitable[_provider_pb2.CreateImageResponse]]: ...
 
 def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

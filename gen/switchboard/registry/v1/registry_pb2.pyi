@@ -67,12 +67,28 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     MODEL_KIND_UNSPECIFIED: _ModelKind.ValueType  # 0
     MODEL_KIND_CHAT: _ModelKind.ValueType  # 1
     MODEL_KIND_EMBEDDING: _ModelKind.ValueType  # 2
+    MODEL_KIND_ASR: _ModelKind.ValueType  # 3
+    """Speech recognition (audio in, text out), accounted in audio seconds."""
+    MODEL_KIND_TTS: _ModelKind.ValueType  # 4
+    """Speech synthesis (text in, audio out), accounted in input characters."""
+    MODEL_KIND_RERANK: _ModelKind.ValueType  # 5
+    """Document reranking, accounted in search units (one query over up to 100 documents)."""
+    MODEL_KIND_IMAGE: _ModelKind.ValueType  # 6
+    """Image generation, accounted per image."""
 
 class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper): ...
 
 MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
 MODEL_KIND_CHAT: ModelKind.ValueType  # 1
 MODEL_KIND_EMBEDDING: ModelKind.ValueType  # 2
+MODEL_KIND_ASR: ModelKind.ValueType  # 3
+"""Speech recognition (audio in, text out), accounted in audio seconds."""
+MODEL_KIND_TTS: ModelKind.ValueType  # 4
+"""Speech synthesis (text in, audio out), accounted in input characters."""
+MODEL_KIND_RERANK: ModelKind.ValueType  # 5
+"""Document reranking, accounted in search units (one query over up to 100 documents)."""
+MODEL_KIND_IMAGE: ModelKind.ValueType  # 6
+"""Image generation, accounted per image."""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
 class _RoutingStrategy:
@@ -115,6 +131,14 @@ class _ModelUseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelUse.Val
     """The "active" chat model: serves chat calls that name no model (seed API 003)."""
     MODEL_USE_VISION: _ModelUse.ValueType  # 6
     """The "active" vision model: serves vision calls that name no model."""
+    MODEL_USE_EMBEDDING: _ModelUse.ValueType  # 7
+    """The default model of each other kind: serves calls of that kind that name
+    no model (an x-switchboard-use header on /v1 picks another use).
+    """
+    MODEL_USE_ASR: _ModelUse.ValueType  # 8
+    MODEL_USE_TTS: _ModelUse.ValueType  # 9
+    MODEL_USE_RERANK: _ModelUse.ValueType  # 10
+    MODEL_USE_IMAGE: _ModelUse.ValueType  # 11
 
 class ModelUse(_ModelUse, metaclass=_ModelUseEnumTypeWrapper): ...
 
@@ -127,6 +151,14 @@ MODEL_USE_CHAT: ModelUse.ValueType  # 5
 """The "active" chat model: serves chat calls that name no model (seed API 003)."""
 MODEL_USE_VISION: ModelUse.ValueType  # 6
 """The "active" vision model: serves vision calls that name no model."""
+MODEL_USE_EMBEDDING: ModelUse.ValueType  # 7
+"""The default model of each other kind: serves calls of that kind that name
+no model (an x-switchboard-use header on /v1 picks another use).
+"""
+MODEL_USE_ASR: ModelUse.ValueType  # 8
+MODEL_USE_TTS: ModelUse.ValueType  # 9
+MODEL_USE_RERANK: ModelUse.ValueType  # 10
+MODEL_USE_IMAGE: ModelUse.ValueType  # 11
 Global___ModelUse: _TypeAlias = ModelUse  # noqa: Y015
 
 class _Comparator:
@@ -269,6 +301,10 @@ class Pricing(_message.Message):
     CACHED_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_INPUT_PER_1K_FIELD_NUMBER: _builtins.int
+    PER_AUDIO_SECOND_FIELD_NUMBER: _builtins.int
+    PER_1K_CHARACTERS_FIELD_NUMBER: _builtins.int
+    PER_SEARCH_UNIT_FIELD_NUMBER: _builtins.int
+    PER_IMAGE_FIELD_NUMBER: _builtins.int
     input_per_1k: _builtins.float
     output_per_1k: _builtins.float
     cached_input_per_1k: _builtins.float
@@ -277,6 +313,13 @@ class Pricing(_message.Message):
     """Writing input into a prompt cache (Anthropic bills it above the input
     rate); 0 means the input rate.
     """
+    per_audio_second: _builtins.float
+    """The units of the media kinds (UsageRecord's audio_seconds, characters,
+    search_units, images).
+    """
+    per_1k_characters: _builtins.float
+    per_search_unit: _builtins.float
+    per_image: _builtins.float
     def __init__(
         self,
         *,
@@ -285,10 +328,14 @@ class Pricing(_message.Message):
         cached_input_per_1k: _builtins.float = ...,
         currency: _builtins.str = ...,
         cache_write_input_per_1k: _builtins.float = ...,
+        per_audio_second: _builtins.float = ...,
+        per_1k_characters: _builtins.float = ...,
+        per_search_unit: _builtins.float = ...,
+        per_image: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_per_1k", b"cache_write_input_per_1k", "cached_input_per_1k", b"cached_input_per_1k", "currency", b"currency", "input_per_1k", b"input_per_1k", "output_per_1k", b"output_per_1k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_per_1k", b"cache_write_input_per_1k", "cached_input_per_1k", b"cached_input_per_1k", "currency", b"currency", "input_per_1k", b"input_per_1k", "output_per_1k", b"output_per_1k", "per_1k_characters", b"per_1k_characters", "per_audio_second", b"per_audio_second", "per_image", b"per_image", "per_search_unit", b"per_search_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,6 +372,7 @@ class Model(_message.Message):
     RELEASE_DATE_FIELD_NUMBER: _builtins.int
     NUMBER_FIELD_NUMBER: _builtins.int
     DEFAULT_PARAMETERS_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ModelKind.ValueType
     display_name: _builtins.str
@@ -349,6 +397,10 @@ class Model(_message.Message):
     number: _builtins.int
     """Output only: a stable integer id, assigned once when the model is created
     (1, 2, ...) and never reused.
+    """
+    streaming: _builtins.bool
+    """False: the upstream cannot stream; stream requests are answered with its
+    one whole answer as server-sent events (pseudo-streaming). Unset: true.
     """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -412,14 +464,20 @@ class Model(_message.Message):
         release_date: _builtins.str = ...,
         number: _builtins.int = ...,
         default_parameters: Global___DefaultParameters | None = ...,
+        streaming: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "default_parameters", b"default_parameters", "engine", b"engine", "online", b"online", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "_streaming", b"_streaming", "create_time", b"create_time", "default_parameters", b"default_parameters", "engine", b"engine", "online", b"online", "pricing", b"pricing", "streaming", b"streaming", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "default_parameters", b"default_parameters", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "_streaming", b"_streaming", "aliases", b"aliases", "budget", b"budget", "capabilities", b"capabilities", "context_window", b"context_window", "create_time", b"create_time", "default_parameters", b"default_parameters", "deployments", b"deployments", "description", b"description", "display_name", b"display_name", "engine", b"engine", "etag", b"etag", "fallbacks", b"fallbacks", "featured", b"featured", "icon_url", b"icon_url", "keyword", b"keyword", "kind", b"kind", "max_output_tokens", b"max_output_tokens", "name", b"name", "number", b"number", "online", b"online", "pricing", b"pricing", "release_date", b"release_date", "rpm", b"rpm", "strategy", b"strategy", "streaming", b"streaming", "tags", b"tags", "tpm", b"tpm", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
     _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
+    _WhichOneofReturnType__streaming: _TypeAlias = _typing.Literal["streaming"]  # noqa: Y015
+    _WhichOneofArgType__streaming: _TypeAlias = _typing.Literal["_streaming", b"_streaming"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__online) -> _WhichOneofReturnType__online | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__streaming) -> _WhichOneofReturnType__streaming | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
@@ -476,6 +534,7 @@ class Deployment(_message.Message):
     GPU_UUID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     PRICING_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     model: _builtins.str
     provider: _builtins.str
@@ -490,6 +549,8 @@ class Deployment(_message.Message):
     """For self-hosted models: the GPU node and device that serve this deployment."""
     gpu_uuid: _builtins.str
     etag: _builtins.str
+    streaming: _builtins.bool
+    """As Model.streaming, for this deployment alone. Unset: true."""
     @_builtins.property
     def pricing(self) -> Global___Pricing:
         """This deployment's prices when they differ from the model's (the cost strategy
@@ -512,14 +573,20 @@ class Deployment(_message.Message):
         gpu_uuid: _builtins.str = ...,
         etag: _builtins.str = ...,
         pricing: Global___Pricing | None = ...,
+        streaming: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "pricing", b"pricing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_streaming", b"_streaming", "enabled", b"enabled", "pricing", b"pricing", "streaming", b"streaming"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "pricing", b"pricing", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_streaming", b"_streaming", "enabled", b"enabled", "etag", b"etag", "gpu_node", b"gpu_node", "gpu_uuid", b"gpu_uuid", "id", b"id", "model", b"model", "pricing", b"pricing", "priority", b"priority", "provider", b"provider", "rpm", b"rpm", "streaming", b"streaming", "tpm", b"tpm", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__streaming: _TypeAlias = _typing.Literal["streaming"]  # noqa: Y015
+    _WhichOneofArgType__streaming: _TypeAlias = _typing.Literal["_streaming", b"_streaming"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__streaming) -> _WhichOneofReturnType__streaming | None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
 

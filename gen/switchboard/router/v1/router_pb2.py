@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from switchboard.common.v1 import access_pb2 as switchboard_dot_common_dot_v1_dot_access__pb2
+from switchboard.common.v1 import media_pb2 as switchboard_dot_common_dot_v1_dot_media__pb2
 from switchboard.common.v1 import openai_pb2 as switchboard_dot_common_dot_v1_dot_openai__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"switchboard/router/v1/router.proto\x12\x15switchboard.router.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\"switchboard/common/v1/access.proto\x1a\"switchboard/common/v1/openai.proto\"Z\n\x1b\x43reateChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Z\n\x1bStreamChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Y\n\x1cStreamChatCompletionResponse\x12\x39\n\x05\x63hunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunk\"]\n\x1eStreamChatCompletionSseRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"R\n\x17\x43reateCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"R\n\x17StreamCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"L\n\x18StreamCompletionResponse\x12\x30\n\x05\x63hunk\x18\x01 \x01(\x0b\x32!.switchboard.common.v1.Completion\"U\n\x1aStreamCompletionSseRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"P\n\x16\x43reateEmbeddingRequest\x12\x36\n\x06params\x18\x01 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"u\n\x1d\x43reateVisionCompletionRequest\x12\"\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x12\n\nimage_type\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x81\x01\n\x1e\x43reateVisionCompletionResponse\x12\x16\n\x0erecognition_id\x18\x01 \x01(\t\x12\x38\n\x07objects\x18\x02 \x03(\x0b\x32\'.switchboard.router.v1.RecognizedObject\x12\r\n\x05model\x18\x03 \x01(\t\"5\n\x10RecognizedObject\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"P\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.switchboard.common.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x12\n\x10GetHealthRequest\"\xb5\x01\n\x11GetHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12L\n\ncomponents\x18\x03 \x03(\x0b\x32\x38.switchboard.router.v1.GetHealthResponse.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x17GetRoutingHealthRequest\"\x82\x01\n\x18GetRoutingHealthResponse\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\x04\x12<\n\x0b\x64\x65ployments\x18\x03 \x03(\x0b\x32\'.switchboard.router.v1.DeploymentHealth\"\xee\x02\n\x10\x44\x65ploymentHealth\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x45\n\x07\x62reaker\x18\x04 \x01(\x0e\x32\x34.switchboard.router.v1.DeploymentHealth.BreakerState\x12\x13\n\x0boutstanding\x18\x05 \x01(\r\x12\x17\n\nlatency_ms\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07ttft_ms\x18\x07 \x01(\x01H\x01\x88\x01\x01\"|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x02\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x03\x42\r\n\x0b_latency_msB\n\n\x08_ttft_ms2\xad\r\n\rRouterService\x12\x9b\x01\n\x14\x43reateChatCompletion\x12\x32.switchboard.router.v1.CreateChatCompletionRequest\x1a%.switchboard.common.v1.ChatCompletion\"(\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1e\"\x14/v1/chat/completions:\x06params\x12\x87\x01\n\x14StreamChatCompletion\x12\x32.switchboard.router.v1.StreamChatCompletionRequest\x1a\x33.switchboard.router.v1.StreamChatCompletionResponse\"\x04\xc8\xf3\x18\x02\x30\x01\x12\x99\x01\n\x17StreamChatCompletionSse\x12\x35.switchboard.router.v1.StreamChatCompletionSseRequest\x1a\x14.google.api.HttpBody\"/\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02%\"\x1b/v1/chat/completions:stream:\x06params0\x01\x12\x8a\x01\n\x10\x43reateCompletion\x12..switchboard.router.v1.CreateCompletionRequest\x1a!.switchboard.common.v1.Completion\"#\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x19\"\x0f/v1/completions:\x06params\x12{\n\x10StreamCompletion\x12..switchboard.router.v1.StreamCompletionRequest\x1a/.switchboard.router.v1.StreamCompletionResponse\"\x04\xc8\xf3\x18\x02\x30\x01\x12\x8c\x01\n\x13StreamCompletionSse\x12\x31.switchboard.router.v1.StreamCompletionSseRequest\x1a\x14.google.api.HttpBody\"*\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02 \"\x16/v1/completions:stream:\x06params0\x01\x12\x8a\x01\n\x0f\x43reateEmbedding\x12-.switchboard.router.v1.CreateEmbeddingRequest\x1a$.switchboard.common.v1.EmbeddingList\"\"\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x18\"\x0e/v1/embeddings:\x06params\x12\xaf\x01\n\x16\x43reateVisionCompletion\x12\x34.switchboard.router.v1.CreateVisionCompletionRequest\x1a\x35.switchboard.router.v1.CreateVisionCompletionResponse\"(\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1e\"\x16/v1/vision/completions:\x04\x66orm\x12y\n\nListModels\x12(.switchboard.router.v1.ListModelsRequest\x1a).switchboard.router.v1.ListModelsResponse\"\x16\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12s\n\x08GetModel\x12&.switchboard.router.v1.GetModelRequest\x1a\x1c.switchboard.common.v1.Model\"!\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model=**}\x12t\n\tGetHealth\x12\'.switchboard.router.v1.GetHealthRequest\x1a(.switchboard.router.v1.GetHealthResponse\"\x14\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\n\x12\x08/healthz\x12\x99\x01\n\x10GetRoutingHealth\x12..switchboard.router.v1.GetRoutingHealthRequest\x1a/.switchboard.router.v1.GetRoutingHealthResponse\"$\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/routing/healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"switchboard/router/v1/router.proto\x12\x15switchboard.router.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\"switchboard/common/v1/access.proto\x1a!switchboard/common/v1/media.proto\x1a\"switchboard/common/v1/openai.proto\"Z\n\x1b\x43reateChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Z\n\x1bStreamChatCompletionRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"Y\n\x1cStreamChatCompletionResponse\x12\x39\n\x05\x63hunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunk\"]\n\x1eStreamChatCompletionSseRequest\x12;\n\x06params\x18\x01 \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParams\"R\n\x17\x43reateCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"R\n\x17StreamCompletionRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"L\n\x18StreamCompletionResponse\x12\x30\n\x05\x63hunk\x18\x01 \x01(\x0b\x32!.switchboard.common.v1.Completion\"U\n\x1aStreamCompletionSseRequest\x12\x37\n\x06params\x18\x01 \x01(\x0b\x32\'.switchboard.common.v1.CompletionParams\"P\n\x16\x43reateEmbeddingRequest\x12\x36\n\x06params\x18\x01 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"|\n\x1a\x43reateTranscriptionRequest\x12\"\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12:\n\x06params\x18\x02 \x01(\x0b\x32*.switchboard.common.v1.TranscriptionParams\"z\n\x18\x43reateTranslationRequest\x12\"\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12:\n\x06params\x18\x02 \x01(\x0b\x32*.switchboard.common.v1.TranscriptionParams\"J\n\x13StreamSpeechRequest\x12\x33\n\x06params\x18\x01 \x01(\x0b\x32#.switchboard.common.v1.SpeechParams\"J\n\x13\x43reateRerankRequest\x12\x33\n\x06params\x18\x01 \x01(\x0b\x32#.switchboard.common.v1.RerankParams\"H\n\x12\x43reateImageRequest\x12\x32\n\x06params\x18\x01 \x01(\x0b\x32\".switchboard.common.v1.ImageParams\"u\n\x1d\x43reateVisionCompletionRequest\x12\"\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x12\n\nimage_type\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x81\x01\n\x1e\x43reateVisionCompletionResponse\x12\x16\n\x0erecognition_id\x18\x01 \x01(\t\x12\x38\n\x07objects\x18\x02 \x03(\x0b\x32\'.switchboard.router.v1.RecognizedObject\x12\r\n\x05model\x18\x03 \x01(\t\"5\n\x10RecognizedObject\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"P\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.switchboard.common.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x12\n\x10GetHealthRequest\"\xb5\x01\n\x11GetHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12L\n\ncomponents\x18\x03 \x03(\x0b\x32\x38.switchboard.router.v1.GetHealthResponse.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x17GetRoutingHealthRequest\"\x82\x01\n\x18GetRoutingHealthResponse\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\x04\x12<\n\x0b\x64\x65ployments\x18\x03 \x03(\x0b\x32\'.switchboard.router.v1.DeploymentHealth\"\xee\x02\n\x10\x44\x65ploymentHealth\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x45\n\x07\x62reaker\x18\x04 \x01(\x0e\x32\x34.switchboard.router.v1.DeploymentHealth.BreakerState\x12\x13\n\x0boutstanding\x18\x05 \x01(\r\x12\x17\n\nlatency_ms\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07ttft_ms\x18\x07 \x01(\x01H\x01\x88\x01\x01\"|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x02\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x03\x42\r\n\x0b_latency_msB\n\n\x08_ttft_ms2\xcd\x12\n\rRouterService\x12\x9b\x01\n\x14\x43reateChatCompletion\x12\x32.switchboard.router.v1.CreateChatCompletionRequest\x1a%.switchboard.common.v1.ChatCompletion\"(\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1e\"\x14/v1/chat/completions:\x06params\x12\x87\x01\n\x14StreamChatCompletion\x12\x32.switchboard.router.v1.StreamChatCompletionRequest\x1a\x33.switchboard.router.v1.StreamChatCompletionResponse\"\x04\xc8\xf3\x18\x02\x30\x01\x12\x99\x01\n\x17StreamChatCompletionSse\x12\x35.switchboard.router.v1.StreamChatCompletionSseRequest\x1a\x14.google.api.HttpBody\"/\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02%\"\x1b/v1/chat/completions:stream:\x06params0\x01\x12\x8a\x01\n\x10\x43reateCompletion\x12..switchboard.router.v1.CreateCompletionRequest\x1a!.switchboard.common.v1.Completion\"#\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x19\"\x0f/v1/completions:\x06params\x12{\n\x10StreamCompletion\x12..switchboard.router.v1.StreamCompletionRequest\x1a/.switchboard.router.v1.StreamCompletionResponse\"\x04\xc8\xf3\x18\x02\x30\x01\x12\x8c\x01\n\x13StreamCompletionSse\x12\x31.switchboard.router.v1.StreamCompletionSseRequest\x1a\x14.google.api.HttpBody\"*\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02 \"\x16/v1/completions:stream:\x06params0\x01\x12\x8a\x01\n\x0f\x43reateEmbedding\x12-.switchboard.router.v1.CreateEmbeddingRequest\x1a$.switchboard.common.v1.EmbeddingList\"\"\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x18\"\x0e/v1/embeddings:\x06params\x12\x8a\x01\n\x13\x43reateTranscription\x12\x31.switchboard.router.v1.CreateTranscriptionRequest\x1a\x14.google.api.HttpBody\"*\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02 \"\x18/v1/audio/transcriptions:\x04\x66orm\x12\x84\x01\n\x11\x43reateTranslation\x12/.switchboard.router.v1.CreateTranslationRequest\x1a\x14.google.api.HttpBody\"(\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1e\"\x16/v1/audio/translations:\x04\x66orm\x12x\n\x0cStreamSpeech\x12*.switchboard.router.v1.StreamSpeechRequest\x1a\x14.google.api.HttpBody\"$\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1a\"\x10/v1/audio/speech:\x06params0\x01\x12\x81\x01\n\x0c\x43reateRerank\x12*.switchboard.router.v1.CreateRerankRequest\x1a%.switchboard.common.v1.RerankResponse\"\x1e\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x14\"\n/v1/rerank:\x06params\x12\x8b\x01\n\x0b\x43reateImage\x12).switchboard.router.v1.CreateImageRequest\x1a%.switchboard.common.v1.ImagesResponse\"*\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02 \"\x16/v1/images/generations:\x06params\x12\xaf\x01\n\x16\x43reateVisionCompletion\x12\x34.switchboard.router.v1.CreateVisionCompletionRequest\x1a\x35.switchboard.router.v1.CreateVisionCompletionResponse\"(\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1e\"\x16/v1/vision/completions:\x04\x66orm\x12y\n\nListModels\x12(.switchboard.router.v1.ListModelsRequest\x1a).switchboard.router.v1.ListModelsResponse\"\x16\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12s\n\x08GetModel\x12&.switchboard.router.v1.GetModelRequest\x1a\x1c.switchboard.common.v1.Model\"!\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model=**}\x12t\n\tGetHealth\x12\'.switchboard.router.v1.GetHealthRequest\x1a(.switchboard.router.v1.GetHealthResponse\"\x14\xc8\xf3\x18\x01\x82\xd3\xe4\x93\x02\n\x12\x08/healthz\x12\x99\x01\n\x10GetRoutingHealth\x12..switchboard.router.v1.GetRoutingHealthRequest\x1a/.switchboard.router.v1.GetRoutingHealthResponse\"$\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/admin/routing/healthb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +52,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTERSERVICE'].methods_by_name['StreamCompletionSse']._serialized_options = b'\310\363\030\002\202\323\344\223\002 \"\026/v1/completions:stream:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['CreateEmbedding']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['CreateEmbedding']._serialized_options = b'\310\363\030\002\202\323\344\223\002\030\"\016/v1/embeddings:\006params'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateTranscription']._loaded_options = None
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateTranscription']._serialized_options = b'\310\363\030\002\202\323\344\223\002 \"\030/v1/audio/transcriptions:\004form'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateTranslation']._loaded_options = None
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateTranslation']._serialized_options = b'\310\363\030\002\202\323\344\223\002\036\"\026/v1/audio/translations:\004form'
+  _globals['_ROUTERSERVICE'].methods_by_name['StreamSpeech']._loaded_options = None
+  _globals['_ROUTERSERVICE'].methods_by_name['StreamSpeech']._serialized_options = b'\310\363\030\002\202\323\344\223\002\032\"\020/v1/audio/speech:\006params'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateRerank']._loaded_options = None
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateRerank']._serialized_options = b'\310\363\030\002\202\323\344\223\002\024\"\n/v1/rerank:\006params'
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateImage']._loaded_options = None
+  _globals['_ROUTERSERVICE'].methods_by_name['CreateImage']._serialized_options = b'\310\363\030\002\202\323\344\223\002 \"\026/v1/images/generations:\006params'
   _globals['_ROUTERSERVICE'].methods_by_name['CreateVisionCompletion']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['CreateVisionCompletion']._serialized_options = b'\310\363\030\002\202\323\344\223\002\036\"\026/v1/vision/completions:\004form'
   _globals['_ROUTERSERVICE'].methods_by_name['ListModels']._loaded_options = None
@@ -61,50 +72,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTERSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\310\363\030\001\202\323\344\223\002\n\022\010/healthz'
   _globals['_ROUTERSERVICE'].methods_by_name['GetRoutingHealth']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['GetRoutingHealth']._serialized_options = b'\310\363\030\003\202\323\344\223\002\032\022\030/v1/admin/routing/health'
-  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=190
-  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=280
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=282
-  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=372
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=374
-  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=463
-  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_start=465
-  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_end=558
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=560
-  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=642
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=644
-  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=726
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=728
-  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=804
-  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_start=806
-  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_end=891
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=893
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=973
-  _globals['_CREATEVISIONCOMPLETIONREQUEST']._serialized_start=975
-  _globals['_CREATEVISIONCOMPLETIONREQUEST']._serialized_end=1092
-  _globals['_CREATEVISIONCOMPLETIONRESPONSE']._serialized_start=1095
-  _globals['_CREATEVISIONCOMPLETIONRESPONSE']._serialized_end=1224
-  _globals['_RECOGNIZEDOBJECT']._serialized_start=1226
-  _globals['_RECOGNIZEDOBJECT']._serialized_end=1279
-  _globals['_LISTMODELSREQUEST']._serialized_start=1281
-  _globals['_LISTMODELSREQUEST']._serialized_end=1300
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1302
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1382
-  _globals['_GETMODELREQUEST']._serialized_start=1384
-  _globals['_GETMODELREQUEST']._serialized_end=1416
-  _globals['_GETHEALTHREQUEST']._serialized_start=1418
-  _globals['_GETHEALTHREQUEST']._serialized_end=1436
-  _globals['_GETHEALTHRESPONSE']._serialized_start=1439
-  _globals['_GETHEALTHRESPONSE']._serialized_end=1620
-  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_start=1571
-  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_end=1620
-  _globals['_GETROUTINGHEALTHREQUEST']._serialized_start=1622
-  _globals['_GETROUTINGHEALTHREQUEST']._serialized_end=1647
-  _globals['_GETROUTINGHEALTHRESPONSE']._serialized_start=1650
-  _globals['_GETROUTINGHEALTHRESPONSE']._serialized_end=1780
-  _globals['_DEPLOYMENTHEALTH']._serialized_start=1783
-  _globals['_DEPLOYMENTHEALTH']._serialized_end=2149
-  _globals['_DEPLOYMENTHEALTH_BREAKERSTATE']._serialized_start=1998
-  _globals['_DEPLOYMENTHEALTH_BREAKERSTATE']._serialized_end=2122
-  _globals['_ROUTERSERVICE']._serialized_start=2152
-  _globals['_ROUTERSERVICE']._serialized_end=3861
+  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_start=225
+  _globals['_CREATECHATCOMPLETIONREQUEST']._serialized_end=315
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_start=317
+  _globals['_STREAMCHATCOMPLETIONREQUEST']._serialized_end=407
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_start=409
+  _globals['_STREAMCHATCOMPLETIONRESPONSE']._serialized_end=498
+  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_start=500
+  _globals['_STREAMCHATCOMPLETIONSSEREQUEST']._serialized_end=593
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_start=595
+  _globals['_CREATECOMPLETIONREQUEST']._serialized_end=677
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_start=679
+  _globals['_STREAMCOMPLETIONREQUEST']._serialized_end=761
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_start=763
+  _globals['_STREAMCOMPLETIONRESPONSE']._serialized_end=839
+  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_start=841
+  _globals['_STREAMCOMPLETIONSSEREQUEST']._serialized_end=926
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=928
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1008
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=1010
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1134
+  _globals['_CREATETRANSLATIONREQUEST']._serialized_start=1136
+  _globals['_CREATETRANSLATIONREQUEST']._serialized_end=1258
+  _globals['_STREAMSPEECHREQUEST']._serialized_start=1260
+  _globals['_STREAMSPEECHREQUEST']._serialized_end=1334
+  _globals['_CREATERERANKREQUEST']._serialized_start=1336
+  _globals['_CREATERERANKREQUEST']._serialized_end=1410
+  _globals['_CREATEIMAGEREQUEST']._serialized_start=1412
+  _globals['_CREATEIMAGEREQUEST']._serialized_end=1484
+  _globals['_CREATEVISIONCOMPLETIONREQUEST']._serialized_start=1486
+  _globals['_CREATEVISIONCOMPLETIONREQUEST']._serialized_end=1603
+  _globals['_CREATEVISIONCOMPLETIONRESPONSE']._serialized_start=1606
+  _globals['_CREATEVISIONCOMPLETIONRESPONSE']._serialized_end=1735
+  _globals['_RECOGNIZEDOBJECT']._serialized_start=1737
+  _globals['_RECOGNIZEDOBJECT']._serialized_end=1790
+  _globals['_LISTMODELSREQUEST']._serialized_start=1792
+  _globals['_LISTMODELSREQUEST']._serialized_end=1811
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1813
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1893
+  _globals['_GETMODELREQUEST']._serialized_start=1895
+  _globals['_GETMODELREQUEST']._serialized_end=1927
+  _globals['_GETHEALTHREQUEST']._serialized_start=1929
+  _globals['_GETHEALTHREQUEST']._serialized_end=1947
+  _globals['_GETHEALTHRESPONSE']._serialized_start=1950
+  _globals['_GETHEALTHRESPONSE']._serialized_end=2131
+  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_start=2082
+  _globals['_GETHEALTHRESPONSE_COMPONENTSENTRY']._serialized_end=2131
+  _globals['_GETROUTINGHEALTHREQUEST']._serialized_start=2133
+  _globals['_GETROUTINGHEALTHREQUEST']._serialized_end=2158
+  _globals['_GETROUTINGHEALTHRESPONSE']._serialized_start=2161
+  _globals['_GETROUTINGHEALTHRESPONSE']._serialized_end=2291
+  _globals['_DEPLOYMENTHEALTH']._serialized_start=2294
+  _globals['_DEPLOYMENTHEALTH']._serialized_end=2660
+  _globals['_DEPLOYMENTHEALTH_BREAKERSTATE']._serialized_start=2509
+  _globals['_DEPLOYMENTHEALTH_BREAKERSTATE']._serialized_end=2633
+  _globals['_ROUTERSERVICE']._serialized_start=2663
+  _globals['_ROUTERSERVICE']._serialized_end=5044
 # @@protoc_insertion_point(module_scope)

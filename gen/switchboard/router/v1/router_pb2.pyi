@@ -23,6 +23,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from switchboard.common.v1 import media_pb2 as _media_pb2
 from switchboard.common.v1 import openai_pb2 as _openai_pb2
 import builtins as _builtins
 import sys
@@ -214,6 +215,118 @@ class CreateEmbeddingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateEmbeddingRequest: _TypeAlias = CreateEmbeddingRequest  # noqa: Y015
+
+@_typing.final
+class CreateTranscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORM_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def form(self) -> _httpbody_pb2.HttpBody:
+        """The multipart body exactly as the edge received it, with its content type."""
+
+    @_builtins.property
+    def params(self) -> _media_pb2.TranscriptionParams:
+        """Used when form is unset (gRPC callers)."""
+
+    def __init__(
+        self,
+        *,
+        form: _httpbody_pb2.HttpBody | None = ...,
+        params: _media_pb2.TranscriptionParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["form", b"form", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["form", b"form", "params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTranscriptionRequest: _TypeAlias = CreateTranscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CreateTranslationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORM_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def form(self) -> _httpbody_pb2.HttpBody: ...
+    @_builtins.property
+    def params(self) -> _media_pb2.TranscriptionParams: ...
+    def __init__(
+        self,
+        *,
+        form: _httpbody_pb2.HttpBody | None = ...,
+        params: _media_pb2.TranscriptionParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["form", b"form", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["form", b"form", "params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTranslationRequest: _TypeAlias = CreateTranslationRequest  # noqa: Y015
+
+@_typing.final
+class StreamSpeechRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def params(self) -> _media_pb2.SpeechParams: ...
+    def __init__(
+        self,
+        *,
+        params: _media_pb2.SpeechParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSpeechRequest: _TypeAlias = StreamSpeechRequest  # noqa: Y015
+
+@_typing.final
+class CreateRerankRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def params(self) -> _media_pb2.RerankParams: ...
+    def __init__(
+        self,
+        *,
+        params: _media_pb2.RerankParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRerankRequest: _TypeAlias = CreateRerankRequest  # noqa: Y015
+
+@_typing.final
+class CreateImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def params(self) -> _media_pb2.ImageParams: ...
+    def __init__(
+        self,
+        *,
+        params: _media_pb2.ImageParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateImageRequest: _TypeAlias = CreateImageRequest  # noqa: Y015
 
 @_typing.final
 class CreateVisionCompletionRequest(_message.Message):

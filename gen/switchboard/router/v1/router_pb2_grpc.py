@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from switchboard.common.v1 import media_pb2 as switchboard_dot_common_dot_v1_dot_media__pb2
 from switchboard.common.v1 import openai_pb2 as switchboard_dot_common_dot_v1_dot_openai__pb2
 from switchboard.router.v1 import router_pb2 as switchboard_dot_router_dot_v1_dot_router__pb2
 
@@ -70,6 +71,31 @@ class RouterServiceStub:
                 '/switchboard.router.v1.RouterService/CreateEmbedding',
                 request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.SerializeToString,
                 response_deserializer=switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.FromString,
+                _registered_method=True)
+        self.CreateTranscription = channel.unary_unary(
+                '/switchboard.router.v1.RouterService/CreateTranscription',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateTranscriptionRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.CreateTranslation = channel.unary_unary(
+                '/switchboard.router.v1.RouterService/CreateTranslation',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateTranslationRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.StreamSpeech = channel.unary_stream(
+                '/switchboard.router.v1.RouterService/StreamSpeech',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.StreamSpeechRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.CreateRerank = channel.unary_unary(
+                '/switchboard.router.v1.RouterService/CreateRerank',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateRerankRequest.SerializeToString,
+                response_deserializer=switchboard_dot_common_dot_v1_dot_media__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.CreateImage = channel.unary_unary(
+                '/switchboard.router.v1.RouterService/CreateImage',
+                request_serializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateImageRequest.SerializeToString,
+                response_deserializer=switchboard_dot_common_dot_v1_dot_media__pb2.ImagesResponse.FromString,
                 _registered_method=True)
         self.CreateVisionCompletion = channel.unary_unary(
                 '/switchboard.router.v1.RouterService/CreateVisionCompletion',
@@ -156,6 +182,50 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTranscription(self, request, context):
+        """Speech to text. At the edge: multipart/form-data with OpenAI's fields
+        (file, model, language, prompt, response_format, temperature,
+        timestamp_granularities[]); the answer is JSON or text per response_format.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTranslation(self, request, context):
+        """Speech in any language to English text; as CreateTranscription.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSpeech(self, request, context):
+        """Text to speech: the audio streamed back as the upstream sends it.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRerank(self, request, context):
+        """Rerank documents against a query (the Cohere/Jina shape).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateImage(self, request, context):
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateVisionCompletion(self, request, context):
         """Recognise the main objects in a picture with a vision-capable chat model.
         At the edge: multipart/form-data with a file field "image" and an optional
@@ -233,6 +303,31 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.CreateEmbedding,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.FromString,
                     response_serializer=switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.SerializeToString,
+            ),
+            'CreateTranscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTranscription,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateTranscriptionRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CreateTranslation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTranslation,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateTranslationRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'StreamSpeech': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSpeech,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.StreamSpeechRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CreateRerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRerank,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateRerankRequest.FromString,
+                    response_serializer=switchboard_dot_common_dot_v1_dot_media__pb2.RerankResponse.SerializeToString,
+            ),
+            'CreateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateImage,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_router__pb2.CreateImageRequest.FromString,
+                    response_serializer=switchboard_dot_common_dot_v1_dot_media__pb2.ImagesResponse.SerializeToString,
             ),
             'CreateVisionCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVisionCompletion,
@@ -449,6 +544,141 @@ class RouterService:
             '/switchboard.router.v1.RouterService/CreateEmbedding',
             switchboard_dot_router_dot_v1_dot_router__pb2.CreateEmbeddingRequest.SerializeToString,
             switchboard_dot_common_dot_v1_dot_openai__pb2.EmbeddingList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTranscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/CreateTranscription',
+            switchboard_dot_router_dot_v1_dot_router__pb2.CreateTranscriptionRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTranslation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/CreateTranslation',
+            switchboard_dot_router_dot_v1_dot_router__pb2.CreateTranslationRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSpeech(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/StreamSpeech',
+            switchboard_dot_router_dot_v1_dot_router__pb2.StreamSpeechRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/CreateRerank',
+            switchboard_dot_router_dot_v1_dot_router__pb2.CreateRerankRequest.SerializeToString,
+            switchboard_dot_common_dot_v1_dot_media__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.RouterService/CreateImage',
+            switchboard_dot_router_dot_v1_dot_router__pb2.CreateImageRequest.SerializeToString,
+            switchboard_dot_common_dot_v1_dot_media__pb2.ImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

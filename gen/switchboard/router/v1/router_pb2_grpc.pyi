@@ -20,6 +20,7 @@ The model that served a call is in the response metadata "x-switchboard-model".
 from collections import abc as _abc
 from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
+from switchboard.common.v1 import media_pb2 as _media_pb2
 from switchboard.common.v1 import openai_pb2 as _openai_pb2
 from switchboard.router.v1 import router_pb2 as _router_pb2
 import abc as _abc_1
@@ -70,6 +71,29 @@ class RouterServiceStub:
     """
     CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _openai_pb2.EmbeddingList]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
+    CreateTranscription: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateTranscriptionRequest, _httpbody_pb2.HttpBody]
+    """Speech to text. At the edge: multipart/form-data with OpenAI's fields
+    (file, model, language, prompt, response_format, temperature,
+    timestamp_granularities[]); the answer is JSON or text per response_format.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateTranslation: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateTranslationRequest, _httpbody_pb2.HttpBody]
+    """Speech in any language to English text; as CreateTranscription.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    StreamSpeech: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamSpeechRequest, _httpbody_pb2.HttpBody]
+    """Text to speech: the audio streamed back as the upstream sends it.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateRerank: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateRerankRequest, _media_pb2.RerankResponse]
+    """Rerank documents against a query (the Cohere/Jina shape).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    CreateImage: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateImageRequest, _media_pb2.ImagesResponse]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     CreateVisionCompletion: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateVisionCompletionRequest, _router_pb2.CreateVisionCompletionResponse]
     """Recognise the main objects in a picture with a vision-capable chat model.
     At the edge: multipart/form-data with a file field "image" and an optional
@@ -114,6 +138,29 @@ class RouterServiceAsyncStub(RouterServiceStub):
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     CreateEmbedding: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateEmbeddingRequest, _openai_pb2.EmbeddingList]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
+    CreateTranscription: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateTranscriptionRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Speech to text. At the edge: multipart/form-data with OpenAI's fields
+    (file, model, language, prompt, response_format, temperature,
+    timestamp_granularities[]); the answer is JSON or text per response_format.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateTranslation: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateTranslationRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Speech in any language to English text; as CreateTranscription.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    StreamSpeech: _aio.UnaryStreamMultiCallable[_router_pb2.StreamSpeechRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Text to speech: the audio streamed back as the upstream sends it.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateRerank: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateRerankRequest, _media_pb2.RerankResponse]  # type: ignore[assignment]
+    """Rerank documents against a query (the Cohere/Jina shape).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    CreateImage: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateImageRequest, _media_pb2.ImagesResponse]  # type: ignore[assignment]
     """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     CreateVisionCompletion: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateVisionCompletionRequest, _router_pb2.CreateVisionCompletionResponse]  # type: ignore[assignment]
     """Recognise the main objects in a picture with a vision-capable chat model.
@@ -198,6 +245,59 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.CreateEmbeddingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_openai_pb2.EmbeddingList, _abc.Awaitable[_openai_pb2.EmbeddingList]]:
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
+
+    @_abc_1.abstractmethod
+    def CreateTranscription(
+        self,
+        request: _router_pb2.CreateTranscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Speech to text. At the edge: multipart/form-data with OpenAI's fields
+        (file, model, language, prompt, response_format, temperature,
+        timestamp_granularities[]); the answer is JSON or text per response_format.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTranslation(
+        self,
+        request: _router_pb2.CreateTranslationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Speech in any language to English text; as CreateTranscription.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def StreamSpeech(
+        self,
+        request: _router_pb2.StreamSpeechRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """Text to speech: the audio streamed back as the upstream sends it.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def CreateRerank(
+        self,
+        request: _router_pb2.CreateRerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_media_pb2.RerankResponse, _abc.Awaitable[_media_pb2.RerankResponse]]:
+        """Rerank documents against a query (the Cohere/Jina shape).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def CreateImage(
+        self,
+        request: _router_pb2.CreateImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_media_pb2.ImagesResponse, _abc.Awaitable[_media_pb2.ImagesResponse]]:
         """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
 
     @_abc_1.abstractmethod

@@ -64,6 +64,11 @@ class _OperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operation.V
     OPERATION_CHAT: _Operation.ValueType  # 1
     OPERATION_COMPLETION: _Operation.ValueType  # 2
     OPERATION_EMBEDDING: _Operation.ValueType  # 3
+    OPERATION_TRANSCRIPTION: _Operation.ValueType  # 4
+    OPERATION_TRANSLATION: _Operation.ValueType  # 5
+    OPERATION_SPEECH: _Operation.ValueType  # 6
+    OPERATION_RERANK: _Operation.ValueType  # 7
+    OPERATION_IMAGE: _Operation.ValueType  # 8
 
 class Operation(_Operation, metaclass=_OperationEnumTypeWrapper): ...
 
@@ -71,6 +76,11 @@ OPERATION_UNSPECIFIED: Operation.ValueType  # 0
 OPERATION_CHAT: Operation.ValueType  # 1
 OPERATION_COMPLETION: Operation.ValueType  # 2
 OPERATION_EMBEDDING: Operation.ValueType  # 3
+OPERATION_TRANSCRIPTION: Operation.ValueType  # 4
+OPERATION_TRANSLATION: Operation.ValueType  # 5
+OPERATION_SPEECH: Operation.ValueType  # 6
+OPERATION_RERANK: Operation.ValueType  # 7
+OPERATION_IMAGE: Operation.ValueType  # 8
 Global___Operation: _TypeAlias = Operation  # noqa: Y015
 
 @_typing.final
@@ -111,6 +121,11 @@ class UsageRecord(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     SURFACE_FIELD_NUMBER: _builtins.int
+    AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    CHARACTERS_FIELD_NUMBER: _builtins.int
+    SEARCH_UNITS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7, assigned once per attempt at the source; the dedup key everywhere downstream."""
     request_id: _builtins.str
@@ -153,6 +168,18 @@ class UsageRecord(_message.Message):
     """The HTTP API the call came through: "openai" (/v1 and RouterService's gRPC),
     "qwen_chat" (/api/llm/chat), "multi_llm" (/api/llm/generate), "vision_chat" (/api/v1).
     """
+    audio_seconds: _builtins.float
+    """The units of the media kinds, each priced per unit (registry Pricing).
+    Seconds of audio transcribed or translated, measured from the file itself.
+    """
+    characters: _builtins.int
+    """Characters of text synthesised into speech."""
+    search_units: _builtins.int
+    """Rerank search units: one query over up to 100 documents."""
+    images: _builtins.int
+    """Images generated."""
+    cached: _builtins.bool
+    """Served from Switchboard's own cache (speech), without an upstream call: costs nothing."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -189,10 +216,15 @@ class UsageRecord(_message.Message):
         sequence: _builtins.int = ...,
         cache_write_tokens: _builtins.int = ...,
         surface: _builtins.str = ...,
+        audio_seconds: _builtins.float = ...,
+        characters: _builtins.int = ...,
+        search_units: _builtins.int = ...,
+        images: _builtins.int = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "config_version", b"config_version", "deployment_id", b"deployment_id", "end_time", b"end_time", "error_reason", b"error_reason", "estimated", b"estimated", "event_id", b"event_id", "key_name", b"key_name", "latency_ms", b"latency_ms", "model", b"model", "operation", b"operation", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "provider_request_id", b"provider_request_id", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "requested_model", b"requested_model", "router_instance", b"router_instance", "sequence", b"sequence", "start_time", b"start_time", "status", b"status", "stream", b"stream", "surface", b"surface", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "audio_seconds", b"audio_seconds", "cache_write_tokens", b"cache_write_tokens", "cached", b"cached", "cached_tokens", b"cached_tokens", "characters", b"characters", "completion_tokens", b"completion_tokens", "config_version", b"config_version", "deployment_id", b"deployment_id", "end_time", b"end_time", "error_reason", b"error_reason", "estimated", b"estimated", "event_id", b"event_id", "images", b"images", "key_name", b"key_name", "latency_ms", b"latency_ms", "model", b"model", "operation", b"operation", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "provider_request_id", b"provider_request_id", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "requested_model", b"requested_model", "router_instance", b"router_instance", "search_units", b"search_units", "sequence", b"sequence", "start_time", b"start_time", "status", b"status", "stream", b"stream", "surface", b"surface", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
