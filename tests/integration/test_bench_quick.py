@@ -51,7 +51,10 @@ def test_quick_bench_produces_sane_results(tmp_path: Path) -> None:
         assert rows[0]["versions"]["envoy"]
     for system in systems - {"direct"}:
         assert by[(system, "cpu")]["total_cpu_us_per_request"] > 0
-        assert by[(system, "frontier")]["frontier_rps"] > 0
+        # The frontier's value is a target for `make bench`, not for a test: on a
+        # loaded machine no step may meet its p99 bound. Each step is measured.
+        steps = by[(system, "frontier")]["steps"]
+        assert steps and all(step["rps"] > 0 and step["p99_ms"] > 0 for step in steps)
     # The agent APIs beside chat, on the same edge in the same run.
     for api in ("chat", "messages", "responses"):
         agent = by[("switchboard-edge", f"agent_api_{api}")]
