@@ -49,7 +49,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# The level this process was started with: what a cleared registry log_level returns to.
+_started_level = "INFO"
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
+    global _started_level
+    _started_level = level
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
@@ -59,6 +65,15 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     # (aiohttp and google_genai too: the provider's upstream transports.)
     for noisy in ("httpx", "httpcore", "openai", "grpc", "hpack", "aiohttp", "google_genai"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def follow_log_level(level: str) -> None:
+    """The registry's log_level (seed 004's config), live; empty: the level
+    this process was started with."""
+    wanted = level or _started_level
+    root = logging.getLogger()
+    if logging.getLevelName(root.level) != wanted:
+        root.setLevel(wanted)
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:

@@ -236,6 +236,18 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceSe
         return await self._history.alerts(request)
 
 
+def _follow(snapshot: registry_pb2.Snapshot, monitor: Monitor, sampler: Sampler) -> None:
+    """Registry follower callback: the alert rules, and the sampling interval
+    (seed 004's gpu_monitor_interval) when one is set."""
+    monitor.on_snapshot(snapshot)
+    settings = snapshot.service_settings
+    sampler.retune(
+        float(settings.gpu_monitor_interval_s)
+        if settings.HasField("gpu_monitor_interval_s")
+        else None
+    )
+
+
 async def setup(
     server: grpc.aio.Server,
     settings: Settings,
@@ -299,7 +311,8 @@ async def setup(
         registry = service_channel(settings.address("registry"), settings.tls)
         closers.append(registry.close)
         follower = RegistryFollower(
-            registry_pb2_grpc.RegistrySnapshotServiceStub(registry), monitor.on_snapshot
+            registry_pb2_grpc.RegistrySnapshotServiceStub(registry),
+            lambda snapshot: _follow(snapshot, monitor, sampler),
         )
         follower.start()
         closers.append(follower.close)

@@ -144,6 +144,16 @@ class RegistryServiceStub:
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.SerializeToString,
                 response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.FromString,
                 _registered_method=True)
+        self.SetServiceSettings = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/SetServiceSettings',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsResponse.FromString,
+                _registered_method=True)
+        self.GetServiceSettings = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/GetServiceSettings',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsResponse.FromString,
+                _registered_method=True)
         self.CreateAlertRule = channel.unary_unary(
                 '/switchboard.registry.v1.RegistryService/CreateAlertRule',
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.CreateAlertRuleRequest.SerializeToString,
@@ -299,6 +309,19 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServiceSettings(self, request, context):
+        """The services' operational settings (seed 004's /api/config), one per registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlertRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -429,6 +452,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetLoadBalancing,
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.FromString,
                     response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.SerializeToString,
+            ),
+            'SetServiceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServiceSettings,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsResponse.SerializeToString,
+            ),
+            'GetServiceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceSettings,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsResponse.SerializeToString,
             ),
             'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlertRule,
@@ -1040,6 +1073,60 @@ class RegistryService:
             '/switchboard.registry.v1.RegistryService/GetLoadBalancing',
             switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.SerializeToString,
             switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServiceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/SetServiceSettings',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/GetServiceSettings',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,9 @@ class RegistryServiceStub:
     SetLoadBalancing: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetLoadBalancingRequest, _registry_pb2.SetLoadBalancingResponse]
     """How calls spread across models (one setting per registry)."""
     GetLoadBalancing: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLoadBalancingRequest, _registry_pb2.GetLoadBalancingResponse]
+    SetServiceSettings: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetServiceSettingsRequest, _registry_pb2.SetServiceSettingsResponse]
+    """The services' operational settings (seed 004's /api/config), one per registry."""
+    GetServiceSettings: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetServiceSettingsRequest, _registry_pb2.GetServiceSettingsResponse]
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]
     DeleteAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]
@@ -96,6 +99,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     SetLoadBalancing: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetLoadBalancingRequest, _registry_pb2.SetLoadBalancingResponse]  # type: ignore[assignment]
     """How calls spread across models (one setting per registry)."""
     GetLoadBalancing: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLoadBalancingRequest, _registry_pb2.GetLoadBalancingResponse]  # type: ignore[assignment]
+    SetServiceSettings: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetServiceSettingsRequest, _registry_pb2.SetServiceSettingsResponse]  # type: ignore[assignment]
+    """The services' operational settings (seed 004's /api/config), one per registry."""
+    GetServiceSettings: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetServiceSettingsRequest, _registry_pb2.GetServiceSettingsResponse]  # type: ignore[assignment]
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
     DeleteAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]  # type: ignore[assignment]
@@ -257,6 +263,21 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetLoadBalancingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetLoadBalancingResponse, _abc.Awaitable[_registry_pb2.GetLoadBalancingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetServiceSettings(
+        self,
+        request: _registry_pb2.SetServiceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetServiceSettingsResponse, _abc.Awaitable[_registry_pb2.SetServiceSettingsResponse]]:
+        """The services' operational settings (seed 004's /api/config), one per registry."""
+
+    @_abc_1.abstractmethod
+    def GetServiceSettings(
+        self,
+        request: _registry_pb2.GetServiceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetServiceSettingsResponse, _abc.Awaitable[_registry_pb2.GetServiceSettingsResponse]]: ...
 
     @_abc_1.abstractmethod
     def CreateAlertRule(

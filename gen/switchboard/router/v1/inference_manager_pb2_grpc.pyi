@@ -81,6 +81,18 @@ class InferenceManagerServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetConfigRequest, _httpbody_pb2.HttpBody]
+    """The document's config: gpu_monitor_interval, max_concurrent_models,
+    default_model_timeout, health_check_interval, log_level, alert_thresholds
+    (the registry's service settings, stored values over the defaults).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateConfig: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.UpdateConfigRequest, _httpbody_pb2.HttpBody]
+    """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     CreateManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.CreateManagedModelRequest, _httpbody_pb2.HttpBody]
     """201 {id, name, status: "created", message}.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -175,6 +187,18 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     """
     ListManagedModels: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ListManagedModelsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """{items, total, page, size, pages}, filtered by status and framework.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetConfig: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetConfigRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The document's config: gpu_monitor_interval, max_concurrent_models,
+    default_model_timeout, health_check_interval, log_level, alert_thresholds
+    (the registry's service settings, stored values over the defaults).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateConfig: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.UpdateConfigRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -305,6 +329,30 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """{items, total, page, size, pages}, filtered by status and framework.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _inference_manager_pb2.GetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The document's config: gpu_monitor_interval, max_concurrent_models,
+        default_model_timeout, health_check_interval, log_level, alert_thresholds
+        (the registry's service settings, stored values over the defaults).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConfig(
+        self,
+        request: _inference_manager_pb2.UpdateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """

@@ -1,0 +1,212 @@
+"""Seed 004's config routes (GET/PUT /api/config and /api/v1/config), a client
+written from the document alone with plain httpx, through the real stack:
+values stored in the registry (the admin API sees the same setting, its etag
+moving with each write), partial updates merged, 422 naming the field, and
+gpu_monitor_interval followed live by the gpu service's sampler."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from switchboard_stack.harness import Stack, running_stack
+from tests.conftest import eventually
+from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
+from tests.e2e.seeds.test_004_inference_manager import GPU_SCRIPT, TIMESTAMP
+
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
+
+THRESHOLDS_UNSET: dict[str, float | None] = {
+    "gpu_utilization_high": None,
+    "gpu_temperature_high": None,
+    "response_time_high": None,
+    "error_rate_high": None,
+}
+UNSET: dict[str, Any] = {
+    "gpu_monitor_interval": None,
+    "max_concurrent_models": None,
+    "default_model_timeout": None,
+    "health_check_interval": None,
+    "log_level": None,
+    "alert_thresholds": THRESHOLDS_UNSET,
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("seed004config")
+    gpu_script = home / "gpu.json"
+    gpu_script.write_text(json.dumps(GPU_SCRIPT))
+    config = {
+        "providers": [{"name": "mock", "kind": "mock"}],
+        "models": [{"name": "mock-chat", "deployments": [{"provider": "mock", "model": "m"}]}],
+        "keys": [{"name": "seed004", "key_env": "SEED004_CLIENT_KEY"}],
+    }
+    env = {
+        "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
+        "SEED004_CLIENT_KEY": CLIENT_KEY,
+        "SWITCHBOARD_GPU_SCRIPT": str(gpu_script),
+        "SWITCHBOARD_GPU_INTERVAL_S": "0.2",
+    }
+    with running_stack(config, home, env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=f"{stack.edge_url}/api", headers=headers, timeout=30) as client:
+        yield client
+
+
+def _refused(reply: httpx.Response, status: int, code: str, path: str) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    body: dict[str, Any] = reply.json()
+    assert set(body) == {"error", "timestamp", "path"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    assert TIMESTAMP.match(body["timestamp"]), body
+    assert body["path"] == path, body
+    return body
+
+
+def _etag(stack: Stack) -> str:
+    reply = httpx.get(
+        f"{stack.edge_url}/v1/admin/service-settings",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    etag: str = reply.json()["settings"]["etag"]
+    return etag
+
+
+def test_config_is_stored_merged_and_validated(stack: Stack, api: httpx.Client) -> None:
+    got = api.get("/config")
+    assert got.status_code == 200, got.text
+    assert got.json() == UNSET
+
+    # The document's PUT: some fields, and some of alert_thresholds.
+    put = api.put(
+        "/config",
+        json={
+            "gpu_monitor_interval": 60,
+            "max_concurrent_models": 15,
+            "alert_thresholds": {"gpu_utilization_high": 85, "gpu_temperature_high": 75},
+        },
+    )
+    assert put.status_code == 200, put.text
+    first = _etag(stack)
+    wanted: dict[str, Any] = {
+        **UNSET,
+        "gpu_monitor_interval": 60,
+        "max_concurrent_models": 15,
+        "alert_thresholds": {
+            **THRESHOLDS_UNSET,
+            "gpu_utilization_high": 85.0,
+            "gpu_temperature_high": 75.0,
+        },
+    }
+    assert put.json() == wanted
+    assert api.get("/config").json() == wanted
+
+    # A second PUT changes only what it names; /api/v1 is the same resource.
+    put = api.put(
+        "/v1/config",
+        json={
+            "log_level": "debug",
+            "default_model_timeout": 300,
+            "health_check_interval": 60,
+            "alert_thresholds": {"response_time_high": 2.0, "error_rate_high": 0.05},
+        },
+    )
+    assert put.status_code == 200, put.text
+    wanted = {
+        **wanted,
+        "log_level": "DEBUG",
+        "default_model_timeout": 300,
+        "health_check_interval": 60,
+        "alert_thresholds": {
+            "gpu_utilization_high": 85.0,
+            "gpu_temperature_high": 75.0,
+            "response_time_high": 2.0,
+            "error_rate_high": 0.05,
+        },
+    }
+    assert api.get("/v1/config").json() == wanted
+    assert int(_etag(stack)) > int(first)
+
+    # null returns a field to the service's own setting.
+    put = api.put("/config", json={"health_check_interval": None, "log_level": None})
+    assert put.status_code == 200, put.text
+    assert put.json() == {**wanted, "health_check_interval": None, "log_level": None}
+
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"gpu_monitor_interval": 0}, "gpu_monitor_interval"),
+        ({"max_concurrent_models": 1.5}, "max_concurrent_models"),
+        ({"default_model_timeout": "300"}, "default_model_timeout"),
+        ({"health_check_interval": 86_401}, "health_check_interval"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"alert_thresholds": {"error_rate_high": 2}}, "alert_thresholds.error_rate_high"),
+        (
+            {"alert_thresholds": {"gpu_utilization_high": -1}},
+            "alert_thresholds.gpu_utilization_high",
+        ),
+        ({"alert_thresholds": {"disk_full": 1}}, "alert_thresholds.disk_full"),
+        ({"alert_thresholds": 5}, "alert_thresholds"),
+        ({"max_models": 3}, "max_models"),
+    ]
+    for body, field in bad:
+        refused = _refused(api.put("/config", json=body), 422, "INVALID_REQUEST", "/api/config")
+        assert refused["error"]["details"] == {"field": field}, (body, refused)
+        assert field in refused["error"]["message"], refused
+    # Nothing of a refused write was kept.
+    assert api.get("/config").json() == {**wanted, "health_check_interval": None, "log_level": None}
+
+
+def test_config_is_for_admins_only(stack: Stack) -> None:
+    with httpx.Client(base_url=f"{stack.edge_url}/api", timeout=30) as anonymous:
+        _refused(anonymous.get("/config"), 401, "AUTHENTICATION_FAILED", "/api/config")
+        client = {"authorization": f"Bearer {CLIENT_KEY}"}
+        refused = anonymous.put("/config", headers=client, json={"log_level": "DEBUG"})
+        assert refused.status_code in (401, 403), refused.text
+        _refused(
+            refused,
+            refused.status_code,
+            "AUTHORIZATION_FAILED" if refused.status_code == 403 else "AUTHENTICATION_FAILED",
+            "/api/config",
+        )
+
+
+def test_gpu_monitor_interval_applies_live(api: httpx.Client) -> None:
+    def sampled_at() -> str:
+        reply = api.get("/system/status")
+        assert reply.status_code == 200, reply.text
+        nodes = reply.json()["nodes"]
+        stamp: str = nodes[0]["sampled_at"]
+        return stamp
+
+    # Sampling every 0.2 s (the environment): the stamp moves on.
+    assert api.put("/config", json={"gpu_monitor_interval": None}).status_code == 200
+    before = sampled_at()
+    eventually(lambda: sampled_at() != before, timeout=10, what="a new gpu sample")
+
+    # An hour between samples: once the sampler has taken the setting, the
+    # stamp holds still (watched over more than a second, five environment intervals).
+    assert api.put("/config", json={"gpu_monitor_interval": 3600}).status_code == 200
+
+    def held_still() -> str | None:
+        stamp = sampled_at()
+        time.sleep(1.2)  # the window observed: a stamp that does not move in it
+        return stamp if sampled_at() == stamp else None
+
+    frozen = eventually(held_still, timeout=15, what="sampling every hour")
+
+    # Cleared: back to the environment's interval at once.
+    assert api.put("/config", json={"gpu_monitor_interval": None}).status_code == 200
+    eventually(lambda: sampled_at() != frozen, timeout=10, what="sampling resumed")
