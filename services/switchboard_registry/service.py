@@ -283,6 +283,12 @@ class RegistryServicer(
     ) -> pb.ListAlertRulesResponse:
         return pb.ListAlertRulesResponse(rules=await self.store.list_all(ALERT_RULES))
 
+    async def UpdateAlertRule(
+        self, request: pb.UpdateAlertRuleRequest, context: Context
+    ) -> pb.UpdateAlertRuleResponse:
+        updated = await self.store.write(lambda tx: ops.update_alert_rule(tx, request.rule))
+        return pb.UpdateAlertRuleResponse(rule=updated)
+
     async def DeleteAlertRule(
         self, request: pb.DeleteAlertRuleRequest, context: Context
     ) -> pb.DeleteAlertRuleResponse:

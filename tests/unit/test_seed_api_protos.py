@@ -54,6 +54,12 @@ ADMIN = {
     "GetMonitoringMetrics",
     "GetConfig",
     "UpdateConfig",
+    "ListConfigAlerts",
+    "CreateConfigAlert",
+    "UpdateConfigAlert",
+    "EnableConfigAlert",
+    "DisableConfigAlert",
+    "DeleteConfigAlert",
 }
 PUBLIC = {"GetLlmHealth", "IssueToken"}
 

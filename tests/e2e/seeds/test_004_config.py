@@ -210,3 +210,124 @@ def test_gpu_monitor_interval_applies_live(api: httpx.Client) -> None:
     # Cleared: back to the environment's interval at once.
     assert api.put("/config", json={"gpu_monitor_interval": None}).status_code == 200
     eventually(lambda: sampled_at() != frozen, timeout=10, what="sampling resumed")
+
+
+def _gpu_status(stack: Stack) -> dict[str, Any]:
+    reply = httpx.get(
+        f"{stack.edge_url}/v1/admin/gpu/status",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    status: dict[str, Any] = reply.json()
+    return status
+
+
+def test_alert_rules_from_the_documents_conditions(stack: Stack, api: httpx.Client) -> None:
+    # The document's body, as is.
+    created = api.post(
+        "/config/alerts",
+        json={
+            "name": "高GPU使用率告警",
+            "condition": "gpu_utilization > 90",
+            "severity": "warning",
+            "enabled": True,
+            "notification_channels": ["email", "webhook"],
+        },
+    )
+    assert created.status_code == 201, created.text
+    rule = created.json()
+    alert_id = rule["id"]
+    assert alert_id.startswith("alert-")
+    assert rule["name"] == "高GPU使用率告警"
+    assert rule["condition"] == "gpu_utilization > 90"
+    assert rule["severity"] == "warning"
+    assert rule["enabled"] is True
+    assert rule["notification_channels"] == ["email", "webhook"]
+    assert TIMESTAMP.match(rule["created_at"]), rule
+
+    listed = api.get("/v1/config/alerts").json()
+    assert listed["total"] >= 1
+    assert listed["page"] == 1
+    assert any(r["id"] == alert_id for r in listed["items"])
+
+    # The gpu service evaluates it: 78.5 % is below 90, so nothing fires; lowered
+    # to 50, it fires on the scripted GPU.
+    def rule_at_gpu(threshold: float) -> bool:
+        status = _gpu_status(stack)
+        return any(
+            r["name"] == alert_id and r["threshold"] == threshold for r in status.get("rules", [])
+        )
+
+    eventually(lambda: rule_at_gpu(90), timeout=15, what="the gpu service has the rule")
+    assert not any(a["rule_name"] == alert_id for a in _gpu_status(stack).get("active_alerts", []))
+    changed = api.put(f"/config/alerts/{alert_id}", json={"condition": "gpu_utilization > 50"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["condition"] == "gpu_utilization > 50"
+    assert changed.json()["name"] == "高GPU使用率告警"
+    eventually(
+        lambda: any(
+            a["rule_name"] == alert_id for a in _gpu_status(stack).get("active_alerts", [])
+        ),
+        timeout=15,
+        what="the alert fires",
+    )
+
+    disabled = api.post(f"/config/alerts/{alert_id}/disable", json={})
+    assert disabled.status_code == 200, disabled.text
+    assert disabled.json()["enabled"] is False
+    eventually(
+        lambda: (
+            not any(a["rule_name"] == alert_id for a in _gpu_status(stack).get("active_alerts", []))
+        ),
+        timeout=15,
+        what="a disabled rule's alert resolves",
+    )
+    enabled = api.post(f"/v1/config/alerts/{alert_id}/enable", json={})
+    assert enabled.status_code == 200, enabled.text
+    assert enabled.json()["enabled"] is True
+
+    deleted = api.delete(f"/config/alerts/{alert_id}")
+    assert deleted.status_code == 200, deleted.text
+    missing = _refused(
+        api.delete(f"/config/alerts/{alert_id}"),
+        404,
+        "NOT_FOUND",
+        f"/api/config/alerts/{alert_id}",
+    )
+    assert missing["error"]["details"] == {"alert_id": alert_id}
+    _refused(
+        api.post("/config/alerts/alert-nope/enable", json={}),
+        404,
+        "NOT_FOUND",
+        "/api/config/alerts/alert-nope/enable",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"condition": "gpu_utilization > 90"}, "name"),
+        ({"name": "x"}, "condition"),
+        ({"name": "x", "condition": "gpu_utilization >= 90"}, "condition"),
+        ({"name": "x", "condition": "gpu_utilization > ninety"}, "condition"),
+        ({"name": "x", "condition": "gpu_utilization > 90 and 1"}, "condition"),
+        ({"name": "x", "condition": "disk_usage > 90"}, "condition"),
+        ({"name": "x", "condition": "response_time > 2"}, "condition"),
+        ({"name": "x", "condition": 90}, "condition"),
+        ({"name": "x", "condition": "gpu_utilization > 90", "severity": "fatal"}, "severity"),
+        ({"name": "x", "condition": "gpu_utilization > 90", "enabled": "yes"}, "enabled"),
+        (
+            {"name": "x", "condition": "gpu_utilization > 90", "notification_channels": ["sms"]},
+            "notification_channels",
+        ),
+        ({"name": "x", "condition": "gpu_utilization > 90", "colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_alert_rule_is_422_naming_the_field(
+    api: httpx.Client, body: dict[str, Any], field: str
+) -> None:
+    refused = _refused(
+        api.post("/config/alerts", json=body), 422, "INVALID_REQUEST", "/api/config/alerts"
+    )
+    assert refused["error"]["details"] == {"field": field}, refused

@@ -880,6 +880,8 @@ class AlertRule(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_CHANNELS_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     metric: _builtins.str
     """A GPU metric name, e.g. utilization_gpu_percent, temperature_c."""
@@ -888,6 +890,8 @@ class AlertRule(_message.Message):
     severity: Global___Severity.ValueType
     enabled: _builtins.bool
     etag: _builtins.str
+    display_name: _builtins.str
+    """A free-text name for people (seed 004's `name`); `name` is the key."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """How long the condition must hold before the alert fires."""
@@ -896,6 +900,10 @@ class AlertRule(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def notification_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where a firing alert is sent: "email", "webhook" (seed 004's channels)."""
+
     def __init__(
         self,
         *,
@@ -909,10 +917,12 @@ class AlertRule(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        notification_channels: _abc.Iterable[_builtins.str] | None = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "duration", b"duration", "enabled", b"enabled", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "create_time", b"create_time", "duration", b"duration", "enabled", b"enabled", "etag", b"etag", "metric", b"metric", "name", b"name", "severity", b"severity", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "create_time", b"create_time", "display_name", b"display_name", "duration", b"duration", "enabled", b"enabled", "etag", b"etag", "metric", b"metric", "name", b"name", "notification_channels", b"notification_channels", "severity", b"severity", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -2069,6 +2079,46 @@ class ListAlertRulesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAlertRulesResponse: _TypeAlias = ListAlertRulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAlertRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule(self) -> Global___AlertRule: ...
+    def __init__(
+        self,
+        *,
+        rule: Global___AlertRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAlertRuleRequest: _TypeAlias = UpdateAlertRuleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAlertRuleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule(self) -> Global___AlertRule: ...
+    def __init__(
+        self,
+        *,
+        rule: Global___AlertRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAlertRuleResponse: _TypeAlias = UpdateAlertRuleResponse  # noqa: Y015
 
 @_typing.final
 class DeleteAlertRuleRequest(_message.Message):

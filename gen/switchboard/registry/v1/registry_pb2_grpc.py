@@ -164,6 +164,11 @@ class RegistryServiceStub:
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesRequest.SerializeToString,
                 response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesResponse.FromString,
                 _registered_method=True)
+        self.UpdateAlertRule = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/UpdateAlertRule',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleResponse.FromString,
+                _registered_method=True)
         self.DeleteAlertRule = channel.unary_unary(
                 '/switchboard.registry.v1.RegistryService/DeleteAlertRule',
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.DeleteAlertRuleRequest.SerializeToString,
@@ -334,6 +339,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateAlertRule(self, request, context):
+        """The whole rule (its name and create_time kept); etag, when given, must match.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteAlertRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -472,6 +484,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListAlertRules,
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesRequest.FromString,
                     response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesResponse.SerializeToString,
+            ),
+            'UpdateAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAlertRule,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleResponse.SerializeToString,
             ),
             'DeleteAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAlertRule,
@@ -1181,6 +1198,33 @@ class RegistryService:
             '/switchboard.registry.v1.RegistryService/ListAlertRules',
             switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesRequest.SerializeToString,
             switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/UpdateAlertRule',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleResponse.FromString,
             options,
             channel_credentials,
             insecure,

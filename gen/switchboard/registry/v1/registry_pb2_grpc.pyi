@@ -69,6 +69,8 @@ class RegistryServiceStub:
     GetServiceSettings: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetServiceSettingsRequest, _registry_pb2.GetServiceSettingsResponse]
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]
+    UpdateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateAlertRuleRequest, _registry_pb2.UpdateAlertRuleResponse]
+    """The whole rule (its name and create_time kept); etag, when given, must match."""
     DeleteAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]
 
 @_typing.type_check_only
@@ -104,6 +106,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetServiceSettings: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetServiceSettingsRequest, _registry_pb2.GetServiceSettingsResponse]  # type: ignore[assignment]
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
+    UpdateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateAlertRuleRequest, _registry_pb2.UpdateAlertRuleResponse]  # type: ignore[assignment]
+    """The whole rule (its name and create_time kept); etag, when given, must match."""
     DeleteAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -292,6 +296,14 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListAlertRulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListAlertRulesResponse, _abc.Awaitable[_registry_pb2.ListAlertRulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateAlertRule(
+        self,
+        request: _registry_pb2.UpdateAlertRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UpdateAlertRuleResponse, _abc.Awaitable[_registry_pb2.UpdateAlertRuleResponse]]:
+        """The whole rule (its name and create_time kept); etag, when given, must match."""
 
     @_abc_1.abstractmethod
     def DeleteAlertRule(
