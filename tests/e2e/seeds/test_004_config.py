@@ -331,3 +331,24 @@ def test_a_bad_alert_rule_is_422_naming_the_field(
         api.post("/config/alerts", json=body), 422, "INVALID_REQUEST", "/api/config/alerts"
     )
     assert refused["error"]["details"] == {"field": field}, refused
+
+
+def test_engine_settings_apply_live(stack: Stack, api: httpx.Client) -> None:
+    """max_concurrent_models reaches the engine service's admission (what its
+    ListEngines reports is what admit() compares with)."""
+
+    def engines_limit() -> int:
+        reply = httpx.get(
+            f"{stack.edge_url}/v1/admin/engines",
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        limit: int = reply.json()["max_concurrent_models"]
+        return limit
+
+    assert api.put("/config", json={"max_concurrent_models": 7}).status_code == 200
+    eventually(lambda: engines_limit() == 7, timeout=15, what="the engine service's new limit")
+    assert api.put("/config", json={"max_concurrent_models": None}).status_code == 200
+    # Back to SWITCHBOARD_ENGINE_MAX_MODELS (4 unless set).
+    eventually(lambda: engines_limit() == 4, timeout=15, what="the environment's limit")
