@@ -36,6 +36,7 @@ from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
+from switchboard_gpu.notify import Notifier, WebhookSettings
 from switchboard_gpu.nvml import NvmlBackend, backend_from_env
 from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
 from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
@@ -71,6 +72,8 @@ class Monitor:
         self.clock = clock
         # Set once the sampler exists: hands alerts to the watchers.
         self.announce: Callable[[Sequence[gpu_pb2.GpuAlert]], None] = lambda alerts: None
+        # Set where SWITCHBOARD_ALERT_WEBHOOK_URL is: sends rules' webhook notifications.
+        self.notifier: Notifier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def process(self, status: gpu_pb2.NodeStatus) -> list[gpu_pb2.GpuAlert]:
@@ -86,6 +89,9 @@ class Monitor:
         return transitions
 
     async def record(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
+        if self.notifier is not None and alerts:
+            channels = {r.name: list(r.notification_channels) for r in self.evaluator.rules}
+            self.notifier.enqueue(alerts, channels)
         if self.store is None or not alerts:
             return
         events = [events_pb2.GpuAlertEvent(event_id=uuid7(), alert=a) for a in alerts]
@@ -295,6 +301,12 @@ async def setup(
             clock=clock,
         )
         closers.append(monitor.settle)
+        webhook = WebhookSettings.from_env()
+        if webhook is not None:
+            notifier = Notifier(settings.home / "gpu" / "notifications.sqlite", webhook)
+            notifier.start()
+            closers.append(notifier.close)
+            monitor.notifier = notifier
         sampler = Sampler(
             backend or backend_from_env(), config, clock=clock, process=monitor.process, tick=tick
         )
