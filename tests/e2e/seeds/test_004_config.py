@@ -6,10 +6,14 @@ gpu_monitor_interval followed live by the gpu service's sampler."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -37,8 +41,44 @@ UNSET: dict[str, Any] = {
 }
 
 
+WEBHOOK_SECRET = "seed004-webhook-secret-0123456789"
+
+
+class _Hook(BaseHTTPRequestHandler):
+    """A webhook receiver on loopback: keeps each POST whose signature checks out."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        wanted = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if self.headers.get("x-switchboard-signature") == wanted:
+            self.received.append(json.loads(body))
+            self.send_response(200)
+        else:
+            self.send_response(401)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads what arrived, not the access log."""
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def webhook() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("seed004config")
     gpu_script = home / "gpu.json"
     gpu_script.write_text(json.dumps(GPU_SCRIPT))
@@ -52,6 +92,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "SEED004_CLIENT_KEY": CLIENT_KEY,
         "SWITCHBOARD_GPU_SCRIPT": str(gpu_script),
         "SWITCHBOARD_GPU_INTERVAL_S": "0.2",
+        "SWITCHBOARD_ALERT_WEBHOOK_URL": webhook,
+        "SWITCHBOARD_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
     with running_stack(config, home, env) as running:
         yield running
@@ -273,6 +315,17 @@ def test_alert_rules_from_the_documents_conditions(stack: Stack, api: httpx.Clie
         what="the alert fires",
     )
 
+    # The rule names the webhook channel: the firing arrives, signed.
+    def sent(state: str) -> list[dict[str, Any]]:
+        return [
+            m
+            for m in _Hook.received
+            if m["data"]["rule_name"] == alert_id and m["data"]["state"] == state
+        ]
+
+    eventually(lambda: sent("ALERT_STATE_FIRING"), timeout=15, what="the firing's webhook")
+    assert _Hook.received[-1]["type"] == "system_alert"
+
     disabled = api.post(f"/config/alerts/{alert_id}/disable", json={})
     assert disabled.status_code == 200, disabled.text
     assert disabled.json()["enabled"] is False
@@ -283,6 +336,9 @@ def test_alert_rules_from_the_documents_conditions(stack: Stack, api: httpx.Clie
         timeout=15,
         what="a disabled rule's alert resolves",
     )
+    eventually(lambda: sent("ALERT_STATE_RESOLVED"), timeout=15, what="the resolution's webhook")
+    # Each once: the firing is not sent again.
+    assert len(sent("ALERT_STATE_FIRING")) == 1
     enabled = api.post(f"/v1/config/alerts/{alert_id}/enable", json={})
     assert enabled.status_code == 200, enabled.text
     assert enabled.json()["enabled"] is True
