@@ -36,7 +36,7 @@ from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
-from switchboard_gpu.notify import Notifier, WebhookSettings
+from switchboard_gpu.notify import EmailSettings, Notifier, WebhookSettings
 from switchboard_gpu.nvml import NvmlBackend, backend_from_env
 from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
 from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
@@ -72,7 +72,7 @@ class Monitor:
         self.clock = clock
         # Set once the sampler exists: hands alerts to the watchers.
         self.announce: Callable[[Sequence[gpu_pb2.GpuAlert]], None] = lambda alerts: None
-        # Set where SWITCHBOARD_ALERT_WEBHOOK_URL is: sends rules' webhook notifications.
+        # Set where a channel is configured: sends the rules' notifications.
         self.notifier: Notifier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -301,9 +301,9 @@ async def setup(
             clock=clock,
         )
         closers.append(monitor.settle)
-        webhook = WebhookSettings.from_env()
-        if webhook is not None:
-            notifier = Notifier(settings.home / "gpu" / "notifications.sqlite", webhook)
+        webhook, email = WebhookSettings.from_env(), EmailSettings.from_env()
+        if webhook is not None or email is not None:
+            notifier = Notifier(settings.home / "gpu" / "notifications.sqlite", webhook, email)
             notifier.start()
             closers.append(notifier.close)
             monitor.notifier = notifier

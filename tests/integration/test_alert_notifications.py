@@ -1,28 +1,34 @@
-"""Alert webhooks (switchboard_gpu.notify) against a real HTTP receiver on
-loopback: signed with HMAC-SHA256, retried with backoff after a failure, each
-attempt recorded, and each firing and resolution sent once, across a restart."""
+"""Alert notifications (switchboard_gpu.notify): webhooks against a real HTTP
+receiver on loopback (signed with HMAC-SHA256, retried with backoff after a
+failure, each attempt recorded, each firing and resolution sent once, across a
+restart) and e-mail through a real SMTP server on loopback (aiosmtpd)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from aiosmtpd.controller import Controller
 
 from switchboard.gpu.v1 import gpu_pb2
+from switchboard.registry.v1 import registry_pb2
 from switchboard_gpu.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    EmailSettings,
     Notifier,
     WebhookSettings,
 )
+from switchboard_stack.harness import free_port
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -63,14 +69,18 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-def _alert(alert_id: str, state: gpu_pb2.AlertState.ValueType, rule: str = "hot") -> gpu_pb2.GpuAlert:
+def _alert(
+    alert_id: str, state: gpu_pb2.AlertState.ValueType, rule: str = "hot"
+) -> gpu_pb2.GpuAlert:
     return gpu_pb2.GpuAlert(
         alert_id=alert_id, rule_name=rule, metric="temperature_c", state=state, value=85
     )
 
 
-def _settings(url: str, attempts: int = 5) -> WebhookSettings:
-    return WebhookSettings(url=url, secret=SECRET, max_attempts=attempts, backoff_s=0.05)
+def _notifier(path: Path, url: str, attempts: int = 5) -> Notifier:
+    return Notifier(
+        path, WebhookSettings(url=url, secret=SECRET), max_attempts=attempts, backoff_s=0.05
+    )
 
 
 async def _delivered(notifier: Notifier, count: int) -> list[dict[str, object]]:
@@ -94,7 +104,7 @@ def _async(check: Any) -> Any:
 async def test_firing_and_resolved_each_notify_once(receiver: Receiver, tmp_path: Path) -> None:
     path = tmp_path / "notifications.sqlite"
     receiver.answers = [500]  # the first attempt fails: retried after a backoff
-    notifier = Notifier(path, _settings(receiver.url))
+    notifier = _notifier(path, receiver.url)
     notifier.start()
     try:
         notifier.enqueue([_alert("a1", gpu_pb2.ALERT_STATE_FIRING)], {"hot": ["email", "webhook"]})
@@ -121,7 +131,7 @@ async def test_firing_and_resolved_each_notify_once(receiver: Receiver, tmp_path
         await notifier.close()
 
     # A restart: the same deliveries are not sent again; a new one is.
-    again = Notifier(path, _settings(receiver.url))
+    again = _notifier(path, receiver.url)
     again.start()
     try:
         again.enqueue([_alert("a1", gpu_pb2.ALERT_STATE_RESOLVED)], {"hot": ["webhook"]})
@@ -141,7 +151,7 @@ async def test_firing_and_resolved_each_notify_once(receiver: Receiver, tmp_path
 @pytest.mark.asyncio
 async def test_a_delivery_gives_up_after_its_attempts(receiver: Receiver, tmp_path: Path) -> None:
     receiver.answers = [503, 503, 503]
-    notifier = Notifier(tmp_path / "n.sqlite", _settings(receiver.url, attempts=3))
+    notifier = _notifier(tmp_path / "n.sqlite", receiver.url, attempts=3)
     notifier.start()
     try:
         notifier.enqueue([_alert("d1", gpu_pb2.ALERT_STATE_FIRING)], {"hot": ["webhook"]})
@@ -158,3 +168,78 @@ def test_the_settings_need_a_secret() -> None:
     assert WebhookSettings.from_env({}) is None
     with pytest.raises(ValueError, match="SECRET"):
         WebhookSettings.from_env({"SWITCHBOARD_ALERT_WEBHOOK_URL": "http://127.0.0.1:1/h"})
+
+
+class _Mailbox:
+    """aiosmtpd's handler: keeps each message the real SMTP server accepted."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[_Mailbox, int]]:
+    box = _Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+@pytest.mark.asyncio
+async def test_email_through_a_real_smtp_server(
+    mailbox: tuple[_Mailbox, int], tmp_path: Path
+) -> None:
+    box, port = mailbox
+    email = EmailSettings(
+        host="127.0.0.1", port=port, sender="gpu@switchboard.test", recipients=("ops@x.test",)
+    )
+    notifier = Notifier(tmp_path / "n.sqlite", email=email, backoff_s=0.05)
+    notifier.start()
+    try:
+        alert = _alert("e1", gpu_pb2.ALERT_STATE_FIRING)
+        alert.hostname = "node-1"
+        alert.message = "temperature_c 85 > 80"
+        alert.severity = registry_pb2.SEVERITY_CRITICAL
+        notifier.enqueue([alert], {"hot": ["email"]})
+        rows = await _delivered(notifier, 1)
+        assert rows[0]["status"] == "delivered", rows
+        assert rows[0]["channel"] == "email"
+        # Announced again: not mailed twice.
+        notifier.enqueue([alert], {"hot": ["email"]})
+        resolved = _alert("e1", gpu_pb2.ALERT_STATE_RESOLVED)
+        notifier.enqueue([resolved], {"hot": ["email"]})
+        await _delivered(notifier, 2)
+    finally:
+        await notifier.close()
+    assert len(box.messages) == 2
+    sender, recipients, content = box.messages[0]
+    assert sender == "gpu@switchboard.test"
+    assert recipients == ["ops@x.test"]
+    first = message_from_bytes(content)
+    assert first["Subject"] == "[critical] hot firing on node-1"
+    assert first["X-Switchboard-Delivery"] == "e1:ALERT_STATE_FIRING:email"
+    assert "temperature_c 85 > 80" in first.get_payload()
+    assert message_from_bytes(box.messages[1][2])["Subject"] == "[warning] hot resolved on "
+
+
+def test_email_settings_need_a_sender_and_recipients() -> None:
+    assert EmailSettings.from_env({}) is None
+    with pytest.raises(ValueError, match="EMAIL_TO"):
+        EmailSettings.from_env({"SWITCHBOARD_ALERT_SMTP_HOST": "127.0.0.1"})
+    got = EmailSettings.from_env(
+        {
+            "SWITCHBOARD_ALERT_SMTP_HOST": "mail",
+            "SWITCHBOARD_ALERT_SMTP_PORT": "2525",
+            "SWITCHBOARD_ALERT_EMAIL_FROM": "a@b",
+            "SWITCHBOARD_ALERT_EMAIL_TO": "x@y, z@w",
+        }
+    )
+    assert got == EmailSettings(host="mail", port=2525, sender="a@b", recipients=("x@y", "z@w"))
