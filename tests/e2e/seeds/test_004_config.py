@@ -12,13 +12,16 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
-from switchboard_stack.harness import Stack, running_stack
+from switchboard_stack.harness import Stack, free_port, running_stack
 from tests.conftest import eventually
 from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
 from tests.e2e.seeds.test_004_inference_manager import GPU_SCRIPT, TIMESTAMP
@@ -77,8 +80,32 @@ def webhook() -> Iterator[str]:
         thread.join(timeout=10)
 
 
+class _Mailbox:
+    """aiosmtpd's handler: keeps each message the real SMTP server accepted."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 Message accepted for delivery"
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[Stack]:
+def mailbox() -> Iterator[tuple[_Mailbox, int]]:
+    box, port = _Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, webhook: str, mailbox: tuple[_Mailbox, int]
+) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("seed004config")
     gpu_script = home / "gpu.json"
     gpu_script.write_text(json.dumps(GPU_SCRIPT))
@@ -94,6 +121,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[St
         "SWITCHBOARD_GPU_INTERVAL_S": "0.2",
         "SWITCHBOARD_ALERT_WEBHOOK_URL": webhook,
         "SWITCHBOARD_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SWITCHBOARD_ALERT_SMTP_HOST": "127.0.0.1",
+        "SWITCHBOARD_ALERT_SMTP_PORT": str(mailbox[1]),
+        "SWITCHBOARD_ALERT_EMAIL_FROM": "gpu@switchboard.test",
+        "SWITCHBOARD_ALERT_EMAIL_TO": "ops@switchboard.test",
     }
     with running_stack(config, home, env) as running:
         yield running
@@ -265,7 +296,9 @@ def _gpu_status(stack: Stack) -> dict[str, Any]:
     return status
 
 
-def test_alert_rules_from_the_documents_conditions(stack: Stack, api: httpx.Client) -> None:
+def test_alert_rules_from_the_documents_conditions(
+    stack: Stack, api: httpx.Client, mailbox: tuple[_Mailbox, int]
+) -> None:
     # The document's body, as is.
     created = api.post(
         "/config/alerts",
@@ -325,6 +358,18 @@ def test_alert_rules_from_the_documents_conditions(stack: Stack, api: httpx.Clie
 
     eventually(lambda: sent("ALERT_STATE_FIRING"), timeout=15, what="the firing's webhook")
     assert _Hook.received[-1]["type"] == "system_alert"
+    # And the e-mail, through the real SMTP server.
+    eventually(
+        lambda: any(alert_id in str(m["Subject"]) for m in mailbox[0].messages),
+        timeout=15,
+        what="the firing's e-mail",
+    )
+    mail = next(m for m in mailbox[0].messages if alert_id in str(m["Subject"]))
+    assert (
+        mail["Subject"]
+        == f"[warning] {alert_id} firing on {_gpu_status(stack)['status']['hostname']}"
+    )
+    assert mail["To"] == "ops@switchboard.test"
 
     disabled = api.post(f"/config/alerts/{alert_id}/disable", json={})
     assert disabled.status_code == 200, disabled.text
