@@ -51,6 +51,8 @@ class JsonFormatter(logging.Formatter):
 
 # The level this process was started with: what a cleared registry log_level returns to.
 _started_level = "INFO"
+# The registry's log_level last applied ("": none).
+_followed_level = ""
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:
@@ -68,12 +70,15 @@ def setup_logging(service: str, level: str = "INFO") -> None:
 
 
 def follow_log_level(level: str) -> None:
-    """The registry's log_level (seed 004's config), live; empty: the level
-    this process was started with."""
-    wanted = level or _started_level
-    root = logging.getLogger()
-    if logging.getLevelName(root.level) != wanted:
-        root.setLevel(wanted)
+    """The registry's log_level (seed 004's config), live; cleared, the level
+    this process was started with. Only a change of the registry's value
+    touches the root logger, so a process whose registry never set one keeps
+    whatever level it runs at."""
+    global _followed_level
+    if level == _followed_level:
+        return
+    _followed_level = level
+    logging.getLogger().setLevel(level or _started_level)
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:

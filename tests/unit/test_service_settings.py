@@ -107,11 +107,16 @@ def root_level() -> Iterator[None]:
 
 @pytest.mark.usefixtures("root_level")
 def test_the_log_level_follows_the_registry_and_returns() -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    # No level in the registry: the process keeps its own.
+    follow_log_level("")
+    assert root.level == logging.WARNING
     follow_log_level("DEBUG")
-    assert logging.getLogger().level == logging.DEBUG
+    assert root.level == logging.DEBUG
     follow_log_level("")
     # Back to the level the process started with (setup_logging's; INFO unless told).
-    assert logging.getLogger().level == logging.INFO
+    assert root.level == logging.INFO
 
 
 def _router(balancing: LoadBalancingConfig | None, settings: pb.ServiceSettings) -> Any:
