@@ -371,6 +371,11 @@ def test_alert_rules_from_the_documents_conditions(
     )
     assert mail["To"] == "ops@switchboard.test"
 
+    # The gpu service restarts (killed): it takes the firing alert back and
+    # neither notifies it again nor loses the resolution to come.
+    stack.restart("gpu", kill=True)
+    eventually(lambda: rule_at_gpu(50), timeout=30, what="the restarted gpu service's rules")
+
     disabled = api.post(f"/config/alerts/{alert_id}/disable", json={})
     assert disabled.status_code == 200, disabled.text
     assert disabled.json()["enabled"] is False
@@ -382,8 +387,19 @@ def test_alert_rules_from_the_documents_conditions(
         what="a disabled rule's alert resolves",
     )
     eventually(lambda: sent("ALERT_STATE_RESOLVED"), timeout=15, what="the resolution's webhook")
-    # Each once: the firing is not sent again.
+    # Each once, across the restart: the firing is not sent again.
     assert len(sent("ALERT_STATE_FIRING")) == 1
+    assert len(sent("ALERT_STATE_RESOLVED")) == 1
+
+    def mailed() -> list[str]:
+        return [
+            str(m["Subject"]).split()[2]
+            for m in mailbox[0].messages
+            if alert_id in str(m["Subject"])
+        ]
+
+    eventually(lambda: len(mailed()) >= 2, timeout=15, what="the resolution's e-mail")
+    assert mailed() == ["firing", "resolved"]
     enabled = api.post(f"/v1/config/alerts/{alert_id}/enable", json={})
     assert enabled.status_code == 200, enabled.text
     assert enabled.json()["enabled"] is True
