@@ -49,7 +49,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# The level this process was started with: what a cleared registry log_level returns to.
+_started_level = "INFO"
+# The registry's log_level last applied ("": none).
+_followed_level = ""
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
+    global _started_level
+    _started_level = level
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
@@ -59,6 +67,18 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     # (aiohttp and google_genai too: the provider's upstream transports.)
     for noisy in ("httpx", "httpcore", "openai", "grpc", "hpack", "aiohttp", "google_genai"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def follow_log_level(level: str) -> None:
+    """The registry's log_level (seed 004's config), live; cleared, the level
+    this process was started with. Only a change of the registry's value
+    touches the root logger, so a process whose registry never set one keeps
+    whatever level it runs at."""
+    global _followed_level
+    if level == _followed_level:
+        return
+    _followed_level = level
+    logging.getLogger().setLevel(level or _started_level)
 
 
 def log_fields(**fields: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard_common.channels import channel as service_channel
-from switchboard_common.logs import log_fields
+from switchboard_common.logs import follow_log_level, log_fields
 from switchboard_common.registry_snapshot import apply_change
 from switchboard_common.settings import Settings
 
@@ -136,6 +136,8 @@ class RegistryFollower:
             )
             return
         self.snapshot = snapshot
+        # Every service that follows the registry takes its log level from it.
+        follow_log_level(snapshot.service_settings.log_level)
         SNAPSHOT_VERSION.set(snapshot.version)
         self._first.set()
 

@@ -354,6 +354,8 @@ def apply_change(snapshot: pb.Snapshot, change: pb.Change, version: int) -> None
         _put(snapshot.alert_rules, "name", change.alert_rule, upsert)
     elif which == "load_balancing":
         snapshot.load_balancing.CopyFrom(change.load_balancing)
+    elif which == "service_settings":
+        snapshot.service_settings.CopyFrom(change.service_settings)
     snapshot.version = version
 
 

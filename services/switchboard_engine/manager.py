@@ -20,11 +20,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 
 import httpx
 
 from switchboard.engine.v1 import engine_pb2 as pb
 from switchboard.registry.v1 import engine_config_pb2 as cfg
+from switchboard.registry.v1 import registry_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
 from switchboard_engine import commands, states
@@ -47,12 +49,27 @@ class StartFailed(Exception):
 class EngineManager:
     def __init__(self, settings: EngineSettings, link: RegistryLink, gpus: GpuProbe) -> None:
         self.settings = settings
+        # From the environment: what cleared registry settings return to.
+        self._started = settings
         self.link = link
         self.gpus = gpus
         self.tasks = states.Tasks()
         self.slots: dict[str, Slot] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=settings.health_timeout_s)
+
+    def follow(self, settings: registry_pb2.ServiceSettings) -> None:
+        """The registry's max_concurrent_models and default_model_timeout (seed
+        004's config), live: the next admission and the next start use them."""
+        self.settings = replace(
+            self._started,
+            max_concurrent_models=settings.max_concurrent_models
+            if settings.HasField("max_concurrent_models")
+            else self._started.max_concurrent_models,
+            start_timeout_s=float(settings.default_model_timeout_s)
+            if settings.HasField("default_model_timeout_s")
+            else self._started.start_timeout_s,
+        )
 
     # -- engines -------------------------------------------------------------
 

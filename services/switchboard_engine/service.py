@@ -16,9 +16,11 @@ import grpc
 
 from switchboard.engine.v1 import engine_pb2 as pb
 from switchboard.engine.v1 import engine_pb2_grpc
+from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard_common.channels import channel as service_channel
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
+from switchboard_common.registry_follower import RegistryFollower
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_engine import logs as engine_logs
@@ -217,10 +219,18 @@ async def setup(
                 await manager.recover_node()
 
         manager.spawn(later())
+    # Seed 004's config (max_concurrent_models, default_model_timeout,
+    # log_level) arrives with the snapshot; until then the environment's hold.
+    follower = RegistryFollower(
+        registry_pb2_grpc.RegistrySnapshotServiceStub(registry),
+        lambda snapshot: manager.follow(snapshot.service_settings),
+    )
+    follower.start()
     servicer = EngineServicer(manager)
     engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        await follower.close()
         await manager.shutdown()
         gpus.close()
         await registry.close()

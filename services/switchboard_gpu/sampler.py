@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard_common import gpu_health
@@ -192,6 +192,9 @@ class Sampler:
         interval, so a test decides when each sample is taken."""
         self._backend = backend
         self._config = config
+        # The interval from the environment, what a cleared registry setting returns to.
+        self._started_interval_s = config.interval_s
+        self._retuned = asyncio.Event()
         self._clock = clock
         self._disk = host.disk_path()
         self._process = process
@@ -212,6 +215,14 @@ class Sampler:
     @property
     def config(self) -> SamplerConfig:
         return self._config
+
+    def retune(self, interval_s: float | None) -> None:
+        """The registry's gpu_monitor_interval, live (None: the started interval);
+        a sampler waiting out a long interval starts the new one now."""
+        wanted = interval_s or self._started_interval_s
+        if wanted != self._config.interval_s:
+            self._config = replace(self._config, interval_s=wanted)
+            self._retuned.set()
 
     @property
     def latest(self) -> gpu_pb2.NodeStatus:
@@ -312,7 +323,12 @@ class Sampler:
             if delay < 0:
                 # A slow sample: skip the missed ticks rather than sample in a burst.
                 next_at, delay = loop.time(), 0.0
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retuned.wait(), delay)
+            if self._retuned.is_set():
+                self._retuned.clear()
+                next_at = loop.time()
+                continue
             await self._sample_and_publish()
 
     async def _sample_and_publish(self) -> None:

@@ -36,6 +36,7 @@ from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
+from switchboard_gpu.notify import EmailSettings, Notifier, WebhookSettings
 from switchboard_gpu.nvml import NvmlBackend, backend_from_env
 from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
 from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
@@ -71,6 +72,8 @@ class Monitor:
         self.clock = clock
         # Set once the sampler exists: hands alerts to the watchers.
         self.announce: Callable[[Sequence[gpu_pb2.GpuAlert]], None] = lambda alerts: None
+        # Set where a channel is configured: sends the rules' notifications.
+        self.notifier: Notifier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def process(self, status: gpu_pb2.NodeStatus) -> list[gpu_pb2.GpuAlert]:
@@ -86,6 +89,9 @@ class Monitor:
         return transitions
 
     async def record(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
+        if self.notifier is not None and alerts:
+            channels = {r.name: list(r.notification_channels) for r in self.evaluator.rules}
+            self.notifier.enqueue(alerts, channels)
         if self.store is None or not alerts:
             return
         events = [events_pb2.GpuAlertEvent(event_id=uuid7(), alert=a) for a in alerts]
@@ -236,6 +242,18 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceSe
         return await self._history.alerts(request)
 
 
+def _follow(snapshot: registry_pb2.Snapshot, monitor: Monitor, sampler: Sampler) -> None:
+    """Registry follower callback: the alert rules, and the sampling interval
+    (seed 004's gpu_monitor_interval) when one is set."""
+    monitor.on_snapshot(snapshot)
+    settings = snapshot.service_settings
+    sampler.retune(
+        float(settings.gpu_monitor_interval_s)
+        if settings.HasField("gpu_monitor_interval_s")
+        else None
+    )
+
+
 async def setup(
     server: grpc.aio.Server,
     settings: Settings,
@@ -283,6 +301,12 @@ async def setup(
             clock=clock,
         )
         closers.append(monitor.settle)
+        webhook, email = WebhookSettings.from_env(), EmailSettings.from_env()
+        if webhook is not None or email is not None:
+            notifier = Notifier(settings.home / "gpu" / "notifications.sqlite", webhook, email)
+            notifier.start()
+            closers.append(notifier.close)
+            monitor.notifier = notifier
         sampler = Sampler(
             backend or backend_from_env(), config, clock=clock, process=monitor.process, tick=tick
         )
@@ -299,7 +323,8 @@ async def setup(
         registry = service_channel(settings.address("registry"), settings.tls)
         closers.append(registry.close)
         follower = RegistryFollower(
-            registry_pb2_grpc.RegistrySnapshotServiceStub(registry), monitor.on_snapshot
+            registry_pb2_grpc.RegistrySnapshotServiceStub(registry),
+            lambda snapshot: _follow(snapshot, monitor, sampler),
         )
         follower.start()
         closers.append(follower.close)

@@ -436,6 +436,15 @@ async def create_alert_rule(
     return await _upserted(tx, ALERT_RULES, rule.name, pb.AlertRule)
 
 
+async def update_alert_rule(tx: Tx, rule: pb.AlertRule) -> pb.AlertRule:
+    await tx.require(ALERT_RULES, rule.name, rule.etag)
+    if not rule.HasField("enabled"):
+        rule.enabled = True
+    validation.alert_rule(rule)
+    await tx.update(ALERT_RULES, rule)
+    return await _upserted(tx, ALERT_RULES, rule.name, pb.AlertRule)
+
+
 async def delete_alert_rule(tx: Tx, name: str) -> None:
     await tx.require(ALERT_RULES, name)
     await tx.conn.execute(sa.delete(tables.alert_rules).where(tables.alert_rules.c.name == name))

@@ -18,10 +18,18 @@ from switchboard_common.config import load_config
 from switchboard_common.logs import log_fields
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
-from switchboard_registry import load_balancing
+from switchboard_registry import load_balancing, service_settings
 from switchboard_registry import operations as ops
 from switchboard_registry.bootstrap import apply_config
-from switchboard_registry.store import ALERT_RULES, DEPLOYMENTS, KEYS, MODELS, PROVIDERS, Store
+from switchboard_registry.store import (
+    ALERT_RULES,
+    DEPLOYMENTS,
+    KEYS,
+    MODELS,
+    PROVIDERS,
+    SERVICE_SETTINGS,
+    Store,
+)
 from switchboard_registry.validation import invalid
 
 log = logging.getLogger(__name__)
@@ -250,6 +258,20 @@ class RegistryServicer(
     ) -> pb.GetLoadBalancingResponse:
         return pb.GetLoadBalancingResponse(load_balancing=await self.store.load_balancing())
 
+    async def SetServiceSettings(
+        self, request: pb.SetServiceSettingsRequest, context: Context
+    ) -> pb.SetServiceSettingsResponse:
+        settings = await self.store.write(
+            lambda tx: service_settings.set_service_settings(tx, request.settings)
+        )
+        return pb.SetServiceSettingsResponse(settings=settings)
+
+    async def GetServiceSettings(
+        self, request: pb.GetServiceSettingsRequest, context: Context
+    ) -> pb.GetServiceSettingsResponse:
+        stored = await self.store.setting(SERVICE_SETTINGS, pb.ServiceSettings())
+        return pb.GetServiceSettingsResponse(settings=stored)
+
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: Context
     ) -> pb.CreateAlertRuleResponse:
@@ -260,6 +282,12 @@ class RegistryServicer(
         self, request: pb.ListAlertRulesRequest, context: Context
     ) -> pb.ListAlertRulesResponse:
         return pb.ListAlertRulesResponse(rules=await self.store.list_all(ALERT_RULES))
+
+    async def UpdateAlertRule(
+        self, request: pb.UpdateAlertRuleRequest, context: Context
+    ) -> pb.UpdateAlertRuleResponse:
+        updated = await self.store.write(lambda tx: ops.update_alert_rule(tx, request.rule))
+        return pb.UpdateAlertRuleResponse(rule=updated)
 
     async def DeleteAlertRule(
         self, request: pb.DeleteAlertRuleRequest, context: Context

@@ -299,6 +299,9 @@ class Store:
             balancing = await read_load_balancing(conn)
             if balancing is not None:
                 snap.load_balancing.CopyFrom(balancing)
+            settings = await read_setting(conn, SERVICE_SETTINGS, pb.ServiceSettings())
+            if settings is not None:
+                snap.service_settings.CopyFrom(settings)
             snap.alert_rules.extend(
                 to_message(ALERT_RULES, r)
                 for r in await conn.execute(sa.select(tables.alert_rules).order_by("name"))
@@ -400,6 +403,10 @@ class Store:
         async with self.engine.connect() as conn:
             return await read_load_balancing(conn)
 
+    async def setting(self, name: str, message: SettingT) -> SettingT | None:
+        async with self.engine.connect() as conn:
+            return await read_setting(conn, name, message)
+
     async def defaults(self) -> list[pb.DefaultModel]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(tables.default_models).order_by("use"))
@@ -409,14 +416,23 @@ class Store:
 LOAD_BALANCING = "load_balancing"
 
 
-async def read_load_balancing(conn: AsyncConnection) -> pb.LoadBalancing | None:
+SERVICE_SETTINGS = "service_settings"
+SettingT = TypeVar("SettingT", pb.LoadBalancing, pb.ServiceSettings)
+
+
+async def read_setting(conn: AsyncConnection, name: str, message: SettingT) -> SettingT | None:
+    """One registry-wide setting (its etag: the version that last wrote it)."""
     table = tables.settings
-    row = (await conn.execute(sa.select(table).where(table.c.name == LOAD_BALANCING))).first()
+    row = (await conn.execute(sa.select(table).where(table.c.name == name))).first()
     if row is None:
         return None
-    message = json_format.ParseDict(row.spec, pb.LoadBalancing(), ignore_unknown_fields=True)
+    json_format.ParseDict(row.spec, message, ignore_unknown_fields=True)
     message.etag = str(row.revision)
     return message
+
+
+async def read_load_balancing(conn: AsyncConnection) -> pb.LoadBalancing | None:
+    return await read_setting(conn, LOAD_BALANCING, pb.LoadBalancing())
 
 
 async def _deployments_of(conn: AsyncConnection, model: str) -> list[pb.Deployment]:

@@ -23,6 +23,7 @@ CURRENCY = re.compile(r"^[A-Z]{3}$")
 # An NVML index or UUID ("0", "GPU-8f3c…", "MIG-…").
 GPU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,95}$")
 MAX_LIST = 64
+NOTIFICATION_CHANNELS = ("email", "webhook")
 MAX_TEXT = 4096
 
 
@@ -204,3 +205,8 @@ def alert_rule(r: pb.AlertRule) -> None:
         raise invalid("rule.threshold", "must be a number")
     if r.duration.seconds < 0 or r.duration.seconds > 86_400:
         raise invalid("rule.duration", "must be between 0 and 86400 seconds")
+    for channel in r.notification_channels:
+        if channel not in NOTIFICATION_CHANNELS:
+            raise invalid("rule.notification_channels", f"{channel[:64]!r} is not email or webhook")
+    if len(r.display_name) > 256:
+        raise invalid("rule.display_name", "at most 256 characters")

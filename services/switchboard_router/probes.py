@@ -71,8 +71,12 @@ class Prober:
                 await self._task
 
     def interval(self) -> float:
+        """The load-balancing setting's interval, else the service settings'
+        (seed 004's health_check_interval); 0: no probes."""
         balancing = self.router.catalog.config.load_balancing
-        return float(balancing.health_check_interval_s or 0) if balancing else 0.0
+        if balancing is not None and balancing.health_check_interval_s:
+            return float(balancing.health_check_interval_s)
+        return float(self.router.service_settings.health_check_interval_s)
 
     def last(self, model: str) -> ProbeResult | None:
         """The latest probe of any deployment of the model."""

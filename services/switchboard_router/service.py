@@ -128,6 +128,8 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         # A fixed seed makes weighted choices reproducible (tests, benchmarks).
         rng = random.Random(int(seed)) if seed else None  # noqa: S311 - not security
         self.routing = Routing(limiter, breaker_config_from_env(), rng=rng)
+        # The registry's service settings (seed 004's config); the prober reads them.
+        self.service_settings = registry_pb2.ServiceSettings()
         self.reconfigure(config, 0)
         self.provider = provider
         self.budgets = budgets or Budgets(usage.stub)
@@ -431,6 +433,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     def apply(snapshot: registry_pb2.Snapshot) -> None:
         config = config_from_snapshot(snapshot)
         servicer.reconfigure(config, snapshot.version)
+        servicer.service_settings = snapshot.service_settings
         keys.replace(config)
 
     follower = await follow_registry(settings, apply)

@@ -31,6 +31,8 @@ SERVICES = [
             "/api/v1/monitoring/",
             "/api/auth/",
             "/api/v1/auth/",
+            "/api/config",
+            "/api/v1/config",
         ),
     ),
 ]
@@ -50,6 +52,14 @@ ADMIN = {
     "GetSystemStatus",
     "GetSystemGpu",
     "GetMonitoringMetrics",
+    "GetConfig",
+    "UpdateConfig",
+    "ListConfigAlerts",
+    "CreateConfigAlert",
+    "UpdateConfigAlert",
+    "EnableConfigAlert",
+    "DisableConfigAlert",
+    "DeleteConfigAlert",
 }
 PUBLIC = {"GetLlmHealth", "IssueToken"}
 

@@ -29,6 +29,8 @@ from switchboard_common import accounts, tokens
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.values import to_python
 from switchboard_router.surfaces import surface
+from switchboard_router.surfaces.inference_manager_alerts import Alerts
+from switchboard_router.surfaces.inference_manager_config import Config
 from switchboard_router.surfaces.inference_manager_models import NAME, body_of
 from switchboard_router.surfaces.inference_manager_monitoring import Monitoring
 from switchboard_router.surfaces.inference_manager_shapes import (
@@ -75,7 +77,7 @@ def _usage(usage: openai_pb2.Usage) -> dict[str, int]:
 
 
 class InferenceManagerServicer(
-    Monitoring, inference_manager_pb2_grpc.InferenceManagerServiceServicer
+    Alerts, Config, Monitoring, inference_manager_pb2_grpc.InferenceManagerServiceServicer
 ):
     def __init__(
         self,

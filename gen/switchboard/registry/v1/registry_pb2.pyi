@@ -758,6 +758,115 @@ class LoadBalancing(_message.Message):
 Global___LoadBalancing: _TypeAlias = LoadBalancing  # noqa: Y015
 
 @_typing.final
+class ServiceSettings(_message.Message):
+    """Operational settings the services follow from the snapshot. An unset field
+    means "the service's own default"; GetServiceSettings answers with what is stored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_MONITOR_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_MODELS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODEL_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    LOG_LEVEL_FIELD_NUMBER: _builtins.int
+    ALERT_THRESHOLDS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    gpu_monitor_interval_s: _builtins.int
+    """Seconds between GPU samples."""
+    max_concurrent_models: _builtins.int
+    """Engines (models) running at once."""
+    default_model_timeout_s: _builtins.int
+    """Seconds an engine gets to start or stop."""
+    health_check_interval_s: _builtins.int
+    """Seconds between the router's active health probes."""
+    log_level: _builtins.str
+    """DEBUG, INFO, WARNING or ERROR; empty: each service's own level."""
+    etag: _builtins.str
+    @_builtins.property
+    def alert_thresholds(self) -> Global___AlertThresholds: ...
+    def __init__(
+        self,
+        *,
+        gpu_monitor_interval_s: _builtins.int | None = ...,
+        max_concurrent_models: _builtins.int | None = ...,
+        default_model_timeout_s: _builtins.int | None = ...,
+        health_check_interval_s: _builtins.int | None = ...,
+        log_level: _builtins.str = ...,
+        alert_thresholds: Global___AlertThresholds | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_model_timeout_s", b"_default_model_timeout_s", "_gpu_monitor_interval_s", b"_gpu_monitor_interval_s", "_health_check_interval_s", b"_health_check_interval_s", "_max_concurrent_models", b"_max_concurrent_models", "alert_thresholds", b"alert_thresholds", "default_model_timeout_s", b"default_model_timeout_s", "gpu_monitor_interval_s", b"gpu_monitor_interval_s", "health_check_interval_s", b"health_check_interval_s", "max_concurrent_models", b"max_concurrent_models"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_model_timeout_s", b"_default_model_timeout_s", "_gpu_monitor_interval_s", b"_gpu_monitor_interval_s", "_health_check_interval_s", b"_health_check_interval_s", "_max_concurrent_models", b"_max_concurrent_models", "alert_thresholds", b"alert_thresholds", "default_model_timeout_s", b"default_model_timeout_s", "etag", b"etag", "gpu_monitor_interval_s", b"gpu_monitor_interval_s", "health_check_interval_s", b"health_check_interval_s", "log_level", b"log_level", "max_concurrent_models", b"max_concurrent_models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__default_model_timeout_s: _TypeAlias = _typing.Literal["default_model_timeout_s"]  # noqa: Y015
+    _WhichOneofArgType__default_model_timeout_s: _TypeAlias = _typing.Literal["_default_model_timeout_s", b"_default_model_timeout_s"]  # noqa: Y015
+    _WhichOneofReturnType__gpu_monitor_interval_s: _TypeAlias = _typing.Literal["gpu_monitor_interval_s"]  # noqa: Y015
+    _WhichOneofArgType__gpu_monitor_interval_s: _TypeAlias = _typing.Literal["_gpu_monitor_interval_s", b"_gpu_monitor_interval_s"]  # noqa: Y015
+    _WhichOneofReturnType__health_check_interval_s: _TypeAlias = _typing.Literal["health_check_interval_s"]  # noqa: Y015
+    _WhichOneofArgType__health_check_interval_s: _TypeAlias = _typing.Literal["_health_check_interval_s", b"_health_check_interval_s"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrent_models: _TypeAlias = _typing.Literal["max_concurrent_models"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_models: _TypeAlias = _typing.Literal["_max_concurrent_models", b"_max_concurrent_models"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__default_model_timeout_s) -> _WhichOneofReturnType__default_model_timeout_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_monitor_interval_s) -> _WhichOneofReturnType__gpu_monitor_interval_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_interval_s) -> _WhichOneofReturnType__health_check_interval_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_models) -> _WhichOneofReturnType__max_concurrent_models | None: ...
+
+Global___ServiceSettings: _TypeAlias = ServiceSettings  # noqa: Y015
+
+@_typing.final
+class AlertThresholds(_message.Message):
+    """Seed 004's alert_thresholds block."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_UTILIZATION_HIGH_FIELD_NUMBER: _builtins.int
+    GPU_TEMPERATURE_HIGH_FIELD_NUMBER: _builtins.int
+    RESPONSE_TIME_HIGH_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_HIGH_FIELD_NUMBER: _builtins.int
+    gpu_utilization_high: _builtins.float
+    gpu_temperature_high: _builtins.float
+    response_time_high: _builtins.float
+    """Seconds."""
+    error_rate_high: _builtins.float
+    """A fraction, 0..1."""
+    def __init__(
+        self,
+        *,
+        gpu_utilization_high: _builtins.float | None = ...,
+        gpu_temperature_high: _builtins.float | None = ...,
+        response_time_high: _builtins.float | None = ...,
+        error_rate_high: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_rate_high", b"_error_rate_high", "_gpu_temperature_high", b"_gpu_temperature_high", "_gpu_utilization_high", b"_gpu_utilization_high", "_response_time_high", b"_response_time_high", "error_rate_high", b"error_rate_high", "gpu_temperature_high", b"gpu_temperature_high", "gpu_utilization_high", b"gpu_utilization_high", "response_time_high", b"response_time_high"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_rate_high", b"_error_rate_high", "_gpu_temperature_high", b"_gpu_temperature_high", "_gpu_utilization_high", b"_gpu_utilization_high", "_response_time_high", b"_response_time_high", "error_rate_high", b"error_rate_high", "gpu_temperature_high", b"gpu_temperature_high", "gpu_utilization_high", b"gpu_utilization_high", "response_time_high", b"response_time_high"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__error_rate_high: _TypeAlias = _typing.Literal["error_rate_high"]  # noqa: Y015
+    _WhichOneofArgType__error_rate_high: _TypeAlias = _typing.Literal["_error_rate_high", b"_error_rate_high"]  # noqa: Y015
+    _WhichOneofReturnType__gpu_temperature_high: _TypeAlias = _typing.Literal["gpu_temperature_high"]  # noqa: Y015
+    _WhichOneofArgType__gpu_temperature_high: _TypeAlias = _typing.Literal["_gpu_temperature_high", b"_gpu_temperature_high"]  # noqa: Y015
+    _WhichOneofReturnType__gpu_utilization_high: _TypeAlias = _typing.Literal["gpu_utilization_high"]  # noqa: Y015
+    _WhichOneofArgType__gpu_utilization_high: _TypeAlias = _typing.Literal["_gpu_utilization_high", b"_gpu_utilization_high"]  # noqa: Y015
+    _WhichOneofReturnType__response_time_high: _TypeAlias = _typing.Literal["response_time_high"]  # noqa: Y015
+    _WhichOneofArgType__response_time_high: _TypeAlias = _typing.Literal["_response_time_high", b"_response_time_high"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_rate_high) -> _WhichOneofReturnType__error_rate_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_temperature_high) -> _WhichOneofReturnType__gpu_temperature_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_utilization_high) -> _WhichOneofReturnType__gpu_utilization_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__response_time_high) -> _WhichOneofReturnType__response_time_high | None: ...
+
+Global___AlertThresholds: _TypeAlias = AlertThresholds  # noqa: Y015
+
+@_typing.final
 class AlertRule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -771,6 +880,8 @@ class AlertRule(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_CHANNELS_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     metric: _builtins.str
     """A GPU metric name, e.g. utilization_gpu_percent, temperature_c."""
@@ -779,6 +890,8 @@ class AlertRule(_message.Message):
     severity: Global___Severity.ValueType
     enabled: _builtins.bool
     etag: _builtins.str
+    display_name: _builtins.str
+    """A free-text name for people (seed 004's `name`); `name` is the key."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """How long the condition must hold before the alert fires."""
@@ -787,6 +900,10 @@ class AlertRule(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def notification_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where a firing alert is sent: "email", "webhook" (seed 004's channels)."""
+
     def __init__(
         self,
         *,
@@ -800,10 +917,12 @@ class AlertRule(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        notification_channels: _abc.Iterable[_builtins.str] | None = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "duration", b"duration", "enabled", b"enabled", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "create_time", b"create_time", "duration", b"duration", "enabled", b"enabled", "etag", b"etag", "metric", b"metric", "name", b"name", "severity", b"severity", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "comparator", b"comparator", "create_time", b"create_time", "display_name", b"display_name", "duration", b"duration", "enabled", b"enabled", "etag", b"etag", "metric", b"metric", "name", b"name", "notification_channels", b"notification_channels", "severity", b"severity", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -823,6 +942,7 @@ class Snapshot(_message.Message):
     DEFAULTS_FIELD_NUMBER: _builtins.int
     ALERT_RULES_FIELD_NUMBER: _builtins.int
     LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    SERVICE_SETTINGS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provider]: ...
@@ -842,6 +962,10 @@ class Snapshot(_message.Message):
     def load_balancing(self) -> Global___LoadBalancing:
         """Unset until someone sets it."""
 
+    @_builtins.property
+    def service_settings(self) -> Global___ServiceSettings:
+        """Unset until someone sets it."""
+
     def __init__(
         self,
         *,
@@ -853,10 +977,11 @@ class Snapshot(_message.Message):
         defaults: _abc.Iterable[Global___DefaultModel] | None = ...,
         alert_rules: _abc.Iterable[Global___AlertRule] | None = ...,
         load_balancing: Global___LoadBalancing | None = ...,
+        service_settings: Global___ServiceSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing", "service_settings", b"service_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rules", b"alert_rules", "credentials", b"credentials", "defaults", b"defaults", "keys", b"keys", "load_balancing", b"load_balancing", "models", b"models", "providers", b"providers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rules", b"alert_rules", "credentials", b"credentials", "defaults", b"defaults", "keys", b"keys", "load_balancing", b"load_balancing", "models", b"models", "providers", b"providers", "service_settings", b"service_settings", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1767,6 +1892,83 @@ class SetLoadBalancingResponse(_message.Message):
 Global___SetLoadBalancingResponse: _TypeAlias = SetLoadBalancingResponse  # noqa: Y015
 
 @_typing.final
+class SetServiceSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___ServiceSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: Global___ServiceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetServiceSettingsRequest: _TypeAlias = SetServiceSettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetServiceSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___ServiceSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: Global___ServiceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetServiceSettingsResponse: _TypeAlias = SetServiceSettingsResponse  # noqa: Y015
+
+@_typing.final
+class GetServiceSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceSettingsRequest: _TypeAlias = GetServiceSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetServiceSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___ServiceSettings:
+        """Unset until someone sets it."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___ServiceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceSettingsResponse: _TypeAlias = GetServiceSettingsResponse  # noqa: Y015
+
+@_typing.final
 class GetLoadBalancingRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1877,6 +2079,46 @@ class ListAlertRulesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAlertRulesResponse: _TypeAlias = ListAlertRulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAlertRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule(self) -> Global___AlertRule: ...
+    def __init__(
+        self,
+        *,
+        rule: Global___AlertRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAlertRuleRequest: _TypeAlias = UpdateAlertRuleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAlertRuleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rule(self) -> Global___AlertRule: ...
+    def __init__(
+        self,
+        *,
+        rule: Global___AlertRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAlertRuleResponse: _TypeAlias = UpdateAlertRuleResponse  # noqa: Y015
 
 @_typing.final
 class DeleteAlertRuleRequest(_message.Message):
@@ -2025,6 +2267,7 @@ class Change(_message.Message):
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
     ALERT_RULE_FIELD_NUMBER: _builtins.int
     LOAD_BALANCING_FIELD_NUMBER: _builtins.int
+    SERVICE_SETTINGS_FIELD_NUMBER: _builtins.int
     kind: Global___Change.Kind.ValueType
     @_builtins.property
     def provider(self) -> Global___Provider: ...
@@ -2042,6 +2285,8 @@ class Change(_message.Message):
     def alert_rule(self) -> Global___AlertRule: ...
     @_builtins.property
     def load_balancing(self) -> Global___LoadBalancing: ...
+    @_builtins.property
+    def service_settings(self) -> Global___ServiceSettings: ...
     def __init__(
         self,
         *,
@@ -2054,12 +2299,13 @@ class Change(_message.Message):
         default_model: Global___DefaultModel | None = ...,
         alert_rule: Global___AlertRule | None = ...,
         load_balancing: Global___LoadBalancing | None = ...,
+        service_settings: Global___ServiceSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider", "service_settings", b"service_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "kind", b"kind", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_rule", b"alert_rule", "credential", b"credential", "default_model", b"default_model", "deployment", b"deployment", "entity", b"entity", "key", b"key", "kind", b"kind", "load_balancing", b"load_balancing", "model", b"model", "provider", b"provider", "service_settings", b"service_settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_entity: _TypeAlias = _typing.Literal["provider", "model", "deployment", "key", "credential", "default_model", "alert_rule", "load_balancing"]  # noqa: Y015
+    _WhichOneofReturnType_entity: _TypeAlias = _typing.Literal["provider", "model", "deployment", "key", "credential", "default_model", "alert_rule", "load_balancing", "service_settings"]  # noqa: Y015
     _WhichOneofArgType_entity: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_entity) -> _WhichOneofReturnType_entity | None: ...
 

@@ -144,6 +144,16 @@ class RegistryServiceStub:
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.SerializeToString,
                 response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.FromString,
                 _registered_method=True)
+        self.SetServiceSettings = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/SetServiceSettings',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsResponse.FromString,
+                _registered_method=True)
+        self.GetServiceSettings = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/GetServiceSettings',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsResponse.FromString,
+                _registered_method=True)
         self.CreateAlertRule = channel.unary_unary(
                 '/switchboard.registry.v1.RegistryService/CreateAlertRule',
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.CreateAlertRuleRequest.SerializeToString,
@@ -153,6 +163,11 @@ class RegistryServiceStub:
                 '/switchboard.registry.v1.RegistryService/ListAlertRules',
                 request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesRequest.SerializeToString,
                 response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateAlertRule = channel.unary_unary(
+                '/switchboard.registry.v1.RegistryService/UpdateAlertRule',
+                request_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleRequest.SerializeToString,
+                response_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleResponse.FromString,
                 _registered_method=True)
         self.DeleteAlertRule = channel.unary_unary(
                 '/switchboard.registry.v1.RegistryService/DeleteAlertRule',
@@ -299,6 +314,19 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServiceSettings(self, request, context):
+        """The services' operational settings (seed 004's /api/config), one per registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlertRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -307,6 +335,13 @@ class RegistryServiceServicer:
 
     def ListAlertRules(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAlertRule(self, request, context):
+        """The whole rule (its name and create_time kept); etag, when given, must match.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -430,6 +465,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingRequest.FromString,
                     response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetLoadBalancingResponse.SerializeToString,
             ),
+            'SetServiceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServiceSettings,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsResponse.SerializeToString,
+            ),
+            'GetServiceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceSettings,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsResponse.SerializeToString,
+            ),
             'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlertRule,
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.CreateAlertRuleRequest.FromString,
@@ -439,6 +484,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListAlertRules,
                     request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesRequest.FromString,
                     response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesResponse.SerializeToString,
+            ),
+            'UpdateAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAlertRule,
+                    request_deserializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleRequest.FromString,
+                    response_serializer=switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleResponse.SerializeToString,
             ),
             'DeleteAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAlertRule,
@@ -1051,6 +1101,60 @@ class RegistryService:
             _registered_method=True)
 
     @staticmethod
+    def SetServiceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/SetServiceSettings',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.SetServiceSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/GetServiceSettings',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.GetServiceSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateAlertRule(request,
             target,
             options=(),
@@ -1094,6 +1198,33 @@ class RegistryService:
             '/switchboard.registry.v1.RegistryService/ListAlertRules',
             switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesRequest.SerializeToString,
             switchboard_dot_registry_dot_v1_dot_registry__pb2.ListAlertRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.registry.v1.RegistryService/UpdateAlertRule',
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleRequest.SerializeToString,
+            switchboard_dot_registry_dot_v1_dot_registry__pb2.UpdateAlertRuleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,8 +64,13 @@ class RegistryServiceStub:
     SetLoadBalancing: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetLoadBalancingRequest, _registry_pb2.SetLoadBalancingResponse]
     """How calls spread across models (one setting per registry)."""
     GetLoadBalancing: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLoadBalancingRequest, _registry_pb2.GetLoadBalancingResponse]
+    SetServiceSettings: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetServiceSettingsRequest, _registry_pb2.SetServiceSettingsResponse]
+    """The services' operational settings (seed 004's /api/config), one per registry."""
+    GetServiceSettings: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetServiceSettingsRequest, _registry_pb2.GetServiceSettingsResponse]
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]
+    UpdateAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateAlertRuleRequest, _registry_pb2.UpdateAlertRuleResponse]
+    """The whole rule (its name and create_time kept); etag, when given, must match."""
     DeleteAlertRule: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]
 
 @_typing.type_check_only
@@ -96,8 +101,13 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     SetLoadBalancing: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetLoadBalancingRequest, _registry_pb2.SetLoadBalancingResponse]  # type: ignore[assignment]
     """How calls spread across models (one setting per registry)."""
     GetLoadBalancing: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLoadBalancingRequest, _registry_pb2.GetLoadBalancingResponse]  # type: ignore[assignment]
+    SetServiceSettings: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetServiceSettingsRequest, _registry_pb2.SetServiceSettingsResponse]  # type: ignore[assignment]
+    """The services' operational settings (seed 004's /api/config), one per registry."""
+    GetServiceSettings: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetServiceSettingsRequest, _registry_pb2.GetServiceSettingsResponse]  # type: ignore[assignment]
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateAlertRuleRequest, _registry_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAlertRulesRequest, _registry_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
+    UpdateAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateAlertRuleRequest, _registry_pb2.UpdateAlertRuleResponse]  # type: ignore[assignment]
+    """The whole rule (its name and create_time kept); etag, when given, must match."""
     DeleteAlertRule: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAlertRuleRequest, _registry_pb2.DeleteAlertRuleResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -259,6 +269,21 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.GetLoadBalancingResponse, _abc.Awaitable[_registry_pb2.GetLoadBalancingResponse]]: ...
 
     @_abc_1.abstractmethod
+    def SetServiceSettings(
+        self,
+        request: _registry_pb2.SetServiceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetServiceSettingsResponse, _abc.Awaitable[_registry_pb2.SetServiceSettingsResponse]]:
+        """The services' operational settings (seed 004's /api/config), one per registry."""
+
+    @_abc_1.abstractmethod
+    def GetServiceSettings(
+        self,
+        request: _registry_pb2.GetServiceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetServiceSettingsResponse, _abc.Awaitable[_registry_pb2.GetServiceSettingsResponse]]: ...
+
+    @_abc_1.abstractmethod
     def CreateAlertRule(
         self,
         request: _registry_pb2.CreateAlertRuleRequest,
@@ -271,6 +296,14 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListAlertRulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListAlertRulesResponse, _abc.Awaitable[_registry_pb2.ListAlertRulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateAlertRule(
+        self,
+        request: _registry_pb2.UpdateAlertRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UpdateAlertRuleResponse, _abc.Awaitable[_registry_pb2.UpdateAlertRuleResponse]]:
+        """The whole rule (its name and create_time kept); etag, when given, must match."""
 
     @_abc_1.abstractmethod
     def DeleteAlertRule(

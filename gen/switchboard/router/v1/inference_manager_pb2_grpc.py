@@ -65,6 +65,46 @@ class InferenceManagerServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/GetConfig',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/UpdateConfig',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.ListConfigAlerts = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/ListConfigAlerts',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListConfigAlertsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.CreateConfigAlert = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/CreateConfigAlert',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CreateConfigAlertRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.UpdateConfigAlert = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/UpdateConfigAlert',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.UpdateConfigAlertRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.EnableConfigAlert = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/EnableConfigAlert',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.EnableConfigAlertRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.DisableConfigAlert = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/DisableConfigAlert',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.DisableConfigAlertRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.DeleteConfigAlert = channel.unary_unary(
+                '/switchboard.router.v1.InferenceManagerService/DeleteConfigAlert',
+                request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.DeleteConfigAlertRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.CreateManagedModel = channel.unary_unary(
                 '/switchboard.router.v1.InferenceManagerService/CreateManagedModel',
                 request_serializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CreateManagedModelRequest.SerializeToString,
@@ -180,6 +220,80 @@ class InferenceManagerServiceServicer:
 
     def ListManagedModels(self, request, context):
         """{items, total, page, size, pages}, filtered by status and framework.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """The document's config: gpu_monitor_interval, max_concurrent_models,
+        default_model_timeout, health_check_interval, log_level, alert_thresholds
+        (the registry's service settings, stored values over the defaults).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConfig(self, request, context):
+        """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConfigAlerts(self, request, context):
+        """Alert rules, paged as the document's lists; each {id, name, condition, severity, enabled, notification_channels, ...}.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConfigAlert(self, request, context):
+        """201 with the rule; `condition` is `<metric> > <number>` or `<`, parsed strictly (422 naming it).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConfigAlert(self, request, context):
+        """Changes the fields given.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableConfigAlert(self, request, context):
+        """Sets enabled.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableConfigAlert(self, request, context):
+        """Clears enabled.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConfigAlert(self, request, context):
+        """Deletes the rule (its firing alerts resolve).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
@@ -317,6 +431,46 @@ def add_InferenceManagerServiceServicer_to_server(servicer, server):
             'ListManagedModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListManagedModels,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetConfigRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ListConfigAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigAlerts,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListConfigAlertsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CreateConfigAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConfigAlert,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CreateConfigAlertRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'UpdateConfigAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfigAlert,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.UpdateConfigAlertRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'EnableConfigAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableConfigAlert,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.EnableConfigAlertRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'DisableConfigAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableConfigAlert,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.DisableConfigAlertRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'DeleteConfigAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConfigAlert,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_inference__manager__pb2.DeleteConfigAlertRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'CreateManagedModel': grpc.unary_unary_rpc_method_handler(
@@ -536,6 +690,222 @@ class InferenceManagerService:
             target,
             '/switchboard.router.v1.InferenceManagerService/ListManagedModels',
             switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListManagedModelsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/GetConfig',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.GetConfigRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/UpdateConfig',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.UpdateConfigRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/ListConfigAlerts',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.ListConfigAlertsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConfigAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/CreateConfigAlert',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.CreateConfigAlertRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfigAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/UpdateConfigAlert',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.UpdateConfigAlertRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableConfigAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/EnableConfigAlert',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.EnableConfigAlertRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableConfigAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/DisableConfigAlert',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.DisableConfigAlertRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConfigAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.InferenceManagerService/DeleteConfigAlert',
+            switchboard_dot_router_dot_v1_dot_inference__manager__pb2.DeleteConfigAlertRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -81,6 +81,48 @@ class InferenceManagerServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetConfigRequest, _httpbody_pb2.HttpBody]
+    """The document's config: gpu_monitor_interval, max_concurrent_models,
+    default_model_timeout, health_check_interval, log_level, alert_thresholds
+    (the registry's service settings, stored values over the defaults).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateConfig: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.UpdateConfigRequest, _httpbody_pb2.HttpBody]
+    """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    ListConfigAlerts: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.ListConfigAlertsRequest, _httpbody_pb2.HttpBody]
+    """Alert rules, paged as the document's lists; each {id, name, condition, severity, enabled, notification_channels, ...}.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateConfigAlert: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.CreateConfigAlertRequest, _httpbody_pb2.HttpBody]
+    """201 with the rule; `condition` is `<metric> > <number>` or `<`, parsed strictly (422 naming it).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateConfigAlert: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.UpdateConfigAlertRequest, _httpbody_pb2.HttpBody]
+    """Changes the fields given.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    EnableConfigAlert: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.EnableConfigAlertRequest, _httpbody_pb2.HttpBody]
+    """Sets enabled.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    DisableConfigAlert: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.DisableConfigAlertRequest, _httpbody_pb2.HttpBody]
+    """Clears enabled.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    DeleteConfigAlert: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.DeleteConfigAlertRequest, _httpbody_pb2.HttpBody]
+    """Deletes the rule (its firing alerts resolve).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     CreateManagedModel: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.CreateManagedModelRequest, _httpbody_pb2.HttpBody]
     """201 {id, name, status: "created", message}.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -175,6 +217,48 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     """
     ListManagedModels: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ListManagedModelsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """{items, total, page, size, pages}, filtered by status and framework.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetConfig: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetConfigRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The document's config: gpu_monitor_interval, max_concurrent_models,
+    default_model_timeout, health_check_interval, log_level, alert_thresholds
+    (the registry's service settings, stored values over the defaults).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateConfig: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.UpdateConfigRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    ListConfigAlerts: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.ListConfigAlertsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Alert rules, paged as the document's lists; each {id, name, condition, severity, enabled, notification_channels, ...}.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateConfigAlert: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.CreateConfigAlertRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """201 with the rule; `condition` is `<metric> > <number>` or `<`, parsed strictly (422 naming it).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    UpdateConfigAlert: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.UpdateConfigAlertRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Changes the fields given.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    EnableConfigAlert: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.EnableConfigAlertRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Sets enabled.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    DisableConfigAlert: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.DisableConfigAlertRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Clears enabled.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    DeleteConfigAlert: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.DeleteConfigAlertRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Deletes the rule (its firing alerts resolve).
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -305,6 +389,96 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """{items, total, page, size, pages}, filtered by status and framework.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _inference_manager_pb2.GetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The document's config: gpu_monitor_interval, max_concurrent_models,
+        default_model_timeout, health_check_interval, log_level, alert_thresholds
+        (the registry's service settings, stored values over the defaults).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConfig(
+        self,
+        request: _inference_manager_pb2.UpdateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Changes the fields given (alert_thresholds merged key by key); 422 naming a bad field.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def ListConfigAlerts(
+        self,
+        request: _inference_manager_pb2.ListConfigAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Alert rules, paged as the document's lists; each {id, name, condition, severity, enabled, notification_channels, ...}.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def CreateConfigAlert(
+        self,
+        request: _inference_manager_pb2.CreateConfigAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """201 with the rule; `condition` is `<metric> > <number>` or `<`, parsed strictly (422 naming it).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConfigAlert(
+        self,
+        request: _inference_manager_pb2.UpdateConfigAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Changes the fields given.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def EnableConfigAlert(
+        self,
+        request: _inference_manager_pb2.EnableConfigAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Sets enabled.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def DisableConfigAlert(
+        self,
+        request: _inference_manager_pb2.DisableConfigAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Clears enabled.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteConfigAlert(
+        self,
+        request: _inference_manager_pb2.DeleteConfigAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Deletes the rule (its firing alerts resolve).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
