@@ -88,8 +88,8 @@ gen: $(BIN)/.installed
 gen-check: $(BIN)/.installed
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(MAKE) -s gen GEN_OUT=$$tmp/gen >/dev/null; \
-	if ! diff -r gen "$$tmp/gen" >/dev/null; then \
-	  diff -r -q gen "$$tmp/gen" || true; \
+	if ! diff -r -x __pycache__ gen "$$tmp/gen" >/dev/null; then \
+	  diff -r -q -x __pycache__ gen "$$tmp/gen" || true; \
 	  echo "gen/ is stale: run 'make gen' and commit the result"; exit 1; fi
 
 lint: install
