@@ -114,6 +114,26 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
             body = surface.read_json(request.body)
             current = await self.registry.server(integer(body, "id"))
             patch = provider_from(body, current.name)
+            mine = {m.number: m for m in served_by(await self.registry.models(), current)}
+            # Everything is checked before anything is written.
+            added: list[tuple[pb.Model, str]] = []
+            changed: list[pb.Model] = []
+            for index, entry in enumerate(_models(body)):
+                model, upstream = model_from(entry, index)
+                number = entry.get("id")
+                if number is None:
+                    added.append((model, upstream))
+                    continue
+                if number not in mine:
+                    raise SwitchboardError(
+                        R.ERROR_REASON_INVALID_REQUEST,
+                        f"models[{index}].id: server {current.number} has no model {number}",
+                        param=f"models[{index}].id",
+                    )
+                model.name = mine.pop(number).name
+                changed.append(model)
+            # Bisheng's update replaces the server's model list: the rest go.
+            await self.registry.check_removable(list(mine.values()))
             await self.registry.call(
                 self.registry.stub.UpdateProvider,
                 pb.UpdateProviderRequest(
@@ -123,22 +143,7 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
                     ),
                 ),
             )
-            mine = {m.number: m for m in served_by(await self.registry.models(), current)}
-            kept: set[int] = set()
-            for index, entry in enumerate(_models(body)):
-                model, upstream = model_from(entry, index)
-                number = entry.get("id")
-                if number is None:
-                    await self.registry.add_model(model, current.name, upstream)
-                    continue
-                if number not in mine:
-                    raise SwitchboardError(
-                        R.ERROR_REASON_INVALID_REQUEST,
-                        f"models[{index}].id: server {current.number} has no model {number}",
-                        param=f"models[{index}].id",
-                    )
-                kept.add(number)
-                model.name = mine[number].name
+            for model in changed:
                 await self.registry.call(
                     self.registry.stub.UpdateModel,
                     pb.UpdateModelRequest(
@@ -148,10 +153,10 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
                         ),
                     ),
                 )
-            # Bisheng's update replaces the server's model list.
-            for number, model in mine.items():
-                if number not in kept:
-                    await self.registry.remove_model(model)
+            for model in mine.values():
+                await self.registry.remove_model(model)
+            for model, upstream in added:
+                await self.registry.add_model(model, current.name, upstream)
             return answer(await self._server(await self.registry.server(current.number)))
 
     async def DeleteBishengServer(
@@ -161,7 +166,11 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
         with surface.rendered(error):
             body = surface.read_json(request.body)
             server = await self.registry.server(integer(body, "server_id"))
-            for model in served_by(await self.registry.models(), server):
+            models = served_by(await self.registry.models(), server)
+            await self.registry.check_removable(
+                [m for m in models if all(d.provider == server.name for d in m.deployments)]
+            )
+            for model in models:
                 if all(d.provider == server.name for d in model.deployments):
                     await self.registry.remove_model(model)
                 else:

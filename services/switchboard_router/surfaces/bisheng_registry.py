@@ -101,7 +101,22 @@ class Registry:
             )
         await self.call(self.stub.DeleteModel, pb.DeleteModelRequest(name=model.name))
 
-    async def defaults(self) -> dict[int, str]:
+    async def check_removable(self, models: list[pb.Model]) -> None:
+        """Before removing any: a default model is not removed (the registry
+        would refuse it half way through)."""
+        names = {m.name: m.number for m in models}
+        used = [
+            f"{names[model]} ({pb.ModelUse.Name(use).removeprefix('MODEL_USE_').lower()})"
+            for use, model in (await self.defaults()).items()
+            if model in names
+        ]
+        if used:
+            raise SwitchboardError(
+                R.ERROR_REASON_FAILED_PRECONDITION,
+                f"models {', '.join(used)} are default models: set other defaults first",
+            )
+
+    async def defaults(self) -> dict[pb.ModelUse.ValueType, str]:
         reply = await self.call(self.stub.ListDefaultModels, pb.ListDefaultModelsRequest())
         return {d.use: d.model for d in reply.defaults}
 
