@@ -84,9 +84,10 @@ def bisheng_routes() -> list[dict[str, object]]:
     if (os.environ.get("SWITCHBOARD_BISHENG_API") or "").strip().lower() == "off":
         return []
     route = {"cluster": "router", "timeout": "0s"}
-    return [{"match": {"path": path}, "route": route} for path in BISHENG_PATHS] + [
-        {"match": {"prefix": prefix}, "route": route} for prefix in BISHENG_PREFIXES
+    exact: list[dict[str, object]] = [
+        {"match": {"path": path}, "route": route} for path in BISHENG_PATHS
     ]
+    return exact + [{"match": {"prefix": p}, "route": route} for p in BISHENG_PREFIXES]
 
 
 def prefixes(surface: Surface) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from switchboard_stack import edge_surfaces
@@ -18,7 +20,7 @@ def _routes() -> dict[str, dict[str, str]]:
 
 def test_bisheng_paths_come_before_the_prefix_of_002(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SWITCHBOARD_BISHENG_API", raising=False)
-    matches = [r["match"] for r in edge_surfaces.routes()]
+    matches = [cast(dict[str, str], r["match"]) for r in edge_surfaces.routes()]
     first_prefix = matches.index({"prefix": "/api/v1/llm/"})
     exact = [m["path"] for m in matches[:first_prefix] if "path" in m]
     assert exact[:3] == ["/api/v1/llm", "/api/v1/llm/info", "/api/v1/llm/online"]

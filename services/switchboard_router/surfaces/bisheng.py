@@ -45,7 +45,7 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
         self,
         router: RouterServicer,
         registry: registry_pb2_grpc.RegistryServiceAsyncStub,
-        admin_key: str,
+        admin_key: str | None,
     ) -> None:
         self.router = router
         self.registry = Registry(registry, admin_key)

@@ -30,7 +30,9 @@ def registry_name(name: str) -> str:
 
 
 class Registry:
-    def __init__(self, stub: registry_pb2_grpc.RegistryServiceAsyncStub, admin_key: str) -> None:
+    def __init__(
+        self, stub: registry_pb2_grpc.RegistryServiceAsyncStub, admin_key: str | None
+    ) -> None:
         self.stub = stub
         self.metadata = (("authorization", f"Bearer {admin_key}"),) if admin_key else ()
 

@@ -94,6 +94,13 @@ def server(admin: httpx.Client, upstream: OpenAIUpstream) -> Iterator[dict[str, 
     assert created["id"] not in [s["id"] for s in _ok(admin.get("/api/v1/llm"))]
 
 
+def _last_model(upstream: OpenAIUpstream) -> object:
+    """The model the upstream was last asked for."""
+    sent = upstream.requests[-1].json
+    assert isinstance(sent, dict)
+    return sent["model"]
+
+
 def _model(server: dict[str, Any], model_name: str) -> dict[str, Any]:
     return next(m for m in server["models"] if m["model_name"] == model_name)
 
@@ -276,7 +283,7 @@ def test_v2_chat_completions_unary_streamed_and_by_default(
     body = eventually(answered, what="the new model routed")
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["content"]
-    assert upstream.requests[-1].json["model"] == "bs-chat"
+    assert _last_model(upstream) == "bs-chat"
 
     with client.stream(
         "POST",
@@ -300,7 +307,7 @@ def test_v2_chat_completions_unary_streamed_and_by_default(
 
     def by_default() -> bool:
         reply = client.post("/api/v2/assistant/chat/completions", json={"messages": messages})
-        return reply.status_code == 200 and upstream.requests[-1].json["model"] == "bs-chat"
+        return reply.status_code == 200 and _last_model(upstream) == "bs-chat"
 
     eventually(by_default, what="the assistant default served")
 
