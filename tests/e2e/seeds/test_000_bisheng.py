@@ -121,7 +121,11 @@ def test_servers_are_listed_created_read_updated_and_deleted(
     assert _model(server, "bs-embed")["model_type"] == "embedding"
 
     listed = _ok(client.get("/api/v1/llm"))
-    assert server["id"] in [s["id"] for s in listed]
+    ids = [s["id"] for s in listed]
+    assert server["id"] in ids
+    # Every server (the config file's too) has its own positive integer id.
+    assert len(set(ids)) == len(ids)
+    assert all(isinstance(i, int) and i > 0 for i in ids)
     # The stack's own providers are servers too, with their models.
     loopback = next(s for s in listed if s["name"] == "loopback")
     assert {"qwen-turbo-up", "qwen-plus-up"} <= {m["model_name"] for m in loopback["models"]}
