@@ -9,6 +9,8 @@ local STREAMING = {
   ["/api/llm/chat"] = true, ["/api/v1/chat/completions"] = true,
   -- The agent APIs: Anthropic's Messages and OpenAI's Responses.
   ["/v1/messages"] = true, ["/v1/responses"] = true,
+  -- Bisheng's OpenAI-compatible assistant endpoint.
+  ["/api/v2/assistant/chat/completions"] = true,
 }
 
 -- The seed APIs (the systems Switchboard replaces) answer errors in their own
@@ -23,7 +25,20 @@ local SURFACES = {
   {"/api/v1/llm/models", "llm_models"},
   {"/api/llm/chat", "qwen_chat"},
   {"/api/llm/", "multi_llm"},
+  -- The Bisheng LLM API's paths under 002's /api/v1/llm/ come first, then its own.
+  {"/api/v1/llm/info", "bisheng"},
+  {"/api/v1/llm/online", "bisheng"},
+  {"/api/v1/llm/knowledge", "bisheng"},
+  {"/api/v1/llm/assistant", "bisheng"},
+  {"/api/v1/llm/evaluation", "bisheng"},
+  {"/api/v1/llm/workflow", "bisheng"},
+  {"/api/v1/llm/workbench", "bisheng"},
   {"/api/v1/llm/", "multi_llm"},
+  {"/api/v1/llm", "bisheng"},
+  {"/api/v2/assistant/", "bisheng"},
+  -- The edge's own health check (OpenAI's shape), not Bisheng's /health.
+  {"/healthz", false},
+  {"/health", "bisheng"},
   -- Seed 004 (the inference manager): its paths under /api/v1 first, then /api.
   {"/api/v1/models/", "inference_manager"},
   {"/api/v1/system/", "inference_manager"},
@@ -37,7 +52,7 @@ local SURFACES = {
 local function surface_of(path)
   for _, entry in ipairs(SURFACES) do
     if path:sub(1, #entry[1]) == entry[1] then
-      return entry[2]
+      return entry[2] or nil
     end
   end
   return nil
@@ -128,6 +143,9 @@ local function surface_body(surface, status, message, request_id, path)
   local code = tonumber(status) or 500
   if surface == "vision_chat" then
     return '{"detail":' .. message .. '}'
+  end
+  if surface == "bisheng" then
+    return '{"status_code":' .. code .. ',"status_message":' .. message .. ',"data":null}'
   end
   if surface == "anthropic_messages" then
     return '{"type":"error","error":{"type":"' .. (ANTHROPIC_TYPES[code] or "api_error")

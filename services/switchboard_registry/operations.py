@@ -89,6 +89,8 @@ async def create_provider(tx: Tx, p: pb.Provider, source_hash: str | None = None
     validation.provider(p)
     if await tx.row(PROVIDERS, p.name) is not None:
         raise _exists(PROVIDERS, p.name)
+    # The stable integer id (the Bisheng API's server id), as models' numbers.
+    p.number = 1 + max((other.number for other in await _all(tx, PROVIDERS)), default=0)
     await tx.insert(PROVIDERS, p, source_hash)
     return await _upserted(tx, PROVIDERS, p.name, pb.Provider)
 
@@ -101,6 +103,7 @@ async def update_provider(
     merged = merge(current, patch, paths)
     if "kind" in paths and merged.kind != current.kind:
         raise invalid("provider.kind", "cannot change; create a new provider instead")
+    merged.number = current.number
     validation.provider(merged)
     await tx.update(PROVIDERS, merged, source_hash)
     return await _upserted(tx, PROVIDERS, merged.name, pb.Provider)

@@ -7,6 +7,8 @@ Each seed API is served at its document's prefix unless its variable moves it
   SWITCHBOARD_VISION_CHAT_PREFIX  (003, default /api/v1)
   SWITCHBOARD_INFERENCE_MANAGER_PREFIX     (004, default /api)
   SWITCHBOARD_INFERENCE_MANAGER_V1_PREFIX  (004's versioned paths, default /api/v1)
+The Bisheng LLM API (seed 000) is served at its own paths (SWITCHBOARD_BISHENG_API
+"off" switches it off): exact ones, routed before 002's /api/v1/llm/ prefix.
 The edge's Lua filter rewrites a moved prefix to the one in the protos (the
 route's metadata says which) and answers 404 for a path the surfaces at that
 prefix do not own. SWITCHBOARD_CORS_ORIGINS lists the origins (exact,
@@ -61,6 +63,33 @@ SURFACES = {
 }
 
 
+# The Bisheng LLM API's paths: exact, so that they take nothing from 002 at
+# /api/v1/llm/ (its /generate, /models, /health, /stats, /config), and the chat
+# route a prefix, for its ":stream" twin (the edge's Lua filter rewrites to it).
+BISHENG_PATHS = (
+    "/api/v1/llm",
+    "/api/v1/llm/info",
+    "/api/v1/llm/online",
+    *(
+        f"/api/v1/llm/{use}"
+        for use in ("knowledge", "assistant", "evaluation", "workflow", "workbench")
+    ),
+    "/api/v1/llm/assistant/llm_list",
+    "/health",
+)
+BISHENG_PREFIXES = ("/api/v2/assistant/chat/completions",)
+
+
+def bisheng_routes() -> list[dict[str, object]]:
+    if (os.environ.get("SWITCHBOARD_BISHENG_API") or "").strip().lower() == "off":
+        return []
+    route = {"cluster": "router", "timeout": "0s"}
+    exact: list[dict[str, object]] = [
+        {"match": {"path": path}, "route": route} for path in BISHENG_PATHS
+    ]
+    return exact + [{"match": {"prefix": p}, "route": route} for p in BISHENG_PREFIXES]
+
+
 def prefixes(surface: Surface) -> list[str]:
     raw = os.environ.get(surface.env) or surface.default
     if raw.strip().lower() == "off":
@@ -78,7 +107,8 @@ def prefixes(surface: Surface) -> list[str]:
 
 
 def routes() -> list[dict[str, object]]:
-    """Envoy routes for the seed APIs, longest prefix first."""
+    """Envoy routes for the seed APIs: Bisheng's exact paths, then the
+    prefixes, longest first."""
     served: dict[str, tuple[str, set[str]]] = {}
     for name, surface in SURFACES.items():
         for prefix in prefixes(surface):
@@ -86,7 +116,7 @@ def routes() -> list[dict[str, object]]:
             if canonical != surface.canonical:
                 raise ValueError(f"{surface.env}: {prefix} already serves another API ({name})")
             owns.update(surface.owns)
-    return [
+    return bisheng_routes() + [
         {
             "match": {"prefix": prefix + "/"},
             "route": {"cluster": "router", "timeout": "0s"},

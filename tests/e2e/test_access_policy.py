@@ -85,17 +85,20 @@ SEED_SERVICES = (
     "MultiLlmService",
     "VisionChatService",
     "InferenceManagerService",
+    "BishengService",
 )
 
 
 def _seed_refusal(body: dict[str, object]) -> str:
-    """The message of a seed API's error body, whichever of the three shapes."""
+    """The message of a seed API's error body, whichever its shape."""
     error = body.get("error")
     # 002: {"error": {code, message, details, request_id}}; 004 the same less request_id.
     if isinstance(error, dict):
         return str(error["message"])
     if "detail" in body:  # 003: {"detail": …}
         return str(body["detail"])
+    if "status_message" in body:  # Bisheng: {status_code, status_message, data}
+        return str(body["status_message"])
     return str(body["message"])  # 001: {code, message, data}
 
 

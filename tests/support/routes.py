@@ -32,9 +32,16 @@ class Route:
     samples: tuple[tuple[str, str], ...] = ()
 
     def path(self, name: str) -> str:
-        """The path with each string variable set to `name` (enums to a valid value)."""
+        """The path with each string variable set to `name` (enums to a valid value,
+        a variable bound to a literal segment, like {use=knowledge}, to it)."""
         enums = dict(self.samples)
-        return _VARIABLE.sub(lambda m: enums.get(m[1], name), self.template)
+
+        def value(m: re.Match[str]) -> str:
+            if m[2] and "*" not in m[2]:
+                return m[2][1:]
+            return enums.get(m[1], name)
+
+        return _VARIABLE.sub(value, self.template)
 
     def __str__(self) -> str:
         return f"{self.verb} {self.template}"

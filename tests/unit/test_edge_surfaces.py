@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from switchboard_stack import edge_surfaces
 
 
 def _routes() -> dict[str, dict[str, str]]:
+    """The prefix routes (Bisheng's exact paths carry no metadata)."""
     return {
         str(r["match"]["prefix"]): r["metadata"]["filter_metadata"][edge_surfaces.LUA_FILTER]  # type: ignore[index]
         for r in edge_surfaces.routes()
+        if "metadata" in r
     }
+
+
+def test_bisheng_paths_come_before_the_prefix_of_002(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHBOARD_BISHENG_API", raising=False)
+    matches = [cast(dict[str, str], r["match"]) for r in edge_surfaces.routes()]
+    first_prefix = matches.index({"prefix": "/api/v1/llm/"})
+    exact = [m["path"] for m in matches[:first_prefix] if "path" in m]
+    assert exact[:3] == ["/api/v1/llm", "/api/v1/llm/info", "/api/v1/llm/online"]
+    assert {"/api/v1/llm/knowledge", "/api/v1/llm/assistant/llm_list", "/health"} <= set(exact)
+    assert {"prefix": "/api/v2/assistant/chat/completions"} in matches[:first_prefix]
+    # 002's own paths under /api/v1/llm/ are not claimed.
+    assert not [p for p in exact if p.split("/")[4:5] in (["generate"], ["models"], ["stats"])]
+    monkeypatch.setenv("SWITCHBOARD_BISHENG_API", "off")
+    assert all("metadata" in r for r in edge_surfaces.routes())
 
 
 def test_defaults_are_the_documents_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:

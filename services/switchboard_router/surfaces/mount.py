@@ -13,6 +13,8 @@ from switchboard.registry.v1 import registry_pb2_grpc
 from switchboard.router.v1 import (
     anthropic_messages_pb2,
     anthropic_messages_pb2_grpc,
+    bisheng_pb2,
+    bisheng_pb2_grpc,
     inference_manager_pb2,
     inference_manager_pb2_grpc,
     multi_llm_pb2,
@@ -31,6 +33,7 @@ from switchboard_common.settings import Settings
 from switchboard_router.probes import Prober
 from switchboard_router.surfaces import (
     anthropic_shapes,
+    bisheng_shapes,
     inference_manager_shapes,
     llm_models,
     multi_llm_shapes,
@@ -39,6 +42,7 @@ from switchboard_router.surfaces import (
     vision_chat,
 )
 from switchboard_router.surfaces.anthropic_messages import AnthropicMessagesServicer
+from switchboard_router.surfaces.bisheng import BishengServicer
 from switchboard_router.surfaces.inference_manager import InferenceManagerServicer
 from switchboard_router.surfaces.multi_llm import MultiLlmServicer
 from switchboard_router.surfaces.qwen_chat import QwenChatServicer
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
 _INFERENCE_MANAGER = inference_manager_pb2.DESCRIPTOR.services_by_name[
     "InferenceManagerService"
 ].full_name
+_BISHENG = bisheng_pb2.DESCRIPTOR.services_by_name["BishengService"].full_name
 
 # How each surface renders an error, for the access policy's refusals (401, 403)
 # as well as the handlers' own: by full method first, then by service.
@@ -64,6 +69,7 @@ _BY_SERVICE: dict[str, surface.Render] = {
         "AnthropicMessagesService"
     ].full_name: anthropic_shapes.error,
     _INFERENCE_MANAGER: inference_manager_shapes.error,
+    _BISHENG: bisheng_shapes.error,
 }
 _BY_METHOD: dict[str, surface.Render] = {
     # One body for seeds 001 and 002, whose error shapes differ: the shared one.
@@ -120,6 +126,13 @@ def mount_surfaces(
         ),
         server,
     )
+    # The Bisheng LLM API (seed 000).
+    bisheng_pb2_grpc.add_BishengServiceServicer_to_server(
+        BishengServicer(
+            router, registry_pb2_grpc.RegistryServiceStub(registry), settings.admin_key
+        ),
+        server,
+    )
     names = [
         vision_chat_pb2.DESCRIPTOR.services_by_name["VisionChatService"].full_name,
         qwen_chat_pb2.DESCRIPTOR.services_by_name["QwenChatService"].full_name,
@@ -127,6 +140,7 @@ def mount_surfaces(
         anthropic_messages_pb2.DESCRIPTOR.services_by_name["AnthropicMessagesService"].full_name,
         responses_pb2.DESCRIPTOR.services_by_name["ResponsesService"].full_name,
         _INFERENCE_MANAGER,
+        _BISHENG,
     ]
 
     async def close() -> None:

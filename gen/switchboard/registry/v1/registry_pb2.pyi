@@ -250,6 +250,7 @@ class Provider(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___ProviderKind.ValueType
     base_url: _builtins.str
@@ -260,6 +261,10 @@ class Provider(_message.Message):
     first_token_timeout_s: _builtins.float
     idle_timeout_s: _builtins.float
     etag: _builtins.str
+    number: _builtins.int
+    """Output only: a stable integer id, assigned once when the provider is
+    created (1, 2, ...) and never reused (the Bisheng API's server ids).
+    """
     @_builtins.property
     def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Upstream quirks, e.g. {"dialect": "dashscope"}."""
@@ -283,10 +288,11 @@ class Provider(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "connect_timeout_s", b"connect_timeout_s", "create_time", b"create_time", "etag", b"etag", "first_token_timeout_s", b"first_token_timeout_s", "idle_timeout_s", b"idle_timeout_s", "kind", b"kind", "name", b"name", "options", b"options", "timeout_s", b"timeout_s", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "connect_timeout_s", b"connect_timeout_s", "create_time", b"create_time", "etag", b"etag", "first_token_timeout_s", b"first_token_timeout_s", "idle_timeout_s", b"idle_timeout_s", "kind", b"kind", "name", b"name", "number", b"number", "options", b"options", "timeout_s", b"timeout_s", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
