@@ -116,7 +116,8 @@ def _truth(upstream: OpenAIUpstream) -> tuple[int, int]:
             return None
         return len(after), sum(c.prompt_tokens + c.completion_tokens for c in after)
 
-    found: tuple[int, int] = eventually(settled, timeout=10, what="the upstream settled")
+    found = eventually(settled, timeout=10, what="the upstream settled")
+    assert found is not None
     return found
 
 
