@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from switchboard_stack.supervisor import read_pid_file
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -56,7 +58,7 @@ class Stack:
 
     def pids(self) -> dict[str, int]:
         run = self.home / "run"
-        return {p.stem: int(p.read_text()) for p in run.glob("*.pid")}
+        return {p.stem: read_pid_file(p)[0] for p in run.glob("*.pid")}
 
 
 def _run(

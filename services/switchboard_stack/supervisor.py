@@ -124,7 +124,9 @@ class Stack:
                     start_new_session=True,
                 )
         self.procs[component.name] = proc
-        self.pid_file(component.name).write_text(f"{proc.pid}\n")
+        # The pid, and what its command line names: how a later `down` or
+        # `restart` knows the pid is still this component (pids get reused).
+        self.pid_file(component.name).write_text(f"{proc.pid}\n{_marker(component)}\n")
 
     async def _pump(self, prefix: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
         assert proc.stdout is not None
@@ -184,55 +186,76 @@ class Stack:
                 await pump
 
 
-def _alive(pid: int, name: str) -> bool:
+def _default_marker(name: str) -> str:
+    return {"broker": "tansu", "envoy": "envoy"}.get(name, f"switchboard_{name}")
+
+
+def _marker(component: Component) -> str:
+    """What the component's command line names: its module for `python -m`
+    (a fault drill's wrapper module too), else the binary's name."""
+    argv = list(component.argv)
+    if "-m" in argv[:-1]:
+        return str(argv[argv.index("-m") + 1])
+    return _default_marker(component.name)
+
+
+def _alive(pid: int, marker: str) -> bool:
     """True when pid is still the component we started (pids get reused)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    key = {"broker": "tansu", "envoy": "envoy"}.get(name, f"switchboard_{name}")
-    return key in cmdline
+    return marker in cmdline
 
 
-def _wait_gone(pid: int, name: str, timeout_s: float) -> bool:
+def read_pid_file(path: Path) -> tuple[int, str]:
+    """The pid and the marker of a pid file (older files hold the pid alone)."""
+    fields = path.read_text().split()
+    return int(fields[0]), fields[1] if len(fields) > 1 else _default_marker(path.stem)
+
+
+def _wait_gone(pid: int, marker: str, timeout_s: float) -> bool:
     """Wait for another process (not our child: nothing to await) to exit."""
     deadline = time.monotonic() + timeout_s
-    while _alive(pid, name):
+    while _alive(pid, marker):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
 
 
-def running(settings: Settings) -> dict[str, int]:
-    found: dict[str, int] = {}
+def _running(settings: Settings) -> dict[str, tuple[int, str]]:
+    found: dict[str, tuple[int, str]] = {}
     run_dir = settings.home / "run"
     for pid_file in sorted(run_dir.glob("*.pid")) if run_dir.exists() else []:
-        name = pid_file.stem
         try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
+            pid, marker = read_pid_file(pid_file)
+        except (OSError, ValueError, IndexError):
             pid_file.unlink(missing_ok=True)
             continue
-        if _alive(pid, name):
-            found[name] = pid
+        if _alive(pid, marker):
+            found[pid_file.stem] = (pid, marker)
         else:
             pid_file.unlink(missing_ok=True)
     return found
 
 
+def running(settings: Settings) -> dict[str, int]:
+    return {name: pid for name, (pid, _) in _running(settings).items()}
+
+
 def stop_pids(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Stop what `up` started (in reverse start order); safe to call twice."""
-    pids = running(settings)
+    pids = _running(settings)
     if not pids:
         print("[stack] nothing is running", file=out)
         return 0
     order = [c.name for c in reversed(plan(settings))]
     for name in sorted(pids, key=lambda n: order.index(n) if n in order else -1):
-        pid = pids[name]
+        pid, marker = pids[name]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, name, STOP_GRACE_S):
+        if not _wait_gone(pid, marker, STOP_GRACE_S):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         (settings.home / "run" / f"{name}.pid").unlink(missing_ok=True)
@@ -256,11 +279,12 @@ async def restart(
         components[name] = dataclasses.replace(
             components[name], argv=[sys.executable, "-m", module]
         )
-    pid = running(settings).get(name)
-    if pid is not None:
+    current = _running(settings).get(name)
+    if current is not None:
+        pid, marker = current
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        await asyncio.to_thread(_wait_gone, pid, name, STOP_GRACE_S)
+        await asyncio.to_thread(_wait_gone, pid, marker, STOP_GRACE_S)
     stack = Stack(settings)
     stack.components = [components[name]]
     await stack._spawn(components[name], _env(settings), foreground=False, width=len(name))
