@@ -135,39 +135,9 @@ class Generation:
 
 
 @dataclass(frozen=True)
-class Embedding:
-    """Embeddings through the provider's unary CreateEmbedding."""
-
-    provider: provider_pb2_grpc.ProviderServiceAsyncStub
-    params: Any
-    request_id: str = field(default_factory=_request_id)
-    stream: bool = False
-    # Its one answer is all there is: no first byte apart from the whole.
-    timed_first_byte: bool = False
-
-    async def call(
-        self, candidate: Candidate, attempt: int, timeout_s: float | None
-    ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.CreateEmbeddingResponse, None]:
-        request = provider_pb2.CreateEmbeddingRequest(
-            request_id=self.request_id,
-            attempt=attempt,
-            target=target(candidate),
-            params=self.params,
-        )
-        response = await self.provider.CreateEmbedding(
-            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
-        )
-        yield response.usage
-        yield response
-
-    def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
-        return None
-
-
-@dataclass(frozen=True)
 class Unary:
-    """A media call through one of the provider's unary RPCs (CreateTranscription,
-    CreateRerank, CreateImage): `rpc` is the stub's method, `request_type` its
+    """A call through one of the provider's unary RPCs (CreateEmbedding,
+    CreateTranscription, CreateRerank, CreateImage): `rpc` is the stub's method, `request_type` its
     request message, `extra` its fields beside the params; the response carries
     the answer and its `usage`."""
 

@@ -21,7 +21,7 @@ import grpc
 from google.api import httpbody_pb2
 
 from switchboard.common.v1 import openai_pb2
-from switchboard.provider.v1 import provider_pb2_grpc
+from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.registry.v1 import registry_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2_grpc
@@ -44,7 +44,7 @@ from switchboard_common.tls import TlsFiles
 from switchboard_router import render, vision
 from switchboard_router.accounting import Accounting
 from switchboard_router.admission import Admission, Gate
-from switchboard_router.attempts import Attempts, Embedding, Exchange, Generation
+from switchboard_router.attempts import Attempts, Exchange, Generation, Unary
 from switchboard_router.breaker import State
 from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate, Catalog
@@ -351,11 +351,12 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
     ) -> openai_pb2.EmbeddingList:
         params = request.params
         admission = await self._admit(context, params, validate_embedding, "embedding")
-        exchange = Embedding(self.provider, params)
+        exchange = Unary(self.provider.CreateEmbedding, provider_pb2.CreateEmbeddingRequest, params)
         served, (response,) = await self._answer(context, admission, params.model, exchange)
-        response.embeddings.model = params.model
+        embeddings: openai_pb2.EmbeddingList = response.embeddings
+        embeddings.model = params.model
         await _label(context, served)
-        return response.embeddings
+        return embeddings
 
     # -- models and health ---------------------------------------------------
 
