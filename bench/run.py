@@ -168,7 +168,26 @@ NEVER = {"rpm": 10_000_000, "tpm": 4_000_000_000}
 
 
 @contextlib.contextmanager
-def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System, System]]:
+def baseline_tree(ref: str, tmp: Path) -> Iterator[Path]:
+    """REF's code checked out beside this one (a detached git worktree), so its
+    stack runs on the same machine in the same run: before and after side by side.
+    It runs with this checkout's venv, so REF must not need other dependencies."""
+    tree = tmp / "baseline"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), ref], check=True
+    )
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)])
+
+
+@contextlib.contextmanager
+def switchboard(
+    upstream: str, tmp: Path, tree: Path | None = None, suffix: str = ""
+) -> Iterator[tuple[System, System, System]]:
+    """The bench stack from this checkout, or from `tree` (another checkout's
+    services and gen/, e.g. baseline_tree's), its systems' names ending in `suffix`."""
     config = {
         "providers": [
             {"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60},
@@ -188,21 +207,23 @@ def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System, Syst
         ],
     }
     env = {"SWITCHBOARD_LOG_LEVEL": "INFO", "REDIS_URL": REDIS_URL}
-    with running_stack(config, tmp / "switchboard", env) as stack:
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "services"), str(tree / "gen")])
+    with running_stack(config, tmp / f"switchboard{suffix}", env) as stack:
         pids = stack.pids()
         edge = System(
-            "switchboard-edge",
+            f"switchboard-edge{suffix}",
             url=f"{stack.edge_url}/v1/chat/completions",
             # Accounting is on: the usage service (outbox, relay, sink, embedded
             # ClickHouse) and the broker are part of what this path costs.
             pids={n: pids[n] for n in ("envoy", "router", "provider", "usage", "broker")},
         )
         direct_grpc = System(
-            "switchboard-grpc",
+            f"switchboard-grpc{suffix}",
             grpc=stack.router_address,
             pids={n: pids[n] for n in ("router", "provider")},
         )
-        routed = dataclasses.replace(edge, name="switchboard-edge-routed", model="bench-routed")
+        routed = dataclasses.replace(edge, name=f"switchboard-edge-routed{suffix}", model="bench-routed")
         yield edge, direct_grpc, routed
 
 

@@ -187,6 +187,31 @@ class ProviderServicer(MediaRpcs, provider_pb2_grpc.ProviderServiceServicer):
             _finish_upstream(span, meter.record, failure)
         yield provider_pb2.StreamGenerateResponse(usage=meter.finish(usage_pb2.USAGE_STATUS_OK))
 
+    async def Generate(
+        self, request: provider_pb2.GenerateRequest, context: Context
+    ) -> provider_pb2.GenerateResponse:
+        # The same attempt as StreamGenerate's, collected into one reply.
+        streamed = provider_pb2.StreamGenerateRequest(
+            request_id=request.request_id, attempt=request.attempt, target=request.target
+        )
+        kind = request.WhichOneof("params")
+        if kind is not None:
+            getattr(streamed, kind).CopyFrom(getattr(request, kind))
+        response = provider_pb2.GenerateResponse()
+        try:
+            async for event in self.StreamGenerate(streamed, context):
+                answer = event.WhichOneof("event")
+                if answer == "usage":
+                    response.usage.CopyFrom(event.usage)
+                elif answer in ("chat_completion", "completion"):
+                    getattr(response, answer).CopyFrom(getattr(event, answer))
+        except SwitchboardError as err:
+            if not response.HasField("usage"):
+                raise  # failed before the upstream was asked: nothing to account
+            response.ClearField("answer")
+            response.error.CopyFrom(err.to_status())
+        return response
+
     @staticmethod
     def _usage(
         meter: UsageMeter, produced: bool, err: SwitchboardError

@@ -26,7 +26,7 @@ from switchboard.provider.v1 import provider_pb2, provider_pb2_grpc
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common import tracing
 from switchboard_common.deadlines import remaining
-from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_common.errors import R, SwitchboardError, from_rpc_error, from_status
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
@@ -114,9 +114,26 @@ class Generation:
     ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
         request = self.request(candidate, attempt)
         pseudo = self.stream and not request.stream
-        call = self.provider.StreamGenerate(
-            request, timeout=timeout_s, metadata=((REQUEST_ID_KEY, self.request_id),)
-        )
+        metadata = ((REQUEST_ID_KEY, self.request_id),)
+        if not request.stream:
+            # One answer: the provider's unary Generate (half a stream's cost).
+            response = await self.provider.Generate(
+                self._whole(request), timeout=timeout_s, metadata=metadata
+            )
+            kind = response.WhichOneof("answer")
+            if kind == "chat_completion" and pseudo:
+                for chunk in chunks_from_completion(response.chat_completion):
+                    yield provider_pb2.StreamGenerateResponse(chat_chunk=chunk, pseudo_stream=True)
+            elif kind is not None:
+                # (A whole legacy completion is already a valid chunk.)
+                answer = provider_pb2.StreamGenerateResponse(pseudo_stream=pseudo)
+                getattr(answer, kind).CopyFrom(getattr(response, kind))
+                yield answer
+            yield response.usage
+            if response.HasField("error"):
+                raise from_status(response.error)
+            return
+        call = self.provider.StreamGenerate(request, timeout=timeout_s, metadata=metadata)
         try:
             async for event in call:
                 if event.HasField("usage"):
@@ -132,6 +149,13 @@ class Generation:
                     yield event
         finally:
             call.cancel()
+
+    def _whole(self, request: provider_pb2.StreamGenerateRequest) -> provider_pb2.GenerateRequest:
+        unary = provider_pb2.GenerateRequest(
+            request_id=request.request_id, attempt=request.attempt, target=request.target
+        )
+        getattr(unary, self.kind).CopyFrom(self.params)
+        return unary
 
 
 @dataclass(frozen=True)
@@ -347,6 +371,10 @@ class Attempts:
         except grpc.aio.AioRpcError as exc:
             failure = from_rpc_error(exc, "provider")
             raise failure from None
+        except SwitchboardError as err:
+            # The upstream failure a unary reply carried (its record came first).
+            failure = err
+            raise
         finally:
             self.routing.finished(candidate, started_at, first_byte_at, failure)
             with tracing.attached(span):

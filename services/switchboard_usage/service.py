@@ -81,7 +81,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
         self, request_iterator: AsyncIterator[usage_pb2.RecordUsageRequest], context: Context
     ) -> AsyncIterator[usage_pb2.RecordUsageResponse]:
         # Group commit: every record that arrived while the last fsync ran is
-        # written in the next transaction, then all of them are acked.
+        # written in the next transaction, then all of them are acked in one
+        # message (records sent one per message, the old form, get one each).
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def read() -> None:
@@ -99,47 +100,63 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                 if not first.done():
                     first.cancel()
                     return
-                batch = [first.result()]
-                while not queue.empty() and len(batch) < GROUP_COMMIT:
-                    batch.append(queue.get_nowait())
-                if batch[-1] is _END:
-                    batch.pop()
+                requests = [first.result()]
+                size = _count(requests[0])
+                while not queue.empty() and size < GROUP_COMMIT:
+                    requests.append(queue.get_nowait())
+                    size += _count(requests[-1])
+                if requests[-1] is _END:
+                    requests.pop()
                     done = True
-                events = [self._event(r) for r in batch]
-                spans = [_record_span(r, e) for r, e in zip(batch, events, strict=True)]
-                failure: BaseException | None = None
-                try:
-                    fresh = await self.outbox.append(
-                        [
-                            (e.record.event_id, e.record.event_id.encode(), e.SerializeToString())
-                            for e in events
-                        ],
-                        traces=[tracing.traceparent(span) for span in spans],
-                    )
-                except OutboxFull as exc:
-                    failure = exc
-                    raise SwitchboardError(R.ERROR_REASON_SERVICE_UNAVAILABLE, str(exc)) from None
-                finally:
-                    for span in spans:
-                        tracing.end(span, failure)
-                for event, new in zip(events, fresh, strict=True):
-                    yield usage_pb2.RecordUsageResponse(
-                        event_id=event.record.event_id, duplicate=not new
-                    )
+                traced = [item for request in requests for item in _records(request)]
+                fresh = await self._store(traced)
+                acks = [
+                    usage_pb2.UsageAck(event_id=item.record.event_id, duplicate=not new)
+                    for item, new in zip(traced, fresh, strict=True)
+                ]
+                owners = _owners(requests)
+                batched = [ack for ack, b in zip(acks, owners, strict=True) if b]
+                for ack, b in zip(acks, owners, strict=True):
+                    if not b:
+                        yield usage_pb2.RecordUsageResponse(
+                            event_id=ack.event_id, duplicate=ack.duplicate
+                        )
+                if batched:
+                    yield usage_pb2.RecordUsageResponse(acks=batched)
         finally:
             drained.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    def _event(self, request: usage_pb2.RecordUsageRequest) -> events_pb2.UsageEvent:
-        if not request.record.event_id:
+    async def _store(self, traced: Sequence[usage_pb2.TracedUsageRecord]) -> list[bool]:
+        """Price and append records to the outbox in one transaction; True per new one."""
+        events = [self._event(item.record) for item in traced]
+        spans = [_record_span(item, e) for item, e in zip(traced, events, strict=True)]
+        failure: BaseException | None = None
+        try:
+            return await self.outbox.append(
+                [
+                    (e.record.event_id, e.record.event_id.encode(), e.SerializeToString())
+                    for e in events
+                ],
+                traces=[tracing.traceparent(span) for span in spans],
+            )
+        except OutboxFull as exc:
+            failure = exc
+            raise SwitchboardError(R.ERROR_REASON_SERVICE_UNAVAILABLE, str(exc)) from None
+        finally:
+            for span in spans:
+                tracing.end(span, failure)
+
+    def _event(self, record: usage_pb2.UsageRecord) -> events_pb2.UsageEvent:
+        if not record.event_id:
             raise SwitchboardError(
                 R.ERROR_REASON_INVALID_REQUEST,
                 "record.event_id is required",
                 param="record.event_id",
             )
-        return self.prices.price(request.record)
+        return self.prices.price(record)
 
     async def GetUsageSummary(
         self, request: usage_pb2.GetUsageSummaryRequest, context: Context
@@ -183,8 +200,27 @@ class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
         return history_pb2.ListStoredAlertsResponse(result=result)
 
 
+def _records(request: usage_pb2.RecordUsageRequest) -> list[usage_pb2.TracedUsageRecord]:
+    """A message's records, whichever form it came in."""
+    if request.records:
+        return list(request.records)
+    return [usage_pb2.TracedUsageRecord(record=request.record, traceparent=request.traceparent)]
+
+
+def _count(request: usage_pb2.RecordUsageRequest | object) -> int:
+    """Records in a queued message (the end-of-stream marker holds none)."""
+    if isinstance(request, usage_pb2.RecordUsageRequest):
+        return len(request.records) or 1
+    return 0
+
+
+def _owners(requests: Sequence[usage_pb2.RecordUsageRequest]) -> list[bool]:
+    """Per record, in order: whether its message used the batched form."""
+    return [bool(r.records) for r in requests for _ in range(len(r.records) or 1)]
+
+
 def _record_span(
-    request: usage_pb2.RecordUsageRequest, event: events_pb2.UsageEvent
+    request: usage_pb2.TracedUsageRecord, event: events_pb2.UsageEvent
 ) -> tracing.Span:
     """The usage record's span, in the trace of the attempt that produced it
     (the stream itself spans many requests)."""

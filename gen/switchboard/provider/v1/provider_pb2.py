@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from switchboard.common.v1 import access_pb2 as switchboard_dot_common_dot_v1_dot_access__pb2
 from switchboard.common.v1 import media_pb2 as switchboard_dot_common_dot_v1_dot_media__pb2
 from switchboard.common.v1 import openai_pb2 as switchboard_dot_common_dot_v1_dot_openai__pb2
 from switchboard.usage.v1 import usage_pb2 as switchboard_dot_usage_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&switchboard/provider/v1/provider.proto\x12\x17switchboard.provider.v1\x1a\x19google/api/httpbody.proto\x1a\"switchboard/common/v1/access.proto\x1a!switchboard/common/v1/media.proto\x1a\"switchboard/common/v1/openai.proto\x1a switchboard/usage/v1/usage.proto\"a\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x04 \x01(\x04\"\x83\x02\n\x15StreamGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12;\n\x04\x63hat\x18\n \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParamsH\x00\x12=\n\ncompletion\x18\x0b \x01(\x0b\x32\'.switchboard.common.v1.CompletionParamsH\x00\x42\x08\n\x06params\"\xa9\x02\n\x16StreamGenerateResponse\x12@\n\nchat_chunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunkH\x00\x12@\n\x0f\x63hat_completion\x18\x02 \x01(\x0b\x32%.switchboard.common.v1.ChatCompletionH\x00\x12\x37\n\ncompletion\x18\x03 \x01(\x0b\x32!.switchboard.common.v1.CompletionH\x00\x12\x32\n\x05usage\x18\x04 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecordH\x00\x12\x15\n\rpseudo_stream\x18\x05 \x01(\x08\x42\x07\n\x05\x65vent\"\xa6\x01\n\x16\x43reateEmbeddingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"\x85\x01\n\x17\x43reateEmbeddingResponse\x12\x38\n\nembeddings\x18\x01 \x01(\x0b\x32$.switchboard.common.v1.EmbeddingList\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\"\xc1\x01\n\x1a\x43reateTranscriptionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12:\n\x06params\x18\x04 \x01(\x0b\x32*.switchboard.common.v1.TranscriptionParams\x12\x11\n\ttranslate\x18\x05 \x01(\x08\"s\n\x1b\x43reateTranscriptionResponse\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\"\xa0\x01\n\x13StreamSpeechRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x33\n\x06params\x18\x04 \x01(\x0b\x32#.switchboard.common.v1.SpeechParams\"z\n\x14StreamSpeechResponse\x12%\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyH\x00\x12\x32\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecordH\x00\x42\x07\n\x05\x65vent\"\xa0\x01\n\x13\x43reateRerankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x33\n\x06params\x18\x04 \x01(\x0b\x32#.switchboard.common.v1.RerankParams\"\x7f\n\x14\x43reateRerankResponse\x12\x35\n\x06rerank\x18\x01 \x01(\x0b\x32%.switchboard.common.v1.RerankResponse\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\"\x9e\x01\n\x12\x43reateImageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x32\n\x06params\x18\x04 \x01(\x0b\x32\".switchboard.common.v1.ImageParams\"~\n\x13\x43reateImageResponse\x12\x35\n\x06images\x18\x01 \x01(\x0b\x32%.switchboard.common.v1.ImagesResponse\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord2\xe9\x05\n\x0fProviderService\x12y\n\x0eStreamGenerate\x12..switchboard.provider.v1.StreamGenerateRequest\x1a/.switchboard.provider.v1.StreamGenerateResponse\"\x04\xc8\xf3\x18\x04\x30\x01\x12z\n\x0f\x43reateEmbedding\x12/.switchboard.provider.v1.CreateEmbeddingRequest\x1a\x30.switchboard.provider.v1.CreateEmbeddingResponse\"\x04\xc8\xf3\x18\x04\x12\x86\x01\n\x13\x43reateTranscription\x12\x33.switchboard.provider.v1.CreateTranscriptionRequest\x1a\x34.switchboard.provider.v1.CreateTranscriptionResponse\"\x04\xc8\xf3\x18\x04\x12s\n\x0cStreamSpeech\x12,.switchboard.provider.v1.StreamSpeechRequest\x1a-.switchboard.provider.v1.StreamSpeechResponse\"\x04\xc8\xf3\x18\x04\x30\x01\x12q\n\x0c\x43reateRerank\x12,.switchboard.provider.v1.CreateRerankRequest\x1a-.switchboard.provider.v1.CreateRerankResponse\"\x04\xc8\xf3\x18\x04\x12n\n\x0b\x43reateImage\x12+.switchboard.provider.v1.CreateImageRequest\x1a,.switchboard.provider.v1.CreateImageResponse\"\x04\xc8\xf3\x18\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&switchboard/provider/v1/provider.proto\x12\x17switchboard.provider.v1\x1a\x19google/api/httpbody.proto\x1a\x17google/rpc/status.proto\x1a\"switchboard/common/v1/access.proto\x1a!switchboard/common/v1/media.proto\x1a\"switchboard/common/v1/openai.proto\x1a switchboard/usage/v1/usage.proto\"a\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x04 \x01(\x04\"\x83\x02\n\x15StreamGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12;\n\x04\x63hat\x18\n \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParamsH\x00\x12=\n\ncompletion\x18\x0b \x01(\x0b\x32\'.switchboard.common.v1.CompletionParamsH\x00\x42\x08\n\x06params\"\xa9\x02\n\x16StreamGenerateResponse\x12@\n\nchat_chunk\x18\x01 \x01(\x0b\x32*.switchboard.common.v1.ChatCompletionChunkH\x00\x12@\n\x0f\x63hat_completion\x18\x02 \x01(\x0b\x32%.switchboard.common.v1.ChatCompletionH\x00\x12\x37\n\ncompletion\x18\x03 \x01(\x0b\x32!.switchboard.common.v1.CompletionH\x00\x12\x32\n\x05usage\x18\x04 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecordH\x00\x12\x15\n\rpseudo_stream\x18\x05 \x01(\x08\x42\x07\n\x05\x65vent\"\xed\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12;\n\x04\x63hat\x18\n \x01(\x0b\x32+.switchboard.common.v1.ChatCompletionParamsH\x00\x12=\n\ncompletion\x18\x0b \x01(\x0b\x32\'.switchboard.common.v1.CompletionParamsH\x00\x42\x08\n\x06params\"\xec\x01\n\x10GenerateResponse\x12@\n\x0f\x63hat_completion\x18\x01 \x01(\x0b\x32%.switchboard.common.v1.ChatCompletionH\x00\x12\x37\n\ncompletion\x18\x02 \x01(\x0b\x32!.switchboard.common.v1.CompletionH\x00\x12\x30\n\x05usage\x18\x03 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x08\n\x06\x61nswer\"\xa6\x01\n\x16\x43reateEmbeddingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.switchboard.common.v1.EmbeddingParams\"\x85\x01\n\x17\x43reateEmbeddingResponse\x12\x38\n\nembeddings\x18\x01 \x01(\x0b\x32$.switchboard.common.v1.EmbeddingList\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\"\xc1\x01\n\x1a\x43reateTranscriptionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12:\n\x06params\x18\x04 \x01(\x0b\x32*.switchboard.common.v1.TranscriptionParams\x12\x11\n\ttranslate\x18\x05 \x01(\x08\"s\n\x1b\x43reateTranscriptionResponse\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\"\xa0\x01\n\x13StreamSpeechRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x33\n\x06params\x18\x04 \x01(\x0b\x32#.switchboard.common.v1.SpeechParams\"z\n\x14StreamSpeechResponse\x12%\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyH\x00\x12\x32\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecordH\x00\x42\x07\n\x05\x65vent\"\xa0\x01\n\x13\x43reateRerankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x33\n\x06params\x18\x04 \x01(\x0b\x32#.switchboard.common.v1.RerankParams\"\x7f\n\x14\x43reateRerankResponse\x12\x35\n\x06rerank\x18\x01 \x01(\x0b\x32%.switchboard.common.v1.RerankResponse\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord\"\x9e\x01\n\x12\x43reateImageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x06target\x18\x03 \x01(\x0b\x32\x1f.switchboard.provider.v1.Target\x12\x32\n\x06params\x18\x04 \x01(\x0b\x32\".switchboard.common.v1.ImageParams\"~\n\x13\x43reateImageResponse\x12\x35\n\x06images\x18\x01 \x01(\x0b\x32%.switchboard.common.v1.ImagesResponse\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.switchboard.usage.v1.UsageRecord2\xd0\x06\n\x0fProviderService\x12y\n\x0eStreamGenerate\x12..switchboard.provider.v1.StreamGenerateRequest\x1a/.switchboard.provider.v1.StreamGenerateResponse\"\x04\xc8\xf3\x18\x04\x30\x01\x12\x65\n\x08Generate\x12(.switchboard.provider.v1.GenerateRequest\x1a).switchboard.provider.v1.GenerateResponse\"\x04\xc8\xf3\x18\x04\x12z\n\x0f\x43reateEmbedding\x12/.switchboard.provider.v1.CreateEmbeddingRequest\x1a\x30.switchboard.provider.v1.CreateEmbeddingResponse\"\x04\xc8\xf3\x18\x04\x12\x86\x01\n\x13\x43reateTranscription\x12\x33.switchboard.provider.v1.CreateTranscriptionRequest\x1a\x34.switchboard.provider.v1.CreateTranscriptionResponse\"\x04\xc8\xf3\x18\x04\x12s\n\x0cStreamSpeech\x12,.switchboard.provider.v1.StreamSpeechRequest\x1a-.switchboard.provider.v1.StreamSpeechResponse\"\x04\xc8\xf3\x18\x04\x30\x01\x12q\n\x0c\x43reateRerank\x12,.switchboard.provider.v1.CreateRerankRequest\x1a-.switchboard.provider.v1.CreateRerankResponse\"\x04\xc8\xf3\x18\x04\x12n\n\x0b\x43reateImage\x12+.switchboard.provider.v1.CreateImageRequest\x1a,.switchboard.provider.v1.CreateImageResponse\"\x04\xc8\xf3\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['StreamGenerate']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['StreamGenerate']._serialized_options = b'\310\363\030\004'
+  _globals['_PROVIDERSERVICE'].methods_by_name['Generate']._loaded_options = None
+  _globals['_PROVIDERSERVICE'].methods_by_name['Generate']._serialized_options = b'\310\363\030\004'
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateEmbedding']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateEmbedding']._serialized_options = b'\310\363\030\004'
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateTranscription']._loaded_options = None
@@ -48,32 +51,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateRerank']._serialized_options = b'\310\363\030\004'
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateImage']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateImage']._serialized_options = b'\310\363\030\004'
-  _globals['_TARGET']._serialized_start=235
-  _globals['_TARGET']._serialized_end=332
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=335
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=594
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=597
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=894
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=897
-  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1063
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=1066
-  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1199
-  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=1202
-  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1395
-  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_start=1397
-  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_end=1512
-  _globals['_STREAMSPEECHREQUEST']._serialized_start=1515
-  _globals['_STREAMSPEECHREQUEST']._serialized_end=1675
-  _globals['_STREAMSPEECHRESPONSE']._serialized_start=1677
-  _globals['_STREAMSPEECHRESPONSE']._serialized_end=1799
-  _globals['_CREATERERANKREQUEST']._serialized_start=1802
-  _globals['_CREATERERANKREQUEST']._serialized_end=1962
-  _globals['_CREATERERANKRESPONSE']._serialized_start=1964
-  _globals['_CREATERERANKRESPONSE']._serialized_end=2091
-  _globals['_CREATEIMAGEREQUEST']._serialized_start=2094
-  _globals['_CREATEIMAGEREQUEST']._serialized_end=2252
-  _globals['_CREATEIMAGERESPONSE']._serialized_start=2254
-  _globals['_CREATEIMAGERESPONSE']._serialized_end=2380
-  _globals['_PROVIDERSERVICE']._serialized_start=2383
-  _globals['_PROVIDERSERVICE']._serialized_end=3128
+  _globals['_TARGET']._serialized_start=260
+  _globals['_TARGET']._serialized_end=357
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=360
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=619
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=622
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=919
+  _globals['_GENERATEREQUEST']._serialized_start=922
+  _globals['_GENERATEREQUEST']._serialized_end=1159
+  _globals['_GENERATERESPONSE']._serialized_start=1162
+  _globals['_GENERATERESPONSE']._serialized_end=1398
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_start=1401
+  _globals['_CREATEEMBEDDINGREQUEST']._serialized_end=1567
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_start=1570
+  _globals['_CREATEEMBEDDINGRESPONSE']._serialized_end=1703
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=1706
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1899
+  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_start=1901
+  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_end=2016
+  _globals['_STREAMSPEECHREQUEST']._serialized_start=2019
+  _globals['_STREAMSPEECHREQUEST']._serialized_end=2179
+  _globals['_STREAMSPEECHRESPONSE']._serialized_start=2181
+  _globals['_STREAMSPEECHRESPONSE']._serialized_end=2303
+  _globals['_CREATERERANKREQUEST']._serialized_start=2306
+  _globals['_CREATERERANKREQUEST']._serialized_end=2466
+  _globals['_CREATERERANKRESPONSE']._serialized_start=2468
+  _globals['_CREATERERANKRESPONSE']._serialized_end=2595
+  _globals['_CREATEIMAGEREQUEST']._serialized_start=2598
+  _globals['_CREATEIMAGEREQUEST']._serialized_end=2756
+  _globals['_CREATEIMAGERESPONSE']._serialized_start=2758
+  _globals['_CREATEIMAGERESPONSE']._serialized_end=2884
+  _globals['_PROVIDERSERVICE']._serialized_start=2887
+  _globals['_PROVIDERSERVICE']._serialized_end=3735
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ before the error status).
 from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.rpc import status_pb2 as _status_pb2
 from switchboard.common.v1 import media_pb2 as _media_pb2
 from switchboard.common.v1 import openai_pb2 as _openai_pb2
 from switchboard.usage.v1 import usage_pb2 as _usage_pb2
@@ -150,6 +151,82 @@ class StreamGenerateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamGenerateResponse: _TypeAlias = StreamGenerateResponse  # noqa: Y015
+
+@_typing.final
+class GenerateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    CHAT_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def target(self) -> Global___Target: ...
+    @_builtins.property
+    def chat(self) -> _openai_pb2.ChatCompletionParams: ...
+    @_builtins.property
+    def completion(self) -> _openai_pb2.CompletionParams: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        target: Global___Target | None = ...,
+        chat: _openai_pb2.ChatCompletionParams | None = ...,
+        completion: _openai_pb2.CompletionParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "params", b"params", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chat", b"chat", "completion", b"completion", "params", b"params", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["chat", "completion"]  # noqa: Y015
+    _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_params) -> _WhichOneofReturnType_params | None: ...
+
+Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class GenerateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAT_COMPLETION_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chat_completion(self) -> _openai_pb2.ChatCompletion: ...
+    @_builtins.property
+    def completion(self) -> _openai_pb2.Completion: ...
+    @_builtins.property
+    def usage(self) -> _usage_pb2.UsageRecord:
+        """The attempt's record, always present, failed attempts included."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Set when the upstream failed (then `answer` is unset), with the
+        google.rpc.ErrorInfo that StreamGenerate's error status would carry.
+        """
+
+    def __init__(
+        self,
+        *,
+        chat_completion: _openai_pb2.ChatCompletion | None = ...,
+        completion: _openai_pb2.Completion | None = ...,
+        usage: _usage_pb2.UsageRecord | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "chat_completion", b"chat_completion", "completion", b"completion", "error", b"error", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "chat_completion", b"chat_completion", "completion", b"completion", "error", b"error", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_answer: _TypeAlias = _typing.Literal["chat_completion", "completion"]  # noqa: Y015
+    _WhichOneofArgType_answer: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_answer) -> _WhichOneofReturnType_answer | None: ...
+
+Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
 
 @_typing.final
 class CreateEmbeddingRequest(_message.Message):

@@ -38,6 +38,12 @@ class ProviderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProviderServiceAsyncStub: ...
     StreamGenerate: _grpc.UnaryStreamMultiCallable[_provider_pb2.StreamGenerateRequest, _provider_pb2.StreamGenerateResponse]
+    Generate: _grpc.UnaryUnaryMultiCallable[_provider_pb2.GenerateRequest, _provider_pb2.GenerateResponse]
+    """A whole answer in one reply, for calls that do not stream upstream: the same
+    attempt as StreamGenerate with stream unset, at about half the gRPC cost of a
+    two-message stream. An upstream failure is not an RPC error here: the reply
+    carries the attempt's UsageRecord and the error beside it.
+    """
     CreateEmbedding: _grpc.UnaryUnaryMultiCallable[_provider_pb2.CreateEmbeddingRequest, _provider_pb2.CreateEmbeddingResponse]
     CreateTranscription: _grpc.UnaryUnaryMultiCallable[_provider_pb2.CreateTranscriptionRequest, _provider_pb2.CreateTranscriptionResponse]
     """Speech to text; the answer is the upstream's body in the requested format."""
@@ -50,6 +56,12 @@ class ProviderServiceStub:
 class ProviderServiceAsyncStub(ProviderServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StreamGenerate: _aio.UnaryStreamMultiCallable[_provider_pb2.StreamGenerateRequest, _provider_pb2.StreamGenerateResponse]  # type: ignore[assignment]
+    Generate: _aio.UnaryUnaryMultiCallable[_provider_pb2.GenerateRequest, _provider_pb2.GenerateResponse]  # type: ignore[assignment]
+    """A whole answer in one reply, for calls that do not stream upstream: the same
+    attempt as StreamGenerate with stream unset, at about half the gRPC cost of a
+    two-message stream. An upstream failure is not an RPC error here: the reply
+    carries the attempt's UsageRecord and the error beside it.
+    """
     CreateEmbedding: _aio.UnaryUnaryMultiCallable[_provider_pb2.CreateEmbeddingRequest, _provider_pb2.CreateEmbeddingResponse]  # type: ignore[assignment]
     CreateTranscription: _aio.UnaryUnaryMultiCallable[_provider_pb2.CreateTranscriptionRequest, _provider_pb2.CreateTranscriptionResponse]  # type: ignore[assignment]
     """Speech to text; the answer is the upstream's body in the requested format."""
@@ -65,6 +77,18 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _provider_pb2.StreamGenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_provider_pb2.StreamGenerateResponse], _abc.AsyncIterator[_provider_pb2.StreamGenerateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Generate(
+        self,
+        request: _provider_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.GenerateResponse, _abc.Awaitable[_provider_pb2.GenerateResponse]]:
+        """A whole answer in one reply, for calls that do not stream upstream: the same
+        attempt as StreamGenerate with stream unset, at about half the gRPC cost of a
+        two-message stream. An upstream failure is not an RPC error here: the reply
+        carries the attempt's UsageRecord and the error beside it.
+        """
 
     @_abc_1.abstractmethod
     def CreateEmbedding(

@@ -23,6 +23,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _UsageStatus:
@@ -236,6 +241,49 @@ class RecordUsageRequest(_message.Message):
 
     RECORD_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def traceparent(self) -> _builtins.str: ...
+    @traceparent.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def traceparent(self, value: _builtins.str) -> None: ...
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def record(self) -> Global___UsageRecord:
+        """One record. A router sends `records` instead; the usage service still takes
+        this form (a router from before batching, during a rolling upgrade) and acks
+        it with `event_id`.
+        """
+
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___TracedUsageRecord]:
+        """The records the router had queued when it wrote: under load many calls'
+        records share one message (and one ack), which halves the hop's cost per
+        record; when idle, a message holds one.
+        """
+
+    def __init__(
+        self,
+        *,
+        record: Global___UsageRecord | None = ...,
+        traceparent: _builtins.str = ...,
+        records: _abc.Iterable[Global___TracedUsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "records", b"records", "traceparent", b"traceparent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUsageRequest: _TypeAlias = RecordUsageRequest  # noqa: Y015
+
+@_typing.final
+class TracedUsageRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """The W3C traceparent of the attempt that produced the record, when tracing
     is on: one RecordUsage stream carries many requests' records, so each
@@ -255,7 +303,7 @@ class RecordUsageRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RecordUsageRequest: _TypeAlias = RecordUsageRequest  # noqa: Y015
+Global___TracedUsageRecord: _TypeAlias = TracedUsageRecord  # noqa: Y015
 
 @_typing.final
 class RecordUsageResponse(_message.Message):
@@ -263,8 +311,53 @@ class RecordUsageResponse(_message.Message):
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def event_id(self) -> _builtins.str:
+        """The record this acks (the one-record form); it is durable once acked."""
+
+    @event_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def event_id(self, value: _builtins.str) -> None:
+        """The record this acks (the one-record form); it is durable once acked."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def duplicate(self) -> _builtins.bool:
+        """True when the event id had been seen before (a resend); it was not counted again."""
+
+    @duplicate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def duplicate(self, value: _builtins.bool) -> None:
+        """True when the event id had been seen before (a resend); it was not counted again."""
+
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageAck]:
+        """The records of one group commit, each durable once acked."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+        acks: _abc.Iterable[Global___UsageAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "duplicate", b"duplicate", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUsageResponse: _TypeAlias = RecordUsageResponse  # noqa: Y015
+
+@_typing.final
+class UsageAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """The record this acks; it is durable once acked."""
     duplicate: _builtins.bool
     """True when the event id had been seen before (a resend); it was not counted again."""
     def __init__(
@@ -279,7 +372,7 @@ class RecordUsageResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RecordUsageResponse: _TypeAlias = RecordUsageResponse  # noqa: Y015
+Global___UsageAck: _TypeAlias = UsageAck  # noqa: Y015
 
 @_typing.final
 class GetUsageSummaryRequest(_message.Message):
