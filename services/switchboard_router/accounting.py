@@ -109,11 +109,13 @@ class Accounting:
         """Replace token estimates with what the attempts used (in the background:
         the response must not wait on the limit store)."""
         self.budgets.release(admission.hold)
-        for reservation in admission.reservations:
-            if reservation.scope.startswith("tpm:"):
-                task = asyncio.create_task(self.limiter.settle(reservation, admission.tokens))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+        settled = [
+            (r, admission.tokens) for r in admission.reservations if r.scope.startswith("tpm:")
+        ]
+        if settled:
+            task = asyncio.create_task(self.limiter.settle(settled))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def settled(self) -> None:
         """Before the limit store closes: let settlements in flight finish

@@ -15,7 +15,7 @@ from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Catalog
 from switchboard_router.defaults import apply_defaults
-from switchboard_router.limits import Limiter, Reservation, estimate_tokens
+from switchboard_router.limits import Limiter, Reservation, Scope, estimate_tokens
 from switchboard_router.usage_reporter import UsageReporter
 
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -100,12 +100,7 @@ class Gate:
                 (f"rpm:key {key.name}", key.rpm, 1),
                 (f"tpm:key {key.name}", key.tpm, tokens),
             ]
-        try:
-            for name, limit, cost in scopes:
-                if limit:
-                    admission.reservations.append(await self.limiter.acquire(name, limit, cost))
-        except SwitchboardError:
-            # Refused somewhere: give back what was already reserved.
-            for reservation in admission.reservations:
-                await self.limiter.settle(reservation, 0)
-            raise
+        # All or nothing, in one round trip to the limit store.
+        admission.reservations += await self.limiter.acquire(
+            [Scope(name, limit, cost) for name, limit, cost in scopes if limit]
+        )

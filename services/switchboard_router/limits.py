@@ -3,8 +3,10 @@
 A sliding window log per scope (a key's or a model's RPM or TPM): an entry per
 admitted request, weighted by its cost (1 for RPM; for TPM the estimated prompt
 plus max_tokens, settled to the actual tokens afterwards). With REDIS_URL the
-log is a Redis sorted set and admission is one atomic Lua script, so every
-router replica shares the limit; without it the log lives in this process.
+log is a Redis sorted set and admission is one atomic Lua script per scope, so
+every router replica shares the limit; without it the log lives in this process.
+A phase's scopes (admission's key and model limits, an attempt's deployment
+limits, the settling afterwards) go to Redis in one pipelined round trip.
 
 A Redis that errors or hangs never hangs a request: every call has a short
 timeout, and SWITCHBOARD_LIMITS_ON_REDIS_ERROR decides (open: admit, the
@@ -18,6 +20,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,10 +65,24 @@ def estimate_tokens(params: Any) -> int:
     return int(prompt + limit * max(n, 1))
 
 
-class Limiter(Protocol):
-    async def acquire(self, scope: str, limit: int, cost: int) -> Reservation: ...
+@dataclass(frozen=True)
+class Scope:
+    """One limit to check: its name ("rpm:key k"), its limit, and this request's cost."""
 
-    async def settle(self, reservation: Reservation, actual: int) -> None: ...
+    name: str
+    limit: int
+    cost: int
+
+
+class Limiter(Protocol):
+    async def acquire(self, scopes: Sequence[Scope]) -> list[Reservation]:
+        """Reserve every scope, or none: the first refusal is raised after
+        what the others took is given back."""
+        ...
+
+    async def settle(self, settled: Sequence[tuple[Reservation, int]]) -> None:
+        """Replace each reservation's cost with what was used (0: give it back)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -86,7 +103,17 @@ class LocalLimiter:
     def __init__(self) -> None:
         self._logs: dict[str, deque[list[float]]] = {}
 
-    async def acquire(self, scope: str, limit: int, cost: int) -> Reservation:
+    async def acquire(self, scopes: Sequence[Scope]) -> list[Reservation]:
+        taken: list[Reservation] = []
+        try:
+            for scope in scopes:
+                taken.append(self._acquire(scope.name, scope.limit, scope.cost))
+        except SwitchboardError:
+            await self.settle([(reservation, 0) for reservation in taken])
+            raise
+        return taken
+
+    def _acquire(self, scope: str, limit: int, cost: int) -> Reservation:
         now = time.monotonic()
         entries = self._logs.setdefault(scope, deque())
         while entries and entries[0][0] <= now - WINDOW_S:
@@ -100,11 +127,12 @@ class LocalLimiter:
         entries.append(entry)
         return Reservation(scope, str(id(entry)), cost, int(now * 1000))
 
-    async def settle(self, reservation: Reservation, actual: int) -> None:
-        for entry in self._logs.get(reservation.scope, ()):
-            if str(id(entry)) == reservation.entry:
-                entry[1] = float(actual)
-                return
+    async def settle(self, settled: Sequence[tuple[Reservation, int]]) -> None:
+        for reservation, actual in settled:
+            for entry in self._logs.get(reservation.scope, ()):
+                if str(id(entry)) == reservation.entry:
+                    entry[1] = float(actual)
+                    break
 
     async def close(self) -> None:
         return None
@@ -177,10 +205,19 @@ class RedisLimiter:
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._closed = False
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _pipelined(self, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run (script, keys, args) calls in one round trip; each result, or
+        the exception that call raised."""
         if self._closed:
             raise ConnectionError("rate-limit store closed")
-        call = asyncio.ensure_future(script(keys=keys, args=args))
+
+        async def run() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+        call = asyncio.ensure_future(run())
         self._in_flight.add(call)
         call.add_done_callback(self._done)
         async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
@@ -195,40 +232,71 @@ class RedisLimiter:
             # Retrieved here, since a caller that stopped waiting never will.
             call.exception()
 
-    async def acquire(self, scope: str, limit: int, cost: int) -> Reservation:
+    def _unavailable(self, exc: BaseException) -> SwitchboardError | None:
+        """A store that did not answer: None to admit (fail-open), else the refusal."""
+        REDIS_ERRORS.inc()
+        log.warning(
+            "rate-limit store unavailable",
+            extra=log_fields(error=type(exc).__name__, fail_open=self.fail_open),
+        )
+        if self.fail_open:
+            return None
+        return SwitchboardError(
+            R.ERROR_REASON_SERVICE_UNAVAILABLE,
+            "rate limits cannot be checked right now; refusing (fail-closed)",
+        )
+
+    async def acquire(self, scopes: Sequence[Scope]) -> list[Reservation]:
+        if not scopes:
+            return []
         now_ms = int(time.time() * 1000)
-        entry = uuid.uuid4().hex
+        entries = [uuid.uuid4().hex for _ in scopes]
+        window_ms = int(WINDOW_S * 1000)
         try:
-            allowed, retry_ms = await self._call(
-                self._acquire, _keys(scope), [now_ms, int(WINDOW_S * 1000), limit, cost, entry]
+            results = await self._pipelined(
+                [
+                    (self._acquire, _keys(s.name), [now_ms, window_ms, s.limit, s.cost, entry])
+                    for s, entry in zip(scopes, entries, strict=True)
+                ]
             )
         except Exception as exc:
-            REDIS_ERRORS.inc()
-            log.warning(
-                "rate-limit store unavailable",
-                extra=log_fields(error=type(exc).__name__, fail_open=self.fail_open),
-            )
-            if self.fail_open:
-                return Reservation(scope, "", cost, now_ms)
-            raise SwitchboardError(
-                R.ERROR_REASON_SERVICE_UNAVAILABLE,
-                "rate limits cannot be checked right now; refusing (fail-closed)",
-            ) from None
-        if not allowed:
-            raise _refuse(scope, int(retry_ms) / 1000)
-        return Reservation(scope, entry, cost, now_ms)
+            results = [exc] * len(scopes)
+        taken: list[Reservation] = []
+        refusal: SwitchboardError | None = None
+        for scope, entry, result in zip(scopes, entries, results, strict=True):
+            if isinstance(result, BaseException):
+                # Unanswered: admitted without an entry (fail-open), or refused.
+                failed = self._unavailable(result)
+                if failed is None:
+                    taken.append(Reservation(scope.name, "", scope.cost, now_ms))
+                refusal = refusal or failed
+                continue
+            allowed, retry_ms = result
+            if allowed:
+                taken.append(Reservation(scope.name, entry, scope.cost, now_ms))
+            else:
+                refusal = refusal or _refuse(scope.name, int(retry_ms) / 1000)
+        if refusal is not None:
+            await self.settle([(reservation, 0) for reservation in taken])
+            raise refusal
+        return taken
 
-    async def settle(self, reservation: Reservation, actual: int) -> None:
-        if not reservation.entry or actual == reservation.cost:
+    async def settle(self, settled: Sequence[tuple[Reservation, int]]) -> None:
+        calls = [
+            (self._settle, _keys(r.scope), [r.entry, r.cost, actual, r.at_ms])
+            for r, actual in settled
+            if r.entry and actual != r.cost
+        ]
+        if not calls:
             return
         try:
-            await self._call(
-                self._settle,
-                _keys(reservation.scope),
-                [reservation.entry, reservation.cost, actual, reservation.at_ms],
-            )
+            results = await self._pipelined(calls)
         except Exception:
             REDIS_ERRORS.inc()
+            return
+        for result in results:
+            if isinstance(result, BaseException):
+                REDIS_ERRORS.inc()
 
     async def close(self) -> None:
         self._closed = True

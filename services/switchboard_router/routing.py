@@ -26,7 +26,7 @@ from switchboard_common.logs import log_fields
 from switchboard_router.balancing import Balancer, DeploymentStats, Strategy
 from switchboard_router.breaker import BreakerBoard, BreakerConfig, State
 from switchboard_router.catalog import Candidate, Catalog
-from switchboard_router.limits import Limiter, Reservation
+from switchboard_router.limits import Limiter, Reservation, Scope
 
 log = logging.getLogger(__name__)
 
@@ -181,18 +181,18 @@ class Routing:
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
                 f"deployment {deployment!r} is cooling down after repeated failures",
             )
-        taken: list[Reservation] = []
-        try:
-            for scope, limit, cost in (
+        scopes = [
+            Scope(name, limit, cost)
+            for name, limit, cost in (
                 (f"rpm:deployment {deployment}", candidate.deployment.rpm, 1),
                 (f"tpm:deployment {deployment}", candidate.deployment.tpm, tokens),
-            ):
-                if limit:
-                    taken.append(await self.limiter.acquire(scope, limit, cost))
+            )
+            if limit
+        ]
+        try:
+            taken = await self.limiter.acquire(scopes)
         except SwitchboardError as refused:
             self.breakers.release(deployment)
-            for reservation in taken:
-                await self.limiter.settle(reservation, 0)
             return refused
         reservations += taken
         return None

@@ -19,11 +19,12 @@ from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_common.errors import SwitchboardError
 from switchboard_common.server import serve
-from switchboard_router.limits import RedisLimiter
+from switchboard_router.limits import RedisLimiter, Scope
 from switchboard_router.service import setup as router_setup
 from switchboard_stack.harness import free_port
 from tests.support.grpc_errors import reason
 from tests.support.inprocess import services, wait_serving
+from tests.support.limits import take
 from tests.support.openai_upstream import OpenAIUpstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -157,11 +158,11 @@ async def test_hung_redis_never_hangs_a_request(hung_redis: str, fail_open: bool
     started = time.monotonic()
     try:
         if fail_open:
-            reservation = await limiter.acquire("rpm:key hung", 10, 1)
+            reservation = await take(limiter, "rpm:key hung", 10, 1)
             assert reservation.entry == ""
         else:
             with pytest.raises(SwitchboardError) as err:
-                await limiter.acquire("rpm:key hung", 10, 1)
+                await take(limiter, "rpm:key hung", 10, 1)
             assert err.value.reason_name == "SERVICE_UNAVAILABLE"
     finally:
         await limiter.close()
@@ -174,14 +175,30 @@ async def test_settled_tokens_free_room_in_the_shared_window() -> None:
     limiter = RedisLimiter(REDIS_URL, fail_open=False)
     scope = f"tpm:test {uuid.uuid4().hex[:8]}"
     try:
-        first = await limiter.acquire(scope, 25, 10)
-        await limiter.acquire(scope, 25, 10)
+        first = await take(limiter, scope, 25, 10)
+        await take(limiter, scope, 25, 10)
         with pytest.raises(SwitchboardError):
-            await limiter.acquire(scope, 25, 10)
-        await limiter.settle(first, 1)  # used 11 of 25
-        await limiter.acquire(scope, 25, 10)  # 21
+            await take(limiter, scope, 25, 10)
+        await limiter.settle([(first, 1)])  # used 11 of 25
+        await take(limiter, scope, 25, 10)  # 21
         with pytest.raises(SwitchboardError):
-            await limiter.acquire(scope, 25, 5)  # 26 would pass the limit
-        await limiter.acquire(scope, 25, 4)  # exactly 25
+            await take(limiter, scope, 25, 5)  # 26 would pass the limit
+        await take(limiter, scope, 25, 4)  # exactly 25
+    finally:
+        await limiter.close()
+
+
+async def test_a_phase_takes_all_its_scopes_or_none() -> None:
+    """Admission's scopes go to Redis together: one refusal gives back what the
+    others took, so a refused request holds nothing."""
+    limiter = RedisLimiter(REDIS_URL, fail_open=False)
+    tag = uuid.uuid4().hex[:8]
+    roomy, full = f"tpm:roomy {tag}", f"rpm:full {tag}"
+    try:
+        await take(limiter, full, 1, 1)
+        with pytest.raises(SwitchboardError) as err:
+            await limiter.acquire([Scope(roomy, 10, 6), Scope(full, 1, 1)])
+        assert "full" in err.value.message
+        await take(limiter, roomy, 10, 10)  # the refused request's 6 were given back
     finally:
         await limiter.close()

@@ -4,6 +4,7 @@ shutdown nothing is left running against a limit store that is closing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -29,13 +30,13 @@ class Store(LocalLimiter):
         self.settled: list[tuple[str, int]] = []
         self.cancelled: list[str] = []
 
-    async def settle(self, reservation: Reservation, actual: int) -> None:
+    async def settle(self, settled: Sequence[tuple[Reservation, int]]) -> None:
         try:
             await self.release.wait()
         except asyncio.CancelledError:
-            self.cancelled.append(reservation.scope)
+            self.cancelled += [reservation.scope for reservation, _ in settled]
             raise
-        self.settled.append((reservation.scope, actual))
+        self.settled += [(reservation.scope, actual) for reservation, actual in settled]
 
 
 def _admission(*scopes: str) -> Admission:
