@@ -57,7 +57,9 @@ def main() -> int:
         tmp = Path(tmp_name)
         bodies = bench._bodies(tmp)
         upstream, _ = stack.enter_context(bench.mock_upstream())
-        tree = stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
+        tree = (
+            stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
+        )
         edge, _, _ = stack.enter_context(bench.switchboard(upstream, tmp, tree))
         bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
         recorders = []

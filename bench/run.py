@@ -44,6 +44,8 @@ SOAK_FRACTION = 0.7
 SOAK_RSS_GROWTH_LIMIT = 0.10
 REDIS_URL = os.environ.get("SWITCHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHUNKS = 64
+# The suffix of the baseline's systems (--baseline).
+BEFORE = "-before"
 CHUNK_MS = 2
 
 
@@ -223,7 +225,9 @@ def switchboard(
             grpc=stack.router_address,
             pids={n: pids[n] for n in ("router", "provider")},
         )
-        routed = dataclasses.replace(edge, name=f"switchboard-edge-routed{suffix}", model="bench-routed")
+        routed = dataclasses.replace(
+            edge, name=f"switchboard-edge-routed{suffix}", model="bench-routed"
+        )
         yield edge, direct_grpc, routed
 
 
@@ -301,7 +305,6 @@ def c1_latency(systems: list[System], body: Path, p: Profile) -> dict[str, dict[
             r = load(system, body, mode="closed", concurrency=1, requests=p.c1_requests)
             per_round[system.name].append((r["latency_ms"]["p50"], r["latency_ms"]["p99"]))
     direct = per_round["direct"]
-    skeleton = per_round.get("switchboard-edge")
     out = {}
     for name, rounds in per_round.items():
         pairs = list(zip(rounds, direct, strict=True))
@@ -313,7 +316,9 @@ def c1_latency(systems: list[System], body: Path, p: Profile) -> dict[str, dict[
             "rounds": p.rounds,
             "requests_per_round": p.c1_requests,
         }
-        if skeleton is not None and name.startswith("switchboard-edge-"):
+        # The plain edge path of the same stack (the baseline's, for its systems).
+        skeleton = per_round.get("switchboard-edge" + (BEFORE if name.endswith(BEFORE) else ""))
+        if skeleton is not None and name.startswith("switchboard-edge-routed"):
             # Against the plain edge path in the same rounds: what routing, Redis
             # limits and breakers add on top of it.
             same = list(zip(rounds, skeleton, strict=True))
@@ -616,6 +621,12 @@ def main() -> int:
     parser.add_argument(
         "--soak-s", type=float, default=None, help="soak duration (full run: 600; 0 skips it)"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run REF's stack (a git worktree of it) as the '-before' systems, "
+        "so before and after are measured side by side in one run",
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     if args.soak_s is not None:
@@ -645,6 +656,10 @@ def main() -> int:
             System("direct", url=f"{upstream}/chat/completions", pids={"upstream": upstream_pid})
         ]
         systems += list(stack.enter_context(switchboard(upstream, tmp)))
+        if args.baseline:
+            tree = stack.enter_context(baseline_tree(args.baseline, tmp))
+            systems += list(stack.enter_context(switchboard(upstream, tmp, tree, BEFORE)))
+            meta["baseline"] = args.baseline
         if use_litellm:
             systems.append(stack.enter_context(litellm(upstream, tmp)))
         for system in systems:
@@ -692,8 +707,9 @@ def main() -> int:
             )
 
         for system in systems:
-            if system.name == "switchboard-edge":
+            if system.name in ("switchboard-edge", f"switchboard-edge{BEFORE}"):
                 row(system.name, "usage_lag", **usage_lag(system, bodies["small"], profile))
+            if system.name == "switchboard-edge":
                 edge_frontier = next(
                     r["frontier_rps"]
                     for r in rows
@@ -717,7 +733,10 @@ def main() -> int:
     for r in rows:
         if r["scenario"] == "usage_lag":
             p50, p99 = r["p50_s"], r["p99_s"]
-            table += f"\n\nusage lag (response → counted): p50 {p50:.2f} s, p99 {p99:.2f} s"
+            table += (
+                f"\n\nusage lag (response → counted), {r['system']}: "
+                f"p50 {p50:.2f} s, p99 {p99:.2f} s"
+            )
         if r["scenario"] == "soak":
             worst = max(
                 ((n, g) for n, g in r["rss_growth"].items() if n != "broker"), key=lambda kv: kv[1]
