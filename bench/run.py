@@ -81,6 +81,8 @@ class System:
     pids: dict[str, int] = field(default_factory=dict)
     # The model the bodies ask for on this system.
     model: str = "bench"
+    # The usage service's Prometheus endpoint (the edge path): its outbox gauges.
+    usage_metrics: str = ""
 
 
 def _proc_cpu_ticks(pid: int) -> int:
@@ -219,6 +221,7 @@ def switchboard(
             # Accounting is on: the usage service (outbox, relay, sink, embedded
             # ClickHouse) and the broker are part of what this path costs.
             pids={n: pids[n] for n in ("envoy", "router", "provider", "usage", "broker")},
+            usage_metrics=f"http://127.0.0.1:{stack.env['SWITCHBOARD_USAGE_METRICS_PORT']}/metrics",
         )
         direct_grpc = System(
             f"switchboard-grpc{suffix}",
@@ -387,6 +390,48 @@ def frontier(system: System, body: Path, p: Profile) -> dict[str, Any]:
         else:
             bad = mid
     return {"frontier_rps": good, "capped": not bad, "steps": steps}
+
+
+def _outbox_now(metrics_url: str) -> tuple[float, float]:
+    """The usage outbox's records (pending + published) and payload bytes now."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:  # noqa: S310 - loopback
+        text = reply.read().decode()
+    records = payload = 0.0
+    for line in text.splitlines():
+        if 'outbox="usage"' not in line:
+            continue
+        if line.startswith("switchboard_outbox_records{"):
+            records += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("switchboard_outbox_bytes{"):
+            payload += float(line.rsplit(" ", 1)[1])
+    return records, payload
+
+
+def outbox_at(system: System, body: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """What the usage outbox holds while the edge serves `rate` (its frontier):
+    records wait there from their ack until ClickHouse confirms them."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            samples.append(_outbox_now(system.usage_metrics))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        load(system, body, mode="open", rate=rate, duration=seconds, max_in_flight=512)
+    finally:
+        done.set()
+        sampler.join()
+    records = sorted(r for r, _ in samples) or [0.0]
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "records_p50": records[len(records) // 2],
+        "records_max": records[-1],
+        "bytes_max": max((b for _, b in samples), default=0.0),
+    }
 
 
 def soak(system: System, body: Path, rate: float, seconds: float) -> dict[str, Any]:
@@ -687,7 +732,13 @@ def main() -> int:
             row(system.name, "sweep", levels=levels)
             if system.name != "direct":
                 row(system.name, "cpu", **cpu)
-            row(system.name, "frontier", **frontier(system, bodies["small"], profile))
+            edge_limit = frontier(system, bodies["small"], profile)
+            row(system.name, "frontier", **edge_limit)
+            if system.usage_metrics and edge_limit["frontier_rps"]:
+                held = outbox_at(
+                    system, bodies["small"], edge_limit["frontier_rps"], profile.sweep_s * 2
+                )
+                row(system.name, "outbox_at_frontier", **held)
             st = streaming(system, bodies["stream"], profile)
             if system.name == "direct":
                 direct_ttft = st["ttft_p50_ms"]
@@ -745,6 +796,12 @@ def main() -> int:
                 f"\nsoak: {r['seconds']:.0f} s at {r['rate']} RPS, {r['requests']} requests, "
                 f"{r['errors']} errors, largest RSS growth {worst[0]} {worst[1]:+.1%} "
                 f"({'pass' if r['passed'] else 'FAIL'})"
+            )
+        if r["scenario"] == "outbox_at_frontier":
+            table += (
+                f"\nusage outbox at {r['rate']:.0f} RPS (the frontier), {r['system']}: "
+                f"p50 {r['records_p50']:.0f} records, max {r['records_max']:.0f} "
+                f"({r['bytes_max'] / 1024:.0f} KiB)"
             )
         if r["scenario"] == "sink":
             rate, events = r["events_per_second"], r["events"]
