@@ -34,7 +34,7 @@ const agent = new http.Agent({
   maxSockets: opts.mode === "closed" ? opts.concurrency : opts.maxInFlight,
 });
 // A content event: a chat chunk's, Anthropic's text_delta, a Responses text delta.
-const CONTENT = /"content":"[^"]|"text_delta","text":"[^"]|"response\.output_text\.delta"/g;
+const CONTENT = /"content": ?"[^"]|"text_delta","text":"[^"]|"response\.output_text\.delta"/g;
 
 const latencies = [];
 const ttfts = [];

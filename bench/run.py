@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import agent_apis
+import surfaces
 
 from switchboard_stack.harness import free_port, running_stack
 
@@ -766,11 +766,11 @@ def main() -> int:
                     for r in rows
                     if r["system"] == system.name and r["scenario"] == "frontier"
                 )
-                for agent_row in agent_apis.measure(
+                for surface_row in surfaces.measure(
                     system, tmp, load, profile.c1_requests, profile.stream_requests, profile.rounds
                 ):
-                    row(system.name, agent_row.pop("scenario"), **agent_row)
-                print("[bench] agent APIs done", file=sys.stderr)
+                    row(system.name, surface_row.pop("scenario"), **surface_row)
+                print("[bench] API surfaces done", file=sys.stderr)
                 if profile.soak_s > 0 and edge_frontier:
                     rate = round(SOAK_FRACTION * edge_frontier)
                     print(f"[bench] soak: {profile.soak_s:.0f}s at {rate} RPS", file=sys.stderr)
@@ -796,6 +796,12 @@ def main() -> int:
                 f"\nsoak: {r['seconds']:.0f} s at {r['rate']} RPS, {r['requests']} requests, "
                 f"{r['errors']} errors, largest RSS growth {worst[0]} {worst[1]:+.1%} "
                 f"({'pass' if r['passed'] else 'FAIL'})"
+            )
+        if r["scenario"].startswith("surface_") and r["scenario"] != "surface_chat":
+            ttft = r["added_ttft_over_chat_p50_ms"]
+            added = r["added_over_chat_p50_ms"]
+            table += f"\n{r['path']} over /v1/chat/completions: p50 {added:+.2f} ms" + (
+                f", TTFT {ttft:+.2f} ms" if ttft is not None else ""
             )
         if r["scenario"] == "outbox_at_frontier":
             table += (

@@ -56,9 +56,9 @@ def test_quick_bench_produces_sane_results(tmp_path: Path) -> None:
         steps = by[(system, "frontier")]["steps"]
         assert steps
         assert all(step["rps"] > 0 and step["p99_ms"] > 0 for step in steps)
-    # The agent APIs beside chat, on the same edge in the same run.
-    for api in ("chat", "messages", "responses"):
-        agent = by[("switchboard-edge", f"agent_api_{api}")]
+    # The agent and seed APIs beside chat, on the same edge in the same run.
+    for api in ("chat", "messages", "responses", "seed_001", "seed_002", "seed_003"):
+        agent = by[("switchboard-edge", f"surface_{api}")]
         assert agent["errors"] == 0
         assert agent["p50_ms"] > 0
         assert agent["ttft_p50_ms"] > 0

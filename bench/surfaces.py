@@ -1,5 +1,7 @@
-"""The agent APIs (/v1/messages, /v1/responses) against /v1/chat/completions on
-the same edge, in the same run: what each mapping adds to latency (one client,
+"""Every API surface against /v1/chat/completions on the same edge, in the same
+run: the agent APIs (/v1/messages, /v1/responses) and the seed APIs of the
+services Switchboard replaces (001's /api/llm/chat, 002's /api/v1/llm/generate,
+003's /api/v1/chat/completions). What each mapping adds to latency (one client,
 interleaved rounds so drift on a shared machine hits every API alike) and to
 the time to the first streamed token. The same tiny prompt each way; responses
 are stored, as clients store them by default."""
@@ -14,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 PING = "ping"
+MESSAGES = [{"role": "user", "content": PING}]
 # Path and body per API.
 APIS: dict[str, tuple[str, dict[str, Any]]] = {
-    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": PING}]}),
-    "messages": (
-        "/v1/messages",
-        {"max_tokens": 256, "messages": [{"role": "user", "content": PING}]},
-    ),
+    "chat": ("/v1/chat/completions", {"messages": MESSAGES}),
+    "messages": ("/v1/messages", {"max_tokens": 256, "messages": MESSAGES}),
     "responses": ("/v1/responses", {"input": PING}),
+    "seed_001": ("/api/llm/chat", {"messages": MESSAGES}),
+    "seed_002": ("/api/v1/llm/generate", {"messages": MESSAGES, "parameters": {}}),
+    "seed_003": ("/api/v1/chat/completions", {"messages": MESSAGES}),
 }
 # A streamed chat asks for usage, as the agent APIs always carry it.
 _STREAM_EXTRA = {"chat": {"stream_options": {"include_usage": True}}}
+# Where a surface streams on a path of its own.
+_STREAM_PATH = {"seed_002": "/api/v1/llm/generate/stream"}
 
 Load = Callable[..., dict[str, Any]]
 
@@ -52,6 +57,12 @@ def measure(
         api: dataclasses.replace(edge, name=f"{edge.name}-{api}", url=base + path)
         for api, (path, _) in APIS.items()
     }
+    streaming = {
+        api: dataclasses.replace(system, url=base + _STREAM_PATH[api])
+        if api in _STREAM_PATH
+        else system
+        for api, system in systems.items()
+    }
     bodies = _bodies(tmp, edge.model)
     latency: dict[str, list[float]] = {api: [] for api in APIS}
     ttft: dict[str, list[float]] = {api: [] for api in APIS}
@@ -61,7 +72,9 @@ def measure(
             unary, streamed = bodies[api]
             r = load(system, unary, mode="closed", concurrency=1, requests=requests)
             latency[api].append(r["latency_ms"]["p50"])
-            s = load(system, streamed, mode="closed", concurrency=1, requests=stream_requests)
+            s = load(
+                streaming[api], streamed, mode="closed", concurrency=1, requests=stream_requests
+            )
             if s["ttft_ms"]:
                 ttft[api].append(s["ttft_ms"]["p50"])
             errors[api] += r["errors"] + s["errors"]
@@ -71,7 +84,7 @@ def measure(
         firsts = [a - c for a, c in zip(ttft[api], ttft["chat"], strict=False)]
         rows.append(
             {
-                "scenario": f"agent_api_{api}",
+                "scenario": f"surface_{api}",
                 "path": APIS[api][0],
                 "p50_ms": statistics.median(latency[api]),
                 "added_over_chat_p50_ms": statistics.median(added),
