@@ -345,15 +345,13 @@ def test_console_streams_switches_offline_and_charts_usage(
 
         assert steps["performance"]["latency_p50_ms"] > 0
 
-        # No GPU here: the page says NVML is unavailable, with the service's reason,
-        # and draws no gauges (no made-up zeros). With GPUs, one card per device.
+        # The stack's GPU is scripted (this machine has none): the page draws the gpu
+        # service's device with its four gauges. (NVML unavailable: gpu-devices scenario.)
         gpu = admin.get("/v1/admin/gpu/status").json()["status"]
         shown = steps["gpu"]
-        if gpu["nvml_state"] == "NVML_STATE_UNAVAILABLE":
-            assert gpu["reason"] in shown["unavailable"]
-            assert shown["gauges"] == 0
-        else:
-            assert shown["devices"] == len(gpu.get("devices", []))
+        assert gpu["nvml_state"] == "NVML_STATE_AVAILABLE"
+        assert shown["devices"] == len(gpu["devices"]) == 1
+        assert shown["gauges"] == 4
 
     files = sorted(p.name for p in shots.glob("*.png"))
     assert files == [
@@ -445,11 +443,40 @@ GPU_STATUS = {
 }
 
 
+# A node without NVML, as the gpu service reports it: with its host's readings.
+GPU_UNAVAILABLE = {
+    "status": {
+        "hostname": "cpu-node-1",
+        "labels": {},
+        "nvml_state": "NVML_STATE_UNAVAILABLE",
+        "reason": "NVML Shared Library Not Found",
+        "driver_version": "",
+        "cuda_version": "",
+        "sample_time": "2026-11-24T05:00:00Z",
+        "devices": [],
+        "host": {
+            "cpu_percent": 12.5,
+            "cpu_count": 8,
+            "memory_percent": 40,
+            "memory_used_mib": "13107",
+            "memory_total_mib": "32768",
+            "disk_percent": 55,
+            "disk_used_mib": "563200",
+            "disk_total_mib": "1024000",
+            "load_average_1m": 0.8,
+        },
+    },
+    "active_alerts": [],
+    "rules": [],
+    "registry_version": "3",
+}
+
+
 def test_gpu_page_draws_each_reading_and_no_made_up_ones(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """This machine has no GPU, so the page is given the GPU service's answer for a
-    node with two (everything else is the real stack)."""
+    """The page is given the GPU service's answer for a node with two GPUs, then for
+    one without NVML (everything else is the real stack)."""
     node = _node()
     shots = tmp_path / "screenshots"
     alerts = {"alerts": GPU_STATUS["active_alerts"]}
@@ -460,6 +487,7 @@ def test_gpu_page_draws_each_reading_and_no_made_up_ones(
         "gpu-devices",
         GPU_STATUS=json.dumps(GPU_STATUS),
         GPU_ALERTS=json.dumps(alerts),
+        GPU_UNAVAILABLE=json.dumps(GPU_UNAVAILABLE),
     )
     shown = steps["gpu_devices"]
     assert shown["devices"] == 2
@@ -476,6 +504,12 @@ def test_gpu_page_draws_each_reading_and_no_made_up_ones(
     assert shown["badges"] == ["ok", "alerting"]
     assert "gpu-busy" in shown["active"]
     assert shown["firing_rows"] == 1
+    # NVML unavailable: its reason, and no readings drawn (no made-up zeros); the host's
+    # readings still are.
+    gone = steps["gpu_unavailable"]
+    assert GPU_UNAVAILABLE["status"]["reason"] in gone["unavailable"]
+    assert gone["gauges"] == 0
+    assert gone["host"] == 3
     _keep(shots, "gpu-devices", capsys)
 
 

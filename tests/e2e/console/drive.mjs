@@ -7,8 +7,8 @@
 // Environment: EDGE_URL, ADMIN_KEY, SHOTS (a directory), CHROMIUM, and SCENARIO:
 // - "tour" (the default): STREAM_MODEL, PROMPT, REPLY (the exact reply STREAM_MODEL
 //   streams), OFFLINE_MODEL;
-// - "gpu-devices": GPU_STATUS and GPU_ALERTS, JSON answers the page gets instead of
-//   the GPU service's (for a machine without GPUs);
+// - "gpu-devices": GPU_STATUS, GPU_ALERTS and GPU_UNAVAILABLE, JSON answers the page
+//   gets instead of the GPU service's (two GPUs; then none, NVML unavailable);
 // - "operations": RERANK_MODEL (the only rerank model), GROUP, GROUP_A, GROUP_B (chat
 //   models for the model group), ENGINE (an engine in state created), ALERT_RULE (a rule
 //   that fires and notifies by webhook).
@@ -265,6 +265,20 @@ async function gpuDevices() {
       active: await panel.locator("#gpu-active").textContent(),
       firing_rows: await panel.locator("#alerts-table tbody tr.firing").count(),
       screenshot: await shot("08-gpus-with-devices"),
+    };
+  });
+  // A node whose NVML is unavailable: the reason, and no gauges at all.
+  await page.unroute("**/v1/admin/gpu/status");
+  await page.route("**/v1/admin/gpu/status", json(env("GPU_UNAVAILABLE")));
+  await step("gpu_unavailable", async () => {
+    const panel = page.getByRole("tabpanel", { name: "GPUs" });
+    const notice = panel.locator("#nvml-unavailable");
+    await notice.waitFor();
+    await panel.locator("#gpu-devices article.device").first().waitFor({ state: "detached" });
+    return {
+      unavailable: await notice.textContent(),
+      gauges: await panel.locator("#gpu-devices svg.gauge").count(),
+      host: await panel.locator("#host svg.gauge").count(),
     };
   });
 }
