@@ -444,12 +444,13 @@ GPU_STATUS = {
 
 
 # A node without NVML, as the gpu service reports it: with its host's readings.
+NO_NVML_REASON = "NVML Shared Library Not Found"
 GPU_UNAVAILABLE = {
     "status": {
         "hostname": "cpu-node-1",
         "labels": {},
         "nvml_state": "NVML_STATE_UNAVAILABLE",
-        "reason": "NVML Shared Library Not Found",
+        "reason": NO_NVML_REASON,
         "driver_version": "",
         "cuda_version": "",
         "sample_time": "2026-11-24T05:00:00Z",
@@ -507,7 +508,7 @@ def test_gpu_page_draws_each_reading_and_no_made_up_ones(
     # NVML unavailable: its reason, and no readings drawn (no made-up zeros); the host's
     # readings still are.
     gone = steps["gpu_unavailable"]
-    assert GPU_UNAVAILABLE["status"]["reason"] in gone["unavailable"]
+    assert NO_NVML_REASON in gone["unavailable"]
     assert gone["gauges"] == 0
     assert gone["host"] == 3
     _keep(shots, "gpu-devices", capsys)
