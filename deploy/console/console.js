@@ -1,271 +1,39 @@
 // The Switchboard web console. Static, no build step: it talks only to the
 // public JSON API of the edge that serves it (/v1/...), with the keys the user
-// types in (kept in sessionStorage, sent as Authorization: Bearer).
+// types in (kept in sessionStorage, sent as Authorization: Bearer). This module
+// holds the keys, the playground, usage, performance and the tabs; each other
+// screen has its own module (models.js, registry.js, engines.js, gpu.js).
 
-import { colorFor, compact, gauge, horizontalBars, stackedBars } from "./charts.js";
-
-// /console/ -> the edge's root, so the console also works under a path prefix.
-const API_ROOT = new URL("../", document.baseURI);
-const STORAGE = { admin: "switchboard.console.adminKey", api: "switchboard.console.apiKey" };
-
-const $ = (selector) => document.querySelector(selector);
-
-// ---------------------------------------------------------------- helpers
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
-
-function show(node, message, kind = "info") {
-  if (!message) {
-    node.hidden = true;
-    node.textContent = "";
-    return;
-  }
-  node.hidden = false;
-  node.className = `notice ${kind}`;
-  node.replaceChildren(...(Array.isArray(message) ? message : [message]));
-}
-
-function pad(n) {
-  return String(n).padStart(2, "0");
-}
-
-function clock(date = new Date()) {
-  return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
-}
-
-function when(iso) {
-  if (!iso) return "—";
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return iso;
-  const today = new Date();
-  const sameDay = date.toDateString() === today.toDateString();
-  return sameDay ? clock(date) : `${date.toISOString().slice(0, 10)} ${clock(date)}`;
-}
-
-function ms(value) {
-  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
-  if (value >= 10000) return `${(value / 1000).toFixed(1)} s`;
-  if (value >= 100) return `${Math.round(value)} ms`;
-  if (value >= 1) return `${value.toFixed(1)} ms`;
-  return `${value.toFixed(2)} ms`;
-}
-
-function percent(value) {
-  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
-  return `${(value * 100).toFixed(value === 1 || value === 0 ? 0 : 1)}%`;
-}
-
-function count(value) {
-  if (typeof value !== "number") return "—";
-  return Number.isInteger(value) ? value.toLocaleString("en-US") : compact(value);
-}
-
-function money(value, currency = "USD") {
-  if (typeof value !== "number" || !Number.isFinite(value)) return "—";
-  const symbol = currency === "USD" ? "$" : `${currency} `;
-  if (Math.abs(value) >= 1) {
-    return symbol + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-  }
-  // Small amounts (a call often costs fractions of a cent): three significant digits.
-  return symbol + Number(value.toPrecision(3)).toLocaleString("en-US", { maximumFractionDigits: 12 });
-}
-
-function durationSeconds(text) {
-  const match = /^(\d+)([smhd])$/.exec(text);
-  if (!match) return 3600;
-  return Number(match[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[match[2]];
-}
-
-function enumLabel(value, prefix) {
-  if (!value) return "—";
-  return String(value).replace(prefix, "").toLowerCase().replaceAll("_", " ");
-}
-
-// ---------------------------------------------------------------- API
-
-class ApiError extends Error {
-  constructor(status, message, type = null, code = null, param = null) {
-    super(message);
-    this.status = status;
-    this.type = type;
-    this.code = code;
-    this.param = param;
-  }
-
-  // "404 model_not_found: The model 'x' is offline: ..."
-  describe() {
-    const head = [this.status ? `HTTP ${this.status}` : null, this.code || this.type]
-      .filter(Boolean)
-      .join(" · ");
-    return head ? `${head} — ${this.message}` : this.message;
-  }
-}
-
-function keyFor(kind) {
-  return sessionStorage.getItem(STORAGE[kind]) || "";
-}
-
-function apiUrl(path, params = {}) {
-  const url = new URL(path, API_ROOT);
-  for (const [key, value] of Object.entries(params)) {
-    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
-  }
-  return url;
-}
-
-function headersFor(auth, json) {
-  const headers = { accept: "application/json" };
-  const key = keyFor(auth);
-  if (key) headers.authorization = `Bearer ${key}`;
-  if (json) headers["content-type"] = "application/json";
-  return headers;
-}
-
-function errorFrom(status, text) {
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = null;
-  }
-  const error = data && typeof data === "object" ? data.error : null;
-  if (error && typeof error === "object") {
-    return new ApiError(status, error.message || `HTTP ${status}`, error.type, error.code, error.param);
-  }
-  return new ApiError(status, text ? text.slice(0, 300) : `The edge answered HTTP ${status}.`);
-}
-
-async function api(path, { method = "GET", body, auth = "admin", params, signal } = {}) {
-  let response;
-  try {
-    response = await fetch(apiUrl(path, params), {
-      method,
-      headers: headersFor(auth, body !== undefined),
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
-      cache: "no-store",
-    });
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError(0, `The edge did not answer (${err.message}).`, "network_error");
-  }
-  const text = await response.text();
-  if (!response.ok) throw errorFrom(response.status, text);
-  try {
-    return text ? JSON.parse(text) : {};
-  } catch {
-    throw new ApiError(response.status, "The edge answered with something that is not JSON.");
-  }
-}
-
-function adminHint(err) {
-  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
-    const button = el("button", { type: "button", class: "link", text: "Enter the admin key" });
-    button.addEventListener("click", () => $("#admin-key").focus());
-    return [`${err.describe()} `, button, " (SWITCHBOARD_ADMIN_KEY) at the top of the page."];
-  }
-  return err instanceof ApiError ? err.describe() : String(err);
-}
-
-// ---------------------------------------------------------------- polling
-
-class Poller {
-  constructor(load, everyMs) {
-    this.load = load;
-    this.everyMs = everyMs;
-    this.active = false;
-    this.busy = false;
-    this.again = false;
-    this.timer = null;
-  }
-
-  start() {
-    this.active = true;
-    this.run();
-  }
-
-  stop() {
-    this.active = false;
-    clearTimeout(this.timer);
-  }
-
-  async run() {
-    clearTimeout(this.timer);
-    if (this.busy) {
-      this.again = true;
-      return;
-    }
-    this.busy = true;
-    try {
-      await this.load();
-    } catch (err) {
-      console.error(err);
-    } finally {
-      this.busy = false;
-    }
-    if (this.again) {
-      this.again = false;
-      this.run();
-      return;
-    }
-    if (this.active && this.everyMs && !document.hidden) {
-      this.timer = setTimeout(() => this.run(), this.everyMs);
-    }
-  }
-}
-
-// ---------------------------------------------------------------- shared state
-
-const state = {
-  models: [], // from the admin API
-  modelNames: new Set(), // every model name seen anywhere, for filters
-  history: [], // the playground conversation
-  gpuTicks: 0,
-  modelsGeneration: 0,
-};
-
-function rememberModels(names) {
-  let changed = false;
-  for (const name of names) {
-    if (name && !state.modelNames.has(name)) {
-      state.modelNames.add(name);
-      changed = true;
-    }
-  }
-  if (changed) {
-    for (const id of ["#usage-model", "#perf-model"]) fillModelSelect($(id));
-    const list = $("#chat-models");
-    list.replaceChildren(...[...state.modelNames].sort().map((name) => el("option", { value: name })));
-  }
-}
-
-function fillModelSelect(select) {
-  const current = select.value;
-  const options = [el("option", { value: "", text: "All models" })];
-  for (const name of [...state.modelNames].sort()) options.push(el("option", { value: name, text: name }));
-  select.replaceChildren(...options);
-  select.value = state.modelNames.has(current) ? current : "";
-}
-
-function modelColor(name) {
-  const names = [...state.modelNames].sort();
-  const index = names.indexOf(name);
-  return colorFor(index < 0 ? names.length : index);
-}
+import { compact, horizontalBars, stackedBars } from "./charts.js";
+import {
+  $,
+  ApiError,
+  Poller,
+  STORAGE,
+  apiUrl,
+  api,
+  clock,
+  count,
+  durationSeconds,
+  el,
+  errorFrom,
+  headersFor,
+  keyFor,
+  modelColor,
+  money,
+  ms,
+  pad,
+  percent,
+  rememberModels,
+  show,
+  state,
+  tile,
+  when,
+} from "./common.js";
+import { initEngines, loadEngines } from "./engines.js";
+import { loadGpu } from "./gpu.js";
+import { initModels, loadModels } from "./models.js";
+import { initRegistry } from "./registry.js";
 
 // ---------------------------------------------------------------- keys and edge status
 
@@ -311,211 +79,6 @@ async function loadEdgeStatus() {
     pill.className = "pill pill-bad";
     pill.textContent = "Edge: unreachable";
     pill.title = err instanceof ApiError ? err.describe() : String(err);
-  }
-}
-
-// ---------------------------------------------------------------- models
-
-async function listAllModels() {
-  const models = [];
-  let token = "";
-  for (let page = 0; page < 50; page++) {
-    const answer = await api("v1/admin/models", { params: { page_size: 200, page_token: token } });
-    models.push(...(answer.models || []));
-    token = answer.next_page_token || "";
-    if (!token) break;
-  }
-  return models;
-}
-
-async function loadModels() {
-  const message = $("#models-message");
-  // A switch flipped while this load was in flight makes its answer stale.
-  const generation = state.modelsGeneration;
-  const [models, health] = await Promise.allSettled([
-    listAllModels(),
-    api("v1/admin/routing/health"),
-  ]);
-  if (generation !== state.modelsGeneration) return;
-  if (models.status === "rejected") {
-    show(message, adminHint(models.reason), "error");
-    $("#models-meta").textContent = "";
-    if (!state.models.length) $("#models-body").replaceChildren();
-    return;
-  }
-  state.models = models.value;
-  rememberModels(state.models.map((m) => m.name));
-  const byDeployment = new Map();
-  let healthNote = "";
-  if (health.status === "fulfilled") {
-    for (const d of health.value.deployments || []) byDeployment.set(d.deployment_id, d);
-    healthNote = ` · health from router ${health.value.instance || "?"} (config v${health.value.config_version ?? "?"})`;
-    // Keep a confirmation ("x is now offline") until the next action.
-    if (!message.classList.contains("ok")) show(message, null);
-  } else {
-    show(message, `Deployment health is unavailable: ${health.reason.message}`, "warn");
-  }
-  state.health = byDeployment;
-  renderModels(byDeployment);
-  loadActiveModels();
-  $("#models-meta").textContent =
-    `${state.models.length} model${state.models.length === 1 ? "" : "s"} · updated ${clock()}${healthNote}`;
-}
-
-function breakerBadge(h) {
-  if (!h) return el("span", { class: "badge muted", text: "no health data" });
-  const stateName = enumLabel(h.breaker, "BREAKER_STATE_");
-  const kind = { closed: "ok", "half open": "warn", open: "bad" }[stateName] || "muted";
-  const text = { closed: "healthy", "half open": "probing (half-open)", open: "breaker open" }[stateName] || stateName;
-  return el("span", { class: `badge ${kind}`, "data-breaker": stateName, text });
-}
-
-function renderModels(byDeployment) {
-  const body = $("#models-body");
-  const focused = document.activeElement?.dataset?.model;
-  if (!state.models.length) {
-    body.replaceChildren(
-      el("tr", {}, el("td", { colspan: 3, class: "empty-state", text: "No models yet. Add one with the CLI (switchboard models add) or the admin API." })),
-    );
-    return;
-  }
-  const rows = state.models.map((model) => {
-    const online = model.online !== false;
-    const chips = [
-      el("span", { class: "chip", text: enumLabel(model.kind, "MODEL_KIND_") }),
-      model.strategy ? el("span", { class: "chip", text: enumLabel(model.strategy, "ROUTING_STRATEGY_") }) : null,
-      ...(model.tags || []).map((t) => el("span", { class: "chip tag", text: t })),
-      ...(model.aliases || []).map((a) => el("span", { class: "chip alias", text: `alias ${a}` })),
-    ];
-    const nameCell = el(
-      "th",
-      { scope: "row", class: "model-cell" },
-      el("div", { class: "model-name", text: model.name }),
-      model.display_name || model.description
-        ? el("div", { class: "muted small", text: model.display_name || model.description })
-        : null,
-      el("div", { class: "chips" }, chips),
-    );
-    const toggle = el(
-      "button",
-      {
-        type: "button",
-        role: "switch",
-        class: "switch",
-        "aria-checked": online ? "true" : "false",
-        "aria-label": `${model.name} online`,
-        "data-model": model.name,
-      },
-      el("span", { class: "switch-track", "aria-hidden": "true" }, el("span", { class: "switch-thumb" })),
-      el("span", { class: "switch-text", "aria-hidden": "true", text: online ? "Online" : "Offline" }),
-    );
-    toggle.addEventListener("click", () => setOnline(model.name, !online, toggle));
-    const deployments = (model.deployments || []).map((d) => {
-      const h = byDeployment.get(d.id);
-      const facts = [
-        `${d.provider} → ${d.upstream_model || "(same name)"}`,
-        `weight ${d.weight ?? 1}`,
-        h ? `${h.outstanding ?? 0} in flight` : null,
-        h && typeof h.latency_ms === "number" ? `latency ${ms(h.latency_ms)}` : null,
-        h && typeof h.ttft_ms === "number" ? `TTFT ${ms(h.ttft_ms)}` : null,
-      ].filter(Boolean);
-      return el(
-        "li",
-        { class: "deployment", "data-deployment": d.id },
-        el("code", { text: d.id }),
-        d.enabled === false ? el("span", { class: "badge muted", text: "disabled" }) : null,
-        breakerBadge(h),
-        el("span", { class: "muted small", text: facts.join(" · ") }),
-      );
-    });
-    return el(
-      "tr",
-      { "data-model": model.name, class: online ? "" : "offline" },
-      nameCell,
-      el("td", {}, toggle),
-      el(
-        "td",
-        {},
-        deployments.length
-          ? el("ul", { class: "deployments", "aria-label": `${model.name} deployments` }, deployments)
-          : el("span", { class: "muted", text: "No deployments: calls to this model fail with 503." }),
-      ),
-    );
-  });
-  body.replaceChildren(...rows);
-  if (focused) body.querySelector(`button[data-model="${CSS.escape(focused)}"]`)?.focus();
-}
-
-// The active model per use (the registry's defaults): what calls naming no model get.
-const ACTIVE_USES = { MODEL_USE_CHAT: "chat", MODEL_USE_VISION: "vision" };
-
-async function loadActiveModels() {
-  let defaults;
-  try {
-    defaults = (await api("v1/admin/defaults")).defaults || [];
-  } catch (err) {
-    return; // the models' own load already says what is wrong with the key
-  }
-  const active = new Map(defaults.map((d) => [d.use, d.model]));
-  const chat = state.models.filter((m) => m.kind === "MODEL_KIND_CHAT" && m.online !== false);
-  for (const select of document.querySelectorAll("#active-models select")) {
-    // Not while someone is choosing.
-    if (document.activeElement === select || select.disabled) continue;
-    const current = active.get(select.dataset.use) || "";
-    const options = current ? [] : [el("option", { value: "", text: "(none)", disabled: true })];
-    for (const model of chat) options.push(el("option", { value: model.name, text: model.name }));
-    if (current && !chat.some((m) => m.name === current)) {
-      options.push(el("option", { value: current, text: `${current} (offline)` }));
-    }
-    select.replaceChildren(...options);
-    select.value = current;
-  }
-}
-
-async function activate(select) {
-  const message = $("#models-message");
-  const use = select.dataset.use;
-  const model = select.value;
-  select.disabled = true;
-  try {
-    await api(`v1/admin/defaults/${use}`, { method: "PUT", body: { model } });
-    show(message, `${model} is now the active ${ACTIVE_USES[use]} model.`, "ok");
-  } catch (err) {
-    show(message, [`Could not activate ${model}: `, ...[].concat(adminHint(err))], "error");
-  } finally {
-    select.disabled = false;
-    loadActiveModels();
-  }
-}
-
-function initActiveModels() {
-  for (const select of document.querySelectorAll("#active-models select")) {
-    select.addEventListener("change", () => activate(select));
-  }
-  $("#active-models").addEventListener("submit", (event) => event.preventDefault());
-}
-
-async function setOnline(name, online, button) {
-  const message = $("#models-message");
-  button.disabled = true;
-  button.setAttribute("aria-busy", "true");
-  try {
-    const answer = await api(`v1/admin/models/${encodeURIComponent(name)}`, {
-      method: "PATCH",
-      body: { online },
-    });
-    const updated = answer.model || {};
-    state.modelsGeneration += 1;
-    state.models = state.models.map((m) =>
-      m.name === name ? { ...m, ...updated, deployments: updated.deployments || m.deployments } : m,
-    );
-    renderModels(state.health || new Map());
-    show(message, `${name} is now ${updated.online === false ? "offline" : "online"}.`, "ok");
-    models.run();
-  } catch (err) {
-    show(message, [`Could not switch ${name} ${online ? "online" : "offline"}: `, ...[].concat(adminHint(err))], "error");
-    button.disabled = false;
-    button.removeAttribute("aria-busy");
   }
 }
 
@@ -745,9 +308,6 @@ function renderUsageTiles(summary) {
   );
 }
 
-function tile(label, value, kind = "") {
-  return el("div", { class: `tile ${kind}` }, el("div", { class: "tile-label", text: label }), el("div", { class: "tile-value", text: value }));
-}
 
 function renderUsage(answer, span, interval) {
   state.lastUsage = [answer, span, interval];
@@ -867,156 +427,17 @@ async function loadPerformance() {
   $("#perf-meta").textContent = `Window ${answer.window} · updated ${clock()}`;
 }
 
-// ---------------------------------------------------------------- GPUs
-
-async function loadGpu() {
-  const message = $("#gpu-message");
-  const wantAlerts = state.gpuTicks++ % 5 === 0;
-  const [status, alerts] = await Promise.allSettled([
-    api("v1/admin/gpu/status"),
-    wantAlerts ? api("v1/admin/gpu/alerts", { params: { limit: 50 } }) : Promise.resolve(null),
-  ]);
-  if (status.status === "rejected") {
-    show(message, adminHint(status.reason), "error");
-    return;
-  }
-  show(message, null);
-  renderNode(status.value);
-  if (alerts.status === "fulfilled" && alerts.value) renderAlerts(alerts.value.alerts || []);
-  else if (alerts.status === "rejected") {
-    $("#alerts-table tbody").replaceChildren(
-      el("tr", {}, el("td", { colspan: 7, class: "empty-state", text: `Alert history unavailable: ${alerts.reason.describe?.() || alerts.reason}` })),
-    );
-  }
-  $("#gpu-meta").textContent = `Live · refreshed every 2 s · last ${clock()}`;
-}
-
-function renderNode(answer) {
-  const node = answer.status || {};
-  const nvml = enumLabel(node.nvml_state, "NVML_STATE_");
-  const facts = el(
-    "dl",
-    { class: "facts" },
-    el("dt", { text: "Node" }), el("dd", { text: node.hostname || "—" }),
-    el("dt", { text: "NVML" }), el("dd", {}, el("span", { class: `badge ${node.nvml_state === "NVML_STATE_AVAILABLE" ? "ok" : "warn"}`, text: nvml })),
-    el("dt", { text: "Driver" }), el("dd", { text: node.driver_version || "—" }),
-    el("dt", { text: "CUDA" }), el("dd", { text: node.cuda_version || "—" }),
-    el("dt", { text: "Sampled" }), el("dd", { text: when(node.sample_time) }),
-    el("dt", { text: "Alert rules" }), el("dd", { text: `${(answer.rules || []).length} (registry v${answer.registry_version ?? "?"})` }),
-  );
-  const parts = [el("h2", { text: "Node" }), facts];
-  if (node.nvml_state === "NVML_STATE_UNAVAILABLE") {
-    parts.push(
-      el(
-        "div",
-        { class: "notice warn", role: "status", id: "nvml-unavailable" },
-        el("strong", { text: "NVML is unavailable on this node. " }),
-        `Reason: ${node.reason || "not given"}. No GPU readings are shown: this node has no GPU, or its driver is not reachable.`,
-      ),
-    );
-  } else if (node.nvml_state === "NVML_STATE_NO_DEVICES") {
-    parts.push(el("div", { class: "notice info", role: "status", text: "NVML works, but reports no GPUs on this node." }));
-  }
-  $("#gpu-node").replaceChildren(...parts);
-  const devices = node.devices || [];
-  $("#gpu-devices").replaceChildren(...devices.map(renderDevice));
-  const active = answer.active_alerts || [];
-  $("#gpu-active").replaceChildren(
-    active.length
-      ? el("ul", { class: "active-alerts" }, active.map((a) => el("li", { class: `alert ${severityClass(a.severity)}` }, el("strong", { text: a.rule_name }), ` — ${a.message || a.metric}`)))
-      : el("p", { class: "muted", text: "No alerts firing on this node." }),
-  );
-}
-
-function renderDevice(d) {
-  const health = enumLabel(d.health, "GPU_HEALTH_");
-  const healthKind = { ok: "ok", saturated: "warn", alerting: "warn", unhealthy: "bad" }[health] || "muted";
-  const num = (v) => (typeof v === "number" ? v : null);
-  const memPct = num(d.memory_used_mib) !== null && num(d.memory_total_mib) ? (d.memory_used_mib / d.memory_total_mib) * 100 : null;
-  const gauges = el(
-    "div",
-    { class: "gauges" },
-    gauge({ label: `GPU ${d.index} utilisation`, value: num(d.utilization_gpu_percent), max: 100, text: `${Math.round(d.utilization_gpu_percent ?? 0)}%`, sub: "utilisation", warn: 80, crit: 95 }),
-    gauge({
-      label: `GPU ${d.index} memory`,
-      value: memPct,
-      max: 100,
-      text: memPct === null ? "" : `${Math.round(memPct)}%`,
-      sub: memPct === null ? "" : `${(d.memory_used_mib / 1024).toFixed(1)} / ${(d.memory_total_mib / 1024).toFixed(1)} GiB`,
-      warn: 85,
-      crit: 95,
-    }),
-    gauge({ label: `GPU ${d.index} temperature`, value: num(d.temperature_c), max: 100, text: `${Math.round(d.temperature_c ?? 0)} °C`, sub: "temperature", warn: 80, crit: 90 }),
-    gauge({
-      label: `GPU ${d.index} power`,
-      value: num(d.power_w),
-      max: num(d.power_limit_w) || 700,
-      text: `${Math.round(d.power_w ?? 0)} W`,
-      sub: num(d.power_limit_w) ? `of ${Math.round(d.power_limit_w)} W` : "power",
-      warn: (num(d.power_limit_w) || 700) * 0.9,
-      crit: (num(d.power_limit_w) || 700) * 0.98,
-    }),
-  );
-  const extra = [
-    num(d.sm_clock_mhz) !== null ? `SM ${d.sm_clock_mhz} MHz` : null,
-    num(d.memory_clock_mhz) !== null ? `memory ${d.memory_clock_mhz} MHz` : null,
-    num(d.ecc_uncorrected_errors) !== null ? `ECC uncorrected ${d.ecc_uncorrected_errors}` : null,
-    num(d.last_xid) ? `last XID ${d.last_xid}` : null,
-  ].filter(Boolean);
-  const processes = d.processes || [];
-  return el(
-    "article",
-    { class: "card device", "aria-label": `GPU ${d.index} ${d.name || ""}`, "data-uuid": d.uuid },
-    el("div", { class: "device-head" },
-      el("h3", { text: `GPU ${d.index} · ${d.name || "unknown"}` }),
-      el("span", { class: `badge ${healthKind}`, text: health })),
-    d.health_reason ? el("p", { class: "muted small", text: d.health_reason }) : null,
-    gauges,
-    extra.length ? el("p", { class: "muted small", text: extra.join(" · ") }) : null,
-    (d.nvml_errors || []).length ? el("ul", { class: "errors" }, d.nvml_errors.map((e) => el("li", { text: e }))) : null,
-    el("details", {},
-      el("summary", { text: `${processes.length} process${processes.length === 1 ? "" : "es"} · ${d.uuid || ""}` }),
-      processes.length
-        ? el("ul", { class: "processes" }, processes.map((p) => el("li", { text: `${p.pid} ${p.name || ""}${typeof p.used_memory_mib === "number" ? ` · ${p.used_memory_mib} MiB` : ""}` })))
-        : el("p", { class: "muted small", text: "No compute processes." })),
-  );
-}
-
-function severityClass(severity) {
-  return { SEVERITY_CRITICAL: "bad", SEVERITY_WARNING: "warn", SEVERITY_INFO: "info" }[severity] || "muted";
-}
-
-function renderAlerts(alerts) {
-  const comparator = { COMPARATOR_GREATER_THAN: ">", COMPARATOR_LESS_THAN: "<" };
-  $("#alerts-table tbody").replaceChildren(
-    ...(alerts.length
-      ? alerts.map((a) =>
-          el(
-            "tr",
-            { class: a.state === "ALERT_STATE_FIRING" ? "firing" : "" },
-            el("td", {}, el("span", { class: `badge ${a.state === "ALERT_STATE_FIRING" ? "bad" : "muted"}`, text: enumLabel(a.state, "ALERT_STATE_") })),
-            el("td", {}, el("span", { class: `badge ${severityClass(a.severity)}`, text: enumLabel(a.severity, "SEVERITY_") })),
-            el("td", { text: `${a.rule_name} (${a.metric})` }),
-            el("td", { text: `${a.hostname} / GPU ${a.gpu_index}` }),
-            el("td", { class: "num", text: `${compact(a.value)} ${comparator[a.comparator] || "vs"} ${compact(a.threshold)}` }),
-            el("td", { text: when(a.start_time || a.time) }),
-            el("td", { text: a.message || "" }),
-          ),
-        )
-      : [el("tr", {}, el("td", { colspan: 7, class: "empty-state", text: "No alerts recorded." }))]),
-  );
-}
-
 // ---------------------------------------------------------------- tabs
 
-const models = new Poller(loadModels, 5000);
 const pollers = {
-  models,
+  models: new Poller(loadModels, 5000),
   playground: new Poller(loadChatModels, 0),
   usage: new Poller(loadUsage, 5000),
   performance: new Poller(loadPerformance, 10000),
+  engines: new Poller(loadEngines, 2000),
   gpu: new Poller(loadGpu, 2000),
 };
+state.reloadModels = () => pollers.models.run();
 let current = null;
 
 function selectTab(name, { focus = false } = {}) {
@@ -1077,7 +498,9 @@ function main() {
   initKeys();
   initTabs();
   initPlayground();
-  initActiveModels();
+  initModels();
+  initRegistry();
+  initEngines();
   loadEdgeStatus();
   setInterval(() => {
     if (!document.hidden) loadEdgeStatus();

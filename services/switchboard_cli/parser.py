@@ -18,6 +18,14 @@ MODEL_USES = (
     *("embedding", "asr", "tts", "rerank", "image"),
 )
 
+# Prices of the kinds priced per unit (Pricing's per_* fields): flag, unit.
+MEDIA_PRICES = (
+    ("per-audio-second", "second of audio (asr)"),
+    ("per-1k-characters", "1,000 input characters (tts)"),
+    ("per-search-unit", "search unit (rerank)"),
+    ("per-image", "image (image)"),
+)
+
 COMMANDS = "switchboard_cli.commands"
 
 
@@ -149,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "status", "stack:status", "show each component of the local stack")
 
     # -- models -------------------------------------------------------------------
-    models = group("models", "list, add, enable, disable and activate models (admin API)")
+    models = group(
+        "models", "list, add, enable, disable and activate models; their defaults (admin API)"
+    )
     listing = command(models, "list", "models:list_models", "list models")
     listing.add_argument("--status", choices=["online", "offline", "all"], default="all")
     listing.add_argument("--tag", help="only models with this tag")
@@ -175,7 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=metavar,
             help=f"price per 1,000 {tokens} tokens",
         )
+    for flag, unit in MEDIA_PRICES:
+        add.add_argument(
+            f"--{flag}", type=non_negative_float, metavar="X", help=f"price per {unit}"
+        )
     add.add_argument("--currency", default=None, help="the prices' currency (default USD)")
+    for name, kind in (("temperature", non_negative_float), ("top-p", non_negative_float)):
+        add.add_argument(
+            f"--default-{name}",
+            type=kind,
+            metavar="X",
+            help=f"{name.replace('-', '_')} for calls that leave it out",
+        )
+    add.add_argument(
+        "--default-max-tokens",
+        type=positive_int,
+        metavar="N",
+        help="max_tokens for calls that leave it out",
+    )
     add.add_argument("--offline", action="store_true", help="create it offline")
 
     for verb, online in (("enable", "online"), ("disable", "offline")):
@@ -193,7 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--use",
         choices=list(MODEL_USES),
         default="chat",
-        help="which calls it serves (default chat; vision: pictures)",
+        help="which calls it serves (default chat; vision: pictures; a kind's name: "
+        "calls of that kind)",
+    )
+    command(
+        models,
+        "defaults",
+        "models:defaults",
+        "show the default (active) model of every use",
     )
 
     # -- keys ---------------------------------------------------------------------

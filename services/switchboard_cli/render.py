@@ -86,13 +86,32 @@ def _deployments(model: JSON) -> Text:
     return lines if lines.plain else Text("none", style="yellow")
 
 
+# The unit price of each kind priced per unit rather than per token (Pricing's fields).
+UNIT_PRICES = {
+    "MODEL_KIND_ASR": ("per_audio_second", "/audio s"),
+    "MODEL_KIND_TTS": ("per_1k_characters", "/1K chars"),
+    "MODEL_KIND_RERANK": ("per_search_unit", "/search unit"),
+    "MODEL_KIND_IMAGE": ("per_image", "/image"),
+}
+
+
 def _price(model: JSON) -> str:
     pricing = model.get("pricing") or {}
+    currency = pricing.get("currency") or ""
+    unit = UNIT_PRICES.get(str(model.get("kind")))
+    if unit is not None and pricing.get(unit[0]):
+        return f"{money(pricing[unit[0]])}{unit[1]} {currency}".rstrip()
     cin, cout = pricing.get("input_per_1k") or 0, pricing.get("output_per_1k") or 0
     if not cin and not cout:
         return ABSENT
-    currency = pricing.get("currency") or ""
     return f"{money(cin)} / {money(cout)} {currency}".rstrip()
+
+
+def _defaults(model: JSON) -> str:
+    """The default parameters applied to calls that leave them out."""
+    given = model.get("default_parameters") or {}
+    names = ("temperature", "max_tokens", "top_p")
+    return ", ".join(f"{k}={given[k]}" for k in names if k in given)
 
 
 def models_table(models: Sequence[JSON]) -> Table:
@@ -103,7 +122,7 @@ def models_table(models: Sequence[JSON]) -> Table:
     table.add_column("DEPLOYMENTS (provider/upstream)")
     table.add_column("TAGS")
     table.add_column("PRICE /1K in / out")
-    table.add_column("DESCRIPTION", overflow="fold")
+    table.add_column("DESCRIPTION, DEFAULTS", overflow="fold")
     for model in models:
         name = Text(str(model.get("name", "")))
         aliases = model.get("aliases") or []
@@ -116,8 +135,23 @@ def models_table(models: Sequence[JSON]) -> Table:
             _deployments(model),
             plain(", ".join(model.get("tags") or []) or ABSENT),
             plain(_price(model)),
-            plain(model.get("description") or ""),
+            plain(
+                "\n".join(
+                    part for part in (model.get("description") or "", _defaults(model)) if part
+                )
+            ),
         )
+    return table
+
+
+def defaults_table(defaults: Mapping[str, str], uses: Sequence[str]) -> Table:
+    """The default model of every use, unset ones included."""
+    table = Table()
+    table.add_column("USE", style="bold", no_wrap=True)
+    table.add_column("MODEL")
+    for use in uses:
+        model = defaults.get(use)
+        table.add_row(use, plain(model) if model else Text("not set", style="dim"))
     return table
 
 

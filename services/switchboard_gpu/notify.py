@@ -39,6 +39,11 @@ WEBHOOK = "webhook"
 EMAIL = "email"
 SIGNATURE_HEADER = "X-Switchboard-Signature"
 DELIVERY_HEADER = "X-Switchboard-Delivery"
+_STATUS = {
+    "pending": gpu_pb2.DELIVERY_STATUS_PENDING,
+    "delivered": gpu_pb2.DELIVERY_STATUS_DELIVERED,
+    "failed": gpu_pb2.DELIVERY_STATUS_FAILED,
+}
 _SCHEMA = """CREATE TABLE IF NOT EXISTS deliveries (
     key TEXT PRIMARY KEY, alert_id TEXT NOT NULL, state TEXT NOT NULL, channel TEXT NOT NULL,
     payload BLOB NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
@@ -170,6 +175,11 @@ class Notifier:
         ).fetchone()
         return row is not None
 
+    @property
+    def channels(self) -> list[str]:
+        """The channels configured on this node."""
+        return list(self._channels)
+
     def deliveries(self) -> list[dict[str, object]]:
         """Every delivery with its status (pending, delivered, failed) and attempts."""
         rows = self._db.execute(
@@ -187,6 +197,36 @@ class Notifier:
             "done_at",
         )
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def notifications(self, limit: int) -> list[gpu_pb2.AlertNotification]:
+        """The newest `limit` deliveries as the API shows them, with the alert
+        each announces (read from the payload it sends)."""
+        rows = self._db.execute(
+            "SELECT key, alert_id, state, channel, status, attempts, last_error, done_at, "
+            "next_at, payload FROM deliveries ORDER BY rowid DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        found = []
+        for key, alert_id, state, channel, status, attempts, error, done_at, next_at, raw in rows:
+            alert = json.loads(raw).get("data", {})
+            item = gpu_pb2.AlertNotification(
+                key=key,
+                alert_id=alert_id,
+                alert_state=gpu_pb2.AlertState.Value(state),
+                channel=channel,
+                status=_STATUS[status],
+                attempts=attempts,
+                last_error=error,
+                rule_name=str(alert.get("rule_name", "")),
+                message=str(alert.get("message", "")),
+                gpu_uuid=str(alert.get("gpu_uuid", "")),
+            )
+            if done_at is not None:
+                item.done_time.FromNanoseconds(int(done_at * 1e9))
+            if status == "pending" and next_at:
+                item.next_attempt_time.FromNanoseconds(int(next_at * 1e9))
+            found.append(item)
+        return found
 
     async def _run(self) -> None:
         while True:

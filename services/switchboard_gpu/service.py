@@ -51,6 +51,7 @@ RECORD_FAILURES = Counter(
 )
 # History queries scan ClickHouse; a month of samples at 1d takes a while.
 HISTORY_TIMEOUT_S = 30.0
+MAX_NOTIFICATIONS = 1000
 
 
 class Monitor:
@@ -240,6 +241,17 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceSe
         self, request: gpu_pb2.ListGpuAlertsRequest, context: Context
     ) -> gpu_pb2.ListGpuAlertsResponse:
         return await self._history.alerts(request)
+
+    async def ListAlertNotifications(
+        self, request: gpu_pb2.ListAlertNotificationsRequest, context: Context
+    ) -> gpu_pb2.ListAlertNotificationsResponse:
+        reply = gpu_pb2.ListAlertNotificationsResponse(hostname=self._sampler.config.hostname)
+        notifier = self._monitor.notifier
+        if notifier is not None:
+            limit = min(request.limit, MAX_NOTIFICATIONS) if request.limit > 0 else 100
+            reply.channels.extend(notifier.channels)
+            reply.notifications.extend(notifier.notifications(limit))
+        return reply
 
 
 def _follow(snapshot: registry_pb2.Snapshot, monitor: Monitor, sampler: Sampler) -> None:

@@ -175,6 +175,64 @@ def test_a_model_added_with_the_cli_chats_and_goes_offline(stack: Stack) -> None
     until(LIVE_S, lambda: cli(stack, "chat", "back", "-m", "cli-model"), ok)
 
 
+def test_a_rerank_model_with_its_unit_price_becomes_the_rerank_default(stack: Stack) -> None:
+    added = cli(
+        stack,
+        "models",
+        "add",
+        "cli-rerank",
+        "--kind",
+        "rerank",
+        "--provider",
+        "mock",
+        "--upstream-model",
+        "bge-reranker",
+        "--per-search-unit",
+        "0.002",
+    )
+    assert added.returncode == 0, added.stderr
+    row = next(line for line in added.stdout.splitlines() if "cli-rerank" in line)
+    assert "rerank" in row
+    assert "0.002/search unit USD" in row
+    listed = cli(stack, "models", "list", "--kind", "rerank", "--json")
+    assert [m["name"] for m in json.loads(listed.stdout)["models"]] == ["cli-rerank"]
+
+    activated = cli(stack, "models", "activate", "cli-rerank", "--use", "rerank")
+    assert activated.returncode == 0, activated.stderr
+    assert "cli-rerank is now the active rerank model" in activated.stdout
+    shown = cli(stack, "models", "defaults")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert any(re.search(r"\brerank\b.*\bcli-rerank\b", line) for line in lines)
+    assert any(re.search(r"\btts\b.*not set", line) for line in lines)
+    as_json = json.loads(cli(stack, "models", "defaults", "--json").stdout)
+    assert {"use": "MODEL_USE_RERANK", "model": "cli-rerank"} in as_json["defaults"]
+
+
+def test_default_parameters_set_with_the_cli_are_stored(stack: Stack) -> None:
+    added = cli(
+        stack,
+        "models",
+        "add",
+        "cli-tuned",
+        "--provider",
+        "mock",
+        "--upstream-model",
+        "mock-echo",
+        "--default-temperature",
+        "0.25",
+        "--default-max-tokens",
+        "48",
+        "--json",
+    )
+    assert added.returncode == 0, added.stderr
+    model = json.loads(added.stdout)["model"]
+    assert model["default_parameters"] == {"temperature": 0.25, "max_tokens": 48}
+    listed = cli(stack, "models", "list", "--json")
+    (stored,) = [m for m in json.loads(listed.stdout)["models"] if m["name"] == "cli-tuned"]
+    assert stored["default_parameters"] == {"temperature": 0.25, "max_tokens": 48}
+
+
 def test_a_key_is_created_shown_once_used_and_revoked(stack: Stack) -> None:
     created = cli(stack, "keys", "create", "cli-team", "--model", "mock-chat", "--rpm", "600")
     assert created.returncode == 0, created.stderr

@@ -4,21 +4,32 @@ The edge serves the console at /console; a browser (Debian's chromium, driven by
 playwright-core from tests/e2e/console/drive.mjs) loads it, streams a chat from the
 loopback OpenAI upstream and sees the tokens arrive, switches a model offline,
 sees the offline error in the playground, sees its call in the usage chart, and
-looks at latency percentiles and the GPU page. This test then checks through the
-API that what the page showed is so. Screenshots go to the test's tmp directory
-and to build/console-screenshots/{tour,gpu-devices}/ (or under
+looks at latency percentiles and the GPU page. A second scenario works the
+registry, engine and monitoring screens: the kind filter, the default model of
+a use, a model's default parameters, the model group, an engine started,
+logged and stopped (a process speaking vLLM's HTTP surface, run by the real
+engine service), the host's gauges, and an alert's webhook delivery. This test
+then checks through the API that what the page showed is so. Screenshots go to
+the test's tmp directory and to build/console-screenshots/{tour,gpu-devices,
+operations}/ (or under
 $SWITCHBOARD_CONSOLE_SCREENSHOTS), replaced on each run."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import openai
@@ -28,7 +39,7 @@ import yaml
 from switchboard_common.settings import Settings
 from switchboard_stack import envoy
 from switchboard_stack.harness import REPO, Stack, running_stack
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, eventually
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
 # A browser beside a whole stack: not beside another stack.
@@ -48,7 +59,34 @@ PLAYWRIGHT = REPO / "node_modules" / "playwright-core" / "package.json"
 SCREENSHOTS = Path(
     os.environ.get("SWITCHBOARD_CONSOLE_SCREENSHOTS") or REPO / "build" / "console-screenshots"
 )
-DRIVER_TIMEOUT_S = 90
+DRIVER_TIMEOUT_S = 150
+# The operations scenario's registry, engine and alert.
+RERANK_MODEL = "loop-rerank"
+GROUP = "console-group"
+GROUP_A = "group-a"
+GROUP_B = "group-b"
+ENGINE = "console-engine"
+ALERT_RULE = "console-hot"
+WEBHOOK_SECRET = "console-webhook-secret-0123456789"
+FAKE_VLLM = REPO / "tests" / "support" / "fake_vllm.py"
+# One scripted GPU (this machine has none), hot enough for ALERT_RULE.
+GPU_SCRIPT = {
+    "driver_version": "550.54.15",
+    "cuda_version": "12.4",
+    "devices": [
+        {
+            "index": 0,
+            "uuid": "GPU-console-0",
+            "name": "NVIDIA L4",
+            "utilization_gpu_percent": 41,
+            "memory_used_mib": 6144,
+            "memory_total_mib": 23034,
+            "temperature_c": 71,
+            "power_w": 40,
+            "power_limit_w": 72,
+        }
+    ],
+}
 
 
 def _node() -> str:
@@ -75,8 +113,53 @@ def upstream(upstream: OpenAIUpstream) -> OpenAIUpstream:
     return upstream
 
 
+class _Hook(BaseHTTPRequestHandler):
+    """The alert webhook's receiver on loopback: keeps each delivery key whose
+    signature checks out."""
+
+    received: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        wanted = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        ok = self.headers.get("x-switchboard-signature") == wanted
+        if ok:
+            self.received.append(self.headers["x-switchboard-delivery"])
+        self.send_response(200 if ok else 401)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads what arrived."""
+
+
 @pytest.fixture(scope="module")
-def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def webhook() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    upstream: OpenAIUpstream, webhook: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("console")
+    # The engine service runs "vllm" as it would on a GPU node: here a process that
+    # speaks vLLM's HTTP surface, healthy at once (its ready file exists).
+    vllm = tmp / "vllm"
+    vllm.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_VLLM}" "$@"\n')
+    vllm.chmod(vllm.stat().st_mode | stat.S_IXUSR)
+    ready = tmp / "vllm-ready"
+    ready.touch()
+    gpu_script = tmp / "gpu.json"
+    gpu_script.write_text(json.dumps(GPU_SCRIPT))
     pricing = {"input_per_1k": 0.5, "output_per_1k": 1.5, "currency": "USD"}
     config = {
         "providers": [
@@ -100,10 +183,28 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
                 "deployments": [{"provider": "mock", "model": "mock-echo"}],
                 "pricing": pricing,
             },
+            *(
+                {"name": name, "deployments": [{"provider": "mock", "model": f"{name}-echo"}]}
+                for name in (GROUP_A, GROUP_B)
+            ),
+            {
+                "name": RERANK_MODEL,
+                "kind": "rerank",
+                "deployments": [{"provider": "loopback", "model": "rerank-loop"}],
+            },
         ],
     }
-    env = {"SWITCHBOARD_ADMIN_KEY": ADMIN_KEY, "CONSOLE_E2E_PROVIDER_KEY": PROVIDER_KEY}
-    with running_stack(config, tmp_path_factory.mktemp("console"), env) as running:
+    env = {
+        "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
+        "CONSOLE_E2E_PROVIDER_KEY": PROVIDER_KEY,
+        "SWITCHBOARD_VLLM_BIN": str(vllm),
+        "FAKE_VLLM_READY_FILE": str(ready),
+        "SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S": "0.25",
+        "SWITCHBOARD_GPU_SCRIPT": str(gpu_script),
+        "SWITCHBOARD_ALERT_WEBHOOK_URL": webhook,
+        "SWITCHBOARD_ALERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    with running_stack(config, tmp / "stack", env) as running:
         yield running
 
 
@@ -244,15 +345,13 @@ def test_console_streams_switches_offline_and_charts_usage(
 
         assert steps["performance"]["latency_p50_ms"] > 0
 
-        # No GPU here: the page says NVML is unavailable, with the service's reason,
-        # and draws no gauges (no made-up zeros). With GPUs, one card per device.
+        # The stack's GPU is scripted (this machine has none): the page draws the gpu
+        # service's device with its four gauges. (NVML unavailable: gpu-devices scenario.)
         gpu = admin.get("/v1/admin/gpu/status").json()["status"]
         shown = steps["gpu"]
-        if gpu["nvml_state"] == "NVML_STATE_UNAVAILABLE":
-            assert gpu["reason"] in shown["unavailable"]
-            assert shown["gauges"] == 0
-        else:
-            assert shown["devices"] == len(gpu.get("devices", []))
+        assert gpu["nvml_state"] == "NVML_STATE_AVAILABLE"
+        assert shown["devices"] == len(gpu["devices"]) == 1
+        assert shown["gauges"] == 4
 
     files = sorted(p.name for p in shots.glob("*.png"))
     assert files == [
@@ -344,11 +443,41 @@ GPU_STATUS = {
 }
 
 
+# A node without NVML, as the gpu service reports it: with its host's readings.
+NO_NVML_REASON = "NVML Shared Library Not Found"
+GPU_UNAVAILABLE = {
+    "status": {
+        "hostname": "cpu-node-1",
+        "labels": {},
+        "nvml_state": "NVML_STATE_UNAVAILABLE",
+        "reason": NO_NVML_REASON,
+        "driver_version": "",
+        "cuda_version": "",
+        "sample_time": "2026-11-24T05:00:00Z",
+        "devices": [],
+        "host": {
+            "cpu_percent": 12.5,
+            "cpu_count": 8,
+            "memory_percent": 40,
+            "memory_used_mib": "13107",
+            "memory_total_mib": "32768",
+            "disk_percent": 55,
+            "disk_used_mib": "563200",
+            "disk_total_mib": "1024000",
+            "load_average_1m": 0.8,
+        },
+    },
+    "active_alerts": [],
+    "rules": [],
+    "registry_version": "3",
+}
+
+
 def test_gpu_page_draws_each_reading_and_no_made_up_ones(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """This machine has no GPU, so the page is given the GPU service's answer for a
-    node with two (everything else is the real stack)."""
+    """The page is given the GPU service's answer for a node with two GPUs, then for
+    one without NVML (everything else is the real stack)."""
     node = _node()
     shots = tmp_path / "screenshots"
     alerts = {"alerts": GPU_STATUS["active_alerts"]}
@@ -359,6 +488,7 @@ def test_gpu_page_draws_each_reading_and_no_made_up_ones(
         "gpu-devices",
         GPU_STATUS=json.dumps(GPU_STATUS),
         GPU_ALERTS=json.dumps(alerts),
+        GPU_UNAVAILABLE=json.dumps(GPU_UNAVAILABLE),
     )
     shown = steps["gpu_devices"]
     assert shown["devices"] == 2
@@ -375,4 +505,138 @@ def test_gpu_page_draws_each_reading_and_no_made_up_ones(
     assert shown["badges"] == ["ok", "alerting"]
     assert "gpu-busy" in shown["active"]
     assert shown["firing_rows"] == 1
+    # NVML unavailable: its reason, and no readings drawn (no made-up zeros); the host's
+    # readings still are.
+    gone = steps["gpu_unavailable"]
+    assert NO_NVML_REASON in gone["unavailable"]
+    assert gone["gauges"] == 0
+    assert gone["host"] == 3
     _keep(shots, "gpu-devices", capsys)
+
+
+def test_console_registry_engines_host_and_notifications(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = _node()
+    admin = httpx.Client(
+        base_url=stack.edge_url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    )
+    with admin:
+        created = admin.post(
+            "/v1/admin/engines",
+            json={
+                "name": ENGINE,
+                "config": {"framework": "ENGINE_FRAMEWORK_VLLM", "model_path": "org/tiny-model"},
+            },
+        )
+        assert created.status_code == 200, created.text
+        rule = admin.post(
+            "/v1/admin/alert-rules",
+            json={
+                "name": ALERT_RULE,
+                "metric": "temperature_c",
+                "comparator": "COMPARATOR_GREATER_THAN",
+                "threshold": 60,
+                "severity": "SEVERITY_WARNING",
+                "notification_channels": ["webhook"],
+            },
+        )
+        assert rule.status_code == 200, rule.text
+
+        shots = tmp_path / "screenshots"
+        steps = _drive(
+            node,
+            stack,
+            shots,
+            "operations",
+            RERANK_MODEL=RERANK_MODEL,
+            GROUP=GROUP,
+            GROUP_A=GROUP_A,
+            GROUP_B=GROUP_B,
+            ENGINE=ENGINE,
+            ALERT_RULE=ALERT_RULE,
+        )
+
+        # The kind filter showed the rerank model alone; a use of a kind offers that kind.
+        assert steps["model_kinds"]["shown"] == [RERANK_MODEL]
+        assert steps["model_kinds"]["chips"] == ["rerank"]
+        assert steps["default_rerank"]["offered"] == [RERANK_MODEL]
+        assert RERANK_MODEL not in steps["default_rerank"]["chat_offers"]
+        defaults = admin.get("/v1/admin/defaults").json()["defaults"]
+        assert {"use": "MODEL_USE_RERANK", "model": RERANK_MODEL} in defaults
+
+        # The model's defaults and catalogue fields, as the registry stores them.
+        model = admin.get(f"/v1/admin/models/{GROUP_A}").json()["model"]
+        assert model["default_parameters"] == {"temperature": 0.3, "max_tokens": 64}
+        assert (model["keyword"], model["release_date"]) == ("console-keyword", "2026-11-30")
+        assert "streaming" not in model  # left checked: unset, streams
+        assert steps["default_parameters"]["row"] == "Defaults: temperature 0.3 · max_tokens 64"
+
+        # The model group: stored, and a call for it is served by one of its models.
+        lb = admin.get("/v1/admin/load-balancing").json()["load_balancing"]
+        assert lb["group"] == GROUP
+        assert lb["weights"] == {GROUP_A: 3, GROUP_B: 1}
+        assert lb["strategy"] == "ROUTING_STRATEGY_WEIGHTED_RANDOM"
+        assert f"{GROUP_A} (3)" in steps["model_group"]["summary"]
+        served = admin.post(
+            "/v1/chat/completions",
+            json={"model": GROUP, "messages": [{"role": "user", "content": "which one?"}]},
+        )
+        assert served.status_code == 200, served.text
+        assert served.headers["x-switchboard-model"] in (GROUP_A, GROUP_B)
+
+        # The engine: started and stopped from the page, each a task that succeeded.
+        start = steps["engine_start"]
+        assert start["before"] in ("created", "stopped")
+        for fact in ("vllm", "port ", "pid "):
+            assert fact in start["facts"]
+        assert start["task"] == "start: succeeded"
+        assert start["gauges"] == 1
+        assert steps["engine_stop"]["task"] == "stop: succeeded"
+        engine = admin.get(f"/v1/admin/engines/{ENGINE}").json()["engine"]
+        assert engine["state"] == "ENGINE_STATE_STOPPED"
+        task = admin.get(f"/v1/admin/engine-tasks/{engine['task_id']}").json()["task"]
+        assert (task["kind"], task["state"]) == ("TASK_KIND_STOP", "TASK_STATE_SUCCEEDED")
+        # The log lines the page showed are the engine's own (vLLM's format, parsed).
+        shown = steps["engine_logs"]["messages"]
+        assert steps["engine_logs"]["heading"] == f"Log of {ENGINE}"
+        logs = admin.get(f"/v1/admin/engines/{ENGINE}/logs", params={"lines": 200})
+        assert logs.status_code == 200, logs.text
+        logged = [m["line"]["message"] for m in logs.json()]
+        assert shown
+        assert set(shown) <= set(logged)
+
+        # Host gauges beside the GPUs, from the gpu service's psutil readings.
+        host = admin.get("/v1/admin/gpu/status").json()["status"]["host"]
+        gauges = steps["host"]["gauges"]
+        assert [g.split(":")[0] for g in gauges] == ["Host CPU", "Host memory", "Host disk"]
+        cpu, memory, disk = steps["host"]["values"]
+        assert 0 <= cpu <= 100
+        assert abs(memory - host["memory_percent"]) < 10
+        assert abs(disk - host["disk_percent"]) < 2
+
+        # The alert's webhook went out, and the page showed its delivery as the API does.
+        shown_keys = steps["notifications"]["keys"]
+        assert shown_keys == [f"{k.split(':')[0]}:ALERT_STATE_FIRING:webhook" for k in shown_keys]
+        assert "webhook" in steps["notifications"]["channels"]
+        assert "temperature_c > 60" in steps["notifications"]["rule"]
+        listed = admin.get("/v1/admin/gpu/notifications").json()
+        delivered = {
+            n["key"]
+            for n in listed["notifications"]
+            if n["status"] == "DELIVERY_STATUS_DELIVERED" and n["rule_name"] == ALERT_RULE
+        }
+        assert set(shown_keys) <= delivered
+        eventually(lambda: set(shown_keys) <= set(_Hook.received), what="the webhook's receipt")
+        assert steps["notifications"]["cells"][:4] == [ALERT_RULE, "firing", "webhook", "delivered"]
+
+    files = sorted(p.name for p in shots.glob("*.png"))
+    assert files == [
+        "09-models-rerank.png",
+        "10-model-defaults.png",
+        "11-model-group.png",
+        "12-engine-running.png",
+        "13-engine-stopped.png",
+        "14-host-and-notifications.png",
+    ]
+    _keep(shots, "operations", capsys)

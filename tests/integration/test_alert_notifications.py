@@ -127,6 +127,13 @@ async def test_firing_and_resolved_each_notify_once(receiver: Receiver, tmp_path
             "a1:ALERT_STATE_FIRING:webhook",
             "a1:ALERT_STATE_RESOLVED:webhook",
         ]
+        # Newest first, as many as asked for, each with the alert it announces.
+        shown = notifier.notifications(1)
+        assert [n.key for n in shown] == ["a1:ALERT_STATE_RESOLVED:webhook"]
+        assert shown[0].status == gpu_pb2.DELIVERY_STATUS_DELIVERED
+        assert shown[0].alert_state == gpu_pb2.ALERT_STATE_RESOLVED
+        assert [n.key for n in notifier.notifications(10)] == [r["key"] for r in reversed(rows)]
+        assert notifier.channels == ["webhook"]
     finally:
         await notifier.close()
 
@@ -160,6 +167,14 @@ async def test_a_delivery_gives_up_after_its_attempts(receiver: Receiver, tmp_pa
         assert rows[0]["attempts"] == 3
         assert rows[0]["last_error"] == "HTTP 503"
         assert len(receiver.received) == 3
+        # As the API (ListAlertNotifications) shows it: given up, with when and why.
+        (shown,) = notifier.notifications(10)
+        assert shown.status == gpu_pb2.DELIVERY_STATUS_FAILED
+        assert (shown.attempts, shown.last_error) == (3, "HTTP 503")
+        assert (shown.rule_name, shown.channel) == ("hot", "webhook")
+        assert shown.alert_state == gpu_pb2.ALERT_STATE_FIRING
+        assert shown.HasField("done_time")
+        assert not shown.HasField("next_attempt_time")
     finally:
         await notifier.close()
 

@@ -123,6 +123,53 @@ def test_models_add_creates_offline_deploys_then_goes_online() -> None:
     assert "added model llama-3, online" in ctx.stdout()
 
 
+def test_models_add_sends_a_kinds_unit_price_and_default_parameters() -> None:
+    pricing = {"per_search_unit": 0.002, "currency": "EUR"}
+    rerank = {**MODEL, "kind": "MODEL_KIND_RERANK", "pricing": pricing}
+    script = ScriptedEdge(
+        {
+            ("POST", "/v1/admin/models"): ok({"model": rerank}),
+            ("POST", "/v1/admin/models/llama-3/deployments"): ok({"deployment": {}}),
+            ("PATCH", "/v1/admin/models/llama-3"): ok({"model": rerank}),
+        }
+    )
+    ctx = ScriptedContext(script)
+    price = ("--per-search-unit", "0.002", "--currency", "EUR")
+    defaults = ("--default-temperature", "0.2", "--default-max-tokens", "128")
+    argv = (*ADD, "--kind", "rerank", *price, *defaults)
+    assert models.add(args(*argv), ctx) == ExitCode.OK
+    created = script.seen[0][2]
+    assert created["kind"] == "MODEL_KIND_RERANK"
+    assert created["pricing"] == {"per_search_unit": 0.002, "currency": "EUR"}
+    assert created["default_parameters"] == {"temperature": 0.2, "max_tokens": 128}
+    # Its price shows in its own unit.
+    assert "0.002/search unit EUR" in ctx.stdout()
+
+
+def test_models_defaults_lists_every_use_set_or_not() -> None:
+    script = ScriptedEdge(
+        {
+            ("GET", "/v1/admin/defaults"): ok(
+                {
+                    "defaults": [
+                        {"use": "MODEL_USE_CHAT", "model": "llama-3"},
+                        {"use": "MODEL_USE_RERANK", "model": "bge-rerank"},
+                    ]
+                }
+            )
+        }
+    )
+    ctx = ScriptedContext(script)
+    assert models.defaults(args("models", "defaults"), ctx) == ExitCode.OK
+    lines = ctx.stdout().splitlines()
+    assert any("chat" in line and "llama-3" in line for line in lines)
+    assert any("rerank" in line and "bge-rerank" in line for line in lines)
+    assert any("tts" in line and "not set" in line for line in lines)
+    json_ctx = ScriptedContext(script, json_mode=True)
+    assert models.defaults(args("models", "defaults"), json_ctx) == ExitCode.OK
+    assert json.loads(json_ctx.stdout())["defaults"][1]["model"] == "bge-rerank"
+
+
 def test_models_add_offline_stays_offline() -> None:
     script = ScriptedEdge(
         {

@@ -64,6 +64,8 @@ def test_models_list_filters() -> None:
         (["status"], "stack:status"),
         (["models", "enable", "m"], "models:enable"),
         (["models", "disable", "m"], "models:disable"),
+        (["models", "defaults"], "models:defaults"),
+        (["models", "activate", "m", "--use", "rerank"], "models:activate"),
         (["keys", "revoke", "k"], "keys:revoke"),
         (["keys", "list", "--all"], "keys:list_keys"),
         (["usage", "summary"], "usage:summary"),

@@ -1,4 +1,5 @@
-"""switchboard models list | add | enable | disable | activate (the registry's admin API)."""
+"""switchboard models list | add | enable | disable | activate | defaults (the registry's
+admin API)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from switchboard_cli import render
 from switchboard_cli.context import Context
 from switchboard_cli.edge import JSON, Edge
 from switchboard_cli.exit_codes import CliError, ExitCode
-from switchboard_cli.parser import MODEL_KINDS, MODEL_USES
+from switchboard_cli.parser import MEDIA_PRICES, MODEL_KINDS, MODEL_USES
 
 STATUS_FILTER = {"online": "ONLINE_FILTER_ONLINE", "offline": "ONLINE_FILTER_OFFLINE"}
 KIND = {kind: f"MODEL_KIND_{kind.upper()}" for kind in MODEL_KINDS}
@@ -66,10 +67,21 @@ def model_body(args: argparse.Namespace) -> JSON:
         pricing["input_per_1k"] = args.input_per_1k
     if args.output_per_1k is not None:
         pricing["output_per_1k"] = args.output_per_1k
+    for flag, _ in MEDIA_PRICES:
+        price = getattr(args, flag.replace("-", "_"))
+        if price is not None:
+            pricing[flag.replace("-", "_")] = price
     if args.currency:
         pricing["currency"] = args.currency
     if pricing:
         body["pricing"] = pricing
+    parameters = {
+        name: value
+        for name in ("temperature", "max_tokens", "top_p")
+        if (value := getattr(args, f"default_{name}")) is not None
+    }
+    if parameters:
+        body["default_parameters"] = parameters
     return body
 
 
@@ -177,4 +189,25 @@ def activate(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print_json(reply)
         return ExitCode.OK
     ctx.done(f"model {args.name} is now the active {args.use} model")
+    return ExitCode.OK
+
+
+def defaults(args: argparse.Namespace, ctx: Context) -> int:
+    """The registry's default model per use (`models activate` sets one)."""
+    with ctx.edge() as edge:
+        reply = edge.call("GET", "/v1/admin/defaults")
+    if ctx.json:
+        ctx.print_json(reply)
+        return ExitCode.OK
+    by_use = {
+        str(d.get("use", "")).removeprefix("MODEL_USE_").lower(): str(d.get("model", ""))
+        for d in reply.get("defaults") or []
+    }
+    ctx.out.print(render.defaults_table(by_use, MODEL_USES))
+    ctx.out.print(
+        "calls that name no model go to their use's model; "
+        "`switchboard models activate NAME --use USE` sets one",
+        style="dim",
+        markup=False,
+    )
     return ExitCode.OK

@@ -7,8 +7,11 @@
 // Environment: EDGE_URL, ADMIN_KEY, SHOTS (a directory), CHROMIUM, and SCENARIO:
 // - "tour" (the default): STREAM_MODEL, PROMPT, REPLY (the exact reply STREAM_MODEL
 //   streams), OFFLINE_MODEL;
-// - "gpu-devices": GPU_STATUS and GPU_ALERTS, JSON answers the page gets instead of
-//   the GPU service's (for a machine without GPUs).
+// - "gpu-devices": GPU_STATUS, GPU_ALERTS and GPU_UNAVAILABLE, JSON answers the page
+//   gets instead of the GPU service's (two GPUs; then none, NVML unavailable);
+// - "operations": RERANK_MODEL (the only rerank model), GROUP, GROUP_A, GROUP_B (chat
+//   models for the model group), ENGINE (an engine in state created), ALERT_RULE (a rule
+//   that fires and notifies by webhook).
 
 import fs from "node:fs";
 import path from "node:path";
@@ -29,6 +32,8 @@ const SCENARIO = process.env.SCENARIO || "tour";
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_MS = 15000;
 const USAGE_MS = 25000;
+const ENGINE_MS = 60000;
+const NOTIFY_MS = 30000;
 
 function report(record) {
   process.stdout.write(`${JSON.stringify(record)}\n`);
@@ -236,7 +241,7 @@ async function tour() {
     await unavailable.or(device.first()).waitFor();
     const result = { devices: await device.count() };
     if (await unavailable.isVisible()) result.unavailable = await unavailable.textContent();
-    result.gauges = await panel.locator("svg.gauge").count();
+    result.gauges = await panel.locator("#gpu-devices svg.gauge").count();
     result.screenshot = await shot("07-gpus");
     return result;
   });
@@ -255,11 +260,187 @@ async function gpuDevices() {
     await panel.locator("#alerts-table tbody tr.firing").first().waitFor();
     return {
       devices: await devices.count(),
-      gauges: await panel.locator("svg.gauge").evaluateAll((nodes) => nodes.map((n) => n.getAttribute("aria-label"))),
+      gauges: await panel.locator("#gpu-devices svg.gauge").evaluateAll((nodes) => nodes.map((n) => n.getAttribute("aria-label"))),
       badges: await devices.locator(".device-head .badge").allTextContents(),
       active: await panel.locator("#gpu-active").textContent(),
       firing_rows: await panel.locator("#alerts-table tbody tr.firing").count(),
       screenshot: await shot("08-gpus-with-devices"),
+    };
+  });
+  // A node whose NVML is unavailable: the reason, and no gauges at all.
+  await page.unroute("**/v1/admin/gpu/status");
+  await page.route("**/v1/admin/gpu/status", json(env("GPU_UNAVAILABLE")));
+  await step("gpu_unavailable", async () => {
+    const panel = page.getByRole("tabpanel", { name: "GPUs" });
+    const notice = panel.locator("#nvml-unavailable");
+    await notice.waitFor();
+    await panel.locator("#gpu-devices article.device").first().waitFor({ state: "detached" });
+    return {
+      unavailable: await notice.textContent(),
+      gauges: await panel.locator("#gpu-devices svg.gauge").count(),
+      host: await panel.locator("#host svg.gauge").count(),
+    };
+  });
+}
+
+
+async function operations() {
+  const RERANK_MODEL = env("RERANK_MODEL");
+  const GROUP = env("GROUP");
+  const GROUP_A = env("GROUP_A");
+  const GROUP_B = env("GROUP_B");
+  const ENGINE = env("ENGINE");
+  const ALERT_RULE = env("ALERT_RULE");
+  const button = (name) => page.getByRole("button", { name, exact: true });
+
+  // The kind filter: only rerank models are listed.
+  await step("model_kinds", async () => {
+    await page.locator("#models-kind").selectOption("rerank");
+    const rows = page.locator("#models-body tr[data-model]");
+    await expect(
+      "the kind filter did not narrow the table to rerank models",
+      () =>
+        page.waitForFunction(() => {
+          const rows = [...document.querySelectorAll("#models-body tr[data-model]")];
+          return rows.length > 0 && rows.every((r) => r.dataset.kind === "rerank");
+        }),
+      () => page.locator("#models-body").textContent(),
+    );
+    const shown = await rows.evaluateAll((nodes) => nodes.map((n) => n.dataset.model));
+    const chips = await page.locator("#models-body .chip.kind").allTextContents();
+    const screenshot = await shot("09-models-rerank");
+    await page.locator("#models-kind").selectOption("");
+    await page.locator(`#models-body tr[data-model="${GROUP_A}"]`).waitFor();
+    return { shown, chips, screenshot };
+  });
+
+  // The default model of a use of the new kinds.
+  await step("default_rerank", async () => {
+    const option = page.locator(`#active-rerank option[value="${RERANK_MODEL}"]`);
+    await expect(`${RERANK_MODEL} is not offered for rerank`, () => option.waitFor({ state: "attached" }));
+    const offered = await page.locator("#active-rerank option").evaluateAll((nodes) => nodes.map((n) => n.value).filter(Boolean));
+    const chatOffers = await page.locator("#active-chat option").evaluateAll((nodes) => nodes.map((n) => n.value).filter(Boolean));
+    await page.locator("#active-rerank").selectOption(RERANK_MODEL);
+    await expect(
+      "no confirmation of the rerank default",
+      () => page.getByText(`${RERANK_MODEL} is now the active rerank model.`).waitFor(),
+      () => page.locator("#models-message").textContent(),
+    );
+    return { offered, chat_offers: chatOffers };
+  });
+
+  // Default parameters and catalogue fields, edited in the page.
+  await step("default_parameters", async () => {
+    await button(`Edit ${GROUP_A}`).click();
+    const form = page.locator("#model-edit");
+    await form.waitFor();
+    await form.getByLabel("Default temperature").fill("0.3");
+    await form.getByLabel("Default max tokens").fill("64");
+    await form.getByLabel("Keyword").fill("console-keyword");
+    await form.getByLabel("Release date").fill("2026-11-30");
+    await form.getByRole("button", { name: "Save model" }).click();
+    await expect(
+      "no confirmation of the saved defaults",
+      () => page.getByText(`Saved ${GROUP_A}: defaults temperature 0.3 · max_tokens 64.`).waitFor(),
+      () => page.locator("#model-edit-message").textContent(),
+    );
+    const defaults = page.locator(`#models-body tr[data-model="${GROUP_A}"] .model-defaults`);
+    await defaults.waitFor();
+    return { row: await defaults.textContent(), screenshot: await shot("10-model-defaults") };
+  });
+
+  // The model group: two chat models, weighted 3 to 1.
+  await step("model_group", async () => {
+    const form = page.locator("#model-group");
+    const weightA = form.getByLabel(`Weight of ${GROUP_A}`);
+    await weightA.waitFor();
+    await form.getByLabel("Group name").fill(GROUP);
+    await weightA.fill("3");
+    await form.getByLabel(`Weight of ${GROUP_B}`).fill("1");
+    await form.getByRole("button", { name: "Save group" }).click();
+    await expect(
+      "no confirmation of the saved group",
+      () => page.getByText(`Saved the model group ${GROUP}.`).waitFor(),
+      () => page.locator("#group-message").textContent(),
+    );
+    return { summary: await page.locator("#group-summary").textContent(), screenshot: await shot("11-model-group") };
+  });
+
+  // An engine: started from the page until it runs, its log read, stopped.
+  await step("engine_start", async () => {
+    const panel = await tab("Engines");
+    const row = panel.locator(`tr[data-engine="${ENGINE}"]`);
+    await row.waitFor();
+    const before = await row.getAttribute("data-state");
+    await button(`Start ${ENGINE}`).click();
+    await expect(
+      `${ENGINE} never showed as running`,
+      () => panel.locator(`tr[data-engine="${ENGINE}"][data-state="running"]`).waitFor({ timeout: ENGINE_MS }),
+      async () => [await row.textContent(), await page.locator("#engines-message").textContent()],
+    );
+    await expect(
+      "no word that the start succeeded",
+      () => page.getByText(`${ENGINE}: start succeeded, the engine is running.`).waitFor({ timeout: ENGINE_MS }),
+      () => page.locator("#engines-message").textContent(),
+    );
+    return {
+      before,
+      facts: await row.locator("th .muted").textContent(),
+      task: await row.locator(".engine-task").textContent(),
+      gauges: await row.locator("svg.gauge").count(),
+    };
+  });
+
+  await step("engine_logs", async () => {
+    await button(`Logs of ${ENGINE}`).click();
+    const lines = page.locator("#engine-log-lines li.log-line");
+    await expect("no log lines were shown", () => lines.first().waitFor(), () => page.locator("#engine-log-lines").textContent());
+    const messages = await page.locator("#engine-log-lines .log-message").allTextContents();
+    return { heading: await page.locator("#engine-logs-heading").textContent(), messages, screenshot: await shot("12-engine-running") };
+  });
+
+  await step("engine_stop", async () => {
+    const panel = page.getByRole("tabpanel", { name: "Engines" });
+    await button(`Stop ${ENGINE}`).click();
+    await expect(
+      `${ENGINE} never showed as stopped`,
+      () => panel.locator(`tr[data-engine="${ENGINE}"][data-state="stopped"]`).waitFor({ timeout: ENGINE_MS }),
+      () => panel.locator(`tr[data-engine="${ENGINE}"]`).textContent(),
+    );
+    await expect(
+      "no word that the stop succeeded",
+      () => page.getByText(`${ENGINE}: stop succeeded, the engine is stopped.`).waitFor({ timeout: ENGINE_MS }),
+      () => page.locator("#engines-message").textContent(),
+    );
+    return { task: await panel.locator(`tr[data-engine="${ENGINE}"] .engine-task`).textContent(), screenshot: await shot("13-engine-stopped") };
+  });
+
+  // The host beside the GPUs, the rules, and the notification that went out.
+  await step("host", async () => {
+    const panel = await tab("GPUs");
+    const gauges = panel.locator("#host svg.gauge");
+    await expect("no host gauges", () => gauges.nth(2).waitFor(), () => panel.locator("#host").textContent());
+    return {
+      gauges: await gauges.evaluateAll((nodes) => nodes.map((n) => n.getAttribute("aria-label"))),
+      values: await gauges.evaluateAll((nodes) => nodes.map((n) => Number(n.dataset.value))),
+    };
+  });
+
+  await step("notifications", async () => {
+    const panel = page.getByRole("tabpanel", { name: "GPUs" });
+    await panel.locator(`#rules-table tr[data-rule="${ALERT_RULE}"]`).waitFor();
+    const delivered = panel.locator('#notifications-table tbody tr[data-status="delivered"]');
+    await expect(
+      `no delivered notification within ${NOTIFY_MS / 1000}s`,
+      () => delivered.first().waitFor({ timeout: NOTIFY_MS }),
+      () => panel.locator("#notifications-table").textContent(),
+    );
+    return {
+      rule: await panel.locator(`#rules-table tr[data-rule="${ALERT_RULE}"]`).textContent(),
+      channels: await panel.locator("#notify-channels").textContent(),
+      keys: await delivered.evaluateAll((nodes) => nodes.map((n) => n.dataset.key)),
+      cells: await delivered.first().locator("td").allTextContents(),
+      screenshot: await shot("14-host-and-notifications"),
     };
   });
 }
@@ -284,6 +465,7 @@ try {
 
   if (SCENARIO === "tour") await tour();
   else if (SCENARIO === "gpu-devices") await gpuDevices();
+  else if (SCENARIO === "operations") await operations();
   else throw new Error(`unknown SCENARIO ${SCENARIO}`);
   report({ done: true });
   await browser.close();

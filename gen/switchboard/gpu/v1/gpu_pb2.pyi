@@ -93,6 +93,29 @@ ALERT_STATE_FIRING: AlertState.ValueType  # 1
 ALERT_STATE_RESOLVED: AlertState.ValueType  # 2
 Global___AlertState: _TypeAlias = AlertState  # noqa: Y015
 
+class _DeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATUS_UNSPECIFIED: _DeliveryStatus.ValueType  # 0
+    DELIVERY_STATUS_PENDING: _DeliveryStatus.ValueType  # 1
+    """Not sent yet, or being retried (see next_attempt_time)."""
+    DELIVERY_STATUS_DELIVERED: _DeliveryStatus.ValueType  # 2
+    DELIVERY_STATUS_FAILED: _DeliveryStatus.ValueType  # 3
+    """Every attempt failed; no more are made."""
+
+class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper): ...
+
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus.ValueType  # 0
+DELIVERY_STATUS_PENDING: DeliveryStatus.ValueType  # 1
+"""Not sent yet, or being retried (see next_attempt_time)."""
+DELIVERY_STATUS_DELIVERED: DeliveryStatus.ValueType  # 2
+DELIVERY_STATUS_FAILED: DeliveryStatus.ValueType  # 3
+"""Every attempt failed; no more are made."""
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
+
 @_typing.final
 class NodeStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -697,3 +720,125 @@ class ListGpuAlertsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListGpuAlertsResponse: _TypeAlias = ListGpuAlertsResponse  # noqa: Y015
+
+@_typing.final
+class AlertNotification(_message.Message):
+    """One notification of one alert event (its firing or its resolution) on one
+    channel: sent once, retried with backoff until delivered or given up.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_STATE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DONE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    RULE_NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    GPU_UUID_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The delivery's key, `<alert_id>:<state>:<channel>` (the webhook's
+    X-Switchboard-Delivery header).
+    """
+    alert_id: _builtins.str
+    alert_state: Global___AlertState.ValueType
+    """Which event of the alert it announces."""
+    channel: _builtins.str
+    """"webhook" or "email"."""
+    status: Global___DeliveryStatus.ValueType
+    attempts: _builtins.int
+    last_error: _builtins.str
+    """Why the latest attempt failed; empty once delivered."""
+    rule_name: _builtins.str
+    """From the alert it announces."""
+    message: _builtins.str
+    gpu_uuid: _builtins.str
+    @_builtins.property
+    def done_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was delivered, or given up."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """While pending: when the next attempt is due."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        alert_id: _builtins.str = ...,
+        alert_state: Global___AlertState.ValueType = ...,
+        channel: _builtins.str = ...,
+        status: Global___DeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        done_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        rule_name: _builtins.str = ...,
+        message: _builtins.str = ...,
+        gpu_uuid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done_time", b"done_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "alert_state", b"alert_state", "attempts", b"attempts", "channel", b"channel", "done_time", b"done_time", "gpu_uuid", b"gpu_uuid", "key", b"key", "last_error", b"last_error", "message", b"message", "next_attempt_time", b"next_attempt_time", "rule_name", b"rule_name", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertNotification: _TypeAlias = AlertNotification  # noqa: Y015
+
+@_typing.final
+class ListAlertNotificationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Default 100, at most 1000."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertNotificationsRequest: _TypeAlias = ListAlertNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertNotificationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    @_builtins.property
+    def notifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertNotification]:
+        """Newest first."""
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The channels configured on this node (SWITCHBOARD_ALERT_WEBHOOK_URL,
+        SWITCHBOARD_ALERT_SMTP_HOST); a rule naming another sends nothing.
+        """
+
+    def __init__(
+        self,
+        *,
+        notifications: _abc.Iterable[Global___AlertNotification] | None = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "hostname", b"hostname", "notifications", b"notifications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertNotificationsResponse: _TypeAlias = ListAlertNotificationsResponse  # noqa: Y015

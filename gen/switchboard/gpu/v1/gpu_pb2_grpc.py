@@ -54,6 +54,11 @@ class GpuServiceStub:
                 request_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsRequest.SerializeToString,
                 response_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsResponse.FromString,
                 _registered_method=True)
+        self.ListAlertNotifications = channel.unary_unary(
+                '/switchboard.gpu.v1.GpuService/ListAlertNotifications',
+                request_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class GpuServiceServicer:
@@ -92,6 +97,15 @@ class GpuServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlertNotifications(self, request, context):
+        """This node's alert notifications (webhook, e-mail), newest first, each with
+        its delivery status: what was sent, what is still being retried, what was
+        given up. Empty where no channel is configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +128,11 @@ def add_GpuServiceServicer_to_server(servicer, server):
                     servicer.ListGpuAlerts,
                     request_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsRequest.FromString,
                     response_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsResponse.SerializeToString,
+            ),
+            'ListAlertNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertNotifications,
+                    request_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsRequest.FromString,
+                    response_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +243,33 @@ class GpuService:
             '/switchboard.gpu.v1.GpuService/ListGpuAlerts',
             switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsRequest.SerializeToString,
             switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListGpuAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.gpu.v1.GpuService/ListAlertNotifications',
+            switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsRequest.SerializeToString,
+            switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

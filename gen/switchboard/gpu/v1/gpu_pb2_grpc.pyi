@@ -50,6 +50,11 @@ class GpuServiceStub:
     """Alerts stored in ClickHouse, for every node, newest first, each in its
     latest state. Answered by GpuHistoryService in the usage service.
     """
+    ListAlertNotifications: _grpc.UnaryUnaryMultiCallable[_gpu_pb2.ListAlertNotificationsRequest, _gpu_pb2.ListAlertNotificationsResponse]
+    """This node's alert notifications (webhook, e-mail), newest first, each with
+    its delivery status: what was sent, what is still being retried, what was
+    given up. Empty where no channel is configured.
+    """
 
 @_typing.type_check_only
 class GpuServiceAsyncStub(GpuServiceStub):
@@ -69,6 +74,11 @@ class GpuServiceAsyncStub(GpuServiceStub):
     ListGpuAlerts: _aio.UnaryUnaryMultiCallable[_gpu_pb2.ListGpuAlertsRequest, _gpu_pb2.ListGpuAlertsResponse]  # type: ignore[assignment]
     """Alerts stored in ClickHouse, for every node, newest first, each in its
     latest state. Answered by GpuHistoryService in the usage service.
+    """
+    ListAlertNotifications: _aio.UnaryUnaryMultiCallable[_gpu_pb2.ListAlertNotificationsRequest, _gpu_pb2.ListAlertNotificationsResponse]  # type: ignore[assignment]
+    """This node's alert notifications (webhook, e-mail), newest first, each with
+    its delivery status: what was sent, what is still being retried, what was
+    given up. Empty where no channel is configured.
     """
 
 class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +120,17 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gpu_pb2.ListGpuAlertsResponse, _abc.Awaitable[_gpu_pb2.ListGpuAlertsResponse]]:
         """Alerts stored in ClickHouse, for every node, newest first, each in its
         latest state. Answered by GpuHistoryService in the usage service.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAlertNotifications(
+        self,
+        request: _gpu_pb2.ListAlertNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gpu_pb2.ListAlertNotificationsResponse, _abc.Awaitable[_gpu_pb2.ListAlertNotificationsResponse]]:
+        """This node's alert notifications (webhook, e-mail), newest first, each with
+        its delivery status: what was sent, what is still being retried, what was
+        given up. Empty where no channel is configured.
         """
 
 def add_GpuServiceServicer_to_server(servicer: GpuServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
