@@ -230,3 +230,23 @@ async def test_what_gemini_cannot_speak_is_refused(
     assert reason(refused.value) == "INVALID_REQUEST"
     assert param in (refused.value.details() or "")
     assert upstream.served == []
+
+
+async def test_a_refusal_is_not_metered(stubs: Stubs, upstream: GeminiUpstream) -> None:
+    """Refused before any upstream call: the provider sends no usage record
+    (one with the text's characters would be billed)."""
+    _, provider = stubs
+    events = []
+    call = provider.StreamSpeech(
+        provider_pb2.StreamSpeechRequest(
+            request_id="r3",
+            target=_target("gemini-tts"),
+            params=media_pb2.SpeechParams(model="speak", input="hi", response_format="flac"),
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for event in call:
+            events.append(event)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert events == []
+    assert upstream.requests == []

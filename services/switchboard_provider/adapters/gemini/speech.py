@@ -102,45 +102,57 @@ def speech_config(params: provider_pb2.StreamSpeechRequest) -> tuple[str, str]:
 class GeminiSpeech:
     """Mixed into GeminiAdapter: the provider's `speak`."""
 
-    async def speak(
+    def speak(
         self: GeminiHost, request: provider_pb2.StreamSpeechRequest, timeout_s: float
     ) -> AsyncGenerator[tuple[bytes, str], None]:
+        """Refuses what Gemini cannot speak now, before the call is metered
+        (nothing reached the upstream, nothing is billed), then the audio."""
         self._keys.check()
         fmt, text = speech_config(request)
-        config = types.GenerateContentConfig(
-            response_modalities=["AUDIO"], http_options=self._options(timeout_s)
+        return _speak(self, request, fmt, text, timeout_s)
+
+
+async def _speak(
+    host: GeminiHost,
+    request: provider_pb2.StreamSpeechRequest,
+    fmt: str,
+    text: str,
+    timeout_s: float,
+) -> AsyncGenerator[tuple[bytes, str], None]:
+    config = types.GenerateContentConfig(
+        response_modalities=["AUDIO"], http_options=host._options(timeout_s)
+    )
+    if request.params.voice:
+        config.speech_config = types.SpeechConfig(
+            voice_config=types.VoiceConfig(
+                prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=request.params.voice)
+            )
         )
-        if request.params.voice:
-            config.speech_config = types.SpeechConfig(
-                voice_config=types.VoiceConfig(
-                    prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=request.params.voice)
-                )
-            )
-        pcm: list[bytes] = []
-        rate = DEFAULT_RATE
+    pcm: list[bytes] = []
+    rate = DEFAULT_RATE
+    try:
+        stream = await host.client.aio.models.generate_content_stream(
+            model=request.target.upstream_model, contents=text, config=config
+        )
+        responses = read_ahead(stream, min(host.config.timeout_s, timeout_s))
         try:
-            stream = await self.client.aio.models.generate_content_stream(
-                model=request.target.upstream_model, contents=text, config=config
-            )
-            responses = read_ahead(stream, min(self.config.timeout_s, timeout_s))
-            try:
-                async for response in responses:
-                    for blob in audio_parts(response):
-                        rate = pcm_rate(blob.mime_type)
-                        assert blob.data is not None
-                        if fmt == "pcm":
-                            yield blob.data, "audio/pcm"
-                        pcm.append(blob.data)
-            finally:
-                await responses.aclose()
-        except UPSTREAM_FAILURES as exc:
-            raise self._error(exc) from None
-        if not pcm:
-            raise SwitchboardError(
-                R.ERROR_REASON_UPSTREAM_ERROR,
-                f"provider {self.config.name!r} sent no audio for the text",
-            )
-        if fmt == "wav":
-            audio = wav(b"".join(pcm), rate)
-            for start in range(0, len(audio), PIECE_BYTES):
-                yield audio[start : start + PIECE_BYTES], "audio/wav"
+            async for response in responses:
+                for blob in audio_parts(response):
+                    rate = pcm_rate(blob.mime_type)
+                    assert blob.data is not None
+                    if fmt == "pcm":
+                        yield blob.data, "audio/pcm"
+                    pcm.append(blob.data)
+        finally:
+            await responses.aclose()
+    except UPSTREAM_FAILURES as exc:
+        raise host._error(exc) from None
+    if not pcm:
+        raise SwitchboardError(
+            R.ERROR_REASON_UPSTREAM_ERROR,
+            f"provider {host.config.name!r} sent no audio for the text",
+        )
+    if fmt == "wav":
+        audio = wav(b"".join(pcm), rate)
+        for start in range(0, len(audio), PIECE_BYTES):
+            yield audio[start : start + PIECE_BYTES], "audio/wav"
