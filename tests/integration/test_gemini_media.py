@@ -26,7 +26,7 @@ from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard.usage.v1 import usage_pb2
 from tests.conftest import GEMINI_UPSTREAM_KEY, Loopbacks, loopback_provider
 from tests.support import gemini_audio
-from tests.support.gemini_upstream import GeminiUpstream
+from tests.support.gemini_upstream import Behaviour, GeminiUpstream
 from tests.support.grpc_errors import reason
 from tests.support.inprocess import services
 from tests.support.media_upstream import SECONDS_PER_CHARACTER, tone_wav
@@ -250,3 +250,15 @@ async def test_a_refusal_is_not_metered(stubs: Stubs, upstream: GeminiUpstream) 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert events == []
     assert upstream.requests == []
+
+
+async def test_a_blocked_text_says_so(stubs: Stubs, upstream: GeminiUpstream) -> None:
+    router, _ = stubs
+    upstream.behaviour = Behaviour(mode="blocked", block_reason="PROHIBITED_CONTENT")
+    params = media_pb2.SpeechParams(model="speak", input="something refused", voice="Kore")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in router.StreamSpeech(router_pb2.StreamSpeechRequest(params=params)):
+            pass
+    assert reason(refused.value) == "UPSTREAM_INVALID_REQUEST"
+    assert "blocked" in (refused.value.details() or "")
+    assert "PROHIBITED_CONTENT" in (refused.value.details() or "")

@@ -453,6 +453,10 @@ class GeminiUpstream:
         call.completion_tokens, responses = gemini_audio.speech_responses(
             text, model, call.id, prompt_tokens, stream=method == "streamGenerateContent"
         )
+        if ctx.behaviour.mode == "blocked":
+            call.completion_tokens = 0
+            feedback = {"blockReason": ctx.behaviour.block_reason}
+            responses = [{"promptFeedback": feedback, "usageMetadata": {"promptTokenCount": 1}}]
         self.served.append(call)
         if method == "generateContent":
             return await self._send(request, ctx, call, _pretty(responses[0]))

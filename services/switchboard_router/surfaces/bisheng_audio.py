@@ -32,7 +32,7 @@ from switchboard.router.v1 import bisheng_pb2, router_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.default_models import model_for_use
 from switchboard_router.forms import read_form
-from switchboard_router.speech_cache import PREFIX, cache_key
+from switchboard_router.speech_cache import MAX_ENTRY_BYTES, PREFIX, cache_key
 from switchboard_router.surfaces.bisheng_shapes import VOICE_OPTION, invalid
 
 if TYPE_CHECKING:
@@ -113,8 +113,13 @@ class WorkbenchSpeech:
         body = await self.router.CreateTranscription(
             router_pb2.CreateTranscriptionRequest(params=params), context
         )
-        text = json.loads(body.data).get("text")
-        return str(text or "")
+        data: bytes = body.data
+        try:
+            answer: object = json.loads(data)
+        except ValueError:
+            # An upstream that answers plain text whatever the format asked.
+            return data.decode("utf-8", "replace").strip()
+        return str(answer.get("text") or "") if isinstance(answer, dict) else ""
 
     def _voice(self, model: str) -> str:
         config = self.router.catalog.find(model)
@@ -135,16 +140,23 @@ class WorkbenchSpeech:
         )
         # RouterService's speech: a repeat is answered from the cache, and
         # either way the audio is in the cache once this ends.
-        async for _ in self.router.StreamSpeech(
+        size = 0
+        async for piece in self.router.StreamSpeech(
             router_pb2.StreamSpeechRequest(params=params), context
         ):
-            pass
+            size += len(piece.data)
         key = cache_key(model, params)
-        if await self.router.speech_cache.get(key) is None:
+        if size > MAX_ENTRY_BYTES:
             raise SwitchboardError(
                 R.ERROR_REASON_REQUEST_TOO_LARGE,
-                "the speech is too long to keep for a link: speak a shorter text",
+                f"the speech is longer than the TTS cache keeps ({MAX_ENTRY_BYTES // 2**20} MB "
+                "of audio), so no link can play it: speak a shorter text",
                 param="text",
+            )
+        if await self.router.speech_cache.get(key) is None:
+            raise SwitchboardError(
+                R.ERROR_REASON_SERVICE_UNAVAILABLE,
+                "the TTS cache did not keep the audio (see the router's log): try again",
             )
         expires = int(time.time()) + min(URL_TTL_S, self.router.speech_cache.ttl_s)
         return _origin(context) + audio_path(self._url_key, key.removeprefix(PREFIX), expires)

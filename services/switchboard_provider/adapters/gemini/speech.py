@@ -28,6 +28,7 @@ from switchboard_common.config import ProviderConfig
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.adapters.gemini.error_mapping import UPSTREAM_FAILURES
+from switchboard_provider.adapters.gemini.response_mapping import raise_if_blocked
 from switchboard_provider.adapters.gemini.streaming import read_ahead
 
 # What Gemini's speech models send when the mime type says no rate.
@@ -137,6 +138,7 @@ async def _speak(
         responses = read_ahead(stream, min(host.config.timeout_s, timeout_s))
         try:
             async for response in responses:
+                raise_if_blocked(response)
                 for blob in audio_parts(response):
                     rate = pcm_rate(blob.mime_type)
                     assert blob.data is not None
