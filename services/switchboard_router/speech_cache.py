@@ -24,7 +24,7 @@ DEFAULT_TTL_S = int(os.environ.get("SWITCHBOARD_TTS_CACHE_TTL_S") or 24 * 3600)
 MAX_ENTRY_BYTES = 8 * 1024 * 1024
 # Entries the in-process cache keeps.
 LOCAL_ENTRIES = 256
-_PREFIX = "switchboard:tts:"
+PREFIX = "switchboard:tts:"
 
 
 def cache_key(model: str, params: media_pb2.SpeechParams) -> str:
@@ -32,7 +32,7 @@ def cache_key(model: str, params: media_pb2.SpeechParams) -> str:
     identity = [model, params.input, params.voice, params.response_format, speed]
     identity.append(params.instructions)
     digest = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode()).hexdigest()
-    return _PREFIX + digest
+    return PREFIX + digest
 
 
 class SpeechCache:

@@ -75,18 +75,33 @@ BISHENG_PATHS = (
         for use in ("knowledge", "assistant", "evaluation", "workflow", "workbench")
     ),
     "/api/v1/llm/assistant/llm_list",
+    "/api/v1/llm/workbench/asr",
+    "/api/v1/llm/workbench/tts",
     "/health",
 )
-BISHENG_PREFIXES = ("/api/v2/assistant/chat/completions",)
+# The chat route, and the TTS audio links (/audio/{key}).
+BISHENG_PREFIXES = ("/api/v2/assistant/chat/completions", "/api/v1/llm/workbench/tts/audio/")
+# The TTS answer is a link to the edge itself: its route tells the router the
+# host the client called (the link is signed: a forged host only misleads the
+# client that forged it).
+_HOST_FOR_LINKS = {"/api/v1/llm/workbench/tts"}
 
 
 def bisheng_routes() -> list[dict[str, object]]:
     if (os.environ.get("SWITCHBOARD_BISHENG_API") or "").strip().lower() == "off":
         return []
     route = {"cluster": "router", "timeout": "0s"}
-    exact: list[dict[str, object]] = [
-        {"match": {"path": path}, "route": route} for path in BISHENG_PATHS
-    ]
+    exact: list[dict[str, object]] = []
+    for path in BISHENG_PATHS:
+        entry: dict[str, object] = {"match": {"path": path}, "route": route}
+        if path in _HOST_FOR_LINKS:
+            entry["request_headers_to_add"] = [
+                {
+                    "header": {"key": "x-forwarded-host", "value": "%REQ(:authority)%"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ]
+        exact.append(entry)
     return exact + [{"match": {"prefix": p}, "route": route} for p in BISHENG_PREFIXES]
 
 

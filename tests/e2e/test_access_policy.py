@@ -119,6 +119,12 @@ def _assert_refused(response: httpx.Response, statuses: set[int], route: Route, 
     assert set(error) == {"message", "type", "code", "param"}, f"{route}: {error}"
 
 
+# Public routes whose URL is its own credential (a signed, expiring link): the
+# policy admits every caller, key or none, and the handler refuses the probe,
+# which is not signed, in its surface's shape (403), whoever sends it.
+SIGNED = {"switchboard.router.v1.BishengService/GetBishengTtsAudio"}
+
+
 def _assert_admitted(response: httpx.Response, route: Route, who: str) -> None:
     detail = "" if route.streams else response.text[:300]
     assert response.status_code not in REFUSED, f"{route} as {who}: {detail}"
@@ -145,6 +151,17 @@ def test_route_answers_as_its_policy_declares(edge: httpx.Client, route: Route) 
     wrong = _call(edge, route, WRONG_KEY)
     client = _call(edge, route, CLIENT_KEYS["team-a"])
     admin = _call(edge, route, ADMIN_KEY)
+    if route.rpc in SIGNED:
+        assert route.access == A.ACCESS_PUBLIC, f"{route}: a signed link is public"
+        for who, response in [
+            ("nobody", anonymous),
+            ("a wrong key", wrong),
+            ("client", client),
+            ("the admin key", admin),
+        ]:
+            assert response.status_code == 403, f"{route} as {who}: {response.status_code}"
+            assert "signature" in _seed_refusal(response.json()), f"{route}: {response.text}"
+        return
     if route.access == A.ACCESS_PUBLIC:
         for who, response in [("nobody", anonymous), ("a wrong key", wrong), ("client", client)]:
             _assert_admitted(response, route, who)

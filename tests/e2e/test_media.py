@@ -1,6 +1,7 @@
 """End to end: the media kinds through Envoy with the official `openai` SDK
 (and plain HTTP for rerank) → router → provider → a loopback upstream with
-real audio, each call counted exactly once in ClickHouse in its own unit."""
+real audio (OpenAI's wire format, and Gemini's for its speech), each call
+counted exactly once in ClickHouse in its own unit."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import openai
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
-from tests.conftest import StartStack
+from tests.conftest import GEMINI_UPSTREAM_KEY, StartStack
+from tests.support.gemini_upstream import GeminiUpstream
 from tests.support.media_upstream import SECONDS_PER_CHARACTER, MediaUpstream, tone_wav
 from tests.support.openai_upstream import run_in_thread
 
@@ -39,17 +41,25 @@ def media() -> Iterator[MediaUpstream]:
         yield server
 
 
-def _model(name: str, kind: str, pricing: dict[str, float]) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[GeminiUpstream]:
+    with run_in_thread(GeminiUpstream(api_key=GEMINI_UPSTREAM_KEY)) as server:
+        yield server
+
+
+def _model(
+    name: str, kind: str, pricing: dict[str, float], provider: str = "media"
+) -> dict[str, Any]:
     return {
         "name": name,
         "kind": kind,
         "pricing": pricing,
-        "deployments": [{"provider": "media", "model": f"{name}-upstream"}],
+        "deployments": [{"provider": provider, "model": f"{name}-upstream"}],
     }
 
 
-def _config(media: MediaUpstream) -> dict[str, Any]:
-    return {
+def _config(media: MediaUpstream, gemini: GeminiUpstream | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
         "providers": [
             {
                 "name": "media",
@@ -66,6 +76,20 @@ def _config(media: MediaUpstream) -> dict[str, Any]:
             _model("ranker-b", "rerank", {"per_search_unit": PER_SEARCH}),
         ],
     }
+    if gemini is not None:
+        config["providers"].append(
+            {
+                "name": "gemini",
+                "kind": "gemini",
+                "base_url": gemini.base_url,
+                "api_key_env": "MEDIA_GEMINI_KEY",
+            }
+        )
+        config["models"] += [
+            _model("gemini-ears", "asr", {"per_audio_second": PER_SECOND}, "gemini"),
+            _model("gemini-voice", "tts", {"per_1k_characters": PER_1K_CHARS}, "gemini"),
+        ]
+    return config
 
 
 # The speech cache in the Redis every test shares: entries are keyed by text,
@@ -73,14 +97,15 @@ def _config(media: MediaUpstream) -> dict[str, Any]:
 ADMIN_KEY = "sb-media-admin-key-0123456789"
 ENV = {
     "MEDIA_KEY": MEDIA_KEY,
+    "MEDIA_GEMINI_KEY": GEMINI_UPSTREAM_KEY,
     "REDIS_URL": "redis://127.0.0.1:6379/7",
     "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
 }
 
 
 @pytest.fixture(scope="module")
-def stack(media: MediaUpstream, start_stack: StartStack) -> Stack:
-    return start_stack(_config(media), ENV)
+def stack(media: MediaUpstream, gemini: GeminiUpstream, start_stack: StartStack) -> Stack:
+    return start_stack(_config(media, gemini), ENV)
 
 
 @pytest.fixture
@@ -157,6 +182,33 @@ def test_speech_streams_and_a_repeat_comes_from_the_cache(
     # Another voice is another entry.
     client.audio.speech.create(model="voice", voice="echo", input=text, response_format="wav")
     assert media.calls["/v1/audio/speech"] - before == 2
+
+
+def test_gemini_speaks_and_hears_through_the_sdk(
+    client: openai.OpenAI, gemini: GeminiUpstream, stack: Stack
+) -> None:
+    """Speech from Gemini's L16 PCM, played back as WAV, then heard again by
+    Gemini through a multimodal prompt: the same audio both ways."""
+    text = f"gemini through the sdk {uuid.uuid4().hex[:8]}"
+    with client.audio.speech.with_streaming_response.create(
+        model="gemini-voice", voice="Kore", input=text, response_format="wav"
+    ) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        audio = response.read()
+    with wave.open(io.BytesIO(audio), "rb") as played:
+        seconds = played.getnframes() / played.getframerate()
+    assert seconds == pytest.approx(len(text) * SECONDS_PER_CHARACTER, abs=1e-3)
+    heard = client.audio.transcriptions.create(
+        model="gemini-ears", file=("speech.wav", audio, "audio/wav")
+    )
+    assert heard.text == f"heard {seconds:.2f} seconds"
+    assert gemini.requests[-1].path == "/v1beta/models/gemini-ears-upstream:generateContent"
+    # Gemini makes PCM only: an mp3 is refused, not mislabelled.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.audio.speech.create(
+            model="gemini-voice", voice="Kore", input=text, response_format="mp3"
+        )
+    assert "wav or pcm" in str(refused.value)
 
 
 def test_rerank_over_plain_http(media: MediaUpstream, stack: Stack) -> None:

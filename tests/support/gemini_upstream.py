@@ -8,6 +8,8 @@ google-genai SDK appends ``/v1beta/models/{model}:{method}`` itself. Served:
   each ``data: <GenerateContentResponse JSON>\\r\\n\\r\\n`` (Google's framing, no
   ``[DONE]``), one per reply word; the last carries ``finishReason``
 * ``POST /v1beta/models/{model}:embedContent`` and ``:batchEmbedContents``
+* speech (``responseModalities: ["AUDIO"]``: L16 PCM in ``inlineData``) and
+  transcripts of ``inlineData`` WAV parts: see :mod:`tests.support.gemini_audio`
 
 Auth is the ``x-goog-api-key`` header (or ``?key=``); anything else gets 401 with
 Google's error envelope ``{"error": {"code", "message", "status"}}``. Requests are read
@@ -40,6 +42,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from tests.support import gemini_audio
 from tests.support.openai_upstream import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     _embedding,
@@ -364,7 +367,16 @@ class GeminiUpstream:
         all_text = [_text(c) for c in contents] + ([_text(system)] if system else [])
         prompt_tokens = max(sum(len(_words(t)) for t in all_text), 1)
         users = [c for c in contents if _field(c, "role") in (None, "user")]
+        if gemini_audio.wants_audio(body):
+            return await self._speak(request, ctx, model, _text(users[-1]), prompt_tokens)
         words = _reply_words(_text(users[-1]) if users else "")
+        try:
+            heard = gemini_audio.heard_seconds(users[-1]) if users else None
+        except ValueError as exc:
+            raise _ApiError(400, str(exc)) from None
+        if heard is not None:
+            words = _words(f"heard {heard:.2f} seconds")
+            prompt_tokens += gemini_audio.audio_tokens(heard)
         finish = "STOP"
         scripted = self._scripted.pop(0) if self._scripted else None
         calls: list[dict[str, Any]] = []
@@ -432,6 +444,23 @@ class GeminiUpstream:
         if calls:
             events.append(response([], True, len(words) + call_tokens, with_calls=True))
         return await self._stream(request, ctx, call, events or [response([], True, 0)])
+
+    async def _speak(
+        self, request: web.Request, ctx: _Ctx, model: str, text: str, prompt_tokens: int
+    ) -> web.StreamResponse:
+        method = request.match_info["call"].partition(":")[2]
+        call = ServedCall(uuid.uuid4().hex[:22], method, model, prompt_tokens, 0)
+        call.completion_tokens, responses = gemini_audio.speech_responses(
+            text, model, call.id, prompt_tokens, stream=method == "streamGenerateContent"
+        )
+        if ctx.behaviour.mode == "blocked":
+            call.completion_tokens = 0
+            feedback = {"blockReason": ctx.behaviour.block_reason}
+            responses = [{"promptFeedback": feedback, "usageMetadata": {"promptTokenCount": 1}}]
+        self.served.append(call)
+        if method == "generateContent":
+            return await self._send(request, ctx, call, _pretty(responses[0]))
+        return await self._stream(request, ctx, call, responses)
 
     async def _embed(
         self, request: web.Request, ctx: _Ctx, model: str, body: dict[str, Any]

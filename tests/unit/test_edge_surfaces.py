@@ -26,6 +26,18 @@ def test_bisheng_paths_come_before_the_prefix_of_002(monkeypatch: pytest.MonkeyP
     assert exact[:3] == ["/api/v1/llm", "/api/v1/llm/info", "/api/v1/llm/online"]
     assert {"/api/v1/llm/knowledge", "/api/v1/llm/assistant/llm_list", "/health"} <= set(exact)
     assert {"prefix": "/api/v2/assistant/chat/completions"} in matches[:first_prefix]
+    # The workbench's speech, and the TTS links, whose answer names the host called.
+    assert {"/api/v1/llm/workbench/asr", "/api/v1/llm/workbench/tts"} <= set(exact)
+    assert {"prefix": "/api/v1/llm/workbench/tts/audio/"} in matches[:first_prefix]
+    tts = next(
+        r for r in edge_surfaces.routes() if r["match"] == {"path": "/api/v1/llm/workbench/tts"}
+    )
+    assert tts["request_headers_to_add"] == [
+        {
+            "header": {"key": "x-forwarded-host", "value": "%REQ(:authority)%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
     # 002's own paths under /api/v1/llm/ are not claimed.
     assert not [p for p in exact if p.split("/")[4:5] in (["generate"], ["models"], ["stats"])]
     monkeypatch.setenv("SWITCHBOARD_BISHENG_API", "off")

@@ -1,6 +1,7 @@
 """The Bisheng LLM API (seed 000) at /api/v1/llm, /api/v2/assistant and
 /health: its model servers (registry providers) and their models, the
-default-model configs (bisheng_defaults.py), and its OpenAI-compatible chat
+default-model configs (bisheng_defaults.py), the workbench's speech
+recognition and synthesis (bisheng_audio.py), and its OpenAI-compatible chat
 endpoint, whose "model" names a Switchboard model (absent: the assistant
 default) and which pseudo-streams models that cannot stream (RouterService).
 
@@ -22,6 +23,7 @@ from switchboard.router.v1 import bisheng_pb2, bisheng_pb2_grpc, router_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.default_models import model_for_use
 from switchboard_router.surfaces import bisheng_defaults, surface
+from switchboard_router.surfaces.bisheng_audio import WorkbenchSpeech, url_key
 from switchboard_router.surfaces.bisheng_registry import Registry, registry_name
 from switchboard_router.surfaces.bisheng_shapes import (
     NAME,
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
+class BishengServicer(WorkbenchSpeech, bisheng_pb2_grpc.BishengServiceServicer):
     def __init__(
         self,
         router: RouterServicer,
@@ -49,6 +51,7 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
     ) -> None:
         self.router = router
         self.registry = Registry(registry, admin_key)
+        self._url_key = url_key(admin_key)
 
     async def _server(self, server: pb.Provider) -> dict[str, Any]:
         return server_info(server, served_by(await self.registry.models(), server))
@@ -260,6 +263,27 @@ class BishengServicer(bisheng_pb2_grpc.BishengServiceServicer):
                 router_pb2.StreamChatCompletionSseRequest(params=params), context
             ):
                 yield body
+
+    async def CreateBishengAsr(
+        self, request: bisheng_pb2.CreateBishengAsrRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            return answer(await self._transcribe(request.form, context))
+
+    async def CreateBishengTts(
+        self, request: bisheng_pb2.CreateBishengTtsRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            return answer(await self._speak(surface.read_json(request.body), context))
+
+    async def GetBishengTtsAudio(
+        self, request: bisheng_pb2.GetBishengTtsAudioRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        surface.enter(NAME)
+        with surface.rendered(error):
+            return await self._audio(request)
 
     async def GetBishengHealth(
         self, request: bisheng_pb2.GetBishengHealthRequest, context: Context

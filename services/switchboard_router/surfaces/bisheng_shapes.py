@@ -36,6 +36,7 @@ _PROVIDER_KINDS = {"anthropic": pb.PROVIDER_KIND_ANTHROPIC, "gemini": pb.PROVIDE
 TYPE_OPTION = "bisheng_type"
 NAME_OPTION = "bisheng_name"
 DESCRIPTION_OPTION = "bisheng_description"
+VOICE_OPTION = "voice"
 
 
 def envelope(data: Any = None, status_code: int = 200, message: str = "SUCCESS") -> dict[str, Any]:
@@ -100,6 +101,8 @@ def server_info(server: pb.Provider, models: list[pb.Model]) -> dict[str, Any]:
         config["openai_api_base"] = server.base_url
     if server.api_key_env:
         config["api_key_env"] = server.api_key_env
+    if server.options.get(VOICE_OPTION):
+        config["voice"] = server.options[VOICE_OPTION]
     return {
         "id": server.number,
         "name": server.options.get(NAME_OPTION) or server.name,
@@ -170,6 +173,8 @@ def provider_from(body: dict[str, Any], registry_name: str) -> pb.Provider:
             TYPE_OPTION: kind_name,
             NAME_OPTION: _text(body, "name", required=True),
             DESCRIPTION_OPTION: _text(body, "description"),
+            # The voice Bisheng's TTS clients read from the server's config.
+            **({VOICE_OPTION: str(config["voice"])} if config.get("voice") else {}),
         },
     )
 

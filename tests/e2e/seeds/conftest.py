@@ -1,5 +1,6 @@
 """One stack for the seed-API clients: a loopback upstream speaking OpenAI's
-wire format behind every chat model, the mock provider, a client key and an
+wire format behind every chat model, one speaking Gemini's behind the speech
+models (Bisheng's workbench ASR and TTS), the mock provider, a client key and an
 admin key. The clients themselves (test_00N_*.py) are written from the seed
 documents alone, with plain httpx."""
 
@@ -10,8 +11,15 @@ from collections.abc import Iterator
 import pytest
 
 from switchboard_stack.harness import Stack, running_stack
-from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY, LIMITED_KEY, PROVIDER_KEY
+from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY, GEMINI_KEY, LIMITED_KEY, PROVIDER_KEY
+from tests.support.gemini_upstream import GeminiUpstream
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
+
+# Speech models on the Gemini loopback: (name, kind, upstream model, pricing).
+SPEECH_MODELS = [
+    ("workbench-asr", "asr", "gemini-2.5-flash", {"per_audio_second": 0.0001}),
+    ("workbench-tts", "tts", "gemini-2.5-flash-preview-tts", {"per_1k_characters": 0.015}),
+]
 
 
 @pytest.fixture(scope="package")
@@ -20,9 +28,37 @@ def upstream() -> Iterator[OpenAIUpstream]:
         yield server
 
 
+@pytest.fixture(scope="package")
+def gemini() -> Iterator[GeminiUpstream]:
+    with run_in_thread(GeminiUpstream(api_key=GEMINI_KEY)) as server:
+        yield server
+
+
 @pytest.fixture(autouse=True)
 def _fresh_upstream(upstream: OpenAIUpstream) -> None:
     upstream.reset()
+
+
+def gemini_provider(gemini: GeminiUpstream) -> dict[str, object]:
+    return {
+        "name": "gemini",
+        "kind": "gemini",
+        "base_url": gemini.base_url,
+        "api_key_env": "SEEDS_GEMINI_KEY",
+        "timeout_s": 5,
+    }
+
+
+def speech_models() -> list[dict[str, object]]:
+    return [
+        {
+            "name": name,
+            "kind": kind,
+            "pricing": pricing,
+            "deployments": [{"provider": "gemini", "model": upstream_model}],
+        }
+        for name, kind, upstream_model, pricing in SPEECH_MODELS
+    ]
 
 
 def _chat(name: str, provider: str, upstream_model: str, **extra: object) -> dict[str, object]:
@@ -34,7 +70,9 @@ def _chat(name: str, provider: str, upstream_model: str, **extra: object) -> dic
 
 
 @pytest.fixture(scope="package")
-def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    upstream: OpenAIUpstream, gemini: GeminiUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     config = {
         "providers": [
             {
@@ -45,6 +83,7 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
                 "timeout_s": 2,
             },
             {"name": "mock", "kind": "mock"},
+            gemini_provider(gemini),
         ],
         "models": [
             _chat(
@@ -77,6 +116,7 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
                 "kind": "embedding",
                 "deployments": [{"provider": "loopback", "model": "emb-up"}],
             },
+            *speech_models(),
         ],
         "keys": [
             {"name": "seeds", "key_env": "SEEDS_CLIENT_KEY"},
@@ -86,6 +126,7 @@ def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     }
     env = {
         "SEEDS_PROVIDER_KEY": PROVIDER_KEY,
+        "SEEDS_GEMINI_KEY": GEMINI_KEY,
         "SEEDS_CLIENT_KEY": CLIENT_KEY,
         "SEEDS_LIMITED_KEY": LIMITED_KEY,
         "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,

@@ -5,3 +5,5 @@ CLIENT_KEY = "sb-seeds-client-key-0123456789"
 ADMIN_KEY = "sb-seeds-admin-key-0123456789"
 # Allowed one request per minute.
 LIMITED_KEY = "sb-seeds-limited-key-0123456789"
+# The Gemini loopback's key (Google's keys start with "AIza").
+GEMINI_KEY = "AIzaSeedsLoopbackTestOnlyKey000000001"

@@ -3,21 +3,32 @@ names are Bisheng's own schemas: LLMServerCreateReq, LLMServerInfo, the
 default-model configs, WSModel), with plain httpx: model servers and their
 models by integer ids, a model switched offline and back, the five
 default-model configs, the assistant's model list, the OpenAI-compatible v2
-chat (unary and streamed), /health, and errors in the envelope
-{status_code, status_message, data}."""
+chat (unary and streamed), the workbench's speech (ASR of an uploaded WAV; TTS
+answered with a signed, expiring link to the audio, a repeat served from the
+cache), /health, and errors in the envelope {status_code, status_message, data}."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
+import uuid
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
 import httpx
 import pytest
 
-from switchboard_stack.harness import Stack
+from switchboard_router.surfaces.bisheng_audio import audio_path, url_key
+from switchboard_stack.harness import Stack, running_stack
 from tests.conftest import eventually
-from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
+from tests.e2e.seeds.conftest import SPEECH_MODELS, gemini_provider, speech_models
+from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY, GEMINI_KEY
+from tests.support.gemini_upstream import GeminiUpstream
+from tests.support.media_upstream import SECONDS_PER_CHARACTER, tone_wav
 from tests.support.openai_upstream import OpenAIUpstream
 
 pytestmark = pytest.mark.e2e
@@ -325,3 +336,145 @@ def test_health_and_the_routes_of_002_beside(client: httpx.Client) -> None:
     assert reply.status_code == 200
     assert "models" in reply.json()
     assert client.get("/api/v1/llm/models").status_code == 200
+
+
+# -- the workbench's speech ------------------------------------------------------
+
+
+def _workbench_speech(admin: httpx.Client) -> None:
+    """The workbench's ASR and TTS models: the stack's Gemini ones, by Bisheng's config."""
+    servers = _ok(admin.get("/api/v1/llm"))
+    models = {m["model_name"]: m for s in servers for m in s["models"]}
+    asr, tts = (models[upstream] for _, _, upstream, _ in SPEECH_MODELS)
+    assert (asr["model_type"], tts["model_type"]) == ("asr", "tts")
+    config = _ok(
+        admin.post(
+            "/api/v1/llm/workbench",
+            json={
+                "asr_model": {"id": str(asr["id"]), "name": asr["name"]},
+                "tts_model": {"id": str(tts["id"]), "name": tts["name"]},
+            },
+        )
+    )
+    assert config["asr_model"]["id"] == str(asr["id"])
+    assert config["tts_model"]["id"] == str(tts["id"])
+
+
+def _speak(client: httpx.Client, text: str) -> tuple[str, httpx.Response]:
+    reply = client.post("/api/v1/llm/workbench/tts", json={"text": text})
+    url = _ok(reply)
+    assert isinstance(url, str)
+    return url, reply
+
+
+def _seconds(audio: bytes) -> float:
+    assert audio[:4] == b"RIFF"
+    assert audio[8:12] == b"WAVE"
+    with wave.open(io.BytesIO(audio), "rb") as played:
+        return played.getnframes() / played.getframerate()
+
+
+def test_workbench_asr_transcribes_an_uploaded_wav(
+    client: httpx.Client, admin: httpx.Client, gemini: GeminiUpstream
+) -> None:
+    _workbench_speech(admin)
+    audio = tone_wav(1.75)
+    reply = client.post(
+        "/api/v1/llm/workbench/asr", files={"file": ("speech.wav", audio, "audio/wav")}
+    )
+    assert _ok(reply) == "heard 1.75 seconds"
+    assert gemini.requests[-1].path == "/v1beta/models/gemini-2.5-flash:generateContent"
+    # Audio whose length cannot be measured, and no upload at all.
+    not_wav = {"file": ("a.mp3", b"ID3\x03not really audio", "audio/mpeg")}
+    assert "WAV" in _refused(client.post("/api/v1/llm/workbench/asr", files=not_wav), 400)
+    no_file = client.post("/api/v1/llm/workbench/asr", files={"other": ("x.txt", b"x")})
+    assert "file" in _refused(no_file, 400)
+
+
+def test_workbench_tts_answers_a_signed_link_to_playable_audio(
+    stack: Stack, client: httpx.Client, admin: httpx.Client, gemini: GeminiUpstream
+) -> None:
+    _workbench_speech(admin)
+    text = f"毕昇 workbench speech {uuid.uuid4().hex[:8]}"
+    url, reply = _speak(client, text)
+    assert reply.headers["x-switchboard-cache"] == "miss"
+    link = httpx.URL(url)
+    assert f"{link.scheme}://{link.netloc.decode()}" == stack.edge_url
+    assert link.path.startswith("/api/v1/llm/workbench/tts/audio/")
+    # The link is the credential: no key goes with it.
+    played = httpx.get(url, timeout=10)
+    assert played.status_code == 200, played.text
+    assert played.headers["content-type"] == "audio/wav"
+    assert _seconds(played.content) == pytest.approx(len(text) * SECONDS_PER_CHARACTER, abs=1e-3)
+    assert gemini.requests[-1].path.endswith("gemini-2.5-flash-preview-tts:streamGenerateContent")
+
+    # The same text again: the same audio, from the cache, no upstream call.
+    served = len(gemini.served)
+    again, reply = _speak(client, text)
+    assert reply.headers["x-switchboard-cache"] == "hit"
+    assert httpx.get(again, timeout=10).content == played.content
+    assert len(gemini.served) == served
+
+    forged = link.copy_set_param("signature", "A" * 43)
+    assert "signature" in _refused(httpx.get(forged, timeout=10), 403)
+    later = link.copy_set_param("expires", int(link.params["expires"]) + 3600)
+    assert "signature" in _refused(httpx.get(later, timeout=10), 403)
+    # A link signed as the router signs them, but past its expiry (the key is
+    # derived from the admin key, which this test holds).
+    key = link.path.rsplit("/", 1)[1]
+    expired = audio_path(url_key(ADMIN_KEY), key, int(time.time()) - 1)
+    assert "expired" in _refused(httpx.get(stack.edge_url + expired, timeout=10), 403)
+    unknown = audio_path(url_key(ADMIN_KEY), "0" * 64, int(time.time()) + 60)
+    _refused(httpx.get(stack.edge_url + unknown, timeout=10), 404)
+    _refused(client.post("/api/v1/llm/workbench/tts", json={"text": ""}), 400)
+
+
+LEDGER = (
+    "SELECT operation, surface, audio_seconds, characters, cached, total_cost_nanos "
+    "FROM switchboard.usage_events FINAL ORDER BY operation, cached"
+)
+
+
+def test_workbench_speech_is_counted_once_and_a_cached_repeat_costs_nothing(
+    gemini: GeminiUpstream, tmp_path: Path
+) -> None:
+    """On a stack of its own with no speech defaults, stopped before its
+    ClickHouse is read (the embedded engine allows one opener at a time)."""
+    config = {"providers": [gemini_provider(gemini)], "models": speech_models()}
+    env = {"SEEDS_GEMINI_KEY": GEMINI_KEY, "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY}
+    text = f"counted once {uuid.uuid4().hex[:8]}"
+    with running_stack(config, tmp_path, env) as own:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        with httpx.Client(base_url=own.edge_url, headers=headers, timeout=30) as admin:
+            # No workbench TTS model yet: refused, saying how to set one.
+            assert "default" in _refused(admin.post("/api/v1/llm/workbench/tts",
+                                                    json={"text": text}), 400)  # fmt: skip
+            _workbench_speech(admin)
+            served = len(gemini.served)
+            admin.post(
+                "/api/v1/llm/workbench/asr", files={"file": ("a.wav", tone_wav(2.5), "audio/wav")}
+            ).raise_for_status()
+            for _ in range(2):
+                _speak(admin, text)
+            assert len(gemini.served) - served == 2
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+
+            def counted() -> int:
+                summary = admin.get("/v1/usage/summary", params={"start": today, "end": today})
+                return int(summary.json()["total_requests"])
+
+            eventually(lambda: counted() >= 3, timeout=20, what="usage in ClickHouse")
+            assert counted() == 3
+    ledger = clickhouse_connect.get_client(dsn=f"chdb://{own.home / 'clickhouse'}")
+    try:
+        rows = ledger.query(LEDGER).result_rows
+    finally:
+        ledger.close()
+    speech, cached, heard = sorted(rows, key=lambda r: (r[0], r[4]))
+    assert [r[1] for r in rows] == ["bisheng"] * 3
+    assert (speech[0], speech[3], speech[4]) == ("speech", len(text), False)
+    assert speech[5] == round(len(text) * 0.015 / 1000 * 1e9)
+    assert (cached[0], cached[3], cached[4], cached[5]) == ("speech", len(text), True, 0)
+    assert heard[0] == "transcription"
+    assert heard[2] == pytest.approx(2.5)
+    assert heard[5] == round(2.5 * 0.0001 * 1e9)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from switchboard_stack.harness import Stack
+from tests.e2e.seeds.conftest import SPEECH_MODELS
 from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
 from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 
@@ -162,7 +163,9 @@ def test_health(api: httpx.Client) -> None:
     assert body["services"]["model_manager"] == "healthy"
     models = body["models"]
     assert set(models) == {"available", "healthy", "degraded", "unavailable"}
-    assert models["healthy"] + models["degraded"] + models["unavailable"] == 4
+    # The stack's four chat and embedding models, and Bisheng's workbench speech models.
+    total = 4 + len(SPEECH_MODELS)
+    assert models["healthy"] + models["degraded"] + models["unavailable"] == total
     assert models["available"] >= 3
 
 

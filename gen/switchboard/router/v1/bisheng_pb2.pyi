@@ -250,3 +250,73 @@ class GetBishengHealthRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBishengHealthRequest: _TypeAlias = GetBishengHealthRequest  # noqa: Y015
+
+@_typing.final
+class CreateBishengAsrRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def form(self) -> _httpbody_pb2.HttpBody:
+        """The multipart body exactly as the edge received it, with its content type."""
+
+    def __init__(
+        self,
+        *,
+        form: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["form", b"form"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["form", b"form"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBishengAsrRequest: _TypeAlias = CreateBishengAsrRequest  # noqa: Y015
+
+@_typing.final
+class CreateBishengTtsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody: ...
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBishengTtsRequest: _TypeAlias = CreateBishengTtsRequest  # noqa: Y015
+
+@_typing.final
+class GetBishengTtsAudioRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The speech cache entry's digest."""
+    expires: _builtins.int
+    """Unix seconds after which the URL is refused."""
+    signature: _builtins.str
+    """HMAC-SHA256 of key and expires, base64url without padding."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        expires: _builtins.int = ...,
+        signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "key", b"key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBishengTtsAudioRequest: _TypeAlias = GetBishengTtsAudioRequest  # noqa: Y015

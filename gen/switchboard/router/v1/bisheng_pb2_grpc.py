@@ -91,6 +91,21 @@ class BishengServiceStub:
                 request_serializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.StreamBishengChatSseRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.CreateBishengAsr = channel.unary_unary(
+                '/switchboard.router.v1.BishengService/CreateBishengAsr',
+                request_serializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.CreateBishengAsrRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.CreateBishengTts = channel.unary_unary(
+                '/switchboard.router.v1.BishengService/CreateBishengTts',
+                request_serializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.CreateBishengTtsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetBishengTtsAudio = channel.unary_unary(
+                '/switchboard.router.v1.BishengService/GetBishengTtsAudio',
+                request_serializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.GetBishengTtsAudioRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetBishengHealth = channel.unary_unary(
                 '/switchboard.router.v1.BishengService/GetBishengHealth',
                 request_serializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.GetBishengHealthRequest.SerializeToString,
@@ -204,6 +219,41 @@ class BishengServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBishengAsr(self, request, context):
+        """Bisheng's workbench speech recognition: multipart/form-data with the audio
+        in the field "file" (WAV: Switchboard bills the seconds it measures in
+        the file), transcribed by the workbench's ASR model (the asr default);
+        data is the text.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBishengTts(self, request, context):
+        """Bisheng's workbench speech synthesis: {"text": "..."}, spoken by the
+        workbench's TTS model (the tts default) as WAV into the speech cache;
+        data is a signed, expiring URL of GetBishengTtsAudio that plays it.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBishengTtsAudio(self, request, context):
+        """The audio of a CreateBishengTts answer, from the speech cache. Public: the
+        URL's signature is its credential (a browser's audio element sends no
+        key), and a URL whose signature does not match, or that has expired, is
+        refused (403).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBishengHealth(self, request, context):
         """{"status": "OK"}.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -269,6 +319,21 @@ def add_BishengServiceServicer_to_server(servicer, server):
             'StreamBishengChatSse': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamBishengChatSse,
                     request_deserializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.StreamBishengChatSseRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CreateBishengAsr': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBishengAsr,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.CreateBishengAsrRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CreateBishengTts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBishengTts,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.CreateBishengTtsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetBishengTtsAudio': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBishengTtsAudio,
+                    request_deserializer=switchboard_dot_router_dot_v1_dot_bisheng__pb2.GetBishengTtsAudioRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetBishengHealth': grpc.unary_unary_rpc_method_handler(
@@ -573,6 +638,87 @@ class BishengService:
             target,
             '/switchboard.router.v1.BishengService/StreamBishengChatSse',
             switchboard_dot_router_dot_v1_dot_bisheng__pb2.StreamBishengChatSseRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBishengAsr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.BishengService/CreateBishengAsr',
+            switchboard_dot_router_dot_v1_dot_bisheng__pb2.CreateBishengAsrRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBishengTts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.BishengService/CreateBishengTts',
+            switchboard_dot_router_dot_v1_dot_bisheng__pb2.CreateBishengTtsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBishengTtsAudio(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.router.v1.BishengService/GetBishengTtsAudio',
+            switchboard_dot_router_dot_v1_dot_bisheng__pb2.GetBishengTtsAudioRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -99,6 +99,29 @@ class BishengServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    CreateBishengAsr: _grpc.UnaryUnaryMultiCallable[_bisheng_pb2.CreateBishengAsrRequest, _httpbody_pb2.HttpBody]
+    """Bisheng's workbench speech recognition: multipart/form-data with the audio
+    in the field "file" (WAV: Switchboard bills the seconds it measures in
+    the file), transcribed by the workbench's ASR model (the asr default);
+    data is the text.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateBishengTts: _grpc.UnaryUnaryMultiCallable[_bisheng_pb2.CreateBishengTtsRequest, _httpbody_pb2.HttpBody]
+    """Bisheng's workbench speech synthesis: {"text": "..."}, spoken by the
+    workbench's TTS model (the tts default) as WAV into the speech cache;
+    data is a signed, expiring URL of GetBishengTtsAudio that plays it.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetBishengTtsAudio: _grpc.UnaryUnaryMultiCallable[_bisheng_pb2.GetBishengTtsAudioRequest, _httpbody_pb2.HttpBody]
+    """The audio of a CreateBishengTts answer, from the speech cache. Public: the
+    URL's signature is its credential (a browser's audio element sends no
+    key), and a URL whose signature does not match, or that has expired, is
+    refused (403).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetBishengHealth: _grpc.UnaryUnaryMultiCallable[_bisheng_pb2.GetBishengHealthRequest, _httpbody_pb2.HttpBody]
     """{"status": "OK"}.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -164,6 +187,29 @@ class BishengServiceAsyncStub(BishengServiceStub):
     StreamBishengChatSse: _aio.UnaryStreamMultiCallable[_bisheng_pb2.StreamBishengChatSseRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """"stream": true bodies, rewritten to this route by the edge: OpenAI chunks
     as SSE bytes (pseudo-streamed when the model cannot stream).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateBishengAsr: _aio.UnaryUnaryMultiCallable[_bisheng_pb2.CreateBishengAsrRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Bisheng's workbench speech recognition: multipart/form-data with the audio
+    in the field "file" (WAV: Switchboard bills the seconds it measures in
+    the file), transcribed by the workbench's ASR model (the asr default);
+    data is the text.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    CreateBishengTts: _aio.UnaryUnaryMultiCallable[_bisheng_pb2.CreateBishengTtsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Bisheng's workbench speech synthesis: {"text": "..."}, spoken by the
+    workbench's TTS model (the tts default) as WAV into the speech cache;
+    data is a signed, expiring URL of GetBishengTtsAudio that plays it.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    GetBishengTtsAudio: _aio.UnaryUnaryMultiCallable[_bisheng_pb2.GetBishengTtsAudioRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The audio of a CreateBishengTts answer, from the speech cache. Public: the
+    URL's signature is its credential (a browser's audio element sends no
+    key), and a URL whose signature does not match, or that has expired, is
+    refused (403).
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -295,6 +341,47 @@ class BishengServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
         """"stream": true bodies, rewritten to this route by the edge: OpenAI chunks
         as SSE bytes (pseudo-streamed when the model cannot stream).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def CreateBishengAsr(
+        self,
+        request: _bisheng_pb2.CreateBishengAsrRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Bisheng's workbench speech recognition: multipart/form-data with the audio
+        in the field "file" (WAV: Switchboard bills the seconds it measures in
+        the file), transcribed by the workbench's ASR model (the asr default);
+        data is the text.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def CreateBishengTts(
+        self,
+        request: _bisheng_pb2.CreateBishengTtsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Bisheng's workbench speech synthesis: {"text": "..."}, spoken by the
+        workbench's TTS model (the tts default) as WAV into the speech cache;
+        data is a signed, expiring URL of GetBishengTtsAudio that plays it.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def GetBishengTtsAudio(
+        self,
+        request: _bisheng_pb2.GetBishengTtsAudioRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The audio of a CreateBishengTts answer, from the speech cache. Public: the
+        URL's signature is its credential (a browser's audio element sends no
+        key), and a URL whose signature does not match, or that has expired, is
+        refused (403).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """

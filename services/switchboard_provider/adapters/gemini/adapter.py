@@ -9,12 +9,14 @@ retrying is the router's decision. Its automatic continuation (follow-up
 requests when Gemini stops with finish reason CONTINUATION) stays on: that is
 one answer the server chose to deliver in parts. The API version is pinned to
 v1beta (this SDK release defaults to v1); `options: {api_version: v1}` overrides it.
+
+Speech synthesis (speech.py) and recognition through a multimodal prompt
+(transcription.py) are mixed in.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 from google import genai
@@ -33,6 +35,9 @@ from switchboard_provider.adapters.gemini.request_mapping import (
     unsupported,
 )
 from switchboard_provider.adapters.gemini.response_mapping import Reply, stream_events
+from switchboard_provider.adapters.gemini.speech import GeminiSpeech
+from switchboard_provider.adapters.gemini.streaming import ms, read_ahead
+from switchboard_provider.adapters.gemini.transcription import GeminiTranscription
 from switchboard_provider.meter import UsageMeter, estimate_tokens
 
 DEFAULT_API_VERSION = "v1beta"
@@ -41,7 +46,7 @@ DEFAULT_API_VERSION = "v1beta"
 _NO_KEY = "no-key"
 
 
-class GeminiAdapter:
+class GeminiAdapter(GeminiSpeech, GeminiTranscription):
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self._keys = KeyCheck(config)
@@ -68,7 +73,7 @@ class GeminiAdapter:
                 http_options=types.HttpOptions(
                     base_url=self.config.base_url or None,
                     api_version=self.config.options.get("api_version", DEFAULT_API_VERSION),
-                    timeout=_ms(self.config.timeout_s),
+                    timeout=ms(self.config.timeout_s),
                     retry_options=types.HttpRetryOptions(attempts=1),
                     aiohttp_client=self._session,
                 ),
@@ -76,7 +81,7 @@ class GeminiAdapter:
         return self._client
 
     def _options(self, timeout_s: float) -> types.HttpOptions:
-        return types.HttpOptions(timeout=_ms(timeout_s))
+        return types.HttpOptions(timeout=ms(timeout_s))
 
     def _error(self, exc: BaseException) -> SwitchboardError:
         return map_error(exc, self.config.name, self._keys.key)
@@ -109,7 +114,7 @@ class GeminiAdapter:
             stream = await models.generate_content_stream(
                 model=model, contents=contents, config=config
             )
-            responses = _read_ahead(stream, silence_s)
+            responses = read_ahead(stream, silence_s)
             try:
                 async for event in stream_events(responses, reply, meter):
                     yield event
@@ -157,47 +162,3 @@ class GeminiAdapter:
             self._client.close()
         if self._session is not None:
             await self._session.close()
-
-
-async def _read_ahead(
-    stream: AsyncIterator[types.GenerateContentResponse], silence_s: float
-) -> AsyncGenerator[types.GenerateContentResponse, None]:
-    """`stream`, read by a task of its own, failing with TimeoutError when the
-    upstream is silent for `silence_s`.
-
-    Why a task: stopping early then cancels it inside the SDK's read, so the
-    SDK's generators unwind and release the HTTP response at once. Closing
-    them from outside instead (aclose) stops at the outer ones; the inner
-    ones (its HttpResponse and segment iterator refer to each other) wait
-    for the cyclic garbage collector, and the connection stays open until then.
-    """
-    queue: asyncio.Queue[types.GenerateContentResponse | Exception | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for response in stream:
-                queue.put_nowait(response)
-        except Exception as exc:
-            queue.put_nowait(exc)
-        else:
-            queue.put_nowait(None)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            async with asyncio.timeout(silence_s):
-                item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        # wait(), not await: the pump's CancelledError is expected, ours is not.
-        await asyncio.wait({task})
-
-
-def _ms(seconds: float) -> int:
-    """HttpOptions.timeout is in milliseconds."""
-    return max(1, int(seconds * 1000))
