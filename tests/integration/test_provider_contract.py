@@ -154,3 +154,43 @@ async def test_first_token_timeout_does_not_cut_a_non_streaming_answer(
     events = [e async for e in provider.StreamGenerate(_request(stream=False))]
     assert events[0].HasField("chat_completion")
     assert events[-1].usage.status == usage_pb2.USAGE_STATUS_OK
+
+
+def _unary(request: provider_pb2.StreamGenerateRequest) -> provider_pb2.GenerateRequest:
+    return provider_pb2.GenerateRequest(
+        request_id=request.request_id, target=request.target, chat=request.chat
+    )
+
+
+async def test_unary_generate_carries_the_answer_and_its_record(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
+) -> None:
+    response = await provider.Generate(_unary(_request(stream=False)))
+    assert response.chat_completion.choices[0].message.content
+    assert not response.HasField("error")
+    assert response.usage.status == usage_pb2.USAGE_STATUS_OK
+    assert response.usage.request_id == "r1"
+    assert response.usage.prompt_tokens > 0
+    assert [call.completed for call in upstream.served] == [True]
+
+
+async def test_unary_generate_reports_an_upstream_failure_beside_its_record(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
+) -> None:
+    # Not an RPC error: the record must reach the router with the error, as
+    # StreamGenerate's record precedes its error status.
+    upstream.behaviour = Behaviour(mode="status", status=503)
+    response = await provider.Generate(_unary(_request(stream=False)))
+    assert response.WhichOneof("answer") is None
+    assert response.usage.status == usage_pb2.USAGE_STATUS_ERROR
+    assert response.usage.error_reason == "UPSTREAM_ERROR"
+    assert response.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+async def test_unary_generate_for_an_unknown_provider_is_an_rpc_error(
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub,
+) -> None:
+    request = _unary(_request(stream=False))
+    request.target.provider = "nowhere"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await provider.Generate(request)
