@@ -182,6 +182,13 @@ class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
         result = await queries.gpu_alerts(self.clickhouse, request.query)
         return history_pb2.ListStoredAlertsResponse(result=result)
 
+    async def QueryModelPerformance(
+        self, request: history_pb2.QueryModelPerformanceRequest, context: Context
+    ) -> history_pb2.QueryModelPerformanceResponse:
+        # Every key's traffic: an alert on a model's latency is about the model.
+        result = await queries.performance(self.clickhouse, request.query, None)
+        return history_pb2.QueryModelPerformanceResponse(result=result)
+
 
 def _record_span(
     request: usage_pb2.RecordUsageRequest, event: events_pb2.UsageEvent

@@ -50,6 +50,14 @@ class GpuServiceStub:
     """Alerts stored in ClickHouse, for every node, newest first, each in its
     latest state. Answered by GpuHistoryService in the usage service.
     """
+    WatchMonitor: _grpc.UnaryStreamMultiCallable[_gpu_pb2.WatchMonitorRequest, _gpu_pb2.WatchMonitorResponse]
+    """Seed 004's monitor feed: model status changes (this node's engines), GPU
+    readings and alerts (GPU and model metrics), in the document's shapes.
+    Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+    (switchboard_gpu.monitor_ws), which admits each connection under this
+    method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+    transcoded: the same events as a JSON stream.
+    """
 
 @_typing.type_check_only
 class GpuServiceAsyncStub(GpuServiceStub):
@@ -69,6 +77,14 @@ class GpuServiceAsyncStub(GpuServiceStub):
     ListGpuAlerts: _aio.UnaryUnaryMultiCallable[_gpu_pb2.ListGpuAlertsRequest, _gpu_pb2.ListGpuAlertsResponse]  # type: ignore[assignment]
     """Alerts stored in ClickHouse, for every node, newest first, each in its
     latest state. Answered by GpuHistoryService in the usage service.
+    """
+    WatchMonitor: _aio.UnaryStreamMultiCallable[_gpu_pb2.WatchMonitorRequest, _gpu_pb2.WatchMonitorResponse]  # type: ignore[assignment]
+    """Seed 004's monitor feed: model status changes (this node's engines), GPU
+    readings and alerts (GPU and model metrics), in the document's shapes.
+    Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+    (switchboard_gpu.monitor_ws), which admits each connection under this
+    method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+    transcoded: the same events as a JSON stream.
     """
 
 class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +126,20 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gpu_pb2.ListGpuAlertsResponse, _abc.Awaitable[_gpu_pb2.ListGpuAlertsResponse]]:
         """Alerts stored in ClickHouse, for every node, newest first, each in its
         latest state. Answered by GpuHistoryService in the usage service.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMonitor(
+        self,
+        request: _gpu_pb2.WatchMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gpu_pb2.WatchMonitorResponse], _abc.AsyncIterator[_gpu_pb2.WatchMonitorResponse]]:
+        """Seed 004's monitor feed: model status changes (this node's engines), GPU
+        readings and alerts (GPU and model metrics), in the document's shapes.
+        Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+        (switchboard_gpu.monitor_ws), which admits each connection under this
+        method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+        transcoded: the same events as a JSON stream.
         """
 
 def add_GpuServiceServicer_to_server(servicer: GpuServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
