@@ -385,9 +385,10 @@ async def setup(
         engines.start()
         closers.append(engines.close)
         servicer = GpuServicer(sampler, monitor, history, engines)
-        socket = MonitorSocket(servicer.feed, evaluator.active, settings.admin_key)
-        await socket.start(f"{settings.host}:{settings.monitor_port()}", settings.tls)
-        closers.append(socket.close)
+        if settings.monitor_port():  # 0: no WebSocket server (as for the metrics port)
+            socket = MonitorSocket(servicer.feed, evaluator.active, settings.admin_key)
+            await socket.start(f"{settings.host}:{settings.monitor_port()}", settings.tls)
+            closers.append(socket.close)
     except BaseException:
         await close()
         raise
