@@ -149,7 +149,10 @@ class EngineStatuses:
     async def _follow(self) -> None:
         # The engines as they are now come first, then each change: after a
         # reconnect, only what differs from what was held is published.
-        async for event in self._stub.WatchEngines(engine_pb2.WatchEnginesRequest()):
+        # wait_for_ready: connect as soon as the engine service is up (the
+        # channel's own reconnect backoff), rather than fail and back off here.
+        call = self._stub.WatchEngines(engine_pb2.WatchEnginesRequest(), wait_for_ready=True)
+        async for event in call:
             update = model_status(event)
             held = self.current.get(update.model_id)
             if held is None or held.status != update.status or update.status == "deleted":

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import ClientConnection, connect
 
 from switchboard_common.accounts import hash_password
-from switchboard_stack.harness import Stack, running_stack
+from switchboard_stack.harness import REPO, Stack, running_stack
 from tests.conftest import eventually
 from tests.e2e.seeds.keys import ADMIN_KEY, CLIENT_KEY
 from tests.e2e.seeds.test_004_config import WEBHOOK_SECRET, _Hook, _Mailbox, mailbox, webhook
@@ -43,6 +44,8 @@ __all__ = ["mailbox", "webhook"]  # module fixtures, shared with test_004_config
 
 WAIT_S = 90.0
 MODEL = "smol-ws"
+FAKE_VLLM = REPO / "tests" / "support" / "fake_vllm.py"
+LIFE = ["created", "starting", "running", "stopping", "stopped", "deleted"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,12 @@ def stack(
     accounts.write_text(f"admin:admin:{hash_password(ADMIN_PASSWORD)}\n")
     gpu_script = home / "gpu.json"
     gpu_script.write_text(json.dumps(GPU_SCRIPT))
+    # vLLM is the loopback stand-in (tests/support/fake_vllm.py), healthy at once;
+    # llama.cpp is the real one.
+    vllm = home / "vllm"
+    vllm.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_VLLM}" "$@"\n')
+    vllm.chmod(0o755)
+    (home / "vllm-ready").touch()
     config = {
         "providers": [{"name": "mock", "kind": "mock"}],
         "models": [{"name": "mock-chat", "deployments": [{"provider": "mock", "model": "m"}]}],
@@ -65,6 +74,8 @@ def stack(
         "SWITCHBOARD_ACCOUNTS_FILE": str(accounts),
         "SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S": "0.25",
         "SWITCHBOARD_GPU_SCRIPT": str(gpu_script),
+        "SWITCHBOARD_VLLM_BIN": str(vllm),
+        "FAKE_VLLM_READY_FILE": str(home / "vllm-ready"),
         "SWITCHBOARD_GPU_INTERVAL_S": "0.5",
         # Model metrics read every half second, over the last minute of traffic.
         "SWITCHBOARD_MODEL_ALERT_INTERVAL_S": "0.5",
@@ -98,6 +109,7 @@ class Feed:
     query, as a browser must), subscribe, and keep every message received."""
 
     def __init__(self, stack: Stack, token: str, events: list[str]) -> None:
+        self.stack, self.token = stack, token
         url = stack.edge_url.replace("http://", "ws://") + f"/ws/monitor?token={token}"
         self.ws: ClientConnection = connect(url, open_timeout=15)
         self.messages: list[dict[str, Any]] = []
@@ -218,6 +230,88 @@ def test_a_bad_message_closes_with_a_clear_code(
     assert closed.value.rcvd.reason.startswith(reason), closed.value.rcvd.reason
 
 
+def test_a_model_metric_rule_fires_on_live_traffic(
+    stack: Stack, feed: Feed, api: httpx.Client
+) -> None:
+    """Without an engine: the configured mock model's traffic is in the ledger
+    too, so a rule that holds for any served request fires on it."""
+    rule = api.post(
+        "/config/alerts",
+        json={"name": "served", "condition": "response_time < 1000", "severity": "info"},
+    )
+    assert rule.status_code == 201, rule.text
+    rule_id = rule.json()["id"]
+    reply = httpx.post(
+        f"{stack.edge_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {CLIENT_KEY}"},
+        json={"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    [fired] = eventually(
+        lambda: [a for a in _rule_firing(feed, "mock-chat", "firing") if a["rule"] == rule_id],
+        timeout=WAIT_S,
+        what="the alert on the socket",
+    )
+    assert fired["severity"] == "info"
+    assert fired["metric"] == "response_time"
+    assert 0 <= fired["value"] < 1000
+    assert api.delete(f"/config/alerts/{rule_id}").status_code == 200
+    eventually(
+        lambda: [a for a in _rule_firing(feed, "mock-chat", "resolved") if a["rule"] == rule_id],
+        timeout=30,
+        what="the resolution",
+    )
+
+
+def relaying(feed: Feed, api: httpx.Client) -> None:
+    """Wait until the gpu service follows the engine service (it connects once
+    both are up): a model created and deleted shows on the socket. A probe
+    made before the relay connected never shows; so another is made."""
+
+    def probe() -> bool:
+        name = f"probe-{time.monotonic_ns()}"
+        created = api.post(
+            "/models", json={"name": name, "framework": "vllm", "config": {"model_path": "org/p"}}
+        )
+        assert created.status_code == 201, created.text
+        assert api.delete(f"/models/{name}").status_code == 200
+        eventually(lambda: feed.statuses(name)[-1:] == ["deleted"], timeout=5, what=name)
+        return True
+
+    eventually(probe, timeout=60, what="the relay of model statuses")
+
+
+def test_each_model_status_change_on_the_socket(feed: Feed, api: httpx.Client) -> None:
+    """A model's life as the socket reports it (on the vLLM stand-in; the
+    llama.cpp test below goes through the same with the real engine)."""
+    relaying(feed, api)
+    created = api.post(
+        "/models", json={"name": "vllm-ws", "framework": "vllm", "config": {"model_path": "org/x"}}
+    )
+    assert created.status_code == 201, created.text
+    assert api.post("/models/vllm-ws/start", json={}).status_code == 200
+    eventually(lambda: feed.statuses("vllm-ws")[-1:] == ["running"], timeout=WAIT_S)
+    running = [
+        d
+        for d in feed.of("model_status_update")
+        if d["model_id"] == "vllm-ws" and d["status"] == "running"
+    ]
+    assert running[0]["health"] == "healthy"
+    assert TIMESTAMP.match(running[0]["timestamp"]), running
+    assert api.post("/models/vllm-ws/stop", json={}).status_code == 200
+    eventually(lambda: feed.statuses("vllm-ws")[-1:] == ["stopped"], timeout=WAIT_S)
+    assert api.delete("/models/vllm-ws").status_code == 200
+    eventually(lambda: feed.statuses("vllm-ws")[-1:] == ["deleted"], timeout=30)
+    assert feed.statuses("vllm-ws") == LIFE
+    # A socket opened now sees the models as they are: this one is gone.
+    later = Feed(feed.stack, feed.token, ["model_status"])
+    try:
+        assert "vllm-ws" not in {d["model_id"] for d in later.of("model_status_update")}
+    finally:
+        later.close()
+
+
 def _rule_firing(feed: Feed, rule_model: str, state: str) -> list[dict[str, Any]]:
     return [
         a
@@ -231,6 +325,7 @@ def test_model_status_changes_and_a_latency_alert_on_the_socket(
     feed: Feed, api: httpx.Client, mailbox: tuple[_Mailbox, int]
 ) -> None:
     model_path = _model_path()
+    relaying(feed, api)
     created = api.post(
         "/models",
         json={
@@ -292,7 +387,10 @@ def test_model_status_changes_and_a_latency_alert_on_the_socket(
         return [
             m["data"]
             for m in _Hook.received
-            if m["data"]["rule_name"] == rule_id and m["data"]["state"] == state
+            if m["data"]["rule_name"] == rule_id
+            and m["data"]["state"] == state
+            # Only the engine's: the rule may fire for other traffic in the window too.
+            and m["data"].get("model") == MODEL
         ]
 
     [sent] = eventually(lambda: hooked("ALERT_STATE_FIRING"), timeout=30, what="the webhook")
@@ -316,12 +414,5 @@ def test_model_status_changes_and_a_latency_alert_on_the_socket(
     eventually(lambda: feed.statuses(MODEL)[-1:] == ["stopped"], timeout=WAIT_S, what="stopped")
     assert api.delete(f"/models/{MODEL}").status_code == 200
     eventually(lambda: feed.statuses(MODEL)[-1:] == ["deleted"], timeout=30, what="deleted")
-    assert feed.statuses(MODEL) == [
-        "created",
-        "starting",
-        "running",
-        "stopping",
-        "stopped",
-        "deleted",
-    ]
+    assert feed.statuses(MODEL) == LIFE
     assert feed.closed is None
