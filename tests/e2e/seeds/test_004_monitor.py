@@ -256,6 +256,20 @@ def test_a_model_metric_rule_fires_on_live_traffic(
     assert fired["severity"] == "info"
     assert fired["metric"] == "response_time"
     assert 0 <= fired["value"] < 1000
+
+    def stored() -> list[dict[str, Any]]:
+        reply = httpx.get(
+            f"{stack.edge_url}/v1/admin/gpu/alerts",
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        return [a for a in reply.json()["alerts"] if a["alert_id"] == fired["alert_id"]]
+
+    # Stored in ClickHouse like any alert, with its model.
+    [kept] = eventually(stored, timeout=WAIT_S, what="the alert in ClickHouse")
+    assert kept["model"] == "mock-chat"
+    assert kept["rule_name"] == rule_id
     assert api.delete(f"/config/alerts/{rule_id}").status_code == 200
     eventually(
         lambda: [a for a in _rule_firing(feed, "mock-chat", "resolved") if a["rule"] == rule_id],
