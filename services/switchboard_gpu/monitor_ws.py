@@ -42,7 +42,7 @@ from websockets.http11 import Request, Response
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
-from switchboard_common.policy import AccessPolicy
+from switchboard_common.policy import A, AccessPolicy, method_access
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.monitor_feed import EVENTS, MonitorServicer
 
@@ -144,7 +144,10 @@ class MonitorSocket:
     ) -> None:
         self._feed = feed
         self._active = active
-        # Only ADMIN and PUBLIC methods need no key table; WatchMonitor is ADMIN.
+        # Only ADMIN and PUBLIC methods are decided without the client key table
+        # (which the gpu service does not follow): refuse to serve under any other.
+        if method_access(METHOD) not in (A.ACCESS_ADMIN, A.ACCESS_PUBLIC):
+            raise RuntimeError(f"{METHOD} must be ADMIN or PUBLIC for the monitor socket")
         self._policy = AccessPolicy(admin_key)
         self._server: Server | None = None
 
