@@ -17,3 +17,8 @@ GPU_METRIC_FIELDS = (
     "ecc_uncorrected_errors",
     "last_xid",
 )
+
+# What alert rules over model metrics may name (seed 004's): the mean response
+# time in seconds and the error rate (a fraction), per model, over a window of
+# live traffic (switchboard_gpu.model_alerts evaluates them).
+MODEL_METRIC_NAMES = ("response_time", "error_rate")

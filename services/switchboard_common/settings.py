@@ -17,6 +17,8 @@ SERVICE_PORTS = {
     "gpu": 50055,
     "engine": 50056,
 }
+# The gpu service's WebSocket monitor (seed 004's /ws/monitor).
+MONITOR_PORT = 50057
 # Each service also serves Prometheus metrics on its gRPC port + 1000 unless overridden.
 METRICS_PORT_OFFSET = 1000
 
@@ -85,6 +87,18 @@ class Settings:
         """Where `service` listens, overridable as SWITCHBOARD_<SERVICE>_ADDR (host:port)."""
         override = os.environ.get(f"SWITCHBOARD_{service.upper()}_ADDR")
         return override or f"{self.host}:{self.ports[service]}"
+
+    def monitor_address(self) -> str:
+        """Where the gpu service's WebSocket monitor (seed 004's /ws/monitor)
+        listens: beside the gpu service, on SWITCHBOARD_GPU_MONITOR_PORT (50057),
+        overridable as SWITCHBOARD_GPU_MONITOR_ADDR (host:port)."""
+        override = os.environ.get("SWITCHBOARD_GPU_MONITOR_ADDR")
+        if override:
+            return override
+        return f"{self.address('gpu').rpartition(':')[0]}:{self.monitor_port()}"
+
+    def monitor_port(self) -> int:
+        return _int("SWITCHBOARD_GPU_MONITOR_PORT", MONITOR_PORT)
 
     def metrics_port(self, service: str) -> int:
         return _int(

@@ -31,6 +31,7 @@ from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
 from switchboard_engine import commands, states
 from switchboard_engine import logs as engine_logs
+from switchboard_engine.feed import Changes
 from switchboard_engine.process import EngineProcess, PidRecord
 from switchboard_engine.registry_link import RegistryLink
 from switchboard_engine.resources import GpuProbe, GpuView, admit
@@ -55,6 +56,7 @@ class EngineManager:
         self.gpus = gpus
         self.tasks = states.Tasks()
         self.slots: dict[str, Slot] = {}
+        self.changes = Changes(lambda: self.settings.node)
         self._background: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=settings.health_timeout_s)
 
@@ -87,8 +89,9 @@ class EngineManager:
         """Add an engine, or give a known one its newest config (used from its next start)."""
         slot = self.slots.get(name)
         if slot is None:
-            slot = Slot(name, config, self.settings.home / "engines" / name)
+            slot = Slot(name, config, self.settings.home / "engines" / name, self.changes.changed)
             self.slots[name] = slot
+            self.changes.changed(slot)
         else:
             slot.config = config
         return slot
@@ -430,6 +433,7 @@ class EngineManager:
             await self._withdraw(slot)
             slot.remove_files()
             self.slots.pop(name, None)
+        self.changes.changed(slot, deleted=True)
 
     async def shutdown(self) -> None:
         """This service stops: stop the engines (together: the stack and the

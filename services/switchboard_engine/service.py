@@ -24,6 +24,7 @@ from switchboard_common.registry_follower import RegistryFollower
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_engine import logs as engine_logs
+from switchboard_engine.feed import EngineFeedServicer
 from switchboard_engine.manager import EngineManager
 from switchboard_engine.registry_link import RegistryLink
 from switchboard_engine.resources import GpuProbe
@@ -228,6 +229,12 @@ async def setup(
     follower.start()
     servicer = EngineServicer(manager)
     engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
+    engine_pb2_grpc.add_EngineFeedServiceServicer_to_server(
+        EngineFeedServicer(
+            lambda: list(manager.slots.values()), manager.changes, servicer.draining
+        ),
+        server,
+    )
 
     async def close() -> None:
         await follower.close()
@@ -235,4 +242,5 @@ async def setup(
         gpus.close()
         await registry.close()
 
-    return Mounted([SERVICE.full_name], [close], drainers=[servicer.draining.set])
+    feed = pb.DESCRIPTOR.services_by_name["EngineFeedService"].full_name
+    return Mounted([SERVICE.full_name, feed], [close], drainers=[servicer.draining.set])

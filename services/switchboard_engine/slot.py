@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from switchboard.engine.v1 import engine_pb2 as pb
@@ -23,8 +24,16 @@ def free_port(host: str) -> int:
 
 
 class Slot:
-    def __init__(self, name: str, config: cfg.EngineConfig, directory: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: cfg.EngineConfig,
+        directory: Path,
+        on_change: Callable[[Slot], None] = lambda slot: None,
+    ) -> None:
         self.name = name
+        # Told of every state change (the engine feed).
+        self.on_change = on_change
         self.config = config
         self.dir = directory
         self.state: states.State = states.CREATED
@@ -74,6 +83,7 @@ class Slot:
         self.state = state
         self.reason = reason
         self.state_time = states.now()
+        self.on_change(self)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.exit_status() is None

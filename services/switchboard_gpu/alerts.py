@@ -14,22 +14,29 @@ What counts as evidence:
   alerts resolve and it starts over. A changed threshold or duration applies
   from the next sample, to the alerts already firing too.
 
+Rules over model metrics (MODEL_METRICS: seed 004's response_time, in
+seconds, and error_rate, a fraction) are evaluated per model on the traffic of
+a recent window (evaluate_models, from the usage ledger; see model_alerts),
+with the same duration and resolution rules; a model with no traffic left in
+the window resolves its alert, since its condition no longer holds.
+
 The evaluator is plain synchronous code with no clock of its own: time is the
-sample's sample_time, so tests drive it with scripted samples.
+sample's sample_time (or the caller's `now`), so tests drive it with scripts.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard.registry.v1 import registry_pb2
-from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
+from switchboard.usage.v1 import usage_pb2
+from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS, MODEL_METRIC_NAMES
 from switchboard_common.ids import uuid7
 from switchboard_common.logs import log_fields
 
@@ -58,6 +65,27 @@ def _memory_used_percent(device: gpu_pb2.GpuDevice) -> float | None:
 # fields, and memory_used_percent derived from two of them.
 METRICS: dict[str, Reader] = {name: _field(name) for name in GPU_METRIC_FIELDS}
 METRICS["memory_used_percent"] = _memory_used_percent
+
+
+def _response_time_s(model: usage_pb2.ModelPerformance) -> float | None:
+    # The mean latency of the successful requests; none succeeded, no reading.
+    if model.total_requests * model.success_rate <= 0:
+        return None
+    return model.latency_ms.average / 1000
+
+
+def _error_rate(model: usage_pb2.ModelPerformance) -> float | None:
+    return model.error_rate if model.total_requests > 0 else None
+
+
+ModelReader = Callable[[usage_pb2.ModelPerformance], float | None]
+MODEL_METRICS: dict[str, ModelReader] = {
+    "response_time": _response_time_s,
+    "error_rate": _error_rate,
+}
+if tuple(MODEL_METRICS) != MODEL_METRIC_NAMES:  # named once, for the rule parsers
+    raise RuntimeError("MODEL_METRICS and gpu_metrics.MODEL_METRIC_NAMES differ")
+_MODEL = "model:"
 
 _SYMBOL = {registry_pb2.COMPARATOR_GREATER_THAN: ">", registry_pb2.COMPARATOR_LESS_THAN: "<"}
 
@@ -98,6 +126,16 @@ def _device_key(device: gpu_pb2.GpuDevice) -> str:
     return device.uuid or f"index:{device.index}"
 
 
+def _subject_key(alert: gpu_pb2.GpuAlert) -> str:
+    if alert.model:
+        return _MODEL + alert.model
+    return alert.gpu_uuid or f"index:{alert.gpu_index}"
+
+
+def is_model_rule(rule: registry_pb2.AlertRule) -> bool:
+    return rule.metric in MODEL_METRICS
+
+
 @dataclass
 class _Track:
     """One rule on one GPU: pending (since) or firing (alert)."""
@@ -130,7 +168,7 @@ class AlertEvaluator:
         """Take back alerts that were firing before a restart, so they resolve
         (with their own alert_id) instead of firing a second time."""
         for alert in alerts:
-            key = (alert.rule_name, alert.gpu_uuid or f"index:{alert.gpu_index}")
+            key = (alert.rule_name, _subject_key(alert))
             self._tracks[key] = _Track(since=_seconds(alert.start_time), alert=alert)
 
     def set_rules(
@@ -168,6 +206,8 @@ class AlertEvaluator:
         seen: set[tuple[str, str]] = set()
         events: list[gpu_pb2.GpuAlert] = []
         for rule in self._rules.values():
+            if is_model_rule(rule):
+                continue  # evaluate_models
             read = METRICS.get(rule.metric)
             if read is None:
                 self._warn_unknown(rule)
@@ -178,18 +218,54 @@ class AlertEvaluator:
                 if value is None:
                     continue  # no evidence either way; see the module docstring
                 seen.add(key)
-                event = self._step(rule, device, key, value, now)
+                subject = gpu_pb2.GpuAlert(gpu_uuid=device.uuid, gpu_index=device.index)
+                event = self._step(rule, subject, key, value, now)
                 if event is not None:
                     events.append(event)
-        for key in [k for k, t in self._tracks.items() if k not in seen and t.alert is None]:
+        for key in [
+            k
+            for k, t in self._tracks.items()
+            if k not in seen and t.alert is None and not k[1].startswith(_MODEL)
+        ]:
             # Pending without a reading this sample: it did not hold throughout.
             del self._tracks[key]
+        return events
+
+    def evaluate_models(
+        self, performance: Mapping[str, usage_pb2.ModelPerformance], now: float
+    ) -> list[gpu_pb2.GpuAlert]:
+        """The transitions the traffic of the last window (per model) causes."""
+        if self.registry_version is None:
+            return []
+        self._sample_time = None
+        seen: set[tuple[str, str]] = set()
+        events: list[gpu_pb2.GpuAlert] = []
+        for rule in self._rules.values():
+            read = MODEL_METRICS.get(rule.metric)
+            if read is None:
+                continue
+            for model, figures in sorted(performance.items()):
+                key = (rule.name, _MODEL + model)
+                value = read(figures)
+                if value is None:
+                    continue
+                seen.add(key)
+                event = self._step(rule, gpu_pb2.GpuAlert(model=model), key, value, now)
+                if event is not None:
+                    events.append(event)
+        for key, track in list(self._tracks.items()):
+            if key in seen or not key[1].startswith(_MODEL):
+                continue
+            del self._tracks[key]
+            if track.alert is not None:
+                # No traffic left in the window: the condition no longer holds.
+                events.append(self._resolve(track.alert, 0.0, now, "no traffic in the window"))
         return events
 
     def _step(
         self,
         rule: registry_pb2.AlertRule,
-        device: gpu_pb2.GpuDevice,
+        subject: gpu_pb2.GpuAlert,
         key: tuple[str, str],
         value: float,
         now: float,
@@ -212,24 +288,27 @@ class AlertEvaluator:
             track = self._tracks[key] = _Track(since=now)
         if track.alert is not None or now - track.since < _duration_s(rule):
             return None
-        track.alert = self._fire(rule, device, value, now, now - track.since)
+        track.alert = self._fire(rule, subject, value, now, now - track.since)
         return track.alert
 
     def _fire(
         self,
         rule: registry_pb2.AlertRule,
-        device: gpu_pb2.GpuDevice,
+        subject: gpu_pb2.GpuAlert,
         value: float,
         now: float,
         held_s: float,
     ) -> gpu_pb2.GpuAlert:
+        """subject: the GPU (gpu_uuid, gpu_index) or the model it fires on."""
+        on = f" on model {subject.model}" if subject.model else ""
         alert = gpu_pb2.GpuAlert(
             alert_id=self._new_id(),
             rule_name=rule.name,
             metric=rule.metric,
             hostname=self.hostname,
-            gpu_uuid=device.uuid,
-            gpu_index=device.index,
+            gpu_uuid=subject.gpu_uuid,
+            gpu_index=subject.gpu_index,
+            model=subject.model,
             state=gpu_pb2.ALERT_STATE_FIRING,
             severity=rule.severity,
             value=value,
@@ -237,7 +316,7 @@ class AlertEvaluator:
             comparator=rule.comparator,
             message=(
                 f"{rule.metric} {value:g} {_SYMBOL.get(rule.comparator, '?')} "
-                f"{rule.threshold:g} for {held_s:g}s"
+                f"{rule.threshold:g}{on} for {held_s:g}s"
             ),
         )
         alert.time.CopyFrom(self._time(now))
@@ -245,7 +324,11 @@ class AlertEvaluator:
         log.warning(
             "gpu alert firing",
             extra=log_fields(
-                alert_id=alert.alert_id, rule=rule.name, gpu=device.uuid, message=alert.message
+                alert_id=alert.alert_id,
+                rule=rule.name,
+                gpu=subject.gpu_uuid,
+                model=subject.model,
+                message=alert.message,
             ),
         )
         return alert

@@ -23,10 +23,12 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge
 
+from switchboard.engine.v1 import engine_pb2_grpc
 from switchboard.gpu.v1 import events_pb2, gpu_pb2, gpu_pb2_grpc, history_pb2, history_pb2_grpc
 from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
+from switchboard.usage.v1 import usage_pb2
 from switchboard_common.channels import channel as service_channel
-from switchboard_common.errors import from_rpc_error
+from switchboard_common.errors import R, SwitchboardError, from_rpc_error
 from switchboard_common.ids import uuid7
 from switchboard_common.interceptors import REQUEST_ID_KEY
 from switchboard_common.logs import log_fields, request_id_var
@@ -36,6 +38,9 @@ from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
+from switchboard_gpu.model_alerts import ModelAlerts, ModelAlertSettings
+from switchboard_gpu.monitor_feed import EVENTS, EngineStatuses, MonitorServicer
+from switchboard_gpu.monitor_ws import MonitorSocket
 from switchboard_gpu.notify import EmailSettings, Notifier, WebhookSettings
 from switchboard_gpu.nvml import NvmlBackend, backend_from_env
 from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
@@ -81,7 +86,7 @@ class Monitor:
         transitions = self.evaluator.evaluate(status)
         active = self.evaluator.active()
         for device in status.devices:
-            mine = [a for a in active if a.gpu_uuid == device.uuid]
+            mine = [a for a in active if a.gpu_uuid == device.uuid and not a.model]
             annotate(device, mine, self.saturated_percent)
         ALERTS_FIRING.set(len(active))
         await self.record(transitions)
@@ -121,11 +126,11 @@ class Monitor:
         )
         if resolved:
             ALERTS_FIRING.set(len(self.evaluator.active()))
-            task = asyncio.get_running_loop().create_task(self._record_and_announce(resolved))
+            task = asyncio.get_running_loop().create_task(self.record_and_announce(resolved))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _record_and_announce(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
+    async def record_and_announce(self, alerts: Sequence[gpu_pb2.GpuAlert]) -> None:
         await self.record(alerts)
         self.announce(alerts)
 
@@ -170,18 +175,35 @@ class HistoryClient:
             raise from_rpc_error(exc, "usage") from None
         return reply.result
 
+    async def model_performance(self, window: str) -> usage_pb2.GetUsagePerformanceResponse:
+        """Every caller's traffic per model over the last `window`."""
+        try:
+            reply = await self._stub.QueryModelPerformance(
+                history_pb2.QueryModelPerformanceRequest(
+                    query=usage_pb2.GetUsagePerformanceRequest(window=window)
+                ),
+                timeout=HISTORY_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "usage") from None
+        return reply.result
+
     async def close(self) -> None:
         await self._channel.close()
 
 
 class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceServicer):
-    def __init__(self, sampler: Sampler, monitor: Monitor, history: HistoryClient) -> None:
+    def __init__(
+        self, sampler: Sampler, monitor: Monitor, history: HistoryClient, engines: EngineStatuses
+    ) -> None:
         self._sampler = sampler
         self._monitor = monitor
         self._history = history
         # Set when the server drains, so open watches end instead of holding
         # the server for its whole grace period.
         self.draining = asyncio.Event()
+        self.feed = MonitorServicer(sampler, engines, self.draining)
 
     async def GetGpuStatus(
         self, request: gpu_pb2.GetGpuStatusRequest, context: Context
@@ -230,6 +252,21 @@ class GpuServicer(gpu_pb2_grpc.GpuServiceServicer, gpu_pb2_grpc.GpuFeedServiceSe
     ) -> AsyncIterator[gpu_pb2.WatchGpuMetricsResponse]:
         """The same stream, for other services (GpuFeedService, internal)."""
         async for event in self.WatchGpuMetrics(request, context):
+            yield event
+
+    async def WatchMonitor(
+        self, request: gpu_pb2.WatchMonitorRequest, context: Context
+    ) -> AsyncIterator[gpu_pb2.WatchMonitorResponse]:
+        unknown = [e for e in request.events if e not in EVENTS]
+        if unknown:
+            raise SwitchboardError(
+                R.ERROR_REASON_INVALID_REQUEST,
+                f"unknown events {unknown}; known: {', '.join(EVENTS)}",
+                param="events",
+            )
+        # Headers now: the first event may be a while (no engines, no GPUs).
+        await context.send_initial_metadata(())
+        async for event in self.feed.watch(request.events, self._monitor.evaluator.active()):
             yield event
 
     async def QueryGpuHistory(
@@ -343,11 +380,31 @@ async def setup(
 
         history = HistoryClient(settings.address("usage"), settings.tls)
         closers.append(history.close)
+        model_alerts = ModelAlerts(
+            evaluator,
+            history.model_performance,
+            monitor.record_and_announce,
+            ModelAlertSettings.from_env(),
+            clock,
+        )
+        model_alerts.start()
+        closers.append(model_alerts.close)
+
+        # Model statuses for the monitor feed, from this node's engine service.
+        engine = service_channel(settings.address("engine"), settings.tls)
+        closers.append(engine.close)
+        engines = EngineStatuses(engine_pb2_grpc.EngineFeedServiceStub(engine))
+        engines.start()
+        closers.append(engines.close)
+        servicer = GpuServicer(sampler, monitor, history, engines)
+        if settings.monitor_port():  # 0: no WebSocket server (as for the metrics port)
+            socket = MonitorSocket(servicer.feed, evaluator.active, settings.admin_key)
+            await socket.start(f"{settings.host}:{settings.monitor_port()}", settings.tls)
+            closers.append(socket.close)
     except BaseException:
         await close()
         raise
 
-    servicer = GpuServicer(sampler, monitor, history)
     gpu_pb2_grpc.add_GpuServiceServicer_to_server(servicer, server)
     gpu_pb2_grpc.add_GpuFeedServiceServicer_to_server(servicer, server)
     names = [

@@ -61,8 +61,11 @@ def edge_transport_socket() -> dict[str, object]:
     }
 
 
-def upstream_transport_socket(tls: TlsFiles | None) -> dict[str, object]:
-    """Mutual TLS to the services when they run it (SWITCHBOARD_TLS_*)."""
+def upstream_transport_socket(
+    tls: TlsFiles | None, alpn: tuple[str, ...] = ("h2",)
+) -> dict[str, object]:
+    """Mutual TLS to the services when they run it (SWITCHBOARD_TLS_*): gRPC
+    over h2, the WebSocket monitor over http/1.1."""
     if tls is None:
         return _PLAINTEXT
     return {
@@ -72,7 +75,7 @@ def upstream_transport_socket(tls: TlsFiles | None) -> dict[str, object]:
             "common_tls_context": {
                 "tls_certificates": [_certificate(tls.cert, tls.key)],
                 "validation_context": {"trusted_ca": {"filename": str(tls.ca)}},
-                "alpn_protocols": ["h2"],
+                "alpn_protocols": list(alpn),
             },
         },
     }
@@ -165,6 +168,10 @@ def values(settings: Settings) -> dict[str, str]:
         "CORS_POLICY": json.dumps(edge_surfaces.cors_policy()),
     }
     out["EDGE_TRACING"], out["TRACING_CLUSTER"] = tracing(settings)
+    out["MONITOR_HOST"], _, out["MONITOR_PORT"] = settings.monitor_address().rpartition(":")
+    out["MONITOR_TRANSPORT_SOCKET"] = json.dumps(
+        upstream_transport_socket(settings.tls, ("http/1.1",))
+    )
     for service in ("router", "registry", "usage", "gpu", "engine"):
         host, _, port = settings.address(service).rpartition(":")
         out[f"{service.upper()}_HOST"] = host

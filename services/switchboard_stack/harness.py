@@ -101,6 +101,7 @@ def running_stack(
         if name != "router":
             env[f"SWITCHBOARD_{name.upper()}_PORT"] = str(free_port())
         env[f"SWITCHBOARD_{name.upper()}_METRICS_PORT"] = str(free_port())
+    env["SWITCHBOARD_GPU_MONITOR_PORT"] = str(free_port())
     env.update(extra_env or {})
     up = _run("up", env, timeout=120)
     try:

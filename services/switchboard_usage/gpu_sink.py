@@ -49,7 +49,7 @@ GPU_SAMPLE_COLUMNS = (
 GPU_ALERT_COLUMNS = (
     "event_id", "alert_id", "state", "rule_name", "metric", "comparator", "threshold",
     "severity", "hostname", "gpu_uuid", "gpu_index", "value", "message", "start_time",
-    "time", "kafka_partition", "kafka_offset",
+    "time", "kafka_partition", "kafka_offset", "model",
 )  # fmt: skip
 _SAMPLE_EVENT_ID = GPU_SAMPLE_COLUMNS.index("event_id")
 _NVML_STATES = {v: k.removeprefix("NVML_STATE_").lower() for k, v in gpu_pb2.NvmlState.items()}
@@ -90,7 +90,7 @@ def gpu_alert_row(event: gpu_events_pb2.GpuAlertEvent, partition: int, offset: i
         event.event_id, a.alert_id, ALERT_STATES.get(a.state, ""), a.rule_name, a.metric,
         COMPARATORS.get(a.comparator, ""), a.threshold, SEVERITIES.get(a.severity, ""),
         a.hostname, a.gpu_uuid, a.gpu_index, a.value, a.message, ts_datetime(a.start_time),
-        ts_datetime(a.time), partition, offset,
+        ts_datetime(a.time), partition, offset, a.model,
     ]  # fmt: skip
 
 

@@ -275,7 +275,7 @@ _GPU_ALERTS = (
 ).replace(
     "COLUMNS",
     "alert_id, state, rule_name, metric, comparator, threshold, severity, hostname, "
-    "gpu_uuid, gpu_index, value, message, start_time, time",
+    "gpu_uuid, gpu_index, value, message, start_time, time, model",
 )
 
 
@@ -396,7 +396,7 @@ async def gpu_alerts(
     out = gpu_pb2.ListGpuAlertsResponse()
     for (
         alert_id, state, rule_name, metric, comparator, threshold, severity, hostname,
-        gpu_uuid, gpu_index, value, message, start_time, time,
+        gpu_uuid, gpu_index, value, message, start_time, time, model,
     ) in rows:  # fmt: skip
         alert = out.alerts.add(
             alert_id=alert_id,
@@ -411,6 +411,7 @@ async def gpu_alerts(
             gpu_index=gpu_index,
             value=value,
             message=message,
+            model=model,
         )
         alert.start_time.FromDatetime(_utc(start_time))
         alert.time.FromDatetime(_utc(time))

@@ -199,6 +199,13 @@ class GpuHistoryServicer(history_pb2_grpc.GpuHistoryServiceServicer):
         result = await queries.gpu_alerts(self.clickhouse, request.query)
         return history_pb2.ListStoredAlertsResponse(result=result)
 
+    async def QueryModelPerformance(
+        self, request: history_pb2.QueryModelPerformanceRequest, context: Context
+    ) -> history_pb2.QueryModelPerformanceResponse:
+        # Every key's traffic: an alert on a model's latency is about the model.
+        result = await queries.performance(self.clickhouse, request.query, None)
+        return history_pb2.QueryModelPerformanceResponse(result=result)
+
 
 def _records(request: usage_pb2.RecordUsageRequest) -> list[usage_pb2.TracedUsageRecord]:
     """A message's records, whichever form it came in."""

@@ -9,12 +9,15 @@ refuses their gRPC paths. Usage reads show a client key its own traffic only."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from switchboard_stack.harness import Stack, running_stack
 from tests.support.routes import A, Route, access, methods, routes
@@ -223,3 +226,37 @@ def test_a_client_key_sees_its_own_usage_and_the_admin_all(edge: httpx.Client) -
         series = _usage(edge, "/v1/usage/timeseries", key, window="1h", interval="1m")
         assert sum(p["requests"] for p in series["points"]) == count
     assert edge.get(summary).status_code == 401
+
+
+def _ws_handshake(stack: Stack, query: str = "", key: str | None = None) -> int:
+    """The status of a WebSocket handshake on /ws/monitor (101 when admitted)."""
+    headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+    try:
+        with ws_connect(
+            stack.edge_url.replace("http://", "ws://") + "/ws/monitor" + query,
+            additional_headers=headers,
+            open_timeout=15,
+        ):
+            return 101
+    except InvalidStatus as refused:
+        response = refused.response
+    # Refused at the handshake, in seed 004's error body.
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.body)["error"]["message"]
+    return response.status_code
+
+
+def test_the_websocket_monitor_admits_as_watch_monitor_declares(stack: Stack) -> None:
+    """/ws/monitor is served by the gpu service's WebSocket server, not the
+    transcoder, so the walk above proves only its plain-GET twin: its
+    handshake is admitted under the same declared access (ADMIN), with the key
+    in a header or, for browsers, in the token query parameter."""
+    (route,) = [r for r in ROUTES if r.template == "/ws/monitor"]
+    assert route.access == A.ACCESS_ADMIN
+    assert _ws_handshake(stack) == 401
+    assert _ws_handshake(stack, key=WRONG_KEY) == 401
+    assert _ws_handshake(stack, key=CLIENT_KEYS["team-a"]) in REFUSED
+    assert _ws_handshake(stack, query=f"?token={CLIENT_KEYS['team-a']}") in REFUSED
+    assert _ws_handshake(stack, query=f"?token={WRONG_KEY}") == 401
+    assert _ws_handshake(stack, key=ADMIN_KEY) == 101
+    assert _ws_handshake(stack, query=f"?token={ADMIN_KEY}") == 101

@@ -119,6 +119,8 @@ async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     """Settings for a gpu service alone: free ports, a private home, and a
     registry, usage service and broker addresses where nothing listens."""
     monkeypatch.setenv("SWITCHBOARD_GPU_METRICS_PORT", "0")
+    monkeypatch.setenv("SWITCHBOARD_GPU_MONITOR_PORT", "0")
+    monkeypatch.setenv("SWITCHBOARD_ENGINE_ADDR", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("SWITCHBOARD_REGISTRY_ADDR", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("SWITCHBOARD_USAGE_ADDR", f"127.0.0.1:{free_port()}")
     base = Settings.from_env()

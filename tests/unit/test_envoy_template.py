@@ -23,6 +23,7 @@ PORT_ENV = {
 }
 EDGE_PORT = 18080
 ADMIN_PORT = 19901
+MONITOR_PORT = 61057
 
 
 @pytest.fixture
@@ -31,6 +32,8 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
         monkeypatch.setenv(var, str(PORTS[service]))
         monkeypatch.delenv(f"SWITCHBOARD_{service.upper()}_ADDR", raising=False)
     monkeypatch.setenv("SWITCHBOARD_EDGE_PORT", str(EDGE_PORT))
+    monkeypatch.setenv("SWITCHBOARD_GPU_MONITOR_PORT", str(MONITOR_PORT))
+    monkeypatch.delenv("SWITCHBOARD_GPU_MONITOR_ADDR", raising=False)
     monkeypatch.setenv("SWITCHBOARD_ENVOY_ADMIN_PORT", str(ADMIN_PORT))
     monkeypatch.setenv("SWITCHBOARD_HOST", "127.0.0.1")
     monkeypatch.delenv("SWITCHBOARD_EDGE_HOST", raising=False)
@@ -60,7 +63,8 @@ def _strings(node: object) -> Iterator[str]:
 
 
 def _clusters(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in data["static_resources"]["clusters"]}
+    """The services' gRPC clusters (not the WebSocket monitor's, checked on its own)."""
+    return {c["name"]: c for c in data["static_resources"]["clusters"] if c["name"] != "monitor"}
 
 
 def _socket(cluster: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +96,28 @@ def test_clusters_speak_http2(rendered: tuple[str, dict[str, Any]]) -> None:
     assert all(o == options[0] for o in options)
     http = options[0]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in http["explicit_http_config"]
+
+
+def test_the_websocket_monitor_is_routed_to_the_gpu_service_over_http1(
+    rendered: tuple[str, dict[str, Any]],
+) -> None:
+    data = rendered[1]
+    (monitor,) = [c for c in data["static_resources"]["clusters"] if c["name"] == "monitor"]
+    assert _socket(monitor) == {"address": "127.0.0.1", "port_value": MONITOR_PORT}
+    # HTTP/1.1: a WebSocket upgrade does not go over h2 to the upstream.
+    assert "typed_extension_protocol_options" not in monitor
+    (listener,) = data["static_resources"]["listeners"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    upgrade, plain = routes[0], routes[1]
+    assert upgrade["match"]["path"] == "/ws/monitor"
+    assert upgrade["match"]["headers"][0]["name"] == "upgrade"
+    assert upgrade["route"]["cluster"] == "monitor"
+    assert upgrade["route"]["upgrade_configs"] == [{"upgrade_type": "websocket"}]
+    # The upgrade is not an API call: no body checks, no transcoding, no lua.
+    assert all(f["disabled"] for f in upgrade["typed_per_filter_config"].values())
+    # Without the upgrade header, GpuService.WatchMonitor, transcoded.
+    assert plain == {"match": {"path": "/ws/monitor"}, "route": {"cluster": "gpu", "timeout": "0s"}}
 
 
 def test_listener_and_admin_addresses(rendered: tuple[str, dict[str, Any]]) -> None:

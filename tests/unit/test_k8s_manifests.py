@@ -568,7 +568,7 @@ def _edge_config(docs: tuple[Doc, ...]) -> Doc:
 
 def test_envoy_clusters_point_at_rendered_services(docs: tuple[Doc, ...]) -> None:
     clusters = _edge_config(docs)["static_resources"]["clusters"]
-    assert {c["name"] for c in clusters} == set(render_envoy.UPSTREAMS)
+    assert {c["name"] for c in clusters} == {*render_envoy.UPSTREAMS, "monitor"}
     for cluster in clusters:
         (endpoint,) = [
             e["endpoint"]["address"]["socket_address"]
@@ -580,7 +580,9 @@ def test_envoy_clusters_point_at_rendered_services(docs: tuple[Doc, ...]) -> Non
         assert match, f"cluster {cluster['name']}: {host} is not a Service's DNS name"
         service = named(docs, "Service", match[1])
         assert service["metadata"]["namespace"] == match[2]
-        grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        # The WebSocket monitor is the gpu Service's "monitor" port; the rest are gRPC.
+        kind = "monitor" if cluster["name"] == "monitor" else "grpc"
+        grpc = next(p for p in service["spec"]["ports"] if p["name"] == kind)
         assert grpc["port"] == port, f"cluster {cluster['name']}: port {port}"
         assert allows(docs, "edge", match[1], port), f"edge -> {host}:{port} is blocked"
 

@@ -2,8 +2,9 @@
 AlertRule, which the gpu services evaluate. The document's `condition`
 ("gpu_utilization > 90") is parsed strictly into metric, comparator and
 threshold; its `name` is free text (the rule's display_name) and the rule's
-key is a generated id. Rules over model metrics are refused until something
-evaluates them."""
+key is a generated id. Rules over model metrics (response_time in seconds,
+error_rate a fraction) are evaluated per model, over a window of live traffic,
+by the same gpu services (switchboard_gpu.model_alerts)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from google.protobuf import duration_pb2
 from switchboard.registry.v1 import registry_pb2 as rpb
 from switchboard.router.v1 import inference_manager_pb2 as pb
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
+from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS, MODEL_METRIC_NAMES
 from switchboard_router.surfaces import surface
 from switchboard_router.surfaces.inference_manager_models import NAME, Models, body_of
 from switchboard_router.surfaces.inference_manager_shapes import (
@@ -42,7 +43,7 @@ ALIASES = {
     "gpu_power": "power_w",
 }
 GPU_METRICS = frozenset((*GPU_METRIC_FIELDS, "memory_used_percent"))
-MODEL_METRICS = frozenset(("response_time", "error_rate"))
+MODEL_METRICS = frozenset(MODEL_METRIC_NAMES)
 _BY_METRIC = {metric: alias for alias, metric in ALIASES.items()}
 _CONDITION = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*([<>])\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$"
@@ -81,13 +82,9 @@ def parse_condition(text: Any, rule: rpb.AlertRule) -> None:
             "condition", f"condition {text[:100]!r} is not '<metric> > <number>' or '<'"
         )
     name, symbol, number = match.groups()
-    if name in MODEL_METRICS:
-        raise ValidationFailed(
-            "condition", f"rules over model metrics ({name}) are not supported yet"
-        )
     metric = ALIASES.get(name, name)
-    if metric not in GPU_METRICS:
-        known = ", ".join(sorted((*ALIASES, *GPU_METRICS)))
+    if metric not in GPU_METRICS and metric not in MODEL_METRICS:
+        known = ", ".join(sorted((*ALIASES, *GPU_METRICS, *MODEL_METRICS)))
         raise ValidationFailed("condition", f"unknown metric {name!r}; known: {known}")
     rule.metric = metric
     rule.comparator = _COMPARATORS[symbol]

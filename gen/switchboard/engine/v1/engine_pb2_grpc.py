@@ -448,3 +448,86 @@ class EngineService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EngineFeedServiceStub:
+    """This node's engines as they change, for other services (the gpu service's
+    monitor feed relays them as seed 004's model_status_update). Internal: not
+    at the edge.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WatchEngines = channel.unary_stream(
+                '/switchboard.engine.v1.EngineFeedService/WatchEngines',
+                request_serializer=switchboard_dot_engine_dot_v1_dot_engine__pb2.WatchEnginesRequest.SerializeToString,
+                response_deserializer=switchboard_dot_engine_dot_v1_dot_engine__pb2.WatchEnginesResponse.FromString,
+                _registered_method=True)
+
+
+class EngineFeedServiceServicer:
+    """This node's engines as they change, for other services (the gpu service's
+    monitor feed relays them as seed 004's model_status_update). Internal: not
+    at the edge.
+    """
+
+    def WatchEngines(self, request, context):
+        """Every engine now, then each engine whenever its state changes, and each
+        engine deleted (deleted set, with its last state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EngineFeedServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WatchEngines': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEngines,
+                    request_deserializer=switchboard_dot_engine_dot_v1_dot_engine__pb2.WatchEnginesRequest.FromString,
+                    response_serializer=switchboard_dot_engine_dot_v1_dot_engine__pb2.WatchEnginesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'switchboard.engine.v1.EngineFeedService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('switchboard.engine.v1.EngineFeedService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EngineFeedService:
+    """This node's engines as they change, for other services (the gpu service's
+    monitor feed relays them as seed 004's model_status_update). Internal: not
+    at the edge.
+    """
+
+    @staticmethod
+    def WatchEngines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.engine.v1.EngineFeedService/WatchEngines',
+            switchboard_dot_engine_dot_v1_dot_engine__pb2.WatchEnginesRequest.SerializeToString,
+            switchboard_dot_engine_dot_v1_dot_engine__pb2.WatchEnginesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

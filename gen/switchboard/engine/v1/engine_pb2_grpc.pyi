@@ -165,3 +165,49 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class EngineFeedServiceStub:
+    """This node's engines as they change, for other services (the gpu service's
+    monitor feed relays them as seed 004's model_status_update). Internal: not
+    at the edge.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> EngineFeedServiceAsyncStub: ...
+    WatchEngines: _grpc.UnaryStreamMultiCallable[_engine_pb2.WatchEnginesRequest, _engine_pb2.WatchEnginesResponse]
+    """Every engine now, then each engine whenever its state changes, and each
+    engine deleted (deleted set, with its last state).
+    """
+
+@_typing.type_check_only
+class EngineFeedServiceAsyncStub(EngineFeedServiceStub):
+    """This node's engines as they change, for other services (the gpu service's
+    monitor feed relays them as seed 004's model_status_update). Internal: not
+    at the edge.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    WatchEngines: _aio.UnaryStreamMultiCallable[_engine_pb2.WatchEnginesRequest, _engine_pb2.WatchEnginesResponse]  # type: ignore[assignment]
+    """Every engine now, then each engine whenever its state changes, and each
+    engine deleted (deleted set, with its last state).
+    """
+
+class EngineFeedServiceServicer(metaclass=_abc_1.ABCMeta):
+    """This node's engines as they change, for other services (the gpu service's
+    monitor feed relays them as seed 004's model_status_update). Internal: not
+    at the edge.
+    """
+
+    @_abc_1.abstractmethod
+    def WatchEngines(
+        self,
+        request: _engine_pb2.WatchEnginesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_engine_pb2.WatchEnginesResponse], _abc.AsyncIterator[_engine_pb2.WatchEnginesResponse]]:
+        """Every engine now, then each engine whenever its state changes, and each
+        engine deleted (deleted set, with its last state).
+        """
+
+def add_EngineFeedServiceServicer_to_server(servicer: EngineFeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -396,6 +396,7 @@ class GpuAlert(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     COMPARATOR_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     rule_name: _builtins.str
     metric: _builtins.str
@@ -410,6 +411,10 @@ class GpuAlert(_message.Message):
     message: _builtins.str
     """For people, e.g. "temperature_c 85 > 80 for 60s" or "resolved: rule deleted"."""
     comparator: _registry_pb2.Comparator.ValueType
+    model: _builtins.str
+    """For a rule over a model metric (response_time, error_rate): the model it
+    fired on; gpu_uuid and gpu_index are then unset.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When this event happened: the firing, or the resolution."""
@@ -435,10 +440,11 @@ class GpuAlert(_message.Message):
         message: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         comparator: _registry_pb2.Comparator.ValueType = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "comparator", b"comparator", "gpu_index", b"gpu_index", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "message", b"message", "metric", b"metric", "rule_name", b"rule_name", "severity", b"severity", "start_time", b"start_time", "state", b"state", "threshold", b"threshold", "time", b"time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "comparator", b"comparator", "gpu_index", b"gpu_index", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "message", b"message", "metric", b"metric", "model", b"model", "rule_name", b"rule_name", "severity", b"severity", "start_time", b"start_time", "state", b"state", "threshold", b"threshold", "time", b"time", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -842,3 +848,206 @@ class ListAlertNotificationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAlertNotificationsResponse: _TypeAlias = ListAlertNotificationsResponse  # noqa: Y015
+
+@_typing.final
+class WatchMonitorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """model_status, gpu_metrics, system_alerts; none means all three."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchMonitorRequest: _TypeAlias = WatchMonitorRequest  # noqa: Y015
+
+@_typing.final
+class WatchMonitorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    MODEL_STATUS_UPDATE_FIELD_NUMBER: _builtins.int
+    GPU_METRICS_UPDATE_FIELD_NUMBER: _builtins.int
+    SYSTEM_ALERT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """model_status_update, gpu_metrics_update or system_alert: the data's name."""
+    @_builtins.property
+    def model_status_update(self) -> Global___ModelStatusUpdate: ...
+    @_builtins.property
+    def gpu_metrics_update(self) -> Global___GpuMetricsUpdate: ...
+    @_builtins.property
+    def system_alert(self) -> Global___SystemAlert: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        model_status_update: Global___ModelStatusUpdate | None = ...,
+        gpu_metrics_update: Global___GpuMetricsUpdate | None = ...,
+        system_alert: Global___SystemAlert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "gpu_metrics_update", b"gpu_metrics_update", "model_status_update", b"model_status_update", "system_alert", b"system_alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "gpu_metrics_update", b"gpu_metrics_update", "model_status_update", b"model_status_update", "system_alert", b"system_alert", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["model_status_update", "gpu_metrics_update", "system_alert"]  # noqa: Y015
+    _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
+
+Global___WatchMonitorResponse: _TypeAlias = WatchMonitorResponse  # noqa: Y015
+
+@_typing.final
+class ModelStatusUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    status: _builtins.str
+    """created, starting, running, stopping, stopped, error; deleted once it is gone."""
+    health: _builtins.str
+    """healthy (running), unhealthy (error), unknown otherwise."""
+    timestamp: _builtins.str
+    """RFC 3339, UTC, whole seconds: when the engine entered the status."""
+    reason: _builtins.str
+    """Why (an error's reason), where the engine gave one."""
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        health: _builtins.str = ...,
+        timestamp: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "model_id", b"model_id", "node", b"node", "reason", b"reason", "status", b"status", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelStatusUpdate: _TypeAlias = ModelStatusUpdate  # noqa: Y015
+
+@_typing.final
+class GpuMetricsUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_ID_FIELD_NUMBER: _builtins.int
+    UTILIZATION_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    GPU_UUID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    gpu_id: _builtins.int
+    utilization: _builtins.float
+    """Percent; absent when NVML did not give the reading."""
+    memory_used: _builtins.int
+    """MiB."""
+    temperature: _builtins.float
+    """Celsius."""
+    timestamp: _builtins.str
+    gpu_uuid: _builtins.str
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        gpu_id: _builtins.int = ...,
+        utilization: _builtins.float | None = ...,
+        memory_used: _builtins.int | None = ...,
+        temperature: _builtins.float | None = ...,
+        timestamp: _builtins.str = ...,
+        gpu_uuid: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_used", b"_memory_used", "_temperature", b"_temperature", "_utilization", b"_utilization", "memory_used", b"memory_used", "temperature", b"temperature", "utilization", b"utilization"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_used", b"_memory_used", "_temperature", b"_temperature", "_utilization", b"_utilization", "gpu_id", b"gpu_id", "gpu_uuid", b"gpu_uuid", "hostname", b"hostname", "memory_used", b"memory_used", "temperature", b"temperature", "timestamp", b"timestamp", "utilization", b"utilization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__memory_used: _TypeAlias = _typing.Literal["memory_used"]  # noqa: Y015
+    _WhichOneofArgType__memory_used: _TypeAlias = _typing.Literal["_memory_used", b"_memory_used"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__utilization: _TypeAlias = _typing.Literal["utilization"]  # noqa: Y015
+    _WhichOneofArgType__utilization: _TypeAlias = _typing.Literal["_utilization", b"_utilization"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_used) -> _WhichOneofReturnType__memory_used | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__utilization) -> _WhichOneofReturnType__utilization | None: ...
+
+Global___GpuMetricsUpdate: _TypeAlias = GpuMetricsUpdate  # noqa: Y015
+
+@_typing.final
+class SystemAlert(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GPU_ID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    severity: _builtins.str
+    """info, warning, critical."""
+    message: _builtins.str
+    timestamp: _builtins.str
+    state: _builtins.str
+    """firing or resolved."""
+    rule: _builtins.str
+    """The rule's key, and what it watches."""
+    metric: _builtins.str
+    value: _builtins.float
+    threshold: _builtins.float
+    model: _builtins.str
+    """The model (model metrics) or the GPU (GPU metrics) it fired on."""
+    gpu_id: _builtins.int
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        message: _builtins.str = ...,
+        timestamp: _builtins.str = ...,
+        state: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        model: _builtins.str = ...,
+        gpu_id: _builtins.int | None = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpu_id", b"_gpu_id", "gpu_id", b"gpu_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpu_id", b"_gpu_id", "alert_id", b"alert_id", "gpu_id", b"gpu_id", "hostname", b"hostname", "message", b"message", "metric", b"metric", "model", b"model", "rule", b"rule", "severity", b"severity", "state", b"state", "threshold", b"threshold", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gpu_id: _TypeAlias = _typing.Literal["gpu_id"]  # noqa: Y015
+    _WhichOneofArgType__gpu_id: _TypeAlias = _typing.Literal["_gpu_id", b"_gpu_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_id) -> _WhichOneofReturnType__gpu_id | None: ...
+
+Global___SystemAlert: _TypeAlias = SystemAlert  # noqa: Y015

@@ -59,6 +59,11 @@ class GpuServiceStub:
                 request_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsRequest.SerializeToString,
                 response_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsResponse.FromString,
                 _registered_method=True)
+        self.WatchMonitor = channel.unary_stream(
+                '/switchboard.gpu.v1.GpuService/WatchMonitor',
+                request_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchMonitorRequest.SerializeToString,
+                response_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchMonitorResponse.FromString,
+                _registered_method=True)
 
 
 class GpuServiceServicer:
@@ -106,6 +111,18 @@ class GpuServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchMonitor(self, request, context):
+        """Seed 004's monitor feed: model status changes (this node's engines), GPU
+        readings and alerts (GPU and model metrics), in the document's shapes.
+        Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+        (switchboard_gpu.monitor_ws), which admits each connection under this
+        method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+        transcoded: the same events as a JSON stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +150,11 @@ def add_GpuServiceServicer_to_server(servicer, server):
                     servicer.ListAlertNotifications,
                     request_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsRequest.FromString,
                     response_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsResponse.SerializeToString,
+            ),
+            'WatchMonitor': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMonitor,
+                    request_deserializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchMonitorRequest.FromString,
+                    response_serializer=switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchMonitorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +292,33 @@ class GpuService:
             '/switchboard.gpu.v1.GpuService/ListAlertNotifications',
             switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsRequest.SerializeToString,
             switchboard_dot_gpu_dot_v1_dot_gpu__pb2.ListAlertNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.gpu.v1.GpuService/WatchMonitor',
+            switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchMonitorRequest.SerializeToString,
+            switchboard_dot_gpu_dot_v1_dot_gpu__pb2.WatchMonitorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,14 @@ class GpuServiceStub:
     its delivery status: what was sent, what is still being retried, what was
     given up. Empty where no channel is configured.
     """
+    WatchMonitor: _grpc.UnaryStreamMultiCallable[_gpu_pb2.WatchMonitorRequest, _gpu_pb2.WatchMonitorResponse]
+    """Seed 004's monitor feed: model status changes (this node's engines), GPU
+    readings and alerts (GPU and model metrics), in the document's shapes.
+    Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+    (switchboard_gpu.monitor_ws), which admits each connection under this
+    method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+    transcoded: the same events as a JSON stream.
+    """
 
 @_typing.type_check_only
 class GpuServiceAsyncStub(GpuServiceStub):
@@ -79,6 +87,14 @@ class GpuServiceAsyncStub(GpuServiceStub):
     """This node's alert notifications (webhook, e-mail), newest first, each with
     its delivery status: what was sent, what is still being retried, what was
     given up. Empty where no channel is configured.
+    """
+    WatchMonitor: _aio.UnaryStreamMultiCallable[_gpu_pb2.WatchMonitorRequest, _gpu_pb2.WatchMonitorResponse]  # type: ignore[assignment]
+    """Seed 004's monitor feed: model status changes (this node's engines), GPU
+    readings and alerts (GPU and model metrics), in the document's shapes.
+    Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+    (switchboard_gpu.monitor_ws), which admits each connection under this
+    method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+    transcoded: the same events as a JSON stream.
     """
 
 class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +147,20 @@ class GpuServiceServicer(metaclass=_abc_1.ABCMeta):
         """This node's alert notifications (webhook, e-mail), newest first, each with
         its delivery status: what was sent, what is still being retried, what was
         given up. Empty where no channel is configured.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMonitor(
+        self,
+        request: _gpu_pb2.WatchMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gpu_pb2.WatchMonitorResponse], _abc.AsyncIterator[_gpu_pb2.WatchMonitorResponse]]:
+        """Seed 004's monitor feed: model status changes (this node's engines), GPU
+        readings and alerts (GPU and model metrics), in the document's shapes.
+        Served as a WebSocket at /ws/monitor by the gpu service's monitor server
+        (switchboard_gpu.monitor_ws), which admits each connection under this
+        method's access; a plain GET of /ws/monitor (no upgrade) is this RPC,
+        transcoded: the same events as a JSON stream.
         """
 
 def add_GpuServiceServicer_to_server(servicer: GpuServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

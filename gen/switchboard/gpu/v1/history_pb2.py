@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from switchboard.common.v1 import access_pb2 as switchboard_dot_common_dot_v1_dot_access__pb2
 from switchboard.gpu.v1 import gpu_pb2 as switchboard_dot_gpu_dot_v1_dot_gpu__pb2
+from switchboard.usage.v1 import usage_pb2 as switchboard_dot_usage_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n switchboard/gpu/v1/history.proto\x12\x12switchboard.gpu.v1\x1a\"switchboard/common/v1/access.proto\x1a\x1cswitchboard/gpu/v1/gpu.proto\"V\n\x19QueryStoredHistoryRequest\x12\x39\n\x05query\x18\x01 \x01(\x0b\x32*.switchboard.gpu.v1.QueryGpuHistoryRequest\"Y\n\x1aQueryStoredHistoryResponse\x12;\n\x06result\x18\x01 \x01(\x0b\x32+.switchboard.gpu.v1.QueryGpuHistoryResponse\"R\n\x17ListStoredAlertsRequest\x12\x37\n\x05query\x18\x01 \x01(\x0b\x32(.switchboard.gpu.v1.ListGpuAlertsRequest\"U\n\x18ListStoredAlertsResponse\x12\x39\n\x06result\x18\x01 \x01(\x0b\x32).switchboard.gpu.v1.ListGpuAlertsResponse2\x83\x02\n\x11GpuHistoryService\x12y\n\x12QueryStoredHistory\x12-.switchboard.gpu.v1.QueryStoredHistoryRequest\x1a..switchboard.gpu.v1.QueryStoredHistoryResponse\"\x04\xc8\xf3\x18\x04\x12s\n\x10ListStoredAlerts\x12+.switchboard.gpu.v1.ListStoredAlertsRequest\x1a,.switchboard.gpu.v1.ListStoredAlertsResponse\"\x04\xc8\xf3\x18\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n switchboard/gpu/v1/history.proto\x12\x12switchboard.gpu.v1\x1a\"switchboard/common/v1/access.proto\x1a\x1cswitchboard/gpu/v1/gpu.proto\x1a switchboard/usage/v1/usage.proto\"V\n\x19QueryStoredHistoryRequest\x12\x39\n\x05query\x18\x01 \x01(\x0b\x32*.switchboard.gpu.v1.QueryGpuHistoryRequest\"Y\n\x1aQueryStoredHistoryResponse\x12;\n\x06result\x18\x01 \x01(\x0b\x32+.switchboard.gpu.v1.QueryGpuHistoryResponse\"R\n\x17ListStoredAlertsRequest\x12\x37\n\x05query\x18\x01 \x01(\x0b\x32(.switchboard.gpu.v1.ListGpuAlertsRequest\"U\n\x18ListStoredAlertsResponse\x12\x39\n\x06result\x18\x01 \x01(\x0b\x32).switchboard.gpu.v1.ListGpuAlertsResponse\"_\n\x1cQueryModelPerformanceRequest\x12?\n\x05query\x18\x01 \x01(\x0b\x32\x30.switchboard.usage.v1.GetUsagePerformanceRequest\"b\n\x1dQueryModelPerformanceResponse\x12\x41\n\x06result\x18\x01 \x01(\x0b\x32\x31.switchboard.usage.v1.GetUsagePerformanceResponse2\x88\x03\n\x11GpuHistoryService\x12y\n\x12QueryStoredHistory\x12-.switchboard.gpu.v1.QueryStoredHistoryRequest\x1a..switchboard.gpu.v1.QueryStoredHistoryResponse\"\x04\xc8\xf3\x18\x04\x12s\n\x10ListStoredAlerts\x12+.switchboard.gpu.v1.ListStoredAlertsRequest\x1a,.switchboard.gpu.v1.ListStoredAlertsResponse\"\x04\xc8\xf3\x18\x04\x12\x82\x01\n\x15QueryModelPerformance\x12\x30.switchboard.gpu.v1.QueryModelPerformanceRequest\x1a\x31.switchboard.gpu.v1.QueryModelPerformanceResponse\"\x04\xc8\xf3\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +38,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPUHISTORYSERVICE'].methods_by_name['QueryStoredHistory']._serialized_options = b'\310\363\030\004'
   _globals['_GPUHISTORYSERVICE'].methods_by_name['ListStoredAlerts']._loaded_options = None
   _globals['_GPUHISTORYSERVICE'].methods_by_name['ListStoredAlerts']._serialized_options = b'\310\363\030\004'
-  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_start=122
-  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_end=208
-  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_start=210
-  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_end=299
-  _globals['_LISTSTOREDALERTSREQUEST']._serialized_start=301
-  _globals['_LISTSTOREDALERTSREQUEST']._serialized_end=383
-  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_start=385
-  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_end=470
-  _globals['_GPUHISTORYSERVICE']._serialized_start=473
-  _globals['_GPUHISTORYSERVICE']._serialized_end=732
+  _globals['_GPUHISTORYSERVICE'].methods_by_name['QueryModelPerformance']._loaded_options = None
+  _globals['_GPUHISTORYSERVICE'].methods_by_name['QueryModelPerformance']._serialized_options = b'\310\363\030\004'
+  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_start=156
+  _globals['_QUERYSTOREDHISTORYREQUEST']._serialized_end=242
+  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_start=244
+  _globals['_QUERYSTOREDHISTORYRESPONSE']._serialized_end=333
+  _globals['_LISTSTOREDALERTSREQUEST']._serialized_start=335
+  _globals['_LISTSTOREDALERTSREQUEST']._serialized_end=417
+  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_start=419
+  _globals['_LISTSTOREDALERTSRESPONSE']._serialized_end=504
+  _globals['_QUERYMODELPERFORMANCEREQUEST']._serialized_start=506
+  _globals['_QUERYMODELPERFORMANCEREQUEST']._serialized_end=601
+  _globals['_QUERYMODELPERFORMANCERESPONSE']._serialized_start=603
+  _globals['_QUERYMODELPERFORMANCERESPONSE']._serialized_end=701
+  _globals['_GPUHISTORYSERVICE']._serialized_start=704
+  _globals['_GPUHISTORYSERVICE']._serialized_end=1096
 # @@protoc_insertion_point(module_scope)

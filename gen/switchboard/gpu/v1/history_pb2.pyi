@@ -10,6 +10,7 @@ QueryGpuHistory and ListGpuAlerts to it. Internal: not at the edge.
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from switchboard.gpu.v1 import gpu_pb2 as _gpu_pb2
+from switchboard.usage.v1 import usage_pb2 as _usage_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -100,3 +101,43 @@ class ListStoredAlertsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListStoredAlertsResponse: _TypeAlias = ListStoredAlertsResponse  # noqa: Y015
+
+@_typing.final
+class QueryModelPerformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> _usage_pb2.GetUsagePerformanceRequest: ...
+    def __init__(
+        self,
+        *,
+        query: _usage_pb2.GetUsagePerformanceRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryModelPerformanceRequest: _TypeAlias = QueryModelPerformanceRequest  # noqa: Y015
+
+@_typing.final
+class QueryModelPerformanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _usage_pb2.GetUsagePerformanceResponse: ...
+    def __init__(
+        self,
+        *,
+        result: _usage_pb2.GetUsagePerformanceResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryModelPerformanceResponse: _TypeAlias = QueryModelPerformanceResponse  # noqa: Y015

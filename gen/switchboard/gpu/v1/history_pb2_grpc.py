@@ -44,6 +44,11 @@ class GpuHistoryServiceStub:
                 request_serializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.ListStoredAlertsRequest.SerializeToString,
                 response_deserializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.ListStoredAlertsResponse.FromString,
                 _registered_method=True)
+        self.QueryModelPerformance = channel.unary_unary(
+                '/switchboard.gpu.v1.GpuHistoryService/QueryModelPerformance',
+                request_serializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.QueryModelPerformanceRequest.SerializeToString,
+                response_deserializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.QueryModelPerformanceResponse.FromString,
+                _registered_method=True)
 
 
 class GpuHistoryServiceServicer:
@@ -61,6 +66,14 @@ class GpuHistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryModelPerformance(self, request, context):
+        """Every caller's traffic per model over a window, from the usage ledger: what
+        the gpu service evaluates alert rules over model metrics against.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuHistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +86,11 @@ def add_GpuHistoryServiceServicer_to_server(servicer, server):
                     servicer.ListStoredAlerts,
                     request_deserializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.ListStoredAlertsRequest.FromString,
                     response_serializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.ListStoredAlertsResponse.SerializeToString,
+            ),
+            'QueryModelPerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryModelPerformance,
+                    request_deserializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.QueryModelPerformanceRequest.FromString,
+                    response_serializer=switchboard_dot_gpu_dot_v1_dot_history__pb2.QueryModelPerformanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class GpuHistoryService:
             '/switchboard.gpu.v1.GpuHistoryService/ListStoredAlerts',
             switchboard_dot_gpu_dot_v1_dot_history__pb2.ListStoredAlertsRequest.SerializeToString,
             switchboard_dot_gpu_dot_v1_dot_history__pb2.ListStoredAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryModelPerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.gpu.v1.GpuHistoryService/QueryModelPerformance',
+            switchboard_dot_gpu_dot_v1_dot_history__pb2.QueryModelPerformanceRequest.SerializeToString,
+            switchboard_dot_gpu_dot_v1_dot_history__pb2.QueryModelPerformanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

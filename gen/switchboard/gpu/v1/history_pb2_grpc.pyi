@@ -37,12 +37,20 @@ class GpuHistoryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GpuHistoryServiceAsyncStub: ...
     QueryStoredHistory: _grpc.UnaryUnaryMultiCallable[_history_pb2.QueryStoredHistoryRequest, _history_pb2.QueryStoredHistoryResponse]
     ListStoredAlerts: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListStoredAlertsRequest, _history_pb2.ListStoredAlertsResponse]
+    QueryModelPerformance: _grpc.UnaryUnaryMultiCallable[_history_pb2.QueryModelPerformanceRequest, _history_pb2.QueryModelPerformanceResponse]
+    """Every caller's traffic per model over a window, from the usage ledger: what
+    the gpu service evaluates alert rules over model metrics against.
+    """
 
 @_typing.type_check_only
 class GpuHistoryServiceAsyncStub(GpuHistoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryStoredHistory: _aio.UnaryUnaryMultiCallable[_history_pb2.QueryStoredHistoryRequest, _history_pb2.QueryStoredHistoryResponse]  # type: ignore[assignment]
     ListStoredAlerts: _aio.UnaryUnaryMultiCallable[_history_pb2.ListStoredAlertsRequest, _history_pb2.ListStoredAlertsResponse]  # type: ignore[assignment]
+    QueryModelPerformance: _aio.UnaryUnaryMultiCallable[_history_pb2.QueryModelPerformanceRequest, _history_pb2.QueryModelPerformanceResponse]  # type: ignore[assignment]
+    """Every caller's traffic per model over a window, from the usage ledger: what
+    the gpu service evaluates alert rules over model metrics against.
+    """
 
 class GpuHistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -58,5 +66,15 @@ class GpuHistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _history_pb2.ListStoredAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_history_pb2.ListStoredAlertsResponse, _abc.Awaitable[_history_pb2.ListStoredAlertsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def QueryModelPerformance(
+        self,
+        request: _history_pb2.QueryModelPerformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.QueryModelPerformanceResponse, _abc.Awaitable[_history_pb2.QueryModelPerformanceResponse]]:
+        """Every caller's traffic per model over a window, from the usage ledger: what
+        the gpu service evaluates alert rules over model metrics against.
+        """
 
 def add_GpuHistoryServiceServicer_to_server(servicer: GpuHistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
