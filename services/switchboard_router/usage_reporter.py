@@ -35,6 +35,8 @@ MAX_BACKOFF_S = 2.0
 # The most records one message carries (a resend after a reconnect can queue
 # thousands; one message must stay well under gRPC's 4 MB limit).
 MAX_BATCH = 256
+# How long stopping waits for the sender (and close() for the stream task).
+STOP_WAIT_S = 2.0
 
 
 class UsageReporter:
@@ -134,14 +136,20 @@ class UsageReporter:
                     extra=log_fields(code=exc.code().name, pending=len(self.pending)),
                 )
             finally:
-                # asyncio.wait, not `await sender`: it neither raises what the
-                # sender ended with nor swallows a cancellation of this task
-                # (close() cancels it; a swallowed cancel would loop forever).
-                sender.cancel()
-                await asyncio.wait({sender})
-                if not sender.cancelled() and sender.exception() is not None:
-                    log.debug("usage sender ended", exc_info=sender.exception())
+                # The call first: that ends a write the sender is blocked in
+                # (one to a usage service that never answered), so the sender
+                # can end. asyncio.wait, not `await sender`: it neither raises
+                # what the sender ended with nor swallows a cancellation of this
+                # task (close() cancels it; a swallowed cancel would loop
+                # forever); bounded, so a sender that ignores its cancel cannot
+                # stop the reporter (or the router's shutdown) for good.
                 call.cancel()
+                sender.cancel()
+                await asyncio.wait({sender}, timeout=STOP_WAIT_S)
+                if not sender.done():
+                    log.error("usage sender did not stop within %ss", STOP_WAIT_S)
+                elif not sender.cancelled() and sender.exception() is not None:
+                    log.debug("usage sender ended", exc_info=sender.exception())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
@@ -182,7 +190,10 @@ class UsageReporter:
         if self._task is not None:
             self._task.cancel()
             # Whatever the stream ended with, closing goes on: the closers after
-            # this one (the limiter's Redis pool, the channels) must still run.
-            await asyncio.wait({self._task})
-            if not self._task.cancelled() and self._task.exception() is not None:
+            # this one (the limiter's Redis pool, the channels) must still run,
+            # also if the task does not end (bounded).
+            await asyncio.wait({self._task}, timeout=2 * STOP_WAIT_S)
+            if not self._task.done():
+                log.error("usage stream task did not stop")
+            elif not self._task.cancelled() and self._task.exception() is not None:
                 log.error("usage stream task failed", exc_info=self._task.exception())
