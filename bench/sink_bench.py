@@ -145,7 +145,9 @@ async def _drain(n: int, bootstrap: str) -> dict[str, float]:
         sink = Sink(clickhouse, settings, assign_all=True)
         started = time.perf_counter()
         task = asyncio.create_task(sink.run())
-        while await _count(clickhouse) < n:
+        while True:
+            if await _count(clickhouse) >= n:
+                break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         task.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ SELECT = ", ".join(_DERIVED.get(c) or (c if c in _INPUT else f"record_{c}") for 
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -121,25 +124,30 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-# Tags (field number << 3, varint wire type) of Row's appended fields.
-_PARTITION_TAG = _varint(1000 << 3)
-_OFFSET_TAG = _varint(1001 << 3)
+# Row's appended fields: tag (field number << 3 | wire type: 5 is 32-bit,
+# 1 is 64-bit), then the value little-endian.
+_PARTITION_TAG = _varint(1000 << 3 | 5)
+_OFFSET_TAG = _varint(1001 << 3 | 1)
+_PARTITION = struct.Struct("<i").pack
+_OFFSET = struct.Struct("<q").pack
+_APPENDED = len(_PARTITION_TAG) + 4 + len(_OFFSET_TAG) + 8
 
 
 def encode(messages: Iterable[tuple[bytes, int, int]]) -> bytes:
     """One ProtobufList envelope of (UsageEvent payload, partition, offset)
     rows: each payload as it came, its partition and offset appended (fields
-    of a serialized message may be appended to it), each row length-prefixed
-    as a repeated field of the envelope, the envelope itself length-prefixed."""
-    tails: dict[int, bytes] = {}
-    rows = []
+    appended to a serialized message are fields of it), each row
+    length-prefixed as a repeated field of the envelope, the envelope itself
+    length-prefixed."""
+    heads: dict[int, bytes] = {}
+    parts: list[bytes] = []
+    extend = parts.extend
     for payload, partition, offset in messages:
-        tail = tails.get(partition)
-        if tail is None:
-            tail = tails[partition] = _PARTITION_TAG + _varint(partition) + _OFFSET_TAG
-        suffix = tail + _varint(offset)
-        rows.append(b"\n" + _varint(len(payload) + len(suffix)) + payload + suffix)
-    body = b"".join(rows)
+        head = heads.get(partition)
+        if head is None:
+            head = heads[partition] = _PARTITION_TAG + _PARTITION(partition) + _OFFSET_TAG
+        extend((b"\n", _varint(len(payload) + _APPENDED), payload, head, _OFFSET(offset)))
+    body = b"".join(parts)
     return _varint(len(body)) + body
 
 

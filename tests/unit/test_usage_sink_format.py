@@ -67,6 +67,8 @@ def test_the_schema_reads_every_usage_event_field(envelope: Descriptor) -> None:
         f.number for f in events_pb2.UsageEvent.DESCRIPTOR.fields
     }
     assert appended == {1000, 1001}
+    assert row.fields_by_number[1000].type == FieldDescriptor.TYPE_SFIXED32
+    assert row.fields_by_number[1001].type == FieldDescriptor.TYPE_SFIXED64
 
 
 def _field_path(row: Descriptor, column: str) -> list[FieldDescriptor]:
