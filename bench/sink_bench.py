@@ -1,14 +1,14 @@
 """Sink throughput: N usage events already in a real broker (Tansu, on a free
-port), drained by the real Sink into a fresh embedded ClickHouse; reports
-events/s from the sink's start until the last row is queryable, batches and
-the duplicate check included.
+port), drained by the real Sink into emptied tables of an embedded ClickHouse;
+reports events/s from the sink's start until the last row is queryable,
+batches and the duplicate check included.
 
 Against it, in the same run and the same engine: a plain clickhouse-connect
 insert (`client.insert`, Python rows, clickhouse-connect's own serialization)
 of the same events' rows into the same emptied table, in batches of the
 sink's size, timed around the inserts only (the rows are built beforehand).
-`ratio` is the sink's events/s over that baseline's rows/s. Prints one JSON
-object."""
+`ratio` is the sink's events/s over that baseline's rows/s (medians of
+--rounds rounds, each with fresh events). Prints one JSON object."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import statistics
 import subprocess
 import tempfile
 import time
@@ -118,7 +119,55 @@ async def _baseline(clickhouse: ClickHouse, payloads: list[bytes]) -> float:
     return len(rows) / elapsed
 
 
-async def _drain(n: int, bootstrap: str) -> dict[str, float]:
+async def _produce(bootstrap: str, n: int) -> list[bytes]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        payloads = [_event(i) for i in range(n)]
+        futures = [
+            await producer.send(USAGE_TOPIC, payload, key=str(i).encode())
+            for i, payload in enumerate(payloads)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return payloads
+
+
+async def _sink_rate(clickhouse: ClickHouse, settings: KafkaSettings, n: int) -> float:
+    """Events/s of a sink draining the n events the topic holds past its
+    group's committed offsets into emptied tables."""
+    for table in TABLES:
+        await clickhouse.command(f"TRUNCATE TABLE {table}")
+    sink = Sink(clickhouse, settings, assign_all=True)
+    started = time.perf_counter()
+    task = asyncio.create_task(sink.run())
+    while True:
+        if await _count(clickhouse) >= n:
+            break
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    # Not timed: the last offsets committed, so the next round starts after them.
+    consumer = sink._consumer
+    assert consumer is not None
+    ends = await consumer.end_offsets(sorted(consumer.assignment()))
+    while True:
+        committed = {tp: await consumer.committed(tp) or 0 for tp in ends}
+        if all(committed[tp] >= end for tp, end in ends.items()):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await sink.close()
+    if await _count(clickhouse) != n:
+        raise RuntimeError("the sink stored more or fewer rows than the topic held")
+    return n / elapsed
+
+
+async def _drain(n: int, rounds: int, bootstrap: str) -> dict[str, Any]:
+    """Rounds alternate the sink and the baseline (fresh events each round),
+    so a busy moment on a shared machine hits both alike; medians reported."""
     tmp = tempfile.TemporaryDirectory(prefix="sink-bench-")
     clickhouse = ClickHouse(f"chdb://{Path(tmp.name) / 'ch'}")
     try:
@@ -128,47 +177,30 @@ async def _drain(n: int, bootstrap: str) -> dict[str, float]:
                 await ensure_topics(settings)
                 break
             await asyncio.sleep(0.1)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20
-        )
-        await producer.start()
-        payloads = [_event(i) for i in range(n)]
-        futures = [
-            await producer.send(USAGE_TOPIC, payload, key=str(i).encode())
-            for i, payload in enumerate(payloads)
-        ]
-        await asyncio.gather(*futures)
-        await producer.stop()
-
         await clickhouse.open()
         await migrations.apply(clickhouse)
-        sink = Sink(clickhouse, settings, assign_all=True)
-        started = time.perf_counter()
-        task = asyncio.create_task(sink.run())
-        while True:
-            if await _count(clickhouse) >= n:
-                break
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await sink.close()
-        rate = n / elapsed
-        baseline = await _baseline(clickhouse, payloads)
+        sink_rates, baseline_rates = [], []
+        for _ in range(rounds):
+            payloads = await _produce(bootstrap, n)
+            sink_rates.append(await _sink_rate(clickhouse, settings, n))
+            baseline_rates.append(await _baseline(clickhouse, payloads))
+        rate, baseline = statistics.median(sink_rates), statistics.median(baseline_rates)
         return {
             "events": n,
-            "seconds": elapsed,
+            "rounds": rounds,
+            "seconds": n / rate,
             "events_per_second": rate,
             "baseline_rows_per_second": baseline,
             "ratio": rate / baseline,
+            "rounds_events_per_second": sink_rates,
+            "rounds_baseline_rows_per_second": baseline_rates,
         }
     finally:
         await clickhouse.close()
         tmp.cleanup()
 
 
-def measure(n: int) -> dict[str, float]:
+def measure(n: int, rounds: int = 3) -> dict[str, Any]:
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     broker = subprocess.Popen(
@@ -177,7 +209,7 @@ def measure(n: int) -> dict[str, float]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        return asyncio.run(_drain(n, f"127.0.0.1:{port}"))
+        return asyncio.run(_drain(n, rounds, f"127.0.0.1:{port}"))
     finally:
         broker.terminate()
         broker.wait(10)
@@ -186,4 +218,6 @@ def measure(n: int) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
-    print(json.dumps(measure(parser.parse_args().events)))
+    parser.add_argument("--rounds", type=int, default=3, help="medians of this many")
+    args = parser.parse_args()
+    print(json.dumps(measure(args.events, args.rounds)))
