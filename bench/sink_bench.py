@@ -200,7 +200,7 @@ async def _drain(n: int, rounds: int, bootstrap: str) -> dict[str, Any]:
         tmp.cleanup()
 
 
-def measure(n: int, rounds: int = 3) -> dict[str, Any]:
+def measure(n: int, rounds: int = 1) -> dict[str, Any]:
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     broker = subprocess.Popen(
@@ -218,6 +218,6 @@ def measure(n: int, rounds: int = 3) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3, help="medians of this many")
+    parser.add_argument("--rounds", type=int, default=1, help="medians of this many")
     args = parser.parse_args()
     print(json.dumps(measure(args.events, args.rounds)))
