@@ -8,10 +8,12 @@ service's alert outbox (another process) lets them go."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
 from switchboard.gpu.v1 import events_pb2 as gpu_events_pb2
@@ -22,7 +24,6 @@ from switchboard_common.pipeline import sink as pipeline_sink
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import ALERTS_TOPIC, GPU_TOPICS, SAMPLES_TOPIC
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.sink import ts_datetime
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,18 @@ GPU_ALERT_COLUMNS = (
     "severity", "hostname", "gpu_uuid", "gpu_index", "value", "message", "start_time",
     "time", "kafka_partition", "kafka_offset", "model",
 )  # fmt: skip
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SAMPLE_EVENT_ID = GPU_SAMPLE_COLUMNS.index("event_id")
 _NVML_STATES = {v: k.removeprefix("NVML_STATE_").lower() for k, v in gpu_pb2.NvmlState.items()}
 _HEALTHS = {v: k.removeprefix("GPU_HEALTH_").lower() for k, v in gpu_pb2.GpuHealth.items()}
 ALERT_STATES = {v: k.removeprefix("ALERT_STATE_").lower() for k, v in gpu_pb2.AlertState.items()}
 SEVERITIES = {v: k.removeprefix("SEVERITY_").lower() for k, v in registry_pb2.Severity.items()}
 COMPARATORS = {v: k.removeprefix("COMPARATOR_").lower() for k, v in registry_pb2.Comparator.items()}
+
+
+def ts_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+    # Timestamp.ToDatetime is several times slower than this arithmetic.
+    return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def gpu_sample_rows(

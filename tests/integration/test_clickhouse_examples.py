@@ -16,7 +16,7 @@ import pytest
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.sink import COLUMNS, row
+from switchboard_usage.sink import insert
 
 pytestmark = pytest.mark.integration
 
@@ -137,16 +137,14 @@ async def test_readme_examples_run_and_answer_right(tmp_path: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=2)
     events = dataset(start)
-    rows = [row(event, 0, offset) for offset, event in enumerate(events)]
+    rows = [(event.SerializeToString(), 0, offset) for offset, event in enumerate(events)]
 
     # One engine for the whole module: chdb lets a process open one path.
     ch = ClickHouse(f"chdb://{tmp_path}/ch")
     await ch.open()
     try:
         assert await migrations.apply(ch) == [m.version for m in migrations.discover()]
-        await ch.insert(
-            "usage_events", rows, COLUMNS, settings={"insert_deduplication_token": "batch-1"}
-        )
+        await insert(ch, rows, "batch-1")
 
         results = {title: await ch.rows(text) for title, text in sql.items()}
         for title, result in results.items():
@@ -247,18 +245,14 @@ async def test_readme_examples_run_and_answer_right(tmp_path: Path) -> None:
 
         # Deduplication. A retried insert (same token) is dropped whole...
         count = "SELECT count() FROM usage_events"
-        await ch.insert(
-            "usage_events", rows, COLUMNS, settings={"insert_deduplication_token": "batch-1"}
-        )
+        await insert(ch, rows, "batch-1")
         assert await ch.rows(count) == [(len(events),)]
         # ...and a replay that bypassed the sink's filter lands, but FINAL (so
         # the `usage` view) hides it until a merge removes it. The rollups count
         # it again: they are exact only because the sink inserts each id once.
         daily = "SELECT sum(requests) FROM usage_daily"
         (before,) = await ch.rows(daily)
-        await ch.insert(
-            "usage_events", rows, COLUMNS, settings={"insert_deduplication_token": "replay"}
-        )
+        await insert(ch, rows, "replay")
         assert await ch.rows(count) == [(2 * len(events),)]
         assert await ch.rows(daily) == [(before[0] + len(events),)]
         assert await ch.rows("SELECT count(), uniqExact(request_id) FROM usage") == [

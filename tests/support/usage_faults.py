@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard_common.server import main
-from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage.clickhouse import ClickHouse, Decoded
 from switchboard_usage.service import make_setup
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,16 @@ class FaultyClickHouse(ClickHouse):
             return True
         return self.down_while is not None and self.down_while.exists()
 
+    def _before_insert(self) -> None:
+        if self._down():
+            raise ConnectionError("fault injection: ClickHouse is unavailable")
+
+    def _after_insert(self, table: str) -> None:
+        if self.crash_after_insert and table == "usage_events":
+            log.error("fault injection: exiting between insert and offset commit")
+            os._exit(137)
+
+    # Both ways in: rows (the gpu sink) and rows ClickHouse decodes (the usage sink).
     async def insert(
         self,
         table: str,
@@ -48,12 +58,22 @@ class FaultyClickHouse(ClickHouse):
         columns: Sequence[str],
         settings: dict[str, Any] | None = None,
     ) -> None:
-        if self._down():
-            raise ConnectionError("fault injection: ClickHouse is unavailable")
+        self._before_insert()
         await super().insert(table, rows, columns, settings)
-        if self.crash_after_insert and table == "usage_events":
-            log.error("fault injection: exiting between insert and offset commit")
-            os._exit(137)
+        self._after_insert(table)
+
+    async def insert_decoded(
+        self,
+        table: str,
+        columns: Sequence[str],
+        select: str,
+        decoded: Decoded,
+        data: bytes,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self._before_insert()
+        await super().insert_decoded(table, columns, select, decoded, data, settings)
+        self._after_insert(table)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ disk bound, and the relay and reconciler driving it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from switchboard_common.pipeline.kafka import (
 )
 from switchboard_common.pipeline.outbox import Outbox, OutboxFull, Overflow
 from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.asyncio
 TOPIC = "t.v1"
@@ -98,6 +100,26 @@ async def test_a_record_lives_until_confirmed_not_until_acked(outbox: Outbox) ->
     await outbox.confirm(["b"])
     assert outbox.depth == 0
     assert outbox.oldest_age() == 0.0
+
+
+async def test_after_an_idle_spell_the_relay_publishes_at_once(outbox: Outbox) -> None:
+    """Gathering is for a busy relay (records that arrive meanwhile share a
+    batch); the first record after an idle spell does not wait for it, so the
+    usage lag at idle does not include it."""
+    holder = FakeProducerHolder()
+    relay = Relay("unit", [OutboxSource(outbox)], holder, gather_s=3600.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        await outbox.append(entries("a"))
+
+        async def sent() -> list[bytes]:
+            return [k for _, k, _ in holder.fake.sent]
+
+        assert await eventually(sent, timeout=10) == [b"a"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_a_confirmation_may_come_before_the_ack_is_recorded(outbox: Outbox) -> None:

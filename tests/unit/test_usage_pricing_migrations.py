@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.usage.v1 import events_pb2, usage_pb2
+from switchboard.usage.v1 import usage_pb2
 from switchboard_common.config import PricingConfig
 from switchboard_usage.migrations import MigrationError, discover
 from switchboard_usage.pricing import price
-from switchboard_usage.sink import COLUMNS, row
 
 
 def _record(prompt: int, completion: int, cached: int = 0) -> usage_pb2.UsageRecord:
@@ -77,13 +76,3 @@ def test_checksum_changes_with_the_sql(tmp_path: Path) -> None:
     before = discover(tmp_path)[0].checksum
     path.write_text("SELECT 2;")
     assert discover(tmp_path)[0].checksum != before
-
-
-def test_row_matches_columns() -> None:
-    event = events_pb2.UsageEvent(record=_record(3, 4), total_cost_nanos=5, currency="USD")
-    event.record.status = usage_pb2.USAGE_STATUS_PARTIAL
-    event.record.operation = usage_pb2.OPERATION_CHAT
-    values = dict(zip(COLUMNS, row(event, partition=2, offset=9), strict=True))
-    assert values["status"] == "partial"
-    assert values["operation"] == "chat"
-    assert (values["kafka_partition"], values["kafka_offset"]) == (2, 9)

@@ -115,14 +115,13 @@ class Relay:
         self.name = name
         self.sources = sources
         self.producer = producer
-        # Let a few more records arrive: one produce round trip and one outbox
-        # write (an fsync) per batch, not per record.
+        # While busy, let a few more records arrive before each batch: one
+        # produce round trip and one outbox write (an fsync) per batch, not per
+        # record. The first record after an idle spell goes at once (run()).
         self.gather_s = gather_s
 
     async def publish_once(self) -> int:
         """Publish one batch of each source; returns how many the broker acked."""
-        if self.gather_s:
-            await asyncio.sleep(self.gather_s)
         sent = 0
         for source in self.sources:
             batch = await source.take(BATCH)
@@ -162,11 +161,16 @@ class Relay:
 
     async def run(self) -> None:
         backoff = Backoff(0.1)
+        busy = False
         while True:
             try:
+                if busy and self.gather_s:
+                    await asyncio.sleep(self.gather_s)
                 if await self.publish_once():
+                    busy = True
                     backoff.reset()
                     continue
+                busy = False
                 await self._idle()
             except (KafkaError, TimeoutError, OSError, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and not cancelled_from_inside():

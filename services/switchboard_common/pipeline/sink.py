@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 20000
 POLL_MS = 500
-FLUSH_S = 1.0
+# Flush on size or after this long, whichever comes first.
+FLUSH_S = 0.1
+FETCH_WAIT_MS = 50
 # How often an idle sink checks that its partitions' logs still reach its position.
 CHECK_ENDS_S = 2.0
 
@@ -154,6 +156,10 @@ class Sink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=BATCH_RECORDS,
+            # How long the broker may hold a fetch for data: at aiokafka's 500 ms
+            # the usage lag at idle measured p50 0.23 s, at 50 ms 0.16 s (the
+            # local broker); an idle sink fetches 20 times a second for it.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         if self.assign_all:
             if self.replay:
@@ -167,8 +173,10 @@ class Sink:
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         """One ClickHouse-sized batch: up to BATCH_RECORDS, or what arrived within
-        FLUSH_S of the first message. Small frequent inserts would cost ClickHouse
-        a part (and a merge) each, and steal CPU from serving."""
+        FLUSH_S of the first message, whichever comes first. Under load batches
+        fill to size; at idle a lone record waits FLUSH_S at most (it is part of
+        the usage lag). Each insert costs ClickHouse a part (and a merge), so
+        FLUSH_S also bounds inserts to about ten a second per sink."""
         batches: dict[TopicPartition, list[Any]] = {}
         count = 0
         deadline: float | None = None
