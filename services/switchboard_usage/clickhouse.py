@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,8 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+from google.protobuf import timestamp_pb2
 
 DATABASE = "switchboard"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def ts_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+    """A protobuf Timestamp as the datetime a row's DateTime64 column takes."""
+    # Timestamp.ToDatetime is several times slower than this arithmetic.
+    return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def _connect(url: str) -> Any:

@@ -1,19 +1,18 @@
 """GPU samples and alert events: Kafka → ClickHouse (gpu_samples,
-gpu_alert_events), on the shared sink loop under its own consumer group, so GPU
-telemetry never holds up, or is held up by, usage accounting. It shares the
-usage process's ClickHouse client (the embedded engine allows one opener).
+gpu_alert_events, and each sample's host readings into host_samples), on the
+shared sink loop under its own consumer group, so GPU telemetry never holds
+up, or is held up by, usage accounting. It shares the usage process's
+ClickHouse client (the embedded engine allows one opener).
 
 Stored alert events are confirmed on the confirmations topic, so the gpu
 service's alert outbox (another process) lets them go."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
 from switchboard.gpu.v1 import events_pb2 as gpu_events_pb2
@@ -23,13 +22,15 @@ from switchboard_common.logs import log_fields
 from switchboard_common.pipeline import sink as pipeline_sink
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import ALERTS_TOPIC, GPU_TOPICS, SAMPLES_TOPIC
-from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage.clickhouse import ClickHouse, ts_datetime
+from switchboard_usage.host_samples import host_sample_row, store_host_samples
 
 log = logging.getLogger(__name__)
 
 GPU_SINK_GROUP = "switchboard-gpu-sink"
 GPU_INSERTED = Counter(
-    "switchboard_gpu_sink_inserted_total", "GPU sample and alert rows inserted into ClickHouse."
+    "switchboard_gpu_sink_inserted_total",
+    "GPU sample, host sample and alert rows inserted into ClickHouse.",
 )
 GPU_UNDECODABLE = Counter(
     "switchboard_gpu_sink_undecodable_total",
@@ -52,18 +53,12 @@ GPU_ALERT_COLUMNS = (
     "severity", "hostname", "gpu_uuid", "gpu_index", "value", "message", "start_time",
     "time", "kafka_partition", "kafka_offset", "model",
 )  # fmt: skip
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SAMPLE_EVENT_ID = GPU_SAMPLE_COLUMNS.index("event_id")
 _NVML_STATES = {v: k.removeprefix("NVML_STATE_").lower() for k, v in gpu_pb2.NvmlState.items()}
 _HEALTHS = {v: k.removeprefix("GPU_HEALTH_").lower() for k, v in gpu_pb2.GpuHealth.items()}
 ALERT_STATES = {v: k.removeprefix("ALERT_STATE_").lower() for k, v in gpu_pb2.AlertState.items()}
 SEVERITIES = {v: k.removeprefix("SEVERITY_").lower() for k, v in registry_pb2.Severity.items()}
 COMPARATORS = {v: k.removeprefix("COMPARATOR_").lower() for k, v in registry_pb2.Comparator.items()}
-
-
-def ts_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
-    # Timestamp.ToDatetime is several times slower than this arithmetic.
-    return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
 def gpu_sample_rows(
@@ -103,7 +98,7 @@ def gpu_alert_row(event: gpu_events_pb2.GpuAlertEvent, partition: int, offset: i
 
 class GpuSink(pipeline_sink.Sink):
     """GPU samples and alert events into ClickHouse (gpu_samples,
-    gpu_alert_events).
+    gpu_alert_events; host readings into host_samples, see host_samples.py).
 
     Duplicates: a retried insert carries the same insert_deduplication_token;
     alert events already stored (by alert_id and state) are skipped before the
@@ -128,6 +123,7 @@ class GpuSink(pipeline_sink.Sink):
 
     async def store(self, batches: pipeline_sink.Batches) -> pipeline_sink.Stored:
         samples: list[list[Any]] = []
+        hosts: list[list[Any]] = []
         alerts: dict[tuple[str, str], list[Any]] = {}
         alert_event_ids: list[str] = []
         for tp, messages in batches.items():
@@ -138,6 +134,9 @@ class GpuSink(pipeline_sink.Sink):
                         if not sample.status.hostname:
                             raise ValueError("sample without a hostname")
                         samples.extend(gpu_sample_rows(sample, tp.partition, message.offset))
+                        host = host_sample_row(sample, tp.partition, message.offset)
+                        if host is not None:
+                            hosts.append(host)
                     elif tp.topic == ALERTS_TOPIC:
                         event = gpu_events_pb2.GpuAlertEvent.FromString(message.value)
                         if not event.alert.alert_id:
@@ -186,8 +185,9 @@ class GpuSink(pipeline_sink.Sink):
                     )
                 },
             )
-        GPU_INSERTED.inc(len(samples) + len(alerts))
+        stored_hosts = await store_host_samples(self.clickhouse, hosts)
+        GPU_INSERTED.inc(len(samples) + len(alerts) + stored_hosts)
         # Every alert transition decoded here is stored now (inserted, or found
         # stored): its event id is confirmed, a republished one included.
         confirmed = {ALERTS_TOPIC: alert_event_ids} if alert_event_ids else {}
-        return pipeline_sink.Stored(len(samples) + len(alerts), confirmed)
+        return pipeline_sink.Stored(len(samples) + len(alerts) + stored_hosts, confirmed)

@@ -252,6 +252,17 @@ GPU_METRICS = {name: name for name in GPU_METRIC_FIELDS}
 GPU_METRICS["memory_used_percent"] = (
     "if(memory_total_mib > 0, 100 * memory_used_mib / memory_total_mib, NULL)"
 )
+# Host metrics (host_samples: schema/0009_host_samples.sql), one series per
+# node with gpu_uuid '': HostMetrics' fields, prefixed so none is mistaken for
+# a GPU reading of the same name (memory_used_mib).
+HOST_METRIC_PREFIX = "host_"
+HOST_METRICS = {
+    f"{HOST_METRIC_PREFIX}{name}": name
+    for name in (
+        "cpu_percent", "memory_percent", "memory_used_mib", "memory_total_mib",
+        "disk_percent", "disk_used_mib", "disk_total_mib", "load_average_1m",
+    )
+}  # fmt: skip
 MAX_GPU_ALERTS = 1000
 _GPU_HISTORY = (
     "SELECT toStartOfInterval(time, toIntervalSecond({step:UInt32})) AS bucket, "
@@ -262,6 +273,14 @@ _GPU_HISTORY = (
     "AND ({uuid:String} = '' OR gpu_uuid = {uuid:String})) "
     "GROUP BY bucket, hostname, gpu_uuid HAVING count(v) > 0 "
     "ORDER BY hostname, gpu_uuid, bucket"
+)
+_HOST_HISTORY = (
+    "SELECT toStartOfInterval(time, toIntervalSecond({step:UInt32})) AS bucket, "
+    "hostname, '', avg(v), max(v), min(v), count(v) "
+    "FROM (SELECT time, hostname, METRIC AS v FROM host_samples FINAL "
+    "WHERE time >= {start:DateTime64(3)} AND time < {end:DateTime64(3)} "
+    "AND ({host:String} = '' OR hostname = {host:String})) "
+    "GROUP BY bucket, hostname ORDER BY hostname, bucket"
 )
 # Each alert once, in its latest state (a resolution outranks the firing).
 _GPU_ALERTS = (
@@ -313,13 +332,20 @@ async def gpu_history(
             param="interval",
         )
     metric = request.metric or DEFAULT_GPU_METRIC
-    expression = GPU_METRICS.get(metric)
+    expression = GPU_METRICS.get(metric) or HOST_METRICS.get(metric)
     if expression is None:
         raise SwitchboardError(
             R.ERROR_REASON_INVALID_REQUEST,
-            f"metric must be one of {', '.join(GPU_METRICS)}",
+            f"metric must be one of {', '.join([*GPU_METRICS, *HOST_METRICS])}",
             param="metric",
         )
+    if metric in HOST_METRICS and request.gpu_uuid:
+        raise SwitchboardError(
+            R.ERROR_REASON_INVALID_REQUEST,
+            f"{metric} is a host metric: it has no gpu_uuid",
+            param="gpu_uuid",
+        )
+    template = _HOST_HISTORY if metric in HOST_METRICS else _GPU_HISTORY
     end = _instant(request.end, "end") if request.end else (now or dt.datetime.now(dt.UTC))
     start = _instant(request.start, "start") if request.start else end - DEFAULT_GPU_RANGE
     if end <= start:
@@ -342,7 +368,7 @@ async def gpu_history(
     lo = dt.datetime.fromtimestamp(first, dt.UTC)
     hi = dt.datetime.fromtimestamp(last, dt.UTC)
     rows = await ch.rows(
-        _GPU_HISTORY.replace("METRIC", expression),
+        template.replace("METRIC", expression),
         {
             "step": step,
             "start": lo,

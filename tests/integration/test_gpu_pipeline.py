@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
@@ -156,6 +157,35 @@ def dataset(start: dt.datetime) -> list[events_pb2.GpuSampleEvent]:
     return events
 
 
+def host_dataset(start: dt.datetime) -> list[events_pb2.GpuSampleEvent]:
+    """Host readings of node-1 (a GPU node) and node-2 (NVML down, so host
+    readings only) every 20 s for 5 minutes: node-1's CPU is n %, node-2's
+    50 %; memory 16 GiB + n GiB of 64 GiB on both."""
+    events = []
+    for n in range(15):
+        at = start + dt.timedelta(seconds=20 * n)
+        device = gpu_pb2.GpuDevice(index=0, uuid="GPU-a", utilization_gpu_percent=10.0)
+        for hostname, cpu, devices in (("node-1", float(n), (device,)), ("node-2", 50.0, ())):
+            event = sample_event(n, at, hostname, *devices)
+            event.event_id = f"host-{hostname}-{n}"
+            used = 16_384 + 1024 * n
+            event.status.host.CopyFrom(
+                gpu_pb2.HostMetrics(
+                    cpu_percent=cpu,
+                    cpu_count=16,
+                    memory_percent=100 * used / 65_536,
+                    memory_used_mib=used,
+                    memory_total_mib=65_536,
+                    disk_percent=25.0,
+                    disk_used_mib=256_000,
+                    disk_total_mib=1_024_000,
+                    load_average_1m=1.5,
+                )
+            )
+            events.append(event)
+    return events
+
+
 @contextlib.asynccontextmanager
 async def clickhouse(tmp_path: Path) -> AsyncIterator[ClickHouse]:
     ch = ClickHouse(f"chdb://{tmp_path}/ch")
@@ -256,6 +286,60 @@ async def test_history_at_each_interval(tmp_path: Path) -> None:
     assert list(empty.points) == []
     assert raw_rows == 90
     assert outage == "Driver Not Loaded"
+
+
+async def test_host_samples_are_stored_once_and_charted(tmp_path: Path) -> None:
+    start = base_time()
+    minute = dt.timedelta(minutes=1)
+    async with clickhouse(tmp_path) as ch:
+        sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))  # store() only: no broker
+        events = host_dataset(start)
+        # 15 GPU rows (node-1), 15 node-2 outage rows, 30 host rows.
+        assert (await sink.store(batch(events))).rows == 60
+        # A retried batch, then a redelivery of four samples at new offsets
+        # (a sink restart before the offset commit), then one repeat among
+        # new samples: the host rows already stored are skipped by event id.
+        await sink.store(batch(events))
+        await sink.store(batch(events[:4], first_offset=100))
+        late = sample_event(99, start + 9 * minute, "node-1")
+        late.status.host.CopyFrom(events[0].status.host)
+        mixed = await sink.store(batch([events[5], late], first_offset=200))
+        # Raw rows, without FINAL: each event id once.
+        [(rows, ids)] = await ch.rows("SELECT count(), uniqExact(event_id) FROM host_samples")
+        [stored] = await ch.rows(
+            "SELECT cpu_count, memory_total_mib, disk_used_mib, disk_total_mib, disk_percent, "
+            "load_average_1m, labels FROM host_samples WHERE event_id = 'host-node-1-3'"
+        )
+        end = start + 5 * minute
+        cpu = await queries.gpu_history(ch, history(start, end, "1m", metric="host_cpu_percent"))
+        memory = await queries.gpu_history(
+            ch, history(start, end, "5m", hostname="node-2", metric="host_memory_used_mib")
+        )
+        disk = await queries.gpu_history(ch, history(start, end, "1h", metric="host_disk_percent"))
+        with pytest.raises(SwitchboardError) as err:
+            await queries.gpu_history(
+                ch, history(start, end, "1m", metric="host_cpu_percent", gpu_uuid="GPU-a")
+            )
+
+    # The two gpu_samples rows (those are merged by key, not skipped) and
+    # late's host row only.
+    assert mixed.rows == 3
+    assert (rows, ids) == (31, 31)
+    assert stored == (16, 65_536, 256_000, 1_024_000, 25.0, 1.5, {"zone": "z1"})
+    # Minute m holds samples 3m, 3m+1, 3m+2; a host series has no gpu_uuid.
+    assert points(cpu) == [
+        ("node-1", "", start + m * minute, 3.0 * m + 1, 3.0 * m + 2, 3.0 * m, 3) for m in range(5)
+    ] + [("node-2", "", start + m * minute, 50.0, 50.0, 50.0, 3) for m in range(5)]
+    assert cpu.metric == "host_cpu_percent"
+    # 16 384 + 1024 n MiB for n = 0 … 14.
+    assert points(memory) == [("node-2", "", start, 16_384 + 7 * 1024.0, 30_720.0, 16_384.0, 15)]
+    hour_start = start.replace(minute=0)
+    assert [(p.hostname, p.avg, p.samples) for p in disk.points] == [
+        ("node-1", 25.0, 16),  # late's too: the range is widened to the whole hour
+        ("node-2", 25.0, 15),
+    ]
+    assert disk.start.ToDatetime(dt.UTC) == hour_start
+    assert err.value.param == "gpu_uuid"
 
 
 @pytest.mark.parametrize(
@@ -374,11 +458,12 @@ def readme_gpu_examples() -> dict[str, str]:
 
 async def test_readme_gpu_examples_run(tmp_path: Path) -> None:
     examples = readme_gpu_examples()
-    assert len(examples) >= 3, list(examples)
+    assert len(examples) >= 4, list(examples)
     start = base_time()
     async with clickhouse(tmp_path) as ch:
         sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))
         await sink.store(batch(dataset(start)))
+        await sink.store(batch(host_dataset(start), first_offset=100))
         fired = alert_event("alert-1", gpu_pb2.ALERT_STATE_FIRING, start, start)
         await sink.store(batch(alerts=[fired]))
         results = {title: await ch.rows(sql) for title, sql in examples.items()}
@@ -518,11 +603,29 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
                             (left,) = db.execute("SELECT count(*) FROM outbox").fetchone()
                         return bool(left == 0)
 
+                    async def host_samples() -> gpu_pb2.QueryGpuHistoryResponse | None:
+                        # Each sample's host readings (psutil), from the same
+                        # events, in host_samples.
+                        reply = await stub.QueryGpuHistory(
+                            history(start, start + dt.timedelta(minutes=2), "5m", **memory),
+                            timeout=WAIT_S,
+                            metadata=ADMIN,
+                        )
+                        return reply if sum(p.samples for p in reply.points) == 6 else None
+
+                    memory = {"metric": "host_memory_total_mib"}
+                    busy = {"metric": "host_cpu_percent"}
                     by_minute = await until(all_samples, "6 samples in ClickHouse")
+                    hosts = await until(host_samples, "6 host samples in ClickHouse")
                     alerts = await until(resolution, "the resolution in ClickHouse")
                     await until(alert_outbox_empty, "the alert events confirmed stored")
                     coarse = await stub.QueryGpuHistory(
                         history(start, start + dt.timedelta(minutes=2), "5m"),
+                        timeout=WAIT_S,
+                        metadata=ADMIN,
+                    )
+                    cpu = await stub.QueryGpuHistory(
+                        history(start, start + dt.timedelta(minutes=2), "1m", **busy),
                         timeout=WAIT_S,
                         metadata=ADMIN,
                     )
@@ -533,6 +636,15 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
         ("test-node", "GPU-a", start + minute, 80.0, 100.0, 50.0, 3),
     ]
     assert points(coarse) == [("test-node", "GPU-a", start, 50.0, 100.0, 10.0, 6)]
+    # Stored once each (samples == 6, read with FINAL) and whole: the node's
+    # memory, as psutil reads it, in every one.
+    total_mib = psutil.virtual_memory().total // (1024 * 1024)
+    assert points(hosts) == [("test-node", "", start, total_mib, total_mib, total_mib, 6)]
+    assert [(p.bucket_start.ToDatetime(dt.UTC), p.samples) for p in cpu.points] == [
+        (start, 3),
+        (start + minute, 3),
+    ]
+    assert all(0 <= p.min <= p.max <= 100 for p in cpu.points)
     (stored,) = alerts.alerts
     assert stored.alert_id == fired.alert_id == resolved.alert_id
     assert stored.state == gpu_pb2.ALERT_STATE_RESOLVED

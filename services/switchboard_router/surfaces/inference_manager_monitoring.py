@@ -2,14 +2,17 @@
 that own the data: GET /api/monitoring/performance (per-model totals and
 response times from the usage ledger, on the caller's behalf so a client key
 sees its own traffic; GPU utilization from the gpu service's history) and
-GET /api/monitoring/metrics (GPU or model series at 1m/5m/1h/1d).
+GET /api/monitoring/metrics (GPU, host CPU, host memory or model series at
+1m/5m/1h/1d).
 
-Host CPU and memory are sampled (GET /api/system/status) but not stored yet:
-metric_type cpu and memory answer 501, and the performance "system" block
-gives the latest sample for them."""
+Host CPU and memory history is the gpu service's host samples, stored in
+ClickHouse beside the GPU samples (host_samples) and read through the same
+history RPC (QueryGpuHistory, metrics host_*); so is the performance "system"
+block's, which falls back to the latest sample only while nothing is stored."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 from collections import defaultdict
@@ -21,7 +24,7 @@ from google.api import httpbody_pb2
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard.router.v1 import inference_manager_pb2 as pb
 from switchboard.usage.v1 import usage_pb2
-from switchboard_common.errors import R, SwitchboardError, from_rpc_error
+from switchboard_common.errors import SwitchboardError, from_rpc_error
 from switchboard_router.surfaces.inference_manager_models import CALL_TIMEOUT_S, rendered_as
 from switchboard_router.surfaces.inference_manager_shapes import (
     ValidationFailed,
@@ -31,7 +34,18 @@ from switchboard_router.surfaces.inference_manager_shapes import (
 from switchboard_router.surfaces.inference_manager_system import System
 
 Context = grpc.aio.ServicerContext[Any, Any]
-TIME_RANGES = ("1h", "24h", "7d", "30d")
+# time_range → (its length, the history interval that averages it in few buckets).
+TIME_RANGES = {
+    "1h": (dt.timedelta(hours=1), "1m"),
+    "24h": (dt.timedelta(hours=24), "5m"),
+    "7d": (dt.timedelta(days=7), "1h"),
+    "30d": (dt.timedelta(days=30), "1d"),
+}
+# metric_type → the host metrics it charts (QueryGpuHistory's host_* names).
+HOST_SERIES = {
+    "cpu": ("host_cpu_percent",),
+    "memory": ("host_memory_percent", "host_memory_used_mib", "host_memory_total_mib"),
+}
 INTERVALS = ("1m", "5m", "1h", "1d")
 
 
@@ -109,25 +123,39 @@ class Monitoring(System):
                     }
                 )
             return answer(
-                {"time_range": time_range, "models": models, "system": await self._system()}
+                {
+                    "time_range": time_range,
+                    "models": models,
+                    "system": await self._system(time_range),
+                }
             )
 
-    async def _system(self) -> dict[str, Any]:
+    async def _system(self, time_range: str) -> dict[str, Any]:
+        """Sample-weighted means over the range, from the stored history."""
         now = dt.datetime.now(dt.UTC)
-        node = await self._node_status()
-        try:
-            points = await self._gpu_history(
-                now - dt.timedelta(hours=1), now, "1m", "utilization_gpu_percent"
-            )
-        except SwitchboardError:
-            points = []
-        samples = sum(p.samples for p in points)
-        gpu = sum(p.avg * p.samples for p in points) / samples if samples else 0.0
-        host = node.host if node is not None else gpu_pb2.HostMetrics()
+        length, interval = TIME_RANGES[time_range]
+
+        async def mean(metric: str) -> float | None:
+            try:
+                points = await self._gpu_history(now - length, now, interval, metric)
+            except SwitchboardError:
+                return None
+            samples = sum(p.samples for p in points)
+            return sum(p.avg * p.samples for p in points) / samples if samples else None
+
+        cpu, memory, gpu = await asyncio.gather(
+            mean("host_cpu_percent"), mean("host_memory_percent"), mean("utilization_gpu_percent")
+        )
+        if cpu is None or memory is None:
+            # Nothing stored yet (a stack just started): the latest sample.
+            node = await self._node_status()
+            host = node.host if node is not None else gpu_pb2.HostMetrics()
+            cpu = host.cpu_percent if cpu is None else cpu
+            memory = host.memory_percent if memory is None else memory
         return {
-            "avg_cpu_percent": round(host.cpu_percent, 1),
-            "avg_memory_percent": round(host.memory_percent, 1),
-            "avg_gpu_utilization": round(gpu, 1),
+            "avg_cpu_percent": round(cpu, 1),
+            "avg_memory_percent": round(memory, 1),
+            "avg_gpu_utilization": round(gpu or 0.0, 1),
         }
 
     async def GetMonitoringMetrics(
@@ -147,11 +175,8 @@ class Monitoring(System):
             start = _when(request.start_time, "start_time", end - dt.timedelta(hours=1))
             if start >= end:
                 raise ValidationFailed("start_time", "start_time must be before end_time")
-            if kind in ("cpu", "memory"):
-                raise SwitchboardError(
-                    R.ERROR_REASON_NOT_IMPLEMENTED,
-                    f"{kind} history is not stored yet; GET /api/system/status has the latest",
-                )
+            if kind in HOST_SERIES:
+                return answer(await self._host_metrics(kind, start, end, interval))
             if kind == "gpu":
                 return answer(await self._gpu_metrics(start, end, interval))
             return answer(await self._model_metrics(start, end, interval, now))
@@ -185,6 +210,51 @@ class Monitoring(System):
             "summary": {
                 "avg_gpu_utilization": round(sum(averages) / len(averages), 1) if averages else 0,
                 "max_gpu_utilization": max((r.get("peak", 0) for r in rows.values()), default=0),
+            },
+        }
+
+    async def _host_metrics(
+        self, kind: str, start: dt.datetime, end: dt.datetime, interval: str
+    ) -> dict[str, Any]:
+        """One point per bucket over every node: percentages are the mean of
+        the nodes' means, MiB the sum of them; max is the highest reading."""
+        names = HOST_SERIES[kind]
+        series = await asyncio.gather(
+            *(self._gpu_history(start, end, interval, name) for name in names)
+        )
+        rows: dict[dt.datetime, dict[str, float]] = defaultdict(dict)
+        for name, points in zip(names, series, strict=True):
+            for reading in points:
+                row = rows[reading.bucket_start.ToDatetime()]
+                row[f"{name}/n"] = row.get(f"{name}/n", 0) + 1
+                row[name] = row.get(name, 0) + reading.avg
+                row[f"{name}/max"] = max(row.get(f"{name}/max", 0), reading.max)
+        percent = names[0]
+        field = percent.removeprefix("host_")
+
+        def mean(row: dict[str, float]) -> float:
+            return row.get(percent, 0) / row.get(f"{percent}/n", 1)
+
+        metrics = []
+        for bucket, row in sorted(rows.items()):
+            if f"{percent}/n" not in row:
+                continue
+            point: dict[str, Any] = {
+                "timestamp": timestamp(bucket.replace(tzinfo=dt.UTC)),
+                field: round(mean(row), 1),
+            }
+            if kind == "memory":
+                point["memory_used"] = round(row.get("host_memory_used_mib", 0))
+                point["memory_total"] = round(row.get("host_memory_total_mib", 0))
+            metrics.append(point)
+        means = [mean(row) for row in rows.values() if f"{percent}/n" in row]
+        return {
+            "metrics": metrics,
+            "summary": {
+                f"avg_{field}": round(sum(means) / len(means), 1) if means else 0,
+                f"max_{field}": round(
+                    max((row.get(f"{percent}/max", 0) for row in rows.values()), default=0), 1
+                ),
             },
         }
 

@@ -24,7 +24,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GpuSampleEvent(_message.Message):
-    """One sample of one node: every device, as GetGpuStatus would have answered."""
+    """One sample of one node: every device, as GetGpuStatus would have answered,
+    and the node's CPU, memory and disk (status.host). The gpu sink writes the
+    devices to gpu_samples and the host readings to host_samples, each event id
+    once; a sample without status.host (from before it existed) has no host row.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -163,7 +163,10 @@ class NodeStatus(_message.Message):
     def sample_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def host(self) -> Global___HostMetrics:
-        """The host's CPU, memory and disk, sampled with the GPUs (psutil)."""
+        """The host's CPU, memory and disk, sampled with the GPUs (psutil). Stored
+        in ClickHouse's host_samples from the samples topic, and charted by
+        QueryGpuHistory's host_* metrics.
+        """
 
     def __init__(
         self,
@@ -575,7 +578,11 @@ class QueryGpuHistoryRequest(_message.Message):
     metric: _builtins.str
     """A numeric GpuDevice field name (utilization_gpu_percent, temperature_c,
     memory_used_mib, power_w, ...) or memory_used_percent; default
-    utilization_gpu_percent.
+    utilization_gpu_percent. Or a host metric: a HostMetrics field name
+    prefixed "host_" (host_cpu_percent, host_memory_percent,
+    host_memory_used_mib, host_memory_total_mib, host_disk_percent,
+    host_disk_used_mib, host_disk_total_mib, host_load_average_1m), one series
+    per node with gpu_uuid empty (a gpu_uuid filter is refused).
     """
     def __init__(
         self,
@@ -648,6 +655,7 @@ class GpuHistoryPoint(_message.Message):
     SAMPLES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     gpu_uuid: _builtins.str
+    """Empty for a host metric."""
     metric: _builtins.str
     avg: _builtins.float
     max: _builtins.float

@@ -198,9 +198,9 @@ class InferenceManagerServiceServicer:
 
     def GetMonitoringMetrics(self, request, context):
         """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
-        and memory from the gpu service's history in ClickHouse) or model (requests
-        and response time from the usage ledger); cpu and memory are refused (501)
-        until host samples are stored.
+        and memory from the gpu service's history in ClickHouse), cpu or memory
+        (the nodes' host samples, stored beside the GPU samples) or model (requests
+        and response time from the usage ledger).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """

@@ -64,9 +64,9 @@ class InferenceManagerServiceStub:
     """
     GetMonitoringMetrics: _grpc.UnaryUnaryMultiCallable[_inference_manager_pb2.GetMonitoringMetricsRequest, _httpbody_pb2.HttpBody]
     """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
-    and memory from the gpu service's history in ClickHouse) or model (requests
-    and response time from the usage ledger); cpu and memory are refused (501)
-    until host samples are stored.
+    and memory from the gpu service's history in ClickHouse), cpu or memory
+    (the nodes' host samples, stored beside the GPU samples) or model (requests
+    and response time from the usage ledger).
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -203,9 +203,9 @@ class InferenceManagerServiceAsyncStub(InferenceManagerServiceStub):
     """
     GetMonitoringMetrics: _aio.UnaryUnaryMultiCallable[_inference_manager_pb2.GetMonitoringMetricsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
-    and memory from the gpu service's history in ClickHouse) or model (requests
-    and response time from the usage ledger); cpu and memory are refused (501)
-    until host samples are stored.
+    and memory from the gpu service's history in ClickHouse), cpu or memory
+    (the nodes' host samples, stored beside the GPU samples) or model (requests
+    and response time from the usage ledger).
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
@@ -363,9 +363,9 @@ class InferenceManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """{metrics: [{timestamp, ...}], summary}: metric_type gpu (GPU utilization
-        and memory from the gpu service's history in ClickHouse) or model (requests
-        and response time from the usage ledger); cpu and memory are refused (501)
-        until host samples are stored.
+        and memory from the gpu service's history in ClickHouse), cpu or memory
+        (the nodes' host samples, stored beside the GPU samples) or model (requests
+        and response time from the usage ledger).
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
