@@ -81,16 +81,33 @@ class System:
     model: str = "bench"
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its children: a service run as SWITCHBOARD_WORKERS is a
+    supervisor (the pid file's pid) whose workers do the work."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
 def _proc_cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    ticks = 0
+    for each in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0.0
+    for each in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def _bodies(tmp: Path) -> dict[str, Path]:
@@ -168,7 +185,9 @@ NEVER = {"rpm": 10_000_000, "tpm": 4_000_000_000}
 
 
 @contextlib.contextmanager
-def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System, System]]:
+def switchboard(
+    upstream: str, tmp: Path, workers: int = 1
+) -> Iterator[tuple[System, System, System]]:
     config = {
         "providers": [
             {"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60},
@@ -187,7 +206,12 @@ def switchboard(upstream: str, tmp: Path) -> Iterator[tuple[System, System, Syst
             },
         ],
     }
-    env = {"SWITCHBOARD_LOG_LEVEL": "INFO", "REDIS_URL": REDIS_URL}
+    env = {
+        "SWITCHBOARD_LOG_LEVEL": "INFO",
+        "REDIS_URL": REDIS_URL,
+        # The router and the provider run this many processes each (README: workers).
+        "SWITCHBOARD_WORKERS": str(workers),
+    }
     with running_stack(config, tmp / "switchboard", env) as stack:
         pids = stack.pids()
         edge = System(
@@ -321,7 +345,13 @@ def sweep(system: System, body: Path, p: Profile) -> tuple[list[dict[str, Any]],
         )
         if concurrency == max(p.sweep) and r["ok"]:
             per = {n: (after[n] - before[n]) * tick_us / r["ok"] for n in system.pids}
-            cpu = {"cpu_us_per_request": per, "total_cpu_us_per_request": sum(per.values())}
+            total = sum(per.values())
+            cpu = {
+                "cpu_us_per_request": per,
+                "total_cpu_us_per_request": total,
+                # Requests one fully busy core serves, all of the system's processes counted.
+                "requests_per_core_s": 1e6 / total if total else None,
+            }
     return rows, cpu
 
 
@@ -595,6 +625,12 @@ def main() -> int:
     parser.add_argument(
         "--soak-s", type=float, default=None, help="soak duration (full run: 600; 0 skips it)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="SWITCHBOARD_WORKERS for the stack: processes of the router and of the provider",
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     if args.soak_s is not None:
@@ -607,7 +643,12 @@ def main() -> int:
         use_litellm = False
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    meta = {"mode": "quick" if args.quick else "full", "commit": commit(), "versions": versions()}
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "commit": commit(),
+        "versions": versions(),
+        "workers": args.workers,
+    }
     rows: list[dict[str, Any]] = []
 
     def row(system: str, scenario: str, **fields: Any) -> None:
@@ -623,7 +664,7 @@ def main() -> int:
         systems = [
             System("direct", url=f"{upstream}/chat/completions", pids={"upstream": upstream_pid})
         ]
-        systems += list(stack.enter_context(switchboard(upstream, tmp)))
+        systems += list(stack.enter_context(switchboard(upstream, tmp, args.workers)))
         if use_litellm:
             systems.append(stack.enter_context(litellm(upstream, tmp)))
         for system in systems:
