@@ -222,12 +222,18 @@ def connections(pid: int, port: int) -> int:
 
 
 class KillBusiest:
-    """SIGKILLs the worker that holds the most of the edge's connections: the
-    one with calls in flight, whichever worker the kernel gave them to."""
+    """SIGKILLs the worker that holds the most connections (the edge's to the
+    router, the router workers' to the provider): one with calls in flight,
+    whichever worker the kernel gave them to."""
 
     def __init__(self, stack: Stack, component: str) -> None:
         self.pids = running_workers(stack, component)
-        self.port = int(stack.router_address.rsplit(":", 1)[1])
+        address = (
+            stack.router_address
+            if component == "router"
+            else stack.env[f"SWITCHBOARD_{component.upper()}_PORT"]
+        )
+        self.port = int(address.rsplit(":", 1)[-1])
         self.killed: int | None = None
 
     def __call__(self) -> None:
@@ -235,13 +241,12 @@ class KillBusiest:
         os.kill(self.killed, signal.SIGKILL)
 
 
-def test_a_router_worker_killed_under_load_is_replaced_and_answered_calls_count_once(
-    stack: Stack, upstream: OpenAIUpstream
+@pytest.mark.parametrize("component", ["router", "provider"])
+def test_a_worker_killed_under_load_is_replaced_and_answered_calls_count_once(
+    stack: Stack, upstream: OpenAIUpstream, component: str
 ) -> None:
-    component = "router"
     kill = KillBusiest(stack, component)
-    assert component == "router"
-    sigkill_drill(stack, upstream, kill, must_cut=False)
+    sigkill_drill(stack, upstream, kill, must_cut=False, router_survives=component == "provider")
     assert kill.killed is not None
     assert kill.killed not in running_workers(stack, component)
     assert "worker died; starting it again" in stack.log(component)

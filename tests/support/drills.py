@@ -104,6 +104,7 @@ def router_sees_the_suite(stack: Stack, connections: int = 12) -> None:
 def sigterm_drill(stack: Stack, upstream: OpenAIUpstream, component: str) -> None:
     """SIGTERM `component` with IN_FLIGHT slow calls in flight: every call
     completes, within the drain, and each is counted once."""
+    router_sees_the_suite(stack)
     before = completed(upstream)
     # Slow enough that every call is still running when the signal lands.
     upstream.behaviour = Behaviour(mode="slow", first_byte_delay_s=0.8, chunk_delay_s=0.05)
@@ -125,15 +126,25 @@ def sigterm_drill(stack: Stack, upstream: OpenAIUpstream, component: str) -> Non
 
 
 def sigkill_drill(
-    stack: Stack, upstream: OpenAIUpstream, kill: Callable[[], None], *, must_cut: bool = True
+    stack: Stack,
+    upstream: OpenAIUpstream,
+    kill: Callable[[], None],
+    *,
+    must_cut: bool = True,
+    router_survives: bool = False,
 ) -> None:
     """`kill` (a SIGKILL of something on the path) under load: calls in flight
     may break (the client sees it), but every call answered in full is counted,
     and nothing the upstream did not serve. must_cut=False where the process
     killed may have had no call in flight (one of several workers: the kernel
-    decides which connections it holds)."""
+    decides which connections it holds). router_survives: a provider was
+    killed, and the router counts the attempts it cut (estimated from what it
+    forwarded, switchboard_router/cut_short.py), so the bound is the calls that
+    reached the upstream, not the ones it completed."""
+    router_sees_the_suite(stack)
     counted_before = counted(stack)
     completed_before = completed(upstream)
+    reached_before = len(upstream.served)
     upstream.behaviour = Behaviour(mode="slow", chunk_delay_s=0.03)
     calls = 40
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -147,6 +158,8 @@ def sigkill_drill(
         answered = sum(r.result(timeout=60) for r in results)
     upstream.behaviour = Behaviour()
     served = settled(upstream) - completed_before
+    if router_survives:
+        served = len(upstream.served) - reached_before
     assert 8 <= answered <= calls, answered
     assert answered < calls or not must_cut, "the crash should have cut some calls off, not all"
     eventually(
