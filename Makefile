@@ -149,17 +149,18 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt
 	@touch $@
 
+# make bench WORKERS=2: the router and the provider run 2 processes each (SWITCHBOARD_WORKERS).
 bench: install $(BENCH_VENV)/.installed
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS))
 
 bench-quick: install
-	$(PY) bench/run.py --quick --out bench/out
+	$(PY) bench/run.py --quick --out bench/out $(if $(WORKERS),--workers $(WORKERS))
 
 run: install
-	$(PY) -m switchboard_stack run
+	$(if $(WORKERS),SWITCHBOARD_WORKERS=$(WORKERS) )$(PY) -m switchboard_stack run
 
 up: install
-	$(PY) -m switchboard_stack up
+	$(if $(WORKERS),SWITCHBOARD_WORKERS=$(WORKERS) )$(PY) -m switchboard_stack up
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m switchboard_stack down; else echo "nothing to stop"; fi

@@ -60,7 +60,7 @@ def main() -> int:
         tree = (
             stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
         )
-        edge, _, _ = stack.enter_context(bench.switchboard(upstream, tmp, tree))
+        edge, _, _ = stack.enter_context(bench.switchboard(upstream, tmp, tree=tree))
         bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
         recorders = []
         for name in SERVICES:

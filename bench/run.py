@@ -85,16 +85,33 @@ class System:
     usage_metrics: str = ""
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its children: a service run as SWITCHBOARD_WORKERS is a
+    supervisor (the pid file's pid) whose workers do the work."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
 def _proc_cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    ticks = 0
+    for each in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0.0
+    for each in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def _bodies(tmp: Path) -> dict[str, Path]:
@@ -188,7 +205,7 @@ def baseline_tree(ref: str, tmp: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def switchboard(
-    upstream: str, tmp: Path, tree: Path | None = None, suffix: str = ""
+    upstream: str, tmp: Path, workers: int = 1, tree: Path | None = None, suffix: str = ""
 ) -> Iterator[tuple[System, System, System]]:
     """The bench stack from this checkout, or from `tree` (another checkout's
     services and gen/, e.g. baseline_tree's), its systems' names ending in `suffix`."""
@@ -210,7 +227,12 @@ def switchboard(
             },
         ],
     }
-    env = {"SWITCHBOARD_LOG_LEVEL": "INFO", "REDIS_URL": REDIS_URL}
+    env = {
+        "SWITCHBOARD_LOG_LEVEL": "INFO",
+        "REDIS_URL": REDIS_URL,
+        # The router and the provider run this many processes each (README: workers).
+        "SWITCHBOARD_WORKERS": str(workers),
+    }
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "services"), str(tree / "gen")])
     with running_stack(config, tmp / f"switchboard{suffix}", env) as stack:
@@ -350,7 +372,13 @@ def sweep(system: System, body: Path, p: Profile) -> tuple[list[dict[str, Any]],
         )
         if concurrency == max(p.sweep) and r["ok"]:
             per = {n: (after[n] - before[n]) * tick_us / r["ok"] for n in system.pids}
-            cpu = {"cpu_us_per_request": per, "total_cpu_us_per_request": sum(per.values())}
+            total = sum(per.values())
+            cpu = {
+                "cpu_us_per_request": per,
+                "total_cpu_us_per_request": total,
+                # Requests one fully busy core serves, all of the system's processes counted.
+                "requests_per_core_s": 1e6 / total if total else None,
+            }
     return rows, cpu
 
 
@@ -667,6 +695,12 @@ def main() -> int:
         "--soak-s", type=float, default=None, help="soak duration (full run: 600; 0 skips it)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="SWITCHBOARD_WORKERS for the stack: processes of the router and of the provider",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REF",
         help="also run REF's stack (a git worktree of it) as the '-before' systems, "
@@ -684,7 +718,12 @@ def main() -> int:
         use_litellm = False
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    meta = {"mode": "quick" if args.quick else "full", "commit": commit(), "versions": versions()}
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "commit": commit(),
+        "versions": versions(),
+        "workers": args.workers,
+    }
     rows: list[dict[str, Any]] = []
 
     def row(system: str, scenario: str, **fields: Any) -> None:
@@ -700,10 +739,10 @@ def main() -> int:
         systems = [
             System("direct", url=f"{upstream}/chat/completions", pids={"upstream": upstream_pid})
         ]
-        systems += list(stack.enter_context(switchboard(upstream, tmp)))
+        systems += list(stack.enter_context(switchboard(upstream, tmp, args.workers)))
         if args.baseline:
             tree = stack.enter_context(baseline_tree(args.baseline, tmp))
-            systems += list(stack.enter_context(switchboard(upstream, tmp, tree, BEFORE)))
+            systems += list(stack.enter_context(switchboard(upstream, tmp, 1, tree, BEFORE)))
             meta["baseline"] = args.baseline
         if use_litellm:
             systems.append(stack.enter_context(litellm(upstream, tmp)))

@@ -25,9 +25,11 @@ def redact(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, worker: int | None = None) -> None:
         super().__init__()
         self.service = service
+        # Which of the service's SWITCHBOARD_WORKERS processes wrote the line.
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -35,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
+            **({} if self.worker is None else {"worker": self.worker}),
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
@@ -55,11 +58,11 @@ _started_level = "INFO"
 _followed_level = ""
 
 
-def setup_logging(service: str, level: str = "INFO") -> None:
+def setup_logging(service: str, level: str = "INFO", worker: int | None = None) -> None:
     global _started_level
     _started_level = level
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

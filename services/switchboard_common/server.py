@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchboard_common import tracing
+from switchboard_common import tracing, workers
 from switchboard_common.interceptors import ServerInterceptor
 from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields, setup_logging
@@ -48,6 +49,13 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 READINESS_PERIOD_S = 1.0
+
+
+def server_options(shared_port: bool) -> list[tuple[str, int]]:
+    """SO_REUSEPORT only where workers share the port on purpose (gRPC turns it on
+    by default on Linux): a second single process on a taken port then fails
+    loudly instead of quietly taking half the connections."""
+    return [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if shared_port else 0)]
 
 
 @dataclass
@@ -80,11 +88,16 @@ async def serve(
     *,
     grace_s: float = 10.0,
     stop: asyncio.Event | None = None,
+    worker: bool = False,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set), then drain."""
+    """Run until SIGTERM/SIGINT (or `stop` is set), then drain. A worker shares
+    its port with its siblings, leaves the metrics port to its supervisor, and
+    tells it once it serves."""
     policy = AccessPolicy(settings.admin_key)
     # The first interceptor is the outermost: it renders the policy's refusals.
-    server = grpc.aio.server(interceptors=[ServerInterceptor(name), policy], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(name), policy], options=server_options(worker)
+    )
     mounted = await setup(server, settings)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -104,7 +117,7 @@ async def serve(
         )
         if port == 0:
             raise RuntimeError(f"{name}: cannot listen on {address}")
-        metrics_port = settings.metrics_port(name)
+        metrics_port = 0 if worker else settings.metrics_port(name)
         if metrics_port:
             serve_metrics(metrics_port, settings.metrics_host)
         await server.start()
@@ -116,6 +129,8 @@ async def serve(
             "serving",
             extra=log_fields(address=f"{settings.host}:{port}", metrics_port=metrics_port),
         )
+        if worker:
+            workers.report_ready()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
@@ -171,12 +186,31 @@ async def _report_readiness(
         last = await _set_readiness(servicer, mounted, last)
 
 
-def main(name: str, setup: Setup) -> None:
-    """Entry point of `python -m switchboard_<name>`."""
+def main(name: str, setup: Setup, workers_check: workers.WorkersCheck | None = None) -> None:
+    """Entry point of `python -m switchboard_<name>`. A service that passes
+    `workers_check` runs SWITCHBOARD_WORKERS processes (see workers.py); the
+    others run one whatever it says."""
     settings = Settings.from_env()
-    setup_logging(name, settings.log_level)
+    index = workers.worker_index()
+    setup_logging(name, settings.log_level, worker=index)
+    if index is None:
+        try:
+            count = workers.worker_count()
+        except workers.WorkersRefused as exc:
+            log.error("cannot start", extra=log_fields(error=str(exc)))
+            sys.exit(2)
+        if count > 1 and workers_check is None:
+            log.info("runs one process", extra=log_fields(workers=count))
+        elif count > 1 and workers_check is not None:
+            refusal = workers_check(settings)
+            if refusal:
+                log.error("cannot start workers", extra=log_fields(workers=count, error=refusal))
+                sys.exit(2)
+            sys.exit(workers.supervise(name, settings, count))
+    else:
+        workers.die_with_parent()
     tracing.setup(name)
     try:
-        uvloop.run(serve(name, setup, settings))
+        uvloop.run(serve(name, setup, settings, worker=index is not None))
     finally:
         tracing.shutdown()

@@ -28,6 +28,7 @@ from prometheus_client import Counter
 
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import log_fields
+from switchboard_common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,23 @@ def _refuse(scope: str, retry_after_s: float) -> SwitchboardError:
         R.ERROR_REASON_RATE_LIMITED,
         f"Rate limit reached for {who} ({kind.upper()}); retry after {retry_after_s:.1f}s.",
         retry_after_s=max(retry_after_s, 0.001),
+    )
+
+
+def workers_refusal(settings: Settings) -> str | None:
+    """Why this router cannot run as SWITCHBOARD_WORKERS processes, if it cannot.
+    Without REDIS_URL each process keeps its own window, so N workers would admit
+    N times a limit. Keys and models (and their limits) come from the registry
+    and change while the router runs, so a limit-free config at start proves
+    nothing: workers need the shared store whatever the config says now.
+    (Breakers and budgets' in-flight holds are per process, as they are per
+    replica; spend itself comes from the usage service, shared.)"""
+    if settings.redis_url:
+        return None
+    return (
+        "SWITCHBOARD_WORKERS > 1 needs REDIS_URL for the router: without it rate limits "
+        "are counted per process, and N workers would admit N times each limit. "
+        "Set REDIS_URL, or run one worker"
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import urlsplit
 
+from switchboard_common import workers
 from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_stack import edge_surfaces
@@ -20,6 +21,8 @@ DESCRIPTOR = REPO / "gen" / "switchboard.binpb"
 CONSOLE_DIR = REPO / "deploy" / "console"
 CONSOLE_MAX_FILE_BYTES = 1024 * 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# Calls per Envoy→router connection when the router runs several workers.
+ROUTER_STREAMS_PER_CONNECTION = 8
 
 
 def admin_port() -> int:
@@ -150,6 +153,17 @@ def tracing(settings: Settings) -> tuple[str, str]:
     return f"tracing: {json.dumps(entry)}", f"- {json.dumps(cluster)}"
 
 
+def router_h2_options() -> str:
+    """The router cluster's HTTP/2 options. One connection per Envoy thread would
+    land every call of that thread on one of the router's workers (the kernel
+    picks a SO_REUSEPORT socket per connection): with workers, a connection
+    carries at most ROUTER_STREAMS_PER_CONNECTION calls, so more connections
+    open under load and spread over them."""
+    if workers.worker_count() > 1:
+        return json.dumps({"max_concurrent_streams": ROUTER_STREAMS_PER_CONNECTION})
+    return "{}"
+
+
 def values(settings: Settings) -> dict[str, str]:
     out = {
         "ADMIN_HOST": "127.0.0.1",
@@ -167,6 +181,7 @@ def values(settings: Settings) -> dict[str, str]:
         "SEED_ROUTES": edge_surfaces.routes_yaml(),
         "CORS_POLICY": json.dumps(edge_surfaces.cors_policy()),
     }
+    out["ROUTER_H2_OPTIONS"] = router_h2_options()
     out["EDGE_TRACING"], out["TRACING_CLUSTER"] = tracing(settings)
     out["MONITOR_HOST"], _, out["MONITOR_PORT"] = settings.monitor_address().rpartition(":")
     out["MONITOR_TRANSPORT_SOCKET"] = json.dumps(
