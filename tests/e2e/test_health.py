@@ -41,15 +41,20 @@ def _health(stack: Stack) -> httpx.Response:
     return httpx.get(f"{stack.edge_url}/healthz", timeout=10)
 
 
-def _until_status(stack: Stack, status: int, within_s: float) -> tuple[float, httpx.Response]:
-    """Seconds until /healthz answered `status` (polled every 50 ms), failing past within_s."""
+def _until_status(
+    stack: Stack, status: int, within_s: float, says: str | None = None
+) -> tuple[float, httpx.Response]:
+    """Seconds until /healthz answered `status` (and, given `says`, that body
+    status), polled every 50 ms, failing past within_s."""
     start = time.monotonic()
     while True:
         reply = _health(stack)
         elapsed = time.monotonic() - start
-        if reply.status_code == status:
+        if reply.status_code == status and (says is None or reply.json()["status"] == says):
             return elapsed, reply
-        assert elapsed < within_s, f"/healthz still {reply.status_code} after {elapsed:.1f}s"
+        assert elapsed < within_s, (
+            f"/healthz still {reply.status_code} after {elapsed:.1f}s: {reply.text}"
+        )
         time.sleep(0.05)
 
 
@@ -63,9 +68,10 @@ def _router_health(stack: Stack, service: str) -> int:
 
 
 def test_healthz_names_every_component(stack: Stack) -> None:
-    _, reply = _until_status(stack, 200, BACK_WITHIN_S)
+    # A component still starting (on a loaded machine, for seconds after the
+    # stack is up) is "degraded" with 200: wait until every one is ok.
+    _, reply = _until_status(stack, 200, BACK_WITHIN_S, says="ok")
     body = reply.json()
-    assert body["status"] == "ok"
     assert body["version"] == importlib.metadata.version("switchboard")
     components = body["components"]
     # The engine joins these where the stack runs one.
