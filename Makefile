@@ -150,8 +150,10 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 	@touch $@
 
 # make bench WORKERS=2: the router and the provider run 2 processes each (SWITCHBOARD_WORKERS).
-bench: install $(BENCH_VENV)/.installed
-	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS))
+# BASELINE=<git ref> also runs that commit's stack beside this one (before/after in one run).
+bench: install engines $(BENCH_VENV)/.installed
+	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(BASELINE),--baseline $(BASELINE))
+	$(PY) bench/engine_bench.py
 
 bench-quick: install
 	$(PY) bench/run.py --quick --out bench/out $(if $(WORKERS),--workers $(WORKERS))
