@@ -16,10 +16,15 @@ import pytest
 import pytest_asyncio
 
 from switchboard_stack.harness import Stack, running_stack
+from tests.support import loop_watch
 from tests.support.gemini_upstream import GeminiUpstream
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
 T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    loop_watch.install()
 
 
 @pytest.fixture(autouse=True)
