@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from switchboard_common.env import SettingsError
 from switchboard_common.tls import TlsFiles
 
 SERVICE_PORTS = {
@@ -30,7 +31,7 @@ def _int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
 
 
 @dataclass(frozen=True)
