@@ -88,3 +88,8 @@ def addresses(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not sep or not host or not port.isdigit():
             raise SettingsError(f"{name}: expected host:port, got {address!r}")
     return listed
+
+
+def text(env: Mapping[str, str], name: str, default: str = "") -> str:
+    """A string as given (surrounding blanks dropped); empty means the default."""
+    return _raw(env, name) or default

@@ -41,6 +41,8 @@ class EngineSettings:
     stable_after_s: float = 300.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    # Scripted GPU readings instead of NVML (SWITCHBOARD_GPU_SCRIPT), as the gpu service's.
+    gpu_script: Path | None = None
 
     def backoff_s(self, attempt: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
@@ -48,6 +50,7 @@ class EngineSettings:
     @classmethod
     def from_env(cls, settings: Settings) -> EngineSettings:
         bind = os.environ.get("SWITCHBOARD_ENGINE_BIND_HOST") or "127.0.0.1"
+        script = os.environ.get("SWITCHBOARD_GPU_SCRIPT")
         return cls(
             home=settings.home,
             node=os.environ.get("SWITCHBOARD_NODE_NAME") or socket.gethostname(),
@@ -59,4 +62,5 @@ class EngineSettings:
             health_interval_s=_float("SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S", 1.0),
             restart_limit=_int("SWITCHBOARD_ENGINE_RESTART_LIMIT", 3),
             backoff_base_s=_float("SWITCHBOARD_ENGINE_BACKOFF_S", 0.5),
+            gpu_script=Path(script) if script else None,
         )

@@ -408,9 +408,10 @@ async def test_admission_and_missing_binaries_are_refused_at_once(
             }
         )
     )
-    monkeypatch.setenv("SWITCHBOARD_GPU_SCRIPT", str(gpus))
     monkeypatch.setenv("SWITCHBOARD_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
-    async with engine_service(tmp_path, monkeypatch, max_concurrent_models=1) as env:
+    async with engine_service(
+        tmp_path, monkeypatch, max_concurrent_models=1, gpu_script=gpus
+    ) as env:
         env.ready.touch()
         for name, config in [
             ("a", vllm_config("org/a")),
