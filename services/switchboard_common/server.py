@@ -191,7 +191,12 @@ def main(name: str, setup: Setup, workers_check: workers.WorkersCheck | None = N
     """Entry point of `python -m switchboard_<name>`. A service that passes
     `workers_check` runs SWITCHBOARD_WORKERS processes (see workers.py); the
     others run one whatever it says."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        # Before logging is set up (its level is one of these settings).
+        print(f"switchboard-{name}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
     index = workers.worker_index()
     setup_logging(name, settings.log_level, worker=index)
     if index is None:

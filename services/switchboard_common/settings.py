@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from switchboard_common import env as values
 from switchboard_common.env import SettingsError
 from switchboard_common.tls import TlsFiles
 
@@ -52,6 +53,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # Mutual TLS between services; None means plaintext.
     tls: TlsFiles | None = None
+    # How long a service's start waits for the registry's first snapshot.
+    registry_wait_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -76,9 +79,10 @@ class Settings:
             redis_url=os.environ.get("REDIS_URL") or None,
             admin_key=os.environ.get("SWITCHBOARD_ADMIN_KEY") or None,
             log_level=(os.environ.get("SWITCHBOARD_LOG_LEVEL") or "INFO").upper(),
-            drain_delay_s=float(os.environ.get("SWITCHBOARD_DRAIN_DELAY_S") or 0),
+            drain_delay_s=values.number(os.environ, "SWITCHBOARD_DRAIN_DELAY_S", 0.0, minimum=0),
             metrics_host=os.environ.get("SWITCHBOARD_METRICS_HOST") or "127.0.0.1",
             tls=TlsFiles.from_env(),
+            registry_wait_s=values.number(os.environ, "SWITCHBOARD_REGISTRY_WAIT_S", 30.0, above=0),
         )
 
     def registry_url(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from switchboard_common import env as values
 from switchboard_common.env import SettingsError
@@ -63,10 +64,14 @@ class RouterSettings:
     limits_fail_open: bool = True
     # The gpu services to watch; empty means the one at the gpu service's address.
     gpu_addresses: tuple[str, ...] = ()
+    # Inference Manager's token login (seed 004): username:role:scrypt lines;
+    # None turns it off. The file is read per login, so edits apply at once.
+    accounts_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterSettings:
         env = os.environ if env is None else env
+        accounts = values.text(env, "SWITCHBOARD_ACCOUNTS_FILE")
         return cls(
             max_attempts=values.integer(
                 env, "SWITCHBOARD_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1
@@ -97,4 +102,5 @@ class RouterSettings:
             )
             == "open",
             gpu_addresses=values.addresses(env, "SWITCHBOARD_GPU_ADDRS"),
+            accounts_file=Path(accounts) if accounts else None,
         )

@@ -36,6 +36,7 @@ def test_defaults_match_the_readme() -> None:
     assert settings.gpu_saturated_percent == 95.0
     assert settings.limits_fail_open is True
     assert settings.gpu_addresses == ()
+    assert settings.accounts_file is None
 
 
 def test_every_variable_is_read() -> None:
@@ -56,6 +57,7 @@ def test_every_variable_is_read() -> None:
             "SWITCHBOARD_GPU_SATURATED_PERCENT": "80",
             "SWITCHBOARD_LIMITS_ON_REDIS_ERROR": "closed",
             "SWITCHBOARD_GPU_ADDRS": " gpu-a:50055, ,10.0.0.2:50055 ",
+            "SWITCHBOARD_ACCOUNTS_FILE": "/etc/switchboard/accounts.txt",
         }
     )
     assert settings == RouterSettings(
@@ -76,6 +78,7 @@ def test_every_variable_is_read() -> None:
         gpu_saturated_percent=80.0,
         limits_fail_open=False,
         gpu_addresses=("gpu-a:50055", "10.0.0.2:50055"),
+        accounts_file=Path("/etc/switchboard/accounts.txt"),
     )
 
 
