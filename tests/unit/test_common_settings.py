@@ -87,3 +87,20 @@ def test_a_service_refuses_to_start_on_a_bad_shared_value(tmp_path: Path) -> Non
     assert done.returncode == 2, done.stderr
     assert "switchboard-usage: cannot start: SWITCHBOARD_REGISTRY_WAIT_S" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_engine_reads_its_binaries_and_names_a_bad_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from switchboard_engine.settings import EngineSettings
+
+    monkeypatch.setenv("SWITCHBOARD_LLAMA_SERVER", str(tmp_path / "llama-server"))
+    monkeypatch.setenv("SWITCHBOARD_VLLM_BIN", str(tmp_path / "vllm"))
+    monkeypatch.setenv("SWITCHBOARD_GPU_SCRIPT", str(tmp_path / "gpus.json"))
+    engine = EngineSettings.from_env(Settings.from_env())
+    assert engine.llama_server == tmp_path / "llama-server"
+    assert engine.vllm_bin == tmp_path / "vllm"
+    assert engine.gpu_script == tmp_path / "gpus.json"
+    monkeypatch.setenv("SWITCHBOARD_ENGINE_START_TIMEOUT_S", "2m")
+    with pytest.raises(SettingsError, match="SWITCHBOARD_ENGINE_START_TIMEOUT_S"):
+        EngineSettings.from_env(Settings.from_env())
