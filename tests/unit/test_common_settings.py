@@ -104,3 +104,26 @@ def test_the_engine_reads_its_binaries_and_names_a_bad_value(
     monkeypatch.setenv("SWITCHBOARD_ENGINE_START_TIMEOUT_S", "2m")
     with pytest.raises(SettingsError, match="SWITCHBOARD_ENGINE_START_TIMEOUT_S"):
         EngineSettings.from_env(Settings.from_env())
+
+
+def test_addresses_and_ports_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHBOARD_HOST", "10.0.0.1")
+    monkeypatch.setenv("SWITCHBOARD_USAGE_ADDR", "usage.internal:7000")
+    monkeypatch.setenv("SWITCHBOARD_GPU_METRICS_PORT", "0")
+    monkeypatch.setenv("SWITCHBOARD_GPU_MONITOR_PORT", "61057")
+    monkeypatch.delenv("SWITCHBOARD_GPU_MONITOR_ADDR", raising=False)
+    monkeypatch.delenv("SWITCHBOARD_REGISTRY_ADDR", raising=False)
+    monkeypatch.delenv("SWITCHBOARD_REGISTRY_METRICS_PORT", raising=False)
+    monkeypatch.delenv("SWITCHBOARD_GPU_ADDR", raising=False)
+    settings = Settings.from_env()
+    # Changed after the read: no effect on the settings already built.
+    monkeypatch.setenv("SWITCHBOARD_REGISTRY_ADDR", "elsewhere:1")
+    monkeypatch.setenv("SWITCHBOARD_GPU_MONITOR_ADDR", "elsewhere:2")
+    assert settings.address("usage") == "usage.internal:7000"
+    assert settings.address("registry") == f"10.0.0.1:{settings.ports['registry']}"
+    assert settings.metrics_port("gpu") == 0
+    assert settings.metrics_port("registry") == settings.ports["registry"] + 1000
+    assert settings.monitor_address() == "10.0.0.1:61057"
+    monkeypatch.setenv("SWITCHBOARD_GPU_MONITOR_PORT", "monitor")
+    with pytest.raises(SettingsError, match="SWITCHBOARD_GPU_MONITOR_PORT"):
+        Settings.from_env()
