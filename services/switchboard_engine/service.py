@@ -29,7 +29,7 @@ from switchboard_engine.manager import EngineManager
 from switchboard_engine.registry_link import RegistryLink
 from switchboard_engine.resources import GpuProbe
 from switchboard_engine.settings import EngineSettings
-from switchboard_gpu.nvml import backend_from_env
+from switchboard_gpu.nvml import backend_for
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["EngineService"]
@@ -207,7 +207,7 @@ async def setup(
 ) -> Mounted:
     config = engine_settings or EngineSettings.from_env(settings)
     registry = service_channel(settings.address("registry"), settings.tls)
-    gpus = GpuProbe(backend_from_env())
+    gpus = GpuProbe(backend_for(config.gpu_script))
     manager = EngineManager(config, RegistryLink(registry, settings.admin_key, config.node), gpus)
     loaded = await _load_engines(manager, registry_wait_s)
     if loaded:

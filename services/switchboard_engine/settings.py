@@ -7,17 +7,22 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from switchboard_common import env as values
 from switchboard_common.settings import Settings
 
 
+# Counts and durations: none may be negative; a bad one names its variable.
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
+    return values.number(os.environ, name, default, minimum=0)
 
 
 def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
+    return values.integer(os.environ, name, default, minimum=0)
+
+
+def _path(name: str) -> Path | None:
+    raw = values.text(os.environ, name)
+    return Path(raw) if raw else None
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class EngineSettings:
     stable_after_s: float = 300.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    # Scripted GPU readings instead of NVML (SWITCHBOARD_GPU_SCRIPT), as the gpu service's.
+    gpu_script: Path | None = None
+    # The engines' binaries where not the installed ones (SWITCHBOARD_LLAMA_SERVER,
+    # SWITCHBOARD_VLLM_BIN).
+    llama_server: Path | None = None
+    vllm_bin: Path | None = None
 
     def backoff_s(self, attempt: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
@@ -59,4 +70,7 @@ class EngineSettings:
             health_interval_s=_float("SWITCHBOARD_ENGINE_HEALTH_INTERVAL_S", 1.0),
             restart_limit=_int("SWITCHBOARD_ENGINE_RESTART_LIMIT", 3),
             backoff_base_s=_float("SWITCHBOARD_ENGINE_BACKOFF_S", 0.5),
+            gpu_script=_path("SWITCHBOARD_GPU_SCRIPT"),
+            llama_server=_path("SWITCHBOARD_LLAMA_SERVER"),
+            vllm_bin=_path("SWITCHBOARD_VLLM_BIN"),
         )

@@ -13,9 +13,9 @@ from switchboard.gpu.v1 import gpu_pb2
 MIB = 1024 * 1024
 
 
-def disk_path() -> Path:
-    """The filesystem that holds Switchboard's state (models, logs, data)."""
-    home = Path(os.environ.get("SWITCHBOARD_HOME", ".switchboard"))
+def disk_path(home: Path) -> Path:
+    """The filesystem that holds Switchboard's state (models, logs, data):
+    SWITCHBOARD_HOME's, or its nearest existing parent's."""
     while not home.exists() and home != home.parent:
         home = home.parent
     return home.resolve()

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from switchboard.gpu.v1 import gpu_pb2
 from switchboard.usage.v1 import usage_pb2
+from switchboard_common import env as values
+from switchboard_common.env import SettingsError
 from switchboard_common.errors import SwitchboardError
 from switchboard_common.logs import log_fields
 from switchboard_gpu.alerts import AlertEvaluator, enabled, is_model_rule
@@ -41,14 +42,13 @@ class ModelAlertSettings:
     window: str = "5m"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ModelAlertSettings:
-        env = os.environ if env is None else env
-        interval = float(env.get("SWITCHBOARD_MODEL_ALERT_INTERVAL_S") or cls.interval_s)
-        if not 0 < interval <= 3600:
-            raise ValueError("SWITCHBOARD_MODEL_ALERT_INTERVAL_S must be in (0, 3600]")
-        window = env.get("SWITCHBOARD_MODEL_ALERT_WINDOW") or cls.window
+    def from_env(cls, env: Mapping[str, str]) -> ModelAlertSettings:
+        interval = values.number(
+            env, "SWITCHBOARD_MODEL_ALERT_INTERVAL_S", cls.interval_s, above=0, maximum=3600
+        )
+        window = values.text(env, "SWITCHBOARD_MODEL_ALERT_WINDOW", cls.window)
         if not _WINDOW.match(window):
-            raise ValueError(
+            raise SettingsError(
                 f"SWITCHBOARD_MODEL_ALERT_WINDOW must be a duration like 5m or 30s, got {window!r}"
             )
         return cls(interval_s=interval, window=window)

@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import ssl
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -57,10 +56,6 @@ _DOCUMENT_FIELDS = frozenset(
     {"model_id", "status", "health", "timestamp", "alert_id", "severity", "message"}
 )
 _UNAUTHENTICATED = {R.ERROR_REASON_MISSING_API_KEY, R.ERROR_REASON_INVALID_API_KEY}
-
-
-def ping_interval_s() -> float:
-    return float(os.environ.get("SWITCHBOARD_GPU_MONITOR_PING_S") or 20)
 
 
 def message(event: gpu_pb2.WatchMonitorResponse) -> str:
@@ -141,8 +136,11 @@ class MonitorSocket:
         feed: MonitorServicer,
         active: Callable[[], Sequence[gpu_pb2.GpuAlert]],
         admin_key: str | None,
+        ping_interval_s: float = 20.0,
     ) -> None:
         self._feed = feed
+        # How often an idle client is pinged (SWITCHBOARD_GPU_MONITOR_PING_S).
+        self._ping_interval_s = ping_interval_s
         self._active = active
         # Only ADMIN and PUBLIC methods are decided without the client key table
         # (which the gpu service does not follow): refuse to serve under any other.
@@ -158,7 +156,7 @@ class MonitorSocket:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
             context.load_cert_chain(str(tls.cert), str(tls.key))
             context.verify_mode = ssl.CERT_REQUIRED
-        interval = ping_interval_s()
+        interval = self._ping_interval_s
         self._server = await serve(
             self._session,
             host,

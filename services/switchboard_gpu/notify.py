@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import smtplib
 import sqlite3
 import time
@@ -32,6 +31,8 @@ import httpx
 from google.protobuf import json_format
 
 from switchboard.gpu.v1 import gpu_pb2
+from switchboard_common import env as values
+from switchboard_common.env import SettingsError
 from switchboard_common.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,15 @@ class WebhookSettings:
     timeout_s: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookSettings | None:
-        env = os.environ if env is None else env
-        url = env.get("SWITCHBOARD_ALERT_WEBHOOK_URL", "")
+    def from_env(cls, env: Mapping[str, str]) -> WebhookSettings | None:
+        url = values.text(env, "SWITCHBOARD_ALERT_WEBHOOK_URL")
         if not url:
             return None
         secret = env.get("SWITCHBOARD_ALERT_WEBHOOK_SECRET", "")
         if not secret:
-            raise ValueError("SWITCHBOARD_ALERT_WEBHOOK_URL needs SWITCHBOARD_ALERT_WEBHOOK_SECRET")
+            raise SettingsError(
+                "SWITCHBOARD_ALERT_WEBHOOK_URL needs SWITCHBOARD_ALERT_WEBHOOK_SECRET"
+            )
         return cls(url=url, secret=secret)
 
 
@@ -79,21 +81,20 @@ class EmailSettings:
     timeout_s: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EmailSettings | None:
-        env = os.environ if env is None else env
-        host = env.get("SWITCHBOARD_ALERT_SMTP_HOST", "")
+    def from_env(cls, env: Mapping[str, str]) -> EmailSettings | None:
+        host = values.text(env, "SWITCHBOARD_ALERT_SMTP_HOST")
         if not host:
             return None
         recipients = tuple(
             r.strip() for r in env.get("SWITCHBOARD_ALERT_EMAIL_TO", "").split(",") if r.strip()
         )
-        sender = env.get("SWITCHBOARD_ALERT_EMAIL_FROM", "")
+        sender = values.text(env, "SWITCHBOARD_ALERT_EMAIL_FROM")
         if not recipients or not sender:
-            raise ValueError(
+            raise SettingsError(
                 "SWITCHBOARD_ALERT_SMTP_HOST needs SWITCHBOARD_ALERT_EMAIL_FROM and "
                 "SWITCHBOARD_ALERT_EMAIL_TO"
             )
-        port = int(env.get("SWITCHBOARD_ALERT_SMTP_PORT") or 25)
+        port = values.integer(env, "SWITCHBOARD_ALERT_SMTP_PORT", 25, minimum=1)
         return cls(host=host, port=port, sender=sender, recipients=recipients)
 
 

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -334,11 +333,11 @@ class ScriptFileNvml(ScriptedNvml):
         return super().device_count()
 
 
-def backend_from_env() -> NvmlBackend:
-    """SWITCHBOARD_GPU_SCRIPT's readings where it is set (demos, tests), else NVML.
-    Shared by the gpu and engine services, so they see the same GPUs."""
-    script = os.environ.get("SWITCHBOARD_GPU_SCRIPT")
-    if script:
+def backend_for(script: Path | None) -> NvmlBackend:
+    """A script's readings where one is given (SWITCHBOARD_GPU_SCRIPT: demos,
+    tests), else NVML. Shared by the gpu and engine services, so they see the
+    same GPUs."""
+    if script is not None:
         log.warning("gpu readings come from a script, not NVML", extra=log_fields(path=script))
         return ScriptFileNvml(Path(script))
     return PynvmlBackend()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 
 from switchboard.gpu.v1 import gpu_pb2
+from switchboard_common.settings import Settings
 from switchboard_gpu.nvml import PynvmlBackend
-from switchboard_gpu.sampler import Sampler, SamplerConfig
+from switchboard_gpu.sampler import Sampler
+from switchboard_gpu.settings import GpuSettings
 
 _EXIT = {gpu_pb2.NVML_STATE_AVAILABLE: 0, gpu_pb2.NVML_STATE_UNAVAILABLE: 2}
 _ABSENT = "n/a"
@@ -61,7 +63,7 @@ def render(status: gpu_pb2.NodeStatus) -> str:
 
 
 def main() -> int:
-    sampler = Sampler(PynvmlBackend(), SamplerConfig.from_env())
+    sampler = Sampler(PynvmlBackend(), GpuSettings.from_env(Settings.from_env()).sampler)
     try:
         status = sampler.sample(processes=True)
     finally:

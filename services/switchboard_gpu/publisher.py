@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge
 
 from switchboard.gpu.v1 import events_pb2, gpu_pb2
+from switchboard_common import env as values
 from switchboard_common.ids import uuid7
 from switchboard_common.pipeline.confirmations import ConfirmationListener
 from switchboard_common.pipeline.kafka import KafkaSettings, Producer
@@ -50,11 +50,10 @@ class PublisherSettings:
     )
 
     @classmethod
-    def from_env(cls, bootstrap: str, env: Mapping[str, str] | None = None) -> PublisherSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, bootstrap: str, env: Mapping[str, str]) -> PublisherSettings:
         return cls(
             kafka=KafkaSettings.from_env(bootstrap, env),
-            sample_buffer=int(env.get("SWITCHBOARD_GPU_SAMPLE_BUFFER") or 3600),
+            sample_buffer=values.integer(env, "SWITCHBOARD_GPU_SAMPLE_BUFFER", 3600, minimum=1),
             outbox=OutboxSettings.from_env(
                 "SWITCHBOARD_GPU_ALERTS_MAX_BYTES", DEFAULT_MAX_BYTES, env
             ),

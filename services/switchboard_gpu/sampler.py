@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from switchboard.gpu.v1 import gpu_pb2
+from switchboard_common import env as values
 from switchboard_common import gpu_health
+from switchboard_common.env import SettingsError
 from switchboard_common.gpu_metrics import GPU_METRIC_FIELDS
 from switchboard_common.logs import log_fields
 from switchboard_gpu import host, metrics
@@ -46,20 +48,11 @@ def parse_labels(raw: str) -> dict[str, str]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"SWITCHBOARD_NODE_LABELS: expected key=value, got {item.strip()!r}")
+            raise SettingsError(
+                f"SWITCHBOARD_NODE_LABELS: expected key=value, got {item.strip()!r}"
+            )
         labels[key.strip()] = value.strip()
     return labels
-
-
-def _env_positive(env: Mapping[str, str], name: str, default: float, kind: type[float]) -> float:
-    raw = env.get(name, "")
-    try:
-        value = kind(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -76,19 +69,25 @@ class SamplerConfig:
     watcher_queue: int = 8
     # At or above this utilisation a device is SATURATED (SWITCHBOARD_GPU_SATURATED_PERCENT).
     saturated_percent: float = SATURATED_UTIL_PERCENT
+    # SWITCHBOARD_HOME: its filesystem's usage is reported beside each sample.
+    home: Path = Path(".switchboard")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SamplerConfig:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> SamplerConfig:
+        """The sampler's part of GpuSettings (settings.py), which sets `home`."""
         return cls(
-            interval_s=_env_positive(env, "SWITCHBOARD_GPU_INTERVAL_S", 1.0, float),
-            process_every=int(_env_positive(env, "SWITCHBOARD_GPU_PROCESS_EVERY", 5, int)),
+            interval_s=values.number(env, "SWITCHBOARD_GPU_INTERVAL_S", 1.0, above=0),
+            process_every=values.integer(env, "SWITCHBOARD_GPU_PROCESS_EVERY", 5, above=0),
             # In k8s the pod's hostname is not the node's, and deployments'
             # gpu_node names the node: the DaemonSet passes spec.nodeName here.
             hostname=env.get("SWITCHBOARD_NODE_NAME") or socket.gethostname(),
             labels=parse_labels(env.get("SWITCHBOARD_NODE_LABELS", "")),
-            saturated_percent=_env_positive(
-                env, "SWITCHBOARD_GPU_SATURATED_PERCENT", SATURATED_UTIL_PERCENT, float
+            saturated_percent=values.number(
+                env,
+                "SWITCHBOARD_GPU_SATURATED_PERCENT",
+                SATURATED_UTIL_PERCENT,
+                above=0,
+                maximum=100,
             ),
         )
 
@@ -196,7 +195,7 @@ class Sampler:
         self._started_interval_s = config.interval_s
         self._retuned = asyncio.Event()
         self._clock = clock
-        self._disk = host.disk_path()
+        self._disk = host.disk_path(config.home)
         self._process = process
         self._tick = tick
         # One NVML user at a time: a sample whose task was cancelled keeps

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -38,13 +37,14 @@ from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_gpu.alert_store import AlertStore
 from switchboard_gpu.alerts import AlertEvaluator
-from switchboard_gpu.model_alerts import ModelAlerts, ModelAlertSettings
+from switchboard_gpu.model_alerts import ModelAlerts
 from switchboard_gpu.monitor_feed import EVENTS, EngineStatuses, MonitorServicer
 from switchboard_gpu.monitor_ws import MonitorSocket
-from switchboard_gpu.notify import EmailSettings, Notifier, WebhookSettings
-from switchboard_gpu.nvml import NvmlBackend, backend_from_env
-from switchboard_gpu.publisher import HistoryPublisher, PublisherSettings
+from switchboard_gpu.notify import Notifier
+from switchboard_gpu.nvml import NvmlBackend, backend_for
+from switchboard_gpu.publisher import HistoryPublisher
 from switchboard_gpu.sampler import Clock, Sampler, SamplerConfig, annotate
+from switchboard_gpu.settings import GpuSettings
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -317,9 +317,11 @@ async def setup(
     pass `backend` (e.g. ScriptedNvml), `config`, a `clock` and a `tick` through
     functools.partial. `publish` (default: SWITCHBOARD_GPU_PUBLISH is not 0)
     sends history to Kafka and keeps alert events in the local store."""
-    config = config or SamplerConfig.from_env()
+    # Read once, here: a bad value fails the start, naming the variable.
+    own = GpuSettings.from_env(settings)
+    config = config or own.sampler
     if publish is None:
-        publish = os.environ.get("SWITCHBOARD_GPU_PUBLISH", "1") != "0"
+        publish = own.publish
     closers: list[Callable[[], Awaitable[None]]] = []
 
     async def close() -> None:
@@ -333,7 +335,7 @@ async def setup(
         store: AlertStore | None = None
         publisher: HistoryPublisher | None = None
         if publish:
-            publishing = PublisherSettings.from_env(settings.kafka_bootstrap)
+            publishing = own.publisher
             store = AlertStore(settings.home / "gpu" / "alerts.sqlite", publishing.outbox.max_bytes)
             firing = await store.open()
             closers.append(store.close)
@@ -350,14 +352,18 @@ async def setup(
             clock=clock,
         )
         closers.append(monitor.settle)
-        webhook, email = WebhookSettings.from_env(), EmailSettings.from_env()
+        webhook, email = own.webhook, own.email
         if webhook is not None or email is not None:
             notifier = Notifier(settings.home / "gpu" / "notifications.sqlite", webhook, email)
             notifier.start()
             closers.append(notifier.close)
             monitor.notifier = notifier
         sampler = Sampler(
-            backend or backend_from_env(), config, clock=clock, process=monitor.process, tick=tick
+            backend or backend_for(own.script),
+            config,
+            clock=clock,
+            process=monitor.process,
+            tick=tick,
         )
         monitor.announce = sampler.publish_alerts
         await sampler.start()
@@ -384,7 +390,7 @@ async def setup(
             evaluator,
             history.model_performance,
             monitor.record_and_announce,
-            ModelAlertSettings.from_env(),
+            own.model_alerts,
             clock,
         )
         model_alerts.start()
@@ -398,7 +404,9 @@ async def setup(
         closers.append(engines.close)
         servicer = GpuServicer(sampler, monitor, history, engines)
         if settings.monitor_port():  # 0: no WebSocket server (as for the metrics port)
-            socket = MonitorSocket(servicer.feed, evaluator.active, settings.admin_key)
+            socket = MonitorSocket(
+                servicer.feed, evaluator.active, settings.admin_key, own.monitor_ping_s
+            )
             await socket.start(f"{settings.host}:{settings.monitor_port()}", settings.tls)
             closers.append(socket.close)
     except BaseException:

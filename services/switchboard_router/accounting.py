@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 
 from switchboard.usage.v1 import usage_pb2
 from switchboard_common.ids import uuid7
@@ -16,22 +15,28 @@ from switchboard_router.admission import Admission
 from switchboard_router.budgets import Budgets
 from switchboard_router.catalog import Candidate
 from switchboard_router.limits import Limiter
+from switchboard_router.settings import DEFAULT_DURABLE_WAIT_S
 from switchboard_router.surfaces import surface
 from switchboard_router.usage_reporter import UsageReporter
 
 usage_log = logging.getLogger("switchboard.usage")
 
-# The longest a reply waits for its usage record to be durable while the usage
-# service is up (it normally takes a millisecond or two: a group-committed fsync).
-DURABLE_WAIT_S = float(os.environ.get("SWITCHBOARD_USAGE_DURABLE_WAIT_S") or 1.0)
 # How long a shutdown lets settlements in flight finish before it cancels them.
 SETTLE_GRACE_S = 2.0
 
 
 class Accounting:
     def __init__(
-        self, usage: UsageReporter, limiter: Limiter, budgets: Budgets, instance: str
+        self,
+        usage: UsageReporter,
+        limiter: Limiter,
+        budgets: Budgets,
+        instance: str,
+        durable_wait_s: float = DEFAULT_DURABLE_WAIT_S,
     ) -> None:
+        # The longest a reply waits for its usage record to be durable while
+        # the usage service is up (SWITCHBOARD_USAGE_DURABLE_WAIT_S).
+        self.durable_wait_s = durable_wait_s
         self.usage = usage
         self.limiter = limiter
         self.budgets = budgets
@@ -103,7 +108,7 @@ class Accounting:
     async def durable(self, event_id: str) -> None:
         """The answer's end (unary reply, or the stream's [DONE]) waits for the
         usage service to hold the record durably."""
-        await self.usage.durable(event_id, DURABLE_WAIT_S)
+        await self.usage.durable(event_id, self.durable_wait_s)
 
     def settle(self, admission: Admission) -> None:
         """Replace token estimates with what the attempts used (in the background:

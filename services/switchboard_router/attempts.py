@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -37,12 +36,12 @@ from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.catalog import Candidate
 from switchboard_router.cut_short import CutShort
 from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing
+from switchboard_router.settings import DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_CALL_S = 600.0
-MAX_ATTEMPTS = int(os.environ.get("SWITCHBOARD_MAX_ATTEMPTS") or 3)
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
@@ -230,7 +229,7 @@ class Speech:
 
 class Attempts:
     def __init__(
-        self, routing: Routing, accounting: Accounting, max_attempts: int = MAX_ATTEMPTS
+        self, routing: Routing, accounting: Accounting, max_attempts: int = DEFAULT_MAX_ATTEMPTS
     ) -> None:
         self.routing = routing
         self.accounting = accounting

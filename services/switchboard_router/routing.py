@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -79,20 +78,6 @@ ATTEMPTS = Counter(
     ["deployment", "outcome"],
 )
 _STATE_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
-
-
-def breaker_config_from_env() -> BreakerConfig:
-    def number(name: str, default: float) -> float:
-        return float(os.environ.get(name) or default)
-
-    return BreakerConfig(
-        consecutive_failures=int(number("SWITCHBOARD_BREAKER_CONSECUTIVE_FAILURES", 5)),
-        error_rate=number("SWITCHBOARD_BREAKER_ERROR_RATE", 0.5),
-        min_requests=int(number("SWITCHBOARD_BREAKER_MIN_REQUESTS", 20)),
-        window_s=number("SWITCHBOARD_BREAKER_WINDOW_S", 30.0),
-        cooldown_s=number("SWITCHBOARD_BREAKER_COOLDOWN_S", 30.0),
-        half_open_probes=int(number("SWITCHBOARD_BREAKER_HALF_OPEN_PROBES", 1)),
-    )
 
 
 @dataclass(frozen=True)

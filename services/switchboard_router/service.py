@@ -28,11 +28,7 @@ from switchboard.usage.v1 import usage_pb2_grpc
 from switchboard_common.channels import channel as service_channel
 from switchboard_common.config import SwitchboardConfig
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_common.gpu_health import (
-    DEFAULT_SATURATED_PERCENT,
-    GpuHealthBoard,
-    follow_gpu_health,
-)
+from switchboard_common.gpu_health import GpuHealthBoard, follow_gpu_health
 from switchboard_common.ids import uuid7
 from switchboard_common.keys import KeyTable
 from switchboard_common.policy import current_caller
@@ -52,7 +48,8 @@ from switchboard_router.default_models import default_model
 from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
 from switchboard_router.media import MediaHandlers
-from switchboard_router.routing import Routing, breaker_config_from_env
+from switchboard_router.routing import Routing
+from switchboard_router.settings import RouterSettings
 from switchboard_router.speech_cache import SpeechCache
 from switchboard_router.surfaces.mount import mount_surfaces, refusal
 from switchboard_router.usage_reporter import UsageReporter
@@ -119,15 +116,17 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         gpu_addresses: Sequence[str] = (),
         tls: TlsFiles | None = None,
         speech_cache: SpeechCache | None = None,
+        settings: RouterSettings | None = None,
     ):
+        self.settings = settings or RouterSettings()
         self.created = int(time.time())
         self._gpu_addresses = list(gpu_addresses)
         self._tls = tls
         self._gpu_watches: list[asyncio.Task[None]] = []
-        seed = os.environ.get("SWITCHBOARD_ROUTING_SEED")
+        seed = self.settings.routing_seed
         # A fixed seed makes weighted choices reproducible (tests, benchmarks).
-        rng = random.Random(int(seed)) if seed else None  # noqa: S311 - not security
-        self.routing = Routing(limiter, breaker_config_from_env(), rng=rng)
+        rng = random.Random(seed) if seed is not None else None  # noqa: S311 - not security
+        self.routing = Routing(limiter, self.settings.breaker, rng=rng)
         # The registry's service settings (seed 004's config); the prober reads them.
         self.service_settings = registry_pb2.ServiceSettings()
         self.reconfigure(config, 0)
@@ -137,9 +136,11 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         self.health: HealthMonitor | None = None
         self.gate = Gate(usage, limiter, self.budgets)
         self.usage = usage
-        self.accounting = Accounting(usage, limiter, self.budgets, self.instance)
-        self.attempts = Attempts(self.routing, self.accounting)
-        self.speech_cache = speech_cache or SpeechCache(None)
+        self.accounting = Accounting(
+            usage, limiter, self.budgets, self.instance, self.settings.usage_durable_wait_s
+        )
+        self.attempts = Attempts(self.routing, self.accounting, self.settings.max_attempts)
+        self.speech_cache = speech_cache or SpeechCache(None, self.settings.tts_cache_ttl_s)
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         """Serve from a new registry snapshot; calls in flight keep the old one."""
@@ -155,11 +156,7 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         if bound and self.routing.gpu is None and self._gpu_addresses:
             # Only once a deployment is bound to a GPU: a stack without GPUs
             # should not keep dialling gpu services.
-            self.routing.gpu = GpuHealthBoard(
-                saturated_percent=float(
-                    os.environ.get("SWITCHBOARD_GPU_SATURATED_PERCENT") or DEFAULT_SATURATED_PERCENT
-                )
-            )
+            self.routing.gpu = GpuHealthBoard(saturated_percent=self.settings.gpu_saturated_percent)
             self._gpu_watches = [
                 asyncio.get_running_loop().create_task(follow_gpu_health(address, self.routing.gpu))
                 for address in self._gpu_addresses
@@ -402,23 +399,24 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
 
 
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
+    # Read once, here: a bad value fails the start, naming the variable.
+    own = RouterSettings.from_env()
     channel = service_channel(settings.address("provider"), settings.tls)
     usage_channel = service_channel(settings.address("usage"), settings.tls)
     reporter = UsageReporter(
         usage_pb2_grpc.UsageLedgerServiceStub(usage_channel),
-        max_pending=int(os.environ.get("SWITCHBOARD_USAGE_BUFFER") or 100_000),
+        max_pending=own.usage_buffer,
     )
     reporter.start()
     limiter: Limiter = (
         RedisLimiter(
             settings.redis_url,
-            fail_open=os.environ.get("SWITCHBOARD_LIMITS_ON_REDIS_ERROR", "open") != "closed",
+            fail_open=own.limits_fail_open,
         )
         if settings.redis_url
         else LocalLimiter()
     )
-    listed = os.environ.get("SWITCHBOARD_GPU_ADDRS") or settings.address("gpu")
-    gpu_addresses = [address.strip() for address in listed.split(",") if address.strip()]
+    gpu_addresses = list(own.gpu_addresses or (settings.address("gpu"),))
     # Until the registry answers, no model exists and every key is refused.
     servicer = RouterServicer(
         SwitchboardConfig(keys=[]),
@@ -427,7 +425,8 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
         limiter,
         gpu_addresses=gpu_addresses,
         tls=settings.tls,
-        speech_cache=SpeechCache(settings.redis_url),
+        speech_cache=SpeechCache(settings.redis_url, own.tts_cache_ttl_s),
+        settings=own,
     )
     keys = KeyTable()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 
@@ -16,10 +15,10 @@ import redis.asyncio as redis
 
 from switchboard.common.v1 import media_pb2
 from switchboard_common.logs import log_fields
+from switchboard_router.settings import DEFAULT_TTS_CACHE_TTL_S
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL_S = int(os.environ.get("SWITCHBOARD_TTS_CACHE_TTL_S") or 24 * 3600)
 # Longer answers are not kept: the cache is for the short phrases apps repeat.
 MAX_ENTRY_BYTES = 8 * 1024 * 1024
 # Entries the in-process cache keeps.
@@ -36,7 +35,7 @@ def cache_key(model: str, params: media_pb2.SpeechParams) -> str:
 
 
 class SpeechCache:
-    def __init__(self, redis_url: str | None, ttl_s: int = DEFAULT_TTL_S) -> None:
+    def __init__(self, redis_url: str | None, ttl_s: int = DEFAULT_TTS_CACHE_TTL_S) -> None:
         self.ttl_s = ttl_s
         self._redis = (
             redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)

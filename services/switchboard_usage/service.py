@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,12 +32,11 @@ from switchboard_common.logs import log_fields
 from switchboard_common.pipeline.confirmations import ConfirmationPublisher
 from switchboard_common.pipeline.kafka import (
     Backoff,
-    KafkaSettings,
     Producer,
     cancelled_from_inside,
     ensure_topics,
 )
-from switchboard_common.pipeline.outbox import Outbox, OutboxFull, OutboxSettings
+from switchboard_common.pipeline.outbox import Outbox, OutboxFull
 from switchboard_common.pipeline.relay import OutboxSource, Reconciler, Relay
 from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_common.policy import current_caller
@@ -50,6 +48,7 @@ from switchboard_usage import migrations, queries
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.gpu_sink import GpuSink
 from switchboard_usage.pricing import PriceBook
+from switchboard_usage.settings import UsageSettings
 from switchboard_usage.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -284,10 +283,12 @@ def make_setup(connect: Callable[[str], ClickHouse]) -> Setup:
 async def _setup(
     server: grpc.aio.Server, settings: Settings, connect: Callable[[str], ClickHouse]
 ) -> Mounted:
+    # Read once, here: a bad value fails the start, naming the variable.
+    own = UsageSettings.from_env(settings)
+    outbox_settings = own.outbox
     clickhouse = connect(settings.clickhouse_url)
     await clickhouse.open()
     await migrations.apply(clickhouse)
-    outbox_settings = OutboxSettings.from_env("SWITCHBOARD_OUTBOX_MAX_BYTES", 1 << 30)
     outbox = Outbox(
         settings.home / "usage" / "outbox.sqlite",
         "usage",
@@ -295,7 +296,7 @@ async def _setup(
         max_bytes=outbox_settings.max_bytes,
     )
     await outbox.open()
-    kafka = KafkaSettings.from_env(settings.kafka_bootstrap)
+    kafka = own.kafka
     relay = Relay("usage", [OutboxSource(outbox)], Producer(kafka), gather_s=0.05)
     reconciler = Reconciler(outbox, outbox_settings.confirm_after_s, stored_lookup(clickhouse))
     embedded = settings.clickhouse_url.startswith("chdb://")
@@ -306,7 +307,7 @@ async def _setup(
     sink = Sink(
         clickhouse,
         kafka,
-        replay=os.environ.get("SWITCHBOARD_SINK_REPLAY") == "1",
+        replay=own.sink_replay,
         assign_all=embedded,
         confirmers=[confirm],
     )

@@ -62,7 +62,6 @@ async def engine_service(
     wrapper = tmp_path / "vllm"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_VLLM}" "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("SWITCHBOARD_VLLM_BIN", str(wrapper))
     ready = tmp_path / "ready"
     monkeypatch.setenv("FAKE_VLLM_READY_FILE", str(ready))
     async with services(CONFIG, tmp_path, monkeypatch, ("registry",)) as settings:
@@ -73,6 +72,7 @@ async def engine_service(
             unhealthy_after=3,
             backoff_base_s=0.05,
             stop_timeout_s=5.0,
+            vllm_bin=wrapper,
             **overrides,
         )
         stop = asyncio.Event()
@@ -408,9 +408,13 @@ async def test_admission_and_missing_binaries_are_refused_at_once(
             }
         )
     )
-    monkeypatch.setenv("SWITCHBOARD_GPU_SCRIPT", str(gpus))
-    monkeypatch.setenv("SWITCHBOARD_LLAMA_SERVER", str(tmp_path / "no-llama-server"))
-    async with engine_service(tmp_path, monkeypatch, max_concurrent_models=1) as env:
+    async with engine_service(
+        tmp_path,
+        monkeypatch,
+        max_concurrent_models=1,
+        gpu_script=gpus,
+        llama_server=tmp_path / "no-llama-server",
+    ) as env:
         env.ready.touch()
         for name, config in [
             ("a", vllm_config("org/a")),

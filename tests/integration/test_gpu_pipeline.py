@@ -549,8 +549,11 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
             # and reaches the broker and the usage service of the stack.
             usage = stack.address("usage")
             async with with_registry(tmp_path / "gpu", monkeypatch) as (alone, registry):
-                monkeypatch.setenv("SWITCHBOARD_USAGE_ADDR", usage)
-                settings = dataclasses.replace(alone, kafka_bootstrap=bootstrap)
+                settings = dataclasses.replace(
+                    alone,
+                    kafka_bootstrap=bootstrap,
+                    address_overrides={**alone.address_overrides, "usage": usage},
+                )
                 registry.put(hot)
                 async with running_gpu(
                     settings, backend, clock=clock, ticker=ticker, publish=True

@@ -192,8 +192,8 @@ async def with_registry(
     await server.start()
     try:
         async with isolated(tmp_path, monkeypatch) as settings:
-            monkeypatch.setenv("SWITCHBOARD_REGISTRY_ADDR", f"127.0.0.1:{port}")
-            yield settings, registry
+            overrides = {**settings.address_overrides, "registry": f"127.0.0.1:{port}"}
+            yield dataclasses.replace(settings, address_overrides=overrides), registry
     finally:
         await server.stop(None)
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from switchboard_common.server import Setup, serve
-from switchboard_common.settings import Settings
+from switchboard_common.settings import SERVICE_PORTS, Settings
 from switchboard_common.tls import TlsFiles
 from switchboard_stack.components import grpc_ready
 from switchboard_stack.harness import free_port
@@ -46,9 +46,10 @@ async def services(
         names = ("registry", *names)
     config_path = tmp_path / "switchboard.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))
-    base = Settings.from_env()
-    for name in base.ports:
+    # Settings are read once: the metrics ports are turned off before.
+    for name in SERVICE_PORTS:
         monkeypatch.setenv(f"SWITCHBOARD_{name.upper()}_METRICS_PORT", "0")
+    base = Settings.from_env()
     settings = dataclasses.replace(
         base,
         home=tmp_path / "home",

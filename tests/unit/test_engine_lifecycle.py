@@ -161,9 +161,8 @@ def test_vllm_refuses_llama_cpp_settings() -> None:
 def test_a_missing_llama_server_says_to_run_make_engines(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SWITCHBOARD_LLAMA_SERVER", str(tmp_path / "nothing-here"))
     with pytest.raises(SwitchboardError) as err:
-        commands.binary(cfg.ENGINE_FRAMEWORK_LLAMA_CPP)
+        commands.binary(cfg.ENGINE_FRAMEWORK_LLAMA_CPP, llama_server=tmp_path / "nothing-here")
     assert err.value.reason == R.ERROR_REASON_FAILED_PRECONDITION
     assert "make engines" in err.value.message
 

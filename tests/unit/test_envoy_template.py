@@ -158,7 +158,9 @@ def test_addr_override_points_a_cluster_elsewhere(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SWITCHBOARD_USAGE_ADDR", "usage.internal:7000")
-    data = yaml.safe_load(envoy.render(settings, tmp_path / "envoy.yaml").read_text())
+    # Settings are read once: the override counts from the next read.
+    assert settings.address("usage") != "usage.internal:7000"
+    data = yaml.safe_load(envoy.render(Settings.from_env(), tmp_path / "envoy.yaml").read_text())
     assert _socket(_clusters(data)["usage"]) == {"address": "usage.internal", "port_value": 7000}
 
 

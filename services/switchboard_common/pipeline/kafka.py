@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from switchboard_common import env as values
+from switchboard_common.env import SettingsError
 from switchboard_common.pipeline.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,20 @@ class KafkaSettings:
     env: Mapping[str, str] | None = None
 
     @classmethod
-    def from_env(cls, bootstrap: str, env: Mapping[str, str] | None = None) -> KafkaSettings:
-        env = dict(os.environ if env is None else env)
+    def from_env(cls, bootstrap: str, env: Mapping[str, str]) -> KafkaSettings:
+        """From a service's settings (read once at its start)."""
+        for spec in TOPICS:
+            if spec.partitions_env:
+                values.integer(env, spec.partitions_env, spec.partitions, minimum=1)
+        idempotence = values.text(env, "SWITCHBOARD_KAFKA_IDEMPOTENCE", "false").lower()
+        if idempotence not in ("true", "false"):
+            raise SettingsError(
+                f"SWITCHBOARD_KAFKA_IDEMPOTENCE must be true or false, got {idempotence!r}"
+            )
         return cls(
             bootstrap=bootstrap,
-            idempotence=env.get("SWITCHBOARD_KAFKA_IDEMPOTENCE", "").lower() == "true",
-            send_timeout_s=float(env.get("SWITCHBOARD_KAFKA_SEND_TIMEOUT_S") or 10),
+            idempotence=idempotence == "true",
+            send_timeout_s=values.number(env, "SWITCHBOARD_KAFKA_SEND_TIMEOUT_S", 10.0, above=0),
             env={k: v for k, v in env.items() if k.endswith("_PARTITIONS")},
         )
 

@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import enum
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from switchboard_common import env as values
 from switchboard_common.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,12 @@ class OutboxSettings:
 
     @classmethod
     def from_env(
-        cls, max_bytes_var: str, default_max_bytes: int, env: Mapping[str, str] | None = None
+        cls, max_bytes_var: str, default_max_bytes: int, env: Mapping[str, str]
     ) -> OutboxSettings:
-        env = os.environ if env is None else env
+        """From a service's settings (read once at its start)."""
         return cls(
-            max_bytes=int(env.get(max_bytes_var) or default_max_bytes),
-            confirm_after_s=float(env.get("SWITCHBOARD_OUTBOX_CONFIRM_AFTER_S") or 10),
+            max_bytes=values.integer(env, max_bytes_var, default_max_bytes, minimum=1),
+            confirm_after_s=values.number(env, "SWITCHBOARD_OUTBOX_CONFIRM_AFTER_S", 10.0, above=0),
         )
 
 

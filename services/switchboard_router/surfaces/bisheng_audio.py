@@ -18,7 +18,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-URL_TTL_S = int(os.environ.get("SWITCHBOARD_TTS_URL_TTL_S") or 3600)
 AUDIO_PATH = "/api/v1/llm/workbench/tts/audio/"
 # Bisheng keeps a voice in its server's config; without one, each kind's own.
 DEFAULT_VOICES = {"gemini": "Kore"}
@@ -158,7 +156,9 @@ class WorkbenchSpeech:
                 R.ERROR_REASON_SERVICE_UNAVAILABLE,
                 "the TTS cache did not keep the audio (see the router's log): try again",
             )
-        expires = int(time.time()) + min(URL_TTL_S, self.router.speech_cache.ttl_s)
+        expires = int(time.time()) + min(
+            self.router.settings.tts_url_ttl_s, self.router.speech_cache.ttl_s
+        )
         return _origin(context) + audio_path(self._url_key, key.removeprefix(PREFIX), expires)
 
     async def _audio(self, request: bisheng_pb2.GetBishengTtsAudioRequest) -> httpbody_pb2.HttpBody:

@@ -105,7 +105,7 @@ class InferenceManagerServicer(
             for field in ("username", "password"):
                 if not isinstance(body.get(field), str) or not body[field]:
                     raise ValidationFailed(field, f"{field} is required")
-            path = accounts.configured()
+            path = self.router.settings.accounts_file
             if path is None or not self.admin_key:
                 raise SwitchboardError(
                     R.ERROR_REASON_NOT_IMPLEMENTED,
