@@ -15,7 +15,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -81,6 +81,21 @@ class Exchange(Protocol[T_co]):
     def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None: ...
 
 
+def _as_events(
+    event: provider_pb2.StreamGenerateResponse, pseudo: bool
+) -> Iterator[provider_pb2.StreamGenerateResponse]:
+    """An upstream event as the caller gets it: a whole chat answer to a stream
+    request becomes chunks (pseudo-streaming); anything else passes, marked
+    pseudo when it answers a stream request (a whole legacy completion is
+    already a valid chunk)."""
+    if pseudo and event.WhichOneof("event") == "chat_completion":
+        for chunk in chunks_from_completion(event.chat_completion):
+            yield provider_pb2.StreamGenerateResponse(chat_chunk=chunk, pseudo_stream=True)
+        return
+    event.pseudo_stream = event.pseudo_stream or pseudo
+    yield event
+
+
 @dataclass(frozen=True)
 class Generation:
     """A chat or legacy completion (`kind` "chat" or "completion"), unary or
@@ -120,14 +135,11 @@ class Generation:
                 self._whole(request), timeout=timeout_s, metadata=metadata
             )
             kind = response.WhichOneof("answer")
-            if kind == "chat_completion" and pseudo:
-                for chunk in chunks_from_completion(response.chat_completion):
-                    yield provider_pb2.StreamGenerateResponse(chat_chunk=chunk, pseudo_stream=True)
-            elif kind is not None:
-                # (A whole legacy completion is already a valid chunk.)
-                answer = provider_pb2.StreamGenerateResponse(pseudo_stream=pseudo)
+            if kind is not None:
+                answer = provider_pb2.StreamGenerateResponse()
                 getattr(answer, kind).CopyFrom(getattr(response, kind))
-                yield answer
+                for event in _as_events(answer, pseudo):
+                    yield event
             yield response.usage
             if response.HasField("error"):
                 raise from_status(response.error)
@@ -137,15 +149,9 @@ class Generation:
             async for event in call:
                 if event.HasField("usage"):
                     yield event.usage
-                elif pseudo and event.WhichOneof("event") == "chat_completion":
-                    for chunk in chunks_from_completion(event.chat_completion):
-                        yield provider_pb2.StreamGenerateResponse(
-                            chat_chunk=chunk, pseudo_stream=True
-                        )
                 else:
-                    # A whole legacy completion is already a valid chunk.
-                    event.pseudo_stream = event.pseudo_stream or pseudo
-                    yield event
+                    for item in _as_events(event, pseudo):
+                        yield item
         finally:
             call.cancel()
 
