@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from switchboard.registry.v1 import registry_pb2 as pb
 from switchboard_common.errors import R, SwitchboardError
-from switchboard_registry import migrate, tables
+from switchboard_registry import migrate, sqlite_driver, tables
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def database_url(url: str) -> str:
     for plain, driver in (
         ("postgresql://", "postgresql+asyncpg://"),
         ("postgres://", "postgresql+asyncpg://"),
-        ("sqlite://", "sqlite+aiosqlite://"),
+        ("sqlite://", f"sqlite+{sqlite_driver.DRIVER}://"),
+        ("sqlite+aiosqlite://", f"sqlite+{sqlite_driver.DRIVER}://"),
     ):
         if url.startswith(plain):
             return driver + url[len(plain) :]
@@ -205,6 +206,10 @@ class Tx:
         return await _deployments_of(self.conn, model)
 
 
+CLOSE_WAIT_S = 5.0
+"""How long closing waits for connections hard-closed earlier to finish."""
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -234,6 +239,8 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if isinstance(self.engine.dialect, sqlite_driver.SQLiteDialect):
+            await self.engine.dialect.wait_stopped(CLOSE_WAIT_S)
 
     # -- versions and watchers -----------------------------------------------
 
