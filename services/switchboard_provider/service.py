@@ -197,6 +197,8 @@ class ProviderServicer(MediaRpcs, provider_pb2_grpc.ProviderServiceServicer):
         kind = request.WhichOneof("params")
         if kind is not None:
             getattr(streamed, kind).CopyFrom(getattr(request, kind))
+        if request.HasField("native"):
+            streamed.native.CopyFrom(request.native)
         response = provider_pb2.GenerateResponse()
         try:
             async for event in self.StreamGenerate(streamed, context):
@@ -205,6 +207,7 @@ class ProviderServicer(MediaRpcs, provider_pb2_grpc.ProviderServiceServicer):
                     response.usage.CopyFrom(event.usage)
                 elif answer in ("chat_completion", "completion"):
                     getattr(response, answer).CopyFrom(getattr(event, answer))
+                    response.native = event.native
         except SwitchboardError as err:
             if not response.HasField("usage"):
                 raise  # failed before the upstream was asked: nothing to account

@@ -35,6 +35,7 @@ from switchboard_router.admission import Admission
 from switchboard_router.backoff import fits, retry_delay
 from switchboard_router.catalog import Candidate
 from switchboard_router.cut_short import CutShort
+from switchboard_router.native import NativeCall
 from switchboard_router.routing import FAILOVER, RETRY_AGAIN, Routing
 from switchboard_router.settings import DEFAULT_MAX_ATTEMPTS
 
@@ -107,6 +108,8 @@ class Generation:
     stream: bool
     request_id: str = field(default_factory=_request_id)
     timed_first_byte: bool = True
+    # The caller's own request, for upstreams that serve its API natively.
+    native: NativeCall | None = None
 
     def request(self, candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
         # A model or deployment that cannot stream is asked for its whole answer.
@@ -118,6 +121,8 @@ class Generation:
             target=target(candidate),
         )
         getattr(request, self.kind).CopyFrom(self.params)
+        if self.native is not None:
+            request.native.CopyFrom(self.native.request)
         return request
 
     def cut_short(self, candidate: Candidate, attempt: int) -> CutShort | None:
@@ -136,7 +141,7 @@ class Generation:
             )
             kind = response.WhichOneof("answer")
             if kind is not None:
-                answer = provider_pb2.StreamGenerateResponse()
+                answer = provider_pb2.StreamGenerateResponse(native=response.native)
                 getattr(answer, kind).CopyFrom(getattr(response, kind))
                 for event in _as_events(answer, pseudo):
                     yield event
@@ -160,6 +165,8 @@ class Generation:
             request_id=request.request_id, attempt=request.attempt, target=request.target
         )
         getattr(unary, self.kind).CopyFrom(self.params)
+        if request.HasField("native"):
+            unary.native.CopyFrom(request.native)
         return unary
 
 

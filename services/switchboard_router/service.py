@@ -37,7 +37,7 @@ from switchboard_common.registry_snapshot import config_from_snapshot
 from switchboard_common.server import Mounted
 from switchboard_common.settings import Settings
 from switchboard_common.tls import TlsFiles
-from switchboard_router import render, vision
+from switchboard_router import native, render, vision
 from switchboard_router.accounting import Accounting
 from switchboard_router.admission import Admission, Gate
 from switchboard_router.attempts import Attempts, Exchange, Generation, Unary
@@ -225,12 +225,15 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
     ) -> tuple[Candidate, Any]:
         """The deployment that answered, and its one answer object (kind "chat" or
         "completion")."""
-        exchange = Generation(self.provider, kind, params, stream=False)
+        offered = native.current()
+        exchange = Generation(self.provider, kind, params, stream=False, native=offered)
         served, events = await self._answer(context, admission, params.model, exchange)
         event_field = _ANSWER_FIELDS[kind]
         answers = [e for e in events if e.WhichOneof("event") == event_field]
         if not answers:
             raise SwitchboardError(R.ERROR_REASON_UPSTREAM_ERROR, "the upstream sent no answer")
+        if offered is not None and answers[-1].native:
+            offered.answers.append(answers[-1].native)
         result = getattr(answers[-1], event_field)
         result.model = params.model
         return served, result
@@ -266,12 +269,15 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         validate = validate_chat if kind == "chat" else validate_completion
         admission = await self._admit(context, params, validate, "chat")
         include_usage = params.stream_options.include_usage
-        exchange = Generation(self.provider, kind, params, stream=True)
+        offered = native.current()
+        exchange = Generation(self.provider, kind, params, stream=True, native=offered)
         event_field = _CHUNK_FIELDS[kind]
         events = self.attempts.run(context, admission, params.model, exchange)
         async for candidate, event in events:
             if event.WhichOneof("event") != event_field:
                 continue
+            if offered is not None and event.native:
+                offered.answers.append(event.native)
             if event.pseudo_stream:
                 candidate = dataclasses.replace(candidate, pseudo_stream=True)
             chunk = getattr(event, event_field)

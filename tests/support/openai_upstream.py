@@ -27,6 +27,10 @@ Tokenisation rule (what ``usage`` reports): a token is one whitespace-separated 
 Streaming sends one content chunk per reply token; each chunk carries the word plus a
 trailing space except the last, so concatenating the deltas gives the full content.
 
+The Responses API (``POST /v1/responses``) is served too, in its own wire format (typed
+output items led by a ``reasoning`` item, ``event:``/``data:`` stream framing without
+``[DONE]``), with the same content and usage rules; see :mod:`tests.support.openai_responses`.
+
 Embeddings are ``dimensions`` (default 8) floats derived from a SHA-256 of the input. Each is
 a multiple of 1/128 in [-1, 1), so the float32 ``base64`` encoding round-trips exactly and
 the two encodings compare equal.
@@ -128,7 +132,7 @@ class RecordedRequest:
 
 @dataclass
 class ServedCall:
-    """One generation whose response was started (chat, completions or embeddings).
+    """One generation whose response was started (chat, completions, embeddings or responses).
 
     Error answers (scripted statuses, 4xx validation, 401) and requests that hang or are
     reset before any response do not appear here.
@@ -140,7 +144,7 @@ class ServedCall:
     """
 
     id: str
-    endpoint: Literal["chat.completions", "completions", "embeddings"]
+    endpoint: Literal["chat.completions", "completions", "embeddings", "responses"]
     model: str
     stream: bool
     prompt_tokens: int
@@ -392,6 +396,7 @@ class OpenAIUpstream:
         app.router.add_post("/v1/chat/completions", self._wrap(self._chat))
         app.router.add_post("/v1/completions", self._wrap(self._completions))
         app.router.add_post("/v1/embeddings", self._wrap(self._embeddings))
+        app.router.add_post("/v1/responses", self._wrap(self._responses))
         app.router.add_get("/v1/models", self._wrap(self._models))
         app.router.add_get("/v1/models/{model}", self._wrap(self._model))
         app.router.add_route("*", "/{tail:.*}", self._wrap(self._not_found))
@@ -844,6 +849,12 @@ class OpenAIUpstream:
             tail=[chunk([choice(i, {}, finish_reason)]) for i in range(n)],
             usage_chunk=usage_chunk,
         )
+
+    async def _responses(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:
+        # Lazy: that module builds on this one's helpers.
+        from tests.support.openai_responses import respond
+
+        return await respond(self, request, ctx)
 
     async def _completions(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:
         body = await self._parse_body(request)

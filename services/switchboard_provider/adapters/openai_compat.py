@@ -22,6 +22,7 @@ from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.logs import redact
 from switchboard_common.pseudo_stream import chunks_from_completion
 from switchboard_provider import wire
+from switchboard_provider.adapters import openai_responses
 from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.adapters.openai_media import OpenAIMedia
 from switchboard_provider.meter import UsageMeter
@@ -84,6 +85,12 @@ class OpenAIAdapter(OpenAIMedia):
         # without re-validating a body we already validated and without
         # building pydantic models we would only take apart again.
         try:
+            if openai_responses.serves(self.config, request):
+                async for event in openai_responses.generate(
+                    self.client, self.config, request, meter, timeout
+                ):
+                    yield event
+                return
             if not request.stream:
                 response = await self.client.post(
                     path, cast_to=httpx2.Response, body=body, options={"timeout": timeout}

@@ -21,8 +21,8 @@ from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import responses_pb2, responses_pb2_grpc, router_pb2
 from switchboard_common.errors import R, SwitchboardError
 from switchboard_common.policy import current_caller
+from switchboard_router.surfaces import responses_native, surface
 from switchboard_router.surfaces import responses_shapes as shapes
-from switchboard_router.surfaces import surface
 from switchboard_router.surfaces.response_store import ResponseStore
 
 if TYPE_CHECKING:
@@ -194,42 +194,70 @@ class _Stream:
         return events, final
 
 
+def _failed(
+    stream: _Stream,
+    passed: responses_native.NativeStream,
+    natively: bool,
+    code: str,
+    message: str,
+) -> httpbody_pb2.HttpBody:
+    """The last event of a stream that failed after it started."""
+    if natively:
+        return passed.failed(code, message)
+    failed = shapes.response(stream.request, stream.response_id, "failed", stream.output, None)
+    failed["error"] = {"code": code, "message": message}
+    return stream.event("response.failed", response=failed)
+
+
+@dataclass
+class _Prepared:
+    request: dict[str, Any]
+    # This request's input items, each with an id (as input_items lists them).
+    items: list[dict[str, Any]]
+    params: openai_pb2.ChatCompletionParams
+    # The chat messages the answer continues, for any provider...
+    conversation: list[Any]
+    # ...and the same conversation as Responses items, for native upstreams
+    # (None when the response continued was stored without them).
+    thread: list[dict[str, Any]] | None
+
+
 class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
     def __init__(self, router: RouterServicer, store: ResponseStore) -> None:
         self.router = router
         self.store = store
 
-    async def _prepare(
-        self, body: httpbody_pb2.HttpBody
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], openai_pb2.ChatCompletionParams, list[Any]]:
-        """The request, its input items, the canonical request, and the chat
-        messages the answer continues (for storing)."""
+    async def _prepare(self, body: httpbody_pb2.HttpBody) -> _Prepared:
         request = surface.read_json(body)
         items = shapes.input_items(request)
         history: list[dict[str, Any]] = []
+        thread: list[dict[str, Any]] | None = []
         previous_id = request.get("previous_response_id")
         if previous_id:
             previous = await self.store.get(current_caller().name, str(previous_id))
             if previous is None:
                 raise _not_found(str(previous_id))
             history = previous["conversation"]
+            thread = previous.get("items")
         params = shapes.chat_params(request, history, items)
-        return request, items, params, [*history, *shapes.chat_messages(items)]
+        return _Prepared(
+            request,
+            items,
+            params,
+            [*history, *shapes.chat_messages(items)],
+            None if thread is None else [*thread, *items],
+        )
 
-    async def _keep(
-        self,
-        request: dict[str, Any],
-        items: list[dict[str, Any]],
-        conversation: list[Any],
-        response: dict[str, Any],
-    ) -> None:
-        if request.get("store", True) is False:
+    async def _keep(self, call: _Prepared, response: dict[str, Any]) -> None:
+        if call.request.get("store", True) is False:
             return
         record = {
             "response": response,
-            "input_items": items,
-            "conversation": [*conversation, *shapes.history_of(response["output"])],
+            "input_items": call.items,
+            "conversation": [*call.conversation, *shapes.history_of(response["output"])],
         }
+        if call.thread is not None:
+            record["items"] = [*call.thread, *response["output"]]
         await self.store.put(current_caller().name, response["id"], record)
 
     async def CreateResponse(
@@ -237,20 +265,26 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         surface.enter(NAME)
         with surface.rendered(_error):
-            body, items, params, conversation = await self._prepare(request.body)
+            call = await self._prepare(request.body)
+            offered = responses_native.offer(call.request, call.thread)
             answer = await self.router.CreateChatCompletion(
-                router_pb2.CreateChatCompletionRequest(params=params), context
+                router_pb2.CreateChatCompletionRequest(params=call.params), context
             )
-            choice = answer.choices[0] if answer.choices else openai_pb2.ChatCompletionChoice()
-            response = shapes.response(
-                body,
-                shapes.new_id("resp"),
-                "completed",
-                shapes.output_items(answer),
-                shapes.usage(answer.usage),
-                choice.finish_reason,
-            )
-            await self._keep(body, items, conversation, response)
+            response_id = shapes.new_id("resp")
+            upstream = offered.take() if offered is not None else []
+            if upstream:
+                response = responses_native.as_ours(upstream[-1], call.request, response_id)
+            else:
+                choice = answer.choices[0] if answer.choices else openai_pb2.ChatCompletionChoice()
+                response = shapes.response(
+                    call.request,
+                    response_id,
+                    "completed",
+                    shapes.output_items(answer),
+                    shapes.usage(answer.usage),
+                    choice.finish_reason,
+                )
+            await self._keep(call, response)
             return surface.json_body(response)
 
     async def StreamResponse(
@@ -258,33 +292,48 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         surface.enter(NAME)
         with surface.rendered(_error):
-            body, items, params, conversation = await self._prepare(request.body)
-            params.stream_options.include_usage = True
-            stream = _Stream(body, shapes.new_id("resp"))
-            started = False
+            call = await self._prepare(request.body)
+            offered = responses_native.offer(call.request, call.thread)
+            call.params.stream_options.include_usage = True
+            response_id = shapes.new_id("resp")
+            # Rendered from the canonical chunks, or the native upstream's own events.
+            stream = _Stream(call.request, response_id)
+            passed = responses_native.NativeStream(call.request, response_id)
+            started = natively = False
             try:
                 async for response in self.router.StreamChatCompletion(
-                    router_pb2.StreamChatCompletionRequest(params=params), context
+                    router_pb2.StreamChatCompletionRequest(params=call.params), context
                 ):
+                    upstream = offered.take() if offered is not None else []
                     if not started:
-                        started = True
-                        for event in stream.begin():
+                        started, natively = True, bool(upstream)
+                        for event in [] if natively else stream.begin():
                             yield event
-                    for event in stream.chunk(response.chunk):
+                    for event in (
+                        passed.events(upstream) if natively else stream.chunk(response.chunk)
+                    ):
                         yield event
             except SwitchboardError as err:
                 if not started:
                     raise
                 # The status line is out: the failure is the last event.
-                failed = shapes.response(body, stream.response_id, "failed", stream.output, None)
-                failed["error"] = {"code": err.reason_name, "message": err.message}
-                yield stream.event("response.failed", response=failed)
+                yield _failed(stream, passed, natively, err.reason_name, err.message)
+                return
+            if natively:
+                if passed.final is None or passed.final_event is None:
+                    yield passed.failed(
+                        "ERROR_REASON_UPSTREAM_ERROR",
+                        "the upstream ended the stream before the response was complete",
+                    )
+                    return
+                await self._keep(call, passed.final)
+                yield passed.final_event
                 return
             if not started:
                 for event in stream.begin():
                     yield event
             events, final = stream.end()
-            await self._keep(body, items, conversation, final)
+            await self._keep(call, final)
             for event in events:
                 yield event
 

@@ -12,6 +12,7 @@ before the error status).
 from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from switchboard.common.v1 import media_pb2 as _media_pb2
 from switchboard.common.v1 import openai_pb2 as _openai_pb2
@@ -26,6 +27,24 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _NativeApi:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NativeApiEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NativeApi.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NATIVE_API_UNSPECIFIED: _NativeApi.ValueType  # 0
+    NATIVE_API_OPENAI_RESPONSES: _NativeApi.ValueType  # 1
+    """OpenAI's Responses API (POST /v1/responses)."""
+
+class NativeApi(_NativeApi, metaclass=_NativeApiEnumTypeWrapper):
+    """An API whose requests an upstream may serve in their own format."""
+
+NATIVE_API_UNSPECIFIED: NativeApi.ValueType  # 0
+NATIVE_API_OPENAI_RESPONSES: NativeApi.ValueType  # 1
+"""OpenAI's Responses API (POST /v1/responses)."""
+Global___NativeApi: _TypeAlias = NativeApi  # noqa: Y015
 
 @_typing.final
 class Target(_message.Message):
@@ -65,6 +84,36 @@ class Target(_message.Message):
 Global___Target: _TypeAlias = Target  # noqa: Y015
 
 @_typing.final
+class NativeRequest(_message.Message):
+    """The caller's request as it came, for an upstream that serves its API
+    natively. The canonical params beside it are always set too: every other
+    upstream is asked with those, so routing and fallback need not know.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    api: Global___NativeApi.ValueType
+    body: _builtins.bytes
+    """The request body, JSON, with the whole conversation in it (the router
+    resolved any reference to a stored one).
+    """
+    def __init__(
+        self,
+        *,
+        api: Global___NativeApi.ValueType = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NativeRequest: _TypeAlias = NativeRequest  # noqa: Y015
+
+@_typing.final
 class StreamGenerateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -74,6 +123,7 @@ class StreamGenerateRequest(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     CHAT_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
+    NATIVE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     attempt: _builtins.int
     stream: _builtins.bool
@@ -84,6 +134,10 @@ class StreamGenerateRequest(_message.Message):
     def chat(self) -> _openai_pb2.ChatCompletionParams: ...
     @_builtins.property
     def completion(self) -> _openai_pb2.CompletionParams: ...
+    @_builtins.property
+    def native(self) -> Global___NativeRequest:
+        """Optional, with `chat` only; an adapter without the native API ignores it."""
+
     def __init__(
         self,
         *,
@@ -93,10 +147,11 @@ class StreamGenerateRequest(_message.Message):
         stream: _builtins.bool = ...,
         chat: _openai_pb2.ChatCompletionParams | None = ...,
         completion: _openai_pb2.CompletionParams | None = ...,
+        native: Global___NativeRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "params", b"params", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "native", b"native", "params", b"params", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chat", b"chat", "completion", b"completion", "params", b"params", "request_id", b"request_id", "stream", b"stream", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chat", b"chat", "completion", b"completion", "native", b"native", "params", b"params", "request_id", b"request_id", "stream", b"stream", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["chat", "completion"]  # noqa: Y015
     _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
@@ -113,9 +168,15 @@ class StreamGenerateResponse(_message.Message):
     COMPLETION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     PSEUDO_STREAM_FIELD_NUMBER: _builtins.int
+    NATIVE_FIELD_NUMBER: _builtins.int
     pseudo_stream: _builtins.bool
     """Set on chunks made from one whole answer: the model or deployment cannot
     stream, or the upstream answered a stream request with one JSON body.
+    """
+    native: _builtins.bytes
+    """When the upstream served the request's `native` form: its own event (or
+    whole answer), JSON, beside the canonical chunk (or answer) made from it.
+    A native event with nothing canonical in it comes with an empty chunk.
     """
     @_builtins.property
     def chat_chunk(self) -> _openai_pb2.ChatCompletionChunk:
@@ -141,10 +202,11 @@ class StreamGenerateResponse(_message.Message):
         completion: _openai_pb2.Completion | None = ...,
         usage: _usage_pb2.UsageRecord | None = ...,
         pseudo_stream: _builtins.bool = ...,
+        native: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "pseudo_stream", b"pseudo_stream", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_chunk", b"chat_chunk", "chat_completion", b"chat_completion", "completion", b"completion", "event", b"event", "native", b"native", "pseudo_stream", b"pseudo_stream", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["chat_chunk", "chat_completion", "completion", "usage"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
@@ -161,6 +223,7 @@ class GenerateRequest(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     CHAT_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
+    NATIVE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     attempt: _builtins.int
     @_builtins.property
@@ -169,6 +232,10 @@ class GenerateRequest(_message.Message):
     def chat(self) -> _openai_pb2.ChatCompletionParams: ...
     @_builtins.property
     def completion(self) -> _openai_pb2.CompletionParams: ...
+    @_builtins.property
+    def native(self) -> Global___NativeRequest:
+        """As StreamGenerateRequest.native."""
+
     def __init__(
         self,
         *,
@@ -177,10 +244,11 @@ class GenerateRequest(_message.Message):
         target: Global___Target | None = ...,
         chat: _openai_pb2.ChatCompletionParams | None = ...,
         completion: _openai_pb2.CompletionParams | None = ...,
+        native: Global___NativeRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "params", b"params", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion", b"completion", "native", b"native", "params", b"params", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chat", b"chat", "completion", b"completion", "params", b"params", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "chat", b"chat", "completion", b"completion", "native", b"native", "params", b"params", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["chat", "completion"]  # noqa: Y015
     _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
@@ -196,6 +264,9 @@ class GenerateResponse(_message.Message):
     COMPLETION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    NATIVE_FIELD_NUMBER: _builtins.int
+    native: _builtins.bytes
+    """As StreamGenerateResponse.native: the upstream's own whole answer."""
     @_builtins.property
     def chat_completion(self) -> _openai_pb2.ChatCompletion: ...
     @_builtins.property
@@ -217,10 +288,11 @@ class GenerateResponse(_message.Message):
         completion: _openai_pb2.Completion | None = ...,
         usage: _usage_pb2.UsageRecord | None = ...,
         error: _status_pb2.Status | None = ...,
+        native: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "chat_completion", b"chat_completion", "completion", b"completion", "error", b"error", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "chat_completion", b"chat_completion", "completion", b"completion", "error", b"error", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "chat_completion", b"chat_completion", "completion", b"completion", "error", b"error", "native", b"native", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_answer: _TypeAlias = _typing.Literal["chat_completion", "completion"]  # noqa: Y015
     _WhichOneofArgType_answer: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
