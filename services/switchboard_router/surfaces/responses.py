@@ -204,8 +204,7 @@ def _failed(
     """The last event of a stream that failed after it started."""
     if natively:
         return passed.failed(code, message)
-    failed = shapes.response(stream.request, stream.response_id, "failed", stream.output, None)
-    failed["error"] = {"code": code, "message": message}
+    failed = shapes.failed(stream.request, stream.response_id, stream.output, code, message)
     return stream.event("response.failed", response=failed)
 
 

@@ -100,8 +100,7 @@ class NativeStream:
 
     def failed(self, code: str, message: str) -> httpbody_pb2.HttpBody:
         """The last event of a stream that broke after it started."""
-        response = shapes.response(self.request, self.response_id, "failed", self.output, None)
-        response["error"] = {"code": code, "message": message}
+        response = shapes.failed(self.request, self.response_id, self.output, code, message)
         body = {
             "type": "response.failed",
             "sequence_number": self.next_sequence,

@@ -262,3 +262,16 @@ def response(
         "user": request.get("user"),
         "metadata": request.get("metadata") or {},
     }
+
+
+def failed(
+    request: dict[str, Any],
+    response_id: str,
+    output: list[dict[str, Any]],
+    code: str,
+    message: str,
+) -> dict[str, Any]:
+    """The response a stream that failed after it started ends with."""
+    out = response(request, response_id, "failed", output, None)
+    out["error"] = {"code": code, "message": message}
+    return out
