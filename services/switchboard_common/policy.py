@@ -168,6 +168,16 @@ class AccessPolicy(grpc.aio.ServerInterceptor):
             metadata={"method": full_method},
         )
 
+    def expiry(self, metadata: Metadata) -> int | None:
+        """When the login token presented stops being accepted (Unix seconds);
+        None for a key, which does not expire. For connections that outlive
+        the call that admitted them."""
+        presented = presented_key(tuple(metadata))
+        if not presented or not looks_like_token(presented) or self._token_key is None:
+            return None
+        claims = verify(self._token_key, presented)
+        return claims.expires_at if claims is not None else None
+
     def _is_admin(self, presented: str) -> bool:
         return self._admin_digest is not None and hmac.compare_digest(
             digest(presented), self._admin_digest

@@ -28,6 +28,9 @@ class Claims:
     admin: bool
     # The client key whose allow-list, limits and usage the token carries.
     key_name: str
+    # When it stops being accepted (Unix seconds): what a long-lived
+    # connection admitted with it (the monitor socket) lasts until.
+    expires_at: int = 0
 
 
 def signing_key(admin_key: str) -> bytes:
@@ -64,8 +67,9 @@ def verify(secret: bytes, token: str) -> Claims | None:
         return None
     admin = payload.get("adm") is True
     key = payload.get("key")
+    expires_at = int(payload["exp"])
     if admin:
-        return Claims(subject=str(payload["sub"]), admin=True, key_name="")
+        return Claims(subject=str(payload["sub"]), admin=True, key_name="", expires_at=expires_at)
     if not isinstance(key, str):
         return None
-    return Claims(subject=str(payload["sub"]), admin=False, key_name=key)
+    return Claims(subject=str(payload["sub"]), admin=False, key_name=key, expires_at=expires_at)

@@ -19,6 +19,8 @@ the upgrade here; see the README's "Moving from the inference service").
 - A bad message closes the socket with a clear code and reason: 1003 for a
   binary frame, 1007 for text that is not a JSON object, 4400 for an unknown
   action or event.
+- A socket admitted with a login token is closed (1008) when the token
+  expires: it would no longer be admitted, so it is not served either.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import datetime as dt
 import json
 import logging
 import ssl
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +55,7 @@ _SERVICE = gpu_pb2.DESCRIPTOR.services_by_name["GpuService"]
 # The RPC whose declared access (ADMIN, in gpu.proto) admits each connection.
 METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['WatchMonitor'].name}"
 CLOSE_BINARY, CLOSE_NOT_JSON, CLOSE_BAD_MESSAGE = 1003, 1007, 4400
+CLOSE_EXPIRED = 1008  # policy violation
 # The document's own fields: kept even when empty; other empty strings are dropped.
 _DOCUMENT_FIELDS = frozenset(
     {"model_id", "status", "health", "timestamp", "alert_id", "severity", "message"}
@@ -148,6 +153,10 @@ class MonitorSocket:
             raise RuntimeError(f"{METHOD} must be ADMIN or PUBLIC for the monitor socket")
         self._policy = AccessPolicy(admin_key)
         self._server: Server | None = None
+        # Per connection admitted with a login token: when the token expires.
+        self._expiries: weakref.WeakKeyDictionary[ServerConnection, int] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def start(self, address: str, tls: TlsFiles | None) -> None:
         host, _, port = address.rpartition(":")
@@ -177,14 +186,20 @@ class MonitorSocket:
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"Not found; the monitor is {PATH}\n")
+        presented = credentials(request)
         try:
-            self._policy.admit(METHOD, credentials(request))
+            self._policy.admit(METHOD, presented)
         except SwitchboardError as err:
             return _refusal(connection, err)
+        expiry = self._policy.expiry(presented)
+        if expiry is not None:
+            self._expiries[connection] = expiry
         return None
 
     async def _session(self, ws: ServerConnection) -> None:
         relay: asyncio.Task[None] | None = None
+        expiry = self._expiries.pop(ws, None)
+        expires = asyncio.create_task(_close_at(ws, expiry)) if expiry is not None else None
         try:
             async for frame in ws:
                 action, events = parse(frame)
@@ -206,10 +221,11 @@ class MonitorSocket:
         except ConnectionClosed:
             pass
         finally:
-            if relay is not None:
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+            for task in (relay, expires):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _relay(self, ws: ServerConnection, events: list[str]) -> None:
         try:
@@ -219,3 +235,8 @@ class MonitorSocket:
             return
         # The feed ended (the service drains, or this client fell behind).
         await ws.close(1001, "the monitor feed ended; reconnect")
+
+
+async def _close_at(ws: ServerConnection, expiry: int) -> None:
+    await asyncio.sleep(max(0.0, expiry - time.time()))
+    await ws.close(CLOSE_EXPIRED, "the login token expired; reconnect with a new one")

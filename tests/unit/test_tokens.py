@@ -3,6 +3,8 @@ access policy taking a token as the key it names."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import jwt
@@ -39,9 +41,14 @@ def test_passwords_are_hashed_with_scrypt_and_checked(tmp_path: Path) -> None:
 
 def test_tokens_are_signed_and_expire() -> None:
     secret = tokens.signing_key(ADMIN_KEY)
+    before = int(time.time())
     token = tokens.issue(ADMIN_KEY, tokens.Claims("bob", False, "team-a"))
     assert tokens.looks_like_token(token)
-    assert tokens.verify(secret, token) == tokens.Claims("bob", False, "team-a")
+    claims = tokens.verify(secret, token)
+    assert claims is not None
+    assert dataclasses.replace(claims, expires_at=0) == tokens.Claims("bob", False, "team-a")
+    # Expiry in whole seconds, the default lifetime from issue.
+    assert before + tokens.DEFAULT_TTL_S <= claims.expires_at <= time.time() + tokens.DEFAULT_TTL_S
     assert tokens.verify(tokens.signing_key("another-admin-key"), token) is None
     expired = tokens.issue(ADMIN_KEY, tokens.Claims("bob", True, ""), ttl_s=-10)
     assert tokens.verify(secret, expired) is None
