@@ -213,9 +213,21 @@ def switchboard(
         "providers": [
             {"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60},
             {"name": "mock-b", "kind": "openai", "base_url": upstream, "timeout_s": 60},
+            # The same upstream, asked in its own Responses API (bench/surfaces.py).
+            {
+                "name": "mock-native",
+                "kind": "openai",
+                "base_url": upstream,
+                "timeout_s": 60,
+                "options": {"responses": "native"},
+            },
         ],
         "models": [
             {"name": "bench", "deployments": [{"provider": "mock", "model": "bench"}]},
+            {
+                "name": "bench-native",
+                "deployments": [{"provider": "mock-native", "model": "bench"}],
+            },
             {
                 "name": "bench-routed",
                 "strategy": "least_latency",

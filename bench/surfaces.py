@@ -1,5 +1,6 @@
 """Every API surface against /v1/chat/completions on the same edge, in the same
-run: the agent APIs (/v1/messages, /v1/responses) and the seed APIs of the
+run: the agent APIs (/v1/messages, /v1/responses mapped onto chat and passed
+through natively to an upstream with its own Responses API) and the seed APIs of the
 services Switchboard replaces (001's /api/llm/chat, 002's /api/v1/llm/generate,
 003's /api/v1/chat/completions). What each mapping adds to latency (one client,
 interleaved rounds so drift on a shared machine hits every API alike) and to
@@ -22,6 +23,8 @@ APIS: dict[str, tuple[str, dict[str, Any]]] = {
     "chat": ("/v1/chat/completions", {"messages": MESSAGES}),
     "messages": ("/v1/messages", {"max_tokens": 256, "messages": MESSAGES}),
     "responses": ("/v1/responses", {"input": PING}),
+    # Passed through to an upstream that has its own Responses API.
+    "responses_native": ("/v1/responses", {"input": PING}),
     "seed_001": ("/api/llm/chat", {"messages": MESSAGES}),
     "seed_002": ("/api/v1/llm/generate", {"messages": MESSAGES, "parameters": {}}),
     "seed_003": ("/api/v1/chat/completions", {"messages": MESSAGES}),
@@ -30,6 +33,8 @@ APIS: dict[str, tuple[str, dict[str, Any]]] = {
 _STREAM_EXTRA = {"chat": {"stream_options": {"include_usage": True}}}
 # Where a surface streams on a path of its own.
 _STREAM_PATH = {"seed_002": "/api/v1/llm/generate/stream"}
+# Where a surface asks another model (same upstream, another provider's options).
+_MODEL = {"responses_native": "bench-native"}
 
 Load = Callable[..., dict[str, Any]]
 
@@ -38,11 +43,12 @@ def _bodies(tmp: Path, model: str) -> dict[str, tuple[Path, Path]]:
     """Per API: the unary body and the streamed one (loadgen streams by file name)."""
     out = {}
     for api, (_, body) in APIS.items():
+        named = _MODEL.get(api, model)
         unary = tmp / f"agent-{api}.json"
-        unary.write_text(json.dumps({"model": model, **body}))
+        unary.write_text(json.dumps({"model": named, **body}))
         streamed = tmp / f"agent-{api}-stream.json"
         streamed.write_text(
-            json.dumps({"model": model, **body, "stream": True, **_STREAM_EXTRA.get(api, {})})
+            json.dumps({"model": named, **body, "stream": True, **_STREAM_EXTRA.get(api, {})})
         )
         out[api] = (unary, streamed)
     return out
@@ -95,3 +101,35 @@ def measure(
             }
         )
     return rows
+
+
+def main() -> int:
+    """Only these rows, against the bench's mock upstream and stack:
+    `python bench/surfaces.py [--rounds N]` (`make bench` runs them too)."""
+    import argparse
+    import contextlib
+    import sys
+    import tempfile
+
+    import run  # bench/run.py: the stack, the mock upstream and the load generator
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rounds", type=int, default=run.FULL.rounds)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="switchboard-surfaces-") as tmp_name:
+        tmp = Path(tmp_name)
+        with contextlib.ExitStack() as stack:
+            upstream, _ = stack.enter_context(run.mock_upstream())
+            edge, _, _ = stack.enter_context(run.switchboard(upstream, tmp))
+            bodies = run._bodies(tmp)
+            run.load(edge, bodies["small"], mode="closed", concurrency=4, requests=100)
+            rows = measure(
+                edge, tmp, run.load, run.FULL.c1_requests, run.FULL.stream_requests, args.rounds
+            )
+    json.dump(rows, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,7 +57,15 @@ def test_quick_bench_produces_sane_results(tmp_path: Path) -> None:
         assert steps
         assert all(step["rps"] > 0 and step["p99_ms"] > 0 for step in steps)
     # The agent and seed APIs beside chat, on the same edge in the same run.
-    for api in ("chat", "messages", "responses", "seed_001", "seed_002", "seed_003"):
+    for api in (
+        "chat",
+        "messages",
+        "responses",
+        "responses_native",
+        "seed_001",
+        "seed_002",
+        "seed_003",
+    ):
         agent = by[("switchboard-edge", f"surface_{api}")]
         assert agent["errors"] == 0
         assert agent["p50_ms"] > 0
