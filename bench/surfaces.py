@@ -55,13 +55,21 @@ def _bodies(tmp: Path, model: str) -> dict[str, tuple[Path, Path]]:
 
 
 def measure(
-    edge: Any, tmp: Path, load: Load, requests: int, stream_requests: int, rounds: int
+    edge: Any,
+    tmp: Path,
+    load: Load,
+    requests: int,
+    stream_requests: int,
+    rounds: int,
+    apis: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows: per API, c1 latency and stream TTFT, each with what it adds over chat."""
+    """Rows: per API (all, or `apis` beside chat), c1 latency and stream TTFT,
+    each with what it adds over chat."""
     base = edge.url.removesuffix("/v1/chat/completions")
+    chosen = ["chat", *[a for a in apis if a != "chat"]] if apis else list(APIS)
     systems = {
-        api: dataclasses.replace(edge, name=f"{edge.name}-{api}", url=base + path)
-        for api, (path, _) in APIS.items()
+        api: dataclasses.replace(edge, name=f"{edge.name}-{api}", url=base + APIS[api][0])
+        for api in chosen
     }
     streaming = {
         api: dataclasses.replace(system, url=base + _STREAM_PATH[api])
@@ -70,9 +78,9 @@ def measure(
         for api, system in systems.items()
     }
     bodies = _bodies(tmp, edge.model)
-    latency: dict[str, list[float]] = {api: [] for api in APIS}
-    ttft: dict[str, list[float]] = {api: [] for api in APIS}
-    errors = dict.fromkeys(APIS, 0)
+    latency: dict[str, list[float]] = {api: [] for api in chosen}
+    ttft: dict[str, list[float]] = {api: [] for api in chosen}
+    errors = dict.fromkeys(chosen, 0)
     for _ in range(rounds):
         for api, system in systems.items():
             unary, streamed = bodies[api]
@@ -85,7 +93,7 @@ def measure(
                 ttft[api].append(s["ttft_ms"]["p50"])
             errors[api] += r["errors"] + s["errors"]
     rows = []
-    for api in APIS:
+    for api in chosen:
         added = [a - c for a, c in zip(latency[api], latency["chat"], strict=True)]
         firsts = [a - c for a, c in zip(ttft[api], ttft["chat"], strict=False)]
         rows.append(
@@ -105,7 +113,7 @@ def measure(
 
 def main() -> int:
     """Only these rows, against the bench's mock upstream and stack:
-    `python bench/surfaces.py [--rounds N]` (`make bench` runs them too)."""
+    `python bench/surfaces.py [--rounds N] [--apis API ...]` (`make bench` runs them all)."""
     import argparse
     import contextlib
     import sys
@@ -115,6 +123,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--rounds", type=int, default=run.FULL.rounds)
+    parser.add_argument("--apis", nargs="*", choices=list(APIS), help="only these, beside chat")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="switchboard-surfaces-") as tmp_name:
         tmp = Path(tmp_name)
@@ -124,7 +133,13 @@ def main() -> int:
             bodies = run._bodies(tmp)
             run.load(edge, bodies["small"], mode="closed", concurrency=4, requests=100)
             rows = measure(
-                edge, tmp, run.load, run.FULL.c1_requests, run.FULL.stream_requests, args.rounds
+                edge,
+                tmp,
+                run.load,
+                run.FULL.c1_requests,
+                run.FULL.stream_requests,
+                args.rounds,
+                args.apis,
             )
     json.dump(rows, sys.stdout, indent=2)
     print()
