@@ -41,6 +41,9 @@ REPO = BENCH.parent
 LITELLM = REPO / ".venv-bench" / "bin" / "litellm"
 P99_LIMIT_MS = 50.0
 SOAK_FRACTION = 0.7
+# The usage lag is also measured under traffic at this fraction of the frontier.
+LAG_LOAD_FRACTION = 0.5
+LAG_MODEL = "bench-lag"
 SOAK_RSS_GROWTH_LIMIT = 0.10
 REDIS_URL = os.environ.get("SWITCHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHUNKS = 64
@@ -228,6 +231,8 @@ def switchboard(
                 "name": "bench-native",
                 "deployments": [{"provider": "mock-native", "model": "bench"}],
             },
+            # The usage-lag probes' own model, so that their rows can be told apart.
+            {"name": LAG_MODEL, "deployments": [{"provider": "mock", "model": "bench"}]},
             {
                 "name": "bench-routed",
                 "strategy": "least_latency",
@@ -527,11 +532,18 @@ def sink_throughput(p: Profile) -> dict[str, Any]:
     return result
 
 
-def usage_lag(edge: System, body: Path, p: Profile) -> dict[str, Any]:
-    """Seconds from a response at the edge to its row being counted in ClickHouse."""
+def usage_lag(edge: System, body: Path, p: Profile, model: str = "") -> dict[str, Any]:
+    """Seconds from a response at the edge to its row being counted in ClickHouse.
+    With `model`, the probes ask that model and only its rows are counted, so
+    other traffic (usage_lag_loaded's) does not count as a probe's row."""
     base = edge.url.removesuffix("/v1/chat/completions")
     today = time.strftime("%Y-%m-%d", time.gmtime())
     summary = f"{base}/v1/usage/summary?start={today}&end={today}"
+    if model:
+        summary += f"&model={model}"
+        probe = body.with_name(f"{body.stem}-{model}.json")
+        probe.write_text(json.dumps({**json.loads(body.read_text()), "model": model}))
+        body = probe
 
     def counted() -> float:
         with urllib.request.urlopen(summary, timeout=5) as reply:  # noqa: S310 - loopback
@@ -557,6 +569,33 @@ def usage_lag(edge: System, body: Path, p: Profile) -> dict[str, Any]:
         "probes": len(lags),
         "p50_s": lags[len(lags) // 2],
         "p99_s": lags[min(len(lags) - 1, int(0.99 * len(lags)))],
+    }
+
+
+def usage_lag_loaded(edge: System, body: Path, p: Profile, rate: float) -> dict[str, Any]:
+    """usage_lag while open-loop traffic at `rate` RPS goes through the same edge
+    (issue 20 asks for the lag at half the frontier): the probes ask LAG_MODEL,
+    the traffic the bench model, in 5 s loadgen runs until the probes end."""
+    stop = threading.Event()
+    served: list[dict[str, Any]] = []
+
+    def traffic() -> None:
+        while not stop.is_set():
+            served.append(load(edge, body, mode="open", rate=rate, duration=5, max_in_flight=512))
+
+    background = threading.Thread(target=traffic, daemon=True)
+    background.start()
+    try:
+        time.sleep(2.0)  # the traffic reaches its rate before the first probe
+        lag = usage_lag(edge, body, p, model=LAG_MODEL)
+    finally:
+        stop.set()
+        background.join()
+    return {
+        **lag,
+        "rate": rate,
+        "traffic_rps": statistics.mean(r["rps"] for r in served) if served else 0.0,
+        "traffic_errors": sum(r["errors"] for r in served),
     }
 
 
@@ -822,6 +861,10 @@ def main() -> int:
                 ):
                     row(system.name, surface_row.pop("scenario"), **surface_row)
                 print("[bench] API surfaces done", file=sys.stderr)
+                if edge_frontier:
+                    rate = round(LAG_LOAD_FRACTION * edge_frontier)
+                    loaded = usage_lag_loaded(system, bodies["small"], profile, rate)
+                    row(system.name, "usage_lag_loaded", **loaded)
                 if profile.soak_s > 0 and edge_frontier:
                     rate = round(SOAK_FRACTION * edge_frontier)
                     print(f"[bench] soak: {profile.soak_s:.0f}s at {rate} RPS", file=sys.stderr)
@@ -838,6 +881,11 @@ def main() -> int:
             table += (
                 f"\n\nusage lag (response → counted), {r['system']}: "
                 f"p50 {p50:.2f} s, p99 {p99:.2f} s"
+            )
+        if r["scenario"] == "usage_lag_loaded":
+            table += (
+                f"\nusage lag under {r['traffic_rps']:.0f} RPS of traffic (half the frontier), "
+                f"{r['system']}: p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} s"
             )
         if r["scenario"] == "soak":
             worst = max(
