@@ -70,6 +70,10 @@ def test_quick_bench_produces_sane_results(tmp_path: Path) -> None:
         assert agent["errors"] == 0
         assert agent["p50_ms"] > 0
         assert agent["ttft_p50_ms"] > 0
+    # The usage lag, also under traffic through the same edge.
+    loaded = by[("switchboard-edge", "usage_lag_loaded")]
+    assert loaded["traffic_errors"] == 0
+    assert 0 < loaded["p50_s"] <= loaded["p99_s"]
     # The edge must pass SSE events through one by one, as the upstream sent them.
     assert by[("switchboard-edge", "stream")]["coalesced_events"] == 0
     assert (tmp_path / "latency_vs_rps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
