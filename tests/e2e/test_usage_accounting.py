@@ -323,16 +323,19 @@ def test_usage_timeseries_buckets_add_up_to_the_summary(
 def test_acknowledged_messages_the_broker_loses_are_republished(
     stack: Stack, upstream: OpenAIUpstream
 ) -> None:
-    """Traffic, then the broker dies before the sink drains, five times: each
-    time the ledger comes back to exactly what the upstream served."""
-    republished = _metric(stack, "switchboard_outbox_republished_total", outbox="usage")
+    """Traffic, then the broker dies (restarting empty) at once after the last
+    reply, five times: each time the ledger comes back to exactly what the
+    upstream served, nothing lost and nothing counted twice.
+
+    Whether a kill catches records the broker acknowledged but the sink had not
+    stored yet is timing: the sink flushes every 100 ms (issue 20), so on a fast
+    machine it may drain before every kill, and this test cannot require it.
+    test_broker_restarted_empty_while_the_sink_is_down makes that loss certain
+    and requires the republishing."""
     for _ in range(5):
         _traffic(stack, 8)
         _kill_broker_and_restart_it_empty(stack)
         _assert_ledger_matches_upstream(stack, upstream)
-    # The drill lost acknowledged records at least once (the sink batches for a
-    # second, the kill follows the last reply at once), and they came back.
-    assert _metric(stack, "switchboard_outbox_republished_total", outbox="usage") > republished
 
 
 def test_broker_restarted_empty_while_the_sink_is_down(
@@ -362,5 +365,7 @@ def test_broker_restarted_empty_while_the_sink_is_down(
         sink_down.unlink()
     _assert_ledger_matches_upstream(stack, upstream)
     assert "ClickHouse is unavailable" in stack.log("usage"), "the sink was never down"
+    # The ten the broker lost came back through the outbox (this usage process's count).
+    assert _metric(stack, "switchboard_outbox_republished_total", outbox="usage") >= 10
     stack.restart("usage")
     _assert_ledger_matches_upstream(stack, upstream)
