@@ -53,6 +53,9 @@ class Native:
         """Expect the upstream's last call in the ledger, as it counted it."""
         call = self.upstream.served[-1]
         assert call.endpoint == "responses"
+        # The upstream marks a call reported once its write returned, which can be
+        # after the client has read the answer.
+        self.upstream.wait_until(lambda: call.usage_reported, within_s=10)
         assert call.usage_reported
         self.expected.append(
             (stream, call.prompt_tokens, call.completion_tokens, cached, reasoning)
@@ -128,6 +131,8 @@ def test_create_passes_through_natively(native: Native, oai: openai.OpenAI) -> N
     assert request.path == "/v1/responses"
     sent: Any = request.json
     assert sent["store"] is False
+    # With nothing stored upstream, reasoning can only be sent back encrypted.
+    assert sent["include"] == ["reasoning.encrypted_content"]
     assert "previous_response_id" not in sent
     assert sent["instructions"] == "Be brief."
     assert sent["tools"] == [FUNCTION_TOOL]
@@ -142,7 +147,8 @@ def test_create_passes_through_natively(native: Native, oai: openai.OpenAI) -> N
     assert [item.type for item in answer.output] == ["reasoning", "message"]
     reasoning = answer.output[0]
     assert isinstance(reasoning, ResponseReasoningItem)
-    assert reasoning.encrypted_content
+    # Kept here for the conversation; shown only to a client whose include asks.
+    assert reasoning.encrypted_content is None
     assert answer.output_text == "echo: hello there"
     # The response is ours: our id, the model name asked for.
     assert answer.id.startswith("resp_")
@@ -162,10 +168,16 @@ def test_a_tool_conversation_continues_natively(native: Native, oai: openai.Open
         ),
         Scripted(text="Sunny in Paris."),
     )
-    first = oai.responses.create(model=NATIVE, input="weather in Paris?", tools=[FUNCTION_TOOL])
+    first = oai.responses.create(
+        model=NATIVE,
+        input="weather in Paris?",
+        tools=[FUNCTION_TOOL],
+        include=["reasoning.encrypted_content"],
+    )
     native.served(stream=False, cached=4, reasoning=5)
     reasoning, call = first.output
     assert isinstance(reasoning, ResponseReasoningItem)
+    assert reasoning.encrypted_content  # asked for
     assert isinstance(call, ResponseFunctionToolCall)
     second = oai.responses.create(
         model=NATIVE,
@@ -177,6 +189,9 @@ def test_a_tool_conversation_continues_natively(native: Native, oai: openai.Open
     native.requests += 2
     assert second.output_text == "Sunny in Paris."
     assert second.previous_response_id == first.id
+    second_reasoning = second.output[0]
+    assert isinstance(second_reasoning, ResponseReasoningItem)
+    assert second_reasoning.encrypted_content is None  # not asked for this time
     # The whole conversation went up as items, the upstream's reasoning item
     # with its id and encrypted content, as the Responses API needs it back.
     sent: Any = native.upstream.requests[-1].json

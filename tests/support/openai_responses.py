@@ -18,6 +18,9 @@ and a token is one whitespace-separated word.
 * ``output_tokens`` = reply words, plus ``len(arguments) // 2 + 1`` per tool call, plus
   reasoning tokens (the scripted ``reasoning_tokens``, else 2 for the reasoning item).
 * ``max_output_tokens`` truncates the reply words and makes the response ``incomplete``.
+* The reasoning item carries ``encrypted_content`` only when ``include`` asks for
+  ``reasoning.encrypted_content``; with ``store: false``, a reasoning item in the input
+  without it is refused (404, as the real API answers: nothing was stored to find it by).
 * ``previous_response_id`` is refused with a 400: nothing is stored here, since the
   gateway is expected to send the whole conversation itself (with ``store: false``).
 
@@ -93,6 +96,19 @@ async def respond(upstream: OpenAIUpstream, request: web.Request, ctx: _Ctx) -> 
             param="previous_response_id",
         )
     items = _input_items(body.get("input"))
+    if body.get("store") is False:
+        # As the real API: with nothing stored, a reasoning item can only come
+        # back with its encrypted content (asked for with `include`).
+        for item in items:
+            if item["type"] == "reasoning" and not item.get("encrypted_content"):
+                raise _ApiError(
+                    404,
+                    f"Item with id '{item.get('id')}' not found. Items are not persisted when "
+                    "`store` is set to false. Try again with `store` set to true, or remove "
+                    "this item from your input.",
+                    param="input",
+                )
+    encrypted = "reasoning.encrypted_content" in (body.get("include") or [])
     limit = _int_param(body, "max_output_tokens", minimum=0)
     stream = body.get("stream") is True and not ctx.behaviour.stream_as_json
     instructions = body.get("instructions")
@@ -156,14 +172,10 @@ async def respond(upstream: OpenAIUpstream, request: web.Request, ctx: _Ctx) -> 
         completion_tokens=output_tokens,
     )
     text = " ".join(words)
-    output: list[dict[str, Any]] = [
-        {
-            "type": "reasoning",
-            "id": f"rs_{_hex()}",
-            "summary": [],
-            "encrypted_content": f"enc_{_hex()}",
-        }
-    ]
+    reasoning: dict[str, Any] = {"type": "reasoning", "id": f"rs_{_hex()}", "summary": []}
+    if encrypted:
+        reasoning["encrypted_content"] = f"enc_{_hex()}"
+    output: list[dict[str, Any]] = [reasoning]
     if words or not calls:
         output.append(
             {

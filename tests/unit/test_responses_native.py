@@ -111,6 +111,8 @@ def test_stream_events_as_canonical_chunks() -> None:
 def test_the_surface_sends_the_whole_conversation_and_asks_the_upstream_not_to_store() -> None:
     thread: list[Any] = [
         {"type": "message", "id": "msg_ours", "role": "user", "content": [{"type": "input_text"}]},
+        # Reasoning without its encrypted content cannot go back to a store-less upstream.
+        {"type": "reasoning", "id": "rs_bare", "summary": []},
         {"type": "reasoning", "id": "rs_up", "encrypted_content": "e", "summary": []},
         {
             "type": "function_call",
@@ -121,7 +123,13 @@ def test_the_surface_sends_the_whole_conversation_and_asks_the_upstream_not_to_s
         },
         {"type": "function_call_output", "id": "item_ours", "call_id": "c", "output": "ok"},
     ]
-    request = {"model": "m", "input": "x", "previous_response_id": "resp_1", "stream": True}
+    request = {
+        "model": "m",
+        "input": "x",
+        "previous_response_id": "resp_1",
+        "stream": True,
+        "include": ["message.output_text.logprobs"],
+    }
 
     def offer() -> tuple[native.NativeCall | None, native.NativeCall | None]:
         call = responses_native.offer(request, thread)
@@ -135,6 +143,7 @@ def test_the_surface_sends_the_whole_conversation_and_asks_the_upstream_not_to_s
     assert call.request.api == provider_pb2.NATIVE_API_OPENAI_RESPONSES
     body = json.loads(call.request.body)
     assert body["store"] is False
+    assert body["include"] == ["message.output_text.logprobs", "reasoning.encrypted_content"]
     assert "previous_response_id" not in body
     assert "stream" not in body
     # Only reasoning items keep their ids (their encrypted content needs them).
@@ -176,3 +185,19 @@ def test_the_native_stream_is_passed_on_as_ours_with_the_end_held_back() -> None
     assert failed["sequence_number"] == 3
     assert failed["response"]["output"] == [item]
     assert failed["response"]["error"] == {"code": "E", "message": "broke"}
+
+
+def test_encrypted_reasoning_is_kept_but_shown_only_when_asked() -> None:
+    reasoning = {"type": "reasoning", "id": "rs", "summary": [], "encrypted_content": "e"}
+    other = {"type": "message", "encrypted_content": "not reasoning: left alone"}
+    event = {"type": "response.output_item.done", "sequence_number": 0, "item": reasoning}
+    assert responses_native.shown([reasoning, other], {}) == [
+        {"type": "reasoning", "id": "rs", "summary": []},
+        other,
+    ]
+    asked = {"include": ["reasoning.encrypted_content"]}
+    assert responses_native.shown([reasoning], asked) == [reasoning]
+    stream = responses_native.NativeStream({"model": "m"}, "resp_1")
+    [body] = stream.events([event])
+    assert b"encrypted_content" not in body.data
+    assert stream.output == [reasoning]  # the conversation keeps it

@@ -247,16 +247,21 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
             None if thread is None else [*thread, *items],
         )
 
-    async def _keep(self, call: _Prepared, response: dict[str, Any]) -> None:
+    async def _keep(
+        self, call: _Prepared, response: dict[str, Any], output: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Store the response as the caller got it, and the conversation with
+        `output` as the upstream sent it (default: the response's own)."""
         if call.request.get("store", True) is False:
             return
+        output = response["output"] if output is None else output
         record = {
             "response": response,
             "input_items": call.items,
-            "conversation": [*call.conversation, *shapes.history_of(response["output"])],
+            "conversation": [*call.conversation, *shapes.history_of(output)],
         }
         if call.thread is not None:
-            record["items"] = [*call.thread, *response["output"]]
+            record["items"] = [*call.thread, *output]
         await self.store.put(current_caller().name, response["id"], record)
 
     async def CreateResponse(
@@ -272,7 +277,9 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
             response_id = shapes.new_id("resp")
             upstream = offered.take() if offered is not None else []
             if upstream:
-                response = responses_native.as_ours(upstream[-1], call.request, response_id)
+                whole = responses_native.as_ours(upstream[-1], call.request, response_id)
+                response = responses_native.shown(whole, call.request)
+                output = whole["output"]
             else:
                 choice = answer.choices[0] if answer.choices else openai_pb2.ChatCompletionChoice()
                 response = shapes.response(
@@ -283,7 +290,8 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
                     shapes.usage(answer.usage),
                     choice.finish_reason,
                 )
-            await self._keep(call, response)
+                output = response["output"]
+            await self._keep(call, response, output)
             return surface.json_body(response)
 
     async def StreamResponse(
@@ -325,7 +333,8 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
                         "the upstream ended the stream before the response was complete",
                     )
                     return
-                await self._keep(call, passed.final)
+                final = responses_native.shown(passed.final, call.request)
+                await self._keep(call, final, passed.final["output"])
                 yield passed.final_event
                 return
             if not started:

@@ -7,6 +7,10 @@ store: the conversation is kept here, for its key, whichever provider answers
 next). Its answer or events come back as it sent them, with the response
 object's identity made ours: our id, the model name the caller asked for, and
 the caller's own previous_response_id and store.
+
+With nothing stored upstream, a reasoning item can only be sent back with its
+encrypted content, so that is always asked for and kept in the conversation
+stored here; the caller sees it only when its own `include` asked for it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ _SNAPSHOTS = (
     "response.failed",
 )
 _FINAL = ("response.completed", "response.incomplete")
+ENCRYPTED = "reasoning.encrypted_content"
 
 
 def _as_input(item: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +44,12 @@ def _as_input(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k not in ("id", "status")}
 
 
+def _resendable(item: dict[str, Any]) -> bool:
+    # A reasoning item without its encrypted content (another path's) would be
+    # refused: the upstream keeps nothing to find it by.
+    return item.get("type") != "reasoning" or bool(item.get("encrypted_content"))
+
+
 def offer(
     request: dict[str, Any], conversation: list[dict[str, Any]] | None
 ) -> native.NativeCall | None:
@@ -47,9 +58,31 @@ def offer(
     if conversation is None:
         return None
     body = {k: v for k, v in request.items() if k not in ("previous_response_id", "stream")}
-    body["input"] = [_as_input(item) for item in conversation]
+    body["input"] = [_as_input(item) for item in conversation if _resendable(item)]
     body["store"] = False
+    asked = request.get("include")
+    body["include"] = [*(i for i in asked or [] if i != ENCRYPTED), ENCRYPTED]
     return native.offer(provider_pb2.NATIVE_API_OPENAI_RESPONSES, body)
+
+
+def shown(value: Any, request: dict[str, Any]) -> Any:
+    """What the caller sees of an upstream object: reasoning items' encrypted
+    content only when its `include` asked for it."""
+    if ENCRYPTED in (request.get("include") or []):
+        return value
+    return _without_encrypted(value)
+
+
+def _without_encrypted(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_without_encrypted(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: _without_encrypted(v)
+        for k, v in value.items()
+        if not (k == "encrypted_content" and value.get("type") == "reasoning")
+    }
 
 
 def as_ours(upstream: dict[str, Any], request: dict[str, Any], response_id: str) -> dict[str, Any]:
@@ -71,10 +104,12 @@ class NativeStream:
         self.request = request
         self.response_id = response_id
         self.next_sequence = 0
+        # The output items as the upstream sent them (kept in the conversation).
         self.output: list[dict[str, Any]] = []
-        # The response the stream ended with (completed or incomplete), and its
-        # event: held back until the response is stored, so that a client
-        # reading it back at once finds it.
+        # The response the stream ended with (completed or incomplete; as the
+        # upstream sent its output), and its event as the caller gets it: held
+        # back until the response is stored, so that a client reading it back
+        # at once finds it.
         self.final: dict[str, Any] | None = None
         self.final_event: httpbody_pb2.HttpBody | None = None
 
@@ -91,16 +126,18 @@ class NativeStream:
                 self.output.append(event["item"])
             if isinstance(event.get("sequence_number"), int):
                 self.next_sequence = event["sequence_number"] + 1
+            passed = surface.sse_event(kind, shown(event, self.request))
             if kind in _FINAL:
                 self.final = event["response"]
-                self.final_event = surface.sse_event(kind, event)
+                self.final_event = passed
             else:
-                out.append(surface.sse_event(kind, event))
+                out.append(passed)
         return out
 
     def failed(self, code: str, message: str) -> httpbody_pb2.HttpBody:
         """The last event of a stream that broke after it started."""
-        response = shapes.failed(self.request, self.response_id, self.output, code, message)
+        output = shown(self.output, self.request)
+        response = shapes.failed(self.request, self.response_id, output, code, message)
         body = {
             "type": "response.failed",
             "sequence_number": self.next_sequence,
