@@ -76,14 +76,16 @@ def _run(
     )
 
 
-@contextlib.contextmanager
-def running_stack(
-    config: Mapping[str, Any], tmp: Path, extra_env: Mapping[str, str] | None = None
-) -> Iterator[Stack]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    config_path = tmp / "switchboard.yaml"
-    config_path.write_text(yaml.safe_dump(dict(config)))
-    home = tmp / "home"
+# Another process (a parallel test worker, a server it started) can take a free
+# port between free_port() and the bind: `make up` then fails, and is tried
+# again on new ports.
+UP_ATTEMPTS = 3
+_PORT_TAKEN = "Address already in use"
+
+
+def _stack_env(
+    config_path: Path, home: Path, extra_env: Mapping[str, str] | None
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -103,10 +105,27 @@ def running_stack(
         env[f"SWITCHBOARD_{name.upper()}_METRICS_PORT"] = str(free_port())
     env["SWITCHBOARD_GPU_MONITOR_PORT"] = str(free_port())
     env.update(extra_env or {})
-    up = _run("up", env, timeout=120)
-    try:
-        if up.returncode != 0:
+    return env
+
+
+@contextlib.contextmanager
+def running_stack(
+    config: Mapping[str, Any], tmp: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Stack]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    config_path = tmp / "switchboard.yaml"
+    config_path.write_text(yaml.safe_dump(dict(config)))
+    home = tmp / "home"
+    for attempt in range(UP_ATTEMPTS):
+        env = _stack_env(config_path, home, extra_env)
+        up = _run("up", env, timeout=120)
+        if up.returncode == 0:
+            break
+        down = _run("down", env, timeout=60)
+        assert down.returncode == 0, down.stdout + down.stderr
+        if _PORT_TAKEN not in up.stdout + up.stderr or attempt == UP_ATTEMPTS - 1:
             raise RuntimeError(f"make up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
+    try:
         yield Stack(
             edge_url=f"http://127.0.0.1:{env['SWITCHBOARD_EDGE_PORT']}",
             router_address=f"127.0.0.1:{env['SWITCHBOARD_GRPC_PORT']}",
