@@ -90,10 +90,12 @@ async def serve(
     grace_s: float = 10.0,
     stop: asyncio.Event | None = None,
     worker: bool = False,
+    bound: Callable[[int], None] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then drain. A worker shares
     its port with its siblings, leaves the metrics port to its supervisor, and
-    tells it once it serves."""
+    tells it once it serves. `bound` is told the port once the server serves:
+    the kernel's choice where settings ask for port 0."""
     policy = AccessPolicy(settings.admin_key)
     # The first interceptor is the outermost: it renders the policy's refusals.
     server = grpc.aio.server(
@@ -132,6 +134,8 @@ async def serve(
         )
         if worker:
             workers.report_ready()
+        if bound is not None:
+            bound(port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

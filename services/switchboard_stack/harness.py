@@ -4,7 +4,9 @@ free ports and a private SWITCHBOARD_HOME: for end-to-end tests and the benchmar
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,19 +22,50 @@ from switchboard_stack.supervisor import read_pid_file
 REPO = Path(__file__).resolve().parents[2]
 
 
-_handed_out: set[int] = set()
+# Ports are handed out below the kernel's ephemeral range, from a block of
+# their own per test worker. A port the kernel picks (a bind to port 0, an
+# outgoing connection) is never one of these, nor is one another worker hands
+# out: with the kernel's picks, another worker could take a port between the
+# check here and its user's bind, and then answer that user's probes.
+_POOL_FIRST = 10000
+_BLOCK = 2000
+
+
+def _ephemeral_first() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _own_ports() -> Iterator[int]:
+    """This process's block, in turn from a random start: the block is chosen by
+    the pytest-xdist worker number (the first is shared by the processes
+    outside pytest-xdist's workers)."""
+    blocks = max(1, (_ephemeral_first() - _POOL_FIRST) // _BLOCK)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    slot = int(worker[2:]) + 1 if worker[2:].isdigit() else 0
+    first, start = _POOL_FIRST + (slot % blocks) * _BLOCK, secrets.randbelow(_BLOCK)
+    return (first + (start + i) % _BLOCK for i in itertools.count())
+
+
+_ports: Iterator[int] | None = None
 
 
 def free_port() -> int:
-    """A port nothing listens on, never one this process handed out before: the
-    kernel may offer a just-released port again before its first user binds it."""
-    while True:
+    """A port nothing listens on, from this process's block, never handed out
+    again before the block wraps around."""
+    global _ports
+    if _ports is None:
+        _ports = _own_ports()
+    for port in itertools.islice(_ports, _BLOCK):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return port
+    raise OSError(f"no free port among {_BLOCK} in this process's block")
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,16 @@ def _script(grid: Grid, kind: str) -> None:
 
 
 def _served(grid: Grid, kind: str) -> list[tuple[int, int, int, int]]:
-    """(prompt, completion, cached, reasoning) per completed upstream call."""
+    """(prompt, completion, cached, reasoning) per completed upstream call, once
+    both of the conversation's are: an upstream marks a call completed once its
+    write returned, which can be after the client has read the answer."""
+    upstreams = (grid.openai, grid.gemini, grid.anthropic)
+    upstream = upstreams[["openai", "gemini", "anthropic"].index(kind)]
+    eventually(
+        lambda: sum(c.completed for c in upstream.served) >= 2,
+        timeout=10,
+        what=f"both {kind} calls completed",
+    )
     if kind == "openai":
         calls = [c for c in grid.openai.served if c.completed]
         return [

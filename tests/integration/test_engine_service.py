@@ -28,10 +28,10 @@ from switchboard.engine.v1 import engine_pb2 as pb
 from switchboard.engine.v1 import engine_pb2_grpc
 from switchboard.registry.v1 import engine_config_pb2 as cfg
 from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
-from switchboard_common.server import CHANNEL_OPTIONS, serve
+from switchboard_common.server import CHANNEL_OPTIONS
 from switchboard_common.settings import Settings
 from tests.support.grpc_errors import reason
-from tests.support.inprocess import services, wait_serving
+from tests.support.inprocess import services, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -75,31 +75,18 @@ async def engine_service(
             vllm_bin=wrapper,
             **overrides,
         )
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            serve(
-                "engine",
-                functools.partial(setup, engine_settings=engine_settings),
+        engine_setup = functools.partial(setup, engine_settings=engine_settings)
+        async with (
+            serving("engine", engine_setup, settings) as (settings, _),
+            grpc.aio.insecure_channel(settings.address("engine"), CHANNEL_OPTIONS) as ch,
+            grpc.aio.insecure_channel(settings.address("registry"), CHANNEL_OPTIONS) as reg,
+        ):
+            yield Env(
+                engine_pb2_grpc.EngineServiceStub(ch),
+                registry_pb2_grpc.RegistryServiceStub(reg),
+                ready,
                 settings,
-                grace_s=1,
-                stop=stop,
             )
-        )
-        try:
-            await wait_serving(settings.address("engine"), task)
-            async with (
-                grpc.aio.insecure_channel(settings.address("engine"), CHANNEL_OPTIONS) as ch,
-                grpc.aio.insecure_channel(settings.address("registry"), CHANNEL_OPTIONS) as reg,
-            ):
-                yield Env(
-                    engine_pb2_grpc.EngineServiceStub(ch),
-                    registry_pb2_grpc.RegistryServiceStub(reg),
-                    ready,
-                    settings,
-                )
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
 
 
 async def engine(env: Env, name: str) -> pb.Engine:

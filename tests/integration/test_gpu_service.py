@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchboard.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from switchboard.registry.v1 import registry_pb2, registry_pb2_grpc
-from switchboard_common.server import CHANNEL_OPTIONS, serve
+from switchboard_common.server import CHANNEL_OPTIONS
 from switchboard_common.settings import Settings
 from switchboard_gpu.alerts import to_timestamp
 from switchboard_gpu.nvml import DeviceReading, NvmlBackend, ScriptedNvml
@@ -34,7 +34,7 @@ from switchboard_gpu.service import setup
 from switchboard_stack.harness import free_port
 from tests.conftest import eventually
 from tests.support.grpc_errors import reason
-from tests.support.inprocess import wait_serving
+from tests.support.inprocess import serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -99,24 +99,17 @@ async def running_gpu(
         options["clock"] = clock
     if ticker is not None:
         options["tick"] = ticker.wait
-    stop = asyncio.Event()
-    server = asyncio.create_task(
-        serve("gpu", functools.partial(setup, **options), settings, grace_s=1, stop=stop)
-    )
-    try:
-        await wait_serving(settings.address("gpu"), server)
-        async with grpc.aio.insecure_channel(
-            settings.address("gpu"), options=CHANNEL_OPTIONS
-        ) as channel:
-            yield channel
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, WAIT_S)
+    gpu_setup = functools.partial(setup, **options)
+    async with (
+        serving("gpu", gpu_setup, settings) as (settings, _),
+        grpc.aio.insecure_channel(settings.address("gpu"), options=CHANNEL_OPTIONS) as channel,
+    ):
+        yield channel
 
 
 @contextlib.asynccontextmanager
 async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Settings]:
-    """Settings for a gpu service alone: free ports, a private home, and a
+    """Settings for a gpu service alone: a private home, and a
     registry, usage service and broker addresses where nothing listens."""
     monkeypatch.setenv("SWITCHBOARD_GPU_METRICS_PORT", "0")
     monkeypatch.setenv("SWITCHBOARD_GPU_MONITOR_PORT", "0")
@@ -130,7 +123,6 @@ async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         home=tmp_path / "home",
         host="127.0.0.1",
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        ports={**base.ports, "gpu": free_port()},
     )
 
 

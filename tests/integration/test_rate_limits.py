@@ -5,6 +5,7 @@ request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -18,12 +19,10 @@ import pytest_asyncio
 from switchboard.common.v1 import openai_pb2
 from switchboard.router.v1 import router_pb2, router_pb2_grpc
 from switchboard_common.errors import SwitchboardError
-from switchboard_common.server import serve
 from switchboard_router.limits import RedisLimiter, Scope
 from switchboard_router.service import setup as router_setup
-from switchboard_stack.harness import free_port
 from tests.support.grpc_errors import reason
-from tests.support.inprocess import services, wait_serving
+from tests.support.inprocess import services, serving
 from tests.support.limits import take
 from tests.support.openai_upstream import OpenAIUpstream
 
@@ -52,30 +51,17 @@ async def routers(
         }
         async with services(config, tmp_path, monkeypatch, names=("provider",)) as settings:
             settings = dataclasses.replace(settings, redis_url=REDIS_URL)
-            stops, tasks, stubs, channels = [], [], [], []
-            try:
+            async with contextlib.AsyncExitStack() as replicas:
+                stubs = []
                 for _ in range(REPLICAS):
-                    replica = dataclasses.replace(
-                        settings, ports={**settings.ports, "router": free_port()}
+                    replica, _task = await replicas.enter_async_context(
+                        serving("router", router_setup, settings)
                     )
-                    stop = asyncio.Event()
-                    tasks.append(
-                        asyncio.create_task(
-                            serve("router", router_setup, replica, grace_s=1, stop=stop)
-                        )
+                    channel = await replicas.enter_async_context(
+                        grpc.aio.insecure_channel(replica.address("router"))
                     )
-                    stops.append(stop)
-                    await wait_serving(replica.address("router"), tasks[-1])
-                    channel = grpc.aio.insecure_channel(replica.address("router"))
-                    channels.append(channel)
                     stubs.append(router_pb2_grpc.RouterServiceStub(channel))
                 yield stubs
-            finally:
-                for channel in channels:
-                    await channel.close()
-                for stop in stops:
-                    stop.set()
-                await asyncio.gather(*tasks)
 
 
 def _request(words: int = 1, max_tokens: int = 5) -> router_pb2.CreateChatCompletionRequest:

@@ -34,6 +34,35 @@ def _setup(name: str) -> Setup:
 
 
 @contextlib.asynccontextmanager
+async def serving(
+    name: str, setup: Setup, settings: Settings, grace_s: float = 1
+) -> AsyncIterator[tuple[Settings, asyncio.Task[None]]]:
+    """`name` served on a port the kernel picks at the bind; yields `settings`
+    with that port, and the server's task. A port picked before the bind can be
+    picked by another test worker too: one of them then fails to bind, and its
+    probes reach the other worker's server."""
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    own = dataclasses.replace(settings, ports={**settings.ports, name: 0})
+    task = asyncio.create_task(
+        serve(name, setup, own, grace_s=grace_s, stop=stop, bound=port.set_result)
+    )
+    started: list[asyncio.Future[Any]] = [port, task]
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+        if not port.done():
+            task.result()
+            raise RuntimeError(f"{name} stopped while starting")
+        settings = dataclasses.replace(settings, ports={**settings.ports, name: port.result()})
+        await wait_serving(settings.address(name), task, settings.tls)
+        yield settings, task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
 async def services(
     config: Mapping[str, Any],
     tmp_path: Path,
@@ -41,7 +70,9 @@ async def services(
     names: tuple[str, ...] = ("provider", "router"),
 ) -> AsyncIterator[Settings]:
     """Start `names` in order with `config`; drain and stop them on exit. The
-    registry comes first whenever a service that follows it is started."""
+    registry comes first whenever a service that follows it is started. Each
+    knows the ports of those started before it; the others get ports where
+    nothing listens."""
     if "registry" not in names:
         names = ("registry", *names)
     config_path = tmp_path / "switchboard.yaml"
@@ -57,18 +88,10 @@ async def services(
         ports={name: free_port() for name in base.ports},
         host="127.0.0.1",
     )
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         for name in names:
-            stop = asyncio.Event()
-            task = asyncio.create_task(serve(name, _setup(name), settings, grace_s=1, stop=stop))
-            running.append((stop, task))
-            await wait_serving(settings.address(name), task, settings.tls)
+            settings, _ = await stack.enter_async_context(serving(name, _setup(name), settings))
         yield settings
-    finally:
-        for stop, task in reversed(running):
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
 
 async def wait_serving(address: str, task: asyncio.Task[None], tls: TlsFiles | None = None) -> None:
