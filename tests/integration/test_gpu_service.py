@@ -34,7 +34,7 @@ from switchboard_gpu.service import setup
 from switchboard_stack.harness import free_port
 from tests.conftest import eventually
 from tests.support.grpc_errors import reason
-from tests.support.inprocess import serving
+from tests.support.inprocess import services, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -126,68 +126,36 @@ async def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     )
 
 
-class FakeRegistry(registry_pb2_grpc.RegistrySnapshotServiceServicer):
-    """The registry's WatchSnapshot contract (a snapshot, then one change per
-    write, each with its version) over real gRPC, holding only alert rules.
+class Rules:
+    """Alert rules written through the registry's admin RPCs."""
 
-    Stands in for the registry because its CreateAlertRule/ListAlertRules fail
-    today (AlertRule has no etag field, which the registry's store sets);
-    tests/e2e/test_gpu_history.py goes through the real admin API."""
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._registry = registry_pb2_grpc.RegistryServiceStub(channel)
 
-    def __init__(self) -> None:
-        self.version = 1
-        self.rules: dict[str, registry_pb2.AlertRule] = {}
-        self._watchers: set[asyncio.Queue[registry_pb2.WatchSnapshotResponse]] = set()
+    async def create(self, rule: registry_pb2.AlertRule) -> None:
+        request = registry_pb2.CreateAlertRuleRequest(rule=rule)
+        await self._registry.CreateAlertRule(request, metadata=ADMIN, timeout=WAIT_S)
 
-    async def WatchSnapshot(
-        self, request: registry_pb2.WatchSnapshotRequest, context: Any
-    ) -> AsyncIterator[registry_pb2.WatchSnapshotResponse]:
-        queue: asyncio.Queue[registry_pb2.WatchSnapshotResponse] = asyncio.Queue()
-        self._watchers.add(queue)
-        try:
-            snapshot = registry_pb2.Snapshot(version=self.version, alert_rules=self.rules.values())
-            yield registry_pb2.WatchSnapshotResponse(version=self.version, snapshot=snapshot)
-            while True:
-                yield await queue.get()
-        finally:
-            self._watchers.discard(queue)
-
-    def _publish(
-        self, kind: registry_pb2.Change.Kind.ValueType, rule: registry_pb2.AlertRule
-    ) -> None:
-        self.version += 1
-        change = registry_pb2.Change(kind=kind, alert_rule=rule)
-        for queue in self._watchers:
-            queue.put_nowait(
-                registry_pb2.WatchSnapshotResponse(version=self.version, change=change)
-            )
-
-    def put(self, rule: registry_pb2.AlertRule) -> None:
-        self.rules[rule.name] = rule
-        self._publish(registry_pb2.Change.KIND_UPSERT, rule)
-
-    def delete(self, name: str) -> None:
-        del self.rules[name]
-        self._publish(registry_pb2.Change.KIND_DELETE, registry_pb2.AlertRule(name=name))
+    async def delete(self, name: str) -> None:
+        request = registry_pb2.DeleteAlertRuleRequest(name=name)
+        await self._registry.DeleteAlertRule(request, metadata=ADMIN, timeout=WAIT_S)
 
 
 @contextlib.asynccontextmanager
 async def with_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[Settings, FakeRegistry]]:
-    """Settings for a gpu service alone (see `isolated`) that follows a registry."""
-    # Only WatchSnapshot is served; the stubs declare every RPC abstract.
-    registry = FakeRegistry()  # type: ignore[abstract]
-    server = grpc.aio.server()
-    registry_pb2_grpc.add_RegistrySnapshotServiceServicer_to_server(registry, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with isolated(tmp_path, monkeypatch) as settings:
-            overrides = {**settings.address_overrides, "registry": f"127.0.0.1:{port}"}
-            yield dataclasses.replace(settings, address_overrides=overrides), registry
-    finally:
-        await server.stop(None)
+) -> AsyncIterator[tuple[Settings, Rules]]:
+    """Settings for a gpu service alone (see `isolated`) that follows a real
+    registry, and the registry's alert rules."""
+    monkeypatch.setenv("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
+    (tmp_path / "registry").mkdir()
+    async with (
+        services({}, tmp_path / "registry", monkeypatch, names=("registry",)) as registry,
+        isolated(tmp_path, monkeypatch) as settings,
+        grpc.aio.insecure_channel(registry.address("registry")) as channel,
+    ):
+        overrides = {**settings.address_overrides, "registry": registry.address("registry")}
+        yield dataclasses.replace(settings, address_overrides=overrides), Rules(channel)
 
 
 def rule(
@@ -400,7 +368,7 @@ async def test_alert_fires_after_its_duration_then_recovers(
     clock, ticker = FakeClock(), Ticker()
     hot = dataclasses.replace(H100, temperature_c=85.0)
     async with with_registry(tmp_path, monkeypatch) as (settings, registry):
-        registry.put(HOT)
+        await registry.create(HOT)
         async with running_gpu(settings, backend, clock=clock, ticker=ticker) as channel:
             await rules_applied(channel, {"hot"})
             stream = Stream(channel)
@@ -461,7 +429,7 @@ async def test_rule_changes_apply_live(tmp_path: Path, monkeypatch: pytest.Monke
         registry_pb2.SEVERITY_CRITICAL,
     )
     async with with_registry(tmp_path, monkeypatch) as (settings, registry):
-        registry.put(instant)
+        await registry.create(instant)
         async with running_gpu(settings, backend, clock=clock, ticker=ticker) as channel:
             await rules_applied(channel, {"hot-now"})
             stream = Stream(channel)
@@ -475,10 +443,10 @@ async def test_rule_changes_apply_live(tmp_path: Path, monkeypatch: pytest.Monke
             late.call.cancel()
 
             clock.now = T0 + 2
-            registry.delete("hot-now")
+            await registry.delete("hot-now")
             removed = await stream.alert()  # no sample needed
 
-            registry.put(idle)
+            await registry.create(idle)
             await rules_applied(channel, {"idle"})
             update = await sample_at(stream, clock, ticker, T0 + 3)
             critical = await stream.alert()
@@ -506,7 +474,7 @@ async def test_firing_alerts_survive_a_restart(
     clock, ticker = FakeClock(), Ticker()
     instant = rule("hot-now", "temperature_c", registry_pb2.COMPARATOR_GREATER_THAN, 80, 0)
     async with with_registry(tmp_path, monkeypatch) as (settings, registry):
-        registry.put(instant)
+        await registry.create(instant)
         async with running_gpu(
             settings, backend, clock=clock, ticker=ticker, publish=True
         ) as channel:
