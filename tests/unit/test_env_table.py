@@ -22,8 +22,9 @@ _READ = re.compile(
     r"""|^[A-Z_]+_VAR\s*=\s*["']([A-Z][A-Z0-9_]+)["']""",
     re.MULTILINE,
 )
-# Read, but not Switchboard's to document: the stack extends the children's path.
-NOT_SETTINGS = {"PYTHONPATH"}
+# Read, but not Switchboard's to document: the stack extends the children's
+# path; the test stack picks its ports by the pytest-xdist worker it runs in.
+NOT_SETTINGS = {"PYTHONPATH", "PYTEST_XDIST_WORKER"}
 # In the table, but read by the name the config file gives (api_key_env, key_env).
 NAMED_BY_CONFIG = {"OPENAI_API_KEY", "GEMINI_API_KEY", "ANTHROPIC_API_KEY", "DASHSCOPE_API_KEY"}
 PER_SERVICE = "SWITCHBOARD_<SERVICE>_"
