@@ -7,7 +7,8 @@ three ways in one run on this machine:
 - decode speed: completion tokens per second of the same requests sent to
   llama-server directly and through Switchboard's edge, interleaved;
 - the router's added latency on a real engine: median latency of one-token
-  requests through the edge minus direct, interleaved.
+  requests through the edge minus direct, interleaved, each started once the
+  previous one's accounting has settled (SETTLE_S).
 
 Writes bench/engine_results.json (or --out) and prints a markdown table.
 """
@@ -32,6 +33,12 @@ from switchboard_stack.harness import running_stack
 BENCH = Path(__file__).resolve().parent
 ADMIN_KEY = "bench-engines-admin-key"
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
+# A request through the edge is accounted after its answer: outbox, broker and
+# a ClickHouse insert, ~30 ms of CPU. On a machine where the engine shares the
+# cores, that work slows the engine's next prompt, whichever path sent it (a
+# direct request right after an edge one took 105 ms instead of 69): each timed
+# request waits this long after the previous one, so the figure is the router's.
+SETTLE_S = 0.4
 
 
 def _wait(what: str, check: Any, timeout_s: float = 120.0) -> Any:
@@ -60,6 +67,7 @@ def _timed(client: httpx.Client, url: str, max_tokens: int, tag: str) -> tuple[f
     # whichever path asked second.
     messages = [{"role": "user", "content": f"({tag}) Write one sentence about the sea."}]
     body = {"model": "smol", "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    time.sleep(SETTLE_S)
     started = time.perf_counter()
     reply = client.post(url, json=body)
     elapsed = time.perf_counter() - started
@@ -104,9 +112,11 @@ def measure(rounds: int) -> dict[str, Any]:
             for i in range(rounds):
                 # Interleaved, in turns: drift on a shared machine hits both alike.
                 for name, url in paths if i % 2 else paths[::-1]:
-                    elapsed, tokens = _timed(client, url, 64, f"{i}{name}long")
+                    # Tags of one shape: a longer prompt would cost its path ~4 ms a token.
+                    tag = f"{i:03d}{0 if name == 'direct' else 1}"
+                    elapsed, tokens = _timed(client, url, 64, f"{tag}L")
                     speed[name].append(tokens / elapsed)
-                    one[name].append(_timed(client, url, 1, f"{i}{name}one")[0] * 1000)
+                    one[name].append(_timed(client, url, 1, f"{tag}S")[0] * 1000)
             admin.post("/v1/admin/engines/smol:stop", json={"force": True})
     direct_tps = statistics.median(speed["direct"])
     edge_tps = statistics.median(speed["edge"])

@@ -545,7 +545,7 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
         monkeypatch.delenv("REGISTRY_DATABASE_URL", raising=False)
         (tmp_path / "stack").mkdir()
         async with services({}, tmp_path / "stack", monkeypatch, ("usage",)) as stack:
-            # The gpu service follows a registry of its own (see FakeRegistry),
+            # The gpu service follows a registry of its own (see with_registry),
             # and reaches the broker and the usage service of the stack.
             usage = stack.address("usage")
             async with with_registry(tmp_path / "gpu", monkeypatch) as (alone, registry):
@@ -554,7 +554,7 @@ async def test_samples_and_alerts_flow_to_clickhouse_and_back(
                     kafka_bootstrap=bootstrap,
                     address_overrides={**alone.address_overrides, "usage": usage},
                 )
-                registry.put(hot)
+                await registry.create(hot)
                 async with running_gpu(
                     settings, backend, clock=clock, ticker=ticker, publish=True
                 ) as channel:

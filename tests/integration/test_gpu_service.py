@@ -148,7 +148,7 @@ async def with_registry(
     """Settings for a gpu service alone (see `isolated`) that follows a real
     registry, and the registry's alert rules."""
     monkeypatch.setenv("SWITCHBOARD_ADMIN_KEY", ADMIN_KEY)
-    (tmp_path / "registry").mkdir()
+    (tmp_path / "registry").mkdir(parents=True)
     async with (
         services({}, tmp_path / "registry", monkeypatch, names=("registry",)) as registry,
         isolated(tmp_path, monkeypatch) as settings,
