@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -392,8 +393,12 @@ def test_a_stream_broken_midway_ends_with_an_error_event(
     stack: Stack, upstream: OpenAIUpstream, path: str, body: dict[str, Any], last_event: str
 ) -> None:
     upstream.reset()
+    seen = threading.Event()
     upstream.behaviour = Behaviour(
-        mode="reset_after", reset_after_chunks=2, reply="one two three four five six"
+        mode="reset_after",
+        reset_after_chunks=2,
+        reply="one two three four five six",
+        reset_when=seen,
     )
     try:
         with httpx.stream(
@@ -404,7 +409,12 @@ def test_a_stream_broken_midway_ends_with_an_error_event(
             timeout=30,
         ) as reply:
             assert reply.status_code == 200
-            names = [line[7:] for line in reply.iter_lines() if line.startswith("event: ")]
+            names = []
+            for line in reply.iter_lines():
+                if line.startswith("event: "):
+                    names.append(line[7:])
+                    if "delta" in line:
+                        seen.set()
     finally:
         upstream.reset()
     # Text had started (the status line was out): the failure is the last event.

@@ -4,6 +4,7 @@ a loopback server speaking OpenAI's wire format, and back."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -265,13 +266,16 @@ def test_upstream_hang_is_504_within_timeout(
 def test_failure_mid_stream_is_an_error_event(
     client: openai.OpenAI, upstream: OpenAIUpstream
 ) -> None:
-    upstream.behaviour = Behaviour(mode="reset_after", reset_after_chunks=2)
+    seen = threading.Event()
+    upstream.behaviour = Behaviour(mode="reset_after", reset_after_chunks=2, reset_when=seen)
     received = ""
     with pytest.raises(openai.APIError) as err:
         for chunk in client.chat.completions.create(
             model="fast-chat", messages=_messages(), stream=True
         ):
             received += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            if received:
+                seen.set()
     assert received.startswith("echo:")
     assert "lost the connection" in err.value.message
 

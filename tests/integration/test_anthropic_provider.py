@@ -5,6 +5,7 @@ Anthropic's Messages wire format, side by side with the `openai` kind."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,13 @@ async def _stream(router: router_pb2_grpc.RouterServiceAsyncStub, params: Any) -
 
 
 async def _attempt(
-    provider: provider_pb2_grpc.ProviderServiceAsyncStub, stream: bool, **extra: Any
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub,
+    stream: bool,
+    seen: threading.Event | None = None,
+    **extra: Any,
 ) -> list[provider_pb2.StreamGenerateResponse]:
-    """One attempt straight at the provider; its events, whatever the outcome."""
+    """One attempt straight at the provider; its events, whatever the outcome.
+    `seen` is set once some content has come (see Behaviour.reset_when)."""
     request = provider_pb2.StreamGenerateRequest(
         request_id="r1",
         stream=stream,
@@ -138,6 +143,8 @@ async def _attempt(
     try:
         async for event in call:
             events.append(event)
+            if seen is not None and any(c.delta.content for c in event.chat_chunk.choices):
+                seen.set()
     except grpc.aio.AioRpcError:
         pass
     return events
@@ -346,14 +353,14 @@ async def test_exactly_one_usage_record_per_attempt(
         (Behaviour(mode="status", status=529), usage_pb2.USAGE_STATUS_ERROR),
         (Behaviour(mode="error_event", status=529), usage_pb2.USAGE_STATUS_ERROR),
     ]
+    seen = threading.Event()
     if stream:
-        cases.append(
-            (Behaviour(mode="reset_after", reset_after_events=4), usage_pb2.USAGE_STATUS_PARTIAL)
-        )
+        reset = Behaviour(mode="reset_after", reset_after_events=4, reset_when=seen)
+        cases.append((reset, usage_pb2.USAGE_STATUS_PARTIAL))
     for behaviour, status in cases:
         upstreams[1].behaviour = behaviour
         events = await _attempt(
-            provider, stream, messages=[{"role": "user", "content": "one two three"}]
+            provider, stream, seen, messages=[{"role": "user", "content": "one two three"}]
         )
         kinds = [e.WhichOneof("event") for e in events]
         assert kinds.count("usage") == 1, behaviour

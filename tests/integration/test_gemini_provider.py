@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,8 @@ async def test_missing_key_names_the_variable(
 async def test_reset_mid_stream_ends_with_error_after_chunks(
     router: router_pb2_grpc.RouterServiceAsyncStub, upstreams: Upstreams
 ) -> None:
-    upstreams[1].behaviour = Behaviour(mode="reset_after", reset_after_chunks=2)
+    seen = threading.Event()
+    upstreams[1].behaviour = Behaviour(mode="reset_after", reset_after_chunks=2, reset_when=seen)
     received: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         params = _chat("via-gemini", [{"role": "user", "content": "one two three four"}])
@@ -350,6 +352,8 @@ async def test_reset_mid_stream_ends_with_error_after_chunks(
             router_pb2.StreamChatCompletionRequest(params=params)
         ):
             received.extend(c.delta.content for c in r.chunk.choices)
+            if "".join(received) == "echo: one ":
+                seen.set()
     assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR")
     assert "".join(received) == "echo: one "
     # No retry once output reached the client: one upstream attempt only.

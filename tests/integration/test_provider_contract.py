@@ -3,6 +3,7 @@ then exactly one usage record per attempt, even when the attempt breaks."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,11 +83,14 @@ async def test_usage_record_is_last_and_matches_upstream(
 async def test_reset_after_n_chunks_gives_n_chunks_then_partial_usage_then_error(
     provider: provider_pb2_grpc.ProviderServiceAsyncStub, upstream: OpenAIUpstream
 ) -> None:
-    upstream.behaviour = Behaviour(mode="reset_after", reset_after_chunks=3)
+    seen = threading.Event()
+    upstream.behaviour = Behaviour(mode="reset_after", reset_after_chunks=3, reset_when=seen)
     events: list[provider_pb2.StreamGenerateResponse] = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for event in provider.StreamGenerate(_request(stream=True)):
             events.append(event)
+            if len([c for e in events for c in e.chat_chunk.choices if c.delta.content]) == 3:
+                seen.set()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     content = [
         c.delta.content

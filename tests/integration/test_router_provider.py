@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -219,13 +220,16 @@ async def test_reset_mid_stream_ends_with_error_after_chunks(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     upstreams: tuple[OpenAIUpstream, OpenAIUpstream],
 ) -> None:
-    upstreams[0].behaviour = Behaviour(mode="reset_after", reset_after_chunks=2)
+    seen = threading.Event()
+    upstreams[0].behaviour = Behaviour(mode="reset_after", reset_after_chunks=2, reset_when=seen)
     received: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for r in router.StreamChatCompletion(
             router_pb2.StreamChatCompletionRequest(params=_chat())
         ):
             received.extend(c.delta.content for c in r.chunk.choices)
+            if "".join(received):
+                seen.set()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "".join(received).startswith("echo: ")
     # No retry once output reached the client: one upstream attempt only.
@@ -236,13 +240,14 @@ async def test_sse_error_after_first_byte_is_an_error_event(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     upstreams: tuple[OpenAIUpstream, OpenAIUpstream],
 ) -> None:
-    upstreams[0].behaviour = Behaviour(mode="reset_after", reset_after_chunks=1)
-    events = [
-        b.data
-        async for b in router.StreamChatCompletionSse(
-            router_pb2.StreamChatCompletionSseRequest(params=_chat())
-        )
-    ]
+    seen = threading.Event()
+    upstreams[0].behaviour = Behaviour(mode="reset_after", reset_after_chunks=1, reset_when=seen)
+    events = []
+    async for b in router.StreamChatCompletionSse(
+        router_pb2.StreamChatCompletionSseRequest(params=_chat())
+    ):
+        events.append(b.data)
+        seen.set()
     last = json.loads(events[-1].removeprefix(b"data: "))
     assert last["error"]["code"] == "upstream_error"
     assert b"data: [DONE]\n\n" not in events

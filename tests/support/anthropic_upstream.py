@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.support.openai_upstream import _pieces, _reply_words, _words
+from tests.support.openai_upstream import _pieces, _reply_words, _words, held
 
 __all__ = ["AnthropicUpstream", "Behaviour", "RecordedRequest", "Scripted", "ServedCall"]
 
@@ -83,6 +84,8 @@ class Behaviour:
     reset_after_events: int = 3
     # A pause before each stream event after the first.
     event_delay_s: float = 0.0
+    # As openai_upstream.Behaviour.reset_when.
+    reset_when: threading.Event | None = None
 
 
 @dataclass
@@ -476,6 +479,7 @@ class AnthropicUpstream:
                     behaviour.mode == "reset_after"
                     and call.events_sent >= behaviour.reset_after_events
                 ):
+                    await held(behaviour.reset_when)
                     if request.transport is not None:
                         request.transport.abort()
                     return resp

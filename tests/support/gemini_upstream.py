@@ -35,6 +35,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from tests.support.openai_upstream import (
     _pieces,
     _reply_words,
     _words,
+    held,
 )
 
 __all__ = ["Behaviour", "GeminiUpstream", "RecordedRequest", "Scripted", "ServedCall"]
@@ -90,6 +92,8 @@ class Behaviour:
     chunk_delay_s: float = 0.0
     first_byte_delay_s: float = 0.0
     block_reason: str = "SAFETY"
+    # As openai_upstream.Behaviour.reset_when.
+    reset_when: threading.Event | None = None
 
 
 @dataclass
@@ -513,6 +517,7 @@ class GeminiUpstream:
                     behaviour.mode == "reset_after"
                     and call.chunks_sent >= behaviour.reset_after_chunks
                 ):
+                    await held(behaviour.reset_when)
                     self._abort(request, ctx)
                     return resp
                 if call.chunks_sent and behaviour.chunk_delay_s > 0:

@@ -103,6 +103,21 @@ class Behaviour:
     reply: str | None = None
     # Chat answers a stream request with one JSON body, as servers that cannot stream do.
     stream_as_json: bool = False
+    # reset_after drops the connection only once this is set (or after HELD_S): a
+    # test sets it when its client has seen what was sent. A connection lost while
+    # the provider's HTTP client still buffers unread data loses that data too
+    # (aiohttp raises the loss before handing out what it holds).
+    reset_when: threading.Event | None = None
+
+
+HELD_S = 10.0
+
+
+async def held(reset_when: threading.Event | None) -> None:
+    """Until `reset_when` is set, if there is one, or HELD_S: a fake's
+    reset_after drops its connection then (see Behaviour.reset_when)."""
+    if reset_when is not None:
+        await asyncio.to_thread(reset_when.wait, HELD_S)
 
 
 @dataclass
@@ -639,11 +654,13 @@ class OpenAIUpstream:
                         behaviour.mode == "reset_after"
                         and call.chunks_sent >= behaviour.reset_after_chunks
                     ):
+                        await held(behaviour.reset_when)
                         self._abort(request, ctx)
                         return resp
                     await emit(_sse(event))
                     call.chunks_sent += 1
             if behaviour.mode == "reset_after":
+                await held(behaviour.reset_when)
                 self._abort(request, ctx)
                 return resp
             for event in tail:
