@@ -109,9 +109,9 @@ def _run(
     )
 
 
-# Another process (a parallel test worker, a server it started) can take a free
-# port between free_port() and the bind: `make up` then fails, and is tried
-# again on new ports.
+# A process outside this scheme (no other test worker hands out these ports)
+# can still take one between free_port() and the bind: `make up` then fails,
+# and is tried again on new ports.
 UP_ATTEMPTS = 3
 _PORT_TAKEN = "Address already in use"
 
