@@ -151,8 +151,11 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 
 # make bench WORKERS=2: the router and the provider run 2 processes each (SWITCHBOARD_WORKERS).
 # BASELINE=<git ref> also runs that commit's stack beside this one (before/after in one run).
+# PLACEMENT="service router": SWITCHBOARD_PROVIDER_PLACEMENT of this checkout's stack; a second
+# value runs a second stack with it, side by side.
 bench: install engines $(BENCH_VENV)/.installed
-	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(BASELINE),--baseline $(BASELINE))
+	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(BASELINE),--baseline $(BASELINE)) \
+		$(if $(PLACEMENT),--provider-placement $(PLACEMENT))
 	$(PY) bench/engine_bench.py
 
 bench-quick: install

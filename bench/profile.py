@@ -48,6 +48,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--out", type=Path, default=BENCH / "flame")
+    parser.add_argument(
+        "--provider-placement",
+        choices=bench.PLACEMENTS,
+        help="SWITCHBOARD_PROVIDER_PLACEMENT (router: the provider's samples are the router's)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with (
@@ -60,7 +65,9 @@ def main() -> int:
         tree = (
             stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
         )
-        edge, _, _ = stack.enter_context(bench.switchboard(upstream, tmp, tree=tree))
+        edge, _, _ = stack.enter_context(
+            bench.switchboard(upstream, tmp, tree=tree, placement=args.provider_placement)
+        )
         bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
         recorders = []
         for name in SERVICES:

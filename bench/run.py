@@ -49,6 +49,9 @@ REDIS_URL = os.environ.get("SWITCHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:637
 CHUNKS = 64
 # The suffix of the baseline's systems (--baseline).
 BEFORE = "-before"
+# SWITCHBOARD_PROVIDER_PLACEMENT values, and the suffix of a second stack's
+# systems that runs with it (--provider-placement service router).
+PLACEMENTS = {"service": "-provider-service", "router": "-in-router"}
 CHUNK_MS = 2
 
 
@@ -208,10 +211,16 @@ def baseline_tree(ref: str, tmp: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def switchboard(
-    upstream: str, tmp: Path, workers: int = 1, tree: Path | None = None, suffix: str = ""
+    upstream: str,
+    tmp: Path,
+    workers: int = 1,
+    tree: Path | None = None,
+    suffix: str = "",
+    placement: str | None = None,
 ) -> Iterator[tuple[System, System, System]]:
     """The bench stack from this checkout, or from `tree` (another checkout's
-    services and gen/, e.g. baseline_tree's), its systems' names ending in `suffix`."""
+    services and gen/, e.g. baseline_tree's), its systems' names ending in `suffix`;
+    `placement`: SWITCHBOARD_PROVIDER_PLACEMENT (None: the stack's default)."""
     config = {
         "providers": [
             {"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60},
@@ -250,6 +259,8 @@ def switchboard(
         # The router and the provider run this many processes each (README: workers).
         "SWITCHBOARD_WORKERS": str(workers),
     }
+    if placement is not None:
+        env["SWITCHBOARD_PROVIDER_PLACEMENT"] = placement
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "services"), str(tree / "gen")])
     with running_stack(config, tmp / f"switchboard{suffix}", env) as stack:
@@ -359,7 +370,7 @@ def c1_latency(systems: list[System], body: Path, p: Profile) -> dict[str, dict[
             "requests_per_round": p.c1_requests,
         }
         # The plain edge path of the same stack (the baseline's, for its systems).
-        skeleton = per_round.get("switchboard-edge" + (BEFORE if name.endswith(BEFORE) else ""))
+        skeleton = per_round.get("switchboard-edge" + name.removeprefix("switchboard-edge-routed"))
         if skeleton is not None and name.startswith("switchboard-edge-routed"):
             # Against the plain edge path in the same rounds: what routing, Redis
             # limits and breakers add on top of it.
@@ -752,6 +763,16 @@ def main() -> int:
         help="SWITCHBOARD_WORKERS for the stack: processes of the router and of the provider",
     )
     parser.add_argument(
+        "--provider-placement",
+        choices=PLACEMENTS,
+        nargs="+",
+        default=["service"],
+        help="SWITCHBOARD_PROVIDER_PLACEMENT for this checkout's stack (not the baseline's): "
+        "the provider as its own service, or inside each router process; a second value "
+        "also runs a second stack of this checkout with that placement, its systems' names "
+        "ending in " + ", ".join(f"{s!r} ({p})" for p, s in PLACEMENTS.items()),
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REF",
         help="also run REF's stack (a git worktree of it) as the '-before' systems, "
@@ -774,11 +795,17 @@ def main() -> int:
         "commit": commit(),
         "versions": versions(),
         "workers": args.workers,
+        "provider_placement": args.provider_placement[0],
     }
     rows: list[dict[str, Any]] = []
 
     def row(system: str, scenario: str, **fields: Any) -> None:
         rows.append({"system": system, "scenario": scenario, **fields, **meta})
+        # A second stack's placement is its suffix's, not the main stack's; the
+        # baseline's is its default (older commits have no other).
+        for placement, suffix in [*PLACEMENTS.items(), ("service", BEFORE)]:
+            if system.endswith(suffix):
+                rows[-1]["provider_placement"] = placement
 
     with (
         tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp_name,
@@ -790,7 +817,13 @@ def main() -> int:
         systems = [
             System("direct", url=f"{upstream}/chat/completions", pids={"upstream": upstream_pid})
         ]
-        systems += list(stack.enter_context(switchboard(upstream, tmp, args.workers)))
+        for index, placement in enumerate(dict.fromkeys(args.provider_placement)):
+            suffix = PLACEMENTS[placement] if index else ""
+            systems += list(
+                stack.enter_context(
+                    switchboard(upstream, tmp, args.workers, suffix=suffix, placement=placement)
+                )
+            )
         if args.baseline:
             tree = stack.enter_context(baseline_tree(args.baseline, tmp))
             systems += list(stack.enter_context(switchboard(upstream, tmp, 1, tree, BEFORE)))

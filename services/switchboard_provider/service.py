@@ -8,6 +8,7 @@ import base64
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -143,33 +144,33 @@ class ProviderServicer(MediaRpcs, provider_pb2_grpc.ProviderServiceServicer):
         span = _upstream_span(config, request)
         failure: BaseException | None = None
         events = adapter.generate(request, meter, timeout_s)
+        # Each wait is bounded on its own, never across a yield: the caller
+        # (gRPC's task, or the router's own when the provider is embedded)
+        # runs its code between events, and a timeout must not cancel that.
+        deadline = time.monotonic() + timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    wait_s = idle_s if produced else first_s
-                    try:
-                        async with asyncio.timeout(wait_s):
-                            event = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        what = "sent nothing more" if produced else "sent no first token"
-                        raise SwitchboardError(
-                            R.ERROR_REASON_UPSTREAM_TIMEOUT,
-                            f"provider {request.target.provider!r} {what} within {wait_s:g}s",
-                        ) from None
-                    if not produced:
-                        _response_model(span, event)
-                    produced = True
-                    yield event
-        except TimeoutError:
-            err = SwitchboardError(
-                R.ERROR_REASON_UPSTREAM_TIMEOUT,
-                f"provider {request.target.provider!r} did not finish within {timeout_s:.1f}s",
-            )
-            failure = err
-            yield self._usage(meter, produced, err)
-            raise err from None
+            while True:
+                wait_s = idle_s if produced else first_s
+                left_s = deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(min(wait_s, left_s)):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if left_s <= wait_s:
+                        what = f"did not finish within {timeout_s:.1f}s"
+                    else:
+                        silent = "sent nothing more" if produced else "sent no first token"
+                        what = f"{silent} within {wait_s:g}s"
+                    raise SwitchboardError(
+                        R.ERROR_REASON_UPSTREAM_TIMEOUT,
+                        f"provider {request.target.provider!r} {what}",
+                    ) from None
+                if not produced:
+                    _response_model(span, event)
+                produced = True
+                yield event
         except SwitchboardError as err:
             failure = err
             yield self._usage(meter, produced, err)

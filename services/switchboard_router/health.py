@@ -107,6 +107,10 @@ def probe_service(channel: grpc.aio.Channel, *, essential: bool) -> Probe:
     return probe
 
 
+async def embedded() -> Component:
+    return Component(OK)  # in this process: up whenever the router is
+
+
 def probe_usage(channel: grpc.aio.Channel, reporter: UsageReporter) -> Probe:
     async def probe() -> Component:
         pending = len(reporter.pending)
@@ -194,21 +198,22 @@ def _described(report: Report) -> dict[str, str]:
 
 def suite_monitor(
     settings: Settings,
-    provider: grpc.aio.Channel,
+    provider: grpc.aio.Channel | None,
     usage: grpc.aio.Channel,
     reporter: UsageReporter,
     follower: RegistryFollower,
     gpu_addresses: Sequence[str],
 ) -> HealthMonitor:
     """The router's monitor: the provider and usage are probed over the channels
-    calls use; the optional components (the first gpu service, the engine when
-    the stack has one) over channels of their own."""
+    calls use (no provider channel: it runs in this process); the optional
+    components (the first gpu service, the engine when the stack has one) over
+    channels of their own."""
     optional = {"gpu": gpu_addresses[0]} if gpu_addresses else {}
     if "engine" in settings.ports:
         optional["engine"] = settings.address("engine")
     channels = {name: service_channel(a, settings.tls) for name, a in optional.items()}
     probes = {
-        "provider": probe_service(provider, essential=True),
+        "provider": probe_service(provider, essential=True) if provider else embedded,
         "registry": probe_registry(follower),
         "usage": probe_usage(usage, reporter),
         **{name: probe_service(c, essential=False) for name, c in channels.items()},

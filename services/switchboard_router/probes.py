@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from switchboard.common.v1 import openai_pb2
+from switchboard_common.deadlines import Deadline
 from switchboard_common.errors import SwitchboardError
 from switchboard_common.ids import uuid7
 from switchboard_common.logs import log_fields, request_id_var
@@ -42,16 +43,6 @@ class ProbeResult:
     at: dt.datetime
     ok: bool
     latency_ms: float
-
-
-class _Deadline:
-    """The part of a call's context an attempt reads: the time it has left."""
-
-    def __init__(self, seconds: float) -> None:
-        self._until = asyncio.get_running_loop().time() + seconds
-
-    def time_remaining(self) -> float:
-        return max(0.0, self._until - asyncio.get_running_loop().time())
 
 
 class Prober:
@@ -117,7 +108,7 @@ class Prober:
         ok = False
         try:
             attempt = router.attempts.attempt(
-                _Deadline(PROBE_TIMEOUT_S),  # type: ignore[arg-type]
+                Deadline(PROBE_TIMEOUT_S),  # type: ignore[arg-type]
                 admission,
                 candidate.model.name,
                 exchange,

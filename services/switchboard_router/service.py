@@ -15,7 +15,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.api import httpbody_pb2
@@ -49,11 +49,14 @@ from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
 from switchboard_router.media import MediaHandlers
 from switchboard_router.routing import Routing
-from switchboard_router.settings import RouterSettings
+from switchboard_router.settings import RouterSettings, SettingsError
 from switchboard_router.speech_cache import SpeechCache
 from switchboard_router.surfaces.mount import mount_surfaces, refusal
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
+
+if TYPE_CHECKING:
+    from switchboard_router.embedded_provider import EmbeddedProvider
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -404,10 +407,36 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         return response
 
 
+def embedded_provider() -> EmbeddedProvider:
+    """The provider for SWITCHBOARD_PROVIDER_PLACEMENT=router. Imported only
+    then: it needs the upstream SDKs, which a router image does not carry unless
+    it was built with the provider's extra too (deploy/docker/Dockerfile)."""
+    try:
+        from switchboard_router.embedded_provider import EmbeddedProvider
+    except ImportError as exc:
+        raise SettingsError(
+            "SWITCHBOARD_PROVIDER_PLACEMENT=router needs the provider's packages in the "
+            f"router's environment (pip install 'switchboard[router,provider]'): {exc}"
+        ) from None
+    return EmbeddedProvider()
+
+
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     # Read once, here: a bad value fails the start, naming the variable.
     own = RouterSettings.from_env()
-    channel = service_channel(settings.address("provider"), settings.tls)
+    channel: grpc.aio.Channel | None = None
+    provider: provider_pb2_grpc.ProviderServiceAsyncStub
+    reconfigure_provider: Callable[[SwitchboardConfig, int], None] | None = None
+    if own.provider_placement == "router":
+        embedded = embedded_provider()
+        # It answers as the stub does (embedded_provider.py).
+        provider = cast("provider_pb2_grpc.ProviderServiceAsyncStub", embedded)
+        reconfigure_provider = embedded.reconfigure
+        close_provider = embedded.close
+    else:
+        channel = service_channel(settings.address("provider"), settings.tls)
+        provider = provider_pb2_grpc.ProviderServiceStub(channel)
+        close_provider = channel.close
     usage_channel = service_channel(settings.address("usage"), settings.tls)
     reporter = UsageReporter(
         usage_pb2_grpc.UsageLedgerServiceStub(usage_channel),
@@ -426,7 +455,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     # Until the registry answers, no model exists and every key is refused.
     servicer = RouterServicer(
         SwitchboardConfig(keys=[]),
-        provider_pb2_grpc.ProviderServiceStub(channel),
+        provider,
         reporter,
         limiter,
         gpu_addresses=gpu_addresses,
@@ -439,6 +468,8 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     def apply(snapshot: registry_pb2.Snapshot) -> None:
         config = config_from_snapshot(snapshot)
         servicer.reconfigure(config, snapshot.version)
+        if reconfigure_provider is not None:
+            reconfigure_provider(config, snapshot.version)
         servicer.service_settings = snapshot.service_settings
         keys.replace(config)
 
@@ -466,7 +497,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
             servicer.settled,
             limiter.close,
             usage_channel.close,
-            channel.close,
+            close_provider,
         ],
         keys=keys,
         ready=health.ready,

@@ -67,6 +67,9 @@ class RouterSettings:
     # Inference Manager's token login (seed 004): username:role:scrypt lines;
     # None turns it off. The file is read per login, so edits apply at once.
     accounts_file: Path | None = None
+    # Where the provider runs: "service" (its own, over gRPC) or "router" (in
+    # each router process: one Python gRPC hop fewer; embedded_provider.py).
+    provider_placement: str = "service"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterSettings:
@@ -103,4 +106,7 @@ class RouterSettings:
             == "open",
             gpu_addresses=values.addresses(env, "SWITCHBOARD_GPU_ADDRS"),
             accounts_file=Path(accounts) if accounts else None,
+            provider_placement=values.choice(
+                env, "SWITCHBOARD_PROVIDER_PLACEMENT", "service", ("service", "router")
+            ),
         )

@@ -12,7 +12,7 @@ import pytest
 
 from switchboard_stack.harness import Stack, running_stack
 from tests.conftest import UPSTREAM_KEY
-from tests.support.drills import sigkill_drill, sigterm_drill
+from tests.support.drills import drill_config, sigkill_drill, sigterm_drill
 from tests.support.openai_upstream import OpenAIUpstream
 
 # Faults, restarts and wall-clock bounds: not beside another stack.
@@ -23,17 +23,7 @@ KEY = UPSTREAM_KEY
 
 @pytest.fixture(scope="module")
 def stack(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = {
-        "providers": [
-            {
-                "name": "loopback",
-                "kind": "openai",
-                "base_url": upstream.base_url,
-                "api_key_env": "GRACEFUL_E2E_KEY",
-            }
-        ],
-        "models": [{"name": "slow", "deployments": [{"provider": "loopback", "model": "up"}]}],
-    }
+    config = drill_config(upstream, "GRACEFUL_E2E_KEY")
     with running_stack(
         config, tmp_path_factory.mktemp("graceful"), {"GRACEFUL_E2E_KEY": KEY}
     ) as running:

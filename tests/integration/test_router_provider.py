@@ -56,14 +56,20 @@ async def upstreams(loopbacks: Loopbacks) -> tuple[OpenAIUpstream, OpenAIUpstrea
     return await loopbacks.openai(), await loopbacks.openai()
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(params=["service", "router"])
 async def router(
+    request: pytest.FixtureRequest,
     upstreams: tuple[OpenAIUpstream, OpenAIUpstream],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[router_pb2_grpc.RouterServiceAsyncStub]:
+    """The router, with the provider as a service of its own or (placement
+    "router") inside the router's process, no provider service running: each
+    test here holds for both."""
     monkeypatch.setenv("LOOPBACK_PROVIDER_KEY", UPSTREAM_KEY)
-    async with services(_config(*upstreams), tmp_path, monkeypatch) as settings:
+    monkeypatch.setenv("SWITCHBOARD_PROVIDER_PLACEMENT", request.param)
+    names = ("provider", "router") if request.param == "service" else ("router",)
+    async with services(_config(*upstreams), tmp_path, monkeypatch, names=names) as settings:
         yield await _stub(settings)
 
 

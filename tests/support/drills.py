@@ -24,6 +24,22 @@ from tests.support.openai_upstream import Behaviour, OpenAIUpstream
 IN_FLIGHT = 8
 
 
+def drill_config(upstream: OpenAIUpstream, key_env: str) -> dict[str, Any]:
+    """The drills' config: the "slow" model on the loopback upstream, whose key
+    is in the environment variable `key_env`."""
+    return {
+        "providers": [
+            {
+                "name": "loopback",
+                "kind": "openai",
+                "base_url": upstream.base_url,
+                "api_key_env": key_env,
+            }
+        ],
+        "models": [{"name": "slow", "deployments": [{"provider": "loopback", "model": "up"}]}],
+    }
+
+
 def call(stack: Stack, i: int) -> str:
     """One call through the edge (odd i: streamed); its text."""
     with openai.OpenAI(

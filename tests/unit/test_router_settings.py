@@ -58,6 +58,7 @@ def test_every_variable_is_read() -> None:
             "SWITCHBOARD_LIMITS_ON_REDIS_ERROR": "closed",
             "SWITCHBOARD_GPU_ADDRS": " gpu-a:50055, ,10.0.0.2:50055 ",
             "SWITCHBOARD_ACCOUNTS_FILE": "/etc/switchboard/accounts.txt",
+            "SWITCHBOARD_PROVIDER_PLACEMENT": "router",
         }
     )
     assert settings == RouterSettings(
@@ -79,6 +80,7 @@ def test_every_variable_is_read() -> None:
         limits_fail_open=False,
         gpu_addresses=("gpu-a:50055", "10.0.0.2:50055"),
         accounts_file=Path("/etc/switchboard/accounts.txt"),
+        provider_placement="router",
     )
 
 
@@ -110,6 +112,7 @@ def test_empty_means_the_default() -> None:
         ("SWITCHBOARD_GPU_SATURATED_PERCENT", "101"),
         ("SWITCHBOARD_LIMITS_ON_REDIS_ERROR", "shut"),
         ("SWITCHBOARD_GPU_ADDRS", "gpu-a"),
+        ("SWITCHBOARD_PROVIDER_PLACEMENT", "sidecar"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(name: str, value: str) -> None:
