@@ -21,7 +21,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
 
 # A blocked import fails as a package that is not installed would.
-_CHECK = """
+_BLOCK = """
 import importlib, importlib.abc, sys
 blocked = set(sys.argv[2].split(","))
 class Absent(importlib.abc.MetaPathFinder):
@@ -30,9 +30,14 @@ class Absent(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (not in this image)", name=name)
         return None
 sys.meta_path.insert(0, Absent())
+"""
+_CHECK = (
+    _BLOCK
+    + """
 for module in ("__main__", "service"):
     importlib.import_module(f"switchboard_{sys.argv[1]}.{module}")
 """
+)
 
 
 def _distribution(requirement: str) -> str:
@@ -95,3 +100,50 @@ def test_a_service_imports_only_its_own_extra(service: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# The router with the provider in its process (SWITCHBOARD_PROVIDER_PLACEMENT=router).
+_EMBED = (
+    _BLOCK
+    + """
+import asyncio
+from switchboard_router.service import embedded_provider
+from switchboard_common.env import SettingsError
+
+async def main():
+    try:
+        provider = embedded_provider()
+    except SettingsError as exc:
+        print(exc)
+        sys.exit(3)
+    await provider.close()
+
+asyncio.run(main())
+"""
+)
+
+
+def _embed(blocked: set[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _EMBED, "router", ",".join(sorted(blocked))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_router_with_the_provider_extra_can_run_the_provider() -> None:
+    done = _embed(_blocked("router") - _modules_of_extra("provider"))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_router_image_without_it_refuses_the_placement_naming_the_variable() -> None:
+    done = _embed(_blocked("router"))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "SWITCHBOARD_PROVIDER_PLACEMENT=router needs the provider's packages" in done.stdout
+    assert "switchboard[router,provider]" in done.stdout
+
+
+def _modules_of_extra(service: str) -> set[str]:
+    return set().union(*(_modules(d) for d in _own(service)))
