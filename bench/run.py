@@ -806,6 +806,8 @@ def main() -> int:
         for placement, suffix in [*PLACEMENTS.items(), ("service", BEFORE)]:
             if system.endswith(suffix):
                 rows[-1]["provider_placement"] = placement
+        if not system.startswith("switchboard-"):
+            del rows[-1]["provider_placement"]
 
     with (
         tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp_name,
