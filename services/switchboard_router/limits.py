@@ -209,6 +209,9 @@ class RedisLimiter:
 
     def __init__(self, url: str, fail_open: bool) -> None:
         import redis.asyncio as redis
+        from redis.exceptions import NoScriptError
+
+        self._no_script = NoScriptError
 
         self._redis = redis.from_url(
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
@@ -230,10 +233,17 @@ class RedisLimiter:
             raise ConnectionError("rate-limit store closed")
 
         async def run() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            for script, keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            return list(await pipe.execute(raise_on_error=False))
+            results = await self._evalsha(calls)
+            missing = [i for i, r in enumerate(results) if isinstance(r, self._no_script)]
+            if missing:
+                # A Redis that restarted or flushed its scripts: load them, and
+                # run the calls it refused (it ran none of them) once more.
+                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                    script.sha = await self._redis.script_load(script.script)
+                again = await self._evalsha([calls[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+            return results
 
         call = asyncio.ensure_future(run())
         self._in_flight.add(call)
@@ -243,6 +253,14 @@ class RedisLimiter:
             # the command itself ends on its own socket timeout, and close()
             # waits for it.
             return await asyncio.shield(call)
+
+    async def _evalsha(self, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA each call in one pipeline. Not the Script objects' own
+        pipelining: that asks SCRIPT EXISTS first, a second round trip each time."""
+        pipe = self._redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     def _done(self, call: asyncio.Future[Any]) -> None:
         self._in_flight.discard(call)

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -188,3 +189,31 @@ async def test_a_phase_takes_all_its_scopes_or_none() -> None:
         await take(limiter, roomy, 10, 10)  # the refused request's 6 were given back
     finally:
         await limiter.close()
+
+
+async def _script_exists_calls(client: Any) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+
+async def test_a_phase_is_one_round_trip_and_survives_a_script_flush() -> None:
+    """EVALSHA straight away: no SCRIPT EXISTS before each pipeline (a second
+    round trip a phase). A Redis that lost its scripts (restarted, or SCRIPT
+    FLUSH) is given them again, and the phase still takes its scopes once."""
+    import redis.asyncio as redis
+
+    client = redis.from_url(REDIS_URL)
+    limiter = RedisLimiter(REDIS_URL, fail_open=False)
+    scope = f"rpm:flushed {uuid.uuid4().hex[:8]}"
+    try:
+        asked_before = await _script_exists_calls(client)
+        await take(limiter, scope, 2, 1)
+        assert await _script_exists_calls(client) == asked_before
+        await client.script_flush()
+        await take(limiter, scope, 2, 1)  # NOSCRIPT, loaded, run once more
+        with pytest.raises(SwitchboardError) as err:
+            await take(limiter, scope, 2, 1)  # the retry counted once: 2 of 2 taken
+        assert err.value.reason_name == "RATE_LIMITED"
+    finally:
+        await limiter.close()
+        await client.aclose()
