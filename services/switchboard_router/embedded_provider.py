@@ -87,8 +87,9 @@ _closing: set[asyncio.Task[None]] = set()
 class EmbeddedProvider:
     """The ProviderService stub's methods, served by a servicer in this process."""
 
-    def __init__(self, config: SwitchboardConfig | None = None) -> None:
-        self.servicer = ProviderServicer(config or SwitchboardConfig())
+    def __init__(self) -> None:
+        # Empty until the router's registry follower hands it the first snapshot.
+        self.servicer = ProviderServicer(SwitchboardConfig())
 
     def reconfigure(self, config: SwitchboardConfig, version: int) -> None:
         self.servicer.reconfigure(config, version)

@@ -238,7 +238,7 @@ class RedisLimiter:
             if missing:
                 # A Redis that restarted or flushed its scripts: load them, and
                 # run the calls it refused (it ran none of them) once more.
-                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                for script in {calls[i][0] for i in missing}:
                     script.sha = await self._redis.script_load(script.script)
                 again = await self._evalsha([calls[i] for i in missing])
                 for i, result in zip(missing, again, strict=True):

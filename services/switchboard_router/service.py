@@ -15,7 +15,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 from google.api import httpbody_pb2
@@ -48,15 +48,13 @@ from switchboard_router.default_models import default_model
 from switchboard_router.health import HealthMonitor, suite_monitor
 from switchboard_router.limits import Limiter, LocalLimiter, RedisLimiter
 from switchboard_router.media import MediaHandlers
+from switchboard_router.provider_link import provider_link
 from switchboard_router.routing import Routing
-from switchboard_router.settings import RouterSettings, SettingsError
+from switchboard_router.settings import RouterSettings
 from switchboard_router.speech_cache import SpeechCache
 from switchboard_router.surfaces.mount import mount_surfaces, refusal
 from switchboard_router.usage_reporter import UsageReporter
 from switchboard_router.validation import validate_chat, validate_completion, validate_embedding
-
-if TYPE_CHECKING:
-    from switchboard_router.embedded_provider import EmbeddedProvider
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -407,36 +405,10 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         return response
 
 
-def embedded_provider() -> EmbeddedProvider:
-    """The provider for SWITCHBOARD_PROVIDER_PLACEMENT=router. Imported only
-    then: it needs the upstream SDKs, which a router image does not carry unless
-    it was built with the provider's extra too (deploy/docker/Dockerfile)."""
-    try:
-        from switchboard_router.embedded_provider import EmbeddedProvider
-    except ImportError as exc:
-        raise SettingsError(
-            "SWITCHBOARD_PROVIDER_PLACEMENT=router needs the provider's packages in the "
-            f"router's environment (pip install 'switchboard[router,provider]'): {exc}"
-        ) from None
-    return EmbeddedProvider()
-
-
 async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     # Read once, here: a bad value fails the start, naming the variable.
     own = RouterSettings.from_env()
-    channel: grpc.aio.Channel | None = None
-    provider: provider_pb2_grpc.ProviderServiceAsyncStub
-    reconfigure_provider: Callable[[SwitchboardConfig, int], None] | None = None
-    if own.provider_placement == "router":
-        embedded = embedded_provider()
-        # It answers as the stub does (embedded_provider.py).
-        provider = cast("provider_pb2_grpc.ProviderServiceAsyncStub", embedded)
-        reconfigure_provider = embedded.reconfigure
-        close_provider = embedded.close
-    else:
-        channel = service_channel(settings.address("provider"), settings.tls)
-        provider = provider_pb2_grpc.ProviderServiceStub(channel)
-        close_provider = channel.close
+    provider = provider_link(own.provider_placement, settings)
     usage_channel = service_channel(settings.address("usage"), settings.tls)
     reporter = UsageReporter(
         usage_pb2_grpc.UsageLedgerServiceStub(usage_channel),
@@ -455,7 +427,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     # Until the registry answers, no model exists and every key is refused.
     servicer = RouterServicer(
         SwitchboardConfig(keys=[]),
-        provider,
+        provider.stub,
         reporter,
         limiter,
         gpu_addresses=gpu_addresses,
@@ -468,13 +440,15 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
     def apply(snapshot: registry_pb2.Snapshot) -> None:
         config = config_from_snapshot(snapshot)
         servicer.reconfigure(config, snapshot.version)
-        if reconfigure_provider is not None:
-            reconfigure_provider(config, snapshot.version)
+        if provider.reconfigure is not None:
+            provider.reconfigure(config, snapshot.version)
         servicer.service_settings = snapshot.service_settings
         keys.replace(config)
 
     follower = await follow_registry(settings, apply)
-    health = suite_monitor(settings, channel, usage_channel, reporter, follower, gpu_addresses)
+    health = suite_monitor(
+        settings, provider.channel, usage_channel, reporter, follower, gpu_addresses
+    )
     servicer.health = health
     health.start()
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
@@ -497,7 +471,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Mounted:
             servicer.settled,
             limiter.close,
             usage_channel.close,
-            close_provider,
+            provider.close,
         ],
         keys=keys,
         ready=health.ready,

@@ -107,7 +107,7 @@ _EMBED = (
     _BLOCK
     + """
 import asyncio
-from switchboard_router.service import embedded_provider
+from switchboard_router.provider_link import embedded_provider
 from switchboard_common.env import SettingsError
 
 async def main():
