@@ -217,10 +217,12 @@ def switchboard(
     tree: Path | None = None,
     suffix: str = "",
     placement: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[System, System, System]]:
     """The bench stack from this checkout, or from `tree` (another checkout's
     services and gen/, e.g. baseline_tree's), its systems' names ending in `suffix`;
-    `placement`: SWITCHBOARD_PROVIDER_PLACEMENT (None: the stack's default)."""
+    `placement`: SWITCHBOARD_PROVIDER_PLACEMENT (None: the stack's default);
+    `extra_env`: more variables for every service (an A/B of a setting)."""
     config = {
         "providers": [
             {"name": "mock", "kind": "openai", "base_url": upstream, "timeout_s": 60},
@@ -261,6 +263,7 @@ def switchboard(
     }
     if placement is not None:
         env["SWITCHBOARD_PROVIDER_PLACEMENT"] = placement
+    env.update(extra_env or {})
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "services"), str(tree / "gen")])
     with running_stack(config, tmp / f"switchboard{suffix}", env) as stack:

@@ -21,7 +21,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchboard_common import tracing, workers
+from switchboard_common import heap, tracing, workers
 from switchboard_common.env import SettingsError
 from switchboard_common.interceptors import ServerInterceptor
 from switchboard_common.keys import KeyTable
@@ -124,6 +124,7 @@ async def serve(
         if metrics_port:
             serve_metrics(metrics_port, settings.metrics_host)
         await server.start()
+        heap.settle(settings.gc_gen0)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         ready = await _set_readiness(health_servicer, mounted, None)
         if mounted.ready is not None:

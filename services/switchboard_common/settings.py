@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from switchboard_common import env as values
+from switchboard_common import heap
 from switchboard_common.env import SettingsError
 from switchboard_common.tls import TlsFiles
 
@@ -63,6 +64,8 @@ class Settings:
     # when not beside the gpu service (SWITCHBOARD_GPU_MONITOR_ADDR).
     gpu_monitor_port: int = MONITOR_PORT
     gpu_monitor_addr: str | None = None
+    # SWITCHBOARD_GC_GEN0: the young generation's threshold once serving (heap.py).
+    gc_gen0: int = heap.DEFAULT_GEN0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -103,6 +106,7 @@ class Settings:
             },
             gpu_monitor_port=_int("SWITCHBOARD_GPU_MONITOR_PORT", MONITOR_PORT),
             gpu_monitor_addr=values.text(os.environ, "SWITCHBOARD_GPU_MONITOR_ADDR") or None,
+            gc_gen0=values.integer(os.environ, "SWITCHBOARD_GC_GEN0", heap.DEFAULT_GEN0, minimum=0),
         )
 
     def registry_url(self) -> str:
