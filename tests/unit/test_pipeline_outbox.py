@@ -308,3 +308,33 @@ async def test_a_cancellation_nobody_asked_for_is_told_apart() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_only_appends_wait_for_the_disk(outbox: Outbox) -> None:
+    """An append commits at synchronous=FULL (durable before the producer
+    acks); marking published and deleting confirmed records commit at NORMAL
+    (a lost mark or delete only republishes, and the sink stores an id once),
+    and the connection is back at FULL after each."""
+    levels: list[int] = []
+
+    def level(db: sqlite3.Connection) -> int:
+        return int(db.execute("PRAGMA synchronous").fetchone()[0])
+
+    statements: list[str] = []
+    await outbox.read(lambda db: db.set_trace_callback(statements.append))
+    await outbox.append(entries("a"), within=lambda db: levels.append(level(db)))
+    records = await outbox.unpublished(10)
+    await outbox.mark_published(records)
+    await outbox.confirm(["a"])
+    assert levels == [2], "FULL inside an append's transaction"
+    assert await outbox.read(level) == 2, "and FULL again after the state changes"
+    begins = [s for s in statements if s in {"BEGIN IMMEDIATE", "PRAGMA synchronous=NORMAL"}]
+    # append, then mark_published and confirm, each begun unsynced.
+    assert begins == [
+        "BEGIN IMMEDIATE",
+        "PRAGMA synchronous=NORMAL",
+        "BEGIN IMMEDIATE",
+        "PRAGMA synchronous=NORMAL",
+        "BEGIN IMMEDIATE",
+    ]
+    assert outbox.depth == 0

@@ -2,6 +2,14 @@
 synchronous=FULL) before its producer acks anyone, and leaves only once its
 sink confirmed it stored.
 
+Only the append must reach the disk before anyone is told: marking records
+published and deleting confirmed ones commit without an fsync of their own
+(synchronous=NORMAL for that transaction; the next append's fsync carries them,
+the WAL being one sequential file). Should the machine lose power first, a lost
+mark or delete leaves a record pending or published that was further along, so
+it is published again and the sink's event-id check stores it once; a process
+crash loses nothing either way (the writes are in the OS already).
+
 A record's life: pending (appended) → published (the broker acked it; kept,
 because a broker can still lose it) → deleted (confirmed stored by its event
 id). A published record left unconfirmed too long goes back to pending (the
@@ -322,7 +330,7 @@ class Outbox:
         def remove() -> int:
             db = self._db_or_fail()
             removed = []
-            db.execute("BEGIN IMMEDIATE")
+            _begin_unsynced(db)
             try:
                 for event_id in event_ids:
                     row = db.execute(
@@ -336,6 +344,8 @@ class Outbox:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
             self._removed(removed)
             self._gauges(db)
             return len(removed)
@@ -345,20 +355,22 @@ class Outbox:
         return gone
 
     async def _update(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Run `sql` per row in one transaction (one fsync for the batch, not
-        one per record); returns the rows changed."""
+        """Run `sql` per row in one transaction, not synced by itself (a
+        record's state, not the record); returns the rows changed."""
         if not rows:
             return 0
 
         def write() -> int:
             db = self._db_or_fail()
-            db.execute("BEGIN IMMEDIATE")
+            _begin_unsynced(db)
             try:
                 changed = db.executemany(sql, rows).rowcount
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                db.execute("PRAGMA synchronous=FULL")
             return int(changed)
 
         return await self._run(write)
@@ -375,6 +387,13 @@ class Outbox:
 
         await self._run(shut)
         self._pool.shutdown(wait=True)
+
+
+def _begin_unsynced(db: sqlite3.Connection) -> None:
+    """Begin a transaction whose commit need not reach the disk by itself (see
+    the module's docstring); the caller sets synchronous=FULL again after it."""
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("BEGIN IMMEDIATE")
 
 
 def _drop_oldest(db: sqlite3.Connection, excess: int) -> list[tuple[int, int]]:
