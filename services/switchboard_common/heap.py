@@ -9,7 +9,9 @@ that land on whichever call is in flight, the tail the frontier is measured by.
 So once a service serves, what it built to start is moved out of the
 collector's sight (`gc.freeze`), and a young collection waits for `gen0`
 allocations. Cycles are still collected; they are rarer in our per-call code
-than short-lived acyclic objects, which reference counting frees at once."""
+than short-lived acyclic objects, which reference counting frees at once. The
+price: a start-up object that later becomes part of a garbage cycle stays
+(reference counting still frees the acyclic ones, the usual case)."""
 
 from __future__ import annotations
 
