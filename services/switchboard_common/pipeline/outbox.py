@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -330,8 +331,7 @@ class Outbox:
         def remove() -> int:
             db = self._db_or_fail()
             removed = []
-            _begin_unsynced(db)
-            try:
+            with _unsynced(db):
                 for event_id in event_ids:
                     row = db.execute(
                         "DELETE FROM outbox WHERE event_id = ? "
@@ -340,12 +340,6 @@ class Outbox:
                     ).fetchone()
                     if row is not None:
                         removed.append((int(row[0]), bool(row[1])))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                db.execute("PRAGMA synchronous=FULL")
             self._removed(removed)
             self._gauges(db)
             return len(removed)
@@ -362,15 +356,8 @@ class Outbox:
 
         def write() -> int:
             db = self._db_or_fail()
-            _begin_unsynced(db)
-            try:
+            with _unsynced(db):
                 changed = db.executemany(sql, rows).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                db.execute("PRAGMA synchronous=FULL")
             return int(changed)
 
         return await self._run(write)
@@ -389,11 +376,21 @@ class Outbox:
         self._pool.shutdown(wait=True)
 
 
-def _begin_unsynced(db: sqlite3.Connection) -> None:
-    """Begin a transaction whose commit need not reach the disk by itself (see
-    the module's docstring); the caller sets synchronous=FULL again after it."""
+@contextlib.contextmanager
+def _unsynced(db: sqlite3.Connection) -> Iterator[None]:
+    """One transaction whose commit need not reach the disk by itself (see the
+    module's docstring): committed, or rolled back on any error; the
+    connection is back at synchronous=FULL after it either way."""
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    finally:
+        db.execute("PRAGMA synchronous=FULL")
 
 
 def _drop_oldest(db: sqlite3.Connection, excess: int) -> list[tuple[int, int]]:
