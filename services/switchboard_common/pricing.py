@@ -5,6 +5,7 @@ that show cost (seed API 002)."""
 
 from __future__ import annotations
 
+import time
 from decimal import ROUND_HALF_UP, Decimal
 
 from switchboard.usage.v1 import events_pb2, usage_pb2
@@ -46,5 +47,5 @@ def price(record: usage_pb2.UsageRecord, pricing: PricingConfig | None) -> event
         event.input_cost_nanos += _media_nanos(record, pricing)
         event.output_cost_nanos = _nanos(record.completion_tokens, pricing.output_per_1k)
         event.total_cost_nanos = event.input_cost_nanos + event.output_cost_nanos
-    event.publish_time.GetCurrentTime()
+    event.publish_time.FromNanoseconds(time.time_ns())  # GetCurrentTime costs ~4x
     return event

@@ -45,6 +45,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_CALL_S = 600.0
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+# What an attempt asks the provider: a stream, or a whole answer.
+Ask = TypeVar("Ask", provider_pb2.StreamGenerateRequest, provider_pb2.GenerateRequest)
 
 
 def _request_id() -> str:
@@ -111,15 +113,28 @@ class Generation:
     # The caller's own request, for upstreams that serve its API natively.
     native: NativeCall | None = None
 
-    def request(self, candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
+    def streams(self, candidate: Candidate) -> bool:
         # A model or deployment that cannot stream is asked for its whole answer.
-        streams = candidate.model.streaming and candidate.deployment.streaming
-        request = provider_pb2.StreamGenerateRequest(
-            request_id=self.request_id,
-            attempt=attempt,
-            stream=self.stream and streams,
-            target=target(candidate),
+        return self.stream and candidate.model.streaming and candidate.deployment.streaming
+
+    def request(self, candidate: Candidate, attempt: int) -> provider_pb2.StreamGenerateRequest:
+        return self._fill(
+            provider_pb2.StreamGenerateRequest(
+                request_id=self.request_id,
+                attempt=attempt,
+                stream=self.streams(candidate),
+                target=target(candidate),
+            )
         )
+
+    def _whole(self, candidate: Candidate, attempt: int) -> provider_pb2.GenerateRequest:
+        return self._fill(
+            provider_pb2.GenerateRequest(
+                request_id=self.request_id, attempt=attempt, target=target(candidate)
+            )
+        )
+
+    def _fill(self, request: Ask) -> Ask:
         getattr(request, self.kind).CopyFrom(self.params)
         if self.native is not None:
             request.native.CopyFrom(self.native.request)
@@ -131,13 +146,13 @@ class Generation:
     async def call(
         self, candidate: Candidate, attempt: int, timeout_s: float | None
     ) -> AsyncGenerator[usage_pb2.UsageRecord | provider_pb2.StreamGenerateResponse, None]:
-        request = self.request(candidate, attempt)
-        pseudo = self.stream and not request.stream
+        streams = self.streams(candidate)
+        pseudo = self.stream and not streams
         metadata = ((REQUEST_ID_KEY, self.request_id),)
-        if not request.stream:
+        if not streams:
             # One answer: the provider's unary Generate (half a stream's cost).
             response = await self.provider.Generate(
-                self._whole(request), timeout=timeout_s, metadata=metadata
+                self._whole(candidate, attempt), timeout=timeout_s, metadata=metadata
             )
             kind = response.WhichOneof("answer")
             if kind is not None:
@@ -149,7 +164,9 @@ class Generation:
             if response.HasField("error"):
                 raise from_status(response.error)
             return
-        call = self.provider.StreamGenerate(request, timeout=timeout_s, metadata=metadata)
+        call = self.provider.StreamGenerate(
+            self.request(candidate, attempt), timeout=timeout_s, metadata=metadata
+        )
         try:
             async for event in call:
                 if event.HasField("usage"):
@@ -159,15 +176,6 @@ class Generation:
                         yield item
         finally:
             call.cancel()
-
-    def _whole(self, request: provider_pb2.StreamGenerateRequest) -> provider_pb2.GenerateRequest:
-        unary = provider_pb2.GenerateRequest(
-            request_id=request.request_id, attempt=request.attempt, target=request.target
-        )
-        getattr(unary, self.kind).CopyFrom(self.params)
-        if request.HasField("native"):
-            unary.native.CopyFrom(request.native)
-        return unary
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,7 +67,17 @@ def test_meter_record_identifies_the_attempt() -> None:
     )
     assert record.operation == CHAT
     assert record.stream is True
-    assert record.event_id
+
+
+def test_meter_names_the_record_once_finished() -> None:
+    # The id is made when the record is finished (an attempt the router only
+    # follows never needs one), and finishing again keeps it.
+    meter = UsageMeter(_chat_request(True), CHAT)
+    assert meter.record.event_id == ""
+    record = meter.finish(OK)
+    assert uuid.UUID(record.event_id).version == 7
+    assert meter.finish(OK).event_id == record.event_id
+    assert record.start_time.ToNanoseconds() <= record.end_time.ToNanoseconds()
 
 
 def test_meter_estimates_when_no_usage_is_reported() -> None:
