@@ -31,5 +31,5 @@ if __name__ == "__main__":
             if args.rate > 0:
                 lag = run.usage_lag_loaded(edge, bodies["small"], profile, args.rate)
             else:
-                lag = run.usage_lag(edge, bodies["small"], profile)
+                lag = run.usage_lag(edge, bodies["small"], profile, model=run.LAG_MODEL)
             print(json.dumps(lag))
