@@ -37,8 +37,9 @@ from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.sink import Sink
 
-# The tables a usage insert writes (usage_events and its rollups).
-TABLES = ("usage_events", "usage_hourly", "usage_daily")
+# The tables a usage insert writes (usage_events and its rollup; usage_daily is a
+# view over usage_hourly).
+TABLES = ("usage_events", "usage_hourly")
 BASELINE_COLUMNS = (
     "event_id", "request_id", "attempt", "key_name", "requested_model", "model",
     "deployment_id", "provider", "upstream_model", "operation", "stream", "prompt_tokens",
