@@ -57,6 +57,7 @@ def test_shipped_migrations_are_idempotent_statements() -> None:
     halfway (before the ledger row) can simply run again."""
     idempotent = re.compile(
         r"^(CREATE (TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS|CREATE OR REPLACE VIEW"
+        r"|DROP (TABLE|VIEW) IF EXISTS"
         r"|ALTER TABLE \w+ (MODIFY SETTING|ADD COLUMN IF NOT EXISTS))\b"
     )
     for migration in discover():
