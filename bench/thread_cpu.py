@@ -6,7 +6,9 @@ thread); ClickHouse's own (ThreadPool, MergeMutate, …) name themselves. Prints
 one JSON object: per service and thread name, µs of CPU per request.
 
     PYTHONPATH=services:gen python bench/thread_cpu.py --seconds 20 --concurrency 16 \
-        [--provider-placement router]
+        [--provider-placement router] [--baseline REF]
+
+--baseline REF measures REF's code (a git worktree of it) instead of this checkout's.
 """
 
 from __future__ import annotations
@@ -58,13 +60,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--provider-placement", choices=bench.PLACEMENTS)
+    parser.add_argument("--baseline", help="measure this git ref's code instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="thread-cpu-") as name, contextlib.ExitStack() as stack:
         tmp = Path(name)
         bodies = bench._bodies(tmp)
         upstream, _ = stack.enter_context(bench.mock_upstream())
+        tree = (
+            stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
+        )
         edge, _, _ = stack.enter_context(
-            bench.switchboard(upstream, tmp, placement=args.provider_placement)
+            bench.switchboard(upstream, tmp, tree=tree, placement=args.provider_placement)
         )
         bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
         before = {service: _threads(pid) for service, pid in edge.pids.items()}
