@@ -16,7 +16,6 @@ py-spy is not a dependency: pass its path with --py-spy, or have it on PATH
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import subprocess
@@ -57,18 +56,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="switchboard-profile-") as tmp_name,
-        contextlib.ExitStack() as stack,
+        bench.warm_edge(Path(tmp_name), args.baseline, args.provider_placement) as (edge, bodies),
     ):
-        tmp = Path(tmp_name)
-        bodies = bench._bodies(tmp)
-        upstream, _ = stack.enter_context(bench.mock_upstream())
-        tree = (
-            stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
-        )
-        edge, _, _ = stack.enter_context(
-            bench.switchboard(upstream, tmp, tree=tree, placement=args.provider_placement)
-        )
-        bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
         recorders = []
         for name in SERVICES:
             pid = edge.pids[name]

@@ -288,6 +288,22 @@ def switchboard(
 
 
 @contextlib.contextmanager
+def warm_edge(
+    tmp: Path, baseline: str | None = None, placement: str | None = None
+) -> Iterator[tuple[System, dict[str, Path]]]:
+    """One edge stack against its own mock upstream, from this checkout or
+    `baseline`'s code, warmed with 400 requests: what the per-process tools
+    (profile.py, thread_cpu.py) measure. Yields the edge and the bodies."""
+    with contextlib.ExitStack() as stack:
+        bodies = _bodies(tmp)
+        upstream, _ = stack.enter_context(mock_upstream())
+        tree = stack.enter_context(baseline_tree(baseline, tmp)) if baseline else None
+        edge, _, _ = stack.enter_context(switchboard(upstream, tmp, tree=tree, placement=placement))
+        load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
+        yield edge, bodies
+
+
+@contextlib.contextmanager
 def litellm(upstream: str, tmp: Path) -> Iterator[System]:
     port = free_port()
     config = tmp / "litellm.yaml"

@@ -62,17 +62,10 @@ def main() -> None:
     parser.add_argument("--provider-placement", choices=bench.PLACEMENTS)
     parser.add_argument("--baseline", help="measure this git ref's code instead")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="thread-cpu-") as name, contextlib.ExitStack() as stack:
-        tmp = Path(name)
-        bodies = bench._bodies(tmp)
-        upstream, _ = stack.enter_context(bench.mock_upstream())
-        tree = (
-            stack.enter_context(bench.baseline_tree(args.baseline, tmp)) if args.baseline else None
-        )
-        edge, _, _ = stack.enter_context(
-            bench.switchboard(upstream, tmp, tree=tree, placement=args.provider_placement)
-        )
-        bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
+    with (
+        tempfile.TemporaryDirectory(prefix="thread-cpu-") as name,
+        bench.warm_edge(Path(name), args.baseline, args.provider_placement) as (edge, bodies),
+    ):
         before = {service: _threads(pid) for service, pid in edge.pids.items()}
         result = bench.load(
             edge,
