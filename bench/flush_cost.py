@@ -28,8 +28,10 @@ from typing import Any
 
 from switchboard_usage import migrations, sink
 from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage.sink import ONE_THREAD, STORED_IN_RANGE
 
 sys.path.insert(0, str(Path(__file__).parent))
+import run
 from sink_bench import _event
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
@@ -43,18 +45,6 @@ VARIANTS: dict[str, tuple[int | None, tuple[str, ...]]] = {
     "without usage_hourly's view": (None, ("DROP VIEW usage_hourly_mv",)),
 }
 SETTLE_S = 3.0
-
-
-def _threads() -> dict[int, tuple[str, int]]:
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (re.sub(r"\d+$", "", name), int(fields[11]) + int(fields[12]))
-    return out
 
 
 async def _variant(
@@ -75,12 +65,7 @@ async def _variant(
             batch = [(_event(offset + i), 0, offset + i) for i in range(events)]
             offset += events
             if "select" not in removed:
-                await clickhouse.rows(
-                    "SELECT event_id FROM usage_events "
-                    "WHERE event_id BETWEEN {low:String} AND {high:String}",
-                    {"low": "0", "high": "1"},
-                    sink.ONE_THREAD,
-                )
+                await clickhouse.rows(STORED_IN_RANGE, {"low": "0", "high": "1"}, ONE_THREAD)
             await sink.insert(clickhouse, batch, token)
 
         for warm in range(3):
@@ -95,7 +80,7 @@ async def _variant(
                 delays.append(time.perf_counter() - start - 0.001)
 
         ticks = asyncio.create_task(ticker())
-        before = _threads()
+        before = run.thread_ticks(os.getpid())
         walls = []
         for n in range(flushes):
             start = time.perf_counter()
@@ -103,13 +88,13 @@ async def _variant(
             walls.append(time.perf_counter() - start)
         # The merges the flushes set off run after them: count them too.
         await asyncio.sleep(SETTLE_S)
-        after = _threads()
+        after = run.thread_ticks(os.getpid())
         running = False
         await ticks
         await clickhouse.close()
     by_thread: collections.Counter[str] = collections.Counter()
     for tid, (thread, ticks_now) in after.items():
-        by_thread[thread] += ticks_now - before.get(tid, (thread, 0))[1]
+        by_thread[re.sub(r"\d+$", "", thread)] += ticks_now - before.get(tid, (thread, 0))[1]
     walls.sort()
     delays.sort()
     return {

@@ -110,6 +110,17 @@ def _proc_cpu_ticks(pid: int) -> int:
     return ticks
 
 
+def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
+    """Thread id → (thread name, CPU ticks: utime + stime) of one process."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[int(tid)] = (name, int(fields[11]) + int(fields[12]))
+    return out
+
+
 def _rss_mb(pid: int) -> float:
     total = 0.0
     for each in _tree(pid):

@@ -34,12 +34,8 @@ def _threads(pid: int) -> dict[tuple[int, int], tuple[str, int]]:
     out = {}
     for each in bench._tree(pid):
         with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{each}/task"):
-                with contextlib.suppress(OSError):
-                    name = Path(f"/proc/{each}/task/{tid}/comm").read_text().strip()
-                    stat = Path(f"/proc/{each}/task/{tid}/stat").read_text()
-                    fields = stat.rsplit(")", 1)[1].split()
-                    out[(each, int(tid))] = (name, int(fields[11]) + int(fields[12]))
+            for tid, named in bench.thread_ticks(each).items():
+                out[(each, tid)] = named
     return out
 
 

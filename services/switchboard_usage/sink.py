@@ -40,6 +40,10 @@ SINK_GROUP = "switchboard-usage-sink"
 # would take both cores of a small node from the services for the insert's
 # few milliseconds, and the requests in flight would wait for them.
 ONE_THREAD = {"max_threads": "1", "max_insert_threads": "1"}
+# The event ids already stored in a batch's range (store() filters them out).
+STORED_IN_RANGE = (
+    "SELECT event_id FROM usage_events WHERE event_id BETWEEN {low:String} AND {high:String}"
+)
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 COLUMNS = (
@@ -209,10 +213,7 @@ class Sink(pipeline_sink.Sink):
         # one primary-key range covers the batch: ~50x cheaper than an IN list
         # of thousands of literals. It may return neighbours; the set sorts that.
         stored = await self.clickhouse.rows(
-            "SELECT event_id FROM usage_events "
-            "WHERE event_id BETWEEN {low:String} AND {high:String}",
-            {"low": everything[0], "high": everything[-1]},
-            ONE_THREAD,
+            STORED_IN_RANGE, {"low": everything[0], "high": everything[-1]}, ONE_THREAD
         )
         duplicates = 0
         for (event_id,) in stored:
