@@ -4,7 +4,8 @@ service (--placement router), the same stack with some variables set (--env,
 on top of --base-env), or this checkout against another commit's code
 (--baseline REF). Per run, a fresh stack: the edge path's closed-loop
 throughput, latency and CPU per request (every process of the path counted),
-its latency at concurrency 1, then (--open-rates) the p99 of open-loop traffic
+its latency at concurrency 1 (and the routed model's, and a stream's time to
+first token), then (--open-rates) the p99 of open-loop traffic
 at fixed rates, the tail the frontier is bisected on. The order alternates per
 round, so a machine whose load drifts favours neither. Prints one JSON line per
 run, then the median ratios (second variant / first).
@@ -72,7 +73,7 @@ def measure(
             placement=variant.placement,
             extra_env=dict(variant.env),
         )
-        with stack as (edge, _grpc, _routed):
+        with stack as (edge, _grpc, routed):
             bench.load(edge, bodies["small"], mode="closed", concurrency=8, requests=300)
             before = {n: bench._proc_cpu_ticks(pid) for n, pid in edge.pids.items()}
             r = bench.load(
@@ -81,6 +82,13 @@ def measure(
             after = {n: bench._proc_cpu_ticks(pid) for n, pid in edge.pids.items()}
             c1 = bench.load(
                 edge, bodies["small"], mode="closed", concurrency=1, requests=C1_REQUESTS
+            )
+            # The routed model (Redis limits, breakers, least-latency), and a stream's TTFT.
+            routed_c1 = bench.load(
+                routed, bodies["small"], mode="closed", concurrency=1, requests=C1_REQUESTS
+            )
+            stream = bench.load(
+                edge, bodies["stream"], mode="closed", concurrency=1, requests=C1_REQUESTS // 2
             )
             tails = {}
             for rate in open_rates:
@@ -100,11 +108,13 @@ def measure(
         "rps": r["rps"],
         "p50_ms": r["latency_ms"]["p50"],
         "p99_ms": r["latency_ms"]["p99"],
-        "errors": r["errors"] + c1["errors"],
+        "errors": r["errors"] + c1["errors"] + routed_c1["errors"] + stream["errors"],
         "cpu_us_per_request": sum(after[n] - before[n] for n in edge.pids)
         * tick_us
         / max(r["ok"], 1),
         "c1_p50_ms": c1["latency_ms"]["p50"],
+        "routed_c1_p50_ms": routed_c1["latency_ms"]["p50"],
+        "ttft_p50_ms": stream["ttft_ms"]["p50"],
         **tails,
         "load_average": os.getloadavg()[0],
     }
@@ -150,7 +160,7 @@ def main() -> int:
         second = Variant(placement=placement, env=base + _pairs(args.env))
     else:
         second = Variant(placement=placement, workers=args.workers, env=base)
-    keys = ["rps", "p50_ms", "cpu_us_per_request", "c1_p50_ms"]
+    keys = ["rps", "p50_ms", "cpu_us_per_request", "c1_p50_ms", "routed_c1_p50_ms", "ttft_p50_ms"]
     keys += [f"open_{rate:g}_p99_ms" for rate in args.open_rates]
     ratios: dict[str, list[float]] = {key: [] for key in keys}
     with trees, bench.mock_upstream() as (upstream, _pid):

@@ -66,9 +66,31 @@ def setup_logging(service: str, level: str = "INFO", worker: int | None = None) 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The SDKs' HTTP clients log request lines (with headers at DEBUG): keep them quiet.
-    # (aiohttp and google_genai too: the provider's upstream transports.)
-    for noisy in ("httpx", "httpcore", "openai", "grpc", "hpack", "aiohttp", "google_genai"):
+    quiet_clients(level)
+
+
+# The SDKs' HTTP clients log a line per request at INFO (and headers at DEBUG).
+# The SDKs now ship httpx as httpx2 (and httpcore as httpcore2); aiohttp and
+# google_genai are the provider's other upstream transports.
+NOISY = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "openai",
+    "anthropic",
+    "grpc",
+    "hpack",
+    "aiohttp",
+    "google_genai",
+)
+
+
+def quiet_clients(level: str) -> None:
+    """Warnings and errors only from the clients' own loggers, whatever `level`:
+    a line per upstream request costs the router about a tenth of a millisecond
+    of CPU (bench/README.md), and their DEBUG lines carry request headers."""
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 

@@ -1,7 +1,13 @@
 """Admission: whether a request may be served at all, decided before any
 upstream is asked. Auth first (401 before 400), then the body, then the model
 (404/403), then the budgets and the rate limits (429). What it reserves is
-settled by accounting once the attempts are over."""
+settled by accounting once the attempts are over.
+
+The key's and model's rate limits are not reserved here but by the first
+attempt, together with its deployment's, in one round trip to the limit store
+(`Routing.acquire`; before, a request took two). A request that reaches no
+attempt reserves them alone (`Routing.reserve`) before it fails, so that a 429
+still comes before a 503, as does a cache hit before it is served."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from switchboard_common.errors import R, SwitchboardError
 from switchboard_router.budgets import Budgets, Hold
 from switchboard_router.catalog import Catalog
 from switchboard_router.defaults import apply_defaults
-from switchboard_router.limits import Limiter, Reservation, Scope, estimate_tokens
+from switchboard_router.limits import Reservation, Scope, estimate_tokens
 from switchboard_router.usage_reporter import UsageReporter
 
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -33,17 +39,18 @@ class Admission:
     # Tokens reserved against TPM limits: the estimated prompt plus max_tokens.
     estimate: int = 0
     reservations: list[Reservation] = field(default_factory=list)
+    # The key's and model's limits, not reserved yet (see the module's docstring).
+    unreserved: list[Scope] = field(default_factory=list)
     tokens: int = 0
     # Worst-case cost held against the key's and model's budgets.
     hold: Hold | None = None
 
 
 class Gate:
-    """Lets requests in against one router's limiter, budgets and usage stream."""
+    """Lets requests in against one router's budgets and usage stream."""
 
-    def __init__(self, usage: UsageReporter, limiter: Limiter, budgets: Budgets) -> None:
+    def __init__(self, usage: UsageReporter, budgets: Budgets) -> None:
         self.usage = usage
-        self.limiter = limiter
         self.budgets = budgets
 
     async def admit(
@@ -55,7 +62,8 @@ class Gate:
         kind: str,
     ) -> Admission:
         """The access policy authenticated the caller (401 before 400); then the
-        body, then the model (404/403), then budgets and rate limits (429)."""
+        body, then the model (404/403), then budgets (429); rate limits are
+        the first attempt's to reserve."""
         attributes = {
             tracing.OPERATION: tracing.operation(kind),
             tracing.REQUEST_MODEL: params.model,
@@ -82,25 +90,19 @@ class Gate:
         apply_defaults(model, params)
         admission = Admission(key, model, catalog, estimate_tokens(params))
         admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
-        try:
-            await self._reserve(admission, admission.estimate)
-        except SwitchboardError:
-            self.budgets.release(admission.hold)
-            raise
+        admission.unreserved = _scopes(key, model, admission.estimate)
         return admission
 
-    async def _reserve(self, admission: Admission, tokens: int) -> None:
-        key, model = admission.key, admission.model
-        scopes: list[tuple[str, int | None, int]] = [
-            (f"rpm:model {model.name}", model.rpm, 1),
-            (f"tpm:model {model.name}", model.tpm, tokens),
+
+def _scopes(key: KeyConfig | None, model: ModelConfig, tokens: int) -> list[Scope]:
+    """The key's limits, then the model's: a refusal names the first one reached."""
+    scopes: list[tuple[str, int | None, int]] = [
+        (f"rpm:model {model.name}", model.rpm, 1),
+        (f"tpm:model {model.name}", model.tpm, tokens),
+    ]
+    if key is not None:
+        scopes[:0] = [
+            (f"rpm:key {key.name}", key.rpm, 1),
+            (f"tpm:key {key.name}", key.tpm, tokens),
         ]
-        if key is not None:
-            scopes[:0] = [
-                (f"rpm:key {key.name}", key.rpm, 1),
-                (f"tpm:key {key.name}", key.tpm, tokens),
-            ]
-        # All or nothing, in one round trip to the limit store.
-        admission.reservations += await self.limiter.acquire(
-            [Scope(name, limit, cost) for name, limit, cost in scopes if limit]
-        )
+    return [Scope(name, limit, cost) for name, limit, cost in scopes if limit]

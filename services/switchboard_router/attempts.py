@@ -291,7 +291,12 @@ class Attempts:
         at most max_attempts in all. When a pass over the plan ends in an error
         worth retrying, pass again after a jittered backoff that honours the
         upstream's Retry-After, if the caller's deadline leaves room."""
-        plan = self._plan(admission, requested, exchange.stream)
+        try:
+            plan = self._plan(admission, requested, exchange.stream)
+        except SwitchboardError:
+            # The request's own rate limit is the answer before "nothing can serve it".
+            await self.routing.reserve(admission.reservations, admission.unreserved)
+            raise
         tried = 0
         last: SwitchboardError | None = None
         refused: SwitchboardError | None = None
@@ -308,7 +313,7 @@ class Attempts:
                 if tried >= self.max_attempts:
                     break
                 refusal = await self.routing.acquire(
-                    candidate, admission.estimate, admission.reservations
+                    candidate, admission.estimate, admission.reservations, admission.unreserved
                 )
                 if refusal is not None:
                     refused = refusal
@@ -337,6 +342,9 @@ class Attempts:
                     )
             if tried == tried_before:
                 break
+        # No attempt took the request's own limits along (every deployment was
+        # cooling down): they still come first.
+        await self.routing.reserve(admission.reservations, admission.unreserved)
         if last is not None:
             raise last
         if refused is not None and refused.reason != R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT:

@@ -5,8 +5,9 @@ admitted request, weighted by its cost (1 for RPM; for TPM the estimated prompt
 plus max_tokens, settled to the actual tokens afterwards). With REDIS_URL the
 log is a Redis sorted set and admission is one atomic Lua script per scope, so
 every router replica shares the limit; without it the log lives in this process.
-A phase's scopes (admission's key and model limits, an attempt's deployment
-limits, the settling afterwards) go to Redis in one pipelined round trip.
+A phase's scopes go to Redis in one pipelined round trip: the first attempt's
+(the key's and model's limits with its deployment's), a later attempt's (its
+deployment's), the settling afterwards.
 
 A Redis that errors or hangs never hangs a request: every call has a short
 timeout, and SWITCHBOARD_LIMITS_ON_REDIS_ERROR decides (open: admit, the
@@ -88,14 +89,23 @@ class Limiter(Protocol):
     async def close(self) -> None: ...
 
 
-def _refuse(scope: str, retry_after_s: float) -> SwitchboardError:
+class LimitReached(SwitchboardError):
+    """A scope's refusal (429), naming the scope: a caller that reserved several
+    phases' scopes in one round trip tells by it whose limit was reached."""
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        kind, _, who = scope.partition(":")
+        super().__init__(
+            R.ERROR_REASON_RATE_LIMITED,
+            f"Rate limit reached for {who} ({kind.upper()}); retry after {retry_after_s:.1f}s.",
+            retry_after_s=max(retry_after_s, 0.001),
+        )
+        self.scope = scope
+
+
+def _refuse(scope: str, retry_after_s: float) -> LimitReached:
     LIMITED.labels(scope.split(":", 1)[0]).inc()
-    kind, _, who = scope.partition(":")
-    return SwitchboardError(
-        R.ERROR_REASON_RATE_LIMITED,
-        f"Rate limit reached for {who} ({kind.upper()}); retry after {retry_after_s:.1f}s.",
-        retry_after_s=max(retry_after_s, 0.001),
-    )
+    return LimitReached(scope, retry_after_s)
 
 
 def workers_refusal(settings: Settings) -> str | None:

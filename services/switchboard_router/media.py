@@ -29,6 +29,7 @@ from switchboard_router.media_validation import (
     validate_transcription,
     validate_transcription_model,
 )
+from switchboard_router.routing import Routing
 from switchboard_router.speech_cache import SpeechCache, cache_key
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -43,6 +44,7 @@ class MediaHandlers:
     provider: provider_pb2_grpc.ProviderServiceAsyncStub
     attempts: Attempts
     accounting: Accounting
+    routing: Routing
     speech_cache: SpeechCache
     _admit: Callable[[Context, Any, Callable[[Any], None], str], Awaitable[Admission]]
     _answer: Callable[..., Awaitable[tuple[Candidate, list[Any]]]]
@@ -140,6 +142,8 @@ class MediaHandlers:
         record.start_time.GetCurrentTime()
         record.end_time.CopyFrom(record.start_time)
         try:
+            # No attempt reserves the request's own limits: a hit counts against them too.
+            await self.routing.reserve(admission.reservations, admission.unreserved)
             self.accounting.record(record, admission, params.model, candidate)
             await self.accounting.durable(record.event_id)
         finally:

@@ -25,7 +25,7 @@ from switchboard_common.logs import log_fields
 from switchboard_router.balancing import Balancer, DeploymentStats, Strategy
 from switchboard_router.breaker import BreakerBoard, BreakerConfig, State
 from switchboard_router.catalog import Candidate, Catalog
-from switchboard_router.limits import Limiter, Reservation, Scope
+from switchboard_router.limits import Limiter, LimitReached, Reservation, Scope
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,25 @@ class Routing:
         return usable + later
 
     async def acquire(
-        self, candidate: Candidate, tokens: int, reservations: list[Reservation]
+        self,
+        candidate: Candidate,
+        tokens: int,
+        reservations: list[Reservation],
+        unreserved: list[Scope] | None = None,
     ) -> SwitchboardError | None:
-        """Admit an attempt on `candidate`, or say why not (and take nothing)."""
+        """Admit an attempt on `candidate`, or say why not (and take nothing of
+        its own). `unreserved`: the request's own limits, not yet reserved; they
+        go in the same round trip to the limit store, first (so theirs is the
+        refusal when both are full), and the list is emptied once they are taken.
+        Their refusal is raised: the request is over. The deployment's is
+        returned, and the request's own limits are then taken alone."""
         deployment = candidate.deployment_id
         if not self.breakers.allow(deployment):
             return SwitchboardError(
                 R.ERROR_REASON_NO_HEALTHY_DEPLOYMENT,
                 f"deployment {deployment!r} is cooling down after repeated failures",
             )
+        carried = unreserved if unreserved is not None else []
         scopes = [
             Scope(name, limit, cost)
             for name, limit, cost in (
@@ -175,12 +185,26 @@ class Routing:
             if limit
         ]
         try:
-            taken = await self.limiter.acquire(scopes)
+            taken = await self.limiter.acquire([*carried, *scopes])
         except SwitchboardError as refused:
             self.breakers.release(deployment)
+            # Anything but the deployment's own limit (the request's limit, a
+            # limit store that cannot answer) is the whole request's.
+            own = isinstance(refused, LimitReached) and refused.scope in {s.name for s in scopes}
+            if carried and not own:
+                raise
+            if carried:
+                await self.reserve(reservations, carried)
             return refused
         reservations += taken
+        carried.clear()
         return None
+
+    async def reserve(self, reservations: list[Reservation], unreserved: list[Scope]) -> None:
+        """Reserve the request's own limits alone (no attempt took them along),
+        raising their refusal; `unreserved` is emptied once they are taken."""
+        reservations += await self.limiter.acquire(unreserved)
+        unreserved.clear()
 
     def started(self, candidate: Candidate) -> float:
         self.stats.started(candidate.deployment_id)

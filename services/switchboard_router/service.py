@@ -135,7 +135,7 @@ class RouterServicer(MediaHandlers, router_pb2_grpc.RouterServiceServicer):
         self.budgets = budgets or Budgets(usage.stub)
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.health: HealthMonitor | None = None
-        self.gate = Gate(usage, limiter, self.budgets)
+        self.gate = Gate(usage, self.budgets)
         self.usage = usage
         self.accounting = Accounting(
             usage, limiter, self.budgets, self.instance, self.settings.usage_durable_wait_s

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -100,6 +101,26 @@ async def test_a_record_lives_until_confirmed_not_until_acked(outbox: Outbox) ->
     await outbox.confirm(["b"])
     assert outbox.depth == 0
     assert outbox.oldest_age() == 0.0
+
+
+async def test_the_oldest_age_follows_appends_and_confirms(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gauge of the oldest unconfirmed record, kept without a query per append."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    await outbox.append(entries("a"))
+    clock[0] = 1010.0
+    await outbox.append(entries("b"))
+    clock[0] = 1030.0
+    assert outbox.oldest_age() == 30.0
+    await outbox.confirm(["a"])
+    assert outbox.oldest_age() == 20.0
+    await outbox.confirm(["b"])
+    assert outbox.oldest_age() == 0.0
+    await outbox.append(entries("c"))
+    clock[0] = 1035.0
+    assert outbox.oldest_age() == 5.0
 
 
 async def test_after_an_idle_spell_the_relay_publishes_at_once(outbox: Outbox) -> None:

@@ -261,7 +261,14 @@ class Outbox:
             self._pending += len(added)
             self._bytes += sum(added)
             self._removed(removed)
-            self._gauges(db)
+            if removed:
+                self._gauges(db)
+            else:
+                # Rows only added: the oldest is the one it was, or these. (A
+                # query for it per append cost every record's ack ~60 µs.)
+                if self._oldest is None and added:
+                    self._oldest = now
+                self._publish()
             return fresh, len(removed)
 
         fresh, dropped = await self._run(write)
