@@ -2,8 +2,11 @@
 RPM and TPM (admission's usual pair) against the local Redis, the way it is now
 (one pipeline of EVALSHA) and the way it was (redis-py's Script objects in a
 pipeline, which ask SCRIPT EXISTS before every pipeline: two round trips).
-Interleaved blocks; prints the medians of wall time and of this process's CPU
-time per phase.
+And what a routed request's limits cost: the model's RPM and TPM and its first
+deployment's, in one phase as the first attempt takes them now
+(`request_one_phase`), or in two as admission and the attempt took them before
+(`request_two_phases`). Interleaved blocks; prints the medians of wall time and
+of this process's CPU time per phase (per request for the `request_` rows).
 
     PYTHONPATH=services:gen python bench/limits_roundtrip.py --phases 4000
 """
@@ -36,12 +39,16 @@ class ScriptObjects(RedisLimiter):
         return list(await pipe.execute(raise_on_error=False))
 
 
-async def block(limiter: RedisLimiter, tag: str) -> tuple[float, float]:
-    """Wall and CPU microseconds per phase over BLOCK phases."""
-    scopes = [Scope(f"rpm:bench {tag}", 10**9, 1), Scope(f"tpm:bench {tag}", 10**12, 100)]
+def _pair(scope: str) -> list[Scope]:
+    return [Scope(f"rpm:{scope}", 10**9, 1), Scope(f"tpm:{scope}", 10**12, 100)]
+
+
+async def block(limiter: RedisLimiter, phases: Sequence[list[Scope]]) -> tuple[float, float]:
+    """Wall and CPU microseconds per BLOCK repetitions of `phases`, each one acquire."""
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(BLOCK):
-        await limiter.acquire(scopes)
+        for scopes in phases:
+            await limiter.acquire(scopes)
     return (
         (time.perf_counter() - wall) * 1e6 / BLOCK,
         (time.process_time() - cpu) * 1e6 / BLOCK,
@@ -52,21 +59,26 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phases", type=int, default=4000)
     args = parser.parse_args()
-    limiters = {
-        "evalsha": RedisLimiter(REDIS_URL, fail_open=False),
-        "script_objects": ScriptObjects(REDIS_URL, fail_open=False),
-    }
     tag = uuid.uuid4().hex[:8]
+    key, model, deployment = _pair(f"key {tag}"), _pair(f"model {tag}"), _pair(f"dep {tag}")
+    evalsha = RedisLimiter(REDIS_URL, fail_open=False)
+    limiters = {
+        "evalsha": (evalsha, [key]),
+        "script_objects": (ScriptObjects(REDIS_URL, fail_open=False), [key]),
+        "request_one_phase": (evalsha, [model + deployment]),
+        "request_two_phases": (evalsha, [model, deployment]),
+    }
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in limiters}
     try:
-        for limiter in limiters.values():
-            await block(limiter, tag)  # warm: connections, scripts loaded
+        for limiter, phases in limiters.values():
+            await block(limiter, phases)  # warm: connections, scripts loaded
         for round_ in range(args.phases // BLOCK):
             names = list(limiters) if round_ % 2 else list(reversed(limiters))
             for name in names:
-                results[name].append(await block(limiters[name], tag))
+                limiter, phases = limiters[name]
+                results[name].append(await block(limiter, phases))
     finally:
-        for limiter in limiters.values():
+        for limiter in {limiter for limiter, _ in limiters.values()}:
             await limiter.close()
     summary = {
         name: {
