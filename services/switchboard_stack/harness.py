@@ -114,6 +114,24 @@ def _run(
 # and is tried again on new ports.
 UP_ATTEMPTS = 3
 _PORT_TAKEN = "Address already in use"
+# `make up` gives each stage READY_TIMEOUT_S; past this it is stuck, not slow.
+UP_TIMEOUT_S = 120.0
+
+
+def _up(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`make up`; one that does not finish is stopped (what it started too,
+    which would otherwise outlive the test) and reported with all it printed."""
+    try:
+        return _run("up", env, timeout=UP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        _run("down", env, timeout=60)
+        printed = "\n".join(_text(out) for out in (exc.stdout, exc.stderr) if out)
+        raise RuntimeError(f"make up did not finish in {UP_TIMEOUT_S:.0f}s:\n{printed}") from None
+
+
+def _text(out: str | bytes) -> str:
+    # TimeoutExpired keeps bytes even from a run in text mode.
+    return out.decode(errors="replace") if isinstance(out, bytes) else out
 
 
 def _stack_env(
@@ -151,7 +169,7 @@ def running_stack(
     home = tmp / "home"
     for attempt in range(UP_ATTEMPTS):
         env = _stack_env(config_path, home, extra_env)
-        up = _run("up", env, timeout=120)
+        up = _up(env)
         if up.returncode == 0:
             break
         down = _run("down", env, timeout=60)

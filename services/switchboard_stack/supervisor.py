@@ -25,6 +25,8 @@ from switchboard_stack import envoy
 from switchboard_stack.components import SERVICES, Component, plan
 
 READY_TIMEOUT_S = 60.0
+# One readiness probe's longest wait: past it the component is not ready yet.
+PROBE_TIMEOUT_S = 3.0
 STOP_GRACE_S = 15.0
 TAIL_LINES = 40
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +51,16 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+async def _probe(component: Component) -> bool:
+    """Whether the component is ready. A probe that hangs (its own timeouts
+    notwithstanding: a health check once never returned, and `make up` waited
+    past every deadline) is a "not yet", so the stack's deadline still holds."""
+    try:
+        return await asyncio.wait_for(component.ready(), PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return False
 
 
 class Stack:
@@ -145,7 +157,7 @@ class Stack:
                 proc = self.procs[component.name]
                 if proc.returncode is not None:
                     raise StackError(self._failure(component, f"exited with {proc.returncode}"))
-                if await component.ready():
+                if await _probe(component):
                     pending.remove(component)
                     self.say(f"[stack] {component.name} is ready")
             if pending and time.monotonic() > deadline:
