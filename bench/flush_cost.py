@@ -28,7 +28,6 @@ from typing import Any
 
 from switchboard_usage import migrations, sink
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.sink import ONE_THREAD, STORED_IN_RANGE
 
 sys.path.insert(0, str(Path(__file__).parent))
 import run
@@ -65,7 +64,9 @@ async def _variant(
             batch = [(_event(offset + i), 0, offset + i) for i in range(events)]
             offset += events
             if "select" not in removed:
-                await clickhouse.rows(STORED_IN_RANGE, {"low": "0", "high": "1"}, ONE_THREAD)
+                await clickhouse.rows(
+                    sink.STORED_IN_RANGE, {"low": "0", "high": "1"}, sink.ONE_THREAD
+                )
             await sink.insert(clickhouse, batch, token)
 
         for warm in range(3):

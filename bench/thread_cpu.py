@@ -34,8 +34,7 @@ def _threads(pid: int) -> dict[tuple[int, int], tuple[str, int]]:
     out = {}
     for each in bench._tree(pid):
         with contextlib.suppress(OSError):
-            for tid, named in bench.thread_ticks(each).items():
-                out[(each, tid)] = named
+            out.update({(each, tid): named for tid, named in bench.thread_ticks(each).items()})
     return out
 
 

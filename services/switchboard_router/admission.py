@@ -88,9 +88,11 @@ class Gate:
         model = catalog.resolve(params.model, key, kind)
         # A model's default parameters fill what the call left out, on every surface.
         apply_defaults(model, params)
-        admission = Admission(key, model, catalog, estimate_tokens(params))
-        admission.hold = await self.budgets.admit(key, admission.model, admission.estimate)
-        admission.unreserved = _scopes(key, model, admission.estimate)
+        estimate = estimate_tokens(params)
+        admission = Admission(
+            key, model, catalog, estimate, unreserved=_scopes(key, model, estimate)
+        )
+        admission.hold = await self.budgets.admit(key, model, estimate)
         return admission
 
 
