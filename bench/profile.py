@@ -30,10 +30,15 @@ BENCH = Path(__file__).resolve().parent
 SERVICES = ("router", "provider", "usage")
 
 
-def record(py_spy: str, pid: int, seconds: int, out: Path, fmt: str) -> subprocess.Popen[bytes]:
+def record(
+    py_spy: str, pid: int, seconds: int, out: Path, fmt: str, native: bool = False
+) -> subprocess.Popen[bytes]:
+    # Native frames need the process paused for each sample (py-spy refuses
+    # --native with --nonblocking), which slows it: compare shares, not RPS.
+    mode = ["--native"] if native else ["--nonblocking"]
     return subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
-         "--format", fmt, "--output", str(out), "--nonblocking"],
+         "--format", fmt, "--output", str(out), *mode],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -48,6 +53,10 @@ def main() -> int:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--out", type=Path, default=BENCH / "flame")
     parser.add_argument(
+        "--native", action="store_true", help="C frames too (bench/stack_share.py reads them)"
+    )
+    parser.add_argument("--services", nargs="+", choices=SERVICES, default=list(SERVICES))
+    parser.add_argument(
         "--provider-placement",
         choices=bench.PLACEMENTS,
         help="SWITCHBOARD_PROVIDER_PLACEMENT (router: the provider's samples are the router's)",
@@ -59,11 +68,11 @@ def main() -> int:
         bench.warm_edge(Path(tmp_name), args.baseline, args.provider_placement) as (edge, bodies),
     ):
         recorders = []
-        for name in SERVICES:
+        for name in args.services:
             pid = edge.pids[name]
             for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
                 path = args.out / f"{args.label}-{name}.{suffix}"
-                recorders.append(record(args.py_spy, pid, args.seconds, path, fmt))
+                recorders.append(record(args.py_spy, pid, args.seconds, path, fmt, args.native))
         result: dict[str, object] = {}
 
         def drive() -> None:
