@@ -3,8 +3,8 @@ raw collapsed stacks (`bench/profile.py` writes them as <label>-<service>.txt;
 with --native they hold C frames too), drops the samples of threads that were
 waiting (an event loop in epoll, a thread pool's idle workers, gRPC's poller
 in poll), and prints, per group of path fragments, the share of the rest whose
-stack holds a frame from one of them. A sample counts once per group, at the
-first group that claims it, in the order given.
+stack holds a frame from one of them. Each sample counts once, for the first
+group (in the order given) that claims it.
 
     python bench/stack_share.py bench/flame/s4-router.txt \
         --group sdk=openai/,httpx2/,aiohttp/ --group grpc=grpc/,cygrpc
@@ -53,9 +53,7 @@ def shares(lines: list[str], groups: dict[str, list[str]]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stacks", type=Path)
-    parser.add_argument(
-        "--group", action="append", default=[], metavar="NAME=FRAGMENT,…", required=True
-    )
+    parser.add_argument("--group", action="append", metavar="NAME=FRAGMENT,…", required=True)
     args = parser.parse_args()
     groups: dict[str, list[str]] = {}
     for item in args.group:
