@@ -6,9 +6,11 @@
 //                for the queue it causes (no coordinated omission).
 // Streams (--stream): TTFT to the first event with content, gaps between
 // socket reads that carried events, and events that arrived coalesced.
+// --trace PATH also writes each answered request's due time (epoch ms) and
+// latency, one "due latency" line each, for bench/tail_timeline.py.
 // Prints one JSON object with the results.
 import http from "node:http";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 
 function args() {
   const out = { mode: "closed", concurrency: 1, rate: 0, duration: 5, requests: 0, stream: false, maxInFlight: 4096 };
@@ -16,7 +18,7 @@ function args() {
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "").replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     const value = argv[i + 1];
-    out[key] = ["url", "body", "mode", "header"].includes(key) ? value : key === "stream" ? value === "true" : Number(value);
+    out[key] = ["url", "body", "mode", "header", "trace"].includes(key) ? value : key === "stream" ? value === "true" : Number(value);
   }
   return out;
 }
@@ -37,6 +39,8 @@ const agent = new http.Agent({
 const CONTENT = /"content": ?"[^"]|"text_delta","text":"[^"]|"response\.output_text\.delta"/g;
 
 const latencies = [];
+// (due, latency) pairs for --trace; due on performance's clock.
+const trace = [];
 const ttfts = [];
 const gaps = [];
 let coalesced = 0;
@@ -80,7 +84,9 @@ function once(startedAt) {
           errors += 1;
           errorKinds[res.statusCode] = (errorKinds[res.statusCode] ?? 0) + 1;
         } else {
-          latencies.push(performance.now() - startedAt);
+          const latency = performance.now() - startedAt;
+          latencies.push(latency);
+          if (opts.trace) trace.push(startedAt, latency);
         }
         resolve();
       });
@@ -152,6 +158,13 @@ const t0 = performance.now();
 await (opts.mode === "open" ? open() : closed());
 const elapsed = (performance.now() - t0) / 1000;
 agent.destroy();
+if (opts.trace) {
+  const lines = [];
+  for (let i = 0; i < trace.length; i += 2) {
+    lines.push(`${(performance.timeOrigin + trace[i]).toFixed(3)} ${trace[i + 1].toFixed(3)}`);
+  }
+  writeFileSync(opts.trace, lines.join("\n") + "\n");
+}
 console.log(
   JSON.stringify({
     mode: opts.mode,

@@ -89,6 +89,8 @@ class System:
     model: str = "bench"
     # The usage service's Prometheus endpoint (the edge path): its outbox gauges.
     usage_metrics: str = ""
+    # Every process of the stack by name, the idle ones included (bench/idle_cpu.py).
+    node_pids: dict[str, int] = field(default_factory=dict)
 
 
 def _tree(pid: int) -> list[int]:
@@ -286,6 +288,7 @@ def switchboard(
             # ClickHouse) and the broker are part of what this path costs.
             pids={n: pids[n] for n in ("envoy", "router", "provider", "usage", "broker")},
             usage_metrics=f"http://127.0.0.1:{stack.env['SWITCHBOARD_USAGE_METRICS_PORT']}/metrics",
+            node_pids=pids,
         )
         direct_grpc = System(
             f"switchboard-grpc{suffix}",

@@ -110,6 +110,15 @@ class GpuSink(pipeline_sink.Sink):
     NAME = "gpu"
     TOPICS = GPU_TOPICS
     GROUP = GPU_SINK_GROUP
+    # Samples are history (the live view is the gpu service's), so they wait
+    # for company (flush_s, SWITCHBOARD_GPU_SINK_FLUSH_S) and the broker may
+    # hold a fetch up to aiokafka's default. Each flush is three ClickHouse
+    # queries (two inserts, one lookup), which at one sample a second per node
+    # cost an idle usage service ~5 % of a core (bench/README.md). An alert
+    # transition flushes at once: its confirmation lets the gpu service's
+    # alert outbox go.
+    FETCH_WAIT_MS = 500
+    URGENT_TOPICS = (ALERTS_TOPIC,)
 
     def __init__(
         self,
@@ -117,8 +126,15 @@ class GpuSink(pipeline_sink.Sink):
         settings: KafkaSettings,
         assign_all: bool = False,
         confirmers: Sequence[pipeline_sink.Confirmer] = (),
+        flush_s: float = pipeline_sink.FLUSH_S,
     ):
-        super().__init__(settings, replay=False, assign_all=assign_all, confirmers=confirmers)
+        super().__init__(
+            settings,
+            replay=False,
+            assign_all=assign_all,
+            confirmers=confirmers,
+            flush_s=flush_s,
+        )
         self.clickhouse = clickhouse
 
     async def store(self, batches: pipeline_sink.Batches) -> pipeline_sink.Stored:

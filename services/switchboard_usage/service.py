@@ -311,7 +311,7 @@ async def _setup(
         assign_all=embedded,
         confirmers=[confirm],
     )
-    gpu_sink = GpuSink(clickhouse, kafka, assign_all=embedded)
+    gpu_sink = GpuSink(clickhouse, kafka, assign_all=embedded, flush_s=own.gpu_sink_flush_s)
     gpu_sink.confirmers.append(ConfirmationPublisher(gpu_sink.producer))
 
     async def pipeline() -> None:

@@ -122,6 +122,12 @@ class Sink:
     NAME = "sink"
     TOPICS: tuple[str, ...] = ()
     GROUP = ""
+    # A sink whose rows nobody waits for may hold a batch longer than FLUSH_S
+    # (its flush_s) and let the broker hold its fetches longer: fewer inserts
+    # and fetches. A message on one of its URGENT_TOPICS still flushes its
+    # batch FLUSH_S after the batch began.
+    FETCH_WAIT_MS = FETCH_WAIT_MS
+    URGENT_TOPICS: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -129,12 +135,15 @@ class Sink:
         replay: bool = False,
         assign_all: bool = False,
         confirmers: Sequence[Confirmer] = (),
+        flush_s: float = FLUSH_S,
     ):
         """assign_all: take every partition directly instead of joining the
         consumer group. Right when exactly one sink exists (the embedded engine
         allows one opener), and it starts at once instead of waiting for group
-        rebalances; offsets are still committed under the sink's group."""
+        rebalances; offsets are still committed under the sink's group.
+        flush_s: how long a batch may wait for more after its first message."""
         self.settings = settings
+        self.flush_s = flush_s
         self.replay = replay
         self.assign_all = assign_all
         self.confirmers = list(confirmers)
@@ -159,7 +168,7 @@ class Sink:
             # How long the broker may hold a fetch for data: at aiokafka's 500 ms
             # the usage lag at idle measured p50 0.23 s, at 50 ms 0.16 s (the
             # local broker); an idle sink fetches 20 times a second for it.
-            fetch_max_wait_ms=FETCH_WAIT_MS,
+            fetch_max_wait_ms=self.FETCH_WAIT_MS,
         )
         if self.assign_all:
             if self.replay:
@@ -173,27 +182,34 @@ class Sink:
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         """One ClickHouse-sized batch: up to BATCH_RECORDS, or what arrived within
-        FLUSH_S of the first message, whichever comes first. Under load batches
-        fill to size; at idle a lone record waits FLUSH_S at most (it is part of
-        the usage lag). Each insert costs ClickHouse a part (and a merge), so
-        FLUSH_S also bounds inserts to about ten a second per sink."""
+        flush_s of the first message (FLUSH_S once it holds an urgent one),
+        whichever comes first. Under load batches fill to size; at idle a lone
+        record waits flush_s at most (for usage, part of the usage lag). Each
+        insert costs ClickHouse a part (and a merge), so flush_s also bounds
+        inserts to 1 / flush_s a second per sink, however many producers."""
         batches: dict[TopicPartition, list[Any]] = {}
         count = 0
-        deadline: float | None = None
+        first: float | None = None
+        urgent = False
         loop = asyncio.get_running_loop()
         while count < BATCH_RECORDS:
-            wait_ms = POLL_MS if deadline is None else int((deadline - loop.time()) * 1000)
-            if wait_ms <= 0:
-                break
+            if first is None:
+                wait_ms = POLL_MS
+            else:
+                deadline = first + (FLUSH_S if urgent else self.flush_s)
+                wait_ms = int((deadline - loop.time()) * 1000)
+                if wait_ms <= 0:
+                    break
             polled = await consumer.getmany(timeout_ms=wait_ms, max_records=BATCH_RECORDS - count)
             for tp, messages in polled.items():
                 if messages:
                     batches.setdefault(tp, []).extend(messages)
                     count += len(messages)
-            if deadline is None:
+                    urgent = urgent or tp.topic in self.URGENT_TOPICS
+            if first is None:
                 if not count:
                     break
-                deadline = loop.time() + FLUSH_S
+                first = loop.time()
         return batches
 
     async def _rewind_where_the_log_is_short(self, consumer: AIOKafkaConsumer) -> None:
