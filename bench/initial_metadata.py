@@ -54,7 +54,9 @@ def _serve(port: int, separate: bool, ready: Any) -> None:
 
 async def _drive(port: int, calls: int) -> float:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        method = channel.unary_unary("/bench.Labels/Answer")
+        method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/bench.Labels/Answer"
+        )
 
         async def worker(n: int) -> None:
             for _ in range(n):
