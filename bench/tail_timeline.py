@@ -1,8 +1,9 @@
 """What the machine was doing while the edge's slow requests waited: open-loop
 traffic through Envoy at fixed rates (the frontier's kind of load), each
-request's due time and latency traced (loadgen's --trace), and meanwhile every
-process's CPU and its threads' wait for a CPU sampled from /proc (schedstat:
-nanoseconds on a CPU, and runnable but waiting for one). Per rate, for the
+request's due time and latency traced (loadgen's --trace), and meanwhile
+sampled from /proc every 10 ms: each process's CPU, the router's event-loop
+thread's time on a CPU and runnable but waiting for one (schedstat), and the
+machine's busy time. Per rate, for the
 requests over --slow-ms against the rest: the machine's busy share, each
 process's CPU, and the router's event loop's run and run-queue wait, averaged
 over the time they were in flight. So a tail can be told apart: the router busy
@@ -36,16 +37,6 @@ CORES = os.cpu_count() or 1
 TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
 
 
-def _process_ns(pid: int) -> int:
-    """A process's CPU (all its threads), in ns: ticks, so 10 ms coarse, which
-    averages out over the many requests a figure is taken over."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int((int(fields[11]) + int(fields[12])) * TICK_NS)
-
-
 def _schedstat(pid: int) -> tuple[int, int]:
     """(ns on a CPU, ns runnable and waiting for one) of a process's main thread."""
     try:
@@ -76,7 +67,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(PERIOD_S):
-            per = {name: _process_ns(pid) for name, pid in self.pids.items()}
+            per = {n: int(bench._proc_cpu_ticks(p) * TICK_NS) for n, p in self.pids.items()}
             loop = _schedstat(self.loop_pid)
             self.samples.append((time.time(), _machine_busy_ns(), per, loop))
 
@@ -181,8 +172,7 @@ def main() -> None:
             )
         )
         bench.load(edge, bodies["small"], mode="closed", concurrency=4, requests=400)
-        pids = {n: p for n, p in edge.pids.items() if n != "provider" or p != edge.pids["router"]}
-        pids["mock"] = mock_pid
+        pids = {**edge.pids, "mock": mock_pid}
         for rate in args.rates:
             print(json.dumps(measure(edge, bodies["small"], pids, rate, args)), flush=True)
 
