@@ -2,7 +2,9 @@
 process: the SDK's low-level post given the body as a dict (`body=`, as the
 OpenAI adapter sends it) or as JSON bytes already serialized (`content=`,
 which skips the SDK's handling of a dict body), against the same request
-through aiohttp alone (the floor: the SDK's own transport is aiohttp).
+through aiohttp alone (the floor: the SDK's own transport is aiohttp), and
+`body=` through the OpenAI adapter's own client (its transport sends a call
+again when its pooled connection had been closed: what that costs).
 Against the bench's Node mock upstream, one call at a time. Per
 variant and round: CPU µs per call (this process, all threads) and the p50
 wall time; the rounds interleave the variants, and the medians are printed.
@@ -24,6 +26,8 @@ import aiohttp
 import httpx2
 import openai
 import run as bench
+from switchboard_common.config import ProviderConfig
+from switchboard_provider.adapters.openai_compat import OpenAIAdapter
 
 BODY: dict[str, Any] = {
     "model": "bench",
@@ -61,11 +65,21 @@ async def main() -> None:
             max_retries=0,
             http_client=openai.DefaultAioHttpClient(),
         )
+        adapter = OpenAIAdapter(ProviderConfig(name="bench", kind="openai", base_url=upstream))
         session = aiohttp.ClientSession()
         timeout = openai.Timeout(30, connect=5)
 
         async def body() -> Any:
             response = await client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                body=BODY,
+                options={"timeout": timeout},
+            )
+            return response.json()
+
+        async def adapter_body() -> Any:
+            response = await adapter.client.post(
                 "/chat/completions",
                 cast_to=httpx2.Response,
                 body=BODY,
@@ -88,7 +102,12 @@ async def main() -> None:
             async with session.post(f"{upstream}/chat/completions", json=BODY) as response:
                 return await response.json()
 
-        variants = {"sdk body=": body, "sdk content=": content, "aiohttp alone": floor}
+        variants = {
+            "sdk body=": body,
+            "sdk body=, the adapter's client": adapter_body,
+            "sdk content=": content,
+            "aiohttp alone": floor,
+        }
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
         try:
             for _ in range(args.rounds):
@@ -97,6 +116,7 @@ async def main() -> None:
         finally:
             await session.close()
             await client.close()
+            await adapter.close()
     for name, runs in results.items():
         print(
             json.dumps(

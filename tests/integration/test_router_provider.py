@@ -194,6 +194,39 @@ async def test_upstream_failures_map_to_status(
     assert (err.value.code(), reason(err.value)) == (code, why)
 
 
+async def test_a_dropped_connection_is_lost_and_tried_again_not_a_timeout(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    upstreams: tuple[OpenAIUpstream, OpenAIUpstream],
+) -> None:
+    """An upstream that closes the connection before answering (as a server
+    closes an idle kept-alive connection just as a call reuses it) is a lost
+    connection: tried again after a backoff, then 502-class UPSTREAM_ERROR. The
+    openai SDK's aiohttp transport reports it as a connect timeout, which the
+    router would neither retry nor report truly."""
+    upstreams[0].behaviour = Behaviour(mode="reset_after")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await router.CreateChatCompletion(router_pb2.CreateChatCompletionRequest(params=_chat()))
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR")
+    assert "lost the connection to provider 'primary'" in (err.value.details() or "")
+    assert len(upstreams[0].requests) == 3  # SWITCHBOARD_MAX_ATTEMPTS' default
+    upstreams[0].behaviour = Behaviour()
+    answer = await router.CreateChatCompletion(
+        router_pb2.CreateChatCompletionRequest(params=_chat())
+    )
+    assert answer.choices[0].message.content == "echo: hello gateway world"
+
+
+async def test_a_refused_connection_is_lost_not_a_timeout(
+    router: router_pb2_grpc.RouterServiceAsyncStub,
+    upstreams: tuple[OpenAIUpstream, OpenAIUpstream],
+) -> None:
+    await upstreams[0].stop()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await router.CreateChatCompletion(router_pb2.CreateChatCompletionRequest(params=_chat()))
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR")
+    assert "Cannot connect to host" in (err.value.details() or "")
+
+
 async def test_upstream_rate_limit_carries_retry_info(
     router: router_pb2_grpc.RouterServiceAsyncStub,
     upstreams: tuple[OpenAIUpstream, OpenAIUpstream],

@@ -11,9 +11,11 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from google.protobuf import json_format
+from openai._vendor.httpx_aiohttp import AiohttpTransport
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2
@@ -25,6 +27,10 @@ from switchboard_provider import wire
 from switchboard_provider.adapters import openai_responses
 from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.adapters.openai_media import OpenAIMedia
+from switchboard_provider.adapters.pooled_connections import (
+    ResendOnClosedConnection,
+    session_factory,
+)
 from switchboard_provider.meter import UsageMeter
 
 # Without a key the SDK refuses to build a client; self-hosted servers ignore it.
@@ -65,7 +71,9 @@ class OpenAIAdapter(OpenAIMedia):
             timeout=openai.Timeout(config.timeout_s, connect=config.connect_timeout_s),
             # The SDK's aiohttp transport: about half the CPU per call of its
             # default httpx transport (measured in bench/README.md).
-            http_client=openai.DefaultAioHttpClient(),
+            http_client=openai.DefaultAioHttpClient(
+                transport=ResendOnClosedConnection(AiohttpTransport(client=session_factory()))
+            ),
         )
 
     def _timeout(self, timeout_s: float) -> openai.Timeout:
@@ -187,13 +195,15 @@ class OpenAIAdapter(OpenAIMedia):
 
     def _map_error(self, exc: openai.APIError) -> SwitchboardError:
         name = self.config.name
-        if isinstance(exc, openai.APITimeoutError):
+        lost = _lost_connection(exc)
+        if isinstance(exc, openai.APITimeoutError) and lost is None:
             return self._timeout_error()
         if isinstance(exc, openai.APIConnectionError):
             # Raised both for a refused connection and for one broken mid-stream.
+            why = str(lost) if lost is not None else exc.message
             return SwitchboardError(
                 R.ERROR_REASON_UPSTREAM_ERROR,
-                f"lost the connection to provider {name!r}: {redact(exc.message)}",
+                f"lost the connection to provider {name!r}: {redact(why)}",
             )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
@@ -223,6 +233,21 @@ class OpenAIAdapter(OpenAIMedia):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _lost_connection(exc: openai.APIError) -> aiohttp.ClientConnectionError | None:
+    """The connection error behind an SDK error, if one is. The SDK's aiohttp
+    transport reports every aiohttp connection error as a connect timeout: a
+    refused connection, and a kept-alive one the server closed as it was
+    reused, among them (the anthropic SDK's copy of that transport no longer
+    does). Those are lost connections, worth the router's retry, not a
+    deadline spent (a timeout is not retried: it spent its whole timeout)."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def _raise_embedded_error(data: object) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 import anthropic
+from anthropic._vendor.httpx_aiohttp import AiohttpTransport
 
 from switchboard.common.v1 import openai_pb2
 from switchboard.provider.v1 import provider_pb2
@@ -27,6 +28,10 @@ from switchboard_provider.adapters.anthropic.request import (
 )
 from switchboard_provider.adapters.anthropic.response import chat_completion, stream_events
 from switchboard_provider.adapters.base import KeyCheck
+from switchboard_provider.adapters.pooled_connections import (
+    ResendOnClosedConnection,
+    session_factory,
+)
 from switchboard_provider.meter import UsageMeter
 
 # Without a key the SDK refuses to build a client.
@@ -43,8 +48,11 @@ class AnthropicAdapter:
             base_url=config.base_url or None,
             max_retries=0,
             timeout=anthropic.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            # The aiohttp transport, as the openai kind uses (bench/README.md).
-            http_client=anthropic.DefaultAioHttpClient(),
+            # The aiohttp transport, as the openai kind uses (bench/README.md),
+            # with its pooled connections handled the same way.
+            http_client=anthropic.DefaultAioHttpClient(
+                transport=ResendOnClosedConnection(AiohttpTransport(client=session_factory()))
+            ),
         )
 
     def _timeout(self, timeout_s: float) -> anthropic.Timeout:
