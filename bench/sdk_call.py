@@ -26,6 +26,7 @@ import aiohttp
 import httpx2
 import openai
 import run as bench
+
 from switchboard_common.config import ProviderConfig
 from switchboard_provider.adapters.openai_compat import OpenAIAdapter
 
