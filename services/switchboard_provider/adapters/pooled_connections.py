@@ -90,7 +90,12 @@ def closed_before_answer(exc: BaseException) -> bool:
     while cause is not None:
         if isinstance(cause, aiohttp.ClientConnectorError | TimeoutError):
             return False
-        if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        if isinstance(
+            cause,
+            aiohttp.ServerDisconnectedError
+            | aiohttp.ClientConnectionResetError
+            | aiohttp.ClientOSError,
+        ):
             return True
         cause = cause.__cause__
     return False
