@@ -157,6 +157,7 @@ bench: install engines $(BENCH_VENV)/.installed
 	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(BASELINE),--baseline $(BASELINE)) \
 		$(if $(PLACEMENT),--provider-placement $(PLACEMENT))
 	$(PY) bench/engine_bench.py
+	$(PY) bench/engine_pairs.py
 
 bench-quick: install
 	$(PY) bench/run.py --quick --out bench/out $(if $(WORKERS),--workers $(WORKERS))

@@ -16,11 +16,14 @@ Writes bench/engine_results.json (or --out) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +78,20 @@ def _timed(client: httpx.Client, url: str, max_tokens: int, tag: str) -> tuple[f
     return elapsed, int(reply.json()["usage"]["completion_tokens"])
 
 
-def measure(rounds: int) -> dict[str, Any]:
+@dataclass
+class Engine:
+    """A running stack with the test model's engine started through it."""
+
+    edge: str  # the edge's chat completions URL
+    direct: str  # llama-server's own
+    start_to_first_token_s: float
+
+
+@contextlib.contextmanager
+def engine_stack() -> Iterator[Engine]:
+    """A stack on a temporary home, the engine `smol` created and started
+    through its admin API, until the first token has come through the edge;
+    stopped and torn down after."""
     model = bundled_model_path()
     server = llama_server_path()
     if model is None or server is None or not server.exists():
@@ -105,19 +121,28 @@ def measure(rounds: int) -> dict[str, Any]:
             direct = f"{engine['base_url'].rstrip('/')}/chat/completions"
             if not direct.startswith("http"):
                 direct = f"http://127.0.0.1:{engine['port']}/v1/chat/completions"
-            edge = f"{stack.edge_url}/v1/chat/completions"
-            speed: dict[str, list[float]] = {"direct": [], "edge": []}
-            one: dict[str, list[float]] = {"direct": [], "edge": []}
-            paths = [("direct", direct), ("edge", edge)]
-            for i in range(rounds):
-                # Interleaved, in turns: drift on a shared machine hits both alike.
-                for name, url in paths if i % 2 else paths[::-1]:
-                    # Tags of one shape: a longer prompt would cost its path ~4 ms a token.
-                    tag = f"{i:03d}{0 if name == 'direct' else 1}"
-                    elapsed, tokens = _timed(client, url, 64, f"{tag}L")
-                    speed[name].append(tokens / elapsed)
-                    one[name].append(_timed(client, url, 1, f"{tag}S")[0] * 1000)
-            admin.post("/v1/admin/engines/smol:stop", json={"force": True})
+            try:
+                yield Engine(
+                    f"{stack.edge_url}/v1/chat/completions", direct, start_to_first_token_s
+                )
+            finally:
+                admin.post("/v1/admin/engines/smol:stop", json={"force": True})
+
+
+def measure(rounds: int) -> dict[str, Any]:
+    with engine_stack() as engine, httpx.Client(timeout=120) as client:
+        speed: dict[str, list[float]] = {"direct": [], "edge": []}
+        one: dict[str, list[float]] = {"direct": [], "edge": []}
+        paths = [("direct", engine.direct), ("edge", engine.edge)]
+        for i in range(rounds):
+            # Interleaved, in turns: drift on a shared machine hits both alike.
+            for name, url in paths if i % 2 else paths[::-1]:
+                # Tags of one shape: a longer prompt would cost its path ~4 ms a token.
+                tag = f"{i:03d}{0 if name == 'direct' else 1}"
+                elapsed, tokens = _timed(client, url, 64, f"{tag}L")
+                speed[name].append(tokens / elapsed)
+                one[name].append(_timed(client, url, 1, f"{tag}S")[0] * 1000)
+        start_to_first_token_s = engine.start_to_first_token_s
     direct_tps = statistics.median(speed["direct"])
     edge_tps = statistics.median(speed["edge"])
     return {
