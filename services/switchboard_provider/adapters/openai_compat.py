@@ -11,7 +11,6 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
 import httpx2
 import openai
 from google.protobuf import json_format
@@ -29,6 +28,7 @@ from switchboard_provider.adapters.base import KeyCheck
 from switchboard_provider.adapters.openai_media import OpenAIMedia
 from switchboard_provider.adapters.pooled_connections import (
     ResendOnClosedConnection,
+    connection_error,
     session_factory,
 )
 from switchboard_provider.meter import UsageMeter
@@ -195,7 +195,11 @@ class OpenAIAdapter(OpenAIMedia):
 
     def _map_error(self, exc: openai.APIError) -> SwitchboardError:
         name = self.config.name
-        lost = _lost_connection(exc)
+        # The SDK's aiohttp transport reports every aiohttp connection error as
+        # a connect timeout: a refused connection, and a kept-alive one the
+        # server closed, among them. Those are lost connections, worth the
+        # router's retry, not a deadline spent (a timeout is not retried).
+        lost = connection_error(exc)
         if isinstance(exc, openai.APITimeoutError) and lost is None:
             return self._timeout_error()
         if isinstance(exc, openai.APIConnectionError):
@@ -233,21 +237,6 @@ class OpenAIAdapter(OpenAIMedia):
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def _lost_connection(exc: openai.APIError) -> aiohttp.ClientConnectionError | None:
-    """The connection error behind an SDK error, if one is. The SDK's aiohttp
-    transport reports every aiohttp connection error as a connect timeout: a
-    refused connection, and a kept-alive one the server closed as it was
-    reused, among them (the anthropic SDK's copy of that transport no longer
-    does). Those are lost connections, worth the router's retry, not a
-    deadline spent (a timeout is not retried: it spent its whole timeout)."""
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
-            return cause
-        cause = cause.__cause__
-    return None
 
 
 def _raise_embedded_error(data: object) -> None:

@@ -33,12 +33,10 @@ import httpx2
 
 # How long an idle connection is kept for reuse: under the 5 s after which
 # llama.cpp's server (cpp-httplib) and vLLM's (uvicorn) close one, so that a
-# call seldom takes a connection just as the server closes it. The rest are
-# the SDKs' own limits.
+# call seldom takes a connection just as the server closes it.
 KEEPALIVE_S = 4.0
-LIMITS = httpx2.Limits(
-    max_connections=1000, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_S
-)
+# The SDKs' own limit on connections.
+MAX_CONNECTIONS = 1000
 # Each try takes a different pooled connection; past this many, give up.
 MAX_TRIES = 8
 
@@ -69,36 +67,43 @@ class _Connector(aiohttp.TCPConnector):
 
 def session_factory() -> Callable[[], aiohttp.ClientSession]:
     """The aiohttp session the SDK transport would make itself (its TLS
-    context, LIMITS), on a connector that tells a reused connection."""
+    context, MAX_CONNECTIONS), on a connector that tells a reused connection."""
 
     def make() -> aiohttp.ClientSession:
         connector = _Connector(
             keepalive_timeout=KEEPALIVE_S,
             ssl=httpx2.create_ssl_context(),
-            limit=LIMITS.max_connections or 0,
+            limit=MAX_CONNECTIONS,
         )
         return aiohttp.ClientSession(connector=connector)
 
     return make
 
 
-def closed_before_answer(exc: BaseException) -> bool:
-    """Whether exc, or what caused it, is a connection that closed or reset
-    under a request, no answer read: not a refused connection (nothing was
-    sent) and not a timeout."""
+def connection_error(exc: BaseException) -> aiohttp.ClientConnectionError | None:
+    """The aiohttp connection error that exc is, or that caused it; None if
+    there is none, or a timeout comes first. The SDKs' aiohttp transports wrap
+    it in an httpx2 error (the openai SDK's, in a ConnectTimeout whatever it was)."""
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectorError | TimeoutError):
-            return False
-        if isinstance(
-            cause,
-            aiohttp.ServerDisconnectedError
-            | aiohttp.ClientConnectionResetError
-            | aiohttp.ClientOSError,
-        ):
-            return True
+        if isinstance(cause, TimeoutError):
+            return None
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return cause
         cause = cause.__cause__
-    return False
+    return None
+
+
+def closed_before_answer(exc: BaseException) -> bool:
+    """Whether exc is a connection that closed or reset under a request, no
+    answer read: not a refused connection (nothing was sent) and not a timeout."""
+    error = connection_error(exc)
+    return isinstance(
+        error,
+        aiohttp.ServerDisconnectedError
+        | aiohttp.ClientConnectionResetError
+        | aiohttp.ClientOSError,
+    ) and not isinstance(error, aiohttp.ClientConnectorError)
 
 
 class ResendOnClosedConnection(httpx2.AsyncBaseTransport):
