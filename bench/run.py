@@ -89,6 +89,8 @@ class System:
     model: str = "bench"
     # The usage service's Prometheus endpoint (the edge path): its outbox gauges.
     usage_metrics: str = ""
+    # The usage service's gRPC address (the edge path): bench/usage_ack.py asks it.
+    usage: str = ""
     # Every process of the stack by name, the idle ones included (bench/idle_cpu.py).
     node_pids: dict[str, int] = field(default_factory=dict)
 
@@ -288,6 +290,7 @@ def switchboard(
             # ClickHouse) and the broker are part of what this path costs.
             pids={n: pids[n] for n in ("envoy", "router", "provider", "usage", "broker")},
             usage_metrics=f"http://127.0.0.1:{stack.env['SWITCHBOARD_USAGE_METRICS_PORT']}/metrics",
+            usage=f"127.0.0.1:{stack.env['SWITCHBOARD_USAGE_PORT']}",
             node_pids=pids,
         )
         direct_grpc = System(

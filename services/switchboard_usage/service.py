@@ -58,6 +58,7 @@ GPU_HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["GpuHistoryService
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUP_COMMIT = 500
 _END = object()
+_DRAIN = object()
 
 
 def _own_key() -> str | None:
@@ -86,27 +87,29 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
 
         async def read() -> None:
             async for request in request_iterator:
-                await queue.put(request)
-            await queue.put(_END)
+                queue.put_nowait(request)
+            queue.put_nowait(_END)
 
         reader = asyncio.create_task(read())
+        # Draining ends the stream once what was queued before it is stored
+        # (one waiter per stream: a task per batch cost every ack a loop turn).
         drained = asyncio.ensure_future(self.draining.wait())
+        drained.add_done_callback(lambda _: queue.put_nowait(_DRAIN))
         try:
             done = False
             while not done:
-                first = asyncio.ensure_future(queue.get())
-                await asyncio.wait({first, drained}, return_when=asyncio.FIRST_COMPLETED)
-                if not first.done():
-                    first.cancel()
+                first = await queue.get()
+                if first is _END or first is _DRAIN:
                     return
-                requests = [first.result()]
-                size = _count(requests[0])
+                requests = [first]
+                size = _count(first)
                 while not queue.empty() and size < GROUP_COMMIT:
-                    requests.append(queue.get_nowait())
-                    size += _count(requests[-1])
-                if requests[-1] is _END:
-                    requests.pop()
-                    done = True
+                    request = queue.get_nowait()
+                    if request is _END or request is _DRAIN:
+                        done = True
+                        break
+                    requests.append(request)
+                    size += _count(request)
                 traced = [item for request in requests for item in _records(request)]
                 fresh = await self._store(traced)
                 acks = [
@@ -213,11 +216,9 @@ def _records(request: usage_pb2.RecordUsageRequest) -> list[usage_pb2.TracedUsag
     return [usage_pb2.TracedUsageRecord(record=request.record, traceparent=request.traceparent)]
 
 
-def _count(request: usage_pb2.RecordUsageRequest | object) -> int:
-    """Records in a queued message (the end-of-stream marker holds none)."""
-    if isinstance(request, usage_pb2.RecordUsageRequest):
-        return len(request.records) or 1
-    return 0
+def _count(request: usage_pb2.RecordUsageRequest) -> int:
+    """Records in a message."""
+    return len(request.records) or 1
 
 
 def _owners(requests: Sequence[usage_pb2.RecordUsageRequest]) -> list[bool]:

@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge
 
 from switchboard_common import env as values
 from switchboard_common.logs import log_fields
+from switchboard_common.pipeline.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +110,8 @@ class Record:
     trace: str = ""
 
 
+# The most entries one shared append transaction takes (one caller's may be more).
+MAX_GROUP = 2000
 # What append takes: (event_id, key, payload).
 Entry = tuple[str, bytes, bytes]
 # Extra writes that must commit with an append (the gpu service's firing alerts).
@@ -141,6 +144,11 @@ class Outbox:
         self._published = 0
         self._bytes = 0
         self._oldest: float | None = None
+        # Payload bytes handed to append and not yet written (the quota counts them).
+        self._queued = 0
+        self._group: GroupCommit[tuple[Entry, str], bool] = GroupCommit(
+            self._pool, self._write, MAX_GROUP
+        )
         self.changed = asyncio.Event()
         OLDEST.labels(name).set_function(self.oldest_age)
 
@@ -227,58 +235,69 @@ class Outbox:
     ) -> list[bool]:
         """Store `entries` durably in one transaction (with `within`'s writes);
         True per entry that was new (an event id seen before is ignored).
-        `traces`: each entry's traceparent, when tracing is on."""
+        `traces`: each entry's traceparent, when tracing is on. Appends made
+        while another is being written share the next transaction (and its
+        fsync); one with `within` has a transaction of its own."""
         traced = traces if traces is not None else [""] * len(entries)
         size = sum(len(payload) for _, _, payload in entries)
-        if self.overflow is Overflow.REFUSE and self._bytes + size > self.max_bytes:
+        if self.overflow is Overflow.REFUSE and self._bytes + self._queued + size > self.max_bytes:
             raise OutboxFull(
                 f"{self.name} outbox is full ({self._bytes} of {self.max_bytes} bytes)"
             )
-
-        def write() -> tuple[list[bool], int]:
-            db = self._db_or_fail()
-            now = time.time()
-            fresh = []
-            db.execute("BEGIN IMMEDIATE")
+        items = list(zip(entries, traced, strict=True))
+        if within is not None:
+            fresh = await self._run(self._write, items, within)
+        else:
+            self._queued += size
             try:
-                for (event_id, key, payload), trace in zip(entries, traced, strict=True):
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at, trace) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (event_id, key, payload, now, trace or None),
-                    )
-                    fresh.append(cur.rowcount == 1)
-                if within is not None:
-                    within(db)
-                added = [len(p) for (_, _, p), new in zip(entries, fresh, strict=True) if new]
-                removed = []
-                if self.overflow is Overflow.DROP_OLDEST:
-                    removed = _drop_oldest(db, self._bytes + sum(added) - self.max_bytes)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._pending += len(added)
-            self._bytes += sum(added)
-            self._removed(removed)
-            if removed:
-                self._gauges(db)
-            else:
-                # Rows only added: the oldest is the one it was, or these. (A
-                # query for it per append cost every record's ack ~60 µs.)
-                if self._oldest is None and added:
-                    self._oldest = now
-                self._publish()
-            return fresh, len(removed)
+                fresh = await self._group.submit(items)
+            finally:
+                self._queued -= size
+        self.changed.set()
+        return fresh
 
-        fresh, dropped = await self._run(write)
-        if dropped:
-            DROPPED.labels(self.name).inc(dropped)
+    def _write(
+        self, items: Sequence[tuple[Entry, str]], within: Within | None = None
+    ) -> list[bool]:
+        """Append in one transaction, synced (on the worker thread)."""
+        db = self._db_or_fail()
+        now = time.time()
+        fresh = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for (event_id, key, payload), trace in items:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at, trace) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (event_id, key, payload, now, trace or None),
+                )
+                fresh.append(cur.rowcount == 1)
+            if within is not None:
+                within(db)
+            added = [len(p) for ((_, _, p), _), new in zip(items, fresh, strict=True) if new]
+            removed = []
+            if self.overflow is Overflow.DROP_OLDEST:
+                removed = _drop_oldest(db, self._bytes + sum(added) - self.max_bytes)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._pending += len(added)
+        self._bytes += sum(added)
+        self._removed(removed)
+        if removed:
+            self._gauges(db)
+            DROPPED.labels(self.name).inc(len(removed))
             log.error(
                 "outbox full: oldest unconfirmed records deleted",
-                extra=log_fields(outbox=self.name, dropped=dropped, max_bytes=self.max_bytes),
+                extra=log_fields(outbox=self.name, dropped=len(removed), max_bytes=self.max_bytes),
             )
-        self.changed.set()
+        else:
+            # Rows only added: the oldest is the one it was, or these. (A
+            # query for it per append cost every record's ack ~60 µs.)
+            if self._oldest is None and added:
+                self._oldest = now
+            self._publish()
         return fresh
 
     async def unpublished(self, limit: int) -> list[Record]:

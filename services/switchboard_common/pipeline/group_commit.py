@@ -1,0 +1,112 @@
+"""Group commit across callers: what callers hand in while a commit is in
+flight is written together in the next one.
+
+A transaction's fixed cost (its fsync, above all) is paid once per commit, not
+once per caller: with the router's workers and replicas each holding its own
+usage stream, every stream's records used to be a transaction of their own,
+one after another on the outbox's one thread. Now a commit takes everything
+queued by then, from every caller, and answers each caller with its own
+items' results. A lone caller is written at once, as before.
+
+No task drives it: a commit's completion (a callback on the event loop) answers
+its callers and starts the next commit if anything is queued, so a caller that
+is cancelled while it waits strands nobody (its items are written anyway, as
+they would have been on the executor before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class _Waiting(Generic[Item, Result]):
+    items: list[Item]
+    done: asyncio.Future[list[Result]]
+
+
+class GroupCommit(Generic[Item, Result]):
+    def __init__(
+        self,
+        pool: Executor,
+        commit: Callable[[list[Item]], Sequence[Result]],
+        max_items: int,
+    ) -> None:
+        """`commit` writes items in one transaction (on `pool`) and returns one
+        result per item, in order; a commit takes at most `max_items` items
+        unless one caller's items alone are more."""
+        self._pool = pool
+        self._commit = commit
+        self._max_items = max_items
+        self._queued: collections.deque[_Waiting[Item, Result]] = collections.deque()
+        self._busy = False
+
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        """Write `items` in the next commit; their results, in order."""
+        if not self._busy:
+            # Alone: written at once and awaited directly, as without grouping
+            # (a hand-off through the callback would cost a lone caller a loop turn).
+            self._busy = True
+            try:
+                loop = asyncio.get_running_loop()
+                return list(await loop.run_in_executor(self._pool, self._commit, list(items)))
+            finally:
+                self._busy = False
+                if self._queued:
+                    self._start()
+        waiting: _Waiting[Item, Result] = _Waiting(
+            list(items), asyncio.get_running_loop().create_future()
+        )
+        self._queued.append(waiting)
+        return await waiting.done
+
+    def _start(self) -> None:
+        batch = [self._queued.popleft()]
+        count = len(batch[0].items)
+        while self._queued and count + len(self._queued[0].items) <= self._max_items:
+            batch.append(self._queued.popleft())
+            count += len(batch[-1].items)
+        items = [item for waiting in batch for item in waiting.items]
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, self._commit, items)
+        except RuntimeError as exc:
+            # The pool is shut down (its owner closed): nothing queued can be written.
+            for waiting in (*batch, *self._queued):
+                if not waiting.done.done():
+                    waiting.done.set_exception(exc)
+            self._queued.clear()
+            return
+        self._busy = True
+        future.add_done_callback(functools.partial(self._finished, batch))
+
+    def _finished(
+        self, batch: list[_Waiting[Item, Result]], future: asyncio.Future[Sequence[Result]]
+    ) -> None:
+        self._busy = False
+        if future.cancelled():
+            for waiting in batch:
+                waiting.done.cancel()
+        elif (error := future.exception()) is not None:
+            for waiting in batch:
+                if not waiting.done.done():
+                    waiting.done.set_exception(error)
+        else:
+            results = future.result()
+            start = 0
+            for waiting in batch:
+                end = start + len(waiting.items)
+                # A caller that was cancelled meanwhile has no one to answer.
+                if not waiting.done.done():
+                    waiting.done.set_result(list(results[start:end]))
+                start = end
+        if self._queued:
+            self._start()
