@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -61,6 +62,13 @@ _END = object()
 _DRAIN = object()
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """Queued by a stream's reader when reading failed."""
+
+    error: Exception
+
+
 def _own_key() -> str | None:
     """Whose traffic a usage read covers: a client key's own (by the key name
     usage rows carry), or everyone's (None) for the admin key and an open edge."""
@@ -86,8 +94,15 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def read() -> None:
-            async for request in request_iterator:
-                queue.put_nowait(request)
+            try:
+                async for request in request_iterator:
+                    queue.put_nowait(request)
+            except Exception as exc:
+                # A message that cannot be read ends the stream with its error
+                # (after what came before it is stored and acked), rather than
+                # leaving the stream open with nothing more to ack.
+                queue.put_nowait(_Failed(exc))
+                return
             queue.put_nowait(_END)
 
         reader = asyncio.create_task(read())
@@ -99,12 +114,17 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
             done = False
             while not done:
                 first = await queue.get()
+                if isinstance(first, _Failed):
+                    raise first.error
                 if first is _END or first is _DRAIN:
                     return
                 requests = [first]
                 size = _count(first)
                 while not queue.empty() and size < GROUP_COMMIT:
                     request = queue.get_nowait()
+                    if isinstance(request, _Failed):
+                        queue.put_nowait(request)  # raised once this batch is acked
+                        break
                     if request is _END or request is _DRAIN:
                         done = True
                         break

@@ -1,10 +1,12 @@
 """The router → usage hop over a real gRPC server and a real outbox: records
 queued together travel in one message and are acked in one, each is durable
 when acked, a resend is a duplicate, and the one-record form of a router from
-before batching is still acked record by record."""
+before batching is still acked record by record; a stream that cannot be read
+ends with an error, and a draining server ends its streams cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,22 +46,35 @@ class CountingServicer(UsageServicer):
             yield response
 
 
-@pytest_asyncio.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[tuple[str, Outbox]]:
+@contextlib.asynccontextmanager
+async def _serving(
+    tmp_path: Path, kind: type[UsageServicer]
+) -> AsyncIterator[tuple[str, Outbox, UsageServicer]]:
+    """A real gRPC server with `kind` over a real outbox: its address, the outbox, the servicer."""
     outbox = Outbox(tmp_path / "outbox.db", "usage", USAGE_TOPIC, max_bytes=1 << 30)
     await outbox.open()
-    CountingServicer.messages = 0
     # RecordUsage never reads ClickHouse: an unopened client is enough.
-    servicer = CountingServicer(outbox, PriceBook(SwitchboardConfig()), ClickHouse("chdb://x"))
+    servicer = kind(outbox, PriceBook(SwitchboardConfig()), ClickHouse("chdb://x"))
     server = grpc.aio.server()
     usage_pb2_grpc.add_UsageLedgerServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield f"127.0.0.1:{port}", outbox
+        yield f"127.0.0.1:{port}", outbox, servicer
     finally:
         await server.stop(None)
         await outbox.close()
+
+
+@pytest_asyncio.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[tuple[str, Outbox]]:
+    CountingServicer.messages = 0
+    async with _serving(tmp_path, CountingServicer) as (address, outbox, _):
+        yield address, outbox
+
+
+def _message(record: usage_pb2.UsageRecord) -> usage_pb2.RecordUsageRequest:
+    return usage_pb2.RecordUsageRequest(records=[usage_pb2.TracedUsageRecord(record=record)])
 
 
 def _record() -> usage_pb2.UsageRecord:
@@ -113,3 +128,61 @@ async def test_the_one_record_form_is_acked_record_by_record(
         assert duplicates == [False, True]
         await call.done_writing()
     assert [r.event_id for r in await outbox.records()] == [record.event_id]
+
+
+async def test_a_stream_whose_messages_cannot_be_read_ends_with_an_error(
+    tmp_path: Path,
+) -> None:
+    """What came before the unreadable message is acked; then the stream ends
+    with an error (the router reconnects and resends) instead of staying open
+    with nothing more to ack."""
+
+    class Unreadable(UsageServicer):
+        async def RecordUsage(
+            self, request_iterator: AsyncIterator[usage_pb2.RecordUsageRequest], context: Any
+        ) -> AsyncIterator[usage_pb2.RecordUsageResponse]:
+            async def second_fails() -> AsyncIterator[usage_pb2.RecordUsageRequest]:
+                count = 0
+                async for request in request_iterator:
+                    count += 1
+                    if count == 2:
+                        raise ValueError("the message could not be decoded")
+                    yield request
+
+            async for response in super().RecordUsage(second_fails(), context):
+                yield response
+
+    async with (
+        _serving(tmp_path, Unreadable) as (address, outbox, _),
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        call = usage_pb2_grpc.UsageLedgerServiceStub(channel).RecordUsage(timeout=10)
+        first = _record()
+        await call.write(_message(first))
+        response = await call.read()
+        assert isinstance(response, usage_pb2.RecordUsageResponse)
+        assert [a.event_id for a in response.acks] == [first.event_id]
+        await call.write(_message(_record()))
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await call.read()
+        assert failed.value.code() == grpc.StatusCode.UNKNOWN
+        assert [r.event_id for r in await outbox.records()] == [first.event_id]
+
+
+async def test_a_draining_server_ends_open_streams_after_acking(tmp_path: Path) -> None:
+    """The server's drain (SIGTERM) ends a record stream at once, and it ends
+    cleanly: the router reconnects to another replica and resends anything unacked."""
+    async with (
+        _serving(tmp_path, UsageServicer) as (address, outbox, servicer),
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        call = usage_pb2_grpc.UsageLedgerServiceStub(channel).RecordUsage(timeout=10)
+        record = _record()
+        await call.write(_message(record))
+        response = await call.read()
+        assert isinstance(response, usage_pb2.RecordUsageResponse)
+        assert [a.event_id for a in response.acks] == [record.event_id]
+        servicer.draining.set()
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+        assert [r.event_id for r in await outbox.records()] == [record.event_id]
