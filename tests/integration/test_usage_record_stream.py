@@ -77,6 +77,19 @@ def _message(record: usage_pb2.UsageRecord) -> usage_pb2.RecordUsageRequest:
     return usage_pb2.RecordUsageRequest(records=[usage_pb2.TracedUsageRecord(record=record)])
 
 
+async def _one_acked(
+    channel: grpc.aio.Channel,
+) -> tuple[Any, usage_pb2.UsageRecord]:
+    """A record stream (10 s deadline) whose first record was sent and acked."""
+    call = usage_pb2_grpc.UsageLedgerServiceStub(channel).RecordUsage(timeout=10)
+    record = _record()
+    await call.write(_message(record))
+    response = await call.read()
+    assert isinstance(response, usage_pb2.RecordUsageResponse)
+    assert [a.event_id for a in response.acks] == [record.event_id]
+    return call, record
+
+
 def _record() -> usage_pb2.UsageRecord:
     return usage_pb2.UsageRecord(event_id=uuid7(), model="m", status=usage_pb2.USAGE_STATUS_OK)
 
@@ -156,12 +169,7 @@ async def test_a_stream_whose_messages_cannot_be_read_ends_with_an_error(
         _serving(tmp_path, Unreadable) as (address, outbox, _),
         grpc.aio.insecure_channel(address) as channel,
     ):
-        call = usage_pb2_grpc.UsageLedgerServiceStub(channel).RecordUsage(timeout=10)
-        first = _record()
-        await call.write(_message(first))
-        response = await call.read()
-        assert isinstance(response, usage_pb2.RecordUsageResponse)
-        assert [a.event_id for a in response.acks] == [first.event_id]
+        call, first = await _one_acked(channel)
         await call.write(_message(_record()))
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await call.read()
@@ -176,12 +184,7 @@ async def test_a_draining_server_ends_open_streams_after_acking(tmp_path: Path) 
         _serving(tmp_path, UsageServicer) as (address, outbox, servicer),
         grpc.aio.insecure_channel(address) as channel,
     ):
-        call = usage_pb2_grpc.UsageLedgerServiceStub(channel).RecordUsage(timeout=10)
-        record = _record()
-        await call.write(_message(record))
-        response = await call.read()
-        assert isinstance(response, usage_pb2.RecordUsageResponse)
-        assert [a.event_id for a in response.acks] == [record.event_id]
+        call, record = await _one_acked(channel)
         servicer.draining.set()
         assert await call.read() is grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK

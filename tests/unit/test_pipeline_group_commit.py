@@ -57,6 +57,16 @@ async def _held(store: Store, group: GroupCommit[str, str]) -> asyncio.Task[list
     return first
 
 
+async def _behind(
+    store: Store, group: GroupCommit[str, str], *callers: list[str]
+) -> tuple[asyncio.Task[list[str]], list[asyncio.Task[list[str]]]]:
+    """A first caller held inside its commit, and `callers` queued behind it."""
+    first = await _held(store, group)
+    rest = [asyncio.ensure_future(group.submit(items)) for items in callers]
+    await asyncio.sleep(0)  # every caller queued (no commit is due to start yet)
+    return first, rest
+
+
 async def test_a_lone_caller_is_committed_at_once(
     pool: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
@@ -72,9 +82,7 @@ async def test_callers_queued_behind_a_commit_share_the_next(
 ) -> None:
     store = Store()
     group: GroupCommit[str, str] = GroupCommit(pool, store.commit, max_items=10)
-    first = await _held(store, group)
-    rest = [asyncio.ensure_future(group.submit(items)) for items in (["b"], ["c", "d"], ["e"])]
-    await asyncio.sleep(0)  # every caller queued (no commit is due to start yet)
+    first, rest = await _behind(store, group, ["b"], ["c", "d"], ["e"])
     store.release.set()
     assert await first == ["a!"]
     assert [await r for r in rest] == [["b!"], ["c!", "d!"], ["e!"]]
@@ -86,12 +94,7 @@ async def test_a_commit_takes_at_most_max_items(
 ) -> None:
     store = Store()
     group: GroupCommit[str, str] = GroupCommit(pool, store.commit, max_items=3)
-    first = await _held(store, group)
-    rest = [
-        asyncio.ensure_future(group.submit(items))
-        for items in (["b", "c"], ["d", "e"], ["f", "g", "h", "i"])
-    ]
-    await asyncio.sleep(0)
+    first, rest = await _behind(store, group, ["b", "c"], ["d", "e"], ["f", "g", "h", "i"])
     store.release.set()
     await first
     assert [await r for r in rest] == [["b!", "c!"], ["d!", "e!"], ["f!", "g!", "h!", "i!"]]
@@ -105,10 +108,7 @@ async def test_a_failed_commit_fails_its_callers_only(
     store = Store()
     store.fail = {"c"}
     group: GroupCommit[str, str] = GroupCommit(pool, store.commit, max_items=2)
-    first = await _held(store, group)
-    failing = [asyncio.ensure_future(group.submit([item])) for item in ("b", "c")]
-    later = asyncio.ensure_future(group.submit(["d"]))
-    await asyncio.sleep(0)
+    first, (*failing, later) = await _behind(store, group, ["b"], ["c"], ["d"])
     store.release.set()
     assert await first == ["a!"]
     for caller in failing:
@@ -123,10 +123,7 @@ async def test_a_caller_that_leaves_strands_nobody(
 ) -> None:
     store = Store()
     group: GroupCommit[str, str] = GroupCommit(pool, store.commit, max_items=10)
-    first = await _held(store, group)
-    leaving = asyncio.ensure_future(group.submit(["b"]))
-    staying = asyncio.ensure_future(group.submit(["c"]))
-    await asyncio.sleep(0)
+    first, (leaving, staying) = await _behind(store, group, ["b"], ["c"])
     leaving.cancel()
     first.cancel()
     store.release.set()
@@ -141,9 +138,7 @@ async def test_callers_queued_when_the_pool_shuts_down_get_its_error() -> None:
     executor = concurrent.futures.ThreadPoolExecutor(1)
     store = Store()
     group: GroupCommit[str, str] = GroupCommit(executor, store.commit, max_items=10)
-    first = await _held(store, group)
-    queued = asyncio.ensure_future(group.submit(["b"]))
-    await asyncio.sleep(0)
+    first, (queued,) = await _behind(store, group, ["b"])
     executor.shutdown(wait=False)
     store.release.set()
     assert await first == ["a!"]
