@@ -8,10 +8,12 @@ one after another on the outbox's one thread. Now a commit takes everything
 queued by then, from every caller, and answers each caller with its own
 items' results. A lone caller is written at once, as before.
 
-No task drives it: a commit's completion (a callback on the event loop) answers
-its callers and starts the next commit if anything is queued, so a caller that
-is cancelled while it waits strands nobody (its items are written anyway, as
-they would have been on the executor before).
+No task drives it. A caller that finds no commit in flight writes its own
+items and awaits that write directly; when it is done (or cancelled), it starts
+a commit of whatever was queued meanwhile. Such a commit's completion (a
+callback on the event loop) answers its callers and starts the next, so a
+caller cancelled while it waits strands nobody: its items are written anyway,
+as they were on the executor before.
 """
 
 from __future__ import annotations
