@@ -112,6 +112,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
         drained.add_done_callback(lambda _: queue.put_nowait(_DRAIN))
         try:
             done = False
+            # A read failure met behind a batch: raised once that batch is acked.
+            failed: Exception | None = None
             while not done:
                 first = await queue.get()
                 if isinstance(first, _Failed):
@@ -123,9 +125,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                 while not queue.empty() and size < GROUP_COMMIT:
                     request = queue.get_nowait()
                     if isinstance(request, _Failed):
-                        queue.put_nowait(request)  # raised once this batch is acked
-                        break
-                    if request is _END or request is _DRAIN:
+                        failed = request.error
+                    if request is _END or request is _DRAIN or failed is not None:
                         done = True
                         break
                     requests.append(request)
@@ -145,6 +146,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                         )
                 if batched:
                     yield usage_pb2.RecordUsageResponse(acks=batched)
+            if failed is not None:
+                raise failed
         finally:
             drained.cancel()
             reader.cancel()

@@ -170,3 +170,19 @@ async def test_concurrent_outbox_appends_share_transactions(tmp_path: Path) -> N
         assert box.pending == 49
     finally:
         await box.close()
+
+
+async def test_a_failed_commit_whose_callers_all_left_is_logged(
+    pool: concurrent.futures.ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store()
+    store.fail = {"b"}
+    group: GroupCommit[str, str] = GroupCommit(pool, store.commit, max_items=10)
+    first, (leaving,) = await _behind(store, group, ["b"])
+    leaving.cancel()
+    store.release.set()
+    assert await first == ["a!"]
+    # Queued behind the failing commit: answered only after its failure was handled.
+    assert await group.submit(["c"]) == ["c!"]
+    assert "a group commit failed, its callers gone" in caplog.text
+    assert store.commits == [["a"], ["b"], ["c"]]

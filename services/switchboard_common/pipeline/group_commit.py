@@ -12,8 +12,14 @@ No task drives it. A caller that finds no commit in flight writes its own
 items and awaits that write directly; when it is done (or cancelled), it starts
 a commit of whatever was queued meanwhile. Such a commit's completion (a
 callback on the event loop) answers its callers and starts the next, so a
-caller cancelled while it waits strands nobody: its items are written anyway,
-as they were on the executor before.
+caller cancelled while it waits strands nobody. A cancelled caller's items are
+written all the same once their commit has begun (as on the executor before);
+a lone caller cancelled before its write started has nothing written, and was
+never answered.
+
+One commit runs at a time only because `pool` has one thread: a lone caller
+cancelled mid-write lets the next commit be submitted, which that thread runs
+after it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -98,9 +106,12 @@ class GroupCommit(Generic[Item, Result]):
             for waiting in batch:
                 waiting.done.cancel()
         elif (error := future.exception()) is not None:
-            for waiting in batch:
-                if not waiting.done.done():
-                    waiting.done.set_exception(error)
+            told = [w for w in batch if not w.done.done()]
+            for waiting in told:
+                waiting.done.set_exception(error)
+            if not told:
+                # Every caller left: the failure would otherwise go unseen.
+                log.error("a group commit failed, its callers gone", exc_info=error)
         else:
             results = future.result()
             start = 0

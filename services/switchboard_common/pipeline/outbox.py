@@ -242,7 +242,8 @@ class Outbox:
         size = sum(len(payload) for _, _, payload in entries)
         if self.overflow is Overflow.REFUSE and self._bytes + self._queued + size > self.max_bytes:
             raise OutboxFull(
-                f"{self.name} outbox is full ({self._bytes} of {self.max_bytes} bytes)"
+                f"{self.name} outbox is full ({self._bytes} of {self.max_bytes} bytes, "
+                f"{self._queued} more being written)"
             )
         items = list(zip(entries, traced, strict=True))
         if within is not None:
