@@ -55,7 +55,8 @@ _OPERATIONS = {v: k.removeprefix("OPERATION_").lower() for k, v in usage_pb2.Ope
 _STATUSES = {v: k.removeprefix("USAGE_STATUS_").lower() for k, v in usage_pb2.UsageStatus.items()}
 
 
-def _event(i: int) -> bytes:
+def usage_record(i: int) -> usage_pb2.UsageRecord:
+    """The i-th of the bench's usage records, as a router reports it."""
     record = usage_pb2.UsageRecord(
         event_id=uuid7(),
         request_id=f"req-{i}",
@@ -74,7 +75,11 @@ def _event(i: int) -> bytes:
     )
     record.start_time.GetCurrentTime()
     record.end_time.GetCurrentTime()
-    event = events_pb2.UsageEvent(record=record, total_cost_nanos=1234, currency="USD")
+    return record
+
+
+def _event(i: int) -> bytes:
+    event = events_pb2.UsageEvent(record=usage_record(i), total_cost_nanos=1234, currency="USD")
     return event.SerializeToString()
 
 

@@ -27,33 +27,16 @@ from typing import Any
 
 import grpc
 import run as bench
+from sink_bench import usage_record
 
 from switchboard.usage.v1 import usage_pb2, usage_pb2_grpc
-from switchboard_common.ids import uuid7
 
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 WARM = 200
 
 
 def _record(i: int) -> usage_pb2.TracedUsageRecord:
-    record = usage_pb2.UsageRecord(
-        event_id=uuid7(),
-        request_id=f"ack-{i}",
-        key_name="bench",
-        requested_model="bench",
-        model="bench",
-        deployment_id="mock/bench",
-        provider="mock",
-        operation=usage_pb2.OPERATION_CHAT,
-        prompt_tokens=10,
-        completion_tokens=20,
-        total_tokens=30,
-        status=usage_pb2.USAGE_STATUS_OK,
-        latency_ms=1.5,
-    )
-    record.start_time.GetCurrentTime()
-    record.end_time.GetCurrentTime()
-    return usage_pb2.TracedUsageRecord(record=record)
+    return usage_pb2.TracedUsageRecord(record=usage_record(i))
 
 
 class Ledger:

@@ -58,15 +58,17 @@ LEDGER_SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageLedgerService"]
 GPU_HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["GpuHistoryService"]
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUP_COMMIT = 500
-_END = object()
-_DRAIN = object()
 
 
 @dataclass(frozen=True)
-class _Failed:
-    """Queued by a stream's reader when reading failed."""
+class _Stop:
+    """Queued after a stream's last message to store: at its end, when the
+    server drains, or (error) when reading it failed."""
 
-    error: Exception
+    error: Exception | None = None
+
+
+_END = _Stop()
 
 
 def _own_key() -> str | None:
@@ -101,7 +103,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                 # A message that cannot be read ends the stream with its error
                 # (after what came before it is stored and acked), rather than
                 # leaving the stream open with nothing more to ack.
-                queue.put_nowait(_Failed(exc))
+                queue.put_nowait(_Stop(exc))
                 return
             queue.put_nowait(_END)
 
@@ -109,25 +111,21 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
         # Draining ends the stream once what was queued before it is stored
         # (one waiter per stream: a task per batch cost every ack a loop turn).
         drained = asyncio.ensure_future(self.draining.wait())
-        drained.add_done_callback(lambda _: queue.put_nowait(_DRAIN))
+        drained.add_done_callback(lambda _: queue.put_nowait(_END))
         try:
-            done = False
-            # A read failure met behind a batch: raised once that batch is acked.
-            failed: Exception | None = None
-            while not done:
+            # Met behind a batch: acted on once that batch is acked.
+            stop: _Stop | None = None
+            while stop is None:
                 first = await queue.get()
-                if isinstance(first, _Failed):
-                    raise first.error
-                if first is _END or first is _DRAIN:
-                    return
+                if isinstance(first, _Stop):
+                    stop = first
+                    break
                 requests = [first]
                 size = _count(first)
                 while not queue.empty() and size < GROUP_COMMIT:
                     request = queue.get_nowait()
-                    if isinstance(request, _Failed):
-                        failed = request.error
-                    if request is _END or request is _DRAIN or failed is not None:
-                        done = True
+                    if isinstance(request, _Stop):
+                        stop = request
                         break
                     requests.append(request)
                     size += _count(request)
@@ -146,8 +144,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                         )
                 if batched:
                     yield usage_pb2.RecordUsageResponse(acks=batched)
-            if failed is not None:
-                raise failed
+            if stop.error is not None:
+                raise stop.error
         finally:
             drained.cancel()
             reader.cancel()
