@@ -2,7 +2,8 @@
 on the shared sink loop (switchboard_common.pipeline.sink).
 
 Per polled batch: check each message decodes, drop event ids ClickHouse
-already holds (and repeats inside the batch), insert the rest with a
+already holds (known from memory for the ids stored lately, recent_ids.py;
+looked up for older ones) and repeats inside the batch, insert the rest with a
 deterministic insert_deduplication_token (the payloads as they came, decoded
 by ClickHouse: FORMAT ProtobufList),
 confirm the batch's event ids (the usage outbox lets them go), and only then
@@ -12,6 +13,7 @@ topic with its error and never stalls its partition.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import struct
@@ -28,6 +30,7 @@ from switchboard_common.pipeline import sink as pipeline_sink
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import DLQ_TOPIC, USAGE_TOPIC
 from switchboard_usage.clickhouse import ClickHouse, Decoded, quote
+from switchboard_usage.recent_ids import RecentIds, window_floor
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,11 @@ ONE_THREAD = {"max_threads": "1", "max_insert_threads": "1"}
 # The event ids already stored in a batch's range (store() filters them out).
 STORED_IN_RANGE = (
     "SELECT event_id FROM usage_events WHERE event_id BETWEEN {low:String} AND {high:String}"
+)
+# The newest stored ids above a cutoff, for RecentIds.load.
+STORED_ABOVE = (
+    "SELECT event_id FROM usage_events WHERE event_id > {low:String} "
+    "ORDER BY event_id DESC LIMIT {limit:UInt32}"
 )
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -190,6 +198,40 @@ class Sink(pipeline_sink.Sink):
     ):
         super().__init__(settings, replay, assign_all, confirmers)
         self.clickhouse = clickhouse
+        self.recent = RecentIds()
+
+    def partitions_changed(self) -> None:
+        # Another sink may have stored these partitions' ids meanwhile.
+        self.recent.forget()
+
+    async def _load_recent(self) -> str:
+        """Load the ids stored lately; returns the new cutoff."""
+        low = window_floor()
+        half = self.recent.limit // 2
+        rows = await self.clickhouse.rows(STORED_ABOVE, {"low": low, "limit": half}, ONE_THREAD)
+        ids = [event_id for (event_id,) in rows]
+        # Cut short by the limit: what is known starts at the oldest id read.
+        cutoff = min(ids) if len(ids) == half else low
+        self.recent.load(ids, cutoff)
+        return cutoff
+
+    async def _stored(self, everything: Sequence[str]) -> list[str]:
+        """Which of these sorted event ids ClickHouse holds: from memory above
+        its cutoff, with a query for any at or below it."""
+        cutoff = self.recent.cutoff
+        if cutoff is None:
+            cutoff = await self._load_recent()
+        older = bisect.bisect_right(everything, cutoff)
+        stored = [e for e in everything[older:] if e in self.recent]
+        if older:
+            # Event ids are UUIDv7 (time first) and the table is ordered by
+            # them, so one primary-key range covers the batch: ~50x cheaper than
+            # an IN list of thousands of literals. It may return neighbours.
+            rows = await self.clickhouse.rows(
+                STORED_IN_RANGE, {"low": everything[0], "high": everything[older - 1]}, ONE_THREAD
+            )
+            stored.extend(event_id for (event_id,) in rows)
+        return stored
 
     async def store(self, batches: pipeline_sink.Batches) -> pipeline_sink.Stored:
         """Insert one poll's messages from every partition as one block."""
@@ -209,21 +251,21 @@ class Sink(pipeline_sink.Sink):
         if not decoded:
             return pipeline_sink.Stored(0)
         everything = sorted(decoded)
-        # Event ids are UUIDv7 (time first) and the table is ordered by them, so
-        # one primary-key range covers the batch: ~50x cheaper than an IN list
-        # of thousands of literals. It may return neighbours; the set sorts that.
-        stored = await self.clickhouse.rows(
-            STORED_IN_RANGE, {"low": everything[0], "high": everything[-1]}, ONE_THREAD
-        )
         duplicates = 0
-        for (event_id,) in stored:
+        for event_id in await self._stored(everything):
             if decoded.pop(event_id, None) is not None:
                 duplicates += 1
         SKIPPED.inc(duplicates)
         if decoded:
-            await insert(
-                self.clickhouse, list(decoded.values()), pipeline_sink.dedup_token(decoded)
-            )
+            try:
+                await insert(
+                    self.clickhouse, list(decoded.values()), pipeline_sink.dedup_token(decoded)
+                )
+            except BaseException:
+                # It may have stored the rows all the same: look them up again.
+                self.recent.forget()
+                raise
+            self.recent.add(decoded)
             INSERTED.inc(len(decoded))
         return pipeline_sink.Stored(len(decoded), {USAGE_TOPIC: everything})
 

