@@ -1,15 +1,20 @@
 """What one usage-sink flush costs the embedded ClickHouse, and what in it:
-the sink's own two queries (the dedup SELECT over the batch's event-id range,
-then the INSERT … SELECT from a ProtobufList file, as `switchboard_usage.sink`
-runs them) on the shipped schema, on the schema before migration 0010, and
-with parts of the shipped one taken away, each on a fresh embedded ClickHouse.
-Per flush: wall time, CPU by thread (ClickHouse's own threads name
-themselves; `python` is the thread that called it and the event loop's), and
+the sink's own queries (as `switchboard_usage.sink` runs them) on the shipped
+schema, on the schema before migration 0010, with the dedup query the sink ran
+on every flush before it kept the ids it stored lately in memory, and with
+parts of the shipped schema taken away. Each variant runs in a process of its
+own, on a fresh embedded ClickHouse (one process that opens one engine after
+another reads each later one dearer), optionally holding --prefill rows first
+(as a sink that has run a while does), with flushes paced at --rate a second
+(as a loaded sink flushes; 0: back to back). Per flush: wall time, CPU by
+thread (ClickHouse's own threads name themselves; `python` is the thread that
+called it and the event loop's), the merges the flushes set off included, and
 the p99 delay of a 1 ms timer on the event loop meanwhile (the GIL is released
 while ClickHouse works if it stays near a millisecond). Prints one JSON line
 per variant; --rounds repeats them, interleaved.
 
-    PYTHONPATH=services:gen python bench/flush_cost.py --flushes 60 --events 15
+    PYTHONPATH=services:gen python bench/flush_cost.py --flushes 80 --events 25 \
+        --rate 10 --prefill 60000 --rounds 3
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import collections
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,35 +41,42 @@ from sink_bench import _event
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 # Per variant: the last migration applied (None: all), and what it takes away
-# from that schema and the sink's flush ("select": the dedup SELECT).
+# from that schema and the sink's flush, or adds to it ("select": the dedup
+# query over the batch's event-id range, which the sink now runs only for ids
+# older than its memory of what it stored).
 VARIANTS: dict[str, tuple[int | None, tuple[str, ...]]] = {
-    "shipped": (None, ()),
-    # usage_daily a table of its own, fed by a materialized view on every insert.
-    "before 0010 (usage_daily materialized)": (9, ()),
-    "without the dedup SELECT": (None, ("select",)),
+    "shipped (duplicates told from memory)": (None, ()),
+    "a dedup query every flush (before)": (None, ("select",)),
+    "before 0010 (usage_daily materialized), a dedup query every flush": (9, ("select",)),
     "without usage_hourly's view": (None, ("DROP VIEW usage_hourly_mv",)),
 }
+PREFILL_BATCH = 2000
 SETTLE_S = 3.0
 
 
 async def _variant(
-    name: str, upto: int | None, removed: tuple[str, ...], flushes: int, events: int
+    name: str, upto: int | None, changes: tuple[str, ...], args: argparse.Namespace
 ) -> dict[str, Any]:
+    flushes, events = args.flushes, args.events
     with tempfile.TemporaryDirectory(prefix="flush-cost-") as folder:
         clickhouse = ClickHouse(f"chdb://{folder}")
         await clickhouse.open()
         schema = [m for m in migrations.discover() if upto is None or m.version <= upto]
         await migrations.apply(clickhouse, schema)
-        for statement in removed:
+        for statement in changes:
             if statement != "select":
                 await clickhouse.command(statement)
         offset = 0
+        for n in range(args.prefill // PREFILL_BATCH):
+            rows = [(_event(offset + i), 0, offset + i) for i in range(PREFILL_BATCH)]
+            offset += PREFILL_BATCH
+            await sink.insert(clickhouse, rows, f"prefill-{n}")
 
         async def flush(token: str) -> None:
             nonlocal offset
             batch = [(_event(offset + i), 0, offset + i) for i in range(events)]
             offset += events
-            if "select" not in removed:
+            if "select" in changes:
                 await clickhouse.rows(
                     sink.STORED_IN_RANGE, {"low": "0", "high": "1"}, sink.ONE_THREAD
                 )
@@ -83,7 +96,10 @@ async def _variant(
         ticks = asyncio.create_task(ticker())
         before = run.thread_ticks(os.getpid())
         walls = []
+        began = time.perf_counter()
         for n in range(flushes):
+            if args.rate:
+                await asyncio.sleep(max(0.0, began + n / args.rate - time.perf_counter()))
             start = time.perf_counter()
             await flush(f"flush-{n}")
             walls.append(time.perf_counter() - start)
@@ -110,17 +126,23 @@ async def _variant(
     }
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flushes", type=int, default=60)
     parser.add_argument("--events", type=int, default=15)
+    parser.add_argument("--rate", type=float, default=0.0, help="flushes a second (0: no pause)")
+    parser.add_argument("--prefill", type=int, default=0, help="rows stored before timing")
     parser.add_argument("--rounds", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args()
+    if args.only:
+        upto, changes = VARIANTS[args.only]
+        print(json.dumps(asyncio.run(_variant(args.only, upto, changes, args))), flush=True)
+        return
     for _ in range(args.rounds):
-        for name, (upto, removed) in VARIANTS.items():
-            result = await _variant(name, upto, removed, args.flushes, args.events)
-            print(json.dumps(result), flush=True)
+        for name in VARIANTS:
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name], check=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
