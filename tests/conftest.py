@@ -1,5 +1,6 @@
 """What every test shares: `eventually()` for bounded polling, the loopback
-upstreams (the fakes of hosted LLM APIs), and whole local stacks."""
+upstreams (the fakes of hosted LLM APIs), an embedded ClickHouse with the usage
+schema, and whole local stacks."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import pytest
 import pytest_asyncio
 
 from switchboard_stack.harness import Stack, running_stack
+from switchboard_usage.clickhouse import ClickHouse
 from tests.support import loop_watch
+from tests.support.clickhouse import migrated_clickhouse
 from tests.support.gemini_upstream import GeminiUpstream
 from tests.support.openai_upstream import OpenAIUpstream, run_in_thread
 
@@ -173,6 +177,13 @@ class Loopbacks:
 
     async def gemini(self, api_key: str | None = GEMINI_UPSTREAM_KEY) -> GeminiUpstream:
         return await self._stack.enter_async_context(GeminiUpstream(api_key=api_key))
+
+
+@pytest_asyncio.fixture
+async def clickhouse(tmp_path: Path) -> AsyncIterator[ClickHouse]:
+    """An embedded ClickHouse with the usage schema, in the test's folder."""
+    async with migrated_clickhouse(tmp_path) as ch:
+        yield ch
 
 
 @pytest_asyncio.fixture

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,7 @@ from switchboard_common.errors import SwitchboardError
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import ALERTS_TOPIC, SAMPLES_TOPIC
 from switchboard_gpu.nvml import DeviceReading, ScriptedNvml
-from switchboard_usage import migrations, queries
-from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage import queries
 from switchboard_usage.gpu_sink import GpuSink
 from tests.conftest import eventually
 from tests.integration.test_gpu_service import (
@@ -43,6 +42,7 @@ from tests.integration.test_gpu_service import (
     with_registry,
 )
 from tests.support.broker import tansu_broker
+from tests.support.clickhouse import migrated_clickhouse
 from tests.support.inprocess import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -183,17 +183,6 @@ def host_dataset(start: dt.datetime) -> list[events_pb2.GpuSampleEvent]:
     return events
 
 
-@contextlib.asynccontextmanager
-async def clickhouse(tmp_path: Path) -> AsyncIterator[ClickHouse]:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch")
-    await ch.open()
-    try:
-        await migrations.apply(ch)
-        yield ch
-    finally:
-        await ch.close()
-
-
 def history(
     start: dt.datetime, end: dt.datetime, interval: str, **filters: str
 ) -> gpu_pb2.QueryGpuHistoryRequest:
@@ -220,7 +209,7 @@ def points(reply: gpu_pb2.QueryGpuHistoryResponse) -> list[tuple[Any, ...]]:
 async def test_history_at_each_interval(tmp_path: Path) -> None:
     start = base_time()
     minute = dt.timedelta(minutes=1)
-    async with clickhouse(tmp_path) as ch:
+    async with migrated_clickhouse(tmp_path) as ch:
         sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))  # store() only: no broker
         events = dataset(start)
         # 30 samples of 2 GPUs, and 30 of node-2 alone.
@@ -288,7 +277,7 @@ async def test_history_at_each_interval(tmp_path: Path) -> None:
 async def test_host_samples_are_stored_once_and_charted(tmp_path: Path) -> None:
     start = base_time()
     minute = dt.timedelta(minutes=1)
-    async with clickhouse(tmp_path) as ch:
+    async with migrated_clickhouse(tmp_path) as ch:
         sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))  # store() only: no broker
         events = host_dataset(start)
         # 15 GPU rows (node-1), 15 node-2 outage rows, 30 host rows.
@@ -365,7 +354,7 @@ async def test_history_requests_are_validated(
 
 async def test_history_defaults_to_the_last_hour_by_minute(tmp_path: Path) -> None:
     now = dt.datetime(2025, 1, 1, 12, 30, 15, tzinfo=dt.UTC)
-    async with clickhouse(tmp_path) as ch:
+    async with migrated_clickhouse(tmp_path) as ch:
         reply = await queries.gpu_history(ch, gpu_pb2.QueryGpuHistoryRequest(), now=now)
     assert (reply.metric, reply.interval) == ("utilization_gpu_percent", "1m")
     assert reply.start.ToDatetime(dt.UTC) == dt.datetime(2025, 1, 1, 11, 30, tzinfo=dt.UTC)
@@ -376,7 +365,7 @@ async def test_alerts_are_listed_in_their_latest_state(tmp_path: Path) -> None:
     start = base_time()
     s = dt.timedelta(seconds=1)
     undecodable = REGISTRY.get_sample_value("switchboard_gpu_sink_undecodable_total") or 0.0
-    async with clickhouse(tmp_path) as ch:
+    async with migrated_clickhouse(tmp_path) as ch:
         sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))
         fired = alert_event("alert-1", gpu_pb2.ALERT_STATE_FIRING, start, start)
         resolved = alert_event(
@@ -457,7 +446,7 @@ async def test_readme_gpu_examples_run(tmp_path: Path) -> None:
     examples = readme_gpu_examples()
     assert len(examples) >= 4, list(examples)
     start = base_time()
-    async with clickhouse(tmp_path) as ch:
+    async with migrated_clickhouse(tmp_path) as ch:
         sink = GpuSink(ch, KafkaSettings("127.0.0.1:1"))
         await sink.store(batch(dataset(start)))
         await sink.store(batch(host_dataset(start), first_offset=100))

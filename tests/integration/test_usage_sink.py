@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiokafka import TopicPartition
 
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.ids import uuid7
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import USAGE_TOPIC
-from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.sink import COLUMNS, Sink
 
@@ -32,17 +28,6 @@ class Message:
     offset: int
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@pytest_asyncio.fixture
-async def clickhouse(tmp_path: Path) -> AsyncIterator[ClickHouse]:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch")
-    await ch.open()
-    try:
-        await migrations.apply(ch)
-        yield ch
-    finally:
-        await ch.close()
 
 
 def _sink(clickhouse: ClickHouse) -> Sink:

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.ids import uuid7
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import USAGE_TOPIC
-from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.recent_ids import window_floor
 from switchboard_usage.sink import Sink
@@ -27,17 +23,6 @@ from tests.conftest import eventually
 from tests.support.broker import tansu_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
-
-
-@pytest_asyncio.fixture
-async def clickhouse(tmp_path: Path) -> AsyncIterator[ClickHouse]:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch")
-    await ch.open()
-    try:
-        await migrations.apply(ch)
-        yield ch
-    finally:
-        await ch.close()
 
 
 class StaleAfterStart(Sink):

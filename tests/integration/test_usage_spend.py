@@ -6,18 +6,15 @@ counts once."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from aiokafka import TopicPartition
 
 from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.ids import uuid7
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import USAGE_TOPIC
-from switchboard_usage import migrations, queries
+from switchboard_usage import queries
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.sink import Sink
 
@@ -40,17 +37,6 @@ def event(key_name: str, cost_nanos: int) -> bytes:
     record.end_time.GetCurrentTime()
     priced = events_pb2.UsageEvent(record=record, total_cost_nanos=cost_nanos, currency="USD")
     return priced.SerializeToString()
-
-
-@pytest_asyncio.fixture
-async def clickhouse(tmp_path: Path) -> AsyncIterator[ClickHouse]:
-    ch = ClickHouse(f"chdb://{tmp_path}/ch")
-    await ch.open()
-    try:
-        await migrations.apply(ch)
-        yield ch
-    finally:
-        await ch.close()
 
 
 async def test_spend_counts_what_is_in_flight_once(clickhouse: ClickHouse) -> None:
