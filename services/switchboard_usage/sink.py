@@ -204,24 +204,26 @@ class Sink(pipeline_sink.Sink):
         # Another sink may have stored these partitions' ids meanwhile.
         self.recent.forget()
 
-    async def _load_recent(self) -> str:
-        """Load the ids stored lately; returns the new cutoff."""
+    async def _load_recent(self) -> str | None:
+        """Load the ids stored lately; the new cutoff, or None if the memory
+        was forgotten while the query ran (its answer may be stale)."""
+        generation = self.recent.generation
         low = window_floor()
         half = self.recent.limit // 2
         rows = await self.clickhouse.rows(STORED_ABOVE, {"low": low, "limit": half}, ONE_THREAD)
         ids = [event_id for (event_id,) in rows]
         # Cut short by the limit: what is known starts at the oldest id read.
         cutoff = min(ids) if len(ids) == half else low
-        self.recent.load(ids, cutoff)
-        return cutoff
+        return cutoff if self.recent.load(ids, cutoff, generation) else None
 
     async def _stored(self, everything: Sequence[str]) -> list[str]:
         """Which of these sorted event ids ClickHouse holds: from memory above
-        its cutoff, with a query for any at or below it."""
+        its cutoff, with a query for the rest (all of them while it is not
+        loaded)."""
         cutoff = self.recent.cutoff
-        if cutoff is None:
+        if cutoff is None and self.recent.may_load():
             cutoff = await self._load_recent()
-        older = bisect.bisect_right(everything, cutoff)
+        older = len(everything) if cutoff is None else bisect.bisect_right(everything, cutoff)
         stored = [e for e in everything[older:] if e in self.recent]
         if older:
             # Event ids are UUIDv7 (time first) and the table is ordered by

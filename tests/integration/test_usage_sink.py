@@ -5,6 +5,7 @@ once, and confirmed all the same."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from typing import Any
@@ -17,7 +18,8 @@ from switchboard_common.ids import uuid7
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_usage.clickhouse import ClickHouse
-from switchboard_usage.sink import COLUMNS, Sink
+from switchboard_usage.recent_ids import GRACE_S, RecentIds
+from switchboard_usage.sink import COLUMNS, Sink, insert
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -208,8 +210,9 @@ async def test_ids_older_than_its_memory_are_looked_up(
     assert await _daily_requests(clickhouse) == 2
 
 
+@pytest.mark.parametrize("lost", [TimeoutError, asyncio.CancelledError])
 async def test_an_insert_that_failed_is_looked_up_again(
-    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch
+    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch, lost: type[BaseException]
 ) -> None:
     p0 = TopicPartition(USAGE_TOPIC, 0)
     a, b = uuid7(), uuid7()
@@ -221,10 +224,11 @@ async def test_an_insert_that_failed_is_looked_up_again(
 
     async def stored_then_lost(*args: Any, **kwargs: Any) -> None:
         await real(*args, **kwargs)
-        raise TimeoutError("the answer was lost")
+        raise lost("the answer was lost")
 
     monkeypatch.setattr(clickhouse, "insert_decoded", stored_then_lost)
-    with pytest.raises(TimeoutError):
+    sink.recent.grace_s = 0.0  # load again at once after forgetting (the grace: below)
+    with pytest.raises(lost):
         await sink.store({p0: [Message(_with_id(a), 1)]})
     monkeypatch.setattr(clickhouse, "insert_decoded", real)
 
@@ -233,3 +237,62 @@ async def test_an_insert_that_failed_is_looked_up_again(
     retry = await sink.store({p0: [Message(_with_id(a), 1), Message(_with_id(c), 2)]})
     assert retry.rows == 1
     assert await _daily_requests(clickhouse) == 3
+
+
+async def test_a_load_cut_short_by_its_limit_looks_older_ids_up(clickhouse: ClickHouse) -> None:
+    p0 = TopicPartition(USAGE_TOPIC, 0)
+    ids = sorted(uuid7() for _ in range(4))
+    batch = {p0: [Message(_with_id(i), n) for n, i in enumerate(ids)]}
+    assert (await _sink(clickhouse).store(batch)).rows == 4
+
+    sink = _sink(clickhouse)
+    sink.recent = RecentIds(limit=4)  # a load reads the newest 2
+    again = await sink.store({p0: [Message(_with_id(ids[0]), 9)]})
+    assert sink.recent.cutoff == ids[2]
+    assert again.rows == 0
+    assert await _daily_requests(clickhouse) == 4
+
+
+async def test_a_load_that_a_rebalance_overtook_is_not_trusted(
+    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p0 = TopicPartition(USAGE_TOPIC, 0)
+    late = uuid7()
+    sink = _sink(clickhouse)
+    real = clickhouse.rows
+
+    async def rows(sql: str, *args: Any, **kwargs: Any) -> Any:
+        answer = await real(sql, *args, **kwargs)
+        if "ORDER BY event_id DESC" in sql:
+            # After the load read the table: the partition's previous owner
+            # stores `late`, then the group hands the partition over.
+            await insert(clickhouse, [(_with_id(late), 0, 0)], "previous-owner")
+            sink.partitions_changed()
+        return answer
+
+    monkeypatch.setattr(clickhouse, "rows", rows)
+    stored = await sink.store({p0: [Message(_with_id(late), 0)]})
+    assert not sink.recent.loaded
+    assert stored.rows == 0
+    assert await _daily_requests(clickhouse) == 1
+
+
+async def test_after_partitions_change_hands_batches_are_looked_up_until_the_grace_ends(
+    clickhouse: ClickHouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p0 = TopicPartition(USAGE_TOPIC, 0)
+    now = [0.0]
+    sink = _sink(clickhouse)
+    sink.recent = RecentIds(clock=lambda: now[0])
+    sink.partitions_changed()
+    queries = Queries(clickhouse, monkeypatch)
+    assert (await sink.store({p0: [Message(_with_id(uuid7()), 0)]})).rows == 1
+    assert sink.recent.cutoff is None  # not loaded
+    assert len(queries.sql) == 1
+    assert "BETWEEN" in queries.sql[0]
+
+    now[0] += GRACE_S
+    assert (await sink.store({p0: [Message(_with_id(uuid7()), 1)]})).rows == 1
+    assert sink.recent.loaded
+    assert len(queries.sql) == 2
+    assert "ORDER BY event_id DESC" in queries.sql[1]

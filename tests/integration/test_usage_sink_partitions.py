@@ -33,7 +33,7 @@ class StaleAfterStart(Sink):
 
     async def _start(self) -> AIOKafkaConsumer:
         consumer = await super()._start()
-        self.recent.load([self.stale], window_floor())
+        self.recent.load([self.stale], window_floor(), self.recent.generation)
         return consumer
 
 
@@ -48,7 +48,7 @@ async def test_a_record_the_memory_wrongly_holds_is_stored_all_the_same(
         if assign_all:
             # Stale before its consumer starts: the start must forget it.
             sink: Sink = Sink(clickhouse, settings, assign_all=True)
-            sink.recent.load([event_id], window_floor())
+            sink.recent.load([event_id], window_floor(), sink.recent.generation)
         else:
             sink = StaleAfterStart(clickhouse, settings)
             sink.stale = event_id
@@ -74,3 +74,41 @@ async def test_a_record_the_memory_wrongly_holds_is_stored_all_the_same(
             with contextlib.suppress(asyncio.CancelledError):
                 await running
             await sink.close()
+
+
+async def _run_until_stored(sink: Sink, clickhouse: ClickHouse, event_id: str) -> None:
+    running = asyncio.create_task(sink.run())
+    try:
+
+        async def stored() -> bool:
+            rows = await clickhouse.rows(
+                "SELECT count() FROM usage_events WHERE event_id = {id:String}", {"id": event_id}
+            )
+            return rows == [(1,)]
+
+        await eventually(stored, timeout=30, interval=0.2, what="the record stored")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await sink.close()
+
+
+async def test_a_replay_in_a_consumer_group_reads_the_topic_again(clickhouse: ClickHouse) -> None:
+    event_id = uuid7()
+    event = events_pb2.UsageEvent(record=usage_pb2.UsageRecord(event_id=event_id))
+    with tansu_broker() as bootstrap:
+        settings = KafkaSettings(bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                USAGE_TOPIC, event.SerializeToString(), key=event_id.encode()
+            )
+        finally:
+            await producer.stop()
+        # Stored, and its offset committed under the group.
+        await _run_until_stored(Sink(clickhouse, settings), clickhouse, event_id)
+        # A ClickHouse that lost its rows; an operator's replay brings them back.
+        await clickhouse.command("TRUNCATE TABLE usage_events")
+        await _run_until_stored(Sink(clickhouse, settings, replay=True), clickhouse, event_id)

@@ -38,7 +38,7 @@ def test_nothing_is_covered_until_loaded_and_after_forgetting() -> None:
     recent.add([event_id])  # not loaded: nothing to keep it with
     assert event_id not in recent
 
-    recent.load([], window_floor())
+    recent.load([], window_floor(), recent.generation)
     assert recent.covers(event_id)
     assert event_id not in recent
     recent.add([event_id])
@@ -54,7 +54,7 @@ def test_ids_at_or_below_the_cutoff_are_not_covered_nor_kept() -> None:
     now_ms = 1_767_000_000_000
     recent = RecentIds()
     old, new = _uuid7_at(now_ms - 700_000), _uuid7_at(now_ms)
-    recent.load([old, new], window_floor(now_ms))
+    recent.load([old, new], window_floor(now_ms), recent.generation)
     assert not recent.covers(old)
     assert old not in recent
     assert recent.covers(new)
@@ -66,7 +66,7 @@ def test_ids_at_or_below_the_cutoff_are_not_covered_nor_kept() -> None:
 def test_past_its_limit_it_keeps_the_newest_half_and_raises_its_cutoff() -> None:
     recent = RecentIds(limit=10)
     start = 1_767_000_000_000
-    recent.load([], id_floor(start))
+    recent.load([], id_floor(start), recent.generation)
     ids = [_uuid7_at(start + n) for n in range(11)]
     recent.add(ids[::-1])  # in any order: it sorts by id
     assert len(recent) == 5
@@ -82,6 +82,26 @@ def test_a_load_past_its_limit_is_trimmed_the_same() -> None:
     recent = RecentIds(limit=4)
     start = 1_767_000_000_000
     ids = [_uuid7_at(start + n) for n in range(6)]
-    recent.load(ids, id_floor(start))
+    recent.load(ids, id_floor(start), recent.generation)
     assert recent.cutoff == ids[3]
     assert [i for i in ids if i in recent] == ids[4:]
+
+
+def test_a_load_begun_before_a_forget_is_thrown_away() -> None:
+    recent = RecentIds()
+    begun = recent.generation
+    recent.forget()  # a rebalance while the load's query ran
+    assert not recent.load([uuid7()], window_floor(), begun)
+    assert not recent.loaded
+    assert recent.load([], window_floor(), recent.generation)
+
+
+def test_after_a_forget_it_waits_out_the_grace_before_loading() -> None:
+    now = [100.0]
+    recent = RecentIds(grace_s=30.0, clock=lambda: now[0])
+    assert recent.may_load()  # never forgotten: load at once
+    recent.forget()
+    now[0] += 29.9
+    assert not recent.may_load()
+    now[0] += 0.1
+    assert recent.may_load()

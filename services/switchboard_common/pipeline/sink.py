@@ -103,8 +103,8 @@ def _end(spans: Sequence[tracing.Span], error: BaseException | None) -> None:
 
 class _Rebalanced(ConsumerRebalanceListener):  # type: ignore[misc]
     """For a sink that joined the consumer group: tell it when partitions
-    changed hands, and re-read assigned partitions from offset 0 once if asked
-    (an operator's re-ingest)."""
+    changed hands, and re-read assigned partitions from offset 0 until its
+    first commit if asked (an operator's re-ingest)."""
 
     def __init__(self, sink: Sink, consumer: AIOKafkaConsumer) -> None:
         self.sink = sink
@@ -117,7 +117,6 @@ class _Rebalanced(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink.partitions_changed()
         if self.sink.replay and assigned:
             await self.consumer.seek_to_beginning(*assigned)
-            self.sink.replay = False
 
 
 class Sink:
@@ -180,7 +179,6 @@ class Sink:
         if self.assign_all:
             if self.replay:
                 await consumer.seek_to_beginning(*consumer.assignment())
-                self.replay = False
         else:
             consumer.subscribe(list(self.TOPICS), listener=_Rebalanced(self, consumer))
         return consumer
@@ -296,6 +294,9 @@ class Sink:
                     consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()}),
                     self.settings.send_timeout_s,
                 )
+                # A replay is done once something read from the start is
+                # committed: a consumer rebuilt before that seeks to it again.
+                self.replay = False
                 backoff.reset()
             # TimeoutError is an OSError.
             except (KafkaError, OSError, asyncio.CancelledError) as exc:
