@@ -184,6 +184,9 @@ class Monitoring(System):
     async def _gpu_metrics(
         self, start: dt.datetime, end: dt.datetime, interval: str
     ) -> dict[str, Any]:
+        # One after the other, utilization first: samples stored meanwhile can
+        # only add buckets to the memory series, which are left out below (a
+        # new bucket with memory and no utilization read as 0 % before).
         utilization = await self._gpu_history(start, end, interval, "utilization_gpu_percent")
         memory = await self._gpu_history(start, end, interval, "memory_used_mib")
         # One point per bucket: the mean over the node's GPUs, memory summed.
@@ -194,8 +197,9 @@ class Monitoring(System):
             row["util"] = row.get("util", 0) + point.avg
             row["peak"] = max(row.get("peak", 0), point.max)
         for point in memory:
-            row = rows[point.bucket_start.ToDatetime()]
-            row["memory"] = row.get("memory", 0) + point.avg
+            bucket = rows.get(point.bucket_start.ToDatetime())
+            if bucket is not None:
+                bucket["memory"] = bucket.get("memory", 0) + point.avg
         averages = [round(row.get("util", 0) / row.get("n", 1), 1) for row in rows.values()]
         metrics = [
             {
