@@ -30,7 +30,7 @@ from switchboard_common.pipeline import sink as pipeline_sink
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import DLQ_TOPIC, USAGE_TOPIC
 from switchboard_usage.clickhouse import ClickHouse, Decoded, quote
-from switchboard_usage.recent_ids import RecentIds, window_floor
+from switchboard_usage.recent_ids import GRACE_S, RecentIds, window_floor
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,11 @@ class Sink(pipeline_sink.Sink):
     ):
         super().__init__(settings, replay, assign_all, confirmers)
         self.clickhouse = clickhouse
-        self.recent = RecentIds()
+        # The embedded engine's one writer is this sink, and it runs its queries
+        # one at a time on one thread: no write it did not see can still be
+        # landing when it loads, so it needs no grace after a forget.
+        embedded = clickhouse.url.startswith("chdb://")
+        self.recent = RecentIds(grace_s=0.0 if embedded else GRACE_S)
 
     def partitions_changed(self) -> None:
         # Another sink may have stored these partitions' ids meanwhile.

@@ -15,6 +15,7 @@ from switchboard_common.pipeline import sink as pipeline_sink
 from switchboard_common.pipeline.kafka import KafkaSettings
 from switchboard_common.pipeline.topics import ALERTS_TOPIC, SAMPLES_TOPIC, USAGE_TOPIC
 from switchboard_common.settings import Settings
+from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.gpu_sink import GpuSink
 from switchboard_usage.settings import DEFAULT_GPU_SINK_FLUSH_S, UsageSettings
 from switchboard_usage.sink import Sink as UsageSink
@@ -58,7 +59,8 @@ def _gpu_sink(flush_s: float = DEFAULT_GPU_SINK_FLUSH_S) -> GpuSink:
 
 @pytest.mark.asyncio
 async def test_a_usage_batch_waits_flush_s_after_its_first_record() -> None:
-    sink = UsageSink(None, KafkaSettings("127.0.0.1:1"))  # type: ignore[arg-type]
+    # Never opened: the batch's waits alone.
+    sink = UsageSink(ClickHouse("chdb://unused"), KafkaSettings("127.0.0.1:1"))
     first, then = await _waits(sink, USAGE_TOPIC)
     assert first == pipeline_sink.POLL_MS
     assert 0 < then <= FLUSH_MS
