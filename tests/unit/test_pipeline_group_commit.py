@@ -186,3 +186,60 @@ async def test_a_failed_commit_whose_callers_all_left_is_logged(
     assert await group.submit(["c"]) == ["c!"]
     assert "a group commit failed, its callers gone" in caplog.text
     assert store.commits == [["a"], ["b"], ["c"]]
+
+
+async def test_a_lone_caller_cancelled_before_its_write_started_is_unwritten(
+    pool: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    store = Store()
+    unwritten: list[list[str]] = []
+    group: GroupCommit[str, str] = GroupCommit(pool, store.commit, 10, unwritten.append)
+    # The pool's one thread is busy with other work (the outbox's other calls share it).
+    gate = threading.Event()
+    busy = pool.submit(gate.wait, WAIT_S)
+    lone = asyncio.ensure_future(group.submit(["a"]))
+    await asyncio.sleep(0)  # its write is queued on the pool
+    lone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lone
+    gate.set()
+    busy.result(WAIT_S)
+    assert unwritten == [["a"]]
+    assert await group.submit(["b"]) == ["b!"]
+    assert store.commits == [["b"]]
+
+
+async def test_a_caller_cancelled_once_its_write_started_is_written_not_unwritten(
+    pool: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    store = Store()
+    unwritten: list[list[str]] = []
+    group: GroupCommit[str, str] = GroupCommit(pool, store.commit, 10, unwritten.append)
+    first, (queued,) = await _behind(store, group, ["b"])
+    first.cancel()
+    queued.cancel()
+    store.release.set()
+
+    async def both_written() -> bool:
+        return len(store.commits) == 2
+
+    await eventually(both_written)
+    assert store.commits == [["a"], ["b"]]
+    assert unwritten == []
+
+
+async def test_items_queued_when_the_pool_shuts_down_are_unwritten() -> None:
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    store = Store()
+    unwritten: list[list[str]] = []
+    group: GroupCommit[str, str] = GroupCommit(executor, store.commit, 10, unwritten.append)
+    first, (queued,) = await _behind(store, group, ["b"])
+    executor.shutdown(wait=False)
+    store.release.set()
+    assert await first == ["a!"]
+    with pytest.raises(RuntimeError, match="shutdown"):
+        await queued
+    with pytest.raises(RuntimeError, match="shutdown"):
+        await group.submit(["c"])
+    assert unwritten == [["b"], ["c"]]
+    executor.shutdown(wait=True)

@@ -20,6 +20,11 @@ never answered.
 One commit runs at a time only because `pool` has one thread: a lone caller
 cancelled mid-write lets the next commit be submitted, which that thread runs
 after it.
+
+Items that will never reach `commit` (a lone caller cancelled before its write
+started, or items queued when the pool shut down) are handed to `unwritten`, so
+that an owner counting what is being written stops counting them; every other
+item reaches `commit`, whether its caller stayed or not.
 """
 
 from __future__ import annotations
@@ -38,6 +43,28 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+async def write_alone(
+    pool: Executor,
+    commit: Callable[[list[Item]], Result],
+    items: list[Item],
+    unwritten: Callable[[list[Item]], None],
+) -> Result:
+    """`commit(items)` on `pool`, awaited; `unwritten(items)` when it will never
+    run (the pool is shut down, or the caller was cancelled before it started).
+    Once started it runs to its end, whether the caller stays or not."""
+    try:
+        job = pool.submit(commit, items)
+    except RuntimeError:  # the pool is shut down
+        unwritten(items)
+        raise
+    try:
+        return await asyncio.wrap_future(job)
+    except asyncio.CancelledError:
+        if job.cancel():  # still queued on the pool: now it never runs
+            unwritten(items)
+        raise
+
+
 @dataclass(frozen=True)
 class _Waiting(Generic[Item, Result]):
     items: list[Item]
@@ -50,13 +77,16 @@ class GroupCommit(Generic[Item, Result]):
         pool: Executor,
         commit: Callable[[list[Item]], Sequence[Result]],
         max_items: int,
+        unwritten: Callable[[list[Item]], None] = lambda items: None,
     ) -> None:
         """`commit` writes items in one transaction (on `pool`) and returns one
         result per item, in order; a commit takes at most `max_items` items
-        unless one caller's items alone are more."""
+        unless one caller's items alone are more. `unwritten` gets the items
+        that will never be committed."""
         self._pool = pool
         self._commit = commit
         self._max_items = max_items
+        self._unwritten = unwritten
         self._queued: collections.deque[_Waiting[Item, Result]] = collections.deque()
         self._busy = False
 
@@ -67,8 +97,9 @@ class GroupCommit(Generic[Item, Result]):
             # (a hand-off through the callback would cost a lone caller a loop turn).
             self._busy = True
             try:
-                loop = asyncio.get_running_loop()
-                return list(await loop.run_in_executor(self._pool, self._commit, list(items)))
+                return list(
+                    await write_alone(self._pool, self._commit, list(items), self._unwritten)
+                )
             finally:
                 self._busy = False
                 if self._queued:
@@ -91,6 +122,7 @@ class GroupCommit(Generic[Item, Result]):
         except RuntimeError as exc:
             # The pool is shut down (its owner closed): nothing queued can be written.
             for waiting in (*batch, *self._queued):
+                self._unwritten(waiting.items)
                 if not waiting.done.done():
                     waiting.done.set_exception(exc)
             self._queued.clear()

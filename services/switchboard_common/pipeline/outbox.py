@@ -27,8 +27,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from prometheus_client import Counter, Gauge
 
 from switchboard_common import env as values
 from switchboard_common.logs import log_fields
-from switchboard_common.pipeline.group_commit import GroupCommit
+from switchboard_common.pipeline.group_commit import GroupCommit, write_alone
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,6 +119,11 @@ Entry = tuple[str, bytes, bytes]
 # Extra writes that must commit with an append (the gpu service's firing alerts).
 Within = Callable[[sqlite3.Connection], None]
 
+
+def _size(items: Sequence[tuple[Entry, str]]) -> int:
+    return sum(len(payload) for (_, _, payload), _ in items)
+
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
     "event_id TEXT NOT NULL UNIQUE, key BLOB, payload BLOB NOT NULL, "
@@ -144,10 +151,13 @@ class Outbox:
         self._published = 0
         self._bytes = 0
         self._oldest: float | None = None
-        # Payload bytes handed to append and not yet written (the quota counts them).
+        # Payload bytes handed to append and not yet written (the quota counts
+        # them). The loop adds, the worker thread takes off as it writes: the
+        # lock makes each side's change, and the quota's check, whole.
         self._queued = 0
+        self._lock = threading.Lock()
         self._group: GroupCommit[tuple[Entry, str], bool] = GroupCommit(
-            self._pool, self._write, MAX_GROUP
+            self._pool, self._write, MAX_GROUP, self._unqueue
         )
         self.changed = asyncio.Event()
         OLDEST.labels(name).set_function(self.oldest_age)
@@ -239,32 +249,46 @@ class Outbox:
         while another is being written share the next transaction (and its
         fsync); one with `within` has a transaction of its own."""
         traced = traces if traces is not None else [""] * len(entries)
-        size = sum(len(payload) for _, _, payload in entries)
-        if self.overflow is Overflow.REFUSE and self._bytes + self._queued + size > self.max_bytes:
-            raise OutboxFull(
-                f"{self.name} outbox is full ({self._bytes} of {self.max_bytes} bytes, "
-                f"{self._queued} more being written)"
-            )
         items = list(zip(entries, traced, strict=True))
-        if within is not None:
-            fresh = await self._run(self._write, items, within)
-        else:
+        size = _size(items)
+        with self._lock:
+            if self.overflow is Overflow.REFUSE and (
+                self._bytes + self._queued + size > self.max_bytes
+            ):
+                raise OutboxFull(
+                    f"{self.name} outbox is full ({self._bytes} of {self.max_bytes} bytes, "
+                    f"{self._queued} more being written)"
+                )
+            # Counted until _write takes them off (written or failed), or they
+            # are known never to be written (_unqueue): not until this caller
+            # is answered, nor only while it waits.
             self._queued += size
-            try:
-                fresh = await self._group.submit(items)
-            finally:
-                self._queued -= size
+        if within is not None:
+            fresh = await write_alone(
+                self._pool, functools.partial(self._write, within=within), items, self._unqueue
+            )
+        else:
+            fresh = await self._group.submit(items)
         self.changed.set()
         return fresh
+
+    def _unqueue(self, items: Sequence[tuple[Entry, str]]) -> None:
+        """`items` will never be written: stop counting them."""
+        with self._lock:
+            self._queued -= _size(items)
 
     def _write(
         self, items: Sequence[tuple[Entry, str]], within: Within | None = None
     ) -> list[bool]:
         """Append in one transaction, synced (on the worker thread)."""
-        db = self._db_or_fail()
-        now = time.time()
-        fresh = []
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db = self._db_or_fail()
+            now = time.time()
+            fresh = []
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._unqueue(items)
+            raise
         try:
             for (event_id, key, payload), trace in items:
                 cur = db.execute(
@@ -281,10 +305,14 @@ class Outbox:
                 removed = _drop_oldest(db, self._bytes + sum(added) - self.max_bytes)
             db.execute("COMMIT")
         except BaseException:
+            self._unqueue(items)
             db.execute("ROLLBACK")
             raise
+        with self._lock:
+            # In one step, so that the quota never counts these bytes twice.
+            self._bytes += sum(added)
+            self._queued -= _size(items)
         self._pending += len(added)
-        self._bytes += sum(added)
         self._removed(removed)
         if removed:
             self._gauges(db)
