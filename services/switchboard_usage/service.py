@@ -83,8 +83,9 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
         self.outbox = outbox
         self.prices = prices
         self.clickhouse = clickhouse
-        # Set when the server drains: open record streams end (after acking what
-        # they stored) and routers reconnect elsewhere, resending anything unacked.
+        # Set when the server drains: open record streams end (after acking the
+        # batch being stored) and routers reconnect elsewhere, resending anything
+        # unacked.
         self.draining = asyncio.Event()
 
     async def RecordUsage(
@@ -108,14 +109,17 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
             queue.put_nowait(_END)
 
         reader = asyncio.create_task(read())
-        # Draining ends the stream once what was queued before it is stored
-        # (one waiter per stream: a task per batch cost every ack a loop turn).
+        # Draining ends the stream once the batch being stored is acked; what
+        # was queued behind it is left unacked, for the router to resend to
+        # another replica, so that a backlog does not lengthen the drain. (The
+        # waiter wakes an idle stream; one per stream: a task per batch cost
+        # every ack a loop turn.)
         drained = asyncio.ensure_future(self.draining.wait())
         drained.add_done_callback(lambda _: queue.put_nowait(_END))
         try:
             # Met behind a batch: acted on once that batch is acked.
             stop: _Stop | None = None
-            while stop is None:
+            while stop is None and not self.draining.is_set():
                 first = await queue.get()
                 if isinstance(first, _Stop):
                     stop = first
@@ -144,7 +148,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
                         )
                 if batched:
                     yield usage_pb2.RecordUsageResponse(acks=batched)
-            if stop.error is not None:
+            if stop is not None and stop.error is not None:
                 raise stop.error
         finally:
             drained.cancel()

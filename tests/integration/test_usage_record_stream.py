@@ -6,7 +6,9 @@ ends with an error, and a draining server ends its streams cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +191,45 @@ async def test_a_draining_server_ends_open_streams_after_acking(tmp_path: Path) 
         assert await call.read() is grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK
         assert [r.event_id for r in await outbox.records()] == [record.event_id]
+
+
+async def test_a_draining_server_leaves_a_backlog_unacked(tmp_path: Path) -> None:
+    """A drain does not wait for a stream's backlog: the batch being stored is
+    acked, and what was queued behind it is left for the router to resend."""
+    CountingServicer.messages = 0
+    async with (
+        _serving(tmp_path, CountingServicer) as (address, outbox, servicer),
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        entered, release = threading.Event(), threading.Event()
+        write = outbox._write
+
+        def held(items: list[Any]) -> list[bool]:
+            entered.set()
+            assert release.wait(10)
+            return write(items)
+
+        outbox._group._commit = held
+        try:
+            call = usage_pb2_grpc.UsageLedgerServiceStub(channel).RecordUsage(timeout=10)
+            first = _record()
+            await call.write(_message(first))
+            await asyncio.to_thread(entered.wait, 10)
+            behind = [_record() for _ in range(5)]
+            for record in behind:
+                await call.write(_message(record))
+
+            async def all_read() -> bool:
+                return CountingServicer.messages == 6
+
+            await eventually(all_read)
+            servicer.draining.set()
+            release.set()
+            response = await call.read()
+            assert isinstance(response, usage_pb2.RecordUsageResponse)
+            assert [a.event_id for a in response.acks] == [first.event_id]
+            assert await call.read() is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+            assert [r.event_id for r in await outbox.records()] == [first.event_id]
+        finally:
+            release.set()
