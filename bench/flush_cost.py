@@ -10,8 +10,10 @@ another reads each later one dearer), optionally holding --prefill rows first
 thread (ClickHouse's own threads name themselves; `python` is the thread that
 called it and the event loop's), the merges the flushes set off included, and
 the p99 delay of a 1 ms timer on the event loop meanwhile (the GIL is released
-while ClickHouse works if it stays near a millisecond). Prints one JSON line
-per variant; --rounds repeats them, interleaved.
+while ClickHouse works if it stays near a millisecond), and the active parts
+left at the end (merges put off rather than saved would show there). Prints
+one JSON line per variant; --rounds repeats them, interleaved; --variants 1 2
+runs only those (numbered as listed in VARIANTS).
 
     PYTHONPATH=services:gen python bench/flush_cost.py --flushes 80 --events 25 \
         --rate 10 --prefill 60000 --rounds 3
@@ -45,8 +47,9 @@ TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 # query over the batch's event-id range, which the sink now runs only for ids
 # older than its memory of what it stored).
 VARIANTS: dict[str, tuple[int | None, tuple[str, ...]]] = {
-    "shipped (duplicates told from memory)": (None, ()),
-    "a dedup query every flush (before)": (None, ("select",)),
+    "shipped (merge_selector_base 10, duplicates told from memory)": (None, ()),
+    "before 0011 (merge_selector_base 5)": (10, ()),
+    "a dedup query every flush": (None, ("select",)),
     "before 0010 (usage_daily materialized), a dedup query every flush": (9, ("select",)),
     "without usage_hourly's view": (None, ("DROP VIEW usage_hourly_mv",)),
 }
@@ -108,6 +111,12 @@ async def _variant(
         after = run.thread_ticks(os.getpid())
         running = False
         await ticks
+        # Merges put off would show as parts left: the saving must not be that.
+        parts = await clickhouse.rows(
+            "SELECT table, count() FROM system.parts WHERE active "
+            "AND database = currentDatabase() AND table IN ('usage_events', 'usage_hourly') "
+            "GROUP BY table ORDER BY table"
+        )
         await clickhouse.close()
     by_thread: collections.Counter[str] = collections.Counter()
     for tid, (thread, ticks_now) in after.items():
@@ -123,6 +132,7 @@ async def _variant(
             t: round(n * TICK_MS / flushes, 1) for t, n in by_thread.most_common() if n
         },
         "loop_delay_ms_p99": round(delays[int(len(delays) * 0.99)] * 1000, 2),
+        "active_parts": dict(parts),
     }
 
 
@@ -133,14 +143,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="flushes a second (0: no pause)")
     parser.add_argument("--prefill", type=int, default=0, help="rows stored before timing")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", type=int, help="numbers, from 1 (default: all)")
     parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     if args.only:
         upto, changes = VARIANTS[args.only]
         print(json.dumps(asyncio.run(_variant(args.only, upto, changes, args))), flush=True)
         return
+    names = list(VARIANTS)
+    chosen = [names[n - 1] for n in args.variants] if args.variants else names
     for _ in range(args.rounds):
-        for name in VARIANTS:
+        for name in chosen:
             subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name], check=True)
 
 

@@ -91,3 +91,32 @@ async def test_usage_daily_as_a_view_over_usage_hourly_reads_the_same(tmp_path: 
         assert per_day == sorted(expected.items())
     finally:
         await ch.close()
+
+
+async def test_the_flushed_tables_merge_wider_and_read_the_same(tmp_path: Path) -> None:
+    """0011 sets merge_selector_base on the tables every flush writes to; the
+    rows read the same before and after, and running it again changes nothing."""
+    start = dt.datetime(2026, 3, 1, 22, tzinfo=dt.UTC)
+    events = [_event(n, start + dt.timedelta(hours=n % 5)) for n in range(40)]
+    rows = [(e.SerializeToString(), 0, offset) for offset, e in enumerate(events)]
+    schema = migrations.discover()
+    (wider,) = [m for m in schema if m.name == "merge_selector_base"]
+    ch = ClickHouse(f"chdb://{tmp_path}/ch")
+    await ch.open()
+    try:
+        await migrations.apply(ch, [m for m in schema if m.version < wider.version])
+        await insert(ch, rows, "first")
+        before = await ch.rows(DAILY)
+        assert wider.version in await migrations.apply(ch)
+        for statement in wider.statements():
+            await ch.command(statement)
+        assert await ch.rows(DAILY) == before
+        for table in ("usage_events", "usage_hourly"):
+            (found,) = await ch.rows(
+                "SELECT engine_full FROM system.tables "
+                "WHERE database = currentDatabase() AND name = {n:String}",
+                {"n": table},
+            )
+            assert "merge_selector_base = 10" in found[0], found
+    finally:
+        await ch.close()
