@@ -4,7 +4,9 @@ numbers read after it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from switchboard.usage.v1 import events_pb2, usage_pb2
 from switchboard_common.ids import uuid7
 from switchboard_usage import migrations
 from switchboard_usage.clickhouse import ClickHouse
+from switchboard_usage.migrations import Migration
 from switchboard_usage.sink import insert
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -42,18 +45,27 @@ def _event(n: int, when: dt.datetime) -> events_pb2.UsageEvent:
     return events_pb2.UsageEvent(record=record, total_cost_nanos=1000 * n, currency="USD")
 
 
+@contextlib.asynccontextmanager
+async def _just_before(tmp_path: Path, name: str) -> AsyncIterator[tuple[ClickHouse, Migration]]:
+    """An embedded ClickHouse migrated up to the migration `name`, and that migration."""
+    schema = migrations.discover()
+    (migration,) = [m for m in schema if m.name == name]
+    ch = ClickHouse(f"chdb://{tmp_path}/ch")
+    await ch.open()
+    try:
+        await migrations.apply(ch, [m for m in schema if m.version < migration.version])
+        yield ch, migration
+    finally:
+        await ch.close()
+
+
 async def test_usage_daily_as_a_view_over_usage_hourly_reads_the_same(tmp_path: Path) -> None:
     # Three days, several hours each, so a day sums hours and the hours of one
     # day never leak into another.
     start = dt.datetime(2026, 3, 1, 22, tzinfo=dt.UTC)
     events = [_event(n, start + dt.timedelta(hours=n % 50, minutes=n % 60)) for n in range(120)]
     rows = [(e.SerializeToString(), 0, offset) for offset, e in enumerate(events)]
-    schema = migrations.discover()
-    (daily_view,) = [m for m in schema if m.name == "daily_from_hourly"]
-    ch = ClickHouse(f"chdb://{tmp_path}/ch")
-    await ch.open()
-    try:
-        await migrations.apply(ch, [m for m in schema if m.version < daily_view.version])
+    async with _just_before(tmp_path, "daily_from_hourly") as (ch, daily_view):
         await insert(ch, rows[:60], "first")
         before = await ch.rows(DAILY)
         assert len({row[0] for row in before}) == 3
@@ -89,8 +101,6 @@ async def test_usage_daily_as_a_view_over_usage_hourly_reads_the_same(tmp_path: 
             day = e.record.start_time.ToDatetime(dt.UTC).date()
             expected[day] = expected.get(day, 0) + 1
         assert per_day == sorted(expected.items())
-    finally:
-        await ch.close()
 
 
 async def test_the_flushed_tables_merge_wider_and_read_the_same(tmp_path: Path) -> None:
@@ -99,12 +109,7 @@ async def test_the_flushed_tables_merge_wider_and_read_the_same(tmp_path: Path) 
     start = dt.datetime(2026, 3, 1, 22, tzinfo=dt.UTC)
     events = [_event(n, start + dt.timedelta(hours=n % 5)) for n in range(40)]
     rows = [(e.SerializeToString(), 0, offset) for offset, e in enumerate(events)]
-    schema = migrations.discover()
-    (wider,) = [m for m in schema if m.name == "merge_selector_base"]
-    ch = ClickHouse(f"chdb://{tmp_path}/ch")
-    await ch.open()
-    try:
-        await migrations.apply(ch, [m for m in schema if m.version < wider.version])
+    async with _just_before(tmp_path, "merge_selector_base") as (ch, wider):
         await insert(ch, rows, "first")
         before = await ch.rows(DAILY)
         assert wider.version in await migrations.apply(ch)
@@ -118,5 +123,3 @@ async def test_the_flushed_tables_merge_wider_and_read_the_same(tmp_path: Path) 
                 {"n": table},
             )
             assert "merge_selector_base = 10" in found[0], found
-    finally:
-        await ch.close()

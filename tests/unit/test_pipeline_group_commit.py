@@ -67,6 +67,15 @@ async def _behind(
     return first, rest
 
 
+def _tracked(
+    pool: concurrent.futures.Executor,
+) -> tuple[Store, list[list[str]], GroupCommit[str, str]]:
+    """A group over a Store, and the list its `unwritten` items land in."""
+    store = Store()
+    unwritten: list[list[str]] = []
+    return store, unwritten, GroupCommit(pool, store.commit, 10, unwritten.append)
+
+
 async def test_a_lone_caller_is_committed_at_once(
     pool: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
@@ -135,15 +144,19 @@ async def test_a_caller_that_leaves_strands_nobody(
 
 
 async def test_callers_queued_when_the_pool_shuts_down_get_its_error() -> None:
+    """Queued callers get the error, and their items (and a later lone caller's)
+    are handed back unwritten."""
     executor = concurrent.futures.ThreadPoolExecutor(1)
-    store = Store()
-    group: GroupCommit[str, str] = GroupCommit(executor, store.commit, max_items=10)
+    store, unwritten, group = _tracked(executor)
     first, (queued,) = await _behind(store, group, ["b"])
     executor.shutdown(wait=False)
     store.release.set()
     assert await first == ["a!"]
     with pytest.raises(RuntimeError, match="shutdown"):
         await queued
+    with pytest.raises(RuntimeError, match="shutdown"):
+        await group.submit(["c"])
+    assert unwritten == [["b"], ["c"]]
     executor.shutdown(wait=True)
 
 
@@ -191,9 +204,7 @@ async def test_a_failed_commit_whose_callers_all_left_is_logged(
 async def test_a_lone_caller_cancelled_before_its_write_started_is_unwritten(
     pool: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
-    store = Store()
-    unwritten: list[list[str]] = []
-    group: GroupCommit[str, str] = GroupCommit(pool, store.commit, 10, unwritten.append)
+    store, unwritten, group = _tracked(pool)
     # The pool's one thread is busy with other work (the outbox's other calls share it).
     gate = threading.Event()
     busy = pool.submit(gate.wait, WAIT_S)
@@ -212,9 +223,7 @@ async def test_a_lone_caller_cancelled_before_its_write_started_is_unwritten(
 async def test_a_caller_cancelled_once_its_write_started_is_written_not_unwritten(
     pool: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
-    store = Store()
-    unwritten: list[list[str]] = []
-    group: GroupCommit[str, str] = GroupCommit(pool, store.commit, 10, unwritten.append)
+    store, unwritten, group = _tracked(pool)
     first, (queued,) = await _behind(store, group, ["b"])
     first.cancel()
     queued.cancel()
@@ -226,20 +235,3 @@ async def test_a_caller_cancelled_once_its_write_started_is_written_not_unwritte
     await eventually(both_written)
     assert store.commits == [["a"], ["b"]]
     assert unwritten == []
-
-
-async def test_items_queued_when_the_pool_shuts_down_are_unwritten() -> None:
-    executor = concurrent.futures.ThreadPoolExecutor(1)
-    store = Store()
-    unwritten: list[list[str]] = []
-    group: GroupCommit[str, str] = GroupCommit(executor, store.commit, 10, unwritten.append)
-    first, (queued,) = await _behind(store, group, ["b"])
-    executor.shutdown(wait=False)
-    store.release.set()
-    assert await first == ["a!"]
-    with pytest.raises(RuntimeError, match="shutdown"):
-        await queued
-    with pytest.raises(RuntimeError, match="shutdown"):
-        await group.submit(["c"])
-    assert unwritten == [["b"], ["c"]]
-    executor.shutdown(wait=True)

@@ -362,101 +362,101 @@ async def test_only_appends_wait_for_the_disk(outbox: Outbox) -> None:
     assert outbox.depth == 0
 
 
+@contextlib.asynccontextmanager
+async def _opened(tmp_path: Path, max_bytes: int) -> AsyncIterator[Outbox]:
+    box = Outbox(tmp_path / "o.sqlite", "unit", TOPIC, max_bytes=max_bytes)
+    await box.open()
+    try:
+        yield box
+    finally:
+        await box.close()
+
+
+Items = list[tuple[tuple[str, bytes, bytes], str]]
+
+
 async def test_the_quota_counts_written_bytes_once(tmp_path: Path) -> None:
     """Once written, an append's bytes move from "being written" to stored in
     one step: no moment counts them twice, so an append that fits is taken."""
-    box = Outbox(tmp_path / "o.sqlite", "unit", TOPIC, max_bytes=20)
-    await box.open()
-    seen: list[int] = []
-    write = box._write
+    async with _opened(tmp_path, 20) as box:
+        seen: list[int] = []
+        write = box._write
 
-    def observed(items: list[tuple[tuple[str, bytes, bytes], str]]) -> list[bool]:
-        fresh = write(items)
-        # What append's check would add up now: written, its caller not yet answered.
-        seen.append(box._bytes + box._queued)
-        return fresh
+        def observed(items: Items) -> list[bool]:
+            fresh = write(items)
+            # What append's check would add up now: written, its caller not yet answered.
+            seen.append(box._bytes + box._queued)
+            return fresh
 
-    box._group._commit = observed
-    try:
+        box._group._commit = observed
         await box.append([("a", b"a", b"1234567890")])
         assert seen == [10]
         await box.append([("b", b"b", b"1234567890")])
         assert box.size_bytes == 20
-    finally:
-        await box.close()
 
 
 async def test_a_queued_caller_that_leaves_counts_until_its_records_are_written(
     tmp_path: Path,
 ) -> None:
-    box = Outbox(tmp_path / "o.sqlite", "unit", TOPIC, max_bytes=25)
-    await box.open()
     entered, release = threading.Event(), threading.Event()
-    write = box._write
+    async with _opened(tmp_path, 25) as box:
+        write = box._write
 
-    def held(items: list[tuple[tuple[str, bytes, bytes], str]]) -> list[bool]:
-        entered.set()
-        assert release.wait(5)
-        return write(items)
+        def held(items: Items) -> list[bool]:
+            entered.set()
+            assert release.wait(5)
+            return write(items)
 
-    box._group._commit = held
-    try:
-        first = asyncio.ensure_future(box.append([("a", b"a", b"1234567890")]))
-        await asyncio.to_thread(entered.wait, 5)
-        leaving = asyncio.ensure_future(box.append([("b", b"b", b"1234567890")]))
-        await asyncio.sleep(0)  # queued behind the held commit
-        leaving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await leaving
-        # b's records will still be written: they still count.
-        with pytest.raises(OutboxFull):
-            await box.append([("c", b"c", b"1234567890")])
-        release.set()
-        await first
-
-        async def settled() -> bool:
-            return box.size_bytes == 20 and box._queued == 0
-
-        await eventually(settled)
-        assert [r.event_id for r in await box.records()] == ["a", "b"]
-    finally:
-        release.set()
-        await box.close()
-
-
-async def test_a_lone_caller_cancelled_before_its_write_stops_counting(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.sqlite", "unit", TOPIC, max_bytes=20)
-    await box.open()
-    gate = threading.Event()
-    busy = box._pool.submit(gate.wait, 5)  # the outbox's thread is busy elsewhere
-    try:
-        for within in (None, lambda db: None):
-            leaving = asyncio.ensure_future(box.append([("a", b"a", b"1234567890")], within))
-            await asyncio.sleep(0)
+        box._group._commit = held
+        try:
+            first = asyncio.ensure_future(box.append([("a", b"a", b"1234567890")]))
+            await asyncio.to_thread(entered.wait, 5)
+            leaving = asyncio.ensure_future(box.append([("b", b"b", b"1234567890")]))
+            await asyncio.sleep(0)  # queued behind the held commit
             leaving.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await leaving
-            assert box._queued == 0
-        gate.set()
-        busy.result(5)
-        await box.append([("b", b"b", b"12345678901234567890")])
-        assert [r.event_id for r in await box.records()] == ["b"]
-    finally:
-        gate.set()
-        await box.close()
+            # b's records will still be written: they still count.
+            with pytest.raises(OutboxFull):
+                await box.append([("c", b"c", b"1234567890")])
+            release.set()
+            await first
+
+            async def settled() -> bool:
+                return box.size_bytes == 20 and box._queued == 0
+
+            await eventually(settled)
+            assert [r.event_id for r in await box.records()] == ["a", "b"]
+        finally:
+            release.set()
+
+
+async def test_a_lone_caller_cancelled_before_its_write_stops_counting(tmp_path: Path) -> None:
+    gate = threading.Event()
+    async with _opened(tmp_path, 20) as box:
+        busy = box._pool.submit(gate.wait, 5)  # the outbox's thread is busy elsewhere
+        try:
+            for within in (None, lambda db: None):
+                leaving = asyncio.ensure_future(box.append([("a", b"a", b"1234567890")], within))
+                await asyncio.sleep(0)
+                leaving.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await leaving
+                assert box._queued == 0
+            gate.set()
+            busy.result(5)
+            await box.append([("b", b"b", b"12345678901234567890")])
+            assert [r.event_id for r in await box.records()] == ["b"]
+        finally:
+            gate.set()
 
 
 async def test_a_failed_append_stops_counting(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.sqlite", "unit", TOPIC, max_bytes=20)
-    await box.open()
-
     def broken(db: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    try:
+    async with _opened(tmp_path, 20) as box:
         with pytest.raises(sqlite3.OperationalError):
             await box.append([("a", b"a", b"1234567890")], broken)
         assert box._queued == 0
         await box.append([("b", b"b", b"12345678901234567890")])
-    finally:
-        await box.close()
