@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +60,11 @@ LEDGER_SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageLedgerService"]
 GPU_HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["GpuHistoryService"]
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUP_COMMIT = 500
+# How long, once the server drains, a record stream goes on storing what was
+# queued before the drain: a small backlog is made durable here, a large one
+# does not hold the drain up (what is left unacked the routers resend). A
+# fraction of the server's stop grace (10 s).
+DRAIN_BACKLOG_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,16 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
         self.outbox = outbox
         self.prices = prices
         self.clickhouse = clickhouse
-        # Set when the server drains: open record streams end (after acking the
-        # batch being stored) and routers reconnect elsewhere, resending anything
-        # unacked.
+        # Set when the server drains (drain()): open record streams end and
+        # routers reconnect elsewhere, resending anything unacked.
         self.draining = asyncio.Event()
+        self._drain_deadline = math.inf
+
+    def drain(self) -> None:
+        """Each open record stream stores what was queued before now, for at
+        most DRAIN_BACKLOG_S, acks it, and ends."""
+        self._drain_deadline = time.monotonic() + DRAIN_BACKLOG_S
+        self.draining.set()
 
     async def RecordUsage(
         self, request_iterator: AsyncIterator[usage_pb2.RecordUsageRequest], context: Context
@@ -109,17 +122,16 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer, usage_pb2_grpc.UsageLed
             queue.put_nowait(_END)
 
         reader = asyncio.create_task(read())
-        # Draining ends the stream once the batch being stored is acked; what
-        # was queued behind it is left unacked, for the router to resend to
-        # another replica, so that a backlog does not lengthen the drain. (The
-        # waiter wakes an idle stream; one per stream: a task per batch cost
-        # every ack a loop turn.)
+        # Draining ends the stream once what was queued before it is stored,
+        # or at the drain's deadline, once the batch being stored is acked:
+        # what is left unacked the router resends to another replica. (One
+        # waiter per stream: a task per batch cost every ack a loop turn.)
         drained = asyncio.ensure_future(self.draining.wait())
         drained.add_done_callback(lambda _: queue.put_nowait(_END))
         try:
             # Met behind a batch: acted on once that batch is acked.
             stop: _Stop | None = None
-            while stop is None and not self.draining.is_set():
+            while stop is None and time.monotonic() < self._drain_deadline:
                 first = await queue.get()
                 if isinstance(first, _Stop):
                     stop = first
@@ -405,6 +417,6 @@ async def _setup(
     return Mounted(
         [SERVICE.full_name, LEDGER_SERVICE.full_name, GPU_HISTORY_SERVICE.full_name],
         [close],
-        drainers=[servicer.draining.set],
+        drainers=[servicer.drain],
         keys=keys,
     )

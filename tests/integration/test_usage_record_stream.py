@@ -23,6 +23,7 @@ from switchboard_common.ids import uuid7
 from switchboard_common.pipeline.outbox import Outbox
 from switchboard_common.pipeline.topics import USAGE_TOPIC
 from switchboard_router.usage_reporter import UsageReporter
+from switchboard_usage import service as usage_service
 from switchboard_usage.clickhouse import ClickHouse
 from switchboard_usage.pricing import PriceBook
 from switchboard_usage.service import UsageServicer
@@ -187,15 +188,20 @@ async def test_a_draining_server_ends_open_streams_after_acking(tmp_path: Path) 
         grpc.aio.insecure_channel(address) as channel,
     ):
         call, record = await _one_acked(channel)
-        servicer.draining.set()
+        servicer.drain()
         assert await call.read() is grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK
         assert [r.event_id for r in await outbox.records()] == [record.event_id]
 
 
-async def test_a_draining_server_leaves_a_backlog_unacked(tmp_path: Path) -> None:
-    """A drain does not wait for a stream's backlog: the batch being stored is
-    acked, and what was queued behind it is left for the router to resend."""
+@pytest.mark.parametrize("budget_s", [2.0, 0.0])
+async def test_a_draining_server_stores_a_backlog_within_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget_s: float
+) -> None:
+    """What a stream had queued when the drain began is stored and acked
+    before it ends, for at most DRAIN_BACKLOG_S; past that, the batch being
+    stored is acked and the rest is left for the router to resend."""
+    monkeypatch.setattr(usage_service, "DRAIN_BACKLOG_S", budget_s)
     CountingServicer.messages = 0
     async with (
         _serving(tmp_path, CountingServicer) as (address, outbox, servicer),
@@ -223,13 +229,17 @@ async def test_a_draining_server_leaves_a_backlog_unacked(tmp_path: Path) -> Non
                 return CountingServicer.messages == 6
 
             await eventually(all_read)
-            servicer.draining.set()
+            servicer.drain()
             release.set()
-            response = await call.read()
-            assert isinstance(response, usage_pb2.RecordUsageResponse)
-            assert [a.event_id for a in response.acks] == [first.event_id]
-            assert await call.read() is grpc.aio.EOF
+            acked: list[str] = []
+            while (response := await call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, usage_pb2.RecordUsageResponse)
+                acked += [a.event_id for a in response.acks]
             assert await call.code() == grpc.StatusCode.OK
-            assert [r.event_id for r in await outbox.records()] == [first.event_id]
+            kept = [first] + (behind if budget_s else [])
+            assert acked == [r.event_id for r in kept]
+            assert sorted(r.event_id for r in await outbox.records()) == sorted(
+                r.event_id for r in kept
+            )
         finally:
             release.set()

@@ -356,23 +356,19 @@ class Outbox:
 
     async def mark_published(self, records: Sequence[Record]) -> None:
         """The broker acked `records`: keep them until confirmed stored."""
-        moved = await self._update(
+        await self._update(
             "UPDATE outbox SET published_at = ? WHERE seq = ? AND published_at IS NULL",
             [(time.time(), r.seq) for r in records],
+            published=1,
         )
-        self._pending -= moved
-        self._published += moved
-        self._publish()
 
     async def republish(self, records: Sequence[Record]) -> None:
         """Published, yet missing downstream: back to pending, for the relay."""
         moved = await self._update(
             "UPDATE outbox SET published_at = NULL WHERE seq = ? AND published_at IS NOT NULL",
             [(r.seq,) for r in records],
+            published=-1,
         )
-        self._published -= moved
-        self._pending += moved
-        self._publish()
         REPUBLISHED.labels(self.name).inc(moved)
         self.changed.set()
 
@@ -403,17 +399,23 @@ class Outbox:
         CONFIRMED.labels(self.name).inc(gone)
         return gone
 
-    async def _update(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    async def _update(self, sql: str, rows: Sequence[tuple[Any, ...]], published: int) -> int:
         """Run `sql` per row in one transaction, not synced by itself (a
-        record's state, not the record); returns the rows changed."""
+        record's state, not the record), moving the rows it changed from
+        pending to published (`published` 1) or back (-1); returns how many."""
         if not rows:
             return 0
 
         def write() -> int:
             db = self._db_or_fail()
             with _unsynced(db):
-                changed = db.executemany(sql, rows).rowcount
-            return int(changed)
+                changed = int(db.executemany(sql, rows).rowcount)
+            # Counted here, on the one thread every other count change runs on
+            # (_write, _removed): a change made on the loop could be lost.
+            self._pending -= published * changed
+            self._published += published * changed
+            self._publish()
+            return changed
 
         return await self._run(write)
 
