@@ -235,3 +235,22 @@ async def test_a_caller_cancelled_once_its_write_started_is_written_not_unwritte
     await eventually(both_written)
     assert store.commits == [["a"], ["b"]]
     assert unwritten == []
+
+
+async def test_a_commit_cancelled_on_the_pool_is_unwritten() -> None:
+    """A shutdown that cancels what is queued on the pool: the commit started
+    for the queued callers never runs, and their items are handed back."""
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    store, unwritten, group = _tracked(executor)
+    first, (queued,) = await _behind(store, group, ["b"])
+    gate = threading.Event()
+    executor.submit(gate.wait, WAIT_S)  # queued on the pool behind the first commit
+    store.release.set()
+    assert await first == ["a!"]  # its end started the commit of ["b"], behind the gate
+    executor.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert unwritten == [["b"]]
+    assert store.commits == [["a"]]
+    executor.shutdown(wait=True)

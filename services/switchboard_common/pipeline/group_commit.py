@@ -135,7 +135,10 @@ class GroupCommit(Generic[Item, Result]):
     ) -> None:
         self._busy = False
         if future.cancelled():
+            # Cancelled on the pool before it ran (a shutdown that cancels
+            # what is queued): never written.
             for waiting in batch:
+                self._unwritten(waiting.items)
                 waiting.done.cancel()
         elif (error := future.exception()) is not None:
             told = [w for w in batch if not w.done.done()]
