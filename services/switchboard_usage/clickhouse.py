@@ -35,10 +35,12 @@ def ts_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
     return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
+EMBEDDED = "chdb://"
+
+
 def _connect(url: str) -> Any:
-    if url.startswith("chdb://"):
-        Path(url.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=url)
+    if url.startswith(EMBEDDED):
+        Path(url.removeprefix(EMBEDDED)).mkdir(parents=True, exist_ok=True)
     return clickhouse_connect.get_client(dsn=url)
 
 
@@ -62,6 +64,8 @@ def quote(text: str) -> str:
 class ClickHouse:
     def __init__(self, url: str) -> None:
         self.url = url
+        # The engine in this process (chdb): one opener per path, one writer.
+        self.embedded = url.startswith(EMBEDDED)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
         self._client: Any = None
 
@@ -117,7 +121,7 @@ class ClickHouse:
         """INSERT INTO table (columns) SELECT select FROM the rows in data,
         decoded by ClickHouse (select names the input's columns)."""
         into = f"INSERT INTO {table} ({', '.join(columns)})"
-        if self.url.startswith("chdb://"):
+        if self.embedded:
             # The embedded engine reads the rows from a file and the schema from
             # its path (a server reads neither from ours).
             await self._run(self._insert_decoded_file, into, select, decoded, data, settings or {})

@@ -337,7 +337,7 @@ async def _setup(
     kafka = own.kafka
     relay = Relay("usage", [OutboxSource(outbox)], Producer(kafka), gather_s=0.05)
     reconciler = Reconciler(outbox, outbox_settings.confirm_after_s, stored_lookup(clickhouse))
-    embedded = settings.clickhouse_url.startswith("chdb://")
+    embedded = clickhouse.embedded
 
     async def confirm(topic: str, event_ids: Sequence[str]) -> None:
         await outbox.confirm(event_ids)

@@ -201,8 +201,7 @@ class Sink(pipeline_sink.Sink):
         # The embedded engine's one writer is this sink, and it runs its queries
         # one at a time on one thread: no write it did not see can still be
         # landing when it loads, so it needs no grace after a forget.
-        embedded = clickhouse.url.startswith("chdb://")
-        self.recent = RecentIds(grace_s=0.0 if embedded else GRACE_S)
+        self.recent = RecentIds(grace_s=0.0 if clickhouse.embedded else GRACE_S)
 
     def partitions_changed(self) -> None:
         # Another sink may have stored these partitions' ids meanwhile.

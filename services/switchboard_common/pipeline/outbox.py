@@ -286,27 +286,27 @@ class Outbox:
             now = time.time()
             fresh = []
             db.execute("BEGIN IMMEDIATE")
+            try:
+                for (event_id, key, payload), trace in items:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at, trace) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (event_id, key, payload, now, trace or None),
+                    )
+                    fresh.append(cur.rowcount == 1)
+                if within is not None:
+                    within(db)
+                added = [len(p) for ((_, _, p), _), new in zip(items, fresh, strict=True) if new]
+                removed = []
+                if self.overflow is Overflow.DROP_OLDEST:
+                    removed = _drop_oldest(db, self._bytes + sum(added) - self.max_bytes)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except BaseException:
+            # Nothing written (not opened, not begun, or rolled back).
             self._unqueue(items)
-            raise
-        try:
-            for (event_id, key, payload), trace in items:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO outbox (event_id, key, payload, created_at, trace) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (event_id, key, payload, now, trace or None),
-                )
-                fresh.append(cur.rowcount == 1)
-            if within is not None:
-                within(db)
-            added = [len(p) for ((_, _, p), _), new in zip(items, fresh, strict=True) if new]
-            removed = []
-            if self.overflow is Overflow.DROP_OLDEST:
-                removed = _drop_oldest(db, self._bytes + sum(added) - self.max_bytes)
-            db.execute("COMMIT")
-        except BaseException:
-            self._unqueue(items)
-            db.execute("ROLLBACK")
             raise
         with self._lock:
             # In one step, so that the quota never counts these bytes twice.
