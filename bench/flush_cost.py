@@ -1,8 +1,9 @@
 """What one usage-sink flush costs the embedded ClickHouse, and what in it:
 the sink's own queries (as `switchboard_usage.sink` runs them) on the shipped
 schema, on the schema before migration 0010, with the dedup query the sink ran
-on every flush before it kept the ids it stored lately in memory, and with
-parts of the shipped schema taken away. Each variant runs in a process of its
+on every flush before it kept the ids it stored lately in memory, with
+parts of the shipped schema taken away, and into a Null table (nothing
+written: what reading the payloads and planning the insert cost). Each variant runs in a process of its
 own, on a fresh embedded ClickHouse (one process that opens one engine after
 another reads each later one dearer), optionally holding --prefill rows first
 (as a sink that has run a while does), with flushes paced at --rate a second
@@ -52,6 +53,16 @@ VARIANTS: dict[str, tuple[int | None, tuple[str, ...]]] = {
     "a dedup query every flush": (None, ("select",)),
     "before 0010 (usage_daily materialized), a dedup query every flush": (9, ("select",)),
     "without usage_hourly's view": (None, ("DROP VIEW usage_hourly_mv",)),
+    # What is left when no part is written: reading the payloads, and
+    # analysing and planning the INSERT … SELECT.
+    "into a Null table (no part, no view)": (
+        None,
+        (
+            "DROP VIEW usage_hourly_mv",
+            "CREATE TABLE usage_events_null AS usage_events ENGINE = Null",
+            "EXCHANGE TABLES usage_events AND usage_events_null",
+        ),
+    ),
 }
 PREFILL_BATCH = 2000
 SETTLE_S = 3.0
