@@ -1,11 +1,11 @@
 """What one usage-sink flush costs the embedded ClickHouse, and what in it:
 the sink's own queries (as `switchboard_usage.sink` runs them) on the shipped
 schema, on the schema before migration 0010, with the dedup query the sink ran
-on every flush before it kept the ids it stored lately in memory, with
-parts of the shipped schema taken away, and into a Null table (nothing
-written: what reading the payloads and planning the insert cost). Each variant runs in a process of its
-own, on a fresh embedded ClickHouse (one process that opens one engine after
-another reads each later one dearer), optionally holding --prefill rows first
+on every flush before it kept the ids it stored lately in memory, with parts of
+the shipped schema taken away, and into a Null table (nothing written: what
+reading the payloads and planning the insert cost). Each variant runs in a
+process of its own, on a fresh embedded ClickHouse (one process that opens one
+engine after another reads each later one dearer), optionally holding --prefill rows first
 (as a sink that has run a while does), with flushes paced at --rate a second
 (as a loaded sink flushes; 0: back to back). Per flush: wall time, CPU by
 thread (ClickHouse's own threads name themselves; `python` is the thread that
